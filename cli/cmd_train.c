@@ -1,0 +1,70 @@
+/* `tandem train JOB.json [--resume] [--stop-at STEP]`. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "worker/train/trainer.h"
+
+static void help(FILE *f) {
+    fprintf(f,
+            "usage: tandem train JOB.json [--resume] [--stop-at STEP] [--quiet]\n"
+            "\n"
+            "Trains the model the job file describes (single process for now) and writes\n"
+            "checkpoints and metrics.jsonl to checkpoint.dir. See docs/train.md.\n"
+            "\n"
+            "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
+            "  --stop-at STEP   stop after STEP (saving a checkpoint); the LR schedule still\n"
+            "                   follows train.steps, so a later --resume continues exactly\n"
+            "  --quiet          print only errors\n"
+            "  -h, --help       this text\n");
+}
+
+int td_cmd_train(int argc, char **argv) {
+    static const struct option opts[] = {{"resume", no_argument, 0, 'r'},
+                                         {"stop-at", required_argument, 0, 's'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    td_train_opts o = {0};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r': o.resume = 1; break;
+        case 's': {
+            char *end;
+            o.stop_at = strtol(optarg, &end, 10);
+            if (*end || o.stop_at <= 0) {
+                fprintf(stderr, "tandem train: --stop-at needs a positive step, got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'q': o.quiet = 1; break;
+        case 'h': help(stdout); return 0;
+        default: help(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "tandem train: expected exactly one job file\n");
+        help(stderr);
+        return 2;
+    }
+    td_job job;
+    td_status s = td_job_load(argv[optind], &job);
+    if (s != TD_OK) return td_cli_fail("train", s);
+    if (!strcmp(job.device, "cuda")) {
+        td_job_deinit(&job);
+        fprintf(stderr, "tandem train: error: %s: device \"cuda\" is not built yet; use \"cpu\" "
+                        "or \"auto\"\n", argv[optind]);
+        return 2;
+    }
+    td_train_result r;
+    s = td_train_run(&job, &o, &r);
+    td_job_deinit(&job);
+    if (s != TD_OK) return td_cli_fail("train", s);
+    return 0;
+}

@@ -1,0 +1,69 @@
+/* `tandem`: one binary, subcommands dispatched by name (DESIGN.md, "Processes and roles"). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "common/status.h"
+
+#define TD_VERSION "0.1.0"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} command;
+
+static const command g_cmds[] = {
+    {"prep", td_cmd_prep, "turn text files into token shards (byte-level tokenizer for now)"},
+    {"train", td_cmd_train, "train a model from a job file (single process)"},
+    {"generate", td_cmd_generate, "sample text from a checkpoint"},
+};
+
+int td_cli_fail(const char *cmd, int status) {
+    fprintf(stderr, "tandem %s: error: %s\n", cmd,
+            td_error_message()[0] ? td_error_message() : td_status_to_string(status));
+    return td_status_exit_code(status);
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: tandem <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
+        fprintf(f, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
+    fprintf(f, "  %-10s %s\n  %-10s %s\n", "version", "print the version", "help CMD",
+            "show a command's options");
+    fprintf(f, "\nOther commands of the design (serve, router, gateway, bench, export, ...) are "
+               "not built yet.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("tandem %s\n", TD_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "help")) {
+        if (argc < 3) {
+            usage(stdout);
+            return 0;
+        }
+        for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
+            if (!strcmp(argv[2], g_cmds[i].name)) {
+                char *args[] = {argv[2], "--help", NULL};
+                return g_cmds[i].fn(2, args);
+            }
+        fprintf(stderr, "tandem: unknown command '%s'\n", argv[2]);
+        return 2;
+    }
+    for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
+        if (!strcmp(cmd, g_cmds[i].name)) return g_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "tandem: unknown command '%s' (see tandem --help)\n", cmd);
+    return 2;
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what tandem needs on a fresh Debian 12 machine. Idempotent: a second run
+# checks and returns quickly. Usage: scripts/install-deps.sh [--python]
+#   (no flag)  apt packages for building, testing and the demo corpus
+#   --python   also the Python virtual environment (.venv) with the reference peers
+#              (PyTorch from Debian's python3-torch, transformers, safetensors, tokenizers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libzmq3-dev
+          libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libdnnl-dev libcjson-dev
+          libmicrohttpd-dev zlib1g-dev libcmocka-dev fortunes fortunes-zh)
+PY_APT_PKGS=(python3 python3-venv python3-torch python3-numpy)
+
+missing_apt() {
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+    done
+}
+
+apt_install() {
+    local need
+    need=$(missing_apt "$@")
+    [ -z "$need" ] && return 0
+    echo "install-deps: installing apt packages:" $need
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
+}
+
+apt_install "${APT_PKGS[@]}"
+
+if [ "${1:-}" = "--python" ]; then
+    apt_install "${PY_APT_PKGS[@]}"
+    # Debian's python3-torch lives in the system interpreter's site-packages, so the venv
+    # is made from /usr/bin/python3 with --system-site-packages.
+    if [ ! -x .venv/bin/python ]; then
+        /usr/bin/python3 -m venv --system-site-packages .venv
+    fi
+    if ! .venv/bin/python -c 'import transformers, safetensors, tokenizers' 2>/dev/null; then
+        echo "install-deps: installing Python reference packages into .venv"
+        .venv/bin/pip install -q -r tests/reference/requirements.txt
+    fi
+fi

@@ -1,0 +1,49 @@
+/* Checkpoints: a directory per saved step, in the layout Hugging Face tools read.
+ *
+ *   ROOT/step_00000100/
+ *     config.json            Hugging Face config (td_model_config_to_hf_json)
+ *     model.safetensors      weights under Hugging Face names and layouts
+ *     optimizer.safetensors  AdamW moments: "<name>.exp_avg", "<name>.exp_avg_sq"
+ *     trainer_state.json     step, RNG, data position, lineage (written by the trainer)
+ *     tokenizer.json         Hugging Face tokenizer
+ *
+ * A checkpoint is written under ROOT/.tmp-step_... and renamed into place only when every
+ * file is complete, so a crash never leaves a directory that looks whole. Loading checks
+ * every tensor's name, dtype and shape and names the first problem it finds. */
+#ifndef TD_CHECKPOINT_H
+#define TD_CHECKPOINT_H
+
+#include <cjson/cJSON.h>
+
+#include "common/status.h"
+#include "worker/model/model.h"
+
+typedef struct {
+    const char *root;          /* run directory; created if missing */
+    long step;
+    const td_model *model;
+    const float *adam_m;       /* num_params each, or NULL to skip optimizer.safetensors */
+    const float *adam_v;
+    const cJSON *trainer_state;/* written as trainer_state.json; borrowed */
+    const char *tokenizer_json;/* contents of tokenizer.json, or NULL for none */
+    int keep;                  /* keep the newest `keep` checkpoints (0 = all) */
+} td_checkpoint_save_args;
+
+/* Writes the checkpoint; on success `out_dir` (if not NULL) receives its path. */
+td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, size_t out_len);
+
+/* Loads config.json and model.safetensors of checkpoint `dir` into a new model
+ * (*out owned by the caller). */
+td_status td_checkpoint_load_model(const char *dir, td_model **out);
+
+/* Reads, for each of `nsets` (suffix, base) pairs, the tensors named "<tensor name><suffix>"
+ * for every model tensor of a safetensors file into base (num_params floats, the model's
+ * internal layout). Fails, naming the tensor, on a missing, mis-shaped or non-float tensor,
+ * and on unexpected tensors. */
+td_status td_checkpoint_read_tensors(const td_model *m, const char *path, int nsets,
+                                     const char *const *suffixes, float *const *bases);
+
+/* Finds the newest complete checkpoint under `root`; TD_ERR_NOTFOUND when there is none. */
+td_status td_checkpoint_latest(const char *root, char *out, size_t out_len);
+
+#endif

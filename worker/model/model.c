@@ -1,0 +1,480 @@
+/* The transformer forward and backward passes for llama and gpt2 (see model.h).
+ *
+ * A training step, for N = B*T rows:
+ *   x = embed(tokens)                                     (N, C)
+ *   per layer: a = norm1(x); qkv = a Wqkv^T (+b); rope(q,k) [llama];
+ *              y = attention(qkv); x = x + y Wo^T (+b);
+ *              m = norm2(x); f = m Wfc^T (+b); h = swiglu(f) | gelu(f); x = x + h Wproj^T (+b)
+ *   logits = normf(x) Wlm^T;  loss = crossentropy(logits, targets)
+ * and backward retraces it, reusing the saved activations. */
+#include "worker/model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/rng.h"
+#include "worker/kernels/cpu/ops.h"
+
+typedef struct {
+    float *res;            /* (N, C) residual stream entering the layer */
+    float *n1, *n1m, *n1r; /* (N, C), (N), (N): norm1 output, mean (gpt2), rstd */
+    float *qkv;            /* (N, QKV), q and k after RoPE */
+    float *att;            /* (B, NH, T, T) attention probabilities */
+    float *atty;           /* (N, NH hd) attention output before Wo */
+    float *res2;           /* (N, C) residual after attention */
+    float *n2, *n2m, *n2r; /* norm2 output, mean, rstd */
+    float *fc;             /* (N, FC): gate+up (2F) or pre-GELU (F) */
+    float *h;              /* (N, F) activation output */
+} layer_acts;
+
+struct td_model {
+    td_model_config cfg;
+    int C, F, L, NH, NKV, hd, V, QKV, FC;
+    size_t num_params;
+    float *params, *grads;
+    td_param_tensor *tensors;
+    int n_tensors;
+    td_param_ptrs p, g;             /* pointers into params and grads */
+    td_layer_params *p_layers, *g_layers;
+    /* activations, planned for (planB, planT) */
+    int planB, planT, plan_grads;
+    float *acts;
+    size_t acts_bytes;
+    layer_acts *la;
+    float *resf, *nf, *nfm, *nfr, *logits;
+    int32_t *tokens, *targets;
+    /* backward scratch */
+    float *dres, *dn, *dqkv, *datty, *dfc, *dh;
+    /* last forward */
+    int lastB, lastT, has_targets;
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* parameter layout */
+
+static void add_tensor(td_model *m, size_t *off, const char *name, int ndim, int64_t s0,
+                       int64_t s1, int transposed, int decay) {
+    td_param_tensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = s0;
+    t->shape[1] = ndim == 2 ? s1 : 1;
+    t->numel = (size_t)s0 * (ndim == 2 ? (size_t)s1 : 1);
+    t->offset = *off;
+    t->transposed = transposed;
+    t->decay = decay;
+    *off += t->numel;
+}
+
+/* Builds the tensor table; offsets are consecutive, so q/k/v (and gate/up) land back to
+ * back and form the fused matrices. Returns the total parameter count. */
+static size_t build_layout(td_model *m) {
+    const td_model_config *c = &m->cfg;
+    size_t off = 0;
+    char nm[96];
+    int C = m->C, F = m->F, hd = m->hd;
+    m->n_tensors = 0;
+    if (c->arch == TD_ARCH_LLAMA) {
+        add_tensor(m, &off, "model.embed_tokens.weight", 2, m->V, C, 0, 1);
+        for (int i = 0; i < m->L; i++) {
+#define NM(s) (snprintf(nm, sizeof nm, "model.layers.%d.%s", i, s), nm)
+            add_tensor(m, &off, NM("input_layernorm.weight"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("self_attn.q_proj.weight"), 2, m->NH * hd, C, 0, 1);
+            add_tensor(m, &off, NM("self_attn.k_proj.weight"), 2, m->NKV * hd, C, 0, 1);
+            add_tensor(m, &off, NM("self_attn.v_proj.weight"), 2, m->NKV * hd, C, 0, 1);
+            add_tensor(m, &off, NM("self_attn.o_proj.weight"), 2, C, m->NH * hd, 0, 1);
+            add_tensor(m, &off, NM("post_attention_layernorm.weight"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("mlp.gate_proj.weight"), 2, F, C, 0, 1);
+            add_tensor(m, &off, NM("mlp.up_proj.weight"), 2, F, C, 0, 1);
+            add_tensor(m, &off, NM("mlp.down_proj.weight"), 2, C, F, 0, 1);
+#undef NM
+        }
+        add_tensor(m, &off, "model.norm.weight", 1, C, 0, 0, 0);
+        if (!c->tie_word_embeddings) add_tensor(m, &off, "lm_head.weight", 2, m->V, C, 0, 1);
+    } else {
+        add_tensor(m, &off, "transformer.wte.weight", 2, m->V, C, 0, 1);
+        add_tensor(m, &off, "transformer.wpe.weight", 2, c->max_position_embeddings, C, 0, 1);
+        for (int i = 0; i < m->L; i++) {
+#define NM(s) (snprintf(nm, sizeof nm, "transformer.h.%d.%s", i, s), nm)
+            add_tensor(m, &off, NM("ln_1.weight"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("ln_1.bias"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("attn.c_attn.weight"), 2, C, 3 * C, 1, 1);
+            add_tensor(m, &off, NM("attn.c_attn.bias"), 1, 3 * C, 0, 0, 0);
+            add_tensor(m, &off, NM("attn.c_proj.weight"), 2, C, C, 1, 1);
+            add_tensor(m, &off, NM("attn.c_proj.bias"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("ln_2.weight"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("ln_2.bias"), 1, C, 0, 0, 0);
+            add_tensor(m, &off, NM("mlp.c_fc.weight"), 2, C, F, 1, 1);
+            add_tensor(m, &off, NM("mlp.c_fc.bias"), 1, F, 0, 0, 0);
+            add_tensor(m, &off, NM("mlp.c_proj.weight"), 2, F, C, 1, 1);
+            add_tensor(m, &off, NM("mlp.c_proj.bias"), 1, C, 0, 0, 0);
+#undef NM
+        }
+        add_tensor(m, &off, "transformer.ln_f.weight", 1, C, 0, 0, 0);
+        add_tensor(m, &off, "transformer.ln_f.bias", 1, C, 0, 0, 0);
+    }
+    return off;
+}
+
+/* Points the td_param_ptrs of `base` (params or grads) at the tensors of the layout. */
+static void bind_ptrs(td_model *m, float *base, td_param_ptrs *p, td_layer_params *layers) {
+    memset(p, 0, sizeof *p);
+    memset(layers, 0, sizeof(td_layer_params) * (size_t)m->L);
+    p->layers = layers;
+    const td_param_tensor *t = m->tensors;
+#define AT(k) (base + t[k].offset)
+    int k = 0;
+    p->wte = AT(k++);
+    if (m->cfg.arch == TD_ARCH_LLAMA) {
+        for (int i = 0; i < m->L; i++) {
+            td_layer_params *l = &layers[i];
+            l->norm1_w = AT(k++);
+            l->wqkv = AT(k);
+            k += 3;
+            l->wo = AT(k++);
+            l->norm2_w = AT(k++);
+            l->wfc = AT(k);
+            k += 2;
+            l->wproj = AT(k++);
+        }
+        p->normf_w = AT(k++);
+        p->lm_head = m->cfg.tie_word_embeddings ? p->wte : AT(k++);
+    } else {
+        p->wpe = AT(k++);
+        for (int i = 0; i < m->L; i++) {
+            td_layer_params *l = &layers[i];
+            l->norm1_w = AT(k++);
+            l->norm1_b = AT(k++);
+            l->wqkv = AT(k++);
+            l->bqkv = AT(k++);
+            l->wo = AT(k++);
+            l->bo = AT(k++);
+            l->norm2_w = AT(k++);
+            l->norm2_b = AT(k++);
+            l->wfc = AT(k++);
+            l->bfc = AT(k++);
+            l->wproj = AT(k++);
+            l->bproj = AT(k++);
+        }
+        p->normf_w = AT(k++);
+        p->normf_b = AT(k++);
+        p->lm_head = p->wte;
+    }
+#undef AT
+    TD_ASSERT(k == m->n_tensors);
+}
+
+td_status td_model_new(const td_model_config *cfg, td_model **out) {
+    *out = NULL;
+    TD_TRY(td_model_config_validate(cfg, "model config"));
+    td_model *m = calloc(1, sizeof *m);
+    if (!m) return td_error_set(TD_ERR_NOMEM, "out of memory creating the model");
+    m->cfg = *cfg;
+    m->C = cfg->hidden_size;
+    m->F = cfg->intermediate_size;
+    m->L = cfg->num_hidden_layers;
+    m->NH = cfg->num_attention_heads;
+    m->NKV = cfg->num_key_value_heads;
+    m->hd = m->C / m->NH;
+    m->V = cfg->vocab_size;
+    m->QKV = (m->NH + 2 * m->NKV) * m->hd;
+    m->FC = cfg->arch == TD_ARCH_LLAMA ? 2 * m->F : m->F;
+    m->tensors = calloc((size_t)(16 * m->L + 8), sizeof *m->tensors);
+    m->p_layers = calloc((size_t)m->L, sizeof *m->p_layers);
+    m->g_layers = calloc((size_t)m->L, sizeof *m->g_layers);
+    if (!m->tensors || !m->p_layers || !m->g_layers) {
+        td_model_free(&m);
+        return td_error_set(TD_ERR_NOMEM, "out of memory creating the model");
+    }
+    m->num_params = build_layout(m);
+    m->params = aligned_alloc(64, ((m->num_params * sizeof(float) + 63) / 64) * 64);
+    if (!m->params) {
+        size_t n = m->num_params;
+        td_model_free(&m);
+        return td_error_set(TD_ERR_NOMEM, "out of memory allocating %zu parameters (%.1f MiB)",
+                            n, n * 4.0 / 1048576);
+    }
+    memset(m->params, 0, m->num_params * sizeof(float));
+    bind_ptrs(m, m->params, &m->p, m->p_layers);
+    *out = m;
+    return TD_OK;
+}
+
+void td_model_free(td_model **mp) {
+    if (!mp || !*mp) return;
+    td_model *m = *mp;
+    free(m->params);
+    free(m->grads);
+    free(m->acts);
+    free(m->la);
+    free(m->tensors);
+    free(m->p_layers);
+    free(m->g_layers);
+    free(m);
+    *mp = NULL;
+}
+
+const td_model_config *td_model_config_of(const td_model *m) {
+    return &m->cfg;
+}
+size_t td_model_num_params(const td_model *m) {
+    return m->num_params;
+}
+float *td_model_params(td_model *m) {
+    return m->params;
+}
+float *td_model_grads(td_model *m) {
+    return m->grads;
+}
+const td_param_tensor *td_model_tensors(const td_model *m, int *count) {
+    *count = m->n_tensors;
+    return m->tensors;
+}
+const td_param_ptrs *td_model_param_ptrs(const td_model *m) {
+    return &m->p;
+}
+const float *td_model_logits(const td_model *m) {
+    return m->logits;
+}
+size_t td_model_activation_bytes(const td_model *m) {
+    return m->acts_bytes;
+}
+
+void td_model_init_random(td_model *m, uint64_t seed) {
+    td_rng rng;
+    td_rng_seed(&rng, seed);
+    float resid_std = 0.02f / sqrtf(2.0f * (float)m->L);
+    for (int k = 0; k < m->n_tensors; k++) {
+        const td_param_tensor *t = &m->tensors[k];
+        float *w = m->params + t->offset;
+        const char *nm = t->name;
+        int is_norm = strstr(nm, "norm") || strstr(nm, "ln_");
+        if (t->ndim == 1) {
+            float v = is_norm && strstr(nm, ".weight") ? 1.0f : 0.0f;
+            for (size_t i = 0; i < t->numel; i++) w[i] = v;
+            continue;
+        }
+        int out_proj = strstr(nm, "o_proj") || strstr(nm, "down_proj") ||
+                       strstr(nm, "c_proj.weight");
+        float std = out_proj ? resid_std : 0.02f;
+        if (strstr(nm, "wpe")) std = 0.01f;
+        for (size_t i = 0; i < t->numel; i++) w[i] = (float)(std * td_rng_normal(&rng));
+    }
+}
+
+double td_model_train_flops_per_token(const td_model *m, int T) {
+    double n = 0;
+    for (int k = 0; k < m->n_tensors; k++) {
+        const td_param_tensor *t = &m->tensors[k];
+        if (t->ndim == 2 && !strstr(t->name, "wpe")) n += (double)t->numel;
+    }
+    /* The input embedding is a lookup, not a product; when untied, lm_head is a product. */
+    if (!m->cfg.tie_word_embeddings) n -= (double)m->V * m->C;
+    return 6.0 * n + 12.0 * m->L * m->C * (double)T;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* activation planning */
+
+td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
+    if (T > m->cfg.max_position_embeddings)
+        return td_error_set(TD_ERR_INVALID,
+                            "sequence length %d exceeds max_position_embeddings %d", T,
+                            m->cfg.max_position_embeddings);
+    if (B <= 0 || T <= 0) return td_error_set(TD_ERR_INVALID, "batch %d x %d is empty", B, T);
+    if (m->acts && B <= m->planB && T <= m->planT && (!with_grads || m->plan_grads))
+        return TD_OK;
+    if (m->acts) {
+        if (B < m->planB) B = m->planB;
+        if (T < m->planT) T = m->planT;
+        with_grads |= m->plan_grads;
+    }
+    size_t N = (size_t)B * T, C = m->C, L = m->L;
+    size_t per_layer = N * C /*res*/ + N * C + 2 * N /*n1*/ + N * m->QKV +
+                       (size_t)B * m->NH * T * T + N * (size_t)m->NH * m->hd + N * C /*res2*/ +
+                       N * C + 2 * N /*n2*/ + N * m->FC + N * m->F;
+    size_t total = L * per_layer + N * C /*resf*/ + N * C + 2 * N + N * (size_t)m->V;
+    size_t ints = 2 * N;
+    if (with_grads)
+        total += N * C * 2 + N * m->QKV + N * (size_t)m->NH * m->hd + N * m->FC + N * m->F;
+    /* 16 floats of slack per buffer keeps every buffer 64-byte aligned */
+    size_t nbuf = L * 14 + 16;
+    size_t bytes = (total + ints + nbuf * 16) * sizeof(float);
+    free(m->acts);
+    free(m->la);
+    m->acts = aligned_alloc(64, ((bytes + 63) / 64) * 64);
+    m->la = calloc(L, sizeof *m->la);
+    if (!m->acts || !m->la)
+        return td_error_set(TD_ERR_NOMEM, "out of memory planning activations (%.1f MiB)",
+                            bytes / 1048576.0);
+    m->acts_bytes = bytes;
+    float *cur = m->acts;
+#define TAKE(n) (cur += (((n) + 15) / 16) * 16, cur - (((n) + 15) / 16) * 16)
+    for (size_t l = 0; l < L; l++) {
+        layer_acts *a = &m->la[l];
+        a->res = TAKE(N * C);
+        a->n1 = TAKE(N * C);
+        a->n1m = TAKE(N);
+        a->n1r = TAKE(N);
+        a->qkv = TAKE(N * m->QKV);
+        a->att = TAKE((size_t)B * m->NH * T * T);
+        a->atty = TAKE(N * m->NH * m->hd);
+        a->res2 = TAKE(N * C);
+        a->n2 = TAKE(N * C);
+        a->n2m = TAKE(N);
+        a->n2r = TAKE(N);
+        a->fc = TAKE(N * m->FC);
+        a->h = TAKE(N * m->F);
+    }
+    m->resf = TAKE(N * C);
+    m->nf = TAKE(N * C);
+    m->nfm = TAKE(N);
+    m->nfr = TAKE(N);
+    m->logits = TAKE(N * m->V);
+    m->tokens = (int32_t *)TAKE(N);
+    m->targets = (int32_t *)TAKE(N);
+    if (with_grads) {
+        m->dres = TAKE(N * C);
+        m->dn = TAKE(N * C);
+        m->dqkv = TAKE(N * m->QKV);
+        m->datty = TAKE(N * m->NH * m->hd);
+        m->dfc = TAKE(N * m->FC);
+        m->dh = TAKE(N * m->F);
+    }
+#undef TAKE
+    TD_ASSERT((size_t)(cur - m->acts) * sizeof(float) <= bytes);
+    m->planB = B;
+    m->planT = T;
+    m->plan_grads = with_grads;
+    if (with_grads && !m->grads) {
+        m->grads = aligned_alloc(64, ((m->num_params * sizeof(float) + 63) / 64) * 64);
+        if (!m->grads)
+            return td_error_set(TD_ERR_NOMEM, "out of memory allocating gradients");
+        memset(m->grads, 0, m->num_params * sizeof(float));
+        bind_ptrs(m, m->grads, &m->g, m->g_layers);
+    }
+    return TD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* forward */
+
+static void norm_fwd(const td_model *m, float *out, float *mean, float *rstd, const float *x,
+                     const float *w, const float *b, int N) {
+    if (m->cfg.arch == TD_ARCH_LLAMA)
+        td_op_rmsnorm_fwd_f32(out, rstd, x, w, N, m->C, (float)m->cfg.norm_eps);
+    else
+        td_op_layernorm_fwd_f32(out, mean, rstd, x, w, b, N, m->C, (float)m->cfg.norm_eps);
+}
+
+static void norm_bwd(const td_model *m, float *dx, float *dw, float *db, const float *dout,
+                     const float *x, const float *w, const float *mean, const float *rstd,
+                     int N) {
+    if (m->cfg.arch == TD_ARCH_LLAMA)
+        td_op_rmsnorm_bwd_f32(dx, dw, dout, x, w, rstd, N, m->C);
+    else
+        td_op_layernorm_bwd_f32(dx, dw, db, dout, x, w, mean, rstd, N, m->C);
+}
+
+td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B,
+                           int T, double *loss) {
+    if (!m->acts || B > m->planB || T > m->planT)
+        return td_error_set(TD_ERR_INVALID, "forward of %d x %d exceeds the planned %d x %d", B,
+                            T, m->planB, m->planT);
+    int N = B * T, C = m->C, V = m->V;
+    for (int n = 0; n < N; n++) {
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return td_error_set(TD_ERR_INVALID, "token id %d at position %d is outside [0, %d)",
+                                tokens[n], n, V);
+        if (targets && targets[n] >= V)
+            return td_error_set(TD_ERR_INVALID, "target id %d at position %d is outside [0, %d)",
+                                targets[n], n, V);
+    }
+    memcpy(m->tokens, tokens, sizeof(int32_t) * (size_t)N);
+    if (targets) memcpy(m->targets, targets, sizeof(int32_t) * (size_t)N);
+    m->lastB = B;
+    m->lastT = T;
+    m->has_targets = targets != NULL;
+    int llama = m->cfg.arch == TD_ARCH_LLAMA;
+
+    td_op_embed_fwd_f32(m->la[0].res, m->tokens, m->p.wte, m->p.wpe, N, T, C);
+    for (int l = 0; l < m->L; l++) {
+        layer_acts *a = &m->la[l];
+        const td_layer_params *w = &m->p.layers[l];
+        float *res_out = l + 1 < m->L ? m->la[l + 1].res : m->resf;
+        norm_fwd(m, a->n1, a->n1m, a->n1r, a->res, w->norm1_w, w->norm1_b, N);
+        td_op_matmul_fwd_f32(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV);
+        if (llama)
+            td_op_rope_f32(a->qkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
+                           (float)m->cfg.rope_theta, 0);
+        td_op_attention_fwd_f32(a->atty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd);
+        td_op_matmul_fwd_f32(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C);
+        td_op_add_f32(a->res2, a->res2, a->res, (size_t)N * C);
+        norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N);
+        td_op_matmul_fwd_f32(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC);
+        if (llama)
+            td_op_swiglu_fwd_f32(a->h, a->fc, N, m->F);
+        else
+            td_op_gelu_fwd_f32(a->h, a->fc, (size_t)N * m->F);
+        td_op_matmul_fwd_f32(res_out, a->h, w->wproj, w->bproj, N, m->F, C);
+        td_op_add_f32(res_out, res_out, a->res2, (size_t)N * C);
+    }
+    norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N);
+    td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V);
+    if (targets && loss) *loss = td_op_crossentropy_f32(NULL, NULL, m->logits, m->targets, N, V, 1.0);
+    return TD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* backward */
+
+void td_model_zero_grad(td_model *m) {
+    if (m->grads) memset(m->grads, 0, m->num_params * sizeof(float));
+}
+
+td_status td_model_backward(td_model *m, double dscale) {
+    if (!m->grads || !m->dres)
+        return td_error_set(TD_ERR_INVALID, "backward needs td_model_plan(..., with_grads=1)");
+    if (!m->has_targets)
+        return td_error_set(TD_ERR_INVALID, "backward needs a forward pass with targets");
+    int B = m->lastB, T = m->lastT, N = B * T, C = m->C, V = m->V;
+    int llama = m->cfg.arch == TD_ARCH_LLAMA;
+    const td_param_ptrs *P = &m->p, *G = &m->g;
+
+    /* dlogits overwrite the logits in place */
+    td_op_crossentropy_f32(m->logits, NULL, m->logits, m->targets, N, V, dscale);
+    td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf, P->lm_head, N, C, V, 1);
+    memset(m->dres, 0, sizeof(float) * (size_t)N * C);
+    norm_bwd(m, m->dres, G->normf_w, G->normf_b, m->dn, m->resf, P->normf_w, m->nfm, m->nfr, N);
+
+    for (int l = m->L - 1; l >= 0; l--) {
+        layer_acts *a = &m->la[l];
+        const td_layer_params *w = &P->layers[l];
+        const td_layer_params *g = &G->layers[l];
+        /* dres holds d(residual leaving the layer); the residual add passes it through */
+        td_op_matmul_bwd_f32(m->dh, g->wproj, g->bproj, m->dres, a->h, w->wproj, N, m->F, C, 1);
+        if (llama)
+            td_op_swiglu_bwd_f32(m->dfc, m->dh, a->fc, N, m->F);
+        else
+            td_op_gelu_bwd_f32(m->dfc, m->dh, a->fc, (size_t)N * m->F);
+        td_op_matmul_bwd_f32(m->dn, g->wfc, g->bfc, m->dfc, a->n2, w->wfc, N, C, m->FC, 1);
+        norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2, w->norm2_w, a->n2m, a->n2r,
+                 N);
+        /* dres is now d(res2) */
+        td_op_matmul_bwd_f32(m->datty, g->wo, g->bo, m->dres, a->atty, w->wo, N, m->NH * m->hd,
+                             C, 1);
+        td_op_attention_bwd_f32(m->dqkv, m->datty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd);
+        if (llama)
+            td_op_rope_f32(m->dqkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
+                           (float)m->cfg.rope_theta, 1);
+        td_op_matmul_bwd_f32(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1, w->wqkv, N, C, m->QKV, 1);
+        norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res, w->norm1_w, a->n1m, a->n1r,
+                 N);
+    }
+    td_op_embed_bwd_f32(G->wte, G->wpe, m->dres, m->tokens, N, T, C);
+    m->has_targets = 0; /* the logits now hold gradients */
+    return TD_OK;
+}

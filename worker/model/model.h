@@ -1,0 +1,97 @@
+/* The transformer: parameters, activations, forward, backward.
+ *
+ * One allocation holds every parameter (and one the gradients), split into named tensors
+ * as llm.c does; another holds every activation, planned once for the largest batch
+ * (B, T) by td_model_plan, so a training or decode step allocates nothing.
+ *
+ * Two architectures share the code path:
+ *   llama: RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases, optional tied
+ *          embeddings
+ *   gpt2:  LayerNorm, learned positions, GELU (tanh), biases, tied embeddings
+ * Internally every linear weight is (out, in) like torch.nn.Linear; q/k/v projections of a
+ * layer are stored back to back as one (NH+2*NKV)*hd x C matrix, and llama's gate and up
+ * projections as one 2F x C matrix, so each takes one matrix product. The checkpoint code
+ * maps these to Hugging Face names and layouts through td_model_tensors(). */
+#ifndef TD_MODEL_H
+#define TD_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "worker/model/config.h"
+
+/* A parameter tensor as Hugging Face names and shapes it. */
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[2]; /* Hugging Face shape */
+    size_t offset;    /* first element in td_model.params / grads */
+    size_t numel;
+    int transposed;   /* 1: stored (shape[1], shape[0]) here; HF stores (in, out) (GPT-2 Conv1D) */
+    int decay;        /* 1: AdamW applies weight decay (matrices and embeddings) */
+} td_param_tensor;
+
+/* Pointers to one layer's parameters (or gradients) inside the big allocation. A pointer
+ * is NULL where the architecture has no such tensor. */
+typedef struct {
+    float *norm1_w, *norm1_b; /* (C) */
+    float *wqkv, *bqkv;       /* (QKV, C), (QKV) with QKV = (NH + 2 NKV) hd */
+    float *wo, *bo;           /* (C, NH hd), (C) */
+    float *norm2_w, *norm2_b; /* (C) */
+    float *wfc, *bfc;         /* llama: gate+up (2F, C); gpt2: c_fc (F, C), (F) */
+    float *wproj, *bproj;     /* (C, F), (C) */
+} td_layer_params;
+
+typedef struct {
+    float *wte;               /* (V, C) */
+    float *wpe;               /* (maxT, C), gpt2 only */
+    float *normf_w, *normf_b; /* (C) */
+    float *lm_head;           /* (V, C); equals wte when tied */
+    td_layer_params *layers;  /* L entries */
+} td_param_ptrs;
+
+typedef struct td_model td_model;
+
+/* Creates a model with zeroed parameters (use td_model_init_random or load weights).
+ * *out is owned by the caller; free with td_model_free. */
+td_status td_model_new(const td_model_config *cfg, td_model **out);
+void td_model_free(td_model **m);
+
+const td_model_config *td_model_config_of(const td_model *m);
+size_t td_model_num_params(const td_model *m);
+float *td_model_params(td_model *m);
+/* NULL until td_model_plan(..., with_grads=1). */
+float *td_model_grads(td_model *m);
+const td_param_tensor *td_model_tensors(const td_model *m, int *count);
+const td_param_ptrs *td_model_param_ptrs(const td_model *m);
+
+/* GPT-2 style initialization: normal(0, 0.02), output projections scaled by 1/sqrt(2L),
+ * norm weights 1, biases 0. Deterministic for a seed. */
+void td_model_init_random(td_model *m, uint64_t seed);
+
+/* Plans activation buffers for batches up to B x T (T <= max_position_embeddings) and,
+ * with with_grads, gradient and backward buffers. May be called again to grow. */
+td_status td_model_plan(td_model *m, int B, int T, int with_grads);
+
+/* Forward pass over tokens (B, T) (T may be less than planned). With targets (B, T)
+ * (entries < 0 are ignored) it computes the mean cross-entropy into *loss. Logits stay
+ * available through td_model_logits until the next call. */
+td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B,
+                           int T, double *loss);
+/* (B*T, V) logits of the last forward (overwritten by backward with their gradient). */
+const float *td_model_logits(const td_model *m);
+
+/* Backward pass of the last forward (which must have had targets); ACCUMULATES into the
+ * gradients, scaling d loss by `dscale` (1/grad_accum for gradient accumulation). */
+td_status td_model_backward(td_model *m, double dscale);
+void td_model_zero_grad(td_model *m);
+
+/* FLOPs per token for one training step (forward + backward): 6 N + 12 L C T, with N the
+ * parameters that take part in matrix products (PaLM's convention). */
+double td_model_train_flops_per_token(const td_model *m, int T);
+
+/* Bytes of activation and gradient buffers planned. */
+size_t td_model_activation_bytes(const td_model *m);
+
+#endif

@@ -1,0 +1,52 @@
+/* AdamW, clipping and LR schedule (see adamw.h). */
+#include "worker/train/adamw.h"
+
+#include <math.h>
+
+double td_grad_clip(float *g, size_t n, double clip) {
+    double ss = 0;
+#pragma omp parallel for reduction(+ : ss) schedule(static)
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    double norm = sqrt(ss);
+    if (clip > 0 && norm > clip) {
+        float s = (float)(clip / (norm + 1e-6));
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) g[i] *= s;
+    }
+    return norm;
+}
+
+void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
+                   long t) {
+    int nt;
+    const td_param_tensor *tens = td_model_tensors(model, &nt);
+    float *p = td_model_params(model), *g = td_model_grads(model);
+    float b1 = hp->beta1, b2 = hp->beta2, eps = hp->eps;
+    float c1 = (float)(1.0 / (1.0 - pow(b1, (double)t)));
+    float c2 = (float)(1.0 / (1.0 - pow(b2, (double)t)));
+    float flr = (float)lr;
+    for (int k = 0; k < nt; k++) {
+        const td_param_tensor *T = &tens[k];
+        float wd = T->decay ? hp->weight_decay : 0.0f;
+        float *pp = p + T->offset, *gg = g + T->offset, *mm = m + T->offset, *vv = v + T->offset;
+        size_t n = T->numel;
+#pragma omp parallel for schedule(static) if (n > 32768)
+        for (size_t i = 0; i < n; i++) {
+            float gi = gg[i];
+            float mi = b1 * mm[i] + (1 - b1) * gi;
+            float vi = b2 * vv[i] + (1 - b2) * gi * gi;
+            mm[i] = mi;
+            vv[i] = vi;
+            pp[i] -= flr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
+        }
+    }
+}
+
+double td_lr_schedule(long step, long total, long warmup, double lr, double min_ratio) {
+    if (step < warmup) return lr * (double)(step + 1) / (double)warmup;
+    if (total <= warmup + 1) return lr;
+    double frac = (double)(step - warmup) / (double)(total - warmup - 1);
+    if (frac > 1) frac = 1;
+    double min_lr = lr * min_ratio;
+    return min_lr + 0.5 * (lr - min_lr) * (1 + cos(M_PI * frac));
+}

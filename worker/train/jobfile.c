@@ -1,0 +1,137 @@
+/* Job file parsing and validation (see jobfile.h). */
+#include "worker/train/jobfile.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/json.h"
+
+static td_status get_long(const cJSON *o, const char *where, const char *key, int req, long lo,
+                          long *out) {
+    int64_t v = *out;
+    TD_TRY(td_json_get_int(o, where, key, req, &v));
+    if (v < lo)
+        return td_error_set(TD_ERR_INVALID, "%s.%s: must be at least %ld, got %lld", where, key,
+                            lo, (long long)v);
+    *out = (long)v;
+    return TD_OK;
+}
+
+static td_status get_num(const cJSON *o, const char *where, const char *key, double lo,
+                         double hi, double *out) {
+    TD_TRY(td_json_get_double(o, where, key, 0, out));
+    if (*out < lo || *out > hi)
+        return td_error_set(TD_ERR_INVALID, "%s.%s: %g is outside [%g, %g]", where, key, *out,
+                            lo, hi);
+    return TD_OK;
+}
+
+static td_status copy_str(const cJSON *o, const char *where, const char *key, int req, char *dst,
+                          size_t n) {
+    const char *s = NULL;
+    TD_TRY(td_json_get_string(o, where, key, req, &s));
+    if (s) {
+        if (strlen(s) >= n)
+            return td_error_set(TD_ERR_INVALID, "%s.%s: value is too long", where, key);
+        snprintf(dst, n, "%s", s);
+    }
+    return TD_OK;
+}
+
+static td_status parse(td_job *j) {
+    const char *p = j->path;
+    char where[1100];
+    const cJSON *root = j->json;
+    if (!cJSON_IsObject(root)) return td_error_set(TD_ERR_INVALID, "%s: expected a JSON object", p);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
+    const cJSON *train = cJSON_GetObjectItemCaseSensitive(root, "train");
+    const cJSON *ckpt = cJSON_GetObjectItemCaseSensitive(root, "checkpoint");
+    if (!model) return td_error_set(TD_ERR_INVALID, "%s: missing the \"model\" block", p);
+    if (!data) return td_error_set(TD_ERR_INVALID, "%s: missing the \"data\" block", p);
+    snprintf(where, sizeof where, "%s: model", p);
+    TD_TRY(td_model_config_from_json(model, where, &j->model));
+
+    snprintf(where, sizeof where, "%s: data", p);
+    TD_TRY(copy_str(data, where, "train", 1, j->train_data, sizeof j->train_data));
+    TD_TRY(copy_str(data, where, "val", 0, j->val_data, sizeof j->val_data));
+    long seq = 0;
+    TD_TRY(get_long(data, where, "seq_len", 1, 1, &seq));
+    if (seq > j->model.max_position_embeddings)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.seq_len: %ld exceeds model.max_position_embeddings %d", where,
+                            seq, j->model.max_position_embeddings);
+    j->seq_len = (int)seq;
+
+    long bs = 8, ga = 1;
+    j->steps = 100;
+    j->warmup = 0;
+    j->lr = 3e-4;
+    j->lr_min_ratio = 0.1;
+    j->weight_decay = 0.0;
+    j->clip = 1.0;
+    j->beta1 = 0.9;
+    j->beta2 = 0.95;
+    j->eps = 1e-8;
+    j->seed = 1;
+    j->eval_every = 0;
+    j->eval_batches = 8;
+    j->log_every = 10;
+    long zero = 0;
+    if (train) {
+        snprintf(where, sizeof where, "%s: train", p);
+        TD_TRY(get_long(train, where, "batch_size", 0, 1, &bs));
+        TD_TRY(get_long(train, where, "grad_accum", 0, 1, &ga));
+        TD_TRY(get_long(train, where, "steps", 0, 1, &j->steps));
+        TD_TRY(get_long(train, where, "warmup", 0, 0, &j->warmup));
+        TD_TRY(get_num(train, where, "lr", 0, 10, &j->lr));
+        TD_TRY(get_num(train, where, "lr_min_ratio", 0, 1, &j->lr_min_ratio));
+        TD_TRY(get_num(train, where, "weight_decay", 0, 10, &j->weight_decay));
+        TD_TRY(get_num(train, where, "clip", 0, 1e9, &j->clip));
+        TD_TRY(get_num(train, where, "beta1", 0, 0.99999, &j->beta1));
+        TD_TRY(get_num(train, where, "beta2", 0, 0.99999999, &j->beta2));
+        TD_TRY(get_num(train, where, "eps", 0, 1, &j->eps));
+        TD_TRY(get_long(train, where, "seed", 0, 0, &j->seed));
+        TD_TRY(get_long(train, where, "zero", 0, 0, &zero));
+        TD_TRY(get_long(train, where, "eval_every", 0, 0, &j->eval_every));
+        TD_TRY(get_long(train, where, "eval_batches", 0, 1, &j->eval_batches));
+        TD_TRY(get_long(train, where, "log_every", 0, 1, &j->log_every));
+        if (zero > 1)
+            return td_error_set(TD_ERR_INVALID, "%s.zero: only 0 and 1 are defined", where);
+    }
+    j->batch_size = (int)bs;
+    j->grad_accum = (int)ga;
+    j->zero = (int)zero;
+
+    snprintf(j->ckpt_dir, sizeof j->ckpt_dir, "runs/default");
+    j->ckpt_every = 0;
+    j->ckpt_keep = 3;
+    if (ckpt) {
+        snprintf(where, sizeof where, "%s: checkpoint", p);
+        TD_TRY(copy_str(ckpt, where, "dir", 0, j->ckpt_dir, sizeof j->ckpt_dir));
+        TD_TRY(get_long(ckpt, where, "every", 0, 0, &j->ckpt_every));
+        long keep = j->ckpt_keep;
+        TD_TRY(get_long(ckpt, where, "keep", 0, 0, &keep));
+        j->ckpt_keep = (int)keep;
+    }
+    snprintf(j->device, sizeof j->device, "auto");
+    TD_TRY(copy_str(root, p, "device", 0, j->device, sizeof j->device));
+    if (strcmp(j->device, "auto") && strcmp(j->device, "cpu") && strcmp(j->device, "cuda"))
+        return td_error_set(TD_ERR_INVALID, "%s.device: \"%s\" is not one of auto, cpu, cuda", p,
+                            j->device);
+    return TD_OK;
+}
+
+td_status td_job_load(const char *path, td_job *job) {
+    memset(job, 0, sizeof *job);
+    snprintf(job->path, sizeof job->path, "%s", path);
+    TD_TRY(td_json_load_file(path, &job->json));
+    td_status s = parse(job);
+    if (s != TD_OK) td_job_deinit(job);
+    return s;
+}
+
+void td_job_deinit(td_job *job) {
+    cJSON_Delete(job->json);
+    job->json = NULL;
+}

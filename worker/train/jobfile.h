@@ -1,0 +1,38 @@
+/* The job file shared by train, finetune, distill and serve (DESIGN.md, "Job file"):
+ * parsed and validated into td_job, with a located message for each bad field. */
+#ifndef TD_JOBFILE_H
+#define TD_JOBFILE_H
+
+#include <cjson/cJSON.h>
+
+#include "common/status.h"
+#include "worker/model/config.h"
+
+typedef struct {
+    char path[1024];
+    td_model_config model;
+    /* data */
+    char train_data[1024];
+    char val_data[1024]; /* "" = look for *val*.bin beside the train shards */
+    int seq_len;
+    /* train */
+    int batch_size, grad_accum;
+    long steps, warmup;
+    double lr, lr_min_ratio, weight_decay, clip, beta1, beta2, eps;
+    long seed;
+    int zero;
+    long eval_every, eval_batches, log_every;
+    /* checkpoint */
+    char ckpt_dir[1024];
+    long ckpt_every;
+    int ckpt_keep;
+    char device[32];
+    cJSON *json; /* the parsed file, kept for lineage; owned */
+} td_job;
+
+/* Loads and validates a job file. Relative data and checkpoint paths are taken as given
+ * (relative to the working directory). On success free with td_job_deinit. */
+td_status td_job_load(const char *path, td_job *job);
+void td_job_deinit(td_job *job);
+
+#endif
