@@ -13,7 +13,9 @@
 
 td_status td_fs_read_file(const char *path, char **data, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f) return td_error_set(TD_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    if (!f)
+        return td_error_set(errno == ENOENT ? TD_ERR_NOTFOUND : TD_ERR_IO, "cannot open %s: %s",
+                            path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return td_error_set(TD_ERR_IO, "cannot seek in %s: %s", path, strerror(errno));

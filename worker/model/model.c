@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "common/rng.h"
+#include "common/timeutil.h"
 #include "worker/kernels/cpu/ops.h"
 
 typedef struct {
@@ -50,7 +51,35 @@ struct td_model {
     float *dres, *dn, *dqkv, *datty, *dfc, *dh;
     /* last forward */
     int lastB, lastT, has_targets;
+    /* profiling */
+    int prof_on;
+    double prof[TD_PROF_COUNT];
 };
+
+/* Times `stmt` into m->prof[op] when profiling is on. */
+#define PROF(op, stmt)                                                                         \
+    do {                                                                                       \
+        double prof_t0_ = m->prof_on ? td_time_now() : 0;                                      \
+        stmt;                                                                                  \
+        if (m->prof_on) m->prof[op] += td_time_now() - prof_t0_;                               \
+    } while (0)
+
+const char *td_prof_op_name(td_prof_op op) {
+    static const char *names[TD_PROF_COUNT] = {
+        "embedding", "norm (fwd+bwd)", "matmul fwd", "matmul bwd", "rope (fwd+bwd)",
+        "attention fwd", "attention bwd", "swiglu/gelu (fwd+bwd)", "residual add",
+        "lm_head fwd", "lm_head bwd", "softmax+cross-entropy"};
+    return names[op];
+}
+
+void td_model_profile_enable(td_model *m, int on) {
+    m->prof_on = on;
+    memset(m->prof, 0, sizeof m->prof);
+}
+
+const double *td_model_profile(const td_model *m) {
+    return m->prof;
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* parameter layout */
@@ -400,31 +429,42 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
     m->has_targets = targets != NULL;
     int llama = m->cfg.arch == TD_ARCH_LLAMA;
 
-    td_op_embed_fwd_f32(m->la[0].res, m->tokens, m->p.wte, m->p.wpe, N, T, C);
+    PROF(TD_PROF_EMBED,
+         td_op_embed_fwd_f32(m->la[0].res, m->tokens, m->p.wte, m->p.wpe, N, T, C));
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &m->la[l];
         const td_layer_params *w = &m->p.layers[l];
         float *res_out = l + 1 < m->L ? m->la[l + 1].res : m->resf;
-        norm_fwd(m, a->n1, a->n1m, a->n1r, a->res, w->norm1_w, w->norm1_b, N);
-        td_op_matmul_fwd_f32(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV);
+        PROF(TD_PROF_NORM, norm_fwd(m, a->n1, a->n1m, a->n1r, a->res, w->norm1_w, w->norm1_b, N));
+        PROF(TD_PROF_MATMUL_FWD,
+             td_op_matmul_fwd_f32(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV));
         if (llama)
-            td_op_rope_f32(a->qkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
-                           (float)m->cfg.rope_theta, 0);
-        td_op_attention_fwd_f32(a->atty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd);
-        td_op_matmul_fwd_f32(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C);
-        td_op_add_f32(a->res2, a->res2, a->res, (size_t)N * C);
-        norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N);
-        td_op_matmul_fwd_f32(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC);
+            PROF(TD_PROF_ROPE, td_op_rope_f32(a->qkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
+                                              (float)m->cfg.rope_theta, 0));
+        PROF(TD_PROF_ATTN_FWD,
+             td_op_attention_fwd_f32(a->atty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd));
+        PROF(TD_PROF_MATMUL_FWD,
+             td_op_matmul_fwd_f32(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
+        PROF(TD_PROF_RESIDUAL, td_op_add_f32(a->res2, a->res2, a->res, (size_t)N * C));
+        PROF(TD_PROF_NORM,
+             norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
+        PROF(TD_PROF_MATMUL_FWD,
+             td_op_matmul_fwd_f32(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
         if (llama)
-            td_op_swiglu_fwd_f32(a->h, a->fc, N, m->F);
+            PROF(TD_PROF_ACT, td_op_swiglu_fwd_f32(a->h, a->fc, N, m->F));
         else
-            td_op_gelu_fwd_f32(a->h, a->fc, (size_t)N * m->F);
-        td_op_matmul_fwd_f32(res_out, a->h, w->wproj, w->bproj, N, m->F, C);
-        td_op_add_f32(res_out, res_out, a->res2, (size_t)N * C);
+            PROF(TD_PROF_ACT, td_op_gelu_fwd_f32(a->h, a->fc, (size_t)N * m->F));
+        PROF(TD_PROF_MATMUL_FWD,
+             td_op_matmul_fwd_f32(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
+        PROF(TD_PROF_RESIDUAL, td_op_add_f32(res_out, res_out, a->res2, (size_t)N * C));
     }
-    norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N);
-    td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V);
-    if (targets && loss) *loss = td_op_crossentropy_f32(NULL, NULL, m->logits, m->targets, N, V, 1.0);
+    PROF(TD_PROF_NORM,
+         norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N));
+    PROF(TD_PROF_LMHEAD_FWD,
+         td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V));
+    if (targets && loss)
+        PROF(TD_PROF_XENT,
+             *loss = td_op_crossentropy_f32(NULL, NULL, m->logits, m->targets, N, V, 1.0));
     return TD_OK;
 }
 
@@ -445,36 +485,43 @@ td_status td_model_backward(td_model *m, double dscale) {
     const td_param_ptrs *P = &m->p, *G = &m->g;
 
     /* dlogits overwrite the logits in place */
-    td_op_crossentropy_f32(m->logits, NULL, m->logits, m->targets, N, V, dscale);
-    td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf, P->lm_head, N, C, V, 1);
+    PROF(TD_PROF_XENT,
+         td_op_crossentropy_f32(m->logits, NULL, m->logits, m->targets, N, V, dscale));
+    PROF(TD_PROF_LMHEAD_BWD, td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf,
+                                                  P->lm_head, N, C, V, 1));
     memset(m->dres, 0, sizeof(float) * (size_t)N * C);
-    norm_bwd(m, m->dres, G->normf_w, G->normf_b, m->dn, m->resf, P->normf_w, m->nfm, m->nfr, N);
+    PROF(TD_PROF_NORM, norm_bwd(m, m->dres, G->normf_w, G->normf_b, m->dn, m->resf, P->normf_w,
+                                m->nfm, m->nfr, N));
 
     for (int l = m->L - 1; l >= 0; l--) {
         layer_acts *a = &m->la[l];
         const td_layer_params *w = &P->layers[l];
         const td_layer_params *g = &G->layers[l];
         /* dres holds d(residual leaving the layer); the residual add passes it through */
-        td_op_matmul_bwd_f32(m->dh, g->wproj, g->bproj, m->dres, a->h, w->wproj, N, m->F, C, 1);
+        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dh, g->wproj, g->bproj, m->dres, a->h,
+                                                      w->wproj, N, m->F, C, 1));
         if (llama)
-            td_op_swiglu_bwd_f32(m->dfc, m->dh, a->fc, N, m->F);
+            PROF(TD_PROF_ACT, td_op_swiglu_bwd_f32(m->dfc, m->dh, a->fc, N, m->F));
         else
-            td_op_gelu_bwd_f32(m->dfc, m->dh, a->fc, (size_t)N * m->F);
-        td_op_matmul_bwd_f32(m->dn, g->wfc, g->bfc, m->dfc, a->n2, w->wfc, N, C, m->FC, 1);
-        norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2, w->norm2_w, a->n2m, a->n2r,
-                 N);
+            PROF(TD_PROF_ACT, td_op_gelu_bwd_f32(m->dfc, m->dh, a->fc, (size_t)N * m->F));
+        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dn, g->wfc, g->bfc, m->dfc, a->n2,
+                                                      w->wfc, N, C, m->FC, 1));
+        PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2,
+                                    w->norm2_w, a->n2m, a->n2r, N));
         /* dres is now d(res2) */
-        td_op_matmul_bwd_f32(m->datty, g->wo, g->bo, m->dres, a->atty, w->wo, N, m->NH * m->hd,
-                             C, 1);
-        td_op_attention_bwd_f32(m->dqkv, m->datty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd);
+        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->datty, g->wo, g->bo, m->dres, a->atty,
+                                                      w->wo, N, m->NH * m->hd, C, 1));
+        PROF(TD_PROF_ATTN_BWD, td_op_attention_bwd_f32(m->dqkv, m->datty, a->att, a->qkv, B, T,
+                                                       m->NH, m->NKV, m->hd));
         if (llama)
-            td_op_rope_f32(m->dqkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
-                           (float)m->cfg.rope_theta, 1);
-        td_op_matmul_bwd_f32(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1, w->wqkv, N, C, m->QKV, 1);
-        norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res, w->norm1_w, a->n1m, a->n1r,
-                 N);
+            PROF(TD_PROF_ROPE, td_op_rope_f32(m->dqkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
+                                              (float)m->cfg.rope_theta, 1));
+        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1,
+                                                      w->wqkv, N, C, m->QKV, 1));
+        PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res,
+                                    w->norm1_w, a->n1m, a->n1r, N));
     }
-    td_op_embed_bwd_f32(G->wte, G->wpe, m->dres, m->tokens, N, T, C);
+    PROF(TD_PROF_EMBED, td_op_embed_bwd_f32(G->wte, G->wpe, m->dres, m->tokens, N, T, C));
     m->has_targets = 0; /* the logits now hold gradients */
     return TD_OK;
 }

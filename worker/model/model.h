@@ -91,6 +91,18 @@ void td_model_zero_grad(td_model *m);
  * parameters that take part in matrix products (PaLM's convention). */
 double td_model_train_flops_per_token(const td_model *m, int T);
 
+/* Per-operation time of forward and backward, accumulated while profiling is on. */
+typedef enum {
+    TD_PROF_EMBED, TD_PROF_NORM, TD_PROF_MATMUL_FWD, TD_PROF_MATMUL_BWD, TD_PROF_ROPE,
+    TD_PROF_ATTN_FWD, TD_PROF_ATTN_BWD, TD_PROF_ACT, TD_PROF_RESIDUAL, TD_PROF_LMHEAD_FWD,
+    TD_PROF_LMHEAD_BWD, TD_PROF_XENT, TD_PROF_COUNT
+} td_prof_op;
+const char *td_prof_op_name(td_prof_op op);
+/* Turns timing on (and resets it) or off. */
+void td_model_profile_enable(td_model *m, int on);
+/* Seconds spent per td_prof_op since profiling was enabled (TD_PROF_COUNT entries). */
+const double *td_model_profile(const td_model *m);
+
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);
 

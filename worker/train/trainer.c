@@ -130,7 +130,8 @@ static td_status setup(trainer *t, const td_job *j) {
                             "%d",
                             j->path, td_loader_max_token(t->train), j->model.vocab_size);
     const char *vsrc = j->val_data[0] ? j->val_data : j->train_data;
-    td_status s = td_loader_open(vsrc, "val", j->batch_size, j->seq_len, 0, 0, &t->val);
+    /* validation: a fixed shuffled subset of windows, spread over the whole split */
+    td_status s = td_loader_open(vsrc, "val", j->batch_size, j->seq_len, 0, 1, &t->val);
     if (s != TD_OK) {
         if (j->val_data[0]) return s;
         TD_LOG_WARN("no validation shards (*val*.bin) in %s: val_loss will not be reported",

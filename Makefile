@@ -1,0 +1,37 @@
+# Thin wrapper over CMake. The two commands of the README:
+#   make demo   install what is missing, build, train the demo model, print a sample
+#   make test   install what is missing, build, run every test (ctest)
+BUILD ?= build
+JOBS ?= 2
+
+.PHONY: all deps build test demo bench interop fixtures clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTANDEM_WERROR=ON > $(BUILD).cmake.log 2>&1 \
+		|| { cat $(BUILD).cmake.log; exit 1; }
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 900
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+bench: build
+	$(BUILD)/bench_train
+
+interop: build
+	@scripts/install-deps.sh --python
+	.venv/bin/python tests/reference/interop.py --tandem $(BUILD)/tandem
+
+fixtures:
+	@scripts/install-deps.sh --python
+	.venv/bin/python tests/reference/make_fixtures.py
+
+clean:
+	rm -rf $(BUILD) $(BUILD).cmake.log

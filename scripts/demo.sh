@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job on its embedded default: the fortunes corpus (Debian's fortunes and
+# fortunes-zh) → byte-level shards → a small llama trained from scratch → a sample.
+# Prints the initial and final validation loss and fails if it did not fall by 40 %.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+TANDEM="$BUILD/tandem"
+DATA=demo-data/fortunes
+
+if [ ! -f "$DATA/train_000000.bin" ]; then
+    "$TANDEM" prep --format fortune --out "$DATA" /usr/share/games/fortunes
+fi
+rm -rf runs/demo
+"$TANDEM" train scripts/demo-job.json
+
+first=$(grep '"step": 0,' runs/demo/metrics.jsonl | sed 's/.*"val_loss": \([0-9.]*\).*/\1/')
+last=$(grep '"val_loss"' runs/demo/metrics.jsonl | tail -1 | sed 's/.*"val_loss": \([0-9.]*\).*/\1/')
+drop=$(awk -v a="$first" -v b="$last" 'BEGIN { printf "%.1f", 100 * (a - b) / a }')
+echo
+echo "validation loss: initial $first -> final $last (fell by $drop %; the demo needs >= 40 %)"
+echo
+echo "sample (temperature 0.8, top-k 40):"
+"$TANDEM" generate --model runs/demo/step_00000400 --prompt "The meaning of life is" \
+    --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 7
+awk -v d="$drop" 'BEGIN { exit !(d >= 40) }' || { echo "demo: validation loss fell by only $drop %" >&2; exit 1; }
