@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libzmq3-dev
-          libprotobuf-c-dev protobuf-c-compiler libopenblas-dev libdnnl-dev libcjson-dev
+          libprotobuf-c-dev protobuf-c-compiler libopenblas-openmp-dev libdnnl-dev libcjson-dev
           libmicrohttpd-dev zlib1g-dev libcmocka-dev fortunes fortunes-zh)
 PY_APT_PKGS=(python3 python3-venv python3-torch python3-numpy)
 

@@ -45,7 +45,7 @@ struct td_model {
     float *acts;
     size_t acts_bytes;
     layer_acts *la;
-    float *resf, *nf, *nfm, *nfr, *logits;
+    float *resf, *nf, *nfm, *nfr, *logits, *lse;
     int32_t *tokens, *targets;
     /* backward scratch */
     float *dres, *dn, *dqkv, *datty, *dfc, *dh;
@@ -325,7 +325,7 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
     size_t per_layer = N * C /*res*/ + N * C + 2 * N /*n1*/ + N * m->QKV +
                        (size_t)B * m->NH * T * T + N * (size_t)m->NH * m->hd + N * C /*res2*/ +
                        N * C + 2 * N /*n2*/ + N * m->FC + N * m->F;
-    size_t total = L * per_layer + N * C /*resf*/ + N * C + 2 * N + N * (size_t)m->V;
+    size_t total = L * per_layer + N * C /*resf*/ + N * C + 2 * N + N * (size_t)m->V + N;
     size_t ints = 2 * N;
     if (with_grads)
         total += N * C * 2 + N * m->QKV + N * (size_t)m->NH * m->hd + N * m->FC + N * m->F;
@@ -363,6 +363,7 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
     m->nfm = TAKE(N);
     m->nfr = TAKE(N);
     m->logits = TAKE(N * m->V);
+    m->lse = TAKE(N);
     m->tokens = (int32_t *)TAKE(N);
     m->targets = (int32_t *)TAKE(N);
     if (with_grads) {
@@ -462,9 +463,11 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
          norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N));
     PROF(TD_PROF_LMHEAD_FWD,
          td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V));
-    if (targets && loss)
+    double unused;
+    if (!loss) loss = &unused;
+    if (targets)
         PROF(TD_PROF_XENT,
-             *loss = td_op_crossentropy_f32(NULL, NULL, m->logits, m->targets, N, V, 1.0));
+             *loss = td_op_crossentropy_fwd_f32(m->lse, m->logits, m->targets, N, V));
     return TD_OK;
 }
 
@@ -486,7 +489,7 @@ td_status td_model_backward(td_model *m, double dscale) {
 
     /* dlogits overwrite the logits in place */
     PROF(TD_PROF_XENT,
-         td_op_crossentropy_f32(m->logits, NULL, m->logits, m->targets, N, V, dscale));
+         td_op_crossentropy_bwd_f32(m->logits, m->logits, m->lse, m->targets, N, V, dscale));
     PROF(TD_PROF_LMHEAD_BWD, td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf,
                                                   P->lm_head, N, C, V, 1));
     memset(m->dres, 0, sizeof(float) * (size_t)N * C);

@@ -59,12 +59,14 @@
     void td_op_gelu_bwd##S(T *dx, const T *dout, const T *x, size_t n);                        \
     /* out = a + b, n elements (out may alias a). */                                            \
     void td_op_add##S(T *out, const T *a, const T *b, size_t n);                               \
-    /* Cross-entropy over logits (N,V) with targets (N); a target < 0 is ignored. Returns the  \
-     * mean loss over counted rows and writes per-row losses to `losses` (N) when not NULL.    \
-     * When dlogits != NULL it is overwritten with d(mean loss)/d logits * dscale (it may      \
-     * alias logits). */                                                                       \
-    double td_op_crossentropy##S(T *dlogits, T *losses, const T *logits,                      \
-                                 const int32_t *targets, int N, int V, double dscale);
+    /* Cross-entropy over logits (N,V) with targets (N); a target < 0 is ignored. Writes     \
+     * each row's log-sum-exp to lse (N) and returns the mean loss over counted rows. */      \
+    double td_op_crossentropy_fwd##S(T *lse, const T *logits, const int32_t *targets, int N,  \
+                                     int V);                                                   \
+    /* dlogits (N,V) = d(mean loss)/d logits * dscale, from the lse of the forward; it may     \
+     * alias logits (the training path overwrites the logits in place). */                    \
+    void td_op_crossentropy_bwd##S(T *dlogits, const T *logits, const T *lse,                 \
+                                   const int32_t *targets, int N, int V, double dscale);
 
 TD_OPS_DECLARE(float, _f32)
 TD_OPS_DECLARE(double, _f64)

@@ -1,9 +1,12 @@
-/* float32 instantiation of the kernels in ops_impl.inc (the training path). */
+/* float32 instantiation of the kernels in ops_impl.inc (the training path), with the
+ * AVX-512 row helpers of vec_f32.h. */
+#include <math.h>
 #include <omp.h>
+
+#include "worker/kernels/cpu/vec_f32.h"
+
 #define real float
 #define S(name) name##_f32
 #define GEMM cblas_sgemm
-#define EXP expf
 #define SQRT sqrtf
-#define TANH tanhf
 #include "worker/kernels/cpu/ops_impl.inc"
