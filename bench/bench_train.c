@@ -4,7 +4,8 @@
  * size; vocab 50257, B=4, T=64), a child process trains on fixed random tokens — forward,
  * backward, clip, AdamW — for `warmup` untimed and `steps` timed steps, and reports the
  * median step time. Its peak RSS comes from wait4(). Then bench/torch_train.py runs the same
- * shape in PyTorch (Debian's python3-torch, fp32, eager) with the same thread count, and the
+ * shape in PyTorch (Debian's python3-torch, fp32, eager, glibc malloc told to keep freed
+ * memory) with the same thread count, and the
  * table prints both and the ratio. GFLOP/s counts 6 N + 12 L C T FLOPs per token (N = the
  * parameters in matrix products). --profile adds tandem's per-operation time split.
  *
@@ -146,7 +147,11 @@ static result bench_tandem(const shape *s, int warmup, int steps, long *peak_rss
 static int bench_torch(const shape *s, int warmup, int steps, int threads, double *tok_s,
                        long *peak_rss, char *version, size_t vn) {
     char cmd[1024];
+    /* glibc's malloc returns PyTorch's per-step buffers to the kernel and faults them in
+     * again every step (measured: ~40 % of its step time in page faults here); these two
+     * settings keep the memory, which is PyTorch's best configuration on this machine. */
     snprintf(cmd, sizeof cmd,
+             "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 "
              "/usr/bin/python3 bench/torch_train.py --json --arch %s --layers %d --heads %d "
              "--kv-heads %d --embd %d --ffn %d --vocab %d --batch %d --seq %d --steps %d "
              "--warmup %d --threads %d --positions %d",

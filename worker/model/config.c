@@ -93,6 +93,14 @@ td_status td_model_config_from_json(const cJSON *obj, const char *where, td_mode
         if (act && strcmp(act, "silu"))
             return td_error_set(TD_ERR_INVALID,
                                 "%s.hidden_act: \"%s\" is not supported (silu only)", where, act);
+        int64_t head_dim = -1;
+        TD_TRY(td_json_get_int(obj, where, "head_dim", 0, &head_dim));
+        if (head_dim != -1 && head_dim * cfg->num_attention_heads != cfg->hidden_size)
+            return td_error_set(TD_ERR_INVALID,
+                                "%s.head_dim: %lld x num_attention_heads %d != hidden_size %d "
+                                "(only head_dim = hidden_size / heads is supported)",
+                                where, (long long)head_dim, cfg->num_attention_heads,
+                                cfg->hidden_size);
         const cJSON *rs = cJSON_GetObjectItemCaseSensitive(obj, "rope_scaling");
         if (rs && !cJSON_IsNull(rs))
             return td_error_set(TD_ERR_INVALID, "%s.rope_scaling: not supported", where);
