@@ -5,3 +5,8 @@ td_test(test_bad_input tests/unit/test_bad_input.c unit)
 add_test(NAME test_train_resume COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_train_resume.sh
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_train_resume PROPERTIES LABELS "e2e" TIMEOUT 600)
+add_test(NAME test_cli_errors COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_cli_errors.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_cli_errors PROPERTIES LABELS "e2e" TIMEOUT 300)
+td_test(test_data_loader tests/unit/test_data_loader.c unit)
+td_test(test_safetensors tests/unit/test_safetensors.c unit)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Bad input through the command line: each case must exit with code 2 (never crash, never
+# 0) and print a message on stderr that names the problem. Covers job files (missing,
+# invalid JSON, unknown architecture, heads not dividing the width), shards (truncated,
+# wrong magic), checkpoints (missing tensor, mis-shaped tensor, truncated file), and
+# usage errors. Usage: test_cli_errors.sh TANDEM_BINARY
+set -uo pipefail
+TANDEM=$(realpath "$1")
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+cd "$W"
+pass=0 fail=0
+
+# expect LABEL PHRASE -- COMMAND...
+expect() {
+    local label=$1 phrase=$2
+    shift 3
+    "$@" > out.txt 2> err.txt
+    local rc=$?
+    if [ "$rc" -eq 2 ] && grep -qF -- "$phrase" err.txt; then
+        pass=$((pass + 1))
+        printf '  ok    %-26s exit %d: %s\n' "$label" "$rc" "$(head -c 150 err.txt | tr '\n' ' ')"
+    else
+        fail=$((fail + 1))
+        printf '  FAIL  %-26s exit %d (want 2 and "%s"): %s\n' "$label" "$rc" "$phrase" \
+            "$(head -c 300 err.txt | tr '\n' ' ')"
+    fi
+}
+
+job() { # file model-json data-dir
+    printf '{"model": %s, "data": {"train": "%s", "seq_len": 16},
+             "train": {"batch_size": 2, "steps": 2}, "checkpoint": {"dir": "run"}}\n' "$2" "$3" > "$1"
+}
+MODEL='{"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+        "intermediate_size": 64, "vocab_size": 257, "max_position_embeddings": 16}'
+
+"$TANDEM" prep --out data --val-every 4 "$ROOT/common" > /dev/null || { echo "prep failed"; exit 1; }
+
+expect "missing job file" "no_such.json" -- "$TANDEM" train no_such.json
+printf '{"model": {"arch": "llama",,}}' > invalid.json
+expect "invalid JSON" "invalid JSON near line 1" -- "$TANDEM" train invalid.json
+job arch.json '{"arch": "rwkv", "hidden_size": 32}' data
+expect "unknown architecture" 'unknown architecture "rwkv"' -- "$TANDEM" train arch.json
+job heads.json "${MODEL/\"hidden_size\": 32/\"hidden_size\": 30}" data
+expect "heads not dividing width" "must divide hidden_size (30)" -- "$TANDEM" train heads.json
+job vocab.json "${MODEL/257/200}" data
+expect "token id beyond vocab" "token id 256" -- "$TANDEM" train vocab.json
+
+mkdir -p trunc magic
+head -c 3000 data/train_000000.bin > trunc/x_train.bin
+job trunc.json "$MODEL" trunc
+expect "truncated shard" "truncated" -- "$TANDEM" train trunc.json
+{ printf '\x01\x02\x03\x04'; tail -c +5 data/train_000000.bin; } > magic/x_train.bin
+job magic.json "$MODEL" magic
+expect "wrong-magic shard" "bad magic" -- "$TANDEM" train magic.json
+job nodata.json "$MODEL" no_such_dir
+expect "missing data dir" "does not exist" -- "$TANDEM" train nodata.json
+
+FX="$ROOT/tests/reference/fixtures/llama"
+cp -r "$FX" ck_missing && sed -i 's/"num_hidden_layers": 2/"num_hidden_layers": 3/' ck_missing/config.json
+expect "checkpoint missing tensor" "missing tensor 'model.layers.2." -- \
+    "$TANDEM" generate --model ck_missing --tokens 1,2,3 --max-new-tokens 1
+cp -r "$FX" ck_shape && sed -i 's/"intermediate_size": 64/"intermediate_size": 80/' ck_shape/config.json
+expect "checkpoint mis-shaped" "has shape [64, 32], but config.json implies [80, 32]" -- \
+    "$TANDEM" generate --model ck_shape --tokens 1,2,3 --max-new-tokens 1
+cp -r "$FX" ck_trunc && head -c 5000 "$FX/model.safetensors" > ck_trunc/model.safetensors
+expect "checkpoint truncated" "truncated" -- \
+    "$TANDEM" generate --model ck_trunc --tokens 1,2,3 --max-new-tokens 1
+expect "token outside vocab" "outside the vocabulary" -- \
+    "$TANDEM" generate --model "$FX" --tokens 1,500 --max-new-tokens 1
+expect "unknown command" "unknown command" -- "$TANDEM" frobnicate
+expect "train without job" "expected exactly one job file" -- "$TANDEM" train
+expect "generate bad value" "bad option value" -- "$TANDEM" generate --model "$FX" --tokens 1 --top-p 7
+
+# a valid run still works (the cases above fail for their own reasons only)
+job good.json "$MODEL" data
+"$TANDEM" train good.json --quiet && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "  FAIL  valid job"; }
+
+echo "test_cli_errors: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
