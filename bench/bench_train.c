@@ -79,7 +79,8 @@ static void run_tandem(const shape *s, int warmup, int steps, result *r) {
     int32_t *tok = malloc(sizeof(int32_t) * B * (T + 1));
     td_rng rng;
     td_rng_seed(&rng, 7);
-    for (int i = 0; i < B * (T + 1); i++) tok[i] = (int32_t)td_rng_below(&rng, V);
+    for (int i = 0; i < B * (T + 1); i++)
+        tok[i] = (int32_t)td_rng_below(&rng, V);
     int32_t x[B * T], y[B * T];
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -110,7 +111,8 @@ static void run_tandem(const shape *s, int warmup, int steps, result *r) {
     r->gflops = td_model_train_flops_per_token(m, T) * r->tok_s / 1e9;
     r->params = (double)np;
     const double *p = td_model_profile(m);
-    for (int k = 0; k < TD_PROF_COUNT; k++) r->prof[k] = p[k] / steps;
+    for (int k = 0; k < TD_PROF_COUNT; k++)
+        r->prof[k] = p[k] / steps;
     r->prof[TD_PROF_COUNT] = opt_time / steps;
     r->ok = 1;
     free(am);
@@ -180,13 +182,20 @@ int main(int argc, char **argv) {
     int steps = 6, warmup = 2, threads = omp_get_max_threads(), torch = 1, json = 0, prof = 0;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
-        else if (!strcmp(argv[i], "--no-torch")) torch = 0;
-        else if (!strcmp(argv[i], "--profile")) prof = 1;
-        else if (!strcmp(argv[i], "--json")) json = 1;
+        if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc)
+            warmup = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--no-torch"))
+            torch = 0;
+        else if (!strcmp(argv[i], "--profile"))
+            prof = 1;
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
         else {
             fprintf(stderr, "usage: bench_train [--steps N] [--warmup N] [--threads N] "
                             "[--only NAME] [--no-torch] [--profile] [--json]\n");
@@ -217,11 +226,13 @@ int main(int argc, char **argv) {
         }
         double ptok = 0;
         char ver[64] = "";
-        int have_torch = torch && bench_torch(s, warmup, st, threads, &ptok, &rss_p, ver,
-                                              sizeof ver) == 0;
+        int have_torch =
+            torch && bench_torch(s, warmup, st, threads, &ptok, &rss_p, ver, sizeof ver) == 0;
         if (torch && !have_torch)
-            fprintf(stderr, "bench_train: PyTorch run of %s failed (is python3-torch "
-                            "installed?)\n", s->name);
+            fprintf(stderr,
+                    "bench_train: PyTorch run of %s failed (is python3-torch "
+                    "installed?)\n",
+                    s->name);
         double flops_tok = r.gflops / r.tok_s;
         if (json) {
             printf("{\"model\": \"%s\", \"impl\": \"tandem\", \"params\": %.0f, \"batch\": %d, "
@@ -246,12 +257,12 @@ int main(int argc, char **argv) {
         }
         if (prof && !json) {
             double tot = 0;
-            for (int k = 0; k <= TD_PROF_COUNT; k++) tot += r.prof[k];
+            for (int k = 0; k <= TD_PROF_COUNT; k++)
+                tot += r.prof[k];
             printf("    tandem per-op time (ms per step, %% of step):");
             for (int k = 0; k <= TD_PROF_COUNT; k++) {
                 if (k % 3 == 0) printf("\n    ");
-                const char *nm = k < TD_PROF_COUNT ? td_prof_op_name((td_prof_op)k)
-                                                   : "clip+AdamW";
+                const char *nm = k < TD_PROF_COUNT ? td_prof_op_name((td_prof_op)k) : "clip+AdamW";
                 printf("  %-22s %7.1f %4.1f%%", nm, r.prof[k] * 1e3, 100 * r.prof[k] / tot);
             }
             printf("\n");

@@ -58,7 +58,8 @@ static int sample(const float *logits, int V, double temp, int top_k, double top
         buf[j].p = (float)exp((logits[j] - logits[best]) / temp);
         sum += buf[j].p;
     }
-    for (int j = 0; j < V; j++) buf[j].p = (float)(buf[j].p / sum);
+    for (int j = 0; j < V; j++)
+        buf[j].p = (float)(buf[j].p / sum);
     qsort(buf, (size_t)V, sizeof *buf, cmp_cand);
     int n = V;
     if (top_k > 0 && top_k < n) n = top_k;
@@ -71,7 +72,8 @@ static int sample(const float *logits, int V, double temp, int top_k, double top
         }
     }
     double tot = 0;
-    for (int j = 0; j < n; j++) tot += buf[j].p;
+    for (int j = 0; j < n; j++)
+        tot += buf[j].p;
     double r = td_rng_uniform_f64(rng) * tot, acc = 0;
     for (int j = 0; j < n; j++) {
         acc += buf[j].p;
@@ -94,7 +96,8 @@ static int parse_tokens(const char *s, int32_t **out, int *n) {
         if (k == cap) ids = realloc(ids, sizeof *ids * (size_t)(cap *= 2));
         ids[k++] = (int32_t)v;
         p = end;
-        while (*p == ',' || *p == ' ') p++;
+        while (*p == ',' || *p == ' ')
+            p++;
     }
     *out = ids;
     *n = k;
@@ -121,17 +124,39 @@ int td_cmd_generate(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         char *end = NULL;
         switch (c) {
-        case 'm': model_dir = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 't': tok_arg = optarg; break;
-        case 'l': logits_out = optarg; break;
-        case 'n': max_new = strtol(optarg, &end, 10); break;
-        case 'k': top_k = strtol(optarg, &end, 10); break;
-        case 's': seed = strtol(optarg, &end, 10); break;
-        case 'T': temp = strtod(optarg, &end); break;
-        case 'P': top_p = strtod(optarg, &end); break;
-        case 'h': help(stdout); return 0;
-        default: help(stderr); return 2;
+        case 'm':
+            model_dir = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case 't':
+            tok_arg = optarg;
+            break;
+        case 'l':
+            logits_out = optarg;
+            break;
+        case 'n':
+            max_new = strtol(optarg, &end, 10);
+            break;
+        case 'k':
+            top_k = strtol(optarg, &end, 10);
+            break;
+        case 's':
+            seed = strtol(optarg, &end, 10);
+            break;
+        case 'T':
+            temp = strtod(optarg, &end);
+            break;
+        case 'P':
+            top_p = strtod(optarg, &end);
+            break;
+        case 'h':
+            help(stdout);
+            return 0;
+        default:
+            help(stderr);
+            return 2;
         }
         if (end && (*end || max_new < 0 || top_k < 0 || temp < 0 || top_p <= 0 || top_p > 1)) {
             fprintf(stderr, "tandem generate: bad option value '%s' (see --help)\n", optarg);

@@ -40,7 +40,8 @@ typedef struct {
 
 static void push(tokbuf *b, const int32_t *ids, size_t n) {
     if (b->n + n > b->cap) {
-        while (b->n + n > b->cap) b->cap = b->cap ? 2 * b->cap : 1 << 16;
+        while (b->n + n > b->cap)
+            b->cap = b->cap ? 2 * b->cap : 1 << 16;
         b->v = realloc(b->v, sizeof *b->v * b->cap);
     }
     memcpy(b->v + b->n, ids, sizeof *ids * n);
@@ -75,7 +76,8 @@ static td_status add_file(prep_state *st, const char *path) {
         size_t start = 0, i = 0;
         while (i <= len) {
             size_t eol = i;
-            while (eol < len && text[eol] != '\n') eol++;
+            while (eol < len && text[eol] != '\n')
+                eol++;
             int sep = eol - i == 1 && text[i] == '%';
             if (sep || eol >= len) {
                 size_t end = sep ? i : len;
@@ -138,7 +140,9 @@ int td_cmd_prep(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'o': out = optarg; break;
+        case 'o':
+            out = optarg;
+            break;
         case 'f':
             if (!strcmp(optarg, "fortune"))
                 st.fortune = 1;
@@ -154,8 +158,12 @@ int td_cmd_prep(int argc, char **argv) {
                 return 2;
             }
             break;
-        case 'h': help(stdout); return 0;
-        default: help(stderr); return 2;
+        case 'h':
+            help(stdout);
+            return 0;
+        default:
+            help(stderr);
+            return 2;
         }
     }
     if (!out || optind >= argc) {
@@ -164,7 +172,8 @@ int td_cmd_prep(int argc, char **argv) {
         return 2;
     }
     td_status s = TD_OK;
-    for (int i = optind; i < argc && s == TD_OK; i++) s = add_input(&st, argv[i]);
+    for (int i = optind; i < argc && s == TD_OK; i++)
+        s = add_input(&st, argv[i]);
     if (s == TD_OK && (st.train.n == 0 || st.val.n == 0))
         s = td_error_set(TD_ERR_INVALID,
                          "the inputs hold %ld documents: too few for both a train and a "

@@ -8,17 +8,16 @@
 #include "worker/train/trainer.h"
 
 static void help(FILE *f) {
-    fprintf(f,
-            "usage: tandem train JOB.json [--resume] [--stop-at STEP] [--quiet]\n"
-            "\n"
-            "Trains the model the job file describes (single process for now) and writes\n"
-            "checkpoints and metrics.jsonl to checkpoint.dir. See docs/train.md.\n"
-            "\n"
-            "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
-            "  --stop-at STEP   stop after STEP (saving a checkpoint); the LR schedule still\n"
-            "                   follows train.steps, so a later --resume continues exactly\n"
-            "  --quiet          print only errors\n"
-            "  -h, --help       this text\n");
+    fprintf(f, "usage: tandem train JOB.json [--resume] [--stop-at STEP] [--quiet]\n"
+               "\n"
+               "Trains the model the job file describes (single process for now) and writes\n"
+               "checkpoints and metrics.jsonl to checkpoint.dir. See docs/train.md.\n"
+               "\n"
+               "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
+               "  --stop-at STEP   stop after STEP (saving a checkpoint); the LR schedule still\n"
+               "                   follows train.steps, so a later --resume continues exactly\n"
+               "  --quiet          print only errors\n"
+               "  -h, --help       this text\n");
 }
 
 int td_cmd_train(int argc, char **argv) {
@@ -32,7 +31,9 @@ int td_cmd_train(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'r': o.resume = 1; break;
+        case 'r':
+            o.resume = 1;
+            break;
         case 's': {
             char *end;
             o.stop_at = strtol(optarg, &end, 10);
@@ -43,9 +44,15 @@ int td_cmd_train(int argc, char **argv) {
             }
             break;
         }
-        case 'q': o.quiet = 1; break;
-        case 'h': help(stdout); return 0;
-        default: help(stderr); return 2;
+        case 'q':
+            o.quiet = 1;
+            break;
+        case 'h':
+            help(stdout);
+            return 0;
+        default:
+            help(stderr);
+            return 2;
         }
     }
     if (optind != argc - 1) {
@@ -58,8 +65,10 @@ int td_cmd_train(int argc, char **argv) {
     if (s != TD_OK) return td_cli_fail("train", s);
     if (!strcmp(job.device, "cuda")) {
         td_job_deinit(&job);
-        fprintf(stderr, "tandem train: error: %s: device \"cuda\" is not built yet; use \"cpu\" "
-                        "or \"auto\"\n", argv[optind]);
+        fprintf(stderr,
+                "tandem train: error: %s: device \"cuda\" is not built yet; use \"cpu\" "
+                "or \"auto\"\n",
+                argv[optind]);
         return 2;
     }
     td_train_result r;

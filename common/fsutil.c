@@ -103,10 +103,14 @@ td_status td_fs_mkdirs(const char *path) {
 
 td_status td_fs_remove_tree(const char *path) {
     struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? TD_OK : td_error_set(TD_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT
+                   ? TD_OK
+                   : td_error_set(TD_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
         DIR *d = opendir(path);
-        if (!d) return td_error_set(TD_ERR_IO, "cannot open directory %s: %s", path, strerror(errno));
+        if (!d)
+            return td_error_set(TD_ERR_IO, "cannot open directory %s: %s", path, strerror(errno));
         struct dirent *e;
         while ((e = readdir(d))) {
             if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
@@ -119,7 +123,8 @@ td_status td_fs_remove_tree(const char *path) {
             }
         }
         closedir(d);
-        if (rmdir(path) != 0) return td_error_set(TD_ERR_IO, "cannot remove %s: %s", path, strerror(errno));
+        if (rmdir(path) != 0)
+            return td_error_set(TD_ERR_IO, "cannot remove %s: %s", path, strerror(errno));
     } else if (unlink(path) != 0) {
         return td_error_set(TD_ERR_IO, "cannot remove %s: %s", path, strerror(errno));
     }

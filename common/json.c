@@ -16,10 +16,11 @@ td_status td_json_load_file(const char *path, cJSON **out) {
     if (!j) {
         size_t off = end ? (size_t)(end - text) : 0;
         int line = 1;
-        for (size_t i = 0; i < off && i < len; i++) line += text[i] == '\n';
+        for (size_t i = 0; i < off && i < len; i++)
+            line += text[i] == '\n';
         free(text);
-        return td_error_set(TD_ERR_INVALID, "%s: invalid JSON near line %d (byte %zu)", path,
-                            line, off);
+        return td_error_set(TD_ERR_INVALID, "%s: invalid JSON near line %d (byte %zu)", path, line,
+                            off);
     }
     free(text);
     *out = j;

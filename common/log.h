@@ -17,9 +17,9 @@ void td_log_write(td_log_level lvl, const char *file, int line, const char *fmt,
 #define TD_LOG_DEBUG(...) td_log_write(TD_LOG_LVL_DEBUG, __FILE__, __LINE__, __VA_ARGS__)
 
 /* For invariants whose failure is a bug in tandem, never for bad input. */
-#define TD_ASSERT(cond)                                                                        \
-    do {                                                                                       \
-        if (!(cond)) td_log_assert_fail(#cond, __FILE__, __LINE__);                            \
+#define TD_ASSERT(cond)                                                                            \
+    do {                                                                                           \
+        if (!(cond)) td_log_assert_fail(#cond, __FILE__, __LINE__);                                \
     } while (0)
 _Noreturn void td_log_assert_fail(const char *expr, const char *file, int line);
 

@@ -11,7 +11,8 @@ static uint64_t splitmix64(uint64_t *x) {
 }
 
 void td_rng_seed(td_rng *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&seed);
 }
 
 static inline uint64_t rotl(uint64_t x, int k) {

@@ -9,24 +9,34 @@ static _Thread_local char g_msg[2048];
 
 const char *td_status_to_string(td_status s) {
     switch (s) {
-    case TD_OK: return "ok";
-    case TD_ERR_INVALID: return "invalid input";
-    case TD_ERR_IO: return "I/O error";
-    case TD_ERR_NOMEM: return "out of memory";
-    case TD_ERR_FORMAT: return "bad file format";
-    case TD_ERR_NOTFOUND: return "not found";
-    case TD_ERR_RUNTIME: return "runtime error";
+    case TD_OK:
+        return "ok";
+    case TD_ERR_INVALID:
+        return "invalid input";
+    case TD_ERR_IO:
+        return "I/O error";
+    case TD_ERR_NOMEM:
+        return "out of memory";
+    case TD_ERR_FORMAT:
+        return "bad file format";
+    case TD_ERR_NOTFOUND:
+        return "not found";
+    case TD_ERR_RUNTIME:
+        return "runtime error";
     }
     return "unknown status";
 }
 
 int td_status_exit_code(td_status s) {
     switch (s) {
-    case TD_OK: return 0;
+    case TD_OK:
+        return 0;
     case TD_ERR_INVALID:
     case TD_ERR_FORMAT:
-    case TD_ERR_NOTFOUND: return 2;
-    default: return 1;
+    case TD_ERR_NOTFOUND:
+        return 2;
+    default:
+        return 1;
     }
 }
 

@@ -8,12 +8,12 @@
 
 typedef enum {
     TD_OK = 0,
-    TD_ERR_INVALID = -1, /* bad input: usage, config, file contents (exit code 2) */
-    TD_ERR_IO = -2,      /* a file or directory could not be read or written (exit 1) */
-    TD_ERR_NOMEM = -3,   /* an allocation failed (exit 1) */
-    TD_ERR_FORMAT = -4,  /* a file is not in the format it claims (exit 2) */
-    TD_ERR_NOTFOUND = -5,/* something named does not exist (exit 2) */
-    TD_ERR_RUNTIME = -6, /* anything else that went wrong while running (exit 1) */
+    TD_ERR_INVALID = -1,  /* bad input: usage, config, file contents (exit code 2) */
+    TD_ERR_IO = -2,       /* a file or directory could not be read or written (exit 1) */
+    TD_ERR_NOMEM = -3,    /* an allocation failed (exit 1) */
+    TD_ERR_FORMAT = -4,   /* a file is not in the format it claims (exit 2) */
+    TD_ERR_NOTFOUND = -5, /* something named does not exist (exit 2) */
+    TD_ERR_RUNTIME = -6,  /* anything else that went wrong while running (exit 1) */
 } td_status;
 
 const char *td_status_to_string(td_status s);
@@ -33,10 +33,10 @@ td_status td_error_wrap(td_status s, const char *fmt, ...) __attribute__((format
 const char *td_error_message(void);
 void td_error_clear(void);
 
-#define TD_TRY(expr)                                                                           \
-    do {                                                                                       \
-        td_status td_try_s_ = (expr);                                                          \
-        if (td_try_s_ != TD_OK) return td_try_s_;                                              \
+#define TD_TRY(expr)                                                                               \
+    do {                                                                                           \
+        td_status td_try_s_ = (expr);                                                              \
+        if (td_try_s_ != TD_OK) return td_try_s_;                                                  \
     } while (0)
 
 #endif

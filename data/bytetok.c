@@ -7,7 +7,8 @@
 #include <string.h>
 
 size_t td_bytetok_encode(const char *text, size_t len, int32_t *ids) {
-    for (size_t i = 0; i < len; i++) ids[i] = (unsigned char)text[i];
+    for (size_t i = 0; i < len; i++)
+        ids[i] = (unsigned char)text[i];
     return len;
 }
 

@@ -28,7 +28,8 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 static void make_order(td_loader *l) {
-    for (size_t i = 0; i < l->nwin; i++) l->order[i] = i;
+    for (size_t i = 0; i < l->nwin; i++)
+        l->order[i] = i;
     if (!l->shuffle) return;
     td_rng r;
     td_rng_seed(&r, l->seed * 1000003ULL + (uint64_t)l->epoch);
@@ -86,7 +87,8 @@ td_status td_loader_open(const char *source, const char *split, int B, int T, ui
         s = td_shard_open(names[i], &l->shards[i]);
         if (s == TD_OK) l->nshards++;
     }
-    for (int i = 0; i < n; i++) free(names[i]);
+    for (int i = 0; i < n; i++)
+        free(names[i]);
     free(names);
     if (s != TD_OK) {
         td_loader_free(&l);
@@ -132,7 +134,8 @@ td_status td_loader_open(const char *source, const char *split, int B, int T, ui
 void td_loader_free(td_loader **lp) {
     if (!lp || !*lp) return;
     td_loader *l = *lp;
-    for (int i = 0; i < l->nshards; i++) td_shard_close(&l->shards[i]);
+    for (int i = 0; i < l->nshards; i++)
+        td_shard_close(&l->shards[i]);
     free(l->shards);
     free(l->win_shard);
     free(l->win_start);

@@ -3,8 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -28,7 +28,8 @@ td_status td_shard_open(const char *path, td_shard *out) {
     }
     unsigned char *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (map == MAP_FAILED) return td_error_set(TD_ERR_IO, "cannot map %s: %s", path, strerror(errno));
+    if (map == MAP_FAILED)
+        return td_error_set(TD_ERR_IO, "cannot map %s: %s", path, strerror(errno));
     int32_t hdr[3];
     memcpy(hdr, map, sizeof hdr);
     int tb;
@@ -69,7 +70,8 @@ td_status td_shard_write(const char *path, const int32_t *tokens, size_t n, int 
     if (token_bytes != 2 && token_bytes != 4)
         return td_error_set(TD_ERR_INVALID, "shard %s: token size must be 2 or 4 bytes", path);
     if (n > INT32_MAX)
-        return td_error_set(TD_ERR_INVALID, "shard %s: %zu tokens exceed one shard's limit", path, n);
+        return td_error_set(TD_ERR_INVALID, "shard %s: %zu tokens exceed one shard's limit", path,
+                            n);
     size_t bytes = TD_SHARD_HEADER_INTS * 4 + n * (size_t)token_bytes;
     unsigned char *buf = calloc(1, bytes);
     if (!buf) return td_error_set(TD_ERR_NOMEM, "out of memory writing %s", path);

@@ -20,7 +20,7 @@ typedef struct {
     size_t map_len;
     const void *tokens; /* after the header */
     size_t count;
-    int token_bytes;    /* 2 or 4 */
+    int token_bytes; /* 2 or 4 */
 } td_shard;
 
 td_status td_shard_open(const char *path, td_shard *out);

@@ -10,3 +10,4 @@ add_test(NAME test_cli_errors COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_cl
 set_tests_properties(test_cli_errors PROPERTIES LABELS "e2e" TIMEOUT 300)
 td_test(test_data_loader tests/unit/test_data_loader.c unit)
 td_test(test_safetensors tests/unit/test_safetensors.c unit)
+td_test(test_train_reference tests/unit/test_train_reference.c unit)

@@ -6,6 +6,8 @@ tests/reference/fixtures/NAME/ with:
 
   config.json, model.safetensors   -- model.save_pretrained(..., safe_serialization=True), float32
   reference.safetensors            -- tokens, targets, logits, loss, grad.<param name>
+  adamw.safetensors                -- (llama and gpt2 only) params after 3 clipped AdamW steps,
+                                      plus loss.1..3 and grad_norm.1..3
 
 Logits, loss and gradients are computed in float64 (then stored as float32).
 HF's Llama code silently computes a few things in float32 even when the model
@@ -43,6 +45,16 @@ transformers.logging.set_verbosity_error()
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_ROOT = os.path.join(HERE, "fixtures")
 B, T, V = 2, 8, 97
+
+# Optimizer reference (adamw.safetensors): ADAMW_STEPS full-batch steps on the fixture's
+# tokens/targets, each = forward, backward, clip_grad_norm_(max_norm), AdamW step, zero_grad.
+ADAMW_STEPS = 3
+ADAMW_LR = 1e-2
+ADAMW_BETAS = (0.9, 0.95)
+ADAMW_EPS = 1e-8
+ADAMW_WD = 0.1          # only for params with dim >= 2 (matrices, embeddings)
+ADAMW_MAX_NORM = 1.0
+CLIP_EPS = 1e-6         # torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to <= 1
 
 
 # --------------------------------------------------------------------------
@@ -256,6 +268,143 @@ def spec_forward_gpt2(p, cfg, tokens):
 
 
 # --------------------------------------------------------------------------
+# Optimizer reference
+# --------------------------------------------------------------------------
+
+def spec_adamw_run(p0, cfg, tokens, targets):
+    """Hand-written float64 clip + AdamW loop on the spec forward (no torch.optim).
+
+    Conventions (match torch 1.13 clip_grad_norm_ + AdamW, single-tensor path):
+      norm   = sqrt(sum over all params of sum(g^2))      (tied matrix counted once)
+      g     *= min(1, max_norm / (norm + 1e-6))
+      p     *= 1 - lr * wd            (wd = 0.1 if p.dim() >= 2 else 0; decoupled, before the moments)
+      m      = b1 m + (1 - b1) g
+      v      = b2 v + (1 - b2) g^2
+      p     -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)      t = 1, 2, 3
+    """
+    fwd = spec_forward_gpt2 if isinstance(cfg, GPT2Config) else spec_forward_llama
+    b1, b2 = ADAMW_BETAS
+    p = {n: t.detach().clone() for n, t in p0.items()}
+    m = {n: torch.zeros_like(t) for n, t in p.items()}
+    v = {n: torch.zeros_like(t) for n, t in p.items()}
+    losses, norms = [], []
+    for t in range(1, ADAMW_STEPS + 1):
+        leaf = {n: x.clone().requires_grad_(True) for n, x in p.items()}
+        loss = F.cross_entropy(fwd(leaf, cfg, tokens).view(-1, V), targets.view(-1))
+        loss.backward()
+        g = {n: x.grad for n, x in leaf.items()}
+        norm = math.sqrt(sum((x * x).sum().item() for x in g.values()))
+        scale = min(1.0, ADAMW_MAX_NORM / (norm + CLIP_EPS))
+        for n in p:
+            gn = g[n] * scale
+            wd = ADAMW_WD if p[n].dim() >= 2 else 0.0
+            p[n] = p[n] * (1.0 - ADAMW_LR * wd)
+            m[n] = b1 * m[n] + (1.0 - b1) * gn
+            v[n] = b2 * v[n] + (1.0 - b2) * gn * gn
+            denom = v[n].sqrt() / math.sqrt(1.0 - b2 ** t) + ADAMW_EPS
+            p[n] = p[n] - (ADAMW_LR / (1.0 - b1 ** t)) * m[n] / denom
+        losses.append(loss.item())
+        norms.append(norm)
+    return p, losses, norms
+
+
+def torch_adamw_run(model, tokens, targets, patched):
+    """ADAMW_STEPS steps with torch.nn.utils.clip_grad_norm_ and torch.optim.AdamW."""
+    params = [p for _, p in model.named_parameters()]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": ADAMW_WD},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=ADAMW_LR, betas=ADAMW_BETAS, eps=ADAMW_EPS)
+    model.zero_grad(set_to_none=True)
+    losses, norms = [], []
+    for _ in range(ADAMW_STEPS):
+        with float64_patches() if patched else contextlib.nullcontext():
+            logits = hf_logits(model, tokens)
+        loss = F.cross_entropy(logits.view(-1, V), targets.view(-1))
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=ADAMW_MAX_NORM)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        norms.append(norm.item())
+    return losses, norms
+
+
+def make_adamw(name, out, model_cls, tokens, targets, ref_loss, seed):
+    """Write out/adamw.safetensors, starting from the saved float32 model.safetensors."""
+    model = model_cls.from_pretrained(out, attn_implementation="eager")
+    model.eval()
+    p0 = {n: p.detach().double().clone() for n, p in model.named_parameters()}  # exact widening
+    to_float64(model)
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float64 and torch.equal(p.detach(), p0[n]), n
+    losses, norms = torch_adamw_run(model, tokens, targets, patched=True)
+    final = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in final.items():
+        assert p.dtype == torch.float64, n
+    assert abs(losses[0] - ref_loss) <= 1e-12 * abs(ref_loss), (losses[0], ref_loss)
+
+    # Independent check: hand-written clip + AdamW on the spec forward.
+    sp, slosses, snorms = spec_adamw_run(p0, model.config, tokens, targets)
+    d_param = max((sp[n] - final[n]).abs().max().item() for n in final)
+    d_loss = max(abs(a - b) / abs(b) for a, b in zip(slosses, losses))
+    d_norm = max(abs(a - b) / abs(b) for a, b in zip(snorms, norms))
+    assert d_param < 1e-12, f"{name}: spec vs torch AdamW params abs diff {d_param}"
+    assert d_loss < 1e-12 and d_norm < 1e-12, f"{name}: spec vs torch AdamW loss/norm {d_loss} {d_norm}"
+
+    # Plausibility: plain float32 HF + torch AdamW from the same start (printed only).
+    m32 = model_cls.from_pretrained(out, attn_implementation="eager")
+    m32.eval()
+    losses32, _ = torch_adamw_run(m32, tokens, targets, patched=False)
+    d32 = max((p.detach().double() - final[n]).abs().max().item() for n, p in m32.named_parameters())
+    d32_loss = max(abs(a - b) for a, b in zip(losses32, losses))
+
+    tensors = {}
+    for n, p in final.items():
+        tensors["param." + n] = p.float().contiguous()
+    for i in range(ADAMW_STEPS):
+        tensors[f"loss.{i + 1}"] = torch.tensor([losses[i]], dtype=torch.float64).float()
+        tensors[f"grad_norm.{i + 1}"] = torch.tensor([norms[i]], dtype=torch.float64).float()
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "safetensors": safetensors.__version__}
+    metadata = dict(versions)
+    metadata.update({
+        "versions": json.dumps(versions, sort_keys=True),
+        "model": name,
+        "seed": str(seed),
+        "B": str(B), "T": str(T), "V": str(V),
+        "compute_dtype": "float64",
+        "steps": str(ADAMW_STEPS),
+        "lr": repr(ADAMW_LR),
+        "beta1": repr(ADAMW_BETAS[0]),
+        "beta2": repr(ADAMW_BETAS[1]),
+        "eps": repr(ADAMW_EPS),
+        "weight_decay": repr(ADAMW_WD),
+        "weight_decay_rule": "weight_decay for params with dim >= 2, 0 for 1-D params",
+        "max_grad_norm": repr(ADAMW_MAX_NORM),
+        "step": "loss = cross_entropy(model(tokens), targets) (no shift); backward; "
+                "clip_grad_norm_(max_norm); AdamW.step(); zero_grad",
+        "loss.k": "loss at the start of step k, before its update",
+        "grad_norm.k": "total L2 grad norm of step k, before clipping",
+    })
+    path = os.path.join(out, "adamw.safetensors")
+    save_file(tensors, path, metadata=metadata)
+    canonicalize_header(path)
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == metadata
+        for k, t in tensors.items():
+            assert torch.equal(f.get_tensor(k), t), k
+    moved = max((final[n] - p0[n]).abs().max().item() for n in final)
+    print(f"    adamw: loss={['%.6f' % x for x in losses]}  grad_norm={['%.6f' % x for x in norms]}")
+    print(f"    adamw: max|dparam|={moved:.2e}  spec_vs_torch64(params={d_param:.1e}, "
+          f"loss={d_loss:.1e}, norm={d_norm:.1e})  hf32_vs_64(params={d32:.1e}, loss={d32_loss:.1e})  "
+          f"{os.path.getsize(path)} bytes")
+    return losses, norms
+
+
+# --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
 
@@ -285,7 +434,7 @@ def canonicalize_header(path):
         f.write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
 
 
-def make_fixture(name, model, seed):
+def make_fixture(name, model, seed, adamw=False):
     out = os.path.join(OUT_ROOT, name)
     if os.path.isdir(out):
         shutil.rmtree(out)
@@ -361,15 +510,17 @@ def make_fixture(name, model, seed):
           f"spec_vs_hf64(logits={d_logits:.1e}, grads={d_grad:.1e})  hf32_vs_hf64={d32:.1e}")
     for f, s in sizes.items():
         print(f"    {f:24s} {s:8d} bytes")
+    if adamw:
+        make_adamw(name, out, type(model), tokens, targets, loss.item(), seed)
     return loss.item()
 
 
 def main():
     print(f"torch {torch.__version__}  transformers {transformers.__version__}  "
           f"safetensors {safetensors.__version__}")
-    make_fixture("llama", build_llama(tied=False, seed=1234), seed=1234)
+    make_fixture("llama", build_llama(tied=False, seed=1234), seed=1234, adamw=True)
     make_fixture("llama_tied", build_llama(tied=True, seed=5678), seed=5678)
-    make_fixture("gpt2", build_gpt2(seed=4321), seed=4321)
+    make_fixture("gpt2", build_gpt2(seed=4321), seed=4321, adamw=True)
     return 0
 
 

@@ -38,9 +38,9 @@ static void expect(td_status s, td_status want_status, const char *phrase, const
     td_error_clear();
 }
 
-#define MODEL_OK                                                                               \
-    "\"arch\": \"llama\", \"hidden_size\": 32, \"num_hidden_layers\": 1, "                   \
-    "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"intermediate_size\": 64, "    \
+#define MODEL_OK                                                                                   \
+    "\"arch\": \"llama\", \"hidden_size\": 32, \"num_hidden_layers\": 1, "                         \
+    "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"intermediate_size\": 64, "          \
     "\"vocab_size\": 300, \"max_position_embeddings\": 16"
 
 static void test_job_files(void) {
@@ -83,7 +83,8 @@ static void test_job_files(void) {
 
 static void test_shards(void) {
     int32_t toks[100];
-    for (int i = 0; i < 100; i++) toks[i] = i;
+    for (int i = 0; i < 100; i++)
+        toks[i] = i;
     REQUIRE(td_shard_write(path("ok_train.bin"), toks, 100, 2) == TD_OK, "write shard");
     td_shard sh;
     CHECK(td_shard_open(path("ok_train.bin"), &sh) == TD_OK && sh.count == 100 &&

@@ -17,7 +17,8 @@ int main(void) {
     snprintf(dir, sizeof dir, "/tmp/td_test_loader.%d", (int)getpid());
     REQUIRE(td_fs_mkdirs(dir) == TD_OK, "mkdir");
     static int32_t toks[NTOK];
-    for (int i = 0; i < NTOK; i++) toks[i] = i % 600 + (i >= 500 ? 70000 : 0);
+    for (int i = 0; i < NTOK; i++)
+        toks[i] = i % 600 + (i >= 500 ? 70000 : 0);
 
     /* uint32 round trip (ids > 65535), and uint16 refuses them */
     snprintf(p, sizeof p, "%s/big_train.bin", dir);
@@ -26,14 +27,16 @@ int main(void) {
     REQUIRE(td_shard_open(p, &sh) == TD_OK, "%s", td_error_message());
     CHECK(sh.token_bytes == 4 && sh.count == NTOK, "u32 header");
     int same = 1;
-    for (int i = 0; i < NTOK; i++) same &= td_shard_token(&sh, (size_t)i) == toks[i];
+    for (int i = 0; i < NTOK; i++)
+        same &= td_shard_token(&sh, (size_t)i) == toks[i];
     CHECK(same, "u32 tokens round-trip");
     td_shard_close(&sh);
     CHECK(td_shard_write(p, toks, NTOK, 2) == TD_ERR_INVALID, "u16 must refuse id 70000");
     td_error_clear();
 
     /* loader over two uint16 shards */
-    for (int i = 0; i < NTOK; i++) toks[i] = i % 997;
+    for (int i = 0; i < NTOK; i++)
+        toks[i] = i % 997;
     snprintf(p, sizeof p, "%s/a_train.bin", dir);
     REQUIRE(td_shard_write(p, toks, 500, 2) == TD_OK, "write");
     snprintf(p, sizeof p, "%s/b_train.bin", dir);
@@ -55,7 +58,8 @@ int main(void) {
         same_seed &= !memcmp(x1, x2, sizeof x1) && !memcmp(y1, y2, sizeof y1);
         diff_seed |= memcmp(x1, x3, sizeof x1) != 0;
         for (int b = 0; b < B; b++) {
-            for (int t = 0; t + 1 < T; t++) shifted &= y1[b * T + t] == x1[b * T + t + 1];
+            for (int t = 0; t + 1 < T; t++)
+                shifted &= y1[b * T + t] == x1[b * T + t + 1];
             /* windows are contiguous runs of the stream */
             for (int t = 0; t + 1 < T; t++)
                 shifted &= x1[b * T + t + 1] == (x1[b * T + t] + 1) % 997;
@@ -81,7 +85,8 @@ int main(void) {
     for (int it = 0; it < windows / B; it++) {
         td_loader_next(l1, x1, y1);
         /* first tokens of all windows are distinct values (0, 10, ..., 980) */
-        for (int b = 0; b < B; b++) dup |= seen[x1[b * T]]++ > 0;
+        for (int b = 0; b < B; b++)
+            dup |= seen[x1[b * T]]++ > 0;
     }
     CHECK(!dup, "no window repeats within an epoch");
     td_loader_free(&l1);

@@ -62,7 +62,8 @@ static void run_fixture(const char *name) {
         if (!e) continue;
         float *r = malloc(sizeof(float) * e->numel);
         td_st_read_f32(f, e, r, 0);
-        for (size_t i = 0; i < e->numel; i++) total += (double)r[i] * r[i];
+        for (size_t i = 0; i < e->numel; i++)
+            total += (double)r[i] * r[i];
         free(r);
     }
     total = sqrt(total);
@@ -93,8 +94,7 @@ static void run_fixture(const char *name) {
         compared++;
         free(r);
     }
-    printf("%-10s %d gradients, worst rel L2 diff %.2e (%s)\n", name, compared, worst,
-           worst_name);
+    printf("%-10s %d gradients, worst rel L2 diff %.2e (%s)\n", name, compared, worst, worst_name);
     td_st_close(&f);
     td_model_free(&m);
 }

@@ -14,13 +14,15 @@ static td_rng g_rng;
 
 static double *randv(size_t n, double scale) {
     double *v = malloc(sizeof(double) * n);
-    for (size_t i = 0; i < n; i++) v[i] = scale * td_rng_normal(&g_rng);
+    for (size_t i = 0; i < n; i++)
+        v[i] = scale * td_rng_normal(&g_rng);
     return v;
 }
 
 static double dotv(const double *a, const double *b, size_t n) {
     double s = 0;
-    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    for (size_t i = 0; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -29,11 +31,12 @@ typedef void (*fwd_fn)(void *ctx, double *out);
 
 /* Compares analytic gradient `g` of the scalar sum(R*out) w.r.t. `x` (n entries) with
  * central differences; returns the max error relative to max |g|. */
-static double fd_check(const char *what, fwd_fn f, void *ctx, double *x, size_t n,
-                       const double *g, const double *R, double *out, size_t nout) {
+static double fd_check(const char *what, fwd_fn f, void *ctx, double *x, size_t n, const double *g,
+                       const double *R, double *out, size_t nout) {
     const double h = 1e-6;
     double maxg = 0, maxerr = 0;
-    for (size_t i = 0; i < n; i++) maxg = fmax(maxg, fabs(g[i]));
+    for (size_t i = 0; i < n; i++)
+        maxg = fmax(maxg, fabs(g[i]));
     for (size_t i = 0; i < n; i++) {
         double keep = x[i];
         x[i] = keep + h;
@@ -75,9 +78,9 @@ static void mm_f(void *p, double *out) {
 }
 
 static void test_norms_and_matmul(void) {
-    norm_ctx c = {randv(N * C, 1), randv(C, 1), randv(C, 0.5), randv(N, 1), randv(N, 1), N, C,
-                  OC};
-    for (int i = 0; i < C; i++) c.w[i] += 1;
+    norm_ctx c = {randv(N * C, 1), randv(C, 1), randv(C, 0.5), randv(N, 1), randv(N, 1), N, C, OC};
+    for (int i = 0; i < C; i++)
+        c.w[i] += 1;
     double *R = randv(N * C, 1), *out = randv(N * C, 1);
     double *dx = calloc(N * C, 8), *dw = calloc(C, 8), *db = calloc(C, 8);
     /* rmsnorm */

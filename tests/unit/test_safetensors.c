@@ -37,14 +37,13 @@ int main(void) {
     /* "trans" holds the (2,3) transpose of a (3,2): row 0 = a[0], a[2], a[4] */
     const float *tr = td_st_data(f, td_st_find(f, "trans"));
     CHECK(tr[0] == 1 && tr[1] == 3 && tr[2] == 5 && tr[3] == 2 && tr[4] == 4 && tr[5] == 6,
-          "transposed layout on disk: %g %g %g %g %g %g", tr[0], tr[1], tr[2], tr[3], tr[4],
-          tr[5]);
+          "transposed layout on disk: %g %g %g %g %g %g", tr[0], tr[1], tr[2], tr[3], tr[4], tr[5]);
     td_st_read_f32(f, td_st_find(f, "trans"), out, 1);
     CHECK(!memcmp(out, a, sizeof a), "transposed read restores the internal layout");
     CHECK(!memcmp(td_st_data(f, td_st_find(f, "ids")), ids, sizeof ids), "I32 round trip");
     td_st_read_f32(f, td_st_find(f, "half"), out, 0);
-    CHECK(out[0] == 1.0f && out[1] == -2.0f && out[2] == ldexpf(1, -24), "fp16: %g %g %g",
-          out[0], out[1], out[2]);
+    CHECK(out[0] == 1.0f && out[1] == -2.0f && out[2] == ldexpf(1, -24), "fp16: %g %g %g", out[0],
+          out[1], out[2]);
     td_st_read_f32(f, td_st_find(f, "bf"), out, 0);
     CHECK(out[0] == 1.0f && out[1] == 3.140625f && out[2] == -0.5f, "bf16: %g %g %g", out[0],
           out[1], out[2]);

@@ -92,8 +92,8 @@ td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, si
         s = TD_OK;
         for (int i = 0; i < nt && s == TD_OK; i++) {
             snprintf(name, sizeof name, "%s.exp_avg", t[i].name);
-            s = td_st_writer_add(w, name, TD_DT_F32, t[i].ndim, t[i].shape,
-                                 a->adam_m + t[i].offset, t[i].transposed);
+            s = td_st_writer_add(w, name, TD_DT_F32, t[i].ndim, t[i].shape, a->adam_m + t[i].offset,
+                                 t[i].transposed);
             snprintf(name, sizeof name, "%s.exp_avg_sq", t[i].name);
             if (s == TD_OK)
                 s = td_st_writer_add(w, name, TD_DT_F32, t[i].ndim, t[i].shape,
@@ -173,8 +173,8 @@ td_status td_checkpoint_read_tensors(const td_model *m, const char *path, int ns
                 snprintf(want, sizeof want, "[%lld, %lld]", (long long)t[i].shape[0],
                          (long long)t[i].shape[1]);
             s = td_error_set(TD_ERR_FORMAT,
-                             "%s: tensor '%s' has shape %s, but config.json implies %s", path,
-                             name, got, want);
+                             "%s: tensor '%s' has shape %s, but config.json implies %s", path, name,
+                             got, want);
             break;
         }
         s = td_st_read_f32(f, e, base + t[i].offset, t[i].transposed);

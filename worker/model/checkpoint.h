@@ -19,14 +19,14 @@
 #include "worker/model/model.h"
 
 typedef struct {
-    const char *root;          /* run directory; created if missing */
+    const char *root; /* run directory; created if missing */
     long step;
     const td_model *model;
-    const float *adam_m;       /* num_params each, or NULL to skip optimizer.safetensors */
+    const float *adam_m; /* num_params each, or NULL to skip optimizer.safetensors */
     const float *adam_v;
-    const cJSON *trainer_state;/* written as trainer_state.json; borrowed */
-    const char *tokenizer_json;/* contents of tokenizer.json, or NULL for none */
-    int keep;                  /* keep the newest `keep` checkpoints (0 = all) */
+    const cJSON *trainer_state; /* written as trainer_state.json; borrowed */
+    const char *tokenizer_json; /* contents of tokenizer.json, or NULL for none */
+    int keep;                   /* keep the newest `keep` checkpoints (0 = all) */
 } td_checkpoint_save_args;
 
 /* Writes the checkpoint; on success `out_dir` (if not NULL) receives its path. */

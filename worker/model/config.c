@@ -10,8 +10,8 @@ const char *td_arch_name(td_arch a) {
     return a == TD_ARCH_GPT2 ? "gpt2" : "llama";
 }
 
-static td_status get_int_any(const cJSON *obj, const char *where, const char *k1,
-                             const char *k2, int required, int *out) {
+static td_status get_int_any(const cJSON *obj, const char *where, const char *k1, const char *k2,
+                             int required, int *out) {
     int64_t v = -1;
     TD_TRY(td_json_get_int(obj, where, k1, 0, &v));
     if (v == -1 && k2) TD_TRY(td_json_get_int(obj, where, k2, 0, &v));
@@ -38,7 +38,7 @@ td_status td_model_config_from_json(const cJSON *obj, const char *where, td_mode
         const cJSON *archs = cJSON_GetObjectItemCaseSensitive(obj, "architectures");
         const cJSON *a0 = cJSON_GetArrayItem(archs, 0);
         if (cJSON_IsString(a0))
-            arch = strstr(a0->valuestring, "GPT2") ? "gpt2"
+            arch = strstr(a0->valuestring, "GPT2")    ? "gpt2"
                    : strstr(a0->valuestring, "Llama") ? "llama"
                                                       : a0->valuestring;
     }
@@ -54,8 +54,7 @@ td_status td_model_config_from_json(const cJSON *obj, const char *where, td_mode
 
     TD_TRY(get_int_any(obj, where, "hidden_size", "n_embd", 1, &cfg->hidden_size));
     TD_TRY(get_int_any(obj, where, "num_hidden_layers", "n_layer", 1, &cfg->num_hidden_layers));
-    TD_TRY(get_int_any(obj, where, "num_attention_heads", "n_head", 1,
-                       &cfg->num_attention_heads));
+    TD_TRY(get_int_any(obj, where, "num_attention_heads", "n_head", 1, &cfg->num_attention_heads));
     TD_TRY(get_int_any(obj, where, "vocab_size", NULL, 1, &cfg->vocab_size));
     TD_TRY(get_int_any(obj, where, "max_position_embeddings", "n_positions", 1,
                        &cfg->max_position_embeddings));
@@ -63,8 +62,7 @@ td_status td_model_config_from_json(const cJSON *obj, const char *where, td_mode
     TD_TRY(get_int_any(obj, where, "num_key_value_heads", NULL, 0, &cfg->num_key_value_heads));
     if (cfg->arch == TD_ARCH_GPT2) {
         cfg->intermediate_size = 4 * cfg->hidden_size;
-        TD_TRY(get_int_any(obj, where, "n_inner", "intermediate_size", 0,
-                           &cfg->intermediate_size));
+        TD_TRY(get_int_any(obj, where, "n_inner", "intermediate_size", 0, &cfg->intermediate_size));
         double eps = 1e-5;
         TD_TRY(td_json_get_double(obj, where, "layer_norm_epsilon", 0, &eps));
         cfg->norm_eps = eps;
@@ -128,8 +126,7 @@ td_status td_model_config_validate(const td_model_config *c, const char *where) 
     if (c->norm_eps <= 0)
         return td_error_set(TD_ERR_INVALID, "%s: norm epsilon must be positive", where);
     if (c->vocab_size > 1 << 24 || (long)c->hidden_size * c->vocab_size > (1L << 34))
-        return td_error_set(TD_ERR_INVALID, "%s: vocab_size %d is too large", where,
-                            c->vocab_size);
+        return td_error_set(TD_ERR_INVALID, "%s: vocab_size %d is too large", where, c->vocab_size);
     return TD_OK;
 }
 

@@ -38,7 +38,7 @@ struct td_model {
     float *params, *grads;
     td_param_tensor *tensors;
     int n_tensors;
-    td_param_ptrs p, g;             /* pointers into params and grads */
+    td_param_ptrs p, g; /* pointers into params and grads */
     td_layer_params *p_layers, *g_layers;
     /* activations, planned for (planB, planT) */
     int planB, planT, plan_grads;
@@ -57,18 +57,18 @@ struct td_model {
 };
 
 /* Times `stmt` into m->prof[op] when profiling is on. */
-#define PROF(op, stmt)                                                                         \
-    do {                                                                                       \
-        double prof_t0_ = m->prof_on ? td_time_now() : 0;                                      \
-        stmt;                                                                                  \
-        if (m->prof_on) m->prof[op] += td_time_now() - prof_t0_;                               \
+#define PROF(op, stmt)                                                                             \
+    do {                                                                                           \
+        double prof_t0_ = m->prof_on ? td_time_now() : 0;                                          \
+        stmt;                                                                                      \
+        if (m->prof_on) m->prof[op] += td_time_now() - prof_t0_;                                   \
     } while (0)
 
 const char *td_prof_op_name(td_prof_op op) {
     static const char *names[TD_PROF_COUNT] = {
-        "embedding", "norm (fwd+bwd)", "matmul fwd", "matmul bwd", "rope (fwd+bwd)",
-        "attention fwd", "attention bwd", "swiglu/gelu (fwd+bwd)", "residual add",
-        "lm_head fwd", "lm_head bwd", "softmax+cross-entropy"};
+        "embedding",      "norm (fwd+bwd)", "matmul fwd",    "matmul bwd",
+        "rope (fwd+bwd)", "attention fwd",  "attention bwd", "swiglu/gelu (fwd+bwd)",
+        "residual add",   "lm_head fwd",    "lm_head bwd",   "softmax+cross-entropy"};
     return names[op];
 }
 
@@ -84,8 +84,8 @@ const double *td_model_profile(const td_model *m) {
 /* ---------------------------------------------------------------------------------------- */
 /* parameter layout */
 
-static void add_tensor(td_model *m, size_t *off, const char *name, int ndim, int64_t s0,
-                       int64_t s1, int transposed, int decay) {
+static void add_tensor(td_model *m, size_t *off, const char *name, int ndim, int64_t s0, int64_t s1,
+                       int transposed, int decay) {
     td_param_tensor *t = &m->tensors[m->n_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
@@ -223,8 +223,8 @@ td_status td_model_new(const td_model_config *cfg, td_model **out) {
     if (!m->params) {
         size_t n = m->num_params;
         td_model_free(&m);
-        return td_error_set(TD_ERR_NOMEM, "out of memory allocating %zu parameters (%.1f MiB)",
-                            n, n * 4.0 / 1048576);
+        return td_error_set(TD_ERR_NOMEM, "out of memory allocating %zu parameters (%.1f MiB)", n,
+                            n * 4.0 / 1048576);
     }
     memset(m->params, 0, m->num_params * sizeof(float));
     bind_ptrs(m, m->params, &m->p, m->p_layers);
@@ -283,14 +283,16 @@ void td_model_init_random(td_model *m, uint64_t seed) {
         int is_norm = strstr(nm, "norm") || strstr(nm, "ln_");
         if (t->ndim == 1) {
             float v = is_norm && strstr(nm, ".weight") ? 1.0f : 0.0f;
-            for (size_t i = 0; i < t->numel; i++) w[i] = v;
+            for (size_t i = 0; i < t->numel; i++)
+                w[i] = v;
             continue;
         }
-        int out_proj = strstr(nm, "o_proj") || strstr(nm, "down_proj") ||
-                       strstr(nm, "c_proj.weight");
+        int out_proj =
+            strstr(nm, "o_proj") || strstr(nm, "down_proj") || strstr(nm, "c_proj.weight");
         float std = out_proj ? resid_std : 0.02f;
         if (strstr(nm, "wpe")) std = 0.01f;
-        for (size_t i = 0; i < t->numel; i++) w[i] = (float)(std * td_rng_normal(&rng));
+        for (size_t i = 0; i < t->numel; i++)
+            w[i] = (float)(std * td_rng_normal(&rng));
     }
 }
 
@@ -310,12 +312,10 @@ double td_model_train_flops_per_token(const td_model *m, int T) {
 
 td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
     if (T > m->cfg.max_position_embeddings)
-        return td_error_set(TD_ERR_INVALID,
-                            "sequence length %d exceeds max_position_embeddings %d", T,
-                            m->cfg.max_position_embeddings);
+        return td_error_set(TD_ERR_INVALID, "sequence length %d exceeds max_position_embeddings %d",
+                            T, m->cfg.max_position_embeddings);
     if (B <= 0 || T <= 0) return td_error_set(TD_ERR_INVALID, "batch %d x %d is empty", B, T);
-    if (m->acts && B <= m->planB && T <= m->planT && (!with_grads || m->plan_grads))
-        return TD_OK;
+    if (m->acts && B <= m->planB && T <= m->planT && (!with_grads || m->plan_grads)) return TD_OK;
     if (m->acts) {
         if (B < m->planB) B = m->planB;
         if (T < m->planT) T = m->planT;
@@ -381,8 +381,7 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
     m->plan_grads = with_grads;
     if (with_grads && !m->grads) {
         m->grads = aligned_alloc(64, ((m->num_params * sizeof(float) + 63) / 64) * 64);
-        if (!m->grads)
-            return td_error_set(TD_ERR_NOMEM, "out of memory allocating gradients");
+        if (!m->grads) return td_error_set(TD_ERR_NOMEM, "out of memory allocating gradients");
         memset(m->grads, 0, m->num_params * sizeof(float));
         bind_ptrs(m, m->grads, &m->g, m->g_layers);
     }
@@ -401,19 +400,18 @@ static void norm_fwd(const td_model *m, float *out, float *mean, float *rstd, co
 }
 
 static void norm_bwd(const td_model *m, float *dx, float *dw, float *db, const float *dout,
-                     const float *x, const float *w, const float *mean, const float *rstd,
-                     int N) {
+                     const float *x, const float *w, const float *mean, const float *rstd, int N) {
     if (m->cfg.arch == TD_ARCH_LLAMA)
         td_op_rmsnorm_bwd_f32(dx, dw, dout, x, w, rstd, N, m->C);
     else
         td_op_layernorm_bwd_f32(dx, dw, db, dout, x, w, mean, rstd, N, m->C);
 }
 
-td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                           int T, double *loss) {
+td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                           double *loss) {
     if (!m->acts || B > m->planB || T > m->planT)
-        return td_error_set(TD_ERR_INVALID, "forward of %d x %d exceeds the planned %d x %d", B,
-                            T, m->planB, m->planT);
+        return td_error_set(TD_ERR_INVALID, "forward of %d x %d exceeds the planned %d x %d", B, T,
+                            m->planB, m->planT);
     int N = B * T, C = m->C, V = m->V;
     for (int n = 0; n < N; n++) {
         if (tokens[n] < 0 || tokens[n] >= V)
@@ -430,8 +428,7 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
     m->has_targets = targets != NULL;
     int llama = m->cfg.arch == TD_ARCH_LLAMA;
 
-    PROF(TD_PROF_EMBED,
-         td_op_embed_fwd_f32(m->la[0].res, m->tokens, m->p.wte, m->p.wpe, N, T, C));
+    PROF(TD_PROF_EMBED, td_op_embed_fwd_f32(m->la[0].res, m->tokens, m->p.wte, m->p.wpe, N, T, C));
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &m->la[l];
         const td_layer_params *w = &m->p.layers[l];
@@ -447,10 +444,8 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
         PROF(TD_PROF_MATMUL_FWD,
              td_op_matmul_fwd_f32(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
         PROF(TD_PROF_RESIDUAL, td_op_add_f32(a->res2, a->res2, a->res, (size_t)N * C));
-        PROF(TD_PROF_NORM,
-             norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
-        PROF(TD_PROF_MATMUL_FWD,
-             td_op_matmul_fwd_f32(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
+        PROF(TD_PROF_NORM, norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
+        PROF(TD_PROF_MATMUL_FWD, td_op_matmul_fwd_f32(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
         if (llama)
             PROF(TD_PROF_ACT, td_op_swiglu_fwd_f32(a->h, a->fc, N, m->F));
         else
@@ -459,15 +454,12 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
              td_op_matmul_fwd_f32(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
         PROF(TD_PROF_RESIDUAL, td_op_add_f32(res_out, res_out, a->res2, (size_t)N * C));
     }
-    PROF(TD_PROF_NORM,
-         norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N));
-    PROF(TD_PROF_LMHEAD_FWD,
-         td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V));
+    PROF(TD_PROF_NORM, norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N));
+    PROF(TD_PROF_LMHEAD_FWD, td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V));
     double unused;
     if (!loss) loss = &unused;
     if (targets)
-        PROF(TD_PROF_XENT,
-             *loss = td_op_crossentropy_fwd_f32(m->lse, m->logits, m->targets, N, V));
+        PROF(TD_PROF_XENT, *loss = td_op_crossentropy_fwd_f32(m->lse, m->logits, m->targets, N, V));
     return TD_OK;
 }
 
@@ -490,8 +482,8 @@ td_status td_model_backward(td_model *m, double dscale) {
     /* dlogits overwrite the logits in place */
     PROF(TD_PROF_XENT,
          td_op_crossentropy_bwd_f32(m->logits, m->logits, m->lse, m->targets, N, V, dscale));
-    PROF(TD_PROF_LMHEAD_BWD, td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf,
-                                                  P->lm_head, N, C, V, 1));
+    PROF(TD_PROF_LMHEAD_BWD,
+         td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf, P->lm_head, N, C, V, 1));
     memset(m->dres, 0, sizeof(float) * (size_t)N * C);
     PROF(TD_PROF_NORM, norm_bwd(m, m->dres, G->normf_w, G->normf_b, m->dn, m->resf, P->normf_w,
                                 m->nfm, m->nfr, N));
@@ -507,10 +499,10 @@ td_status td_model_backward(td_model *m, double dscale) {
             PROF(TD_PROF_ACT, td_op_swiglu_bwd_f32(m->dfc, m->dh, a->fc, N, m->F));
         else
             PROF(TD_PROF_ACT, td_op_gelu_bwd_f32(m->dfc, m->dh, a->fc, (size_t)N * m->F));
-        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dn, g->wfc, g->bfc, m->dfc, a->n2,
-                                                      w->wfc, N, C, m->FC, 1));
-        PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2,
-                                    w->norm2_w, a->n2m, a->n2r, N));
+        PROF(TD_PROF_MATMUL_BWD,
+             td_op_matmul_bwd_f32(m->dn, g->wfc, g->bfc, m->dfc, a->n2, w->wfc, N, C, m->FC, 1));
+        PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2, w->norm2_w,
+                                    a->n2m, a->n2r, N));
         /* dres is now d(res2) */
         PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->datty, g->wo, g->bo, m->dres, a->atty,
                                                       w->wo, N, m->NH * m->hd, C, 1));
@@ -521,8 +513,8 @@ td_status td_model_backward(td_model *m, double dscale) {
                                               (float)m->cfg.rope_theta, 1));
         PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1,
                                                       w->wqkv, N, C, m->QKV, 1));
-        PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res,
-                                    w->norm1_w, a->n1m, a->n1r, N));
+        PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res, w->norm1_w,
+                                    a->n1m, a->n1r, N));
     }
     PROF(TD_PROF_EMBED, td_op_embed_bwd_f32(G->wte, G->wpe, m->dres, m->tokens, N, T, C));
     m->has_targets = 0; /* the logits now hold gradients */

@@ -28,8 +28,8 @@ typedef struct {
     int64_t shape[2]; /* Hugging Face shape */
     size_t offset;    /* first element in td_model.params / grads */
     size_t numel;
-    int transposed;   /* 1: stored (shape[1], shape[0]) here; HF stores (in, out) (GPT-2 Conv1D) */
-    int decay;        /* 1: AdamW applies weight decay (matrices and embeddings) */
+    int transposed; /* 1: stored (shape[1], shape[0]) here; HF stores (in, out) (GPT-2 Conv1D) */
+    int decay;      /* 1: AdamW applies weight decay (matrices and embeddings) */
 } td_param_tensor;
 
 /* Pointers to one layer's parameters (or gradients) inside the big allocation. A pointer
@@ -77,8 +77,8 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads);
 /* Forward pass over tokens (B, T) (T may be less than planned). With targets (B, T)
  * (entries < 0 are ignored) it computes the mean cross-entropy into *loss. Logits stay
  * available through td_model_logits until the next call. */
-td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B,
-                           int T, double *loss);
+td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                           double *loss);
 /* (B*T, V) logits of the last forward (overwritten by backward with their gradient). */
 const float *td_model_logits(const td_model *m);
 
@@ -93,9 +93,19 @@ double td_model_train_flops_per_token(const td_model *m, int T);
 
 /* Per-operation time of forward and backward, accumulated while profiling is on. */
 typedef enum {
-    TD_PROF_EMBED, TD_PROF_NORM, TD_PROF_MATMUL_FWD, TD_PROF_MATMUL_BWD, TD_PROF_ROPE,
-    TD_PROF_ATTN_FWD, TD_PROF_ATTN_BWD, TD_PROF_ACT, TD_PROF_RESIDUAL, TD_PROF_LMHEAD_FWD,
-    TD_PROF_LMHEAD_BWD, TD_PROF_XENT, TD_PROF_COUNT
+    TD_PROF_EMBED,
+    TD_PROF_NORM,
+    TD_PROF_MATMUL_FWD,
+    TD_PROF_MATMUL_BWD,
+    TD_PROF_ROPE,
+    TD_PROF_ATTN_FWD,
+    TD_PROF_ATTN_BWD,
+    TD_PROF_ACT,
+    TD_PROF_RESIDUAL,
+    TD_PROF_LMHEAD_FWD,
+    TD_PROF_LMHEAD_BWD,
+    TD_PROF_XENT,
+    TD_PROF_COUNT
 } td_prof_op;
 const char *td_prof_op_name(td_prof_op op);
 /* Turns timing on (and resets it) or off. */

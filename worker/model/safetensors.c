@@ -55,13 +55,15 @@ td_status td_st_open(const char *path, td_st_file **out) {
     }
     unsigned char *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (map == MAP_FAILED) return td_error_set(TD_ERR_IO, "cannot map %s: %s", path, strerror(errno));
+    if (map == MAP_FAILED)
+        return td_error_set(TD_ERR_IO, "cannot map %s: %s", path, strerror(errno));
     td_st_file *f = calloc(1, sizeof *f);
     snprintf(f->path, sizeof f->path, "%s", path);
     f->map = map;
     f->map_len = len;
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | map[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | map[i];
     td_status s = TD_OK;
     cJSON *hdr = NULL;
     if (hlen > len - 8 || hlen > (100u << 20)) {
@@ -119,7 +121,8 @@ td_status td_st_open(const char *path, td_st_file **out) {
             e->shape[d] = (int64_t)v;
             e->numel *= (size_t)v;
         }
-        double b = cJSON_GetArrayItem(off, 0)->valuedouble, en = cJSON_GetArrayItem(off, 1)->valuedouble;
+        double b = cJSON_GetArrayItem(off, 0)->valuedouble,
+               en = cJSON_GetArrayItem(off, 1)->valuedouble;
         if (b < 0 || en < b || en > (double)f->data_len) {
             snprintf(msg, sizeof msg,
                      "tensor '%s' data [%.0f, %.0f) lies outside the %zu data bytes (truncated "
@@ -131,8 +134,9 @@ td_status td_st_open(const char *path, td_st_file **out) {
         e->begin = (size_t)b;
         e->end = (size_t)en;
         if (e->end - e->begin != e->numel * td_dtype_size(e->dtype)) {
-            snprintf(msg, sizeof msg, "tensor '%s' holds %zu bytes but its shape and dtype need %zu",
-                     e->name, e->end - e->begin, e->numel * td_dtype_size(e->dtype));
+            snprintf(msg, sizeof msg,
+                     "tensor '%s' holds %zu bytes but its shape and dtype need %zu", e->name,
+                     e->end - e->begin, e->numel * td_dtype_size(e->dtype));
             s = bad(path, msg);
             goto fail;
         }
@@ -212,7 +216,9 @@ td_status td_st_read_f32(const td_st_file *f, const td_st_entry *e, float *dst, 
     for (size_t i = 0; i < n; i++) {
         float v;
         switch (e->dtype) {
-        case TD_DT_F32: memcpy(&v, src + 4 * i, 4); break;
+        case TD_DT_F32:
+            memcpy(&v, src + 4 * i, 4);
+            break;
         case TD_DT_F64: {
             double d;
             memcpy(&d, src + 8 * i, 8);
@@ -233,8 +239,9 @@ td_status td_st_read_f32(const td_st_file *f, const td_st_entry *e, float *dst, 
             break;
         }
         default:
-            return td_error_set(TD_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected a float type",
-                                f->path, e->name, td_dtype_name(e->dtype));
+            return td_error_set(TD_ERR_FORMAT,
+                                "%s: tensor '%s' has dtype %s, expected a float type", f->path,
+                                e->name, td_dtype_name(e->dtype));
         }
         if (transpose) {
             size_t r = i / (size_t)cols, c = i % (size_t)cols;
@@ -322,7 +329,8 @@ td_status td_st_writer_save(td_st_writer *w, const char *path) {
         cJSON *t = cJSON_AddObjectToObject(hdr, e->name);
         cJSON_AddStringToObject(t, "dtype", td_dtype_name(e->dtype));
         cJSON *sh = cJSON_AddArrayToObject(t, "shape");
-        for (int d = 0; d < e->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->shape[d]));
+        for (int d = 0; d < e->ndim; d++)
+            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->shape[d]));
         e->begin = off;
         e->end = off + e->numel * td_dtype_size(e->dtype);
         off = e->end;
@@ -342,9 +350,11 @@ td_status td_st_writer_save(td_st_writer *w, const char *path) {
         return td_error_set(TD_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
     }
     unsigned char lenb[8];
-    for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        lenb[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     int ok = write_all(fp, lenb, 8) && write_all(fp, text, hlen);
-    for (size_t i = hlen; ok && i < padded; i++) ok = fputc(' ', fp) != EOF;
+    for (size_t i = hlen; ok && i < padded; i++)
+        ok = fputc(' ', fp) != EOF;
     free(text);
     float *tbuf = NULL;
     for (int i = 0; ok && i < w->n; i++) {
@@ -364,7 +374,8 @@ td_status td_st_writer_save(td_st_writer *w, const char *path) {
         tbuf = nb;
         const float *src = it->data;
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++) tbuf[r * cols + c] = src[c * rows + r];
+            for (int64_t c = 0; c < cols; c++)
+                tbuf[r * cols + c] = src[c * rows + r];
         ok = write_all(fp, tbuf, nbytes);
     }
     free(tbuf);

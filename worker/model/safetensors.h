@@ -11,8 +11,16 @@
 
 #include "common/status.h"
 
-typedef enum { TD_DT_F32, TD_DT_F64, TD_DT_F16, TD_DT_BF16, TD_DT_I32, TD_DT_I64, TD_DT_U16,
-               TD_DT_U8 } td_dtype;
+typedef enum {
+    TD_DT_F32,
+    TD_DT_F64,
+    TD_DT_F16,
+    TD_DT_BF16,
+    TD_DT_I32,
+    TD_DT_I64,
+    TD_DT_U16,
+    TD_DT_U8
+} td_dtype;
 
 const char *td_dtype_name(td_dtype d);
 size_t td_dtype_size(td_dtype d);

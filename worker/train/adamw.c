@@ -6,12 +6,14 @@
 double td_grad_clip(float *g, size_t n, double clip) {
     double ss = 0;
 #pragma omp parallel for reduction(+ : ss) schedule(static)
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    for (size_t i = 0; i < n; i++)
+        ss += (double)g[i] * g[i];
     double norm = sqrt(ss);
     if (clip > 0 && norm > clip) {
         float s = (float)(clip / (norm + 1e-6));
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) g[i] *= s;
+        for (size_t i = 0; i < n; i++)
+            g[i] *= s;
     }
     return norm;
 }

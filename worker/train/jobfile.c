@@ -11,18 +11,18 @@ static td_status get_long(const cJSON *o, const char *where, const char *key, in
     int64_t v = *out;
     TD_TRY(td_json_get_int(o, where, key, req, &v));
     if (v < lo)
-        return td_error_set(TD_ERR_INVALID, "%s.%s: must be at least %ld, got %lld", where, key,
-                            lo, (long long)v);
+        return td_error_set(TD_ERR_INVALID, "%s.%s: must be at least %ld, got %lld", where, key, lo,
+                            (long long)v);
     *out = (long)v;
     return TD_OK;
 }
 
-static td_status get_num(const cJSON *o, const char *where, const char *key, double lo,
-                         double hi, double *out) {
+static td_status get_num(const cJSON *o, const char *where, const char *key, double lo, double hi,
+                         double *out) {
     TD_TRY(td_json_get_double(o, where, key, 0, out));
     if (*out < lo || *out > hi)
-        return td_error_set(TD_ERR_INVALID, "%s.%s: %g is outside [%g, %g]", where, key, *out,
-                            lo, hi);
+        return td_error_set(TD_ERR_INVALID, "%s.%s: %g is outside [%g, %g]", where, key, *out, lo,
+                            hi);
     return TD_OK;
 }
 
@@ -59,8 +59,8 @@ static td_status parse(td_job *j) {
     TD_TRY(get_long(data, where, "seq_len", 1, 1, &seq));
     if (seq > j->model.max_position_embeddings)
         return td_error_set(TD_ERR_INVALID,
-                            "%s.seq_len: %ld exceeds model.max_position_embeddings %d", where,
-                            seq, j->model.max_position_embeddings);
+                            "%s.seq_len: %ld exceeds model.max_position_embeddings %d", where, seq,
+                            j->model.max_position_embeddings);
     j->seq_len = (int)seq;
 
     long bs = 8, ga = 1;

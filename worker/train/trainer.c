@@ -134,8 +134,7 @@ static td_status setup(trainer *t, const td_job *j) {
     td_status s = td_loader_open(vsrc, "val", j->batch_size, j->seq_len, 0, 1, &t->val);
     if (s != TD_OK) {
         if (j->val_data[0]) return s;
-        TD_LOG_WARN("no validation shards (*val*.bin) in %s: val_loss will not be reported",
-                    vsrc);
+        TD_LOG_WARN("no validation shards (*val*.bin) in %s: val_loss will not be reported", vsrc);
         td_error_clear();
     }
     TD_TRY(td_model_new(&j->model, &t->model));
@@ -200,8 +199,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         printf("train: %s %zu parameters (%.2f M), %ld steps of %.0f tokens, data %zu tokens\n",
                td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step,
                td_loader_num_tokens(t.train));
-    td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps,
-                          (float)j->weight_decay};
+    td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
     if (step0 == 0 && t.val) {
         res->first_val_loss = evaluate(&t);
         fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);

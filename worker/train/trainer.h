@@ -11,9 +11,9 @@
 #include "worker/train/jobfile.h"
 
 typedef struct {
-    int resume;        /* continue from the newest complete checkpoint in ckpt_dir */
-    long stop_at;      /* stop after this step (with a checkpoint); 0 = run to train.steps */
-    int quiet;         /* no per-evaluation lines on stdout */
+    int resume;   /* continue from the newest complete checkpoint in ckpt_dir */
+    long stop_at; /* stop after this step (with a checkpoint); 0 = run to train.steps */
+    int quiet;    /* no per-evaluation lines on stdout */
 } td_train_opts;
 
 typedef struct {

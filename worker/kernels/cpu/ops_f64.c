@@ -6,12 +6,14 @@
 
 static double exp_sum_f64(const double *x, int n, double shift) {
     double s = 0;
-    for (int j = 0; j < n; j++) s += exp(x[j] - shift);
+    for (int j = 0; j < n; j++)
+        s += exp(x[j] - shift);
     return s;
 }
 
 static void exp_scale_f64(double *d, const double *x, int n, double shift, double scale) {
-    for (int j = 0; j < n; j++) d[j] = exp(x[j] - shift) * scale;
+    for (int j = 0; j < n; j++)
+        d[j] = exp(x[j] - shift) * scale;
 }
 
 #define K_GELU 0.7978845608028654
@@ -33,7 +35,8 @@ static void gelu_bwd_row_f64(double *dx, const double *dout, const double *x, si
 }
 
 static void swiglu_fwd_row_f64(double *h, const double *g, const double *u, int F) {
-    for (int i = 0; i < F; i++) h[i] = g[i] / (1 + exp(-g[i])) * u[i];
+    for (int i = 0; i < F; i++)
+        h[i] = g[i] / (1 + exp(-g[i])) * u[i];
 }
 
 static void swiglu_bwd_row_f64(double *dg, double *du, const double *dh, const double *g,

@@ -67,10 +67,12 @@ static inline float exp_sum_f32(const float *x, int n, float shift) {
     float s = 0;
 #ifdef __AVX512F__
     __m512 acc = _mm512_setzero_ps(), sh = _mm512_set1_ps(shift);
-    for (; j + 16 <= n; j += 16) acc = _mm512_add_ps(acc, td_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), sh)));
+    for (; j + 16 <= n; j += 16)
+        acc = _mm512_add_ps(acc, td_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), sh)));
     s = _mm512_reduce_add_ps(acc);
 #endif
-    for (; j < n; j++) s += td_expf(x[j] - shift);
+    for (; j < n; j++)
+        s += td_expf(x[j] - shift);
     return s;
 }
 
@@ -80,9 +82,11 @@ static inline void exp_scale_f32(float *d, const float *x, int n, float shift, f
 #ifdef __AVX512F__
     __m512 sh = _mm512_set1_ps(shift), sc = _mm512_set1_ps(scale);
     for (; j + 16 <= n; j += 16)
-        _mm512_storeu_ps(d + j, _mm512_mul_ps(td_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), sh)), sc));
+        _mm512_storeu_ps(d + j,
+                         _mm512_mul_ps(td_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), sh)), sc));
 #endif
-    for (; j < n; j++) d[j] = td_expf(x[j] - shift) * scale;
+    for (; j < n; j++)
+        d[j] = td_expf(x[j] - shift) * scale;
 }
 
 #define TD_GELU_K 0.7978845608028654f /* sqrt(2/pi) */
@@ -92,12 +96,15 @@ static inline void exp_scale_f32(float *d, const float *x, int n, float shift, f
 static inline void gelu_fwd_row_f32(float *out, const float *x, size_t n) {
     size_t i = 0;
 #ifdef __AVX512F__
-    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f), half = _mm512_set1_ps(0.5f);
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f),
+                 half = _mm512_set1_ps(0.5f);
     for (; i + 16 <= n; i += 16) {
         __m512 v = _mm512_loadu_ps(x + i);
         __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-        __m512 u = _mm512_mul_ps(_mm512_set1_ps(TD_GELU_K), _mm512_fmadd_ps(_mm512_set1_ps(TD_GELU_C), v3, v));
-        __m512 th = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(td_exp512(_mm512_mul_ps(two, u)), one)));
+        __m512 u = _mm512_mul_ps(_mm512_set1_ps(TD_GELU_K),
+                                 _mm512_fmadd_ps(_mm512_set1_ps(TD_GELU_C), v3, v));
+        __m512 th = _mm512_sub_ps(
+            one, _mm512_div_ps(two, _mm512_add_ps(td_exp512(_mm512_mul_ps(two, u)), one)));
         _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, th)));
     }
 #endif
@@ -111,13 +118,15 @@ static inline void gelu_fwd_row_f32(float *out, const float *x, size_t n) {
 static inline void gelu_bwd_row_f32(float *dx, const float *dout, const float *x, size_t n) {
     size_t i = 0;
 #ifdef __AVX512F__
-    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f), half = _mm512_set1_ps(0.5f);
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f),
+                 half = _mm512_set1_ps(0.5f);
     const __m512 k = _mm512_set1_ps(TD_GELU_K), c = _mm512_set1_ps(TD_GELU_C),
                  c3 = _mm512_set1_ps(3.0f * TD_GELU_C);
     for (; i + 16 <= n; i += 16) {
         __m512 v = _mm512_loadu_ps(x + i), v2 = _mm512_mul_ps(v, v);
         __m512 u = _mm512_mul_ps(k, _mm512_fmadd_ps(_mm512_mul_ps(c, v2), v, v));
-        __m512 th = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(td_exp512(_mm512_mul_ps(two, u)), one)));
+        __m512 th = _mm512_sub_ps(
+            one, _mm512_div_ps(two, _mm512_add_ps(td_exp512(_mm512_mul_ps(two, u)), one)));
         __m512 du = _mm512_mul_ps(k, _mm512_fmadd_ps(c3, v2, one));
         __m512 sech2 = _mm512_fnmadd_ps(th, th, one);
         __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(half, v), sech2), du,
@@ -141,11 +150,13 @@ static inline void swiglu_fwd_row_f32(float *h, const float *g, const float *u, 
     const __m512 one = _mm512_set1_ps(1.0f);
     for (; i + 16 <= F; i += 16) {
         __m512 gv = _mm512_loadu_ps(g + i);
-        __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, td_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+        __m512 sig = _mm512_div_ps(
+            one, _mm512_add_ps(one, td_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
         _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_mul_ps(gv, sig), _mm512_loadu_ps(u + i)));
     }
 #endif
-    for (; i < F; i++) h[i] = g[i] / (1.0f + td_expf(-g[i])) * u[i];
+    for (; i < F; i++)
+        h[i] = g[i] / (1.0f + td_expf(-g[i])) * u[i];
 }
 
 static inline void swiglu_bwd_row_f32(float *dg, float *du, const float *dh, const float *g,
@@ -155,7 +166,8 @@ static inline void swiglu_bwd_row_f32(float *dg, float *du, const float *dh, con
     const __m512 one = _mm512_set1_ps(1.0f);
     for (; i + 16 <= F; i += 16) {
         __m512 gv = _mm512_loadu_ps(g + i), d = _mm512_loadu_ps(dh + i);
-        __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, td_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+        __m512 sig = _mm512_div_ps(
+            one, _mm512_add_ps(one, td_exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
         __m512 silu = _mm512_mul_ps(gv, sig);
         _mm512_storeu_ps(du + i, _mm512_mul_ps(d, silu));
         /* d silu / dg = sig (1 + g (1 - sig)) */
