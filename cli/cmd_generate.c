@@ -12,7 +12,7 @@
 #include "cli/cli.h"
 #include "common/fsutil.h"
 #include "common/rng.h"
-#include "data/bytetok.h"
+#include "data/bpe.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/safetensors.h"
 
@@ -25,7 +25,7 @@ static void help(FILE *f) {
             "\n"
             "  --model DIR           checkpoint directory (config.json, model.safetensors,\n"
             "                        tokenizer.json)\n"
-            "  --prompt TEXT         prompt text, encoded with the checkpoint's tokenizer\n"
+            "  --prompt TEXT         prompt text, encoded with the checkpoint's tokenizer.json\n"
             "  --tokens IDS          prompt as comma-separated token ids instead\n"
             "  --max-new-tokens N    tokens to generate (default 200; 0 = only score the prompt)\n"
             "  --temperature T       0 = greedy (default 0.8)\n"
@@ -176,6 +176,9 @@ int td_cmd_generate(int argc, char **argv) {
 
     int32_t *ctx = NULL;
     int n = 0;
+    td_bpe *tok = NULL;
+    char *text = NULL;
+    size_t text_cap = 0, printed = 0;
     if (tok_arg) {
         if (parse_tokens(tok_arg, &ctx, &n) != 0 || n == 0) {
             fprintf(stderr, "tandem generate: --tokens wants comma-separated ids, got '%s'\n",
@@ -184,23 +187,20 @@ int td_cmd_generate(int argc, char **argv) {
             return 2;
         }
     } else {
-        char p[4200], *tj = NULL;
+        char p[4200];
         snprintf(p, sizeof p, "%s/tokenizer.json", model_dir);
-        s = td_fs_read_file(p, &tj, NULL);
-        if (s == TD_OK && !td_bytetok_is_bytelevel_json(tj))
-            s = td_error_set(TD_ERR_INVALID,
-                             "%s: only the byte-level tokenizer is supported so far; pass token "
-                             "ids with --tokens",
-                             p);
-        free(tj);
+        s = td_bpe_load(p, &tok);
         if (s != TD_OK) {
             td_model_free(&m);
             return td_cli_fail("generate", s);
         }
-        n = (int)strlen(prompt);
-        ctx = malloc(sizeof *ctx * (size_t)(n + 1));
-        td_bytetok_encode(prompt, (size_t)n, ctx);
-        if (n == 0) ctx[n++] = TD_BYTETOK_EOT < V ? TD_BYTETOK_EOT : 0;
+        size_t cap = 0;
+        n = (int)td_bpe_encode(tok, prompt, strlen(prompt), &ctx, &cap);
+        if (n == 0) {
+            int eot = td_bpe_special_id(tok, "<|endoftext|>");
+            ctx = realloc(ctx, sizeof *ctx);
+            ctx[n++] = eot >= 0 && eot < V ? eot : 0;
+        }
     }
     for (int i = 0; i < n; i++)
         if (ctx[i] >= V) {
@@ -243,8 +243,11 @@ int td_cmd_generate(int argc, char **argv) {
         int next = sample(last, V, temp, (int)top_k, top_p, &rng, buf);
         ctx[n++] = next;
         if (prompt) {
-            char ch[2];
-            if (td_bytetok_decode(&next, 1, ch)) fputc(ch[0], stdout);
+            /* print the new bytes of the decoded continuation; a token may end inside a
+             * multi-byte character, so decode from the prompt's end each time */
+            size_t len = td_bpe_decode(tok, ctx + (n - k - 1), (size_t)k + 1, &text, &text_cap);
+            fwrite(text + printed, 1, len - printed, stdout);
+            printed = len;
             fflush(stdout);
         } else {
             printf("%s%d", k ? "," : "", next);
@@ -254,6 +257,8 @@ int td_cmd_generate(int argc, char **argv) {
     if (max_new > 0) printf("\n");
 out:
     td_model_free(&m);
+    td_bpe_free(&tok);
+    free(text);
     free(ctx);
     if (s != TD_OK) return td_cli_fail("generate", s);
     return 0;

@@ -1,224 +1,161 @@
-/* `tandem prep`: text files to token shards with the byte-level tokenizer.
- *
- * This is the first slice of the data pipeline: documents are whole files, or the entries
- * of fortune-format files (--format fortune: entries separated by lines holding "%");
- * each document becomes its bytes followed by <|endoftext|> (256). Every 20th document
- * (5 %) goes to the validation split. Output: OUT/train_000000.bin, OUT/val_000000.bin
- * (llm.c layout, uint16), OUT/tokenizer.json and OUT/manifest.json. Cleaning, dedup and
- * the trained BPE tokenizer come with the full pipeline. */
-#include <dirent.h>
+/* `tandem prep`: the data pipeline (data/prep.h), single process or under mpirun. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef TD_HAVE_MPI
+#include <mpi.h>
+#endif
 
 #include "cli/cli.h"
-#include "common/fsutil.h"
-#include "common/json.h"
-#include "data/bytetok.h"
-#include "data/shard.h"
+#include "common/log.h"
+#include "data/prep.h"
 
 static void help(FILE *f) {
     fprintf(f,
-            "usage: tandem prep --out DIR [--format text|fortune] [--val-every N] INPUT...\n"
+            "usage: tandem prep --out DIR [--input PATH]... [options] [PATH...]\n"
+            "       mpirun -np N tandem prep ... (same output, input files split over ranks)\n"
             "\n"
-            "Tokenizes text files (or every regular file of an INPUT directory, skipping *.dat)\n"
-            "with the byte-level tokenizer into llm.c-format shards (with --format fortune,\n"
-            "also skipping the *.u8 links of fortune directories). See docs/prep.md.\n"
+            "Reads text files, directories (recursively), JSON Lines (*.jsonl) and their gzip\n"
+            "versions (*.gz); cleans, deduplicates, trains a byte-level BPE tokenizer (or uses\n"
+            "--tokenizer) and writes llm.c token shards, tokenizer.json and manifest.json to\n"
+            "DIR. See docs/prep.md for every rule.\n"
             "\n"
-            "  --out DIR        output directory (created)\n"
-            "  --format F       text: a file is one document (default);\n"
-            "                   fortune: entries separated by lines holding only \"%%\"\n"
-            "  --val-every N    every Nth document goes to the validation split (default 20)\n"
-            "  -h, --help       this text\n");
+            "input:\n"
+            "  --input PATH            a file or directory (repeatable; bare PATHs also work)\n"
+            "  --delimiter STR         a line equal to STR separates documents (fortune files:\n"
+            "                          '%%'); without it a text file is one document\n"
+            "  --format fortune        the same as --delimiter %%\n"
+            "  --text-field NAME       JSON Lines field holding the text (default text)\n"
+            "cleaning (a document failing a rule is dropped and counted):\n"
+            "  --min-chars N           fewer characters (default 16)\n"
+            "  --max-chars N           more characters (default 1000000)\n"
+            "  --min-letter-ratio F    letters of any script / non-space chars (default 0.5)\n"
+            "  --max-symbol-ratio F    symbol chars / non-space chars (default 0.2)\n"
+            "  --max-dup-line-frac F   repeated lines / lines (default 0.3)\n"
+            "  --max-top-ngram-frac F  chars in the most frequent word 3-gram (default 0.2)\n"
+            "  --no-fix-controls       keep escape sequences, overstrikes, control chars\n"
+            "  --no-nfc                skip NFC normalisation\n"
+            "dedup:\n"
+            "  --no-exact-dedup        keep exact duplicates\n"
+            "  --near-threshold F      MinHash Jaccard threshold (default 0.8; 0 disables)\n"
+            "tokenizer and shards:\n"
+            "  --tokenizer FILE        use this tokenizer.json instead of training one\n"
+            "  --vocab-size N          vocabulary when training (default 8192; 260 = bytes and\n"
+            "                          the special tokens only)\n"
+            "  --val-fraction F        share of documents for validation (default 0.01)\n"
+            "  --shard-tokens N        tokens per shard (default 100000000)\n"
+            "  --quiet                 no summary table\n"
+            "  -h, --help              this text\n");
 }
 
-typedef struct {
-    int32_t *v;
-    size_t n, cap;
-} tokbuf;
-
-static void push(tokbuf *b, const int32_t *ids, size_t n) {
-    if (b->n + n > b->cap) {
-        while (b->n + n > b->cap)
-            b->cap = b->cap ? 2 * b->cap : 1 << 16;
-        b->v = realloc(b->v, sizeof *b->v * b->cap);
+static int parse_num(const char *opt, const char *arg, double lo, double hi, double *out) {
+    char *end;
+    double v = strtod(arg, &end);
+    if (*end || end == arg || v < lo || v > hi) {
+        fprintf(stderr, "tandem prep: --%s wants a number in [%g, %g], got '%s'\n", opt, lo, hi,
+                arg);
+        return -1;
     }
-    memcpy(b->v + b->n, ids, sizeof *ids * n);
-    b->n += n;
-}
-
-typedef struct {
-    tokbuf train, val;
-    long docs, every, files;
-    int fortune;
-} prep_state;
-
-static void add_doc(prep_state *st, const char *text, size_t len) {
-    if (len == 0) return;
-    int32_t *ids = malloc(sizeof *ids * (len + 1));
-    td_bytetok_encode(text, len, ids);
-    ids[len] = TD_BYTETOK_EOT;
-    tokbuf *dst = (st->docs % st->every == st->every - 1) ? &st->val : &st->train;
-    push(dst, ids, len + 1);
-    free(ids);
-    st->docs++;
-}
-
-static td_status add_file(prep_state *st, const char *path) {
-    char *text;
-    size_t len;
-    TD_TRY(td_fs_read_file(path, &text, &len));
-    st->files++;
-    if (!st->fortune) {
-        add_doc(st, text, len);
-    } else {
-        size_t start = 0, i = 0;
-        while (i <= len) {
-            size_t eol = i;
-            while (eol < len && text[eol] != '\n')
-                eol++;
-            int sep = eol - i == 1 && text[i] == '%';
-            if (sep || eol >= len) {
-                size_t end = sep ? i : len;
-                add_doc(st, text + start, end - start);
-                start = eol + 1;
-            }
-            i = eol + 1;
-        }
-    }
-    free(text);
-    return TD_OK;
-}
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static td_status add_input(prep_state *st, const char *path) {
-    if (!td_fs_is_dir(path)) {
-        if (!td_fs_exists(path))
-            return td_error_set(TD_ERR_NOTFOUND, "input %s does not exist", path);
-        return add_file(st, path);
-    }
-    DIR *d = opendir(path);
-    if (!d) return td_error_set(TD_ERR_IO, "cannot open directory %s", path);
-    char **names = NULL;
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        if (e->d_name[0] == '.' || (l > 4 && !strcmp(e->d_name + l - 4, ".dat"))) continue;
-        /* fortune directories hold FILE.u8 links to FILE for UTF-8 locales */
-        if (st->fortune && l > 3 && !strcmp(e->d_name + l - 3, ".u8")) continue;
-        char p[4200];
-        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-        if (td_fs_is_dir(p)) continue;
-        names = realloc(names, sizeof *names * (n + 1));
-        names[n++] = strdup(p);
-    }
-    closedir(d);
-    qsort(names, n, sizeof *names, cmp_str);
-    td_status s = TD_OK;
-    for (size_t i = 0; i < n; i++) {
-        if (s == TD_OK) s = add_file(st, names[i]);
-        free(names[i]);
-    }
-    free(names);
-    return s;
+    *out = v;
+    return 0;
 }
 
 int td_cmd_prep(int argc, char **argv) {
-    static const struct option opts[] = {{"out", required_argument, 0, 'o'},
-                                         {"format", required_argument, 0, 'f'},
-                                         {"val-every", required_argument, 0, 'v'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *out = NULL;
-    prep_state st = {.every = 20};
-    int c;
+    enum {
+        O_OUT = 1, O_INPUT, O_DELIM, O_FORMAT, O_FIELD, O_MINC, O_MAXC, O_LETTER, O_SYMBOL,
+        O_DUPLINE, O_NGRAM, O_NOFIX, O_NONFC, O_NOEXACT, O_NEAR, O_TOK, O_VOCAB, O_VAL, O_SHARD,
+        O_QUIET, O_HELP
+    };
+    static const struct option opts[] = {
+        {"out", required_argument, 0, O_OUT}, {"input", required_argument, 0, O_INPUT},
+        {"delimiter", required_argument, 0, O_DELIM}, {"format", required_argument, 0, O_FORMAT},
+        {"text-field", required_argument, 0, O_FIELD}, {"min-chars", required_argument, 0, O_MINC},
+        {"max-chars", required_argument, 0, O_MAXC},
+        {"min-letter-ratio", required_argument, 0, O_LETTER},
+        {"max-symbol-ratio", required_argument, 0, O_SYMBOL},
+        {"max-dup-line-frac", required_argument, 0, O_DUPLINE},
+        {"max-top-ngram-frac", required_argument, 0, O_NGRAM},
+        {"no-fix-controls", no_argument, 0, O_NOFIX}, {"no-nfc", no_argument, 0, O_NONFC},
+        {"no-exact-dedup", no_argument, 0, O_NOEXACT},
+        {"near-threshold", required_argument, 0, O_NEAR},
+        {"tokenizer", required_argument, 0, O_TOK}, {"vocab-size", required_argument, 0, O_VOCAB},
+        {"val-fraction", required_argument, 0, O_VAL},
+        {"shard-tokens", required_argument, 0, O_SHARD}, {"quiet", no_argument, 0, O_QUIET},
+        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    td_prep_opts o;
+    td_prep_opts_default(&o);
+    const char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
+    int ni = 0, c, bad = 0;
+    double v = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
         switch (c) {
-        case 'o':
-            out = optarg;
-            break;
-        case 'f':
+        case O_OUT: o.out_dir = optarg; break;
+        case O_INPUT: inputs[ni++] = optarg; break;
+        case O_DELIM: o.delimiter = optarg; break;
+        case O_FORMAT:
             if (!strcmp(optarg, "fortune"))
-                st.fortune = 1;
+                o.delimiter = "%";
             else if (strcmp(optarg, "text")) {
                 fprintf(stderr, "tandem prep: --format must be text or fortune\n");
-                return 2;
+                bad = 1;
             }
             break;
-        case 'v':
-            st.every = strtol(optarg, NULL, 10);
-            if (st.every < 2) {
-                fprintf(stderr, "tandem prep: --val-every must be at least 2\n");
-                return 2;
-            }
-            break;
-        case 'h':
-            help(stdout);
-            return 0;
-        default:
-            help(stderr);
-            return 2;
+        case O_FIELD: o.text_field = optarg; break;
+        case O_MINC: bad = parse_num("min-chars", optarg, 0, 1e12, &v) != 0; o.rules.min_chars = (long)v; break;
+        case O_MAXC: bad = parse_num("max-chars", optarg, 1, 1e12, &v) != 0; o.rules.max_chars = (long)v; break;
+        case O_LETTER: bad = parse_num("min-letter-ratio", optarg, 0, 1, &o.rules.min_letter_ratio) != 0; break;
+        case O_SYMBOL: bad = parse_num("max-symbol-ratio", optarg, 0, 1, &o.rules.max_symbol_ratio) != 0; break;
+        case O_DUPLINE: bad = parse_num("max-dup-line-frac", optarg, 0, 1, &o.rules.max_dup_line_frac) != 0; break;
+        case O_NGRAM: bad = parse_num("max-top-ngram-frac", optarg, 0, 1, &o.rules.max_top_ngram_frac) != 0; break;
+        case O_NOFIX: o.rules.fix_controls = 0; break;
+        case O_NONFC: o.rules.nfc = 0; break;
+        case O_NOEXACT: o.exact_dedup = 0; break;
+        case O_NEAR: bad = parse_num("near-threshold", optarg, 0, 1, &o.near_threshold) != 0; break;
+        case O_TOK: o.tokenizer = optarg; break;
+        case O_VOCAB: bad = parse_num("vocab-size", optarg, 260, 1 << 24, &v) != 0; o.vocab_size = (int)v; break;
+        case O_VAL: bad = parse_num("val-fraction", optarg, 0, 1, &o.val_fraction) != 0; break;
+        case O_SHARD: bad = parse_num("shard-tokens", optarg, 1024, 2e9, &v) != 0; o.shard_tokens = (long)v; break;
+        case O_QUIET: o.quiet = 1; break;
+        case O_HELP: help(stdout); free(inputs); return 0;
+        default: bad = 1;
         }
     }
-    if (!out || optind >= argc) {
-        fprintf(stderr, "tandem prep: need --out DIR and at least one INPUT\n");
+    for (int i = optind; i < argc; i++) inputs[ni++] = argv[i];
+    if (!bad && (!o.out_dir || ni == 0)) {
+        fprintf(stderr, "tandem prep: need --out DIR and at least one input\n");
+        bad = 1;
+    }
+    if (bad) {
         help(stderr);
+        free(inputs);
         return 2;
     }
-    td_status s = TD_OK;
-    for (int i = optind; i < argc && s == TD_OK; i++)
-        s = add_input(&st, argv[i]);
-    if (s == TD_OK && (st.train.n == 0 || st.val.n == 0))
-        s = td_error_set(TD_ERR_INVALID,
-                         "the inputs hold %ld documents: too few for both a train and a "
-                         "validation split (--val-every %ld)",
-                         st.docs, st.every);
-    char p[4200];
-    if (s == TD_OK) s = td_fs_mkdirs(out);
-    if (s == TD_OK) {
-        snprintf(p, sizeof p, "%s/train_000000.bin", out);
-        s = td_shard_write(p, st.train.v, st.train.n, 2);
+    o.inputs = inputs;
+    o.n_inputs = ni;
+    int rank = 0, size = 1;
+#ifdef TD_HAVE_MPI
+    int mpi = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMI_SIZE") != NULL;
+    if (mpi) {
+        MPI_Init(&argc, &argv);
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+        td_log_set_rank(rank);
+        if (rank != 0) o.quiet = 1;
     }
-    if (s == TD_OK) {
-        snprintf(p, sizeof p, "%s/val_000000.bin", out);
-        s = td_shard_write(p, st.val.v, st.val.n, 2);
+#endif
+    td_status s = td_prep_run(&o, rank, size);
+    int rc = 0;
+    if (s != TD_OK) {
+        if (size == 1 || !strstr(td_error_message(), "another rank failed"))
+            rc = td_cli_fail("prep", s);
+        else
+            rc = td_status_exit_code(s);
     }
-    if (s == TD_OK) {
-        char *tj = td_bytetok_hf_json();
-        snprintf(p, sizeof p, "%s/tokenizer.json", out);
-        s = td_fs_write_file_atomic(p, tj, strlen(tj));
-        free(tj);
-    }
-    if (s == TD_OK) {
-        cJSON *m = cJSON_CreateObject();
-        cJSON_AddStringToObject(m, "tokenizer", "bytes");
-        cJSON_AddNumberToObject(m, "vocab_size", TD_BYTETOK_VOCAB);
-        cJSON_AddNumberToObject(m, "documents", (double)st.docs);
-        cJSON_AddNumberToObject(m, "files", (double)st.files);
-        cJSON *sh = cJSON_AddArrayToObject(m, "shards");
-        const char *names[2] = {"train_000000.bin", "val_000000.bin"};
-        size_t counts[2] = {st.train.n, st.val.n};
-        for (int i = 0; i < 2; i++) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "file", names[i]);
-            cJSON_AddStringToObject(o, "split", i ? "val" : "train");
-            cJSON_AddNumberToObject(o, "tokens", (double)counts[i]);
-            cJSON_AddItemToArray(sh, o);
-        }
-        snprintf(p, sizeof p, "%s/manifest.json", out);
-        s = td_json_save_file(p, m);
-        cJSON_Delete(m);
-    }
-    free(st.train.v);
-    free(st.val.v);
-    if (s != TD_OK) return td_cli_fail("prep", s);
-    printf("prep: %ld files, %ld documents -> %zu train + %zu val tokens in %s\n", st.files,
-           st.docs, st.train.n, st.val.n, out);
-    return 0;
+#ifdef TD_HAVE_MPI
+    if (mpi) MPI_Finalize();
+#endif
+    free(inputs);
+    return rc;
 }

@@ -606,7 +606,14 @@ char *td_bpe_to_json(const td_bpe *t) {
     char *m1 = malloc(2 * maxlen + 2), *m2 = malloc(2 * maxlen + 2),
          *pair = malloc(4 * maxlen + 4);
     for (int i = 0; i < t->vocab_size; i++) {
-        if (!t->tok[i] || td_bpe_special_id(t, t->tok[i]) == i) continue;
+        if (!t->tok[i]) continue;
+        if (td_bpe_special_id(t, t->tok[i]) == i) {
+            /* specials also go in the model vocab, under their plain content (as the
+             * tokenizers BpeTrainer writes them): tokenizers ignores added_tokens[].id and
+             * gives an added token missing from model.vocab the id len(vocab) + k */
+            cJSON_AddNumberToObject(vocab, t->tok[i], i);
+            continue;
+        }
         map_bytes(t->tok[i], t->tok_len[i], m1);
         cJSON_AddNumberToObject(vocab, m1, i);
     }
@@ -623,6 +630,16 @@ char *td_bpe_to_json(const td_bpe *t) {
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return text;
+}
+
+/* Whether content names an entry of added_tokens. */
+static int is_added(const cJSON *added, const char *content) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, added) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "content");
+        if (cJSON_IsString(c) && !strcmp(c->valuestring, content)) return 1;
+    }
+    return 0;
 }
 
 td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_bpe **out) {
@@ -680,6 +697,7 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
     cJSON_ArrayForEach(it, vocab) {
         int id = (int)it->valuedouble;
         long n = unmap_string(it->string, buf);
+        if (is_added(added, it->string)) continue; /* set from added_tokens below */
         if (n <= 0 || id < 0) {
             s = td_error_set(TD_ERR_FORMAT,
                              "%s: vocab entry \"%s\" is not in the byte-level alphabet", where,

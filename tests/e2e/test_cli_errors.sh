@@ -33,9 +33,10 @@ job() { # file model-json data-dir
              "train": {"batch_size": 2, "steps": 2}, "checkpoint": {"dir": "run"}}\n' "$2" "$3" > "$1"
 }
 MODEL='{"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-        "intermediate_size": 64, "vocab_size": 257, "max_position_embeddings": 16}'
+        "intermediate_size": 64, "vocab_size": 260, "max_position_embeddings": 16}'
 
-"$TANDEM" prep --out data --val-every 4 "$ROOT/common" > /dev/null || { echo "prep failed"; exit 1; }
+"$TANDEM" prep --out data --quiet --vocab-size 260 --val-fraction 0.3 --min-letter-ratio 0 \
+    --max-symbol-ratio 1 --max-dup-line-frac 1 --max-top-ngram-frac 1 "$ROOT/common" || { echo "prep failed"; exit 1; }
 
 expect "missing job file" "no_such.json" -- "$TANDEM" train no_such.json
 printf '{"model": {"arch": "llama",,}}' > invalid.json
@@ -44,8 +45,8 @@ job arch.json '{"arch": "rwkv", "hidden_size": 32}' data
 expect "unknown architecture" 'unknown architecture "rwkv"' -- "$TANDEM" train arch.json
 job heads.json "${MODEL/\"hidden_size\": 32/\"hidden_size\": 30}" data
 expect "heads not dividing width" "must divide hidden_size (30)" -- "$TANDEM" train heads.json
-job vocab.json "${MODEL/257/200}" data
-expect "token id beyond vocab" "token id 256" -- "$TANDEM" train vocab.json
+job vocab.json "${MODEL/260/200}" data
+expect "token id beyond vocab" "but model.vocab_size is 200" -- "$TANDEM" train vocab.json
 
 mkdir -p trunc magic
 head -c 3000 data/train_000000.bin > trunc/x_train.bin

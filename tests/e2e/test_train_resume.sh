@@ -10,12 +10,14 @@ W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
 # corpus: the project's own sources (real text, always present)
-"$TANDEM" prep --out data --val-every 5 "$ROOT"/common "$ROOT"/worker/model "$ROOT"/worker/train > /dev/null
+"$TANDEM" prep --out data --quiet --vocab-size 260 --val-fraction 0.2 --min-letter-ratio 0 \
+    --max-symbol-ratio 1 --max-dup-line-frac 1 --max-top-ngram-frac 1 \
+    "$ROOT"/common "$ROOT"/worker/model "$ROOT"/worker/train
 
 make_job() { # dir
 cat > "job_$1.json" <<JOB
 {"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 257,
+           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 260,
            "max_position_embeddings": 32},
  "data": {"train": "data", "seq_len": 32},
  "train": {"batch_size": 4, "steps": 20, "lr": 1e-2, "warmup": 3, "weight_decay": 0.1, "seed": 5},

@@ -11,7 +11,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/timeutil.h"
-#include "data/bytetok.h"
+#include "data/bpe.h"
 #include "data/loader.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
@@ -155,8 +155,11 @@ static td_status setup(trainer *t, const td_job *j) {
         TD_TRY(td_fs_read_file(p, &t->tokenizer_json, NULL));
     } else {
         TD_LOG_WARN("no tokenizer.json beside the training shards; checkpoints will carry the "
-                    "byte-level tokenizer");
-        t->tokenizer_json = td_bytetok_hf_json();
+                    "byte-level tokenizer (bytes + special tokens, no merges)");
+        td_bpe *bytes = NULL;
+        TD_TRY(td_bpe_new_bytes(NULL, &bytes));
+        t->tokenizer_json = td_bpe_to_json(bytes);
+        td_bpe_free(&bytes);
     }
     return TD_OK;
 }

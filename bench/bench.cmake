@@ -1,0 +1,7 @@
+# Benchmarks besides bench_train (included from CMakeLists.txt).
+# bench_tokenizer: tandem's BPE encoder against Hugging Face tokenizers (bench/tokenizers_speed.py
+# through .venv/bin/python); TD_SOURCE_DIR lets it find the venv, the script and the fixture
+# tokenizer from any working directory.
+add_executable(bench_tokenizer bench/bench_tokenizer.c)
+target_link_libraries(bench_tokenizer PRIVATE td_data)
+target_compile_definitions(bench_tokenizer PRIVATE TD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
