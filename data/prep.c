@@ -358,7 +358,7 @@ static td_status read_docs(reader *r, const char *path) {
     const char *delim = r->o->delimiter;
     size_t dl = delim ? strlen(delim) : 0;
     if (!jsonl && !delim) {
-        take_doc(r, buf, len);
+        if (len > 0) take_doc(r, buf, len); /* an empty file holds no document */
         free(buf);
         return TD_OK;
     }

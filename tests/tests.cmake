@@ -12,3 +12,10 @@ td_test(test_data_loader tests/unit/test_data_loader.c unit)
 td_test(test_safetensors tests/unit/test_safetensors.c unit)
 td_test(test_train_reference tests/unit/test_train_reference.c unit)
 td_test(test_tokenizer tests/unit/test_tokenizer.c unit)
+td_test(test_prep_planted tests/unit/test_prep_planted.c unit)
+add_test(NAME test_prep_mpi COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_prep_mpi.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_prep_mpi PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)
+add_test(NAME test_prep_errors COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_prep_errors.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_prep_errors PROPERTIES LABELS "e2e" TIMEOUT 300)
