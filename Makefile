@@ -23,7 +23,9 @@ demo: build
 	@scripts/demo.sh $(BUILD)
 
 bench: build
-	$(BUILD)/bench_train
+	$(BUILD)/bench_train --profile
+	@scripts/install-deps.sh --python
+	$(BUILD)/bench_tokenizer
 
 interop: build
 	@scripts/install-deps.sh --python

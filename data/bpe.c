@@ -642,6 +642,15 @@ static int is_added(const cJSON *added, const char *content) {
     return 0;
 }
 
+/* A token id from the file: a whole number in [0, 2^24], else -1 (checked before the cast,
+ * which is undefined for values outside int). */
+static int json_id(const cJSON *v) {
+    if (!cJSON_IsNumber(v)) return -1;
+    double d = v->valuedouble;
+    if (!(d >= 0 && d <= (double)(1 << 24)) || d != (double)(int)d) return -1;
+    return (int)d;
+}
+
 td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_bpe **out) {
     *out = NULL;
     init_byte_map();
@@ -678,11 +687,24 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
     }
     int maxid = -1;
     const cJSON *it;
-    cJSON_ArrayForEach(it, vocab) if (it->valuedouble > maxid) maxid = (int)it->valuedouble;
+    cJSON_ArrayForEach(it, vocab) {
+        int id = json_id(it);
+        if (id < 0) {
+            s = td_error_set(TD_ERR_FORMAT, "%s: vocab entry \"%s\" has no valid id", where,
+                             it->string);
+            goto done;
+        }
+        if (id > maxid) maxid = id;
+    }
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(j, "added_tokens");
     cJSON_ArrayForEach(it, added) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (cJSON_IsNumber(id) && id->valuedouble > maxid) maxid = (int)id->valuedouble;
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+        int id = json_id(cJSON_GetObjectItemCaseSensitive(it, "id"));
+        if (id < 0 || !cJSON_IsString(content) || !content->valuestring[0]) {
+            s = td_error_set(TD_ERR_FORMAT, "%s: malformed added token", where);
+            goto done;
+        }
+        if (id > maxid) maxid = id;
     }
     if (maxid < 0 || maxid > (1 << 24)) {
         s = td_error_set(TD_ERR_FORMAT, "%s: empty or oversized vocabulary", where);
@@ -695,7 +717,7 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
     cJSON_ArrayForEach(it, vocab) bl = strlen(it->string) > bl ? strlen(it->string) : bl;
     buf = malloc(bl + 1);
     cJSON_ArrayForEach(it, vocab) {
-        int id = (int)it->valuedouble;
+        int id = json_id(it);
         long n = unmap_string(it->string, buf);
         if (is_added(added, it->string)) continue; /* set from added_tokens below */
         if (n <= 0 || id < 0) {
@@ -752,14 +774,17 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
         }
         add_merge(t, (int32_t)(*ia - 1), (int32_t)(*ib - 1), (int32_t)(*ic - 1));
     }
-    cJSON_ArrayForEach(it, added) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
-        if (!cJSON_IsNumber(id) || !cJSON_IsString(content) || !content->valuestring[0]) {
-            s = td_error_set(TD_ERR_FORMAT, "%s: malformed added token", where);
-            goto done;
-        }
-        add_special(t, content->valuestring, (int)id->valuedouble);
+    cJSON_ArrayForEach(it, added) { /* ids and contents checked above */
+        int id = json_id(cJSON_GetObjectItemCaseSensitive(it, "id"));
+        const char *content = cJSON_GetObjectItemCaseSensitive(it, "content")->valuestring;
+        /* one id, one content: encoding matches special[k] but skips tok_len[id] bytes */
+        for (int k = 0; k < t->n_special; k++)
+            if (t->special_id[k] == id && strcmp(t->special[k], content)) {
+                s = td_error_set(TD_ERR_FORMAT, "%s: added tokens \"%s\" and \"%s\" share id %d",
+                                 where, t->special[k], content, id);
+                goto done;
+            }
+        add_special(t, content, id);
     }
 done:
     free(buf);

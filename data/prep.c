@@ -667,7 +667,13 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         bb_put(&local, ids, n * sizeof *ids);
         free(d->text);
         d->text = NULL;
+        if (rank == 0 && !o->quiet && td_progress_is_tty() && (i % 2048 == 0 || i + 1 == docs.n)) {
+            char line[128];
+            snprintf(line, sizeof line, "prep: encoding %zu/%zu documents", i + 1, docs.n);
+            td_progress_line(line);
+        }
     }
+    if (rank == 0) td_progress_done();
     free(ids);
     TD_ASSERT(gather(&local, &all, rank, size) == TD_OK);
     bb_free(&local);

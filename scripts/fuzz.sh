@@ -38,6 +38,7 @@ mkdir -p "$OUT"
 # ---------------------------------------------------------------------------------------
 # build: the sources are compiled directly (no CMake: the fuzzers need neither MPI nor BLAS,
 # so data/prep.c, data/loader.c and data/shard.c are left out)
+# shellcheck disable=SC2054 # the commas belong to -fsanitize=
 CFLAGS=(-std=c11 -D_GNU_SOURCE -I"$ROOT" -Wall -Wextra -g -O1
         -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer)
 COMMON=(common/*.c)
@@ -62,6 +63,7 @@ done
 # small tokenizer.json behind a 0 byte plus a dictionary of tokenizer.json keys
 CASES="tests/reference/fixtures/tokenizer/cases.json"
 if command -v python3 > /dev/null; then
+    # shellcheck disable=SC2086 # one argument per target
     python3 - "$OUT" "$CASES" $TARGETS << 'EOF'
 import json, os, sys
 
@@ -135,7 +137,8 @@ fi
 
 # ---------------------------------------------------------------------------------------
 # run, one target after the other
-export TD_FUZZ_TOKENIZER="${TD_FUZZ_TOKENIZER:-$ROOT/tests/reference/fixtures/tokenizer/tokenizer.json}"
+FIXTURE="$ROOT/tests/reference/fixtures/tokenizer/tokenizer.json"
+export TD_FUZZ_TOKENIZER="${TD_FUZZ_TOKENIZER:-$FIXTURE}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 status=0
@@ -160,6 +163,7 @@ for t in $TARGETS; do
     corp=$(sed -n 's/.* corp: \([0-9]*\/[^ ]*\).*/\1/p' <<< "$last")
     if [ "$rc" -ne 0 ] || [ "$after" -gt "$before" ]; then
         found="found (exit $rc; see build-fuzz/$t.log"
+        # shellcheck disable=SC2012 # artifact names are hex digests
         newest=$(ls -t "$art" 2> /dev/null | head -n 1)
         [ -n "$newest" ] && found+=", reproducer build-fuzz/artifacts-$t/$newest"
         found+=")"
@@ -167,11 +171,13 @@ for t in $TARGETS; do
     else
         found="none"
     fi
-    line="fuzz_$t: ${SECS}s, executions ${execs:-?}, coverage ${cov:-?} edges (${ft:-?} features, corpus ${corp:-?}), crashes: $found"
+    line="fuzz_$t: ${SECS}s, executions ${execs:-?}, coverage ${cov:-?} edges"
+    line+=" (${ft:-?} features, corpus ${corp:-?}), crashes: $found"
     summary+=("$line")
     echo "$line"
     if [ "$found" != none ]; then
-        grep -E 'ERROR: |SUMMARY: |runtime error|fuzz_(tokenizer|clean): ' "$log" | head -n 8 | sed 's/^/    /' || true
+        grep -E 'ERROR: |SUMMARY: |runtime error|fuzz_(tokenizer|clean): ' "$log" |
+            head -n 8 | sed 's/^/    /' || true
     fi
 done
 echo "---"

@@ -120,7 +120,8 @@ static void check_from_json(const uint8_t *data, size_t size) {
         }
         return;
     }
-    static const char text[] = "Hello, world! It's 2024 <|endoftext|> \xe4\xbd\xa0\xe5\xa5\xbd \xff";
+    static const char text[] =
+        "Hello, world! It's 2024 <|endoftext|> \xe4\xbd\xa0\xe5\xa5\xbd \xff";
     int32_t *ids = NULL;
     size_t cap = 0, dcap = 0;
     char *dec = NULL;
