@@ -19,3 +19,4 @@ set_tests_properties(test_prep_mpi PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)
 add_test(NAME test_prep_errors COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_prep_errors.sh
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_prep_errors PROPERTIES LABELS "e2e" TIMEOUT 300)
+td_test(test_tokenizer_json tests/unit/test_tokenizer_json.c unit)
