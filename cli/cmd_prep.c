@@ -9,6 +9,7 @@
 
 #include "cli/cli.h"
 #include "common/log.h"
+#include "data/bpe.h"
 #include "data/prep.h"
 
 static void help(FILE *f) {
@@ -43,6 +44,8 @@ static void help(FILE *f) {
             "  --tokenizer FILE        use this tokenizer.json instead of training one\n"
             "  --vocab-size N          vocabulary when training (default 8192; 260 = bytes and\n"
             "                          the special tokens only)\n"
+            "  --special TOKEN         reserve another special token (repeatable; <|endoftext|>,\n"
+            "                          <|im_start|>, <|im_end|>, <|pad|> are always reserved)\n"
             "  --val-fraction F        share of documents for validation (default 0.01)\n"
             "  --shard-tokens N        tokens per shard (default 100000000)\n"
             "  --quiet                 no summary table\n"
@@ -65,7 +68,7 @@ int td_cmd_prep(int argc, char **argv) {
     enum {
         O_OUT = 1, O_INPUT, O_DELIM, O_FORMAT, O_FIELD, O_MINC, O_MAXC, O_LETTER, O_SYMBOL,
         O_DUPLINE, O_NGRAM, O_NOFIX, O_NONFC, O_NOEXACT, O_NEAR, O_TOK, O_VOCAB, O_VAL, O_SHARD,
-        O_QUIET, O_HELP
+        O_QUIET, O_HELP, O_SPECIAL
     };
     static const struct option opts[] = {
         {"out", required_argument, 0, O_OUT}, {"input", required_argument, 0, O_INPUT},
@@ -82,11 +85,13 @@ int td_cmd_prep(int argc, char **argv) {
         {"tokenizer", required_argument, 0, O_TOK}, {"vocab-size", required_argument, 0, O_VOCAB},
         {"val-fraction", required_argument, 0, O_VAL},
         {"shard-tokens", required_argument, 0, O_SHARD}, {"quiet", no_argument, 0, O_QUIET},
+        {"special", required_argument, 0, O_SPECIAL},
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     td_prep_opts o;
     td_prep_opts_default(&o);
     const char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
-    int ni = 0, c, bad = 0;
+    const char **specials = calloc((size_t)argc + 8, sizeof *specials);
+    int ni = 0, nsp = 0, c, bad = 0;
     double v = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
@@ -118,7 +123,14 @@ int td_cmd_prep(int argc, char **argv) {
         case O_VAL: bad = parse_num("val-fraction", optarg, 0, 1, &o.val_fraction) != 0; break;
         case O_SHARD: bad = parse_num("shard-tokens", optarg, 1024, 2e9, &v) != 0; o.shard_tokens = (long)v; break;
         case O_QUIET: o.quiet = 1; break;
-        case O_HELP: help(stdout); free(inputs); return 0;
+        case O_SPECIAL:
+            if (!optarg[0]) {
+                fprintf(stderr, "tandem prep: --special needs a non-empty token\n");
+                bad = 1;
+            }
+            specials[nsp++] = optarg;
+            break;
+        case O_HELP: help(stdout); free(inputs); free(specials); return 0;
         default: bad = 1;
         }
     }
@@ -129,11 +141,25 @@ int td_cmd_prep(int argc, char **argv) {
     }
     if (bad) {
         help(stderr);
+        free(specials);
         free(inputs);
         return 2;
     }
     o.inputs = inputs;
     o.n_inputs = ni;
+    const char **all_sp = NULL;
+    if (nsp > 0) { /* the defaults stay reserved, first (so <|endoftext|> is 256); --special adds */
+        all_sp = calloc((size_t)nsp + 8, sizeof *all_sp);
+        int k = 0;
+        for (int i = 0; td_bpe_default_specials[i]; i++) all_sp[k++] = td_bpe_default_specials[i];
+        for (int i = 0; i < nsp; i++) {
+            int dup = 0;
+            for (int j = 0; j < k; j++) dup |= !strcmp(all_sp[j], specials[i]);
+            if (!dup) all_sp[k++] = specials[i];
+        }
+        all_sp[k] = NULL;
+        o.specials = all_sp;
+    }
     int rank = 0, size = 1;
 #ifdef TD_HAVE_MPI
     int mpi = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMI_SIZE") != NULL;
@@ -157,5 +183,7 @@ int td_cmd_prep(int argc, char **argv) {
     if (mpi) MPI_Finalize();
 #endif
     free(inputs);
+    free(specials);
+    free(all_sp);
     return rc;
 }

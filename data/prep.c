@@ -595,7 +595,8 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         s = td_bpe_load(o->tokenizer, &tok);
     } else {
         td_bpe *sp = NULL;
-        td_bpe_new_bytes(NULL, &sp);
+        s = td_bpe_new_bytes(o->specials, &sp);
+        if (s != TD_OK) goto out;
         td_bpe_counts c;
         td_bpe_counts_init(&c);
         for (size_t i = 0; i < docs.n; i++)
@@ -620,7 +621,7 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
                 const char *wd = bb_get(&all, l);
                 td_bpe_counts_add(&sum, wd, l, bb_get_u64(&all));
             }
-            td_bpe_train_opts to = {o->vocab_size, 2, NULL};
+            td_bpe_train_opts to = {o->vocab_size, 2, o->specials};
             td_bpe *t = NULL;
             s = td_bpe_train(&sum, &to, &t);
             td_bpe_counts_deinit(&sum);

@@ -78,5 +78,12 @@ if "$TANDEM" prep --out ob --delimiter % "${P[@]}" bin 2> err.txt &&
 else
     bad "binary file: $(cat err.txt)"
 fi
+# --special reserves a token after the defaults (<|endoftext|> stays 256)
+if "$TANDEM" prep --out osp --delimiter % "${P[@]}" --special '<|user|>' in 2> err.txt &&
+   grep -q '"<|endoftext|>":256' osp/tokenizer.json && grep -q '"<|user|>":260' osp/tokenizer.json; then
+    ok "--special reserves <|user|> as id 260"
+else
+    bad "--special: $(cat err.txt)"
+fi
 echo "test_prep_errors: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
