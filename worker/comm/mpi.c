@@ -1,0 +1,196 @@
+/* MPI backend of td_comm (see comm.h), and the one-rank "self" backend. */
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "worker/comm/comm.h"
+
+struct td_comm_req {
+    MPI_Request r;
+};
+
+static MPI_Datatype mpi_type(td_comm_dtype dt) {
+    switch (dt) {
+    case TD_COMM_F32: return MPI_FLOAT;
+    case TD_COMM_F64: return MPI_DOUBLE;
+    case TD_COMM_I64: return MPI_INT64_T;
+    default: return MPI_BYTE;
+    }
+}
+
+static td_status check(int rc, const char *op, const td_comm *c) {
+    if (rc == MPI_SUCCESS) return TD_OK;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    return td_error_set(TD_ERR_RUNTIME, "rank %d: %s failed: %s", c->rank, op, msg);
+}
+
+/* MPI counts are int: large buffers go in chunks of at most 1 Gi elements. */
+#define CHUNK ((size_t)1 << 30)
+
+static td_status m_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
+    MPI_Op op = dt == TD_COMM_BYTE ? MPI_BOR : MPI_SUM;
+    for (size_t off = 0; off < count; off += CHUNK) {
+        size_t n = count - off < CHUNK ? count - off : CHUNK;
+        TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * td_comm_dtype_size(dt),
+                                   (int)n, mpi_type(dt), op, MPI_COMM_WORLD),
+                     "MPI_Allreduce", c));
+    }
+    return TD_OK;
+}
+
+static td_status m_iallreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
+                              td_comm_req **req) {
+    if (count > CHUNK)
+        return td_error_set(TD_ERR_INVALID, "rank %d: non-blocking all-reduce of %zu elements "
+                            "exceeds one MPI call", c->rank, count);
+    td_comm_req *r = malloc(sizeof *r);
+    if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM, MPI_COMM_WORLD,
+                            &r->r);
+    if (rc != MPI_SUCCESS) {
+        free(r);
+        return check(rc, "MPI_Iallreduce", c);
+    }
+    *req = r;
+    return TD_OK;
+}
+
+static td_status m_reduce_scatter(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
+    if (count > CHUNK)
+        return td_error_set(TD_ERR_INVALID, "rank %d: reduce-scatter block too large", c->rank);
+    size_t es = td_comm_dtype_size(dt);
+    /* MPI_Reduce_scatter_block writes the result to the start of recvbuf; in place it is
+     * block 0, so move it to this rank's block afterwards */
+    TD_TRY(check(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM,
+                                          MPI_COMM_WORLD),
+                 "MPI_Reduce_scatter_block", c));
+    if (c->rank != 0) memmove((char *)buf + (size_t)c->rank * count * es, buf, count * es);
+    return TD_OK;
+}
+
+static td_status m_allgather(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
+    if (count > CHUNK)
+        return td_error_set(TD_ERR_INVALID, "rank %d: all-gather block too large", c->rank);
+    return check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, mpi_type(dt),
+                               MPI_COMM_WORLD),
+                 "MPI_Allgather", c);
+}
+
+static td_status m_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt, int root) {
+    for (size_t off = 0; off < count; off += CHUNK) {
+        size_t n = count - off < CHUNK ? count - off : CHUNK;
+        TD_TRY(check(MPI_Bcast((char *)buf + off * td_comm_dtype_size(dt), (int)n, mpi_type(dt),
+                               root, MPI_COMM_WORLD),
+                     "MPI_Bcast", c));
+    }
+    return TD_OK;
+}
+
+static td_status m_barrier(td_comm *c) {
+    return check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier", c);
+}
+
+static td_status m_wait(td_comm *c, td_comm_req *r) {
+    int rc = MPI_Wait(&r->r, MPI_STATUS_IGNORE);
+    free(r);
+    return check(rc, "MPI_Wait", c);
+}
+
+static void m_progress(td_comm *c) {
+    (void)c;
+    int flag;
+    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+}
+
+static void m_free(td_comm *c) {
+    (void)c;
+}
+
+static const td_comm_ops g_mpi_ops = {"mpi",      m_allreduce, m_iallreduce, m_reduce_scatter,
+                                      m_allgather, m_bcast,    m_barrier,    m_wait,
+                                      m_progress,  m_free};
+
+int td_comm_mpi_init(int *argc, char ***argv, int force) {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (inited) return 1;
+    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+    if (!launched && !force) return 0;
+    int provided = 0;
+    MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    return 1;
+}
+
+void td_comm_mpi_finalize(void) {
+    int inited = 0, fin = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&fin);
+    if (inited && !fin) MPI_Finalize();
+}
+
+td_status td_comm_mpi_new(td_comm **out) {
+    td_comm *c = calloc(1, sizeof *c);
+    if (!c) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    c->ops = &g_mpi_ops;
+    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    MPI_Comm local;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &c->local_rank);
+    MPI_Comm_size(local, &c->local_size);
+    MPI_Comm_free(&local);
+    *out = c;
+    return TD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* one rank */
+
+static td_status s_noop(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
+    (void)c, (void)buf, (void)count, (void)dt;
+    return TD_OK;
+}
+static td_status s_inoop(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
+                         td_comm_req **req) {
+    (void)c, (void)buf, (void)count, (void)dt;
+    *req = NULL;
+    return TD_OK;
+}
+static td_status s_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt, int root) {
+    (void)c, (void)buf, (void)count, (void)dt, (void)root;
+    return TD_OK;
+}
+static td_status s_barrier(td_comm *c) {
+    (void)c;
+    return TD_OK;
+}
+static td_status s_wait(td_comm *c, td_comm_req *r) {
+    (void)c, (void)r;
+    return TD_OK;
+}
+static void s_progress(td_comm *c) {
+    (void)c;
+}
+
+static const td_comm_ops g_self_ops = {"self", s_noop,    s_inoop, s_noop,     s_noop,
+                                       s_bcast, s_barrier, s_wait,  s_progress, m_free};
+
+td_status td_comm_self_new(td_comm **out) {
+    td_comm *c = calloc(1, sizeof *c);
+    if (!c) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    c->ops = &g_self_ops;
+    c->size = c->local_size = 1;
+    *out = c;
+    return TD_OK;
+}
+
+void td_comm_free(td_comm **c) {
+    if (!c || !*c) return;
+    (*c)->ops->free(*c);
+    free(*c);
+    *c = NULL;
+}
