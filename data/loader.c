@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/fsutil.h"
+#include "common/log.h"
 #include "common/rng.h"
 
 struct td_loader {
@@ -21,6 +22,8 @@ struct td_loader {
     size_t *order; /* permutation of windows for the current epoch */
     int64_t epoch, cursor;
     int32_t max_token;
+    int global_batch, slice_begin; /* data parallelism; global_batch = B when alone */
+    uint64_t *last;                /* window ids of the last batch (B) */
 };
 
 static int cmp_str(const void *a, const void *b) {
@@ -79,6 +82,8 @@ td_status td_loader_open(const char *source, const char *split, int B, int T, ui
     td_loader *l = calloc(1, sizeof *l);
     l->B = B;
     l->T = T;
+    l->global_batch = B;
+    l->last = calloc((size_t)B, sizeof *l->last);
     l->seed = seed;
     l->shuffle = shuffle;
     l->shards = calloc((size_t)n, sizeof *l->shards);
@@ -140,19 +145,23 @@ void td_loader_free(td_loader **lp) {
     free(l->win_shard);
     free(l->win_start);
     free(l->order);
+    free(l->last);
     free(l);
     *lp = NULL;
 }
 
 void td_loader_next(td_loader *l, int32_t *tokens, int32_t *targets) {
     int T = l->T;
-    for (int b = 0; b < l->B; b++) {
+    for (int g = 0; g < l->global_batch; g++) {
         if ((size_t)l->cursor >= l->nwin) {
             l->epoch++;
             l->cursor = 0;
             make_order(l);
         }
         size_t w = l->order[l->cursor++];
+        int b = g - l->slice_begin;
+        if (b < 0 || b >= l->B) continue; /* another rank's share of the global batch */
+        l->last[b] = w;
         const td_shard *sh = &l->shards[l->win_shard[w]];
         size_t s0 = l->win_start[w];
         for (int t = 0; t < T; t++) {
@@ -160,6 +169,24 @@ void td_loader_next(td_loader *l, int32_t *tokens, int32_t *targets) {
             targets[b * T + t] = td_shard_token(sh, s0 + (size_t)t + 1);
         }
     }
+}
+
+void td_loader_set_slice(td_loader *l, int global_batch, int begin, int end) {
+    TD_ASSERT(end - begin == l->B && begin >= 0 && end <= global_batch);
+    l->global_batch = global_batch;
+    l->slice_begin = begin;
+}
+
+const uint64_t *td_loader_last_windows(const td_loader *l) {
+    return l->last;
+}
+
+int td_loader_num_shards(const td_loader *l) {
+    return l->nshards;
+}
+
+const td_shard *td_loader_shard(const td_loader *l, int i) {
+    return &l->shards[i];
 }
 
 int32_t td_loader_max_token(const td_loader *l) {

@@ -33,4 +33,13 @@ void td_loader_set_pos(td_loader *l, int64_t epoch, int64_t cursor);
 /* Back to epoch 0, cursor 0. */
 void td_loader_reset(td_loader *l);
 
+/* Data parallelism: each td_loader_next consumes `global_batch` windows of the epoch order
+ * and keeps positions [begin, end) of them (end - begin must equal the loader's B). The
+ * position stays global, so it means the same at any world size. */
+void td_loader_set_slice(td_loader *l, int global_batch, int begin, int end);
+/* Global window indices of the sequences the last td_loader_next returned (B entries). */
+const uint64_t *td_loader_last_windows(const td_loader *l);
+int td_loader_num_shards(const td_loader *l);
+const td_shard *td_loader_shard(const td_loader *l, int i);
+
 #endif

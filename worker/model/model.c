@@ -51,6 +51,8 @@ struct td_model {
     float *dres, *dn, *dqkv, *datty, *dfc, *dh;
     /* last forward */
     int lastB, lastT, has_targets;
+    td_backward_hook hook;
+    void *hook_ctx;
     /* profiling */
     int prof_on;
     double prof[TD_PROF_COUNT];
@@ -62,6 +64,34 @@ struct td_model {
         double prof_t0_ = m->prof_on ? td_time_now() : 0;                                          \
         stmt;                                                                                      \
         if (m->prof_on) m->prof[op] += td_time_now() - prof_t0_;                                   \
+    } while (0)
+
+void td_model_set_backward_hook(td_model *m, td_backward_hook fn, void *ctx) {
+    m->hook = fn;
+    m->hook_ctx = ctx;
+}
+
+void td_model_stage_range(const td_model *m, int stage, size_t *lo, size_t *hi) {
+    /* parameters are laid out: embeddings, layer 0 .. L-1, final norm (+ lm_head) */
+    size_t layer0 = (size_t)(m->p.layers[0].norm1_w - m->params);
+    size_t per_layer = m->L > 1 ? (size_t)(m->p.layers[1].norm1_w - m->p.layers[0].norm1_w)
+                                : (size_t)(m->p.normf_w - m->p.layers[0].norm1_w);
+    size_t top = (size_t)(m->p.normf_w - m->params);
+    if (stage < 0) {
+        *lo = 0;
+        *hi = layer0;
+    } else if (stage >= m->L) {
+        *lo = top;
+        *hi = m->num_params;
+    } else {
+        *lo = layer0 + (size_t)stage * per_layer;
+        *hi = *lo + per_layer;
+    }
+}
+
+#define HOOK(stage)                                                                            \
+    do {                                                                                       \
+        if (m->hook) m->hook(m->hook_ctx, (stage));                                            \
     } while (0)
 
 const char *td_prof_op_name(td_prof_op op) {
@@ -487,6 +517,7 @@ td_status td_model_backward(td_model *m, double dscale) {
     memset(m->dres, 0, sizeof(float) * (size_t)N * C);
     PROF(TD_PROF_NORM, norm_bwd(m, m->dres, G->normf_w, G->normf_b, m->dn, m->resf, P->normf_w,
                                 m->nfm, m->nfr, N));
+    HOOK(m->L);
 
     for (int l = m->L - 1; l >= 0; l--) {
         layer_acts *a = &m->la[l];
@@ -515,8 +546,10 @@ td_status td_model_backward(td_model *m, double dscale) {
                                                       w->wqkv, N, C, m->QKV, 1));
         PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res, w->norm1_w,
                                     a->n1m, a->n1r, N));
+        HOOK(l);
     }
     PROF(TD_PROF_EMBED, td_op_embed_bwd_f32(G->wte, G->wpe, m->dres, m->tokens, N, T, C));
+    HOOK(-1);
     m->has_targets = 0; /* the logits now hold gradients */
     return TD_OK;
 }

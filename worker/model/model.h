@@ -87,6 +87,15 @@ const float *td_model_logits(const td_model *m);
 td_status td_model_backward(td_model *m, double dscale);
 void td_model_zero_grad(td_model *m);
 
+/* Backward progress hook, for overlapping gradient communication with backward: called
+ * with stage = num_hidden_layers once the final norm's (and an untied lm_head's) gradients
+ * are complete, then stage = l for each layer l = L-1 .. 0 once that layer's are, then
+ * stage = -1 once the embeddings' are. fn NULL disables it. */
+typedef void (*td_backward_hook)(void *ctx, int stage);
+void td_model_set_backward_hook(td_model *m, td_backward_hook fn, void *ctx);
+/* The gradient (and parameter) index range [lo, hi) that completes at `stage`. */
+void td_model_stage_range(const td_model *m, int stage, size_t *lo, size_t *hi);
+
 /* FLOPs per token for one training step (forward + backward): 6 N + 12 L C T, with N the
  * parameters that take part in matrix products (PaLM's convention). */
 double td_model_train_flops_per_token(const td_model *m, int T);

@@ -18,8 +18,8 @@ double td_grad_clip(float *g, size_t n, double clip) {
     return norm;
 }
 
-void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
-                   long t) {
+void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
+                         const td_adamw_params *hp, double lr, long t) {
     int nt;
     const td_param_tensor *tens = td_model_tensors(model, &nt);
     float *p = td_model_params(model), *g = td_model_grads(model);
@@ -29,9 +29,12 @@ void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *h
     float flr = (float)lr;
     for (int k = 0; k < nt; k++) {
         const td_param_tensor *T = &tens[k];
+        size_t a = T->offset > lo ? T->offset : lo;
+        size_t b = T->offset + T->numel < hi ? T->offset + T->numel : hi;
+        if (a >= b) continue;
         float wd = T->decay ? hp->weight_decay : 0.0f;
-        float *pp = p + T->offset, *gg = g + T->offset, *mm = m + T->offset, *vv = v + T->offset;
-        size_t n = T->numel;
+        float *pp = p + a, *gg = g + a, *mm = m + (a - lo), *vv = v + (a - lo);
+        size_t n = b - a;
 #pragma omp parallel for schedule(static) if (n > 32768)
         for (size_t i = 0; i < n; i++) {
             float gi = gg[i];
@@ -42,6 +45,11 @@ void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *h
             pp[i] -= flr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
         }
     }
+}
+
+void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
+                   long t) {
+    td_adamw_step_range(model, m, v, 0, td_model_num_params(model), hp, lr, t);
 }
 
 double td_lr_schedule(long step, long total, long warmup, double lr, double min_ratio) {

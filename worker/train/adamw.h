@@ -23,6 +23,11 @@ double td_grad_clip(float *grads, size_t n, double clip);
 void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
                    long t);
 
+/* The same update restricted to parameters [lo, hi) of the flat vector; m and v hold only
+ * that range (hi - lo floats, m[0] belongs to parameter lo). For ZeRO-1 slices. */
+void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
+                         const td_adamw_params *hp, double lr, long t);
+
 /* Learning rate at 0-based `step` of `total`: linear warmup over `warmup` steps to `lr`, then
  * cosine decay to lr * min_ratio at the last step. */
 double td_lr_schedule(long step, long total, long warmup, double lr, double min_ratio);
