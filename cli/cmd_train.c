@@ -1,10 +1,14 @@
-/* `tandem train JOB.json [--resume] [--stop-at STEP]`. */
+/* `tandem train JOB.json [--resume] [--stop-at STEP]`, alone or under mpirun. */
 #include <getopt.h>
+#include <omp.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "common/log.h"
+#include "worker/comm/comm.h"
 #include "worker/train/trainer.h"
 
 static void help(FILE *f) {
@@ -16,7 +20,8 @@ static void help(FILE *f) {
                "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
                "  --stop-at STEP   stop after STEP (saving a checkpoint); the LR schedule still\n"
                "                   follows train.steps, so a later --resume continues exactly\n"
-               "  --quiet          print only errors\n"
+               "  --bucket-mb N    gradient all-reduce bucket size in MiB (default 25)\n"
+            "  --quiet          print only errors\n"
                "  -h, --help       this text\n");
 }
 
@@ -24,6 +29,7 @@ int td_cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"resume", no_argument, 0, 'r'},
                                          {"stop-at", required_argument, 0, 's'},
                                          {"quiet", no_argument, 0, 'q'},
+                                         {"bucket-mb", required_argument, 0, 'b'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     td_train_opts o = {0};
@@ -71,9 +77,34 @@ int td_cmd_train(int argc, char **argv) {
                 argv[optind]);
         return 2;
     }
+    /* under mpirun: one MPI job, rank 0 leads; ranks on one node share its cores */
+    int mpi = td_comm_mpi_init(&argc, &argv, 0);
+    td_comm *comm = NULL;
+    if (mpi) {
+        s = td_comm_mpi_new(&comm);
+        if (s != TD_OK) {
+            td_job_deinit(&job);
+            td_comm_mpi_finalize();
+            return td_cli_fail("train", s);
+        }
+        td_log_set_rank(comm->rank);
+        if (comm->rank != 0) td_log_set_level(TD_LOG_LVL_ERROR);
+        if (!getenv("OMP_NUM_THREADS") && comm->local_size > 1) {
+            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            int per = (int)(cpus / comm->local_size);
+            omp_set_num_threads(per > 0 ? per : 1);
+        }
+    }
+    o.comm = comm;
     td_train_result r;
     s = td_train_run(&job, &o, &r);
     td_job_deinit(&job);
-    if (s != TD_OK) return td_cli_fail("train", s);
-    return 0;
+    int rc = 0;
+    if (s != TD_OK) rc = td_cli_fail("train", s);
+    td_comm_free(&comm);
+    if (mpi) {
+        if (rc != 0) td_comm_mpi_abort(rc); /* peers may wait in a collective */
+        td_comm_mpi_finalize();
+    }
+    return rc;
 }

@@ -52,6 +52,8 @@ td_status td_comm_mpi_new(td_comm **out);
  * for MPI_THREAD_MULTIPLE; returns 1 when MPI is running. */
 int td_comm_mpi_init(int *argc, char ***argv, int force);
 void td_comm_mpi_finalize(void);
+/* Ends every rank of the job with exit code rc (after this rank printed its error). */
+void td_comm_mpi_abort(int rc);
 /* A one-rank communicator for single-process runs (every collective is a no-op). */
 td_status td_comm_self_new(td_comm **out);
 

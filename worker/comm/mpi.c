@@ -1,5 +1,6 @@
 /* MPI backend of td_comm (see comm.h), and the one-rank "self" backend. */
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -130,6 +131,12 @@ void td_comm_mpi_finalize(void) {
     MPI_Initialized(&inited);
     MPI_Finalized(&fin);
     if (inited && !fin) MPI_Finalize();
+}
+
+void td_comm_mpi_abort(int rc) {
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, rc);
 }
 
 td_status td_comm_mpi_new(td_comm **out) {

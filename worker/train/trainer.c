@@ -1,4 +1,4 @@
-/* Single-process trainer (see trainer.h). */
+/* The trainer, one rank or data-parallel (see trainer.h). */
 #include "worker/train/trainer.h"
 
 #include <math.h>
@@ -16,18 +16,25 @@
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
 #include "worker/train/adamw.h"
+#include "worker/train/dp.h"
 
 typedef struct {
     const td_job *job;
+    td_comm *comm, *self;
+    int rank, size, local_B;
     td_model *model;
     td_loader *train, *val;
-    float *adam_m, *adam_v;
+    float *adam_m, *adam_v;   /* full moments, or this rank's ZeRO-1 slice */
+    float *full_m, *full_v;   /* ZeRO-1: gathered moments for checkpoints */
+    td_grad_sync *sync;
+    td_zero1 zero;
     int32_t *tokens, *targets;
     char *tokenizer_json;
     char parent[1024];
-    FILE *metrics;
+    FILE *metrics, *trace;
 } trainer;
 
+/* Mean validation loss over eval_batches global batches (each rank its slice). */
 static double evaluate(trainer *t) {
     if (!t->val) return NAN;
     const td_job *j = t->job;
@@ -39,10 +46,11 @@ static double evaluate(trainer *t) {
     for (long b = 0; b < nb; b++) {
         double loss = 0;
         td_loader_next(t->val, t->tokens, t->targets);
-        td_model_forward(t->model, t->tokens, t->targets, j->batch_size, j->seq_len, &loss);
+        td_model_forward(t->model, t->tokens, t->targets, t->local_B, j->seq_len, &loss);
         sum += loss;
     }
-    return nb ? sum / (double)nb : NAN;
+    t->comm->ops->allreduce(t->comm, &sum, 1, TD_COMM_F64);
+    return nb ? sum / (double)nb / t->size : NAN;
 }
 
 static td_status save_checkpoint(trainer *t, long step, double loss, char *out, size_t outn) {
@@ -68,16 +76,32 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
         cJSON_AddNullToObject(lin, "parent");
     cJSON_AddStringToObject(lin, "job_file", t->job->path);
     cJSON_AddItemToObject(lin, "job", cJSON_Duplicate(t->job->json, 1));
+    td_status s = TD_OK;
+    const float *mm = t->adam_m, *vv = t->adam_v;
+    if (t->job->zero) { /* the checkpoint holds full moments, whatever the world size */
+        s = td_zero1_gather_moments(&t->zero, t->adam_m, t->adam_v, t->full_m, t->full_v);
+        mm = t->full_m;
+        vv = t->full_v;
+    }
+    int ok = s == TD_OK;
+    if (t->rank == 0 && ok) {
     td_checkpoint_save_args a = {.root = t->job->ckpt_dir,
                                  .step = step,
                                  .model = t->model,
-                                 .adam_m = t->adam_m,
-                                 .adam_v = t->adam_v,
+                                 .adam_m = mm,
+                                 .adam_v = vv,
                                  .trainer_state = st,
                                  .tokenizer_json = t->tokenizer_json,
                                  .keep = t->job->ckpt_keep};
-    td_status s = td_checkpoint_save(&a, out, outn);
+    s = td_checkpoint_save(&a, out, outn);
+    ok = s == TD_OK;
+    }
     cJSON_Delete(st);
+    /* every rank learns whether rank 0 saved, and where */
+    int64_t okv = ok;
+    t->comm->ops->bcast(t->comm, &okv, 1, TD_COMM_I64, 0);
+    t->comm->ops->bcast(t->comm, out, outn, TD_COMM_BYTE, 0);
+    if (!okv && s == TD_OK) s = td_error_set(TD_ERR_IO, "rank 0 failed to save the checkpoint");
     if (s == TD_OK) snprintf(t->parent, sizeof t->parent, "%s", out);
     return s;
 }
@@ -100,8 +124,17 @@ static td_status resume(trainer *t, long *start_step) {
     snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
     /* both moments live in one file under two suffixes */
     const char *suffixes[2] = {".exp_avg", ".exp_avg_sq"};
-    float *bases[2] = {t->adam_m, t->adam_v};
+    size_t np = td_model_num_params(t->model);
+    float *fm = t->job->zero ? t->full_m : t->adam_m, *fv = t->job->zero ? t->full_v : t->adam_v;
+    float *bases[2] = {fm, fv};
     TD_TRY(td_checkpoint_read_tensors(t->model, p, 2, suffixes, bases));
+    if (t->job->zero) { /* keep this rank's slice: the checkpoint may come from any N */
+        size_t hi = t->zero.hi < np ? t->zero.hi : np;
+        if (hi > t->zero.lo) {
+            memcpy(t->adam_m, fm + t->zero.lo, (hi - t->zero.lo) * sizeof(float));
+            memcpy(t->adam_v, fv + t->zero.lo, (hi - t->zero.lo) * sizeof(float));
+        }
+    }
     snprintf(p, sizeof p, "%s/trainer_state.json", dir);
     cJSON *st;
     TD_TRY(td_json_load_file(p, &st));
@@ -115,15 +148,30 @@ static td_status resume(trainer *t, long *start_step) {
     td_loader_set_pos(t->train, epoch, cursor);
     *start_step = (long)step;
     snprintf(t->parent, sizeof t->parent, "%s", dir);
-    TD_LOG_INFO("resuming from %s (step %ld)", dir, (long)step);
+    if (t->rank == 0) TD_LOG_INFO("resuming from %s (step %ld)", dir, (long)step);
     return TD_OK;
 }
 
-static td_status setup(trainer *t, const td_job *j) {
+static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     memset(t, 0, sizeof *t);
     t->job = j;
-    TD_TRY(td_loader_open(j->train_data, "train", j->batch_size, j->seq_len, (uint64_t)j->seed, 1,
+    if (opts->comm) {
+        t->comm = opts->comm;
+    } else {
+        TD_TRY(td_comm_self_new(&t->self));
+        t->comm = t->self;
+    }
+    t->rank = t->comm->rank;
+    t->size = t->comm->size;
+    if (j->batch_size % t->size != 0)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: train.batch_size %d is the global batch and must divide by the "
+                            "%d ranks",
+                            j->path, j->batch_size, t->size);
+    t->local_B = j->batch_size / t->size;
+    TD_TRY(td_loader_open(j->train_data, "train", t->local_B, j->seq_len, (uint64_t)j->seed, 1,
                           &t->train));
+    TD_TRY(td_dp_share_plan(t->comm, t->train, (uint64_t)j->seed, j->seq_len, j->batch_size));
     if (td_loader_max_token(t->train) >= j->model.vocab_size)
         return td_error_set(TD_ERR_INVALID,
                             "%s: the training shards hold token id %d, but model.vocab_size is "
@@ -131,20 +179,36 @@ static td_status setup(trainer *t, const td_job *j) {
                             j->path, td_loader_max_token(t->train), j->model.vocab_size);
     const char *vsrc = j->val_data[0] ? j->val_data : j->train_data;
     /* validation: a fixed shuffled subset of windows, spread over the whole split */
-    td_status s = td_loader_open(vsrc, "val", j->batch_size, j->seq_len, 0, 1, &t->val);
+    td_status s = td_loader_open(vsrc, "val", t->local_B, j->seq_len, 0, 1, &t->val);
+    if (s == TD_OK) s = td_dp_share_plan(t->comm, t->val, 0, j->seq_len, j->batch_size);
     if (s != TD_OK) {
         if (j->val_data[0]) return s;
-        TD_LOG_WARN("no validation shards (*val*.bin) in %s: val_loss will not be reported", vsrc);
+        if (t->rank == 0)
+            TD_LOG_WARN("no usable validation shards (*val*.bin) in %s (%s): val_loss will not "
+                        "be reported",
+                        vsrc, td_error_message());
+        td_loader_free(&t->val);
         td_error_clear();
     }
     TD_TRY(td_model_new(&j->model, &t->model));
     td_model_init_random(t->model, (uint64_t)j->seed);
-    TD_TRY(td_model_plan(t->model, j->batch_size, j->seq_len, 1));
-    size_t np = td_model_num_params(t->model);
-    t->adam_m = calloc(np, sizeof(float));
-    t->adam_v = calloc(np, sizeof(float));
-    t->tokens = malloc(sizeof(int32_t) * (size_t)j->batch_size * j->seq_len);
-    t->targets = malloc(sizeof(int32_t) * (size_t)j->batch_size * j->seq_len);
+    TD_TRY(td_model_plan(t->model, t->local_B, j->seq_len, 1));
+    size_t np = td_model_num_params(t->model), nm = np;
+    if (j->zero) {
+        TD_TRY(td_zero1_init(&t->zero, t->comm, np));
+        nm = t->zero.hi - t->zero.lo;
+        t->full_m = calloc(np, sizeof(float));
+        t->full_v = calloc(np, sizeof(float));
+        if (!t->full_m || !t->full_v)
+            return td_error_set(TD_ERR_NOMEM, "out of memory for optimizer state");
+    } else {
+        TD_TRY(td_grad_sync_new(t->comm, t->model,
+                                opts->bucket_bytes ? opts->bucket_bytes : 25u << 20, &t->sync));
+    }
+    t->adam_m = calloc(nm, sizeof(float));
+    t->adam_v = calloc(nm, sizeof(float));
+    t->tokens = malloc(sizeof(int32_t) * (size_t)t->local_B * j->seq_len);
+    t->targets = malloc(sizeof(int32_t) * (size_t)t->local_B * j->seq_len);
     if (!t->adam_m || !t->adam_v || !t->tokens || !t->targets)
         return td_error_set(TD_ERR_NOMEM, "out of memory for optimizer state (%zu params)", np);
     /* The tokenizer travels with the data (tandem prep writes tokenizer.json beside the
@@ -154,17 +218,29 @@ static td_status setup(trainer *t, const td_job *j) {
     if (td_fs_is_dir(j->train_data) && td_fs_exists(p)) {
         TD_TRY(td_fs_read_file(p, &t->tokenizer_json, NULL));
     } else {
-        TD_LOG_WARN("no tokenizer.json beside the training shards; checkpoints will carry the "
-                    "byte-level tokenizer (bytes + special tokens, no merges)");
+        if (t->rank == 0)
+            TD_LOG_WARN("no tokenizer.json beside the training shards; checkpoints will carry "
+                        "the byte-level tokenizer (bytes + special tokens, no merges)");
         td_bpe *bytes = NULL;
         TD_TRY(td_bpe_new_bytes(NULL, &bytes));
         t->tokenizer_json = td_bpe_to_json(bytes);
         td_bpe_free(&bytes);
     }
+    const char *trace = getenv("TD_TRACE_WINDOWS");
+    if (trace) { /* test hook: every rank records the windows it reads */
+        snprintf(p, sizeof p, "%s.rank%d", trace, t->rank);
+        t->trace = fopen(p, "a");
+    }
     return TD_OK;
 }
 
 static void teardown(trainer *t) {
+    td_grad_sync_free(&t->sync);
+    if (t->job && t->job->zero) td_zero1_deinit(&t->zero);
+    free(t->full_m);
+    free(t->full_v);
+    if (t->trace) fclose(t->trace);
+    td_comm_free(&t->self);
     td_model_free(&t->model);
     td_loader_free(&t->train);
     td_loader_free(&t->val);
@@ -176,37 +252,48 @@ static void teardown(trainer *t) {
     if (t->metrics) fclose(t->metrics);
 }
 
+/* Sums a double over ranks. */
+static double sum_ranks(trainer *t, double v) {
+    t->comm->ops->allreduce(t->comm, &v, 1, TD_COMM_F64);
+    return v;
+}
+
 td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_result *res) {
     trainer t;
     memset(res, 0, sizeof *res);
     res->first_val_loss = res->last_val_loss = NAN;
-    td_status s = setup(&t, j);
+    td_status s = setup(&t, j, opts);
     long step0 = 0;
     if (s == TD_OK && opts->resume) s = resume(&t, &step0);
-    if (s == TD_OK) s = td_fs_mkdirs(j->ckpt_dir);
+    /* one set of weights everywhere: rank 0's (initialised or resumed) */
+    if (s == TD_OK)
+        s = t.comm->ops->bcast(t.comm, td_model_params(t.model), td_model_num_params(t.model),
+                               TD_COMM_F32, 0);
+    if (s == TD_OK && t.rank == 0) s = td_fs_mkdirs(j->ckpt_dir);
+    char mpath[1200];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", j->ckpt_dir);
+    if (s == TD_OK && t.rank == 0) {
+        t.metrics = fopen(mpath, opts->resume ? "a" : "w");
+        if (!t.metrics) s = td_error_set(TD_ERR_IO, "cannot open %s for writing", mpath);
+    }
     if (s != TD_OK) {
         teardown(&t);
         return s;
     }
-    char mpath[1200];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", j->ckpt_dir);
-    t.metrics = fopen(mpath, opts->resume ? "a" : "w");
-    if (!t.metrics) {
-        teardown(&t);
-        return td_error_set(TD_ERR_IO, "cannot open %s for writing", mpath);
-    }
+    int quiet = opts->quiet || t.rank != 0;
     long last = opts->stop_at > 0 && opts->stop_at < j->steps ? opts->stop_at : j->steps;
     size_t np = td_model_num_params(t.model);
     double tok_per_step = (double)j->batch_size * j->seq_len * j->grad_accum;
-    if (!opts->quiet)
-        printf("train: %s %zu parameters (%.2f M), %ld steps of %.0f tokens, data %zu tokens\n",
-               td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step,
-               td_loader_num_tokens(t.train));
+    if (!quiet)
+        printf("train: %s %zu parameters (%.2f M), %ld steps of %.0f tokens on %d rank%s%s, "
+               "data %zu tokens\n",
+               td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step, t.size,
+               t.size > 1 ? "s" : "", j->zero ? " (ZeRO-1)" : "", td_loader_num_tokens(t.train));
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
     if (step0 == 0 && t.val) {
         res->first_val_loss = evaluate(&t);
-        fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
-        if (!opts->quiet) printf("step %6d  val_loss %.4f (initial)\n", 0, res->first_val_loss);
+        if (t.metrics) fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
+        if (!quiet) printf("step %6d  val_loss %.4f (initial)\n", 0, res->first_val_loss);
     }
     double t_start = td_time_now(), train_time = 0;
     long steps_run = 0;
@@ -214,52 +301,78 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     for (long step = step0; step < last; step++) {
         double t0 = td_time_now();
         td_model_zero_grad(t.model);
-        loss = 0;
+        double local = 0;
         for (int micro = 0; micro < j->grad_accum; micro++) {
             double l = 0;
             td_loader_next(t.train, t.tokens, t.targets);
-            s = td_model_forward(t.model, t.tokens, t.targets, j->batch_size, j->seq_len, &l);
+            if (t.trace) {
+                const uint64_t *w = td_loader_last_windows(t.train);
+                for (int b = 0; b < t.local_B; b++)
+                    fprintf(t.trace, "%ld %d %llu\n", step + 1, micro, (unsigned long long)w[b]);
+            }
+            s = td_model_forward(t.model, t.tokens, t.targets, t.local_B, j->seq_len, &l);
+            /* gradients are synchronised on the last micro-step only */
+            if (s == TD_OK && t.sync && micro == j->grad_accum - 1) td_grad_sync_arm(t.sync);
             if (s == TD_OK) s = td_model_backward(t.model, 1.0 / j->grad_accum);
             if (s != TD_OK) break;
-            loss += l / j->grad_accum;
+            local += l / j->grad_accum;
         }
         if (s != TD_OK) break;
+        double t_bwd = td_time_now();
+        double wait_ms = 0, comm_ms = 0, gnorm = 0;
+        size_t bytes = 0;
+        double lr = td_lr_schedule(step, j->steps, j->warmup, j->lr, j->lr_min_ratio);
+        if (j->zero) {
+            s = td_zero1_step(&t.zero, t.model, t.adam_m, t.adam_v, &hp, lr, step + 1, j->clip,
+                              &gnorm, &comm_ms, &bytes);
+            wait_ms = comm_ms;
+        } else {
+            s = td_grad_sync_finish(t.sync, &wait_ms, &comm_ms, &bytes);
+            if (s == TD_OK) {
+                gnorm = td_grad_clip(td_model_grads(t.model), np, j->clip);
+                td_adamw_step(t.model, t.adam_m, t.adam_v, &hp, lr, step + 1);
+            }
+        }
+        if (s != TD_OK) break;
+        loss = sum_ranks(&t, local) / t.size;
         if (!isfinite(loss)) {
             s = td_error_set(TD_ERR_RUNTIME,
                              "loss became %f at step %ld; lower train.lr or raise train.warmup",
                              loss, step + 1);
             break;
         }
-        double gnorm = td_grad_clip(td_model_grads(t.model), np, j->clip);
-        double lr = td_lr_schedule(step, j->steps, j->warmup, j->lr, j->lr_min_ratio);
-        td_adamw_step(t.model, t.adam_m, t.adam_v, &hp, lr, step + 1);
         double dt = td_time_now() - t0;
         train_time += dt;
         steps_run++;
         if (step == step0) res->first_loss = loss;
         res->last_loss = loss;
         double tps = tok_per_step / dt;
-        fprintf(t.metrics,
-                "{\"step\": %ld, \"loss\": %.7f, \"lr\": %.6g, \"grad_norm\": %.6f, "
-                "\"tokens_per_s\": %.1f, \"compute_ms\": %.2f, \"comm_ms\": 0, \"rss_bytes\": "
-                "%lld",
-                step + 1, loss, lr, gnorm, tps, dt * 1e3, (long long)td_rss_bytes());
+        if (t.metrics)
+            fprintf(t.metrics,
+                    "{\"step\": %ld, \"loss\": %.7f, \"lr\": %.6g, \"grad_norm\": %.6f, "
+                    "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"compute_ms\": %.2f, "
+                    "\"comm_ms\": %.2f, \"comm_total_ms\": %.2f, \"bytes_reduced\": %zu, "
+                    "\"ranks\": %d, \"rss_bytes\": %lld",
+                    step + 1, loss, lr, gnorm, tps, dt * 1e3, (t_bwd - t0) * 1e3, wait_ms,
+                    comm_ms, bytes, t.size, (long long)td_rss_bytes());
         int do_eval = t.val && ((j->eval_every > 0 && (step + 1) % j->eval_every == 0) ||
                                 step + 1 == j->steps);
         if (do_eval) {
             double vl = evaluate(&t);
             res->last_val_loss = vl;
-            fprintf(t.metrics, ", \"val_loss\": %.6f", vl);
+            if (t.metrics) fprintf(t.metrics, ", \"val_loss\": %.6f", vl);
         }
-        fprintf(t.metrics, "}\n");
-        fflush(t.metrics);
+        if (t.metrics) {
+            fprintf(t.metrics, "}\n");
+            fflush(t.metrics);
+        }
         char eta[32], line[256];
         td_progress_fmt_eta((double)(last - step - 1) * train_time / (double)steps_run, eta,
                             sizeof eta);
         snprintf(line, sizeof line, "step %6ld/%ld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
                  step + 1, j->steps, loss, lr, tps, eta);
-        td_progress_line(line);
-        if (!opts->quiet && (do_eval || !td_progress_is_tty())) {
+        if (!quiet) td_progress_line(line);
+        if (!quiet && (do_eval || !td_progress_is_tty())) {
             if (do_eval || (step + 1) % j->log_every == 0 || step == step0) {
                 td_progress_done();
                 printf("step %6ld/%ld  loss %.4f  lr %.2e  %.0f tok/s", step + 1, j->steps, loss,
@@ -277,10 +390,10 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         }
         res->steps_done = step + 1;
     }
-    td_progress_done();
+    if (!quiet) td_progress_done();
     double wall = td_time_now() - t_start;
     res->tokens_per_s = steps_run ? tok_per_step * steps_run / train_time : 0;
-    if (s == TD_OK && !opts->quiet)
+    if (s == TD_OK && !quiet)
         printf("train: %ld steps in %.1f s (%.0f tokens/s), last loss %.4f, checkpoint %s\n",
                steps_run, wall, res->tokens_per_s, res->last_loss, res->last_checkpoint);
     teardown(&t);

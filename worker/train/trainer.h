@@ -1,5 +1,9 @@
-/* The single-process training loop: data → forward/backward (with gradient accumulation)
- * → clip → AdamW → metrics, with periodic validation and checkpoints, and exact resume.
+/* The training loop: data → forward/backward (with gradient accumulation) → gradient
+ * sync → clip → AdamW → metrics, with periodic validation and checkpoints, and exact
+ * resume. With a communicator of N ranks it is data-parallel (dp.h): train.batch_size is
+ * the global batch, each rank takes batch_size / N of it, gradients are averaged in buckets
+ * overlapping backward (or reduce-scattered with ZeRO-1), and rank 0 alone writes
+ * checkpoints and metrics. Checkpoints do not depend on N: a run resumes at any N.
  *
  * Output: a JSONL line per step in CKPT_DIR/metrics.jsonl (step, loss, lr, grad_norm,
  * tokens_per_s, compute_ms, comm_ms, rss_bytes; val_loss on evaluation steps); on a
@@ -8,12 +12,15 @@
 #define TD_TRAINER_H
 
 #include "common/status.h"
+#include "worker/comm/comm.h"
 #include "worker/train/jobfile.h"
 
 typedef struct {
     int resume;   /* continue from the newest complete checkpoint in ckpt_dir */
     long stop_at; /* stop after this step (with a checkpoint); 0 = run to train.steps */
     int quiet;    /* no per-evaluation lines on stdout */
+    td_comm *comm;       /* NULL: one process */
+    size_t bucket_bytes; /* gradient all-reduce bucket size (0: 25 MiB) */
 } td_train_opts;
 
 typedef struct {
