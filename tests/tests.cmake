@@ -20,3 +20,9 @@ add_test(NAME test_prep_errors COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_p
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_prep_errors PROPERTIES LABELS "e2e" TIMEOUT 300)
 td_test(test_tokenizer_json tests/unit/test_tokenizer_json.c unit)
+add_test(NAME test_train_dp COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_train_dp.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_train_dp PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)
+add_test(NAME test_train_kill COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_train_kill.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_train_kill PROPERTIES LABELS "mpi;e2e" TIMEOUT 300)
