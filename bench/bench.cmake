@@ -5,3 +5,7 @@
 add_executable(bench_tokenizer bench/bench_tokenizer.c)
 target_link_libraries(bench_tokenizer PRIVATE td_data)
 target_compile_definitions(bench_tokenizer PRIVATE TD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+
+# bench_comm: tandem's all-reduce path vs bare MPI_Allreduce, and overlap in a training step
+add_executable(bench_comm bench/bench_comm.c)
+target_link_libraries(bench_comm PRIVATE td_train)

@@ -2,7 +2,7 @@
 # Data-parallel training over MPI (ctest label mpi). Prints loss columns side by side.
 #   1. equivalence: 20 steps at -np 2 (per-rank batch B/2) = 1 rank with batch B, within
 #      1e-5 relative at every step; the same with ZeRO-1; -np 4 with grad_accum 2 = 1 rank
-#      with grad_accum 2
+#      with grad_accum 2; gpt2 (tied embeddings) at -np 2
 #   2. shard plan: over one epoch at -np 1, 2, 3 every window is read exactly once, and a
 #      repeated run reads the same windows on the same ranks in the same order
 #   3. elastic resume: a run saved at -np 2 (step 10) resumes at -np 1 and at -np 4 (also
@@ -19,11 +19,13 @@ CORPUS=/usr/share/games/fortunes/fortunes
 [ -f "$CORPUS" ] || { echo "missing $CORPUS (scripts/install-deps.sh installs fortunes)"; exit 1; }
 "$TANDEM" prep --out data --quiet --vocab-size 512 --delimiter % --val-fraction 0.05 "$CORPUS"
 
+LLAMA='"arch": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+       "num_key_value_heads": 2, "intermediate_size": 128'
+GPT2='"arch": "gpt2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4'
+ARCH=$LLAMA
 job() { # name batch accum zero steps
 cat > "$1.json" <<JOB
-{"model": {"arch": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 512,
-           "max_position_embeddings": 64},
+{"model": {$ARCH, "vocab_size": 512, "max_position_embeddings": 64},
  "data": {"train": "data", "seq_len": 32},
  "train": {"batch_size": $2, "grad_accum": $3, "zero": $4, "steps": $5, "lr": 3e-3, "warmup": 2,
            "weight_decay": 0.1, "seed": 3},
@@ -54,6 +56,11 @@ compare "np=1  vs  np=2 with ZeRO-1" one zero2
 job acc1 8 2 0 20 && "$TANDEM" train acc1.json --quiet
 job acc4 8 2 0 20 && mpirun -np 4 "$TANDEM" train acc4.json --quiet
 compare "np=1 grad_accum 2  vs  np=4 grad_accum 2" acc1 acc4
+ARCH=$GPT2 # tied embeddings: the lm_head part of wte is reduced early, lookup rows exchanged
+job g1 8 1 0 20 && "$TANDEM" train g1.json --quiet
+job g2 8 1 0 20 && mpirun -np 2 "$TANDEM" train g2.json --quiet
+compare "gpt2 (tied): np=1  vs  np=2" g1 g2
+ARCH=$LLAMA
 
 # 2. shard plan over one epoch (windows: see the count in data)
 nwin=$(( ( $(od -An -t d4 -j 8 -N 4 data/train_000000.bin) - 1 ) / 32 ))

@@ -53,6 +53,7 @@ struct td_model {
     int lastB, lastT, has_targets;
     td_backward_hook hook;
     void *hook_ctx;
+    int embed_rows_mode, rows_n;
     /* profiling */
     int prof_on;
     double prof[TD_PROF_COUNT];
@@ -86,6 +87,31 @@ void td_model_stage_range(const td_model *m, int stage, size_t *lo, size_t *hi) 
     } else {
         *lo = layer0 + (size_t)stage * per_layer;
         *hi = *lo + per_layer;
+    }
+}
+
+void td_model_embed_range(const td_model *m, size_t *lo, size_t *hi) {
+    *lo = (size_t)(m->p.wte - m->params);
+    *hi = *lo + (size_t)m->V * m->C;
+}
+
+void td_model_set_embed_rows_mode(td_model *m, int on) {
+    m->embed_rows_mode = on;
+}
+
+void td_model_embed_rows(const td_model *m, const int32_t **tokens, const float **rows, int *n) {
+    *tokens = m->tokens;
+    *rows = m->dres;
+    *n = m->rows_n;
+}
+
+void td_model_add_embed_rows(td_model *m, const int32_t *tokens, const float *rows, int n,
+                             float scale) {
+    int C = m->C;
+    for (int i = 0; i < n; i++) {
+        float *g = m->g.wte + (size_t)tokens[i] * C;
+        const float *r = rows + (size_t)i * C;
+        for (int k = 0; k < C; k++) g[k] += scale * r[k];
     }
 }
 
@@ -548,7 +574,10 @@ td_status td_model_backward(td_model *m, double dscale) {
                                     a->n1m, a->n1r, N));
         HOOK(l);
     }
-    PROF(TD_PROF_EMBED, td_op_embed_bwd_f32(G->wte, G->wpe, m->dres, m->tokens, N, T, C));
+    PROF(TD_PROF_EMBED, td_op_embed_bwd_f32(m->embed_rows_mode ? NULL : G->wte, G->wpe, m->dres,
+                                            m->tokens, N, T, C));
+    m->rows_n = m->embed_rows_mode ? N : 0;
+    m->embed_rows_mode = 0;
     HOOK(-1);
     m->has_targets = 0; /* the logits now hold gradients */
     return TD_OK;

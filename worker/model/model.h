@@ -93,8 +93,21 @@ void td_model_zero_grad(td_model *m);
  * stage = -1 once the embeddings' are. fn NULL disables it. */
 typedef void (*td_backward_hook)(void *ctx, int stage);
 void td_model_set_backward_hook(td_model *m, td_backward_hook fn, void *ctx);
-/* The gradient (and parameter) index range [lo, hi) that completes at `stage`. */
+/* The gradient (and parameter) index range [lo, hi) that completes at `stage`. For
+ * stage -1 (embeddings) this is everything before layer 0; see also embed rows mode. */
 void td_model_stage_range(const td_model *m, int stage, size_t *lo, size_t *hi);
+/* Index range of the token embedding matrix (wte / embed_tokens). */
+void td_model_embed_range(const td_model *m, size_t *lo, size_t *hi);
+/* Embed rows mode, for data parallelism: the next backward leaves the token-embedding
+ * gradient of its batch out of the gradient buffer; td_model_embed_rows then gives the
+ * tokens (N) and their gradient rows (N x C), to be added (after an exchange between
+ * ranks) with td_model_add_embed_rows. With tied embeddings this makes the big matrix's
+ * gradient complete as soon as lm_head's backward is done. Reset by each backward. */
+void td_model_set_embed_rows_mode(td_model *m, int on);
+void td_model_embed_rows(const td_model *m, const int32_t **tokens, const float **rows, int *n);
+/* grads[wte][tokens[i]] += scale * rows[i] for i < n. */
+void td_model_add_embed_rows(td_model *m, const int32_t *tokens, const float *rows, int n,
+                             float scale);
 
 /* FLOPs per token for one training step (forward + backward): 6 N + 12 L C T, with N the
  * parameters that take part in matrix products (PaLM's convention). */

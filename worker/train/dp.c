@@ -107,6 +107,10 @@ struct td_grad_sync {
     td_status err;
     double comm_s;
     int started;
+    /* embedding rows of all ranks (finish) */
+    int32_t *rows_tok;
+    float *rows;
+    size_t rows_cap;
 };
 
 static void *comm_main(void *arg) {
@@ -148,25 +152,38 @@ td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, td_grad
     g->c = c;
     g->m = m;
     int L = td_model_config_of(m)->num_hidden_layers;
-    g->b = calloc((size_t)L + 2, sizeof *g->b);
+    g->b = calloc((size_t)L + 4, sizeof *g->b);
     size_t per = bucket_bytes / sizeof(float);
-    /* stages in completion order: L, L-1, ..., 0, -1; ranges descend in memory */
-    size_t cur_hi = 0, cur_lo = 0;
-    int open = 0;
-    for (int st = L; st >= -1; st--) {
+    /* Ranges in the order backward completes them. The token-embedding matrix comes first:
+     * in embed rows mode (armed steps) the last writer to its gradient buffer is lm_head's
+     * backward (tied) or nothing (untied), so it is complete at stage L; the batch's
+     * embedding rows are exchanged separately in finish(). */
+    size_t wlo, whi, lo, hi;
+    td_model_embed_range(m, &wlo, &whi);
+    struct entry {
         size_t lo, hi;
+        int stage;
+    } *e = calloc((size_t)L + 3, sizeof *e);
+    int ne = 0;
+    e[ne++] = (struct entry){wlo, whi, L};
+    for (int st = L; st >= 0; st--) {
         td_model_stage_range(m, st, &lo, &hi);
-        if (hi == lo) continue;
-        if (!open) {
-            cur_hi = hi;
-            open = 1;
-        }
-        cur_lo = lo;
-        if (cur_hi - cur_lo >= per || st == -1) {
-            g->b[g->nb++] = (bucket){cur_lo, cur_hi, st};
-            open = 0;
+        e[ne++] = (struct entry){lo, hi, st};
+    }
+    td_model_stage_range(m, -1, &lo, &hi); /* embeddings other than wte (GPT-2's wpe) */
+    if (hi > whi) e[ne++] = (struct entry){whi, hi, -1};
+    for (int i = 0; i < ne; i++) {
+        if (e[i].hi == e[i].lo) continue;
+        bucket *cur = g->nb ? &g->b[g->nb - 1] : NULL;
+        if (cur && cur->lo == e[i].hi && cur->hi - cur->lo < per && i > 1) {
+            cur->lo = e[i].lo; /* extends the open bucket downwards */
+            cur->last_stage = e[i].stage;
+        } else {
+            g->b[g->nb++] = (bucket){e[i].lo, e[i].hi, e[i].stage};
         }
     }
+    free(e);
+    g->rows_tok = NULL;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     if (c->size > 1) {
@@ -186,7 +203,9 @@ int td_grad_sync_num_buckets(const td_grad_sync *gs) {
 }
 
 void td_grad_sync_arm(td_grad_sync *g) {
-    if (g->c->size > 1) td_model_set_backward_hook(g->m, on_stage, g);
+    if (g->c->size == 1) return;
+    td_model_set_backward_hook(g->m, on_stage, g);
+    td_model_set_embed_rows_mode(g->m, 1);
 }
 
 td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms, size_t *bytes) {
@@ -205,8 +224,35 @@ td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms,
     g->comm_s = 0;
     g->err = TD_OK;
     pthread_mutex_unlock(&g->mu);
+    /* the batch's token-embedding gradient rows: gather every rank's, add their mean */
+    const int32_t *tok;
+    const float *rows;
+    int n;
+    td_model_embed_rows(g->m, &tok, &rows, &n);
+    size_t bytes_rows = 0;
+    if (s == TD_OK && n > 0) {
+        int C = td_model_config_of(g->m)->hidden_size, N = g->c->size;
+        size_t need = (size_t)n * N;
+        if (need > g->rows_cap) {
+            free(g->rows_tok);
+            free(g->rows);
+            g->rows_tok = malloc(need * sizeof *g->rows_tok);
+            g->rows = malloc(need * (size_t)C * sizeof *g->rows);
+            g->rows_cap = need;
+        }
+        double t1 = td_time_now();
+        memcpy(g->rows_tok + (size_t)g->c->rank * n, tok, (size_t)n * sizeof *tok);
+        memcpy(g->rows + (size_t)g->c->rank * n * C, rows, (size_t)n * C * sizeof *rows);
+        s = g->c->ops->allgather(g->c, g->rows_tok, (size_t)n * sizeof *tok, TD_COMM_BYTE);
+        if (s == TD_OK) s = g->c->ops->allgather(g->c, g->rows, (size_t)n * C, TD_COMM_F32);
+        *comm_ms += (td_time_now() - t1) * 1e3;
+        if (s == TD_OK) td_model_add_embed_rows(g->m, g->rows_tok, g->rows, (int)need, 1.0f / N);
+        bytes_rows = need * ((size_t)C * 4 + 4);
+    }
     *wait_ms = (td_time_now() - t0) * 1e3;
-    *bytes = td_model_num_params(g->m) * sizeof(float);
+    size_t wlo, whi;
+    td_model_embed_range(g->m, &wlo, &whi);
+    *bytes = td_model_num_params(g->m) * sizeof(float) + bytes_rows;
     return s;
 }
 
@@ -222,6 +268,8 @@ void td_grad_sync_free(td_grad_sync **gp) {
     }
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
+    free(g->rows_tok);
+    free(g->rows);
     free(g->b);
     free(g);
     *gp = NULL;
