@@ -103,6 +103,42 @@ int main(int argc, char **argv) {
         y[i] = (int32_t)td_rng_below(&r, 50257);
     }
     size_t np = td_model_num_params(m);
+    /* the trainer's path alone: the gradient buffer through the bucketed communication
+     * thread, with no backward to overlap, against one bare MPI_Allreduce of it */
+    {
+        double ours[100], bare[100];
+        for (int it = -1; it < iters; it++) {
+            double w, cm;
+            size_t bytes;
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t0 = td_time_now();
+            td_grad_sync_arm(gs);
+            td_model_set_embed_rows_mode(m, 0);
+            td_grad_sync_finish(gs, &w, &cm, &bytes);
+            double t1 = td_time_now();
+            MPI_Barrier(MPI_COMM_WORLD);
+            double t2 = td_time_now();
+            MPI_Allreduce(MPI_IN_PLACE, td_model_grads(m), (int)np, MPI_FLOAT, MPI_SUM,
+                          MPI_COMM_WORLD);
+            double t3 = td_time_now();
+            if (it >= 0) {
+                ours[it] = t1 - t0;
+                bare[it] = t3 - t2;
+            }
+        }
+        double a = busf * (double)(np * 4) / median(ours, iters) / 1e9;
+        double b = busf * (double)(np * 4) / median(bare, iters) / 1e9;
+        if (rank == 0) {
+            if (json)
+                printf("{\"bench\": \"grad_sync\", \"bytes\": %zu, \"buckets\": %d, "
+                       "\"tandem_busbw_gbs\": %.3f, \"mpi_busbw_gbs\": %.3f, \"ratio\": %.3f}\n",
+                       np * 4, td_grad_sync_num_buckets(gs), a, b, a / b);
+            else
+                printf("%12zu %14.3f %14.3f %7.2fx   (trainer path: %d buckets on the "
+                       "communication thread, gpt2-L4 gradients)\n",
+                       np * 4, a, b, a / b, td_grad_sync_num_buckets(gs));
+        }
+    }
     double st_ov[100], st_plain[100], waits[100], comms[100], plain_comm[100];
     for (int it = -1; it < iters; it++) {
         double loss;
