@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
     if (td_model_new(&cfg, &m) != TD_OK || td_model_plan(m, B, T, 1) != TD_OK) return 1;
     td_model_init_random(m, 1);
     td_grad_sync *gs;
-    td_grad_sync_new(c, m, (size_t)(bucket_mb * 1048576), &gs);
+    td_grad_sync_new(c, m, (size_t)(bucket_mb * 1048576), (size_t)B * T, &gs);
     int32_t x[B * T], y[B * T];
     td_rng r;
     td_rng_seed(&r, 11 + (uint64_t)rank);

@@ -53,6 +53,17 @@ int td_cmd_train(int argc, char **argv) {
         case 'q':
             o.quiet = 1;
             break;
+        case 'b': {
+            char *end;
+            double mb = strtod(optarg, &end);
+            if (*end || end == optarg || mb <= 0 || mb > 4096) {
+                fprintf(stderr, "tandem train: --bucket-mb needs a size in MiB, got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            o.bucket_bytes = (size_t)(mb * 1048576.0);
+            break;
+        }
         case 'h':
             help(stdout);
             return 0;

@@ -98,22 +98,29 @@ static td_status gather(bbuf *local, bbuf *all, int rank, int size) {
     MPI_Gather(&n, 1, MPI_LONG_LONG, ns, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
     int *cnt = NULL, *disp = NULL;
     long long total = 0;
+    int ok = 1;
     if (rank == 0) {
         cnt = calloc((size_t)size, sizeof *cnt);
         disp = calloc((size_t)size, sizeof *disp);
         for (int r = 0; r < size; r++) {
-            if (ns[r] > 1LL << 30 || total > 1LL << 30) {
-                free(ns);
-                free(cnt);
-                free(disp);
-                return td_error_set(TD_ERR_RUNTIME,
-                                    "prep: more than 1 GiB to gather on rank 0; use fewer inputs "
-                                    "per run");
-            }
-            cnt[r] = (int)ns[r];
-            disp[r] = (int)total;
+            if (ns[r] > INT32_MAX || total + ns[r] > INT32_MAX) ok = 0;
+            cnt[r] = ok ? (int)ns[r] : 0;
+            disp[r] = ok ? (int)total : 0;
             total += ns[r];
         }
+    }
+    /* every rank learns whether the gather fits one MPI call before anyone starts it */
+    MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (!ok) {
+        free(ns);
+        free(cnt);
+        free(disp);
+        return td_error_set(TD_ERR_RUNTIME,
+                            "prep: the ranks' %s for rank 0 exceed 2 GiB (one MPI call); split "
+                            "the corpus into several prep runs",
+                            "data");
+    }
+    if (rank == 0) {
         bb_put(all, NULL, 0);
         if ((size_t)total > all->cap) {
             all->p = realloc(all->p, (size_t)total + 1);
@@ -541,9 +548,10 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         bb_u64(&local, docs.d[i].key);
         bb_put(&local, &docs.d[i].sig, sizeof(td_doc_sig));
     }
-    TD_ASSERT(gather(&local, &all, rank, size) == TD_OK);
+    s = gather(&local, &all, rank, size);
     bb_free(&local);
     bbuf verdicts = {0};
+    if (s != TD_OK) goto out;
     if (rank == 0) {
         size_t n = all.n / (8 + sizeof(td_doc_sig));
         struct rec {
@@ -610,8 +618,9 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
             bb_u64(&local, sl->val);
         }
         td_bpe_counts_deinit(&c);
-        TD_ASSERT(gather(&local, &all, rank, size) == TD_OK);
+        s = gather(&local, &all, rank, size);
         bb_free(&local);
+        if (s != TD_OK) goto out;
         bbuf tj = {0};
         if (rank == 0) {
             td_bpe_counts sum;
@@ -676,8 +685,9 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
     }
     if (rank == 0) td_progress_done();
     free(ids);
-    TD_ASSERT(gather(&local, &all, rank, size) == TD_OK);
+    s = gather(&local, &all, rank, size);
     bb_free(&local);
+    if (s != TD_OK) goto out;
     sum_stats(st, rank, size);
     if (rank == 0) {
         /* index the records, sort by key, write */

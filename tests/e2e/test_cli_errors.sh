@@ -38,6 +38,7 @@ MODEL='{"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attenti
 "$TANDEM" prep --out data --quiet --vocab-size 260 --val-fraction 0.3 --min-letter-ratio 0 \
     --max-symbol-ratio 1 --max-dup-line-frac 1 --max-top-ngram-frac 1 "$ROOT/common" || { echo "prep failed"; exit 1; }
 
+job good.json "$MODEL" data
 expect "missing job file" "no_such.json" -- "$TANDEM" train no_such.json
 printf '{"model": {"arch": "llama",,}}' > invalid.json
 expect "invalid JSON" "invalid JSON near line 1" -- "$TANDEM" train invalid.json
@@ -48,6 +49,11 @@ expect "heads not dividing width" "must divide hidden_size (30)" -- "$TANDEM" tr
 job vocab.json "${MODEL/260/200}" data
 expect "token id beyond vocab" "but model.vocab_size is 200" -- "$TANDEM" train vocab.json
 
+"$TANDEM" prep --out bigvocab --quiet --vocab-size 600 --val-fraction 0.3 --min-letter-ratio 0 \
+    --max-symbol-ratio 1 --max-dup-line-frac 1 --max-top-ngram-frac 1 "$ROOT/common" "$ROOT/data"
+printf '{"model": %s, "data": {"train": "data", "val": "bigvocab", "seq_len": 16},
+         "train": {"batch_size": 2, "steps": 2}, "checkpoint": {"dir": "run"}}\n' "$MODEL" > valvocab.json
+expect "val token id beyond vocab" "validation shards hold token id" -- "$TANDEM" train valvocab.json
 mkdir -p trunc magic
 head -c 3000 data/train_000000.bin > trunc/x_train.bin
 job trunc.json "$MODEL" trunc
@@ -72,10 +78,10 @@ expect "token outside vocab" "outside the vocabulary" -- \
     "$TANDEM" generate --model "$FX" --tokens 1,500 --max-new-tokens 1
 expect "unknown command" "unknown command" -- "$TANDEM" frobnicate
 expect "train without job" "expected exactly one job file" -- "$TANDEM" train
+expect "bad bucket size" "--bucket-mb needs a size" -- "$TANDEM" train good.json --bucket-mb 0
 expect "generate bad value" "bad option value" -- "$TANDEM" generate --model "$FX" --tokens 1 --top-p 7
 
 # a valid run still works (the cases above fail for their own reasons only)
-job good.json "$MODEL" data
 "$TANDEM" train good.json --quiet && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "  FAIL  valid job"; }
 
 echo "test_cli_errors: $pass passed, $fail failed"

@@ -51,6 +51,11 @@ compare() { # label dirA dirB [first_step]
 job one 8 1 0 20 && "$TANDEM" train one.json --quiet
 job two 8 1 0 20 && mpirun -np 2 "$TANDEM" train two.json --quiet
 compare "np=1 batch 8  vs  np=2 batch 4+4" one two
+job tiny 8 1 0 20 && mpirun -np 2 "$TANDEM" train tiny.json --quiet --bucket-mb 0.01
+compare "np=1  vs  np=2 with 10 KiB buckets (one per layer stage)" one tiny
+job big1 32 1 0 10 && "$TANDEM" train big1.json --quiet
+job big2 32 1 0 10 && mpirun -np 2 "$TANDEM" train big2.json --quiet
+compare "batch 32 (more tokens than vocabulary: dense embedding gradient): np=1  vs  np=2" big1 big2
 job zero2 8 1 1 20 && mpirun -np 2 "$TANDEM" train zero2.json --quiet
 compare "np=1  vs  np=2 with ZeRO-1" one zero2
 job acc1 8 2 0 20 && "$TANDEM" train acc1.json --quiet

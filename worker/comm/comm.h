@@ -21,7 +21,7 @@ typedef struct td_comm_req td_comm_req;
 
 typedef struct {
     const char *name; /* "mpi", "nccl" */
-    /* in-place sum over all ranks */
+    /* in-place sum over all ranks (float and integer types; not TD_COMM_BYTE) */
     td_status (*allreduce)(td_comm *c, void *buf, size_t count, td_comm_dtype dt);
     td_status (*iallreduce)(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
                             td_comm_req **req);
@@ -44,6 +44,7 @@ struct td_comm {
     void *ctx;
     int rank, size;
     int local_rank, local_size; /* within the node (for choosing a GPU) */
+    int threads_ok;             /* another thread may call collectives (one at a time) */
 };
 
 /* MPI backend over MPI_COMM_WORLD; MPI must be initialised (td_comm_mpi_init). */

@@ -32,7 +32,9 @@ static td_status check(int rc, const char *op, const td_comm *c) {
 #define CHUNK ((size_t)1 << 30)
 
 static td_status m_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
-    MPI_Op op = dt == TD_COMM_BYTE ? MPI_BOR : MPI_SUM;
+    if (dt == TD_COMM_BYTE)
+        return td_error_set(TD_ERR_INVALID, "rank %d: all-reduce of bytes is not defined", c->rank);
+    MPI_Op op = MPI_SUM;
     for (size_t off = 0; off < count; off += CHUNK) {
         size_t n = count - off < CHUNK ? count - off : CHUNK;
         TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * td_comm_dtype_size(dt),
@@ -145,6 +147,9 @@ td_status td_comm_mpi_new(td_comm **out) {
     c->ops = &g_mpi_ops;
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    c->threads_ok = level >= MPI_THREAD_SERIALIZED;
     MPI_Comm local;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &local);
     MPI_Comm_rank(local, &c->local_rank);
@@ -191,6 +196,7 @@ td_status td_comm_self_new(td_comm **out) {
     if (!c) return td_error_set(TD_ERR_NOMEM, "out of memory");
     c->ops = &g_self_ops;
     c->size = c->local_size = 1;
+    c->threads_ok = 1;
     *out = c;
     return TD_OK;
 }

@@ -6,12 +6,14 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "worker/comm/comm.h"
 
 typedef struct {
     ncclComm_t comm;
     cudaStream_t stream;
+    float *scratch; /* one float on this rank's GPU, for barrier() */
 } nccl_ctx;
 
 struct td_comm_req {
@@ -57,8 +59,13 @@ static td_status n_iallreduce(td_comm *c, void *buf, size_t count, td_comm_dtype
     NCCL_CHECK(c, ncclAllReduce(buf, buf, count, nccl_type(dt), ncclSum, X(c)->comm, X(c)->stream));
     td_comm_req *r = malloc(sizeof *r);
     if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    CUDA_CHECK(c, cudaEventCreateWithFlags(&r->ev, cudaEventDisableTiming));
-    CUDA_CHECK(c, cudaEventRecord(r->ev, X(c)->stream));
+    cudaError_t e = cudaEventCreateWithFlags(&r->ev, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(r->ev, X(c)->stream);
+    if (e != cudaSuccess) {
+        free(r);
+        return td_error_set(TD_ERR_RUNTIME, "rank %d: CUDA event: %s", c->rank,
+                            cudaGetErrorString(e));
+    }
     *req = r;
     return TD_OK;
 }
@@ -88,11 +95,7 @@ static td_status n_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt, 
 }
 
 static td_status n_barrier(td_comm *c) {
-    float *d = NULL;
-    CUDA_CHECK(c, cudaMalloc((void **)&d, sizeof(float)));
-    td_status s = n_allreduce(c, d, 1, TD_COMM_F32);
-    cudaFree(d);
-    return s;
+    return n_allreduce(c, X(c)->scratch, 1, TD_COMM_F32);
 }
 
 static td_status n_wait(td_comm *c, td_comm_req *r) {
@@ -115,6 +118,7 @@ static void n_free(td_comm *c) {
     if (!x) return;
     ncclCommDestroy(x->comm);
     cudaStreamDestroy(x->stream);
+    cudaFree(x->scratch);
     free(x);
 }
 
@@ -135,17 +139,28 @@ td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
         free(x);
         return td_error_set(TD_ERR_NOMEM, "out of memory");
     }
-    *c = (td_comm){&g_nccl_ops, x, host->rank, host->size, host->local_rank, host->local_size};
+    *c = (td_comm){&g_nccl_ops, x, host->rank, host->size, host->local_rank, host->local_size, 1};
     int dev = host->local_rank % ndev;
     ncclUniqueId id;
+    memset(&id, 0, sizeof id);
     td_status s = TD_OK;
     if (cudaSetDevice(dev) != cudaSuccess)
         s = td_error_set(TD_ERR_RUNTIME, "rank %d: cannot select GPU %d", host->rank, dev);
-    if (s == TD_OK && host->rank == 0 && ncclGetUniqueId(&id) != ncclSuccess)
-        s = td_error_set(TD_ERR_RUNTIME, "rank 0: ncclGetUniqueId failed");
-    if (s == TD_OK) s = host->ops->bcast(host, &id, sizeof id, TD_COMM_BYTE, 0);
     if (s == TD_OK && cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking) != cudaSuccess)
         s = td_error_set(TD_ERR_RUNTIME, "rank %d: cudaStreamCreate failed", host->rank);
+    if (s == TD_OK && cudaMalloc((void **)&x->scratch, sizeof(float)) != cudaSuccess)
+        s = td_error_set(TD_ERR_RUNTIME, "rank %d: cudaMalloc failed", host->rank);
+    if (s == TD_OK && host->rank == 0 && ncclGetUniqueId(&id) != ncclSuccess)
+        s = td_error_set(TD_ERR_RUNTIME, "rank 0: ncclGetUniqueId failed");
+    /* every rank joins the broadcast and the vote, so a failure on one cannot strand the
+     * others inside ncclCommInitRank */
+    td_status sb = host->ops->bcast(host, &id, sizeof id, TD_COMM_BYTE, 0);
+    if (s == TD_OK) s = sb;
+    int64_t failed = s != TD_OK;
+    if (host->ops->allreduce(host, &failed, 1, TD_COMM_I64) != TD_OK) failed = 1;
+    if (s == TD_OK && failed)
+        s = td_error_set(TD_ERR_RUNTIME, "rank %d: another rank could not set up NCCL",
+                         host->rank);
     if (s == TD_OK) {
         ncclResult_t r = ncclCommInitRank(&x->comm, host->size, id, host->rank);
         if (r != ncclSuccess)
@@ -153,6 +168,8 @@ td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
                              ncclGetErrorString(r));
     }
     if (s != TD_OK) {
+        if (x->stream) cudaStreamDestroy(x->stream);
+        if (x->scratch) cudaFree(x->scratch);
         free(x);
         free(c);
         return s;

@@ -106,7 +106,7 @@ struct td_grad_sync {
     int ready, sent, quit;
     td_status err;
     double comm_s;
-    int started;
+    int started, rows_mode;
     /* embedding rows of all ranks (finish) */
     int32_t *rows_tok;
     float *rows;
@@ -146,11 +146,13 @@ static void on_stage(void *ctx, int stage) {
     pthread_mutex_unlock(&g->mu);
 }
 
-td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, td_grad_sync **out) {
+td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, size_t local_tokens,
+                           td_grad_sync **out) {
     td_grad_sync *g = calloc(1, sizeof *g);
     if (!g) return td_error_set(TD_ERR_NOMEM, "out of memory");
     g->c = c;
     g->m = m;
+    g->rows_mode = local_tokens * (size_t)c->size < (size_t)td_model_config_of(m)->vocab_size;
     int L = td_model_config_of(m)->num_hidden_layers;
     g->b = calloc((size_t)L + 4, sizeof *g->b);
     size_t per = bucket_bytes / sizeof(float);
@@ -165,17 +167,18 @@ td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, td_grad
         int stage;
     } *e = calloc((size_t)L + 3, sizeof *e);
     int ne = 0;
-    e[ne++] = (struct entry){wlo, whi, L};
+    if (g->rows_mode) e[ne++] = (struct entry){wlo, whi, L};
     for (int st = L; st >= 0; st--) {
         td_model_stage_range(m, st, &lo, &hi);
         e[ne++] = (struct entry){lo, hi, st};
     }
-    td_model_stage_range(m, -1, &lo, &hi); /* embeddings other than wte (GPT-2's wpe) */
-    if (hi > whi) e[ne++] = (struct entry){whi, hi, -1};
+    td_model_stage_range(m, -1, &lo, &hi); /* embeddings (without wte in rows mode) */
+    if (g->rows_mode) lo = whi;
+    if (hi > lo) e[ne++] = (struct entry){lo, hi, -1};
     for (int i = 0; i < ne; i++) {
         if (e[i].hi == e[i].lo) continue;
         bucket *cur = g->nb ? &g->b[g->nb - 1] : NULL;
-        if (cur && cur->lo == e[i].hi && cur->hi - cur->lo < per && i > 1) {
+        if (cur && cur->lo == e[i].hi && cur->hi - cur->lo < per) {
             cur->lo = e[i].lo; /* extends the open bucket downwards */
             cur->last_stage = e[i].stage;
         } else {
@@ -186,7 +189,7 @@ td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, td_grad
     g->rows_tok = NULL;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
-    if (c->size > 1) {
+    if (c->size > 1 && c->threads_ok) {
         if (pthread_create(&g->thread, NULL, comm_main, g) != 0) {
             free(g->b);
             free(g);
@@ -204,8 +207,8 @@ int td_grad_sync_num_buckets(const td_grad_sync *gs) {
 
 void td_grad_sync_arm(td_grad_sync *g) {
     if (g->c->size == 1) return;
-    td_model_set_backward_hook(g->m, on_stage, g);
-    td_model_set_embed_rows_mode(g->m, 1);
+    if (g->started) td_model_set_backward_hook(g->m, on_stage, g);
+    td_model_set_embed_rows_mode(g->m, g->rows_mode);
 }
 
 td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms, size_t *bytes) {
@@ -214,10 +217,19 @@ td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms,
     *bytes = 0;
     if (g->c->size == 1) return TD_OK;
     double t0 = td_time_now();
+    if (!g->started) { /* no communication thread allowed: reduce here, after backward */
+        float *grads = td_model_grads(g->m), inv = 1.0f / (float)g->c->size;
+        for (int k = 0; k < g->nb; k++) {
+            bucket *b = &g->b[k];
+            TD_TRY(g->c->ops->allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32));
+            for (size_t i = b->lo; i < b->hi; i++) grads[i] *= inv;
+        }
+        g->comm_s = td_time_now() - t0;
+    }
     pthread_mutex_lock(&g->mu);
     g->ready = g->nb; /* safety: anything the hook did not report */
     pthread_cond_broadcast(&g->cv);
-    while (g->sent < g->nb) pthread_cond_wait(&g->cv, &g->mu);
+    while (g->started && g->sent < g->nb) pthread_cond_wait(&g->cv, &g->mu);
     td_status s = g->err;
     *comm_ms = g->comm_s * 1e3;
     g->ready = g->sent = 0;

@@ -33,7 +33,11 @@ td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len,
 
 typedef struct td_grad_sync td_grad_sync;
 
-td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, td_grad_sync **out);
+/* local_tokens: tokens per rank per micro-step. The batch's embedding rows are exchanged
+ * separately only when all ranks' tokens are fewer than the vocabulary (otherwise the dense
+ * token-embedding gradient is cheaper, reduced once backward has finished). */
+td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, size_t local_tokens,
+                           td_grad_sync **out);
 void td_grad_sync_free(td_grad_sync **gs);
 /* Installs the backward hook for the next backward (the last micro-step). */
 void td_grad_sync_arm(td_grad_sync *gs);

@@ -78,8 +78,14 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddItemToObject(lin, "job", cJSON_Duplicate(t->job->json, 1));
     td_status s = TD_OK;
     const float *mm = t->adam_m, *vv = t->adam_v;
-    if (t->job->zero) { /* the checkpoint holds full moments, whatever the world size */
-        s = td_zero1_gather_moments(&t->zero, t->adam_m, t->adam_v, t->full_m, t->full_v);
+    if (t->job->zero) { /* the checkpoint holds full moments, whatever the world size;
+                          * the full buffers exist only while saving */
+        size_t np = td_model_num_params(t->model);
+        t->full_m = malloc(np * sizeof(float));
+        t->full_v = malloc(np * sizeof(float));
+        s = t->full_m && t->full_v
+                ? td_zero1_gather_moments(&t->zero, t->adam_m, t->adam_v, t->full_m, t->full_v)
+                : td_error_set(TD_ERR_NOMEM, "out of memory gathering the optimizer state");
         mm = t->full_m;
         vv = t->full_v;
     }
@@ -102,13 +108,24 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     t->comm->ops->bcast(t->comm, &okv, 1, TD_COMM_I64, 0);
     t->comm->ops->bcast(t->comm, out, outn, TD_COMM_BYTE, 0);
     if (!okv && s == TD_OK) s = td_error_set(TD_ERR_IO, "rank 0 failed to save the checkpoint");
+    free(t->full_m);
+    free(t->full_v);
+    t->full_m = t->full_v = NULL;
     if (s == TD_OK) snprintf(t->parent, sizeof t->parent, "%s", out);
     return s;
 }
 
 static td_status resume(trainer *t, long *start_step) {
-    char dir[1024], p[1200];
-    TD_TRY(td_checkpoint_latest(t->job->ckpt_dir, dir, sizeof dir));
+    char dir[1024] = "", p[1200];
+    /* rank 0 chooses the checkpoint; every rank loads that one */
+    int64_t found = 0;
+    if (t->rank == 0) found = td_checkpoint_latest(t->job->ckpt_dir, dir, sizeof dir) == TD_OK;
+    TD_TRY(t->comm->ops->bcast(t->comm, &found, 1, TD_COMM_I64, 0));
+    TD_TRY(t->comm->ops->bcast(t->comm, dir, sizeof dir, TD_COMM_BYTE, 0));
+    if (!found)
+        return t->rank == 0 ? TD_ERR_NOTFOUND
+                            : td_error_set(TD_ERR_NOTFOUND, "no complete checkpoint under %s",
+                                           t->job->ckpt_dir);
     td_model *m;
     TD_TRY(td_checkpoint_load_model(dir, &m));
     const td_model_config *a = td_model_config_of(m), *b = &t->job->model;
@@ -125,7 +142,12 @@ static td_status resume(trainer *t, long *start_step) {
     /* both moments live in one file under two suffixes */
     const char *suffixes[2] = {".exp_avg", ".exp_avg_sq"};
     size_t np = td_model_num_params(t->model);
-    float *fm = t->job->zero ? t->full_m : t->adam_m, *fv = t->job->zero ? t->full_v : t->adam_v;
+    float *fm = t->adam_m, *fv = t->adam_v;
+    if (t->job->zero) { /* read the full moments once, keep this rank's slice */
+        fm = t->full_m = malloc(np * sizeof(float));
+        fv = t->full_v = malloc(np * sizeof(float));
+        if (!fm || !fv) return td_error_set(TD_ERR_NOMEM, "out of memory reading the optimizer state");
+    }
     float *bases[2] = {fm, fv};
     TD_TRY(td_checkpoint_read_tensors(t->model, p, 2, suffixes, bases));
     if (t->job->zero) { /* keep this rank's slice: the checkpoint may come from any N */
@@ -134,6 +156,9 @@ static td_status resume(trainer *t, long *start_step) {
             memcpy(t->adam_m, fm + t->zero.lo, (hi - t->zero.lo) * sizeof(float));
             memcpy(t->adam_v, fv + t->zero.lo, (hi - t->zero.lo) * sizeof(float));
         }
+        free(t->full_m);
+        free(t->full_v);
+        t->full_m = t->full_v = NULL;
     }
     snprintf(p, sizeof p, "%s/trainer_state.json", dir);
     cJSON *st;
@@ -178,15 +203,33 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
                             "%d",
                             j->path, td_loader_max_token(t->train), j->model.vocab_size);
     const char *vsrc = j->val_data[0] ? j->val_data : j->train_data;
-    /* validation: a fixed shuffled subset of windows, spread over the whole split */
+    /* validation: a fixed shuffled subset of windows, spread over the whole split. Every
+     * rank must take the same decision, or their collectives would no longer match. */
     td_status s = td_loader_open(vsrc, "val", t->local_B, j->seq_len, 0, 1, &t->val);
-    if (s == TD_OK) s = td_dp_share_plan(t->comm, t->val, 0, j->seq_len, j->batch_size);
-    if (s != TD_OK) {
-        if (j->val_data[0]) return s;
+    int fatal = j->val_data[0] != 0; /* named explicitly: it must work */
+    if (s == TD_OK && td_loader_max_token(t->val) >= j->model.vocab_size && (fatal = 1))
+        s = td_error_set(TD_ERR_INVALID,
+                         "%s: the validation shards hold token id %d, but model.vocab_size is %d",
+                         j->path, td_loader_max_token(t->val), j->model.vocab_size);
+    int64_t failed = s != TD_OK, any_fatal = s != TD_OK && fatal;
+    TD_TRY(t->comm->ops->allreduce(t->comm, &failed, 1, TD_COMM_I64));
+    TD_TRY(t->comm->ops->allreduce(t->comm, &any_fatal, 1, TD_COMM_I64));
+    if (!failed) {
+        s = td_dp_share_plan(t->comm, t->val, 0, j->seq_len, j->batch_size);
+        failed = s != TD_OK;
+        TD_TRY(t->comm->ops->allreduce(t->comm, &failed, 1, TD_COMM_I64));
+    }
+    if (failed) {
+        if (fatal || any_fatal) {
+            if (s == TD_OK)
+                s = td_error_set(TD_ERR_INVALID, "another rank could not use the validation "
+                                 "data %s (see its message)", vsrc);
+            return s;
+        }
         if (t->rank == 0)
             TD_LOG_WARN("no usable validation shards (*val*.bin) in %s (%s): val_loss will not "
                         "be reported",
-                        vsrc, td_error_message());
+                        vsrc, s != TD_OK ? td_error_message() : "another rank failed");
         td_loader_free(&t->val);
         td_error_clear();
     }
@@ -197,13 +240,10 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     if (j->zero) {
         TD_TRY(td_zero1_init(&t->zero, t->comm, np));
         nm = t->zero.hi - t->zero.lo;
-        t->full_m = calloc(np, sizeof(float));
-        t->full_v = calloc(np, sizeof(float));
-        if (!t->full_m || !t->full_v)
-            return td_error_set(TD_ERR_NOMEM, "out of memory for optimizer state");
     } else {
         TD_TRY(td_grad_sync_new(t->comm, t->model,
-                                opts->bucket_bytes ? opts->bucket_bytes : 25u << 20, &t->sync));
+                                opts->bucket_bytes ? opts->bucket_bytes : 25u << 20,
+                                (size_t)t->local_B * j->seq_len, &t->sync));
     }
     t->adam_m = calloc(nm, sizeof(float));
     t->adam_v = calloc(nm, sizeof(float));
@@ -272,6 +312,24 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK && t.rank == 0) s = td_fs_mkdirs(j->ckpt_dir);
     char mpath[1200];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", j->ckpt_dir);
+    if (s == TD_OK && t.rank == 0 && opts->resume) {
+        /* drop lines past the checkpoint (steps of a crashed run that will be redone) */
+        char *old = NULL;
+        size_t len = 0;
+        if (td_fs_read_file(mpath, &old, &len) == TD_OK) {
+            FILE *f = fopen(mpath, "w");
+            for (char *line = old; f && line && *line;) {
+                char *nl = strchr(line, '\n');
+                long st = -1;
+                if (sscanf(line, "{\"step\": %ld", &st) == 1 && st <= step0)
+                    fwrite(line, 1, nl ? (size_t)(nl - line + 1) : strlen(line), f);
+                line = nl ? nl + 1 : NULL;
+            }
+            if (f) fclose(f);
+            free(old);
+        }
+        td_error_clear();
+    }
     if (s == TD_OK && t.rank == 0) {
         t.metrics = fopen(mpath, opts->resume ? "a" : "w");
         if (!t.metrics) s = td_error_set(TD_ERR_IO, "cannot open %s for writing", mpath);
