@@ -26,3 +26,4 @@ set_tests_properties(test_train_dp PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)
 add_test(NAME test_train_kill COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_train_kill.sh
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_train_kill PROPERTIES LABELS "mpi;e2e" TIMEOUT 300)
+td_test(test_infer_engine tests/unit/test_infer_engine.c unit)

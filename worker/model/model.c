@@ -18,6 +18,7 @@
 #include "common/rng.h"
 #include "common/timeutil.h"
 #include "worker/kernels/cpu/ops.h"
+#include "worker/kernels/cpu/vec_f32.h"
 
 typedef struct {
     float *res;            /* (N, C) residual stream entering the layer */
@@ -51,6 +52,11 @@ struct td_model {
     float *dres, *dn, *dqkv, *datty, *dfc, *dh;
     /* last forward */
     int lastB, lastT, has_targets;
+    /* inference buffers (td_model_plan_infer) */
+    int inf_tokens, inf_segs;
+    float *inf;
+    float *ix, *in, *im, *ir, *iqkv, *iatt, *ifc, *ih, *ilast;
+    int32_t *itok, *ipos, *iseg;
     td_backward_hook hook;
     void *hook_ctx;
     int embed_rows_mode, rows_n;
@@ -295,6 +301,7 @@ void td_model_free(td_model **mp) {
     free(m->grads);
     free(m->acts);
     free(m->la);
+    free(m->inf);
     free(m->tensors);
     free(m->p_layers);
     free(m->g_layers);
@@ -580,5 +587,215 @@ td_status td_model_backward(td_model *m, double dscale) {
     m->embed_rows_mode = 0;
     HOOK(-1);
     m->has_targets = 0; /* the logits now hold gradients */
+    return TD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* inference with a paged KV cache */
+
+struct td_kv_cache {
+    int L, bt, kvdim;
+    size_t nblocks;
+    float *k, *v; /* L * nblocks * bt * kvdim each */
+};
+
+td_status td_kv_cache_new(const td_model *m, int block_tokens, size_t num_blocks,
+                          td_kv_cache **out) {
+    if (block_tokens <= 0 || num_blocks == 0)
+        return td_error_set(TD_ERR_INVALID, "KV cache needs blocks (got %zu of %d tokens)",
+                            num_blocks, block_tokens);
+    td_kv_cache *kv = calloc(1, sizeof *kv);
+    if (!kv) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    kv->L = m->L;
+    kv->bt = block_tokens;
+    kv->kvdim = m->NKV * m->hd;
+    kv->nblocks = num_blocks;
+    size_t n = (size_t)m->L * num_blocks * (size_t)block_tokens * (size_t)kv->kvdim;
+    kv->k = malloc(n * sizeof(float));
+    kv->v = malloc(n * sizeof(float));
+    if (!kv->k || !kv->v) {
+        td_kv_cache_free(&kv);
+        return td_error_set(TD_ERR_NOMEM, "out of memory for a KV cache of %.1f MiB",
+                            2.0 * (double)n * 4 / 1048576);
+    }
+    *out = kv;
+    return TD_OK;
+}
+
+void td_kv_cache_free(td_kv_cache **kvp) {
+    if (!kvp || !*kvp) return;
+    free((*kvp)->k);
+    free((*kvp)->v);
+    free(*kvp);
+    *kvp = NULL;
+}
+
+int td_kv_cache_block_tokens(const td_kv_cache *kv) {
+    return kv->bt;
+}
+size_t td_kv_cache_num_blocks(const td_kv_cache *kv) {
+    return kv->nblocks;
+}
+
+size_t td_model_kv_bytes_per_token(const td_model *m) {
+    return 2 * (size_t)m->L * (size_t)m->NKV * (size_t)m->hd * sizeof(float);
+}
+
+td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
+    if (m->inf && max_tokens <= m->inf_tokens && max_segs <= m->inf_segs) return TD_OK;
+    if (max_segs > max_tokens) max_tokens = max_segs;
+    size_t N = (size_t)max_tokens, S = (size_t)max_segs, C = (size_t)m->C;
+    size_t total = N * C * 2 + 2 * N + N * (size_t)m->QKV + N * (size_t)m->NH * m->hd +
+                   N * (size_t)m->FC + N * (size_t)m->F + S * C * 2 + 2 * S + 3 * N + 16 * 16;
+    free(m->inf);
+    m->inf = malloc(total * sizeof(float));
+    if (!m->inf) return td_error_set(TD_ERR_NOMEM, "out of memory for inference buffers");
+    float *cur = m->inf;
+#define TAKE(n) (cur += (((n) + 15) / 16) * 16, cur - (((n) + 15) / 16) * 16)
+    m->ix = TAKE(N * C);
+    m->in = TAKE(N * C);
+    m->im = TAKE(N);
+    m->ir = TAKE(N);
+    m->iqkv = TAKE(N * m->QKV);
+    m->iatt = TAKE(N * m->NH * m->hd);
+    m->ifc = TAKE(N * m->FC);
+    m->ih = TAKE(N * m->F);
+    m->ilast = TAKE(S * C * 2 + 2 * S);
+    m->itok = (int32_t *)TAKE(N);
+    m->ipos = (int32_t *)TAKE(N);
+    m->iseg = (int32_t *)TAKE(N);
+#undef TAKE
+    m->inf_tokens = max_tokens;
+    m->inf_segs = max_segs;
+    return TD_OK;
+}
+
+/* RoPE on q and k heads of each row at its own position (the training kernel assumes
+ * position = row % T). */
+static void rope_rows(const td_model *m, float *qkv, const int32_t *pos, int N) {
+    int hd = m->hd, half = hd / 2, heads = m->NH + m->NKV;
+    double theta = m->cfg.rope_theta;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float cs[half], sn[half];
+        for (int i = 0; i < half; i++) {
+            float inv = (float)(1.0 / pow(theta, (double)(2 * i) / (double)hd));
+            float a = (float)pos[n] * inv;
+            cs[i] = (float)cos((double)a);
+            sn[i] = (float)sin((double)a);
+        }
+        float *row = qkv + (size_t)n * m->QKV;
+        for (int h = 0; h < heads; h++) {
+            float *x = row + (size_t)h * hd;
+            for (int i = 0; i < half; i++) {
+                float x1 = x[i], x2 = x[i + half];
+                x[i] = x1 * cs[i] - x2 * sn[i];
+                x[i + half] = x2 * cs[i] + x1 * sn[i];
+            }
+        }
+    }
+}
+
+td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs,
+                                 int nseg, float *logits) {
+    int N = 0, C = m->C, V = m->V, hd = m->hd, kvdim = m->NKV * hd, bt = kv->bt;
+    for (int s = 0; s < nseg; s++) N += segs[s].n;
+    if (!m->inf || N > m->inf_tokens || nseg > m->inf_segs)
+        return td_error_set(TD_ERR_INVALID, "inference step of %d tokens / %d sequences exceeds "
+                            "the plan (%d / %d)", N, nseg, m->inf_tokens, m->inf_segs);
+    int r = 0;
+    for (int s = 0; s < nseg; s++) {
+        if (segs[s].n <= 0 || segs[s].pos + segs[s].n > m->cfg.max_position_embeddings)
+            return td_error_set(TD_ERR_INVALID, "sequence segment at position %d + %d exceeds "
+                                "max_position_embeddings %d", segs[s].pos, segs[s].n,
+                                m->cfg.max_position_embeddings);
+        for (int i = 0; i < segs[s].n; i++, r++) {
+            int32_t t = segs[s].tokens[i];
+            if (t < 0 || t >= V)
+                return td_error_set(TD_ERR_INVALID, "token id %d is outside [0, %d)", t, V);
+            m->itok[r] = t;
+            m->ipos[r] = segs[s].pos + i;
+            m->iseg[r] = s;
+        }
+    }
+    int llama = m->cfg.arch == TD_ARCH_LLAMA, group = m->NH / m->NKV;
+    float scale = 1.0f / sqrtf((float)hd);
+    /* embeddings */
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = m->ix + (size_t)n * C;
+        const float *e = m->p.wte + (size_t)m->itok[n] * C;
+        if (m->p.wpe) {
+            const float *pe = m->p.wpe + (size_t)m->ipos[n] * C;
+            for (int i = 0; i < C; i++) o[i] = e[i] + pe[i];
+        } else {
+            memcpy(o, e, sizeof(float) * (size_t)C);
+        }
+    }
+    for (int l = 0; l < m->L; l++) {
+        const td_layer_params *w = &m->p.layers[l];
+        norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm1_w, w->norm1_b, N);
+        td_op_matmul_fwd_f32(m->iqkv, m->in, w->wqkv, w->bqkv, N, C, m->QKV);
+        if (llama) rope_rows(m, m->iqkv, m->ipos, N);
+        float *K = kv->k + (size_t)l * kv->nblocks * (size_t)bt * kvdim;
+        float *Vc = kv->v + (size_t)l * kv->nblocks * (size_t)bt * kvdim;
+        /* write this step's K and V into the sequences' blocks */
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const td_infer_seg *sg = &segs[m->iseg[n]];
+            int p = m->ipos[n];
+            size_t slot = ((size_t)sg->blocks[p / bt] * bt + (size_t)(p % bt)) * kvdim;
+            const float *row = m->iqkv + (size_t)n * m->QKV;
+            memcpy(K + slot, row + (size_t)m->NH * hd, sizeof(float) * (size_t)kvdim);
+            memcpy(Vc + slot, row + (size_t)(m->NH + m->NKV) * hd, sizeof(float) * (size_t)kvdim);
+        }
+        /* attention of each new token over its sequence's positions 0..p */
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+        for (int n = 0; n < N; n++)
+            for (int h = 0; h < m->NH; h++) {
+                const td_infer_seg *sg = &segs[m->iseg[n]];
+                int p = m->ipos[n], kh = h / group;
+                const float *q = m->iqkv + (size_t)n * m->QKV + (size_t)h * hd;
+                float sc[p + 1];
+                float mx = -INFINITY;
+                for (int t = 0; t <= p; t++) {
+                    const float *k = K + ((size_t)sg->blocks[t / bt] * bt + (size_t)(t % bt)) * kvdim +
+                                     (size_t)kh * hd;
+                    float d = 0;
+                    for (int i = 0; i < hd; i++) d += q[i] * k[i];
+                    sc[t] = d * scale;
+                    if (sc[t] > mx) mx = sc[t];
+                }
+                float sum = exp_sum_f32(sc, p + 1, mx);
+                exp_scale_f32(sc, sc, p + 1, mx, 1.0f / sum);
+                float *o = m->iatt + (size_t)n * m->NH * hd + (size_t)h * hd;
+                for (int i = 0; i < hd; i++) o[i] = 0;
+                for (int t = 0; t <= p; t++) {
+                    const float *v = Vc + ((size_t)sg->blocks[t / bt] * bt + (size_t)(t % bt)) * kvdim +
+                                     (size_t)kh * hd;
+                    float a = sc[t];
+                    for (int i = 0; i < hd; i++) o[i] += a * v[i];
+                }
+            }
+        td_op_matmul_fwd_f32(m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
+        td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
+        norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm2_w, w->norm2_b, N);
+        td_op_matmul_fwd_f32(m->ifc, m->in, w->wfc, w->bfc, N, C, m->FC);
+        if (llama)
+            td_op_swiglu_fwd_f32(m->ih, m->ifc, N, m->F);
+        else
+            td_op_gelu_fwd_f32(m->ih, m->ifc, (size_t)N * m->F);
+        td_op_matmul_fwd_f32(m->in, m->ih, w->wproj, w->bproj, N, m->F, C);
+        td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
+    }
+    /* final norm and lm_head on each segment's last token only */
+    float *last = m->ilast, *lastn = m->ilast + (size_t)nseg * C, *lm = lastn + (size_t)nseg * C;
+    r = 0;
+    for (int s = 0; s < nseg; s++) {
+        r += segs[s].n;
+        memcpy(last + (size_t)s * C, m->ix + (size_t)(r - 1) * C, sizeof(float) * (size_t)C);
+    }
+    norm_fwd(m, lastn, lm, lm + nseg, last, m->p.normf_w, m->p.normf_b, nseg);
+    td_op_matmul_fwd_f32(logits, lastn, m->p.lm_head, NULL, nseg, C, V);
     return TD_OK;
 }

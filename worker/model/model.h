@@ -135,6 +135,38 @@ void td_model_profile_enable(td_model *m, int on);
 /* Seconds spent per td_prof_op since profiling was enabled (TD_PROF_COUNT entries). */
 const double *td_model_profile(const td_model *m);
 
+/* ---------------------------------------------------------------------------------------- */
+/* Inference with a paged KV cache (worker/infer/ builds the engine on this).
+ *
+ * The cache holds K and V for every layer in fixed blocks of block_tokens positions:
+ * layer l, block b, slot s, kv head h is at ((l * nblocks + b) * block_tokens + s) * kv_dim.
+ * A sequence owns a block table: position p lives in block table[p / block_tokens]. */
+typedef struct td_kv_cache td_kv_cache;
+
+td_status td_kv_cache_new(const td_model *m, int block_tokens, size_t num_blocks,
+                          td_kv_cache **out);
+void td_kv_cache_free(td_kv_cache **kv);
+int td_kv_cache_block_tokens(const td_kv_cache *kv);
+size_t td_kv_cache_num_blocks(const td_kv_cache *kv);
+/* Bytes of K and V per token position, all layers (float32). */
+size_t td_model_kv_bytes_per_token(const td_model *m);
+
+/* One sequence's share of an inference step: n new tokens at positions pos .. pos+n-1;
+ * blocks covers positions [0, pos + n). */
+typedef struct {
+    const int32_t *tokens;
+    int n, pos;
+    const int32_t *blocks;
+} td_infer_seg;
+
+/* Plans inference buffers for up to max_tokens new tokens and max_segs sequences a step. */
+td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs);
+/* Runs the new tokens of every segment through the model, writing their K and V into the
+ * cache and attending over each sequence's cached positions; logits receives (nseg, V):
+ * the next-token logits after each segment's last token. */
+td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs,
+                                 int nseg, float *logits);
+
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);
 

@@ -1,0 +1,66 @@
+/* The inference engine of one replica: many sequences at once over a paged KV cache.
+ *
+ * - KV cache in fixed blocks (block_tokens positions each) from a free list; a request
+ *   is admitted when the blocks for its prompt plus max_tokens can be reserved, otherwise
+ *   it waits (first come, first served) — it never fails for lack of memory, and a request
+ *   that could never fit the whole cache is refused at submit.
+ * - Continuous batching: every step runs one forward over the decodes of all running
+ *   sequences plus prefill chunks (at most prefill_chunk tokens of one prompt per step, and
+ *   max_step_tokens in all), so long prompts do not stall running decodes; sequences join
+ *   and leave between steps.
+ * - Sampling per request: temperature (0 = greedy), top-k, top-p, seed, max tokens, stop
+ *   sequences, <|endoftext|>.
+ * - Detokenisation that never emits a partial UTF-8 character. */
+#ifndef TD_ENGINE_H
+#define TD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "data/bpe.h"
+#include "worker/model/model.h"
+
+typedef struct {
+    int block_tokens;      /* default 16 */
+    size_t kv_bytes;       /* KV cache budget; default: room for max_seqs full contexts */
+    int max_seqs;          /* running sequences at most (default 16) */
+    int prefill_chunk;     /* prompt tokens of one sequence per step (default 64) */
+    int max_step_tokens;   /* tokens per step in all (default max_seqs + prefill_chunk) */
+} td_engine_opts;
+
+typedef struct {
+    float temperature; /* 0 = greedy */
+    int top_k;         /* 0 = all */
+    float top_p;       /* 1 = off */
+    uint64_t seed;
+    int max_tokens;
+    const char *const *stop; /* stop strings, NULL-terminated, or NULL */
+} td_sampling;
+
+typedef enum { TD_REQ_WAITING, TD_REQ_RUNNING, TD_REQ_DONE } td_req_state;
+typedef enum { TD_FINISH_NONE, TD_FINISH_EOT, TD_FINISH_LENGTH, TD_FINISH_STOP } td_finish;
+
+typedef struct td_engine td_engine;
+
+/* tok may be NULL (no stop strings or text then). The engine borrows model and tok. */
+td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out);
+void td_engine_free(td_engine **e);
+
+/* Queues a request; *id identifies it. Fails when it could never fit. */
+td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_sampling *s,
+                           int *id);
+/* One scheduling step + forward + sampling. *active = requests not yet done. */
+td_status td_engine_step(td_engine *e, int *active);
+td_req_state td_engine_state(const td_engine *e, int id);
+td_finish td_engine_finish_reason(const td_engine *e, int id);
+/* Generated token ids so far. */
+const int32_t *td_engine_tokens(const td_engine *e, int id, int *n);
+/* Text that is safe to show so far (whole UTF-8 characters; stop string excluded). */
+const char *td_engine_text(const td_engine *e, int id, size_t *len);
+size_t td_engine_free_blocks(const td_engine *e);
+/* The streaming rule for text: s[0..n) less a trailing incomplete UTF-8 character. */
+size_t td_utf8_stream_len(const char *s, size_t n);
+size_t td_engine_total_blocks(const td_engine *e);
+
+#endif
