@@ -193,21 +193,26 @@ int main(void) {
     int32_t pr[6];
     for (int i = 0; i < 6; i++) pr[i] = (unsigned char)txt[i];
     td_sampling s = {.temperature = 1.0f, .seed = 9, .max_tokens = 60};
-    int id, active = 1, partial = 0, n;
+    int id, active = 1, partial = 0, n, nsnap = 0;
+    static char snap[128][256];
+    static size_t snap_len[128];
     td_engine_submit(e, pr, 6, &s, &id);
     while (active) {
         td_engine_step(e, &active);
         size_t len;
         const char *t = td_engine_text(e, id, &len);
-        /* while running, the text shown is a prefix of the final text */
-        (void)t;
-        partial += len > 60 * 4;
+        if (nsnap < 128 && len < 256) {
+            memcpy(snap[nsnap], t, len);
+            snap_len[nsnap++] = len;
+        }
     }
     const int32_t *gen = td_engine_tokens(e, id, &n);
     if (n > 0 && gen[n - 1] == td_bpe_special_id(tok, "<|endoftext|>")) n--; /* not text */
     char *dec = NULL;
     size_t dcap = 0, dl = td_bpe_decode(tok, gen, (size_t)n, &dec, &dcap), tl;
     const char *t = td_engine_text(e, id, &tl);
+    /* every text shown while streaming is a prefix of the final text */
+    for (int k = 0; k < nsnap; k++) partial += snap_len[k] > tl || memcmp(snap[k], t, snap_len[k]);
     CHECK(partial == 0 && tl == dl && !memcmp(t, dec, dl),
           "engine text != decode(tokens): partial %d, text %zu bytes, decoded %zu, finish %d",
           partial, tl, dl, (int)td_engine_finish_reason(e, id));
