@@ -6,6 +6,13 @@
 int td_cmd_train(int argc, char **argv);
 int td_cmd_generate(int argc, char **argv);
 int td_cmd_prep(int argc, char **argv);
+int td_cmd_serve(int argc, char **argv);
+
+struct td_model;
+/* serve's option parsing and run, shared with train --serve (given: a model in memory,
+ * tok_json: its tokenizer.json text; both NULL to load --model). Finalizes MPI. */
+int td_serve_main(int argc, char **argv, const char *cmd, struct td_model *given,
+                  const char *tok_json);
 
 /* Prints "tandem CMD: <message>" for the recorded error and returns its exit code. */
 int td_cli_fail(const char *cmd, int status);

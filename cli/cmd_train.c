@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "common/log.h"
 #include "worker/comm/comm.h"
+#include "worker/model/model.h"
 #include "worker/train/trainer.h"
 
 static void help(FILE *f) {
@@ -21,6 +22,10 @@ static void help(FILE *f) {
                "  --stop-at STEP   stop after STEP (saving a checkpoint); the LR schedule still\n"
                "                   follows train.steps, so a later --resume continues exactly\n"
                "  --bucket-mb N    gradient all-reduce bucket size in MiB (default 25)\n"
+            "  --serve          after the last step, regroup the same ranks into tensor-\n"
+            "                   parallel replicas and serve from the weights in memory;\n"
+            "                   with --tp T, --prompts-file F, --max-tokens N (see\n"
+            "                   tandem serve --help)\n"
             "  --quiet          print only errors\n"
                "  -h, --help       this text\n");
 }
@@ -30,9 +35,16 @@ int td_cmd_train(int argc, char **argv) {
                                          {"stop-at", required_argument, 0, 's'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"bucket-mb", required_argument, 0, 'b'},
+                                         {"serve", no_argument, 0, 'S'},
+                                         {"tp", required_argument, 0, 'T'},
+                                         {"prompts-file", required_argument, 0, 'P'},
+                                         {"max-tokens", required_argument, 0, 'M'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     td_train_opts o = {0};
+    int serve = 0;
+    const char *serve_args[8] = {"serve"};
+    int nsa = 1;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -52,6 +64,14 @@ int td_cmd_train(int argc, char **argv) {
         }
         case 'q':
             o.quiet = 1;
+            break;
+        case 'S': serve = 1; break;
+        case 'T':
+        case 'P':
+        case 'M':
+            if (nsa + 2 > 7) break;
+            serve_args[nsa++] = c == 'T' ? "--tp" : c == 'P' ? "--prompts-file" : "--max-tokens";
+            serve_args[nsa++] = optarg;
             break;
         case 'b': {
             char *end;
@@ -107,12 +127,24 @@ int td_cmd_train(int argc, char **argv) {
         }
     }
     o.comm = comm;
+    td_model *trained = NULL;
+    char *tok_json = NULL;
+    if (serve) {
+        o.keep_model = &trained;
+        o.keep_tokenizer = &tok_json;
+    }
     td_train_result r;
     s = td_train_run(&job, &o, &r);
     td_job_deinit(&job);
     int rc = 0;
     if (s != TD_OK) rc = td_cli_fail("train", s);
     td_comm_free(&comm);
+    if (rc == 0 && serve) { /* same ranks, same weights in memory: serve them */
+        rc = td_serve_main(nsa, (char **)serve_args, "train --serve", trained, tok_json);
+        td_model_free(&trained);
+        free(tok_json);
+        return rc; /* td_serve_main finalized MPI */
+    }
     if (mpi) {
         if (rc != 0) td_comm_mpi_abort(rc); /* peers may wait in a collective */
         td_comm_mpi_finalize();

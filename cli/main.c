@@ -17,6 +17,7 @@ static const command g_cmds[] = {
     {"prep", td_cmd_prep, "turn text files into token shards (byte-level tokenizer for now)"},
     {"train", td_cmd_train, "train a model from a job file (single process)"},
     {"generate", td_cmd_generate, "sample text from a checkpoint"},
+    {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; prompts file)"},
 };
 
 int td_cli_fail(const char *cmd, int status) {
@@ -31,8 +32,8 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
     fprintf(f, "  %-10s %s\n  %-10s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
-    fprintf(f, "\nOther commands of the design (serve, router, gateway, bench, export, ...) are "
-               "not built yet.\n");
+    fprintf(f, "\nOther commands of the design (router, gateway, bench, export, ...) are not "
+               "built yet.\n");
 }
 
 int main(int argc, char **argv) {

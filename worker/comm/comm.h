@@ -55,6 +55,9 @@ int td_comm_mpi_init(int *argc, char ***argv, int force);
 void td_comm_mpi_finalize(void);
 /* Ends every rank of the job with exit code rc (after this rank printed its error). */
 void td_comm_mpi_abort(int rc);
+/* Splits parent into groups by color, ordered by key (MPI_Comm_split); *out owned by the
+ * caller. A one-rank parent gives a one-rank group. */
+td_status td_comm_split(td_comm *parent, int color, int key, td_comm **out);
 /* A one-rank communicator for single-process runs (every collective is a no-op). */
 td_status td_comm_self_new(td_comm **out);
 

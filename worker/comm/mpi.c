@@ -11,6 +11,9 @@ struct td_comm_req {
     MPI_Request r;
 };
 
+/* the MPI communicator of a td_comm (MPI_COMM_WORLD or a split) */
+#define MCOMM(c) (*(MPI_Comm *)(c)->ctx)
+
 static MPI_Datatype mpi_type(td_comm_dtype dt) {
     switch (dt) {
     case TD_COMM_F32: return MPI_FLOAT;
@@ -38,7 +41,7 @@ static td_status m_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype 
     for (size_t off = 0; off < count; off += CHUNK) {
         size_t n = count - off < CHUNK ? count - off : CHUNK;
         TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * td_comm_dtype_size(dt),
-                                   (int)n, mpi_type(dt), op, MPI_COMM_WORLD),
+                                   (int)n, mpi_type(dt), op, MCOMM(c)),
                      "MPI_Allreduce", c));
     }
     return TD_OK;
@@ -51,7 +54,7 @@ static td_status m_iallreduce(td_comm *c, void *buf, size_t count, td_comm_dtype
                             "exceeds one MPI call", c->rank, count);
     td_comm_req *r = malloc(sizeof *r);
     if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM, MPI_COMM_WORLD,
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM, MCOMM(c),
                             &r->r);
     if (rc != MPI_SUCCESS) {
         free(r);
@@ -68,7 +71,7 @@ static td_status m_reduce_scatter(td_comm *c, void *buf, size_t count, td_comm_d
     /* MPI_Reduce_scatter_block writes the result to the start of recvbuf; in place it is
      * block 0, so move it to this rank's block afterwards */
     TD_TRY(check(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM,
-                                          MPI_COMM_WORLD),
+                                          MCOMM(c)),
                  "MPI_Reduce_scatter_block", c));
     if (c->rank != 0) memmove((char *)buf + (size_t)c->rank * count * es, buf, count * es);
     return TD_OK;
@@ -78,7 +81,7 @@ static td_status m_allgather(td_comm *c, void *buf, size_t count, td_comm_dtype 
     if (count > CHUNK)
         return td_error_set(TD_ERR_INVALID, "rank %d: all-gather block too large", c->rank);
     return check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, mpi_type(dt),
-                               MPI_COMM_WORLD),
+                               MCOMM(c)),
                  "MPI_Allgather", c);
 }
 
@@ -86,14 +89,14 @@ static td_status m_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt, 
     for (size_t off = 0; off < count; off += CHUNK) {
         size_t n = count - off < CHUNK ? count - off : CHUNK;
         TD_TRY(check(MPI_Bcast((char *)buf + off * td_comm_dtype_size(dt), (int)n, mpi_type(dt),
-                               root, MPI_COMM_WORLD),
+                               root, MCOMM(c)),
                      "MPI_Bcast", c));
     }
     return TD_OK;
 }
 
 static td_status m_barrier(td_comm *c) {
-    return check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier", c);
+    return check(MPI_Barrier(MCOMM(c)), "MPI_Barrier", c);
 }
 
 static td_status m_wait(td_comm *c, td_comm_req *r) {
@@ -103,12 +106,17 @@ static td_status m_wait(td_comm *c, td_comm_req *r) {
 }
 
 static void m_progress(td_comm *c) {
-    (void)c;
     int flag;
-    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+    MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MCOMM(c), &flag, MPI_STATUS_IGNORE);
 }
 
 static void m_free(td_comm *c) {
+    MPI_Comm *mc = c->ctx;
+    if (mc && *mc != MPI_COMM_WORLD) MPI_Comm_free(mc);
+    free(mc);
+}
+
+static void s_free(td_comm *c) {
     (void)c;
 }
 
@@ -141,22 +149,44 @@ void td_comm_mpi_abort(int rc) {
     MPI_Abort(MPI_COMM_WORLD, rc);
 }
 
-td_status td_comm_mpi_new(td_comm **out) {
+static td_status mpi_wrap(MPI_Comm comm, td_comm **out) {
     td_comm *c = calloc(1, sizeof *c);
-    if (!c) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    MPI_Comm *mc = malloc(sizeof *mc);
+    if (!c || !mc) {
+        free(c);
+        free(mc);
+        return td_error_set(TD_ERR_NOMEM, "out of memory");
+    }
+    *mc = comm;
     c->ops = &g_mpi_ops;
-    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    c->ctx = mc;
+    MPI_Comm_rank(comm, &c->rank);
+    MPI_Comm_size(comm, &c->size);
     int level = MPI_THREAD_SINGLE;
     MPI_Query_thread(&level);
     c->threads_ok = level >= MPI_THREAD_SERIALIZED;
     MPI_Comm local;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &local);
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &local);
     MPI_Comm_rank(local, &c->local_rank);
     MPI_Comm_size(local, &c->local_size);
     MPI_Comm_free(&local);
     *out = c;
     return TD_OK;
+}
+
+td_status td_comm_mpi_new(td_comm **out) {
+    return mpi_wrap(MPI_COMM_WORLD, out);
+}
+
+td_status td_comm_split(td_comm *parent, int color, int key, td_comm **out) {
+    if (parent->ops != &g_mpi_ops) { /* one rank: its own group */
+        return td_comm_self_new(out);
+    }
+    MPI_Comm sub;
+    int rc = MPI_Comm_split(MCOMM(parent), color, key, &sub);
+    if (rc != MPI_SUCCESS) return check(rc, "MPI_Comm_split", parent);
+    MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+    return mpi_wrap(sub, out);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -189,7 +219,7 @@ static void s_progress(td_comm *c) {
 }
 
 static const td_comm_ops g_self_ops = {"self", s_noop,    s_inoop, s_noop,     s_noop,
-                                       s_bcast, s_barrier, s_wait,  s_progress, m_free};
+                                       s_bcast, s_barrier, s_wait,  s_progress, s_free};
 
 td_status td_comm_self_new(td_comm **out) {
     td_comm *c = calloc(1, sizeof *c);

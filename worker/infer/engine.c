@@ -40,6 +40,9 @@ struct td_engine {
         int id;
         float p;
     } *cand;
+    td_comm *tp; /* size > 1 only */
+    int64_t *plan;
+    size_t plan_cap;
 };
 
 td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out) {
@@ -59,6 +62,17 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
     size_t per_block = td_model_kv_bytes_per_token(m) * (size_t)e->o.block_tokens;
     size_t full = (size_t)((e->maxT + e->o.block_tokens - 1) / e->o.block_tokens);
     e->n_blocks = e->o.kv_bytes ? e->o.kv_bytes / per_block : full * (size_t)e->o.max_seqs;
+    e->tp = o->tp && o->tp->size > 1 ? o->tp : NULL;
+    if (e->tp) { /* kv_bytes is per rank; the leader's block count rules the group */
+        int64_t nb = (int64_t)e->n_blocks;
+        td_status sb = e->tp->ops->bcast(e->tp, &nb, 1, TD_COMM_I64, 0);
+        if (sb != TD_OK) {
+            free(e);
+            return sb;
+        }
+        e->n_blocks = (size_t)nb;
+        td_model_set_tp_comm(m, e->tp);
+    }
     if (e->n_blocks == 0) {
         size_t budget = e->o.kv_bytes;
         free(e);
@@ -109,6 +123,7 @@ void td_engine_free(td_engine **ep) {
     free(e->segs);
     free(e->seg_req);
     free(e->cand);
+    free(e->plan);
     free(e);
     *ep = NULL;
 }
@@ -229,6 +244,85 @@ static void finish(td_engine *e, req *q, td_finish why) {
     req_release(e, q);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* tensor-parallel groups: the leader broadcasts each step's plan as int64s:
+ * nseg, then per segment n, pos, nblocks, tokens[n], blocks[nblocks]; nseg < 0 stops */
+
+static void plan_put(td_engine *e, size_t *k, int64_t v) {
+    if (*k == e->plan_cap) {
+        e->plan_cap = e->plan_cap ? 2 * e->plan_cap : 1024;
+        e->plan = realloc(e->plan, e->plan_cap * sizeof *e->plan);
+    }
+    e->plan[(*k)++] = v;
+}
+
+static td_status plan_bcast(td_engine *e, size_t *n) {
+    int64_t len = (int64_t)*n;
+    TD_TRY(e->tp->ops->bcast(e->tp, &len, 1, TD_COMM_I64, 0));
+    if ((size_t)len > e->plan_cap) {
+        e->plan_cap = (size_t)len;
+        e->plan = realloc(e->plan, e->plan_cap * sizeof *e->plan);
+    }
+    *n = (size_t)len;
+    return e->tp->ops->bcast(e->tp, e->plan, (size_t)len, TD_COMM_I64, 0);
+}
+
+static td_status send_plan(td_engine *e, int nseg) {
+    size_t k = 0;
+    plan_put(e, &k, nseg);
+    for (int s = 0; s < nseg; s++) {
+        const td_infer_seg *g = &e->segs[s];
+        int nb = blocks_for(e, g->pos + g->n);
+        plan_put(e, &k, g->n);
+        plan_put(e, &k, g->pos);
+        plan_put(e, &k, nb);
+        for (int i = 0; i < g->n; i++) plan_put(e, &k, g->tokens[i]);
+        for (int i = 0; i < nb; i++) plan_put(e, &k, g->blocks[i]);
+    }
+    return plan_bcast(e, &k);
+}
+
+td_status td_engine_stop_members(td_engine *e) {
+    if (!e->tp) return TD_OK;
+    size_t k = 0;
+    plan_put(e, &k, -1);
+    return plan_bcast(e, &k);
+}
+
+td_status td_engine_member_loop(td_engine *e) {
+    if (!e->tp) return TD_OK;
+    int32_t *buf = NULL;
+    size_t cap = 0;
+    td_status s = TD_OK;
+    for (;;) {
+        size_t n = 0;
+        s = plan_bcast(e, &n);
+        if (s != TD_OK || n == 0 || e->plan[0] < 0) break;
+        int nseg = (int)e->plan[0];
+        if (nseg > e->o.max_seqs) {
+            s = td_error_set(TD_ERR_RUNTIME, "tensor-parallel plan of %d sequences", nseg);
+            break;
+        }
+        if (n > cap) {
+            cap = n;
+            buf = realloc(buf, cap * sizeof *buf);
+        }
+        size_t k = 1, w = 0;
+        for (int g = 0; g < nseg; g++) {
+            int len = (int)e->plan[k++], pos = (int)e->plan[k++], nb = (int)e->plan[k++];
+            int32_t *toks = buf + w;
+            for (int i = 0; i < len; i++) buf[w++] = (int32_t)e->plan[k++];
+            int32_t *blocks = buf + w;
+            for (int i = 0; i < nb; i++) buf[w++] = (int32_t)e->plan[k++];
+            e->segs[g] = (td_infer_seg){toks, len, pos, blocks};
+        }
+        s = td_model_forward_infer(e->m, e->kv, e->segs, nseg, NULL);
+        if (s != TD_OK) break;
+    }
+    free(buf);
+    return s;
+}
+
 td_status td_engine_step(td_engine *e, int *active) {
     /* admit waiting requests in order while their whole need can be reserved */
     int running = 0;
@@ -260,6 +354,7 @@ td_status td_engine_step(td_engine *e, int *active) {
             e->seg_req[nseg++] = i;
             budget -= take;
         }
+    if (nseg > 0 && e->tp) TD_TRY(send_plan(e, nseg));
     if (nseg > 0) TD_TRY(td_model_forward_infer(e->m, e->kv, e->segs, nseg, e->logits));
     for (int k = 0; k < nseg; k++) {
         req *q = &e->r[e->seg_req[k]];

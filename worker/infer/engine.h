@@ -27,6 +27,9 @@ typedef struct {
     int max_seqs;          /* running sequences at most (default 16) */
     int prefill_chunk;     /* prompt tokens of one sequence per step (default 64) */
     int max_step_tokens;   /* tokens per step in all (default max_seqs + prefill_chunk) */
+    td_comm *tp;           /* tensor-parallel group (the model is this rank's slice), or NULL;
+                            * rank 0 of the group leads, the others run
+                            * td_engine_member_loop */
 } td_engine_opts;
 
 typedef struct {
@@ -43,7 +46,8 @@ typedef enum { TD_FINISH_NONE, TD_FINISH_EOT, TD_FINISH_LENGTH, TD_FINISH_STOP }
 
 typedef struct td_engine td_engine;
 
-/* tok may be NULL (no stop strings or text then). The engine borrows model and tok. */
+/* tok may be NULL (no stop strings or text then). The engine borrows model and tok. With
+ * a tensor-parallel group every rank of it calls td_engine_new (collective). */
 td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out);
 void td_engine_free(td_engine **e);
 
@@ -53,6 +57,10 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
 /* One scheduling step + forward + sampling. *active = requests not yet done. */
 td_status td_engine_step(td_engine *e, int *active);
 td_req_state td_engine_state(const td_engine *e, int id);
+/* Tensor-parallel members: run the leader's steps until it calls td_engine_stop_members. */
+td_status td_engine_member_loop(td_engine *e);
+/* Leader: releases the members from td_engine_member_loop. */
+td_status td_engine_stop_members(td_engine *e);
 td_finish td_engine_finish_reason(const td_engine *e, int id);
 /* Generated token ids so far. */
 const int32_t *td_engine_tokens(const td_engine *e, int id, int *n);

@@ -107,7 +107,7 @@ td_status td_model_config_from_json(const cJSON *obj, const char *where, td_mode
 }
 
 td_status td_model_config_validate(const td_model_config *c, const char *where) {
-    if (c->hidden_size % c->num_attention_heads != 0)
+    if (c->hidden_size % (c->num_attention_heads * (c->tp_size > 1 ? c->tp_size : 1)) != 0)
         return td_error_set(TD_ERR_INVALID,
                             "%s: num_attention_heads (%d) must divide hidden_size (%d)", where,
                             c->num_attention_heads, c->hidden_size);

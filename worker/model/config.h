@@ -22,6 +22,8 @@ typedef struct {
     double norm_eps;             /* rms_norm_eps (llama) or layer_norm_epsilon (gpt2) */
     double rope_theta;           /* llama only */
     int tie_word_embeddings;     /* llama: optional; gpt2: always tied */
+    int tp_size;                 /* >1: this is one tensor-parallel slice; heads and
+                                  * intermediate_size above are the slice's (not in JSON) */
 } td_model_config;
 
 const char *td_arch_name(td_arch a);
@@ -37,7 +39,7 @@ cJSON *td_model_config_to_hf_json(const td_model_config *cfg);
 
 /* Head dimension C / NH. */
 static inline int td_model_config_head_dim(const td_model_config *c) {
-    return c->hidden_size / c->num_attention_heads;
+    return c->hidden_size / (c->num_attention_heads * (c->tp_size > 1 ? c->tp_size : 1));
 }
 
 #endif

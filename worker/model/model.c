@@ -52,6 +52,7 @@ struct td_model {
     float *dres, *dn, *dqkv, *datty, *dfc, *dh;
     /* last forward */
     int lastB, lastT, has_targets;
+    td_comm *tp_comm; /* tensor-parallel group: all-reduce after row-parallel products */
     /* inference buffers (td_model_plan_infer) */
     int inf_tokens, inf_segs;
     float *inf;
@@ -269,7 +270,7 @@ td_status td_model_new(const td_model_config *cfg, td_model **out) {
     m->L = cfg->num_hidden_layers;
     m->NH = cfg->num_attention_heads;
     m->NKV = cfg->num_key_value_heads;
-    m->hd = m->C / m->NH;
+    m->hd = td_model_config_head_dim(cfg);
     m->V = cfg->vocab_size;
     m->QKV = (m->NH + 2 * m->NKV) * m->hd;
     m->FC = cfg->arch == TD_ARCH_LLAMA ? 2 * m->F : m->F;
@@ -778,6 +779,8 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
                 }
             }
         td_op_matmul_fwd_f32(m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
+        if (m->tp_comm && m->tp_comm->size > 1)
+            TD_TRY(m->tp_comm->ops->allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
         norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm2_w, w->norm2_b, N);
         td_op_matmul_fwd_f32(m->ifc, m->in, w->wfc, w->bfc, N, C, m->FC);
@@ -786,8 +789,11 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
         else
             td_op_gelu_fwd_f32(m->ih, m->ifc, (size_t)N * m->F);
         td_op_matmul_fwd_f32(m->in, m->ih, w->wproj, w->bproj, N, m->F, C);
+        if (m->tp_comm && m->tp_comm->size > 1)
+            TD_TRY(m->tp_comm->ops->allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
     }
+    if (!logits) return TD_OK; /* tensor-parallel members: the leader samples */
     /* final norm and lm_head on each segment's last token only */
     float *last = m->ilast, *lastn = m->ilast + (size_t)nseg * C, *lm = lastn + (size_t)nseg * C;
     r = 0;
@@ -797,5 +803,94 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
     }
     norm_fwd(m, lastn, lm, lm + nseg, last, m->p.normf_w, m->p.normf_b, nseg);
     td_op_matmul_fwd_f32(logits, lastn, m->p.lm_head, NULL, nseg, C, V);
+    return TD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* tensor parallelism (Megatron layout) */
+
+void td_model_set_tp_comm(td_model *m, td_comm *c) {
+    m->tp_comm = c;
+}
+
+/* Copies rows [r0, r0 + nr) of a (rows, cols) matrix to dst. */
+static void copy_rows(float *dst, const float *src, size_t r0, size_t nr, size_t cols) {
+    memcpy(dst, src + r0 * cols, sizeof(float) * nr * cols);
+}
+
+/* Copies columns [c0, c0 + nc) of a (rows, cols) matrix to dst (rows, nc). */
+static void copy_cols(float *dst, const float *src, size_t rows, size_t cols, size_t c0,
+                      size_t nc) {
+    for (size_t i = 0; i < rows; i++) memcpy(dst + i * nc, src + i * cols + c0, sizeof(float) * nc);
+}
+
+td_status td_model_tp_slice(const td_model *f, int r, int T, td_model **out) {
+    *out = NULL;
+    const td_model_config *fc = &f->cfg;
+    if (T < 1 || r < 0 || r >= T)
+        return td_error_set(TD_ERR_INVALID, "tensor-parallel rank %d of %d", r, T);
+    if (fc->num_attention_heads % T || fc->num_key_value_heads % T || fc->intermediate_size % T)
+        return td_error_set(TD_ERR_INVALID,
+                            "--tp %d must divide num_attention_heads (%d), num_key_value_heads "
+                            "(%d) and intermediate_size (%d)",
+                            T, fc->num_attention_heads, fc->num_key_value_heads,
+                            fc->intermediate_size);
+    td_model_config c = *fc;
+    c.num_attention_heads /= T;
+    c.num_key_value_heads /= T;
+    c.intermediate_size /= T;
+    c.tp_size = T;
+    td_model *m;
+    TD_TRY(td_model_new(&c, &m));
+    size_t C = (size_t)f->C, hd = (size_t)f->hd, NHl = (size_t)m->NH, NKVl = (size_t)m->NKV;
+    size_t Fl = (size_t)m->F;
+    memcpy(m->p.wte, f->p.wte, sizeof(float) * (size_t)f->V * C);
+    if (f->p.wpe) memcpy(m->p.wpe, f->p.wpe, sizeof(float) * (size_t)fc->max_position_embeddings * C);
+    memcpy(m->p.normf_w, f->p.normf_w, sizeof(float) * C);
+    if (f->p.normf_b) memcpy(m->p.normf_b, f->p.normf_b, sizeof(float) * C);
+    if (!fc->tie_word_embeddings) memcpy(m->p.lm_head, f->p.lm_head, sizeof(float) * (size_t)f->V * C);
+    for (int l = 0; l < f->L; l++) {
+        const td_layer_params *a = &f->p.layers[l];
+        td_layer_params *b = &m->p.layers[l];
+        memcpy(b->norm1_w, a->norm1_w, sizeof(float) * C);
+        memcpy(b->norm2_w, a->norm2_w, sizeof(float) * C);
+        if (a->norm1_b) memcpy(b->norm1_b, a->norm1_b, sizeof(float) * C);
+        if (a->norm2_b) memcpy(b->norm2_b, a->norm2_b, sizeof(float) * C);
+        /* q, k, v: this rank's heads (column-parallel) */
+        size_t qo = (size_t)r * NHl * hd, ko = (size_t)f->NH * hd + (size_t)r * NKVl * hd,
+               vo = (size_t)(f->NH + f->NKV) * hd + (size_t)r * NKVl * hd;
+        copy_rows(b->wqkv, a->wqkv, qo, NHl * hd, C);
+        copy_rows(b->wqkv + NHl * hd * C, a->wqkv, ko, NKVl * hd, C);
+        copy_rows(b->wqkv + (NHl + NKVl) * hd * C, a->wqkv, vo, NKVl * hd, C);
+        if (a->bqkv) {
+            memcpy(b->bqkv, a->bqkv + qo, sizeof(float) * NHl * hd);
+            memcpy(b->bqkv + NHl * hd, a->bqkv + ko, sizeof(float) * NKVl * hd);
+            memcpy(b->bqkv + (NHl + NKVl) * hd, a->bqkv + vo, sizeof(float) * NKVl * hd);
+        }
+        /* output projection: row-parallel (this rank's input columns); bias once */
+        copy_cols(b->wo, a->wo, C, (size_t)f->NH * hd, qo, NHl * hd);
+        if (a->bo) {
+            if (r == 0)
+                memcpy(b->bo, a->bo, sizeof(float) * C);
+            else
+                memset(b->bo, 0, sizeof(float) * C);
+        }
+        /* MLP: gate/up (or c_fc) column-parallel, down (c_proj) row-parallel */
+        if (fc->arch == TD_ARCH_LLAMA) {
+            copy_rows(b->wfc, a->wfc, (size_t)r * Fl, Fl, C);
+            copy_rows(b->wfc + Fl * C, a->wfc, (size_t)f->F + (size_t)r * Fl, Fl, C);
+        } else {
+            copy_rows(b->wfc, a->wfc, (size_t)r * Fl, Fl, C);
+            memcpy(b->bfc, a->bfc + (size_t)r * Fl, sizeof(float) * Fl);
+        }
+        copy_cols(b->wproj, a->wproj, C, (size_t)f->F, (size_t)r * Fl, Fl);
+        if (a->bproj) {
+            if (r == 0)
+                memcpy(b->bproj, a->bproj, sizeof(float) * C);
+            else
+                memset(b->bproj, 0, sizeof(float) * C);
+        }
+    }
+    *out = m;
     return TD_OK;
 }

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "worker/comm/comm.h"
 #include "worker/model/config.h"
 
 /* A parameter tensor as Hugging Face names and shapes it. */
@@ -163,9 +164,19 @@ typedef struct {
 td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs);
 /* Runs the new tokens of every segment through the model, writing their K and V into the
  * cache and attending over each sequence's cached positions; logits receives (nseg, V):
- * the next-token logits after each segment's last token. */
+ * the next-token logits after each segment's last token (NULL: skip lm_head). */
 td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs,
                                  int nseg, float *logits);
+
+/* Tensor parallelism (Megatron): this rank's slice of a full model for a group of T —
+ * attention heads and KV heads split (q/k/v column-parallel, output projection
+ * row-parallel), MLP gate/up (c_fc) column-parallel and down (c_proj) row-parallel;
+ * embeddings, norms and lm_head replicated; row-parallel biases kept on rank 0 only.
+ * *out is a new model with the slice's dims (config.tp_size = T). */
+td_status td_model_tp_slice(const td_model *full, int rank, int T, td_model **out);
+/* With a communicator of the group, td_model_forward_infer all-reduces after each
+ * row-parallel product. The model borrows c. */
+void td_model_set_tp_comm(td_model *m, td_comm *c);
 
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);

@@ -454,6 +454,12 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK && !quiet)
         printf("train: %ld steps in %.1f s (%.0f tokens/s), last loss %.4f, checkpoint %s\n",
                steps_run, wall, res->tokens_per_s, res->last_loss, res->last_checkpoint);
+    if (s == TD_OK && opts->keep_model) { /* the weights stay in memory for serving */
+        *opts->keep_model = t.model;
+        t.model = NULL;
+        *opts->keep_tokenizer = t.tokenizer_json;
+        t.tokenizer_json = NULL;
+    }
     teardown(&t);
     return s;
 }

@@ -21,6 +21,10 @@ typedef struct {
     int quiet;    /* no per-evaluation lines on stdout */
     td_comm *comm;       /* NULL: one process */
     size_t bucket_bytes; /* gradient all-reduce bucket size (0: 25 MiB) */
+    /* train → serve: when not NULL, the trained model and the tokenizer.json text are
+     * handed over (caller frees with td_model_free / free) instead of freed */
+    struct td_model **keep_model;
+    char **keep_tokenizer;
 } td_train_opts;
 
 typedef struct {

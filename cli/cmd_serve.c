@@ -1,0 +1,127 @@
+/* `tandem serve --model DIR [--tp T] --prompts-file F`, alone or under mpirun. */
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/serve.h"
+#include "common/log.h"
+#include "worker/model/checkpoint.h"
+
+static void help(FILE *f) {
+    fprintf(f,
+            "usage: tandem serve --model DIR (--prompts-file F | --dry-run) [options]\n"
+            "       mpirun -np N tandem serve --model DIR --tp T ...  (N/T replicas)\n"
+            "\n"
+            "Serves a checkpoint with the inference engine (paged KV cache, continuous\n"
+            "batching). Ranks form groups of T for tensor parallelism; each group is one\n"
+            "replica. Until the request router exists, requests come from a prompts file\n"
+            "(one per line, \\n for a newline) and results are printed as JSON lines\n"
+            "(index, replica, finish, tokens, prompt, completion). See docs/serve.md.\n"
+            "\n"
+            "  --model DIR           checkpoint directory\n"
+            "  --tp T                tensor-parallel degree (divides the ranks; default 1)\n"
+            "  --prompts-file F      prompts, one per line\n"
+            "  --max-tokens N        tokens to generate per prompt (default 64)\n"
+            "  --temperature T       0 = greedy (default 0)\n"
+            "  --top-k K, --top-p P  sampling filters\n"
+            "  --seed N              sampling seed (prompt i uses N + i)\n"
+            "  --stop STR            stop string (repeatable)\n"
+            "  --max-seqs N          sequences decoded together (default 16)\n"
+            "  --kv-mb N             KV cache per rank in MiB (default: max-seqs full contexts)\n"
+            "  --dry-run             print the memory plan and exit\n"
+            "  -h, --help            this text\n");
+}
+
+int td_cmd_serve(int argc, char **argv) {
+    return td_serve_main(argc, argv, "serve", NULL, NULL);
+}
+
+/* Shared by serve and train --serve: parses serve options from argv (unknown options are
+ * errors), sets up MPI when launched by mpirun, and serves `given` (or --model). */
+int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
+    enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
+           O_KV, O_DRY, O_HELP };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
+        {"prompts-file", required_argument, 0, O_PROMPTS},
+        {"max-tokens", required_argument, 0, O_MAX}, {"temperature", required_argument, 0, O_TEMP},
+        {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
+        {"seed", required_argument, 0, O_SEED}, {"stop", required_argument, 0, O_STOP},
+        {"max-seqs", required_argument, 0, O_SEQS}, {"kv-mb", required_argument, 0, O_KV},
+        {"dry-run", no_argument, 0, O_DRY}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    td_serve_opts o;
+    td_serve_opts_default(&o);
+    const char *model_dir = NULL;
+    const char **stops = calloc((size_t)argc + 1, sizeof *stops);
+    int ns = 0, c, bad = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
+        char *end = NULL;
+        switch (c) {
+        case O_MODEL: model_dir = optarg; break;
+        case O_TP: o.tp = (int)strtol(optarg, &end, 10); bad = o.tp < 1; break;
+        case O_PROMPTS: o.prompts_file = optarg; break;
+        case O_MAX: o.max_tokens = (int)strtol(optarg, &end, 10); bad = o.max_tokens < 1; break;
+        case O_TEMP: o.temperature = strtof(optarg, &end); bad = o.temperature < 0; break;
+        case O_TOPK: o.top_k = (int)strtol(optarg, &end, 10); bad = o.top_k < 0; break;
+        case O_TOPP: o.top_p = strtof(optarg, &end); bad = o.top_p <= 0 || o.top_p > 1; break;
+        case O_SEED: o.seed = strtoull(optarg, &end, 10); break;
+        case O_STOP: stops[ns++] = optarg; break;
+        case O_SEQS: o.max_seqs = (int)strtol(optarg, &end, 10); bad = o.max_seqs < 1; break;
+        case O_KV: o.kv_mb = strtod(optarg, &end); bad = o.kv_mb < 0; break;
+        case O_DRY: o.dry_run = 1; break;
+        case O_HELP: help(stdout); free(stops); return 0;
+        default: bad = 1;
+        }
+        if (end && *end) bad = 1;
+        if (bad) fprintf(stderr, "tandem %s: bad value for an option: '%s'\n", cmd, optarg ? optarg : "");
+    }
+    if (!bad && ((!model_dir && !given) || (!o.prompts_file && !o.dry_run) || optind != argc)) {
+        fprintf(stderr, "tandem %s: need --model%s and --prompts-file (or --dry-run)\n", cmd,
+                given ? " (or a trained model)" : "");
+        bad = 1;
+    }
+    if (bad) {
+        help(stderr);
+        free(stops);
+        return 2;
+    }
+    o.stop = ns ? stops : NULL;
+    int mpi = td_comm_mpi_init(&argc, &argv, 0);
+    td_comm *world = NULL;
+    td_status s = mpi ? td_comm_mpi_new(&world) : td_comm_self_new(&world);
+    if (s == TD_OK && mpi) {
+        td_log_set_rank(world->rank);
+        if (!getenv("OMP_NUM_THREADS") && world->local_size > 1) {
+            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            omp_set_num_threads(cpus / world->local_size > 0 ? (int)(cpus / world->local_size) : 1);
+        }
+    }
+    td_model *m = given;
+    td_bpe *tok = NULL;
+    if (s == TD_OK && !m) s = td_checkpoint_load_model(model_dir, &m);
+    if (s == TD_OK) {
+        if (tok_json) {
+            s = td_bpe_from_json(tok_json, strlen(tok_json), "tokenizer", &tok);
+        } else {
+            char p[4200];
+            snprintf(p, sizeof p, "%s/tokenizer.json", model_dir);
+            s = td_bpe_load(p, &tok);
+        }
+    }
+    if (s == TD_OK) s = td_serve(m, tok, world, &o);
+    int rc = s == TD_OK ? 0 : td_cli_fail(cmd, s);
+    td_bpe_free(&tok);
+    if (!given) td_model_free(&m);
+    td_comm_free(&world);
+    free(stops);
+    if (mpi) {
+        if (rc) td_comm_mpi_abort(rc);
+        td_comm_mpi_finalize();
+    }
+    return rc;
+}

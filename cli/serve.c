@@ -1,0 +1,232 @@
+/* Serving from memory (see serve.h). */
+#include "cli/serve.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/fsutil.h"
+#include "common/timeutil.h"
+#include "worker/infer/engine.h"
+
+void td_serve_opts_default(td_serve_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->tp = 1;
+    o->max_tokens = 64;
+    o->top_p = 1.0f;
+    o->seed = 1;
+    o->max_seqs = 16;
+}
+
+/* Splits the prompts file into lines, unescaping \n and \\. */
+static td_status read_prompts(const char *path, char ***out, int *n) {
+    char *text;
+    size_t len;
+    TD_TRY(td_fs_read_file(path, &text, &len));
+    int cap = 16, k = 0;
+    char **p = malloc(sizeof *p * (size_t)cap);
+    for (char *line = text; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        if (*line) {
+            if (k == cap) p = realloc(p, sizeof *p * (size_t)(cap *= 2));
+            char *d = p[k++] = malloc(strlen(line) + 1), *s = line;
+            while (*s) {
+                if (s[0] == '\\' && s[1] == 'n') {
+                    *d++ = '\n';
+                    s += 2;
+                } else if (s[0] == '\\' && s[1] == '\\') {
+                    *d++ = '\\';
+                    s += 2;
+                } else {
+                    *d++ = *s++;
+                }
+            }
+            *d = 0;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    free(text);
+    if (k == 0) {
+        free(p);
+        return td_error_set(TD_ERR_INVALID, "%s holds no prompt (one per line)", path);
+    }
+    *out = p;
+    *n = k;
+    return TD_OK;
+}
+
+static void json_str(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void memory_plan(const td_model *full, const td_model *slice, const td_serve_opts *o,
+                        int world, size_t kv_blocks, int block_tokens) {
+    size_t np = td_model_num_params(slice), npf = td_model_num_params(full);
+    size_t kvt = td_model_kv_bytes_per_token(slice);
+    printf("memory plan per rank (tp %d, %d replica%s):\n", o->tp, world / o->tp,
+           world / o->tp > 1 ? "s" : "");
+    printf("  parameters        %12zu of %zu (embeddings, norms, lm_head replicated)\n", np,
+           npf);
+    printf("  weights fp32      %12.1f MiB\n", np * 4.0 / 1048576);
+    printf("  weights bf16      %12.1f MiB\n", np * 2.0 / 1048576);
+    printf("  weights int8      %12.1f MiB (+ one fp32 scale per output channel)\n",
+           np * 1.0 / 1048576);
+    printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
+           kvt);
+    printf("  KV cache          %12.1f MiB = %zu blocks of %d tokens = %zu tokens\n",
+           (double)kvt * kv_blocks * block_tokens / 1048576, kv_blocks, block_tokens,
+           kv_blocks * (size_t)block_tokens);
+}
+
+static int cmp_line(const void *a, const void *b) {
+    long x = strtol(strchr(*(char *const *)a, ':') + 1, NULL, 10);
+    long y = strtol(strchr(*(char *const *)b, ':') + 1, NULL, 10);
+    return (x > y) - (x < y);
+}
+
+/* Every rank's blob to rank 0 (all-gather of lengths, then of blobs padded to the longest);
+ * rank 0 prints the JSON lines sorted by their "index". */
+static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
+    int64_t *lens = calloc((size_t)w->size, sizeof *lens);
+    lens[w->rank] = (int64_t)len;
+    TD_TRY(w->ops->allgather(w, lens, 1, TD_COMM_I64));
+    int64_t mx = 1;
+    for (int r = 0; r < w->size; r++) mx = lens[r] > mx ? lens[r] : mx;
+    char *all = calloc((size_t)mx * (size_t)w->size + 1, 1);
+    if (len) memcpy(all + (size_t)mx * (size_t)w->rank, blob, len);
+    td_status s = w->ops->allgather(w, all, (size_t)mx, TD_COMM_BYTE);
+    if (s == TD_OK && w->rank == 0) {
+        size_t nl = 0, cap = 64;
+        char **lines = malloc(sizeof *lines * cap);
+        for (int r = 0; r < w->size; r++) {
+            char *p = all + (size_t)mx * (size_t)r, *end = p + lens[r];
+            while (p < end) {
+                char *e = memchr(p, '\n', (size_t)(end - p));
+                if (!e) break;
+                *e = 0;
+                if (nl == cap) lines = realloc(lines, sizeof *lines * (cap *= 2));
+                lines[nl++] = p;
+                p = e + 1;
+            }
+        }
+        qsort(lines, nl, sizeof *lines, cmp_line);
+        for (size_t i = 0; i < nl; i++) puts(lines[i]);
+        fflush(stdout);
+        free(lines);
+    }
+    free(all);
+    free(lens);
+    return s;
+}
+
+td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
+    char *blob = NULL;
+    size_t blob_len = 0;
+    int T = o->tp > 0 ? o->tp : 1;
+    if (world->size % T != 0)
+        return td_error_set(TD_ERR_INVALID, "--tp %d must divide the %d ranks", T, world->size);
+    int group = world->rank / T, R = world->size / T;
+    td_comm *tp = NULL;
+    TD_TRY(td_comm_split(world, group, world->rank, &tp));
+    td_model *m = NULL;
+    td_status s = td_model_tp_slice(full, tp->rank, T, &m);
+    td_engine *e = NULL;
+    td_engine_opts eo = {.max_seqs = o->max_seqs,
+                         .kv_bytes = (size_t)(o->kv_mb * 1048576.0),
+                         .tp = tp};
+    if (s == TD_OK) s = td_engine_new(m, tok, &eo, &e);
+    if (s == TD_OK && o->dry_run) {
+        if (world->rank == 0)
+            memory_plan(full, m, o, world->size, td_engine_total_blocks(e), 16);
+        goto out;
+    }
+    if (s != TD_OK) goto out;
+    if (tp->rank != 0) { /* a member of a group: follow the leader */
+        s = td_engine_member_loop(e);
+        goto gather;
+    }
+    {
+        char **prompts = NULL;
+        int np = 0;
+        s = read_prompts(o->prompts_file, &prompts, &np);
+        int *ids = calloc((size_t)np, sizeof *ids);
+        int32_t *pt = NULL;
+        size_t pcap = 0;
+        for (int i = 0; i < np && s == TD_OK; i++) {
+            ids[i] = -1;
+            if (i % R != group) continue; /* another replica's prompt */
+            size_t n = td_bpe_encode(tok, prompts[i], strlen(prompts[i]), &pt, &pcap);
+            td_sampling sp = {o->temperature, o->top_k, o->top_p, o->seed + (uint64_t)i,
+                              o->max_tokens, o->stop};
+            s = td_engine_submit(e, pt, (int)n, &sp, &ids[i]);
+        }
+        free(pt);
+        int active = 1;
+        double t0 = td_time_now();
+        long steps = 0;
+        while (s == TD_OK && active) {
+            s = td_engine_step(e, &active);
+            steps++;
+        }
+        double dt = td_time_now() - t0;
+        td_status st = td_engine_stop_members(e);
+        if (s == TD_OK) s = st;
+        /* this replica's results as JSON lines, gathered by rank 0 below */
+        FILE *f = open_memstream(&blob, &blob_len);
+        long gen = 0;
+        for (int i = 0; s == TD_OK && f && i < np; i++) {
+            if (ids[i] < 0) continue;
+            int n;
+            size_t tl;
+            const int32_t *t = td_engine_tokens(e, ids[i], &n);
+            const char *text = td_engine_text(e, ids[i], &tl);
+            static const char *why[] = {"none", "eot", "length", "stop"};
+            fprintf(f, "{\"index\": %d, \"replica\": %d, \"finish\": \"%s\", \"tokens\": [", i,
+                    group, why[td_engine_finish_reason(e, ids[i])]);
+            for (int k = 0; k < n; k++) fprintf(f, "%s%d", k ? ", " : "", t[k]);
+            fprintf(f, "], \"prompt\": ");
+            json_str(f, prompts[i], strlen(prompts[i]));
+            fprintf(f, ", \"completion\": ");
+            json_str(f, text, tl);
+            fprintf(f, "}\n");
+            gen += n;
+        }
+        if (f) fclose(f);
+        fprintf(stderr, "serve: replica %d: %ld tokens in %.2f s (%.1f tokens/s), %ld steps\n",
+                group, gen, dt, dt > 0 ? gen / dt : 0.0, steps);
+        for (int i = 0; i < np; i++) free(prompts[i]);
+        free(prompts);
+        free(ids);
+    }
+gather : {
+    /* all ranks agree on success, then rank 0 prints every replica's lines in order */
+    int64_t failed = s == TD_OK ? 0 : 1;
+    td_status sa = world->ops->allreduce(world, &failed, 1, TD_COMM_I64);
+    if (s == TD_OK && sa != TD_OK) s = sa;
+    if (s == TD_OK && failed)
+        s = td_error_set(TD_ERR_RUNTIME, "serve: another rank failed (see its message)");
+    if (s == TD_OK) s = print_gathered(world, blob, blob_len);
+}
+out:
+    free(blob);
+    td_engine_free(&e);
+    td_model_free(&m);
+    td_comm_free(&tp);
+    return s;
+}

@@ -1,0 +1,33 @@
+/* Serving a model from memory: tensor-parallel groups over the job's ranks, each group one
+ * replica running the inference engine; until the router exists, requests come from a
+ * prompts file and results go to stdout as JSON lines. Shared by `tandem serve`,
+ * `tandem generate --prompts-file` and `tandem train --serve`. */
+#ifndef TD_CLI_SERVE_H
+#define TD_CLI_SERVE_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "data/bpe.h"
+#include "worker/comm/comm.h"
+#include "worker/model/model.h"
+
+typedef struct {
+    const char *prompts_file; /* one prompt per line ("\n" and "\\" escapes) */
+    int tp;                   /* tensor-parallel degree (divides the world size) */
+    int max_tokens;
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+    const char *const *stop;  /* NULL-terminated */
+    int max_seqs;
+    double kv_mb;             /* KV cache per rank; 0 = room for max_seqs full contexts */
+    int dry_run;              /* print the memory plan only */
+    int int8;                 /* int8 weight-only quantization */
+} td_serve_opts;
+
+void td_serve_opts_default(td_serve_opts *o);
+/* Runs on every rank of world (collective). full: the whole model (every rank has it). */
+td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o);
+
+#endif
