@@ -27,3 +27,12 @@ add_test(NAME test_train_kill COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_tr
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_train_kill PROPERTIES LABELS "mpi;e2e" TIMEOUT 300)
 td_test(test_infer_engine tests/unit/test_infer_engine.c unit)
+add_executable(test_tp_logits tests/mpi/test_tp_logits.c)
+target_link_libraries(test_tp_logits PRIVATE td_train)
+add_test(NAME test_tp_logits COMMAND mpirun -np 4 $<TARGET_FILE:test_tp_logits>
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_tp_logits PROPERTIES LABELS "mpi" TIMEOUT 300 ENVIRONMENT
+    "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OMPI_MCA_btl=self,vader;OMPI_MCA_pml=ob1;OMP_NUM_THREADS=1")
+add_test(NAME test_serve COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_serve.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_serve PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)

@@ -19,6 +19,9 @@
 #include "common/timeutil.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/vec_f32.h"
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 typedef struct {
     float *res;            /* (N, C) residual stream entering the layer */
@@ -53,6 +56,13 @@ struct td_model {
     /* last forward */
     int lastB, lastT, has_targets;
     td_comm *tp_comm; /* tensor-parallel group: all-reduce after row-parallel products */
+    /* int8 weights (td_model_quantize_int8): per layer wqkv, wo, wfc, wproj, then lm_head */
+    int8_t *q8;
+    float *q8s;
+    struct q8mat {
+        const int8_t *w;
+        const float *s;
+    } *q8l; /* 4 per layer + 1 */
     /* inference buffers (td_model_plan_infer) */
     int inf_tokens, inf_segs;
     float *inf;
@@ -303,6 +313,9 @@ void td_model_free(td_model **mp) {
     free(m->acts);
     free(m->la);
     free(m->inf);
+    free(m->q8);
+    free(m->q8s);
+    free(m->q8l);
     free(m->tensors);
     free(m->p_layers);
     free(m->g_layers);
@@ -671,6 +684,129 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
     return TD_OK;
 }
 
+/* out (N, OC) = inp (N, C) @ (s * W8)^T + bias, with W8 int8 (OC, C): each weight row is
+ * converted to float on the fly (AVX-512: 16 at a time) and accumulated in fp32. */
+static void matmul_int8(float *out, const float *inp, const int8_t *W8, const float *sc,
+                        const float *bias, int N, int C, int OC) {
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < OC; j++) {
+        const int8_t *w = W8 + (size_t)j * C;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C;
+            int k = 0;
+            float acc = 0;
+#ifdef __AVX512F__
+            __m512 a = _mm512_setzero_ps();
+            for (; k + 16 <= C; k += 16) {
+                __m512 wf = _mm512_cvtepi32_ps(
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + k))));
+                a = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x + k), a);
+            }
+            acc = _mm512_reduce_add_ps(a);
+#endif
+            for (; k < C; k++) acc += (float)w[k] * x[k];
+            out[(size_t)n * OC + j] = acc * sc[j] + (bias ? bias[j] : 0.0f);
+        }
+    }
+}
+
+static void linear_infer(const td_model *m, int which, int layer, float *out, const float *inp,
+                         const float *W, const float *bias, int N, int C, int OC) {
+    if (m->q8) {
+        const struct q8mat *q = &m->q8l[layer < 0 ? 4 * m->L : 4 * layer + which];
+        matmul_int8(out, inp, q->w, q->s, bias, N, C, OC);
+    } else {
+        td_op_matmul_fwd_f32(out, inp, W, bias, N, C, OC);
+    }
+}
+
+typedef struct {
+    const float *w;
+    int rows, cols;
+} qmat;
+
+/* The matrices inference multiplies with, in q8l order; returns the count. */
+static int infer_mats(const td_model *m, qmat *mats) {
+    int nm = 0;
+    for (int l = 0; l < m->L; l++) {
+        const td_layer_params *w = &m->p.layers[l];
+        mats[nm++] = (qmat){w->wqkv, m->QKV, m->C};
+        mats[nm++] = (qmat){w->wo, m->C, m->NH * m->hd};
+        mats[nm++] = (qmat){w->wfc, m->FC, m->C};
+        mats[nm++] = (qmat){w->wproj, m->C, m->F};
+    }
+    mats[nm++] = (qmat){m->p.lm_head, m->V, m->C};
+    /* an untied input embedding is quantized too (a lookup converts one row) */
+    if (!m->cfg.tie_word_embeddings) mats[nm++] = (qmat){m->p.wte, m->V, m->C};
+    return nm;
+}
+
+td_status td_model_quantize_int8(td_model *m) {
+    if (m->q8) return TD_OK;
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    int nm = infer_mats(m, mats);
+    size_t nw = 0, ns = 0;
+    for (int i = 0; i < nm; i++) {
+        nw += (size_t)mats[i].rows * mats[i].cols;
+        ns += (size_t)mats[i].rows;
+    }
+    m->q8 = malloc(nw);
+    m->q8s = malloc(ns * sizeof(float));
+    m->q8l = malloc(sizeof *m->q8l * (size_t)nm);
+    if (!m->q8 || !m->q8s || !m->q8l) {
+        free(mats);
+        return td_error_set(TD_ERR_NOMEM, "out of memory for int8 weights");
+    }
+    int8_t *wp = m->q8;
+    float *sp = m->q8s;
+    for (int i = 0; i < nm; i++) {
+        int R = mats[i].rows, Cc = mats[i].cols;
+        const float *W = mats[i].w;
+        m->q8l[i] = (struct q8mat){wp, sp};
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < R; r++) {
+            const float *row = W + (size_t)r * Cc;
+            float mx = 0;
+            for (int k = 0; k < Cc; k++) mx = fmaxf(mx, fabsf(row[k]));
+            float sc = mx > 0 ? mx / 127.0f : 1.0f;
+            sp[r] = sc;
+            for (int k = 0; k < Cc; k++) wp[(size_t)r * Cc + k] = (int8_t)lrintf(row[k] / sc);
+        }
+        wp += (size_t)R * Cc;
+        sp += R;
+    }
+    free(mats);
+    return TD_OK;
+}
+
+void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t *read_fp32,
+                           size_t *read_int8) {
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    int nm = infer_mats(m, mats);
+    size_t lin = 0, rows = 0;
+    for (int i = 0; i < nm; i++) {
+        lin += (size_t)mats[i].rows * mats[i].cols;
+        rows += (size_t)mats[i].rows;
+    }
+    free(mats);
+    size_t lm = (size_t)m->V * m->C, all = m->num_params;
+    /* int8 keeps fp32 only for norms, biases and learned positions; embeddings are read as
+     * int8 rows (tied: the lm_head copy; untied: their own) */
+    size_t fp32_kept = all - lin;
+    *fp32 = all * 4;
+    *int8 = fp32_kept * 4 + lin + rows * 4;
+    /* a decode step reads every product weight, the norms and biases, one embedding row */
+    if (!m->cfg.tie_word_embeddings) { /* the embedding table is not read, only a row */
+        lin -= lm;
+        rows -= (size_t)m->V;
+    }
+    size_t small = all - lin - lm;
+    if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
+    *read_fp32 = (lin + small) * 4;
+    *read_int8 = lin + rows * 4 + small * 4;
+}
+
 /* RoPE on q and k heads of each row at its own position (the training kernel assumes
  * position = row % T). */
 static void rope_rows(const td_model *m, float *qkv, const int32_t *pos, int N) {
@@ -725,6 +861,14 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = m->ix + (size_t)n * C;
+        if (m->q8) { /* the int8 embedding row (lm_head's when tied) */
+            const struct q8mat *q = &m->q8l[4 * m->L + (m->cfg.tie_word_embeddings ? 0 : 1)];
+            const int8_t *r8 = q->w + (size_t)m->itok[n] * C;
+            float sc = q->s[m->itok[n]];
+            for (int i = 0; i < C; i++)
+                o[i] = (float)r8[i] * sc + (m->p.wpe ? m->p.wpe[(size_t)m->ipos[n] * C + i] : 0.0f);
+            continue;
+        }
         const float *e = m->p.wte + (size_t)m->itok[n] * C;
         if (m->p.wpe) {
             const float *pe = m->p.wpe + (size_t)m->ipos[n] * C;
@@ -736,7 +880,7 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
     for (int l = 0; l < m->L; l++) {
         const td_layer_params *w = &m->p.layers[l];
         norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm1_w, w->norm1_b, N);
-        td_op_matmul_fwd_f32(m->iqkv, m->in, w->wqkv, w->bqkv, N, C, m->QKV);
+        linear_infer(m, 0, l, m->iqkv, m->in, w->wqkv, w->bqkv, N, C, m->QKV);
         if (llama) rope_rows(m, m->iqkv, m->ipos, N);
         float *K = kv->k + (size_t)l * kv->nblocks * (size_t)bt * kvdim;
         float *Vc = kv->v + (size_t)l * kv->nblocks * (size_t)bt * kvdim;
@@ -778,17 +922,17 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
                     for (int i = 0; i < hd; i++) o[i] += a * v[i];
                 }
             }
-        td_op_matmul_fwd_f32(m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
+        linear_infer(m, 1, l, m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
         if (m->tp_comm && m->tp_comm->size > 1)
             TD_TRY(m->tp_comm->ops->allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
         norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm2_w, w->norm2_b, N);
-        td_op_matmul_fwd_f32(m->ifc, m->in, w->wfc, w->bfc, N, C, m->FC);
+        linear_infer(m, 2, l, m->ifc, m->in, w->wfc, w->bfc, N, C, m->FC);
         if (llama)
             td_op_swiglu_fwd_f32(m->ih, m->ifc, N, m->F);
         else
             td_op_gelu_fwd_f32(m->ih, m->ifc, (size_t)N * m->F);
-        td_op_matmul_fwd_f32(m->in, m->ih, w->wproj, w->bproj, N, m->F, C);
+        linear_infer(m, 3, l, m->in, m->ih, w->wproj, w->bproj, N, m->F, C);
         if (m->tp_comm && m->tp_comm->size > 1)
             TD_TRY(m->tp_comm->ops->allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
@@ -802,7 +946,7 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
         memcpy(last + (size_t)s * C, m->ix + (size_t)(r - 1) * C, sizeof(float) * (size_t)C);
     }
     norm_fwd(m, lastn, lm, lm + nseg, last, m->p.normf_w, m->p.normf_b, nseg);
-    td_op_matmul_fwd_f32(logits, lastn, m->p.lm_head, NULL, nseg, C, V);
+    linear_infer(m, 0, -1, logits, lastn, m->p.lm_head, NULL, nseg, C, V);
     return TD_OK;
 }
 
