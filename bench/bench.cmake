@@ -9,3 +9,7 @@ target_compile_definitions(bench_tokenizer PRIVATE TD_SOURCE_DIR="${CMAKE_SOURCE
 # bench_comm: tandem's all-reduce path vs bare MPI_Allreduce, and overlap in a training step
 add_executable(bench_comm bench/bench_comm.c)
 target_link_libraries(bench_comm PRIVATE td_train)
+
+# bench_decode: decode tokens/s at batch 1 and 16, fp32 and int8, against the triad roofline
+add_executable(bench_decode bench/bench_decode.c)
+target_link_libraries(bench_decode PRIVATE td_train)

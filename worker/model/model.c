@@ -17,6 +17,8 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include <cblas.h>
+
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/vec_f32.h"
 #ifdef __AVX512F__
@@ -684,29 +686,78 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
     return TD_OK;
 }
 
-/* out (N, OC) = inp (N, C) @ (s * W8)^T + bias, with W8 int8 (OC, C): each weight row is
- * converted to float on the fly (AVX-512: 16 at a time) and accumulated in fp32. */
+/* out (N, OC) = inp (N, C) @ (s * W8)^T + bias, with W8 int8 (OC, C): four weight rows at a
+ * time are converted to float once (AVX-512: 16 at a time) into an L1-resident buffer and
+ * reused for every input row; fp32 accumulation. */
 static void matmul_int8(float *out, const float *inp, const int8_t *W8, const float *sc,
                         const float *bias, int N, int C, int OC) {
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < OC; j++) {
-        const int8_t *w = W8 + (size_t)j * C;
-        for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * C;
-            int k = 0;
-            float acc = 0;
+    int nb = (OC + 3) / 4;
 #ifdef __AVX512F__
-            __m512 a = _mm512_setzero_ps();
-            for (; k + 16 <= C; k += 16) {
-                __m512 wf = _mm512_cvtepi32_ps(
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + k))));
-                a = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x + k), a);
+    if (N <= 2 && C % 32 == 0) { /* few rows: convert in registers, one weight row a time */
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < OC; j++) {
+            const int8_t *w = W8 + (size_t)j * C;
+            for (int n = 0; n < N; n++) {
+                const float *x = inp + (size_t)n * C;
+                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+                for (int k = 0; k < C; k += 32) {
+                    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                             _mm_loadu_si128((const __m128i *)(w + k)))),
+                                         _mm512_loadu_ps(x + k), a0);
+                    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                             _mm_loadu_si128((const __m128i *)(w + k + 16)))),
+                                         _mm512_loadu_ps(x + k + 16), a1);
+                }
+                out[(size_t)n * OC + j] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * sc[j] +
+                                          (bias ? bias[j] : 0.0f);
             }
-            acc = _mm512_reduce_add_ps(a);
-#endif
-            for (; k < C; k++) acc += (float)w[k] * x[k];
-            out[(size_t)n * OC + j] = acc * sc[j] + (bias ? bias[j] : 0.0f);
         }
+        return;
+    }
+#endif
+#pragma omp parallel
+    {
+        float *wf = malloc(sizeof(float) * 4 * (size_t)C);
+#pragma omp for schedule(static)
+        for (int jb = 0; jb < nb; jb++) {
+            int j0 = jb * 4, nj = OC - j0 < 4 ? OC - j0 : 4;
+            for (int r = 0; r < nj; r++) {
+                const int8_t *w = W8 + (size_t)(j0 + r) * C;
+                float *d = wf + (size_t)r * C;
+                int k = 0;
+#ifdef __AVX512F__
+                for (; k + 16 <= C; k += 16)
+                    _mm512_storeu_ps(d + k, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                                _mm_loadu_si128((const __m128i *)(w + k)))));
+#endif
+                for (; k < C; k++) d[k] = (float)w[k];
+            }
+            for (int n = 0; n < N; n++) {
+                const float *x = inp + (size_t)n * C;
+                float acc[4] = {0, 0, 0, 0};
+                int k = 0;
+#ifdef __AVX512F__
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (; nj == 4 && k + 16 <= C; k += 16) {
+                    __m512 xv = _mm512_loadu_ps(x + k);
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + k), xv, a0);
+                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + C + k), xv, a1);
+                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + 2 * (size_t)C + k), xv, a2);
+                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + 3 * (size_t)C + k), xv, a3);
+                }
+                acc[0] = _mm512_reduce_add_ps(a0);
+                acc[1] = _mm512_reduce_add_ps(a1);
+                acc[2] = _mm512_reduce_add_ps(a2);
+                acc[3] = _mm512_reduce_add_ps(a3);
+#endif
+                for (int r = 0; r < nj; r++)
+                    for (int kk = k; kk < C; kk++) acc[r] += wf[(size_t)r * C + kk] * x[kk];
+                for (int r = 0; r < nj; r++)
+                    out[(size_t)n * OC + j0 + r] =
+                        acc[r] * sc[j0 + r] + (bias ? bias[j0 + r] : 0.0f);
+            }
+        }
+        free(wf);
     }
 }
 
@@ -715,6 +766,10 @@ static void linear_infer(const td_model *m, int which, int layer, float *out, co
     if (m->q8) {
         const struct q8mat *q = &m->q8l[layer < 0 ? 4 * m->L : 4 * layer + which];
         matmul_int8(out, inp, q->w, q->s, bias, N, C, OC);
+    } else if (N == 1) { /* a matrix-vector product: OpenBLAS's sgemv is ~2x its M=1 sgemm */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, W, C, inp, 1, 0.0f, out, 1);
+        if (bias)
+            for (int j = 0; j < OC; j++) out[j] += bias[j];
     } else {
         td_op_matmul_fwd_f32(out, inp, W, bias, N, C, OC);
     }

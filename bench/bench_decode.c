@@ -1,0 +1,117 @@
+/* Decode benchmark: tokens/s of the inference forward (paged KV cache) at batch 1 and 16,
+ * fp32 and int8 weight-only, and batch 1 against the memory-bandwidth roofline:
+ * roofline time per token = bytes of weights one decode step reads / triad bandwidth
+ * (measured here, STREAM convention: 3 arrays x 4 bytes per element of a[i] = b[i] + s c[i]).
+ * Model: llama, hidden 768, 8 layers, 12 heads, intermediate 2048, vocab 8192 (69 M
+ * parameters, 277 MB in fp32: far beyond the caches), random weights.
+ * usage: bench_decode [--steps N] [--json] */
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "common/timeutil.h"
+#include "worker/model/model.h"
+
+static double triad_gbs(void) {
+    size_t n = 32u << 20;
+    float *a = malloc(n * 4), *b = malloc(n * 4), *c = malloc(n * 4);
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        a[i] = 0;
+        b[i] = 1;
+        c[i] = 2;
+    }
+    double best = 1e9;
+    for (int r = 0; r < 10; r++) { /* best of 10 */
+        double t0 = td_time_now();
+#pragma omp parallel for
+        for (size_t i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
+        double dt = td_time_now() - t0;
+        if (dt < best) best = dt;
+    }
+    double gbs = 12.0 * (double)n / best / 1e9; /* 3 float arrays: 12 bytes an element */
+    free(a);
+    free(b);
+    free(c);
+    return gbs;
+}
+
+/* Prefill 16 tokens per sequence, then time `steps` decode steps; returns tokens/s. */
+static double decode(td_model *m, int B, int steps) {
+    int bt = 16, per = (16 + steps + bt) / bt;
+    td_kv_cache *kv;
+    if (td_kv_cache_new(m, bt, (size_t)(per * B), &kv) != TD_OK) return 0;
+    td_model_plan_infer(m, 16 * B, B);
+    const td_model_config *c = td_model_config_of(m);
+    int32_t *blocks = malloc(sizeof(int32_t) * (size_t)(per * B));
+    for (int i = 0; i < per * B; i++) blocks[i] = i;
+    int32_t *tok = malloc(sizeof(int32_t) * 16 * (size_t)B);
+    td_rng r;
+    td_rng_seed(&r, 1);
+    for (int i = 0; i < 16 * B; i++) tok[i] = (int32_t)td_rng_below(&r, (uint64_t)c->vocab_size);
+    td_infer_seg *sg = malloc(sizeof *sg * (size_t)B);
+    float *logits = malloc(sizeof(float) * (size_t)B * c->vocab_size);
+    for (int b = 0; b < B; b++) sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b};
+    td_model_forward_infer(m, kv, sg, B, logits);
+    double t0 = td_time_now();
+    for (int s = 0; s < steps; s++) {
+        for (int b = 0; b < B; b++) sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b};
+        td_model_forward_infer(m, kv, sg, B, logits);
+    }
+    double dt = td_time_now() - t0;
+    free(blocks);
+    free(tok);
+    free(sg);
+    free(logits);
+    td_kv_cache_free(&kv);
+    return (double)B * steps / dt;
+}
+
+int main(int argc, char **argv) {
+    int steps = 32, json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json")) json = 1;
+        else {
+            fprintf(stderr, "usage: bench_decode [--steps N] [--json]\n");
+            return 2;
+        }
+    }
+    td_model_config c = {.arch = TD_ARCH_LLAMA, .hidden_size = 768, .intermediate_size = 2048,
+                         .num_hidden_layers = 8, .num_attention_heads = 12,
+                         .num_key_value_heads = 12, .vocab_size = 8192,
+                         .max_position_embeddings = 512, .norm_eps = 1e-5, .rope_theta = 10000};
+    td_model *m;
+    if (td_model_new(&c, &m) != TD_OK) return 1;
+    td_model_init_random(m, 1);
+    double bw = triad_gbs();
+    size_t f32, i8, rf, ri;
+    td_model_weight_bytes(m, &f32, &i8, &rf, &ri);
+    if (!json)
+        printf("decode, llama 768x8 (%.1f M params, %.0f MB fp32), %d threads, %d steps after a "
+               "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
+               td_model_num_params(m) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw,
+               "weights", "batch", "tokens/s", "MB read/token", "roofline");
+    for (int q = 0; q < 2; q++) {
+        if (q == 1) td_model_quantize_int8(m);
+        size_t rd = q ? ri : rf;
+        for (int B = 1; B <= 16; B *= 16) {
+            double tps = decode(m, B, steps);
+            double roof = B == 1 ? (rd / (bw * 1e9)) * tps : 0; /* ideal s/token over actual */
+            if (json)
+                printf("{\"bench\": \"decode\", \"weights\": \"%s\", \"batch\": %d, "
+                       "\"tokens_per_s\": %.2f, \"bytes_per_token\": %zu, \"triad_gbs\": %.2f, "
+                       "\"roofline\": %.3f}\n",
+                       q ? "int8" : "fp32", B, tps, rd, bw, roof);
+            else if (B == 1)
+                printf("%-6s %6d %12.1f %14.1f %9.0f%%\n", q ? "int8" : "fp32", B, tps, rd / 1e6,
+                       100 * roof);
+            else
+                printf("%-6s %6d %12.1f %14s %10s\n", q ? "int8" : "fp32", B, tps, "", "");
+        }
+    }
+    td_model_free(&m);
+    return 0;
+}
