@@ -28,6 +28,7 @@ bench: build
 		OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1 mpirun -np 2 $(BUILD)/bench_comm
 	@scripts/install-deps.sh --python
 	$(BUILD)/bench_tokenizer
+	$(BUILD)/bench_decode
 
 interop: build
 	@scripts/install-deps.sh --python

@@ -19,6 +19,8 @@
 static void help(FILE *f) {
     fprintf(f,
             "usage: tandem generate --model DIR (--prompt TEXT | --tokens IDS) [options]\n"
+            "       tandem generate --model DIR --prompts-file F [serve options]  (batched,\n"
+            "       JSON lines out; see tandem serve --help)\n"
             "\n"
             "Continues a prompt with a checkpoint's model and prints the text. See\n"
             "docs/generate.md.\n"
@@ -105,6 +107,13 @@ static int parse_tokens(const char *s, int32_t **out, int *n) {
 }
 
 int td_cmd_generate(int argc, char **argv) {
+    /* many prompts from a file: the batched engine of `tandem serve` */
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--prompts-file") || !strncmp(argv[i], "--prompts-file=", 15)) {
+            for (int k = 1; k < argc; k++)
+                if (!strcmp(argv[k], "--max-new-tokens")) argv[k] = "--max-tokens";
+            return td_serve_main(argc, argv, "generate", NULL, NULL);
+        }
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"tokens", required_argument, 0, 't'},
