@@ -1,8 +1,7 @@
-/* `tandem generate --model DIR --prompt TEXT`: sampling from a checkpoint.
- *
- * Each new token re-runs the forward pass over the context (no KV cache yet; the serving
- * engine brings one). Sampling: temperature 0 is greedy; otherwise softmax(logits / temp)
- * restricted to the top-k ids and then to the smallest set whose mass reaches top-p. */
+/* `tandem generate --model DIR --prompt TEXT`: sampling from a checkpoint with the
+ * inference engine (worker/infer/engine.h: KV cache, the serving sampler — temperature 0
+ * is greedy; otherwise softmax(logits / temp) restricted to the top-k ids and then to the
+ * smallest set whose mass reaches top-p). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,8 +10,8 @@
 
 #include "cli/cli.h"
 #include "common/fsutil.h"
-#include "common/rng.h"
 #include "data/bpe.h"
+#include "worker/infer/engine.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/safetensors.h"
 
@@ -36,52 +35,6 @@ static void help(FILE *f) {
             "  --seed N              sampling seed (default 1)\n"
             "  --logits-out FILE     write the prompt's tokens and logits (T x V) as safetensors\n"
             "  -h, --help            this text\n");
-}
-
-typedef struct {
-    int id;
-    float p;
-} cand;
-
-static int cmp_cand(const void *a, const void *b) {
-    float x = ((const cand *)a)->p, y = ((const cand *)b)->p;
-    return (x < y) - (x > y);
-}
-
-static int sample(const float *logits, int V, double temp, int top_k, double top_p, td_rng *rng,
-                  cand *buf) {
-    int best = 0;
-    for (int j = 1; j < V; j++)
-        if (logits[j] > logits[best]) best = j;
-    if (temp <= 0) return best;
-    double sum = 0;
-    for (int j = 0; j < V; j++) {
-        buf[j].id = j;
-        buf[j].p = (float)exp((logits[j] - logits[best]) / temp);
-        sum += buf[j].p;
-    }
-    for (int j = 0; j < V; j++)
-        buf[j].p = (float)(buf[j].p / sum);
-    qsort(buf, (size_t)V, sizeof *buf, cmp_cand);
-    int n = V;
-    if (top_k > 0 && top_k < n) n = top_k;
-    double mass = 0;
-    for (int j = 0; j < n; j++) {
-        mass += buf[j].p;
-        if (mass >= top_p) {
-            n = j + 1;
-            break;
-        }
-    }
-    double tot = 0;
-    for (int j = 0; j < n; j++)
-        tot += buf[j].p;
-    double r = td_rng_uniform_f64(rng) * tot, acc = 0;
-    for (int j = 0; j < n; j++) {
-        acc += buf[j].p;
-        if (r < acc) return buf[j].id;
-    }
-    return buf[n - 1].id;
 }
 
 static int parse_tokens(const char *s, int32_t **out, int *n) {
@@ -186,8 +139,9 @@ int td_cmd_generate(int argc, char **argv) {
     int32_t *ctx = NULL;
     int n = 0;
     td_bpe *tok = NULL;
-    char *text = NULL;
-    size_t text_cap = 0, printed = 0;
+    size_t printed = 0;
+
+
     if (tok_arg) {
         if (parse_tokens(tok_arg, &ctx, &n) != 0 || n == 0) {
             fprintf(stderr, "tandem generate: --tokens wants comma-separated ids, got '%s'\n",
@@ -241,33 +195,36 @@ int td_cmd_generate(int argc, char **argv) {
         fputs(prompt, stdout);
         fflush(stdout);
     }
-    td_rng rng;
-    td_rng_seed(&rng, (uint64_t)seed);
-    cand *buf = malloc(sizeof *buf * (size_t)V);
-    for (int k = 0; k < max_new && s == TD_OK; k++) {
-        int T = n < maxT ? n : maxT;
-        s = td_model_forward(m, ctx + (n - T), NULL, 1, T, NULL);
-        if (s != TD_OK) break;
-        const float *last = td_model_logits(m) + (size_t)(T - 1) * V;
-        int next = sample(last, V, temp, (int)top_k, top_p, &rng, buf);
-        ctx[n++] = next;
-        if (prompt) {
-            /* print the new bytes of the decoded continuation; a token may end inside a
-             * multi-byte character, so decode from the prompt's end each time */
-            size_t len = td_bpe_decode(tok, ctx + (n - k - 1), (size_t)k + 1, &text, &text_cap);
-            fwrite(text + printed, 1, len - printed, stdout);
-            printed = len;
+    if (max_new > 0) { /* the inference engine: KV cache, the serving sampler */
+        td_engine *e = NULL;
+        td_engine_opts eo = {.max_seqs = 1};
+        td_sampling sp = {(float)temp, (int)top_k, (float)top_p, (uint64_t)seed, (int)max_new,
+                          NULL};
+        int id, active = 1, k = 0;
+        int start = n < maxT ? 0 : n - maxT + 1; /* keep the newest tokens of a long prompt */
+        s = td_engine_new(m, tok, &eo, &e);
+        if (s == TD_OK) s = td_engine_submit(e, ctx + start, n - start, &sp, &id);
+        while (s == TD_OK && active) {
+            s = td_engine_step(e, &active);
+            if (prompt) { /* whole characters as they complete */
+                size_t len;
+                const char *t = td_engine_text(e, id, &len);
+                fwrite(t + printed, 1, len - printed, stdout);
+                printed = len;
+            } else {
+                int cnt;
+                const int32_t *t = td_engine_tokens(e, id, &cnt);
+                for (; k < cnt; k++) printf("%s%d", k ? "," : "", t[k]);
+            }
             fflush(stdout);
-        } else {
-            printf("%s%d", k ? "," : "", next);
         }
+        td_engine_free(&e);
     }
-    free(buf);
     if (max_new > 0) printf("\n");
 out:
     td_model_free(&m);
     td_bpe_free(&tok);
-    free(text);
+
     free(ctx);
     if (s != TD_OK) return td_cli_fail("generate", s);
     return 0;
