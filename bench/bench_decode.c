@@ -4,6 +4,8 @@
  * (measured here, STREAM convention: 3 arrays x 4 bytes per element of a[i] = b[i] + s c[i]).
  * Model: llama, hidden 768, 8 layers, 12 heads, intermediate 2048, vocab 8192 (69 M
  * parameters, 277 MB in fp32: far beyond the caches), random weights.
+ * Rows: fp32; int8 = int8 weights converted to float in the product (fp32 accumulation);
+ * int8v = activations quantized too, int8 x int8 products accumulated in int32 (VNNI).
  * usage: bench_decode [--steps N] [--json] */
 #include <omp.h>
 #include <stdio.h>
@@ -94,8 +96,10 @@ int main(int argc, char **argv) {
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
                td_model_num_params(m) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw,
                "weights", "batch", "tokens/s", "MB read/token", "roofline");
-    for (int q = 0; q < 2; q++) {
+    static const char *names[3] = {"fp32", "int8", "int8v"};
+    for (int q = 0; q < 3; q++) {
         if (q == 1) td_model_quantize_int8(m);
+        if (q == 2) td_model_set_int8_vnni(m, 1);
         size_t rd = q ? ri : rf;
         for (int B = 1; B <= 16; B *= 16) {
             double tps = decode(m, B, steps);
@@ -104,12 +108,11 @@ int main(int argc, char **argv) {
                 printf("{\"bench\": \"decode\", \"weights\": \"%s\", \"batch\": %d, "
                        "\"tokens_per_s\": %.2f, \"bytes_per_token\": %zu, \"triad_gbs\": %.2f, "
                        "\"roofline\": %.3f}\n",
-                       q ? "int8" : "fp32", B, tps, rd, bw, roof);
+                       names[q], B, tps, rd, bw, roof);
             else if (B == 1)
-                printf("%-6s %6d %12.1f %14.1f %9.0f%%\n", q ? "int8" : "fp32", B, tps, rd / 1e6,
-                       100 * roof);
+                printf("%-6s %6d %12.1f %14.1f %9.0f%%\n", names[q], B, tps, rd / 1e6, 100 * roof);
             else
-                printf("%-6s %6d %12.1f %14s %10s\n", q ? "int8" : "fp32", B, tps, "", "");
+                printf("%-6s %6d %12.1f %14s %10s\n", names[q], B, tps, "", "");
         }
     }
     td_model_free(&m);

@@ -150,7 +150,8 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     TD_TRY(td_comm_split(world, group, world->rank, &tp));
     td_model *m = NULL;
     td_status s = td_model_tp_slice(full, tp->rank, T, &m);
-    if (s == TD_OK && o->int8) s = td_model_quantize_int8(m);
+    if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m);
+    if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
     td_engine *e = NULL;
     td_engine_opts eo = {.max_seqs = o->max_seqs,
                          .kv_bytes = (size_t)(o->kv_mb * 1048576.0),

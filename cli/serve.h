@@ -24,6 +24,7 @@ typedef struct {
     double kv_mb;             /* KV cache per rank; 0 = room for max_seqs full contexts */
     int dry_run;              /* print the memory plan only */
     int int8;                 /* int8 weight-only quantization */
+    int int8_int32;           /* int8 products accumulated in int32 (activations quantized) */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

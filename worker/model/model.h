@@ -183,6 +183,9 @@ void td_model_set_tp_comm(td_model *m, td_comm *c);
  * round to nearest); td_model_forward_infer then multiplies with those, converting to
  * float on the fly (fp32 accumulation). Embeddings and norms stay fp32. */
 td_status td_model_quantize_int8(td_model *m);
+/* Alternative int8 path (AVX-512 VNNI): activations are quantized per row too and the
+ * products accumulate int8 x int8 in int32 (matrices whose width is a multiple of 64). */
+void td_model_set_int8_vnni(td_model *m, int on);
 /* Weight memory in fp32 and with int8 quantization (int8 + scales + what stays fp32), and
  * the bytes one decode step reads (batch 1) in each form. */
 void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t *read_fp32,
