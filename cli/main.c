@@ -14,9 +14,9 @@ typedef struct {
 } command;
 
 static const command g_cmds[] = {
-    {"prep", td_cmd_prep, "turn text files into token shards (byte-level tokenizer for now)"},
-    {"train", td_cmd_train, "train a model from a job file (single process)"},
-    {"generate", td_cmd_generate, "sample text from a checkpoint"},
+    {"prep", td_cmd_prep, "clean, deduplicate and tokenize text into shards (BPE; mpirun)"},
+    {"train", td_cmd_train, "train a model from a job file (alone or data-parallel; mpirun)"},
+    {"generate", td_cmd_generate, "sample text from a checkpoint (one prompt or a file)"},
     {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; prompts file)"},
 };
 

@@ -214,8 +214,9 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
             gen += n;
         }
         if (f) fclose(f);
-        fprintf(stderr, "serve: replica %d: %ld tokens in %.2f s (%.1f tokens/s), %ld steps\n",
-                group, gen, dt, dt > 0 ? gen / dt : 0.0, steps);
+        if (s == TD_OK)
+            fprintf(stderr, "serve: replica %d: %ld tokens in %.2f s (%.1f tokens/s), %ld steps\n",
+                    group, gen, dt, dt > 0 ? gen / dt : 0.0, steps);
         for (int i = 0; i < np; i++) free(prompts[i]);
         free(prompts);
         free(ids);

@@ -84,5 +84,11 @@ expect "generate bad value" "bad option value" -- "$TANDEM" generate --model "$F
 # a valid run still works (the cases above fail for their own reasons only)
 "$TANDEM" train good.json --quiet && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "  FAIL  valid job"; }
 
+# serving errors, on the checkpoint the valid run just wrote (it carries tokenizer.json)
+echo "hello there" > prompts.txt
+expect "serve: tp not dividing ranks" "must divide the 1 ranks" -- "$TANDEM" serve --model run/step_00000002 --tp 2 --prompts-file prompts.txt
+expect "serve: missing prompts file" "nope.txt" -- "$TANDEM" serve --model run/step_00000002 --prompts-file nope.txt
+expect "serve: KV budget too small" "holds no block" -- "$TANDEM" serve --model run/step_00000002 --kv-mb 0.0001 --prompts-file prompts.txt
+expect "serve: no prompts" "need --model" -- "$TANDEM" serve --model run/step_00000002
 echo "test_cli_errors: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -185,6 +185,14 @@ static void test_int8_logits(void) {
 }
 
 int main(void) {
+    {
+        td_model *m = make_model(TD_ARCH_LLAMA), *sl = NULL;
+        td_status s = td_model_tp_slice(m, 0, 3, &sl);
+        CHECK(s == TD_ERR_INVALID && sl == NULL && strstr(td_error_message(), "--tp 3 must divide"),
+              "a tp that does not divide the heads is refused: %s", td_error_message());
+        td_error_clear();
+        td_model_free(&m);
+    }
     test_int8_logits();
     test_kv_logits(TD_ARCH_LLAMA);
     test_kv_logits(TD_ARCH_GPT2);
