@@ -5,13 +5,13 @@
 # *.u8 links), so the split over ranks meets every kind of input.
 # Usage: test_prep_mpi.sh TANDEM_BINARY
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
 CORPUS=/usr/share/games/fortunes
 [ -d "$CORPUS" ] || { echo "missing $CORPUS (scripts/install-deps.sh installs fortunes)"; exit 1; }
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-       OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
+. "$HERE/mpi_env.sh"
 ARGS=(--delimiter % --vocab-size 1024 --val-fraction 0.05 --shard-tokens 300000 --quiet "$CORPUS")
 
 "$TANDEM" prep --out "$W/np1" "${ARGS[@]}"

@@ -8,12 +8,12 @@
 #      same greedy tokens as `tandem serve` on the checkpoint it saved
 # Usage: test_serve.sh TANDEM_BINARY
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-       OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
+. "$HERE/mpi_env.sh"
 CORPUS=/usr/share/games/fortunes/fortunes
 "$TANDEM" prep --out data --quiet --vocab-size 512 --delimiter % --val-fraction 0.05 "$CORPUS"
 cat > job.json <<'JOB'

@@ -9,12 +9,12 @@
 #      with ZeRO-1 at -np 4); steps 11-20 match the uninterrupted -np 2 run within 1e-5
 # Usage: test_train_dp.sh TANDEM_BINARY
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-       OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
+. "$HERE/mpi_env.sh"
 CORPUS=/usr/share/games/fortunes/fortunes
 [ -f "$CORPUS" ] || { echo "missing $CORPUS (scripts/install-deps.sh installs fortunes)"; exit 1; }
 "$TANDEM" prep --out data --quiet --vocab-size 512 --delimiter % --val-fraction 0.05 "$CORPUS"

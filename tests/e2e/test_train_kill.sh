@@ -4,12 +4,12 @@
 # a half-written checkpoint (a leftover .tmp-step_* directory) is never picked up.
 # Usage: test_train_kill.sh TANDEM_BINARY
 set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
 W=$(mktemp -d)
 trap 'kill -9 $MPIRUN 2>/dev/null; rm -rf "$W"' EXIT
 cd "$W"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-       OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
+. "$HERE/mpi_env.sh"
 "$TANDEM" prep --out data --quiet --vocab-size 512 --delimiter % --val-fraction 0.05 \
     /usr/share/games/fortunes/fortunes || exit 1
 cat > job.json <<'JOB'
