@@ -172,6 +172,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         int np = 0;
         s = read_prompts(o->prompts_file, &prompts, &np);
         int *ids = calloc((size_t)np, sizeof *ids);
+        char **errs = calloc((size_t)np, sizeof *errs);
         int32_t *pt = NULL;
         size_t pcap = 0;
         for (int i = 0; i < np && s == TD_OK; i++) {
@@ -180,7 +181,12 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
             size_t n = td_bpe_encode(tok, prompts[i], strlen(prompts[i]), &pt, &pcap);
             td_sampling sp = {o->temperature, o->top_k, o->top_p, o->seed + (uint64_t)i,
                               o->max_tokens, o->stop};
-            s = td_engine_submit(e, pt, (int)n, &sp, &ids[i]);
+            td_status rs = td_engine_submit(e, pt, (int)n, &sp, &ids[i]);
+            if (rs != TD_OK) { /* this request is refused; the others go on */
+                errs[i] = strdup(td_error_message());
+                td_error_clear();
+                ids[i] = -2;
+            }
         }
         free(pt);
         int active = 1;
@@ -197,6 +203,12 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         FILE *f = open_memstream(&blob, &blob_len);
         long gen = 0;
         for (int i = 0; s == TD_OK && f && i < np; i++) {
+            if (ids[i] == -2) {
+                fprintf(f, "{\"index\": %d, \"replica\": %d, \"error\": ", i, group);
+                json_str(f, errs[i], strlen(errs[i]));
+                fprintf(f, "}\n");
+                continue;
+            }
             if (ids[i] < 0) continue;
             int n;
             size_t tl;
@@ -217,8 +229,12 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         if (s == TD_OK)
             fprintf(stderr, "serve: replica %d: %ld tokens in %.2f s (%.1f tokens/s), %ld steps\n",
                     group, gen, dt, dt > 0 ? gen / dt : 0.0, steps);
-        for (int i = 0; i < np; i++) free(prompts[i]);
+        for (int i = 0; i < np; i++) {
+            free(prompts[i]);
+            free(errs[i]);
+        }
         free(prompts);
+        free(errs);
         free(ids);
     }
 gather : {

@@ -90,5 +90,14 @@ expect "serve: tp not dividing ranks" "must divide the 1 ranks" -- "$TANDEM" ser
 expect "serve: missing prompts file" "nope.txt" -- "$TANDEM" serve --model run/step_00000002 --prompts-file nope.txt
 expect "serve: KV budget too small" "holds no block" -- "$TANDEM" serve --model run/step_00000002 --kv-mb 0.0001 --prompts-file prompts.txt
 expect "serve: no prompts" "need --model" -- "$TANDEM" serve --model run/step_00000002
+# a prompt longer than the context is refused on its own line; the others are served
+{ echo "hello there"; printf 'word %.0s' $(seq 1 100); echo; } > long.txt
+if "$TANDEM" serve --model run/step_00000002 --prompts-file long.txt --max-tokens 3 > out.jsonl 2> err.txt &&
+   grep -q '"index": 0, "replica": 0, "finish"' out.jsonl &&
+   grep -q '"index": 1, "replica": 0, "error": "prompt of [0-9]* tokens leaves no room' out.jsonl; then
+    pass=$((pass + 1)); echo "  ok    serve: over-long prompt refused alone (exit 0, error line)"
+else
+    fail=$((fail + 1)); echo "  FAIL  serve: over-long prompt: $(cat out.jsonl err.txt)"
+fi
 echo "test_cli_errors: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
