@@ -173,9 +173,7 @@ int td_cmd_generate(int argc, char **argv) {
             free(ctx);
             return 2;
         }
-    int total = n + (int)max_new;
-    ctx = realloc(ctx, sizeof *ctx * (size_t)total);
-    int win = n < maxT ? (total < maxT ? total : maxT) : maxT;
+    int win = n < maxT ? n : maxT; /* the forward of --logits-out; generation uses the engine */
     s = td_model_plan(m, 1, win, 0);
     if (s != TD_OK) goto out;
 
@@ -198,8 +196,8 @@ int td_cmd_generate(int argc, char **argv) {
     if (max_new > 0) { /* the inference engine: KV cache, the serving sampler */
         td_engine *e = NULL;
         td_engine_opts eo = {.max_seqs = 1};
-        td_sampling sp = {(float)temp, (int)top_k, (float)top_p, (uint64_t)seed, (int)max_new,
-                          NULL};
+        td_sampling sp = {(float)temp, (int)top_k, (float)top_p, (uint64_t)seed,
+                          max_new > maxT ? maxT : (int)max_new, NULL};
         int id, active = 1, k = 0;
         int start = n < maxT ? 0 : n - maxT + 1; /* keep the newest tokens of a long prompt */
         s = td_engine_new(m, tok, &eo, &e);

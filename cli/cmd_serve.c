@@ -75,7 +75,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_TOPK: o.top_k = (int)strtol(optarg, &end, 10); bad = o.top_k < 0; break;
         case O_TOPP: o.top_p = strtof(optarg, &end); bad = o.top_p <= 0 || o.top_p > 1; break;
         case O_SEED: o.seed = strtoull(optarg, &end, 10); break;
-        case O_STOP: stops[ns++] = optarg; break;
+        case O_STOP:
+            stops[ns++] = optarg;
+            bad = !optarg[0];
+            break;
         case O_SEQS: o.max_seqs = (int)strtol(optarg, &end, 10); bad = o.max_seqs < 1; break;
         case O_KV: o.kv_mb = strtod(optarg, &end); bad = o.kv_mb < 0; break;
         case O_DRY: o.dry_run = 1; break;
@@ -95,6 +98,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     if (bad) {
         help(stderr);
         free(stops);
+        td_comm_mpi_finalize(); /* when train --serve started MPI */
         return 2;
     }
     o.stop = ns ? stops : NULL;

@@ -97,6 +97,19 @@ int td_cmd_train(int argc, char **argv) {
         help(stderr);
         return 2;
     }
+    int has_prompts = 0, tp = 1;
+    for (int i = 1; i + 1 < nsa; i += 2) {
+        if (!strcmp(serve_args[i], "--prompts-file")) has_prompts = 1;
+        if (!strcmp(serve_args[i], "--tp")) tp = atoi(serve_args[i + 1]);
+    }
+    if (serve && (!has_prompts || tp < 1)) { /* say it now, not after training */
+        fprintf(stderr, "tandem train: --serve needs --prompts-file F (and --tp >= 1)\n");
+        return 2;
+    }
+    if (!serve && nsa > 1) {
+        fprintf(stderr, "tandem train: --tp, --prompts-file and --max-tokens go with --serve\n");
+        return 2;
+    }
     td_job job;
     td_status s = td_job_load(argv[optind], &job);
     if (s != TD_OK) return td_cli_fail("train", s);
@@ -120,6 +133,15 @@ int td_cmd_train(int argc, char **argv) {
         }
         td_log_set_rank(comm->rank);
         if (comm->rank != 0) td_log_set_level(TD_LOG_LVL_ERROR);
+        if (serve && comm->size % tp != 0) {
+            if (comm->rank == 0)
+                fprintf(stderr, "tandem train: --tp %d must divide the %d ranks\n", tp,
+                        comm->size);
+            td_comm_free(&comm);
+            td_job_deinit(&job);
+            td_comm_mpi_finalize();
+            return 2;
+        }
         if (!getenv("OMP_NUM_THREADS") && comm->local_size > 1) {
             long cpus = sysconf(_SC_NPROCESSORS_ONLN);
             int per = (int)(cpus / comm->local_size);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <utf8proc.h>
 
 #include "common/fsutil.h"
 #include "common/timeutil.h"
@@ -57,10 +58,25 @@ static td_status read_prompts(const char *path, char ***out, int *n) {
     return TD_OK;
 }
 
+/* Writes s[0..n) as a JSON string; bytes that are not valid UTF-8 (a character cut by the
+ * length limit, or bytes the model produced) become U+FFFD so every line stays valid. */
 static void json_str(FILE *f, const char *s, size_t n) {
     fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            utf8proc_int32_t cp;
+            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+                                                  (utf8proc_ssize_t)(n - i), &cp);
+            if (k <= 0) {
+                fputs("\\ufffd", f);
+                i++;
+            } else {
+                fwrite(s + i, 1, (size_t)k, f);
+                i += (size_t)k;
+            }
+            continue;
+        }
         if (c == '"' || c == '\\')
             fprintf(f, "\\%c", c);
         else if (c == '\n')
@@ -71,6 +87,7 @@ static void json_str(FILE *f, const char *s, size_t n) {
             fprintf(f, "\\u%04x", c);
         else
             fputc(c, f);
+        i++;
     }
     fputc('"', f);
 }
@@ -195,6 +212,10 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         while (s == TD_OK && active) {
             s = td_engine_step(e, &active);
             steps++;
+        }
+        if (s != TD_OK && tp->size > 1) { /* members may sit inside the step's collectives */
+            fprintf(stderr, "tandem serve: error: %s\n", td_error_message());
+            td_comm_mpi_abort(1);
         }
         double dt = td_time_now() - t0;
         td_status st = td_engine_stop_members(e);

@@ -90,6 +90,11 @@ expect "serve: tp not dividing ranks" "must divide the 1 ranks" -- "$TANDEM" ser
 expect "serve: missing prompts file" "nope.txt" -- "$TANDEM" serve --model run/step_00000002 --prompts-file nope.txt
 expect "serve: KV budget too small" "holds no block" -- "$TANDEM" serve --model run/step_00000002 --kv-mb 0.0001 --prompts-file prompts.txt
 expect "serve: no prompts" "need --model" -- "$TANDEM" serve --model run/step_00000002
+expect "serve: empty stop string" "bad value" -- "$TANDEM" serve --model run/step_00000002 --stop "" --prompts-file prompts.txt
+expect "train --serve without prompts" "--serve needs --prompts-file" -- "$TANDEM" train good.json --serve
+"$TANDEM" serve --model run/step_00000002 --prompts-file prompts.txt --max-tokens 2147483647 > big.jsonl 2>&1 &&
+    grep -q '"finish"' big.jsonl && { pass=$((pass + 1)); echo "  ok    serve: --max-tokens 2147483647 clamps to the context"; } ||
+    { fail=$((fail + 1)); echo "  FAIL  serve: huge --max-tokens: $(cat big.jsonl)"; }
 # a prompt longer than the context is refused on its own line; the others are served
 { echo "hello there"; printf 'word %.0s' $(seq 1 100); echo; } > long.txt
 if "$TANDEM" serve --model run/step_00000002 --prompts-file long.txt --max-tokens 3 > out.jsonl 2> err.txt &&

@@ -57,5 +57,16 @@ agree=$(paste -d'|' <(tokens tp1.jsonl) <(tokens int8.jsonl) | awk -F'|' '{
 echo "int8: weights $ratio of fp32; greedy tokens agreeing with fp32 (up to the first difference per prompt): $agree %"
 awk -v r="$ratio" 'BEGIN { exit !(r > 0.2 && r < 0.3) }' || { echo "FAIL: int8 weights not ~1/4"; fail=1; }
 awk -v a="$agree" 'BEGIN { exit !(a >= 95) }' || { echo "FAIL: int8 agreement below 95 %"; fail=1; }
+# every JSON line is valid JSON in valid UTF-8, also when Chinese text is cut by the limit
+printf '\xe4\xb8\xad\xe6\x96\x87\xe7\x9a\x84\n\xe6\x98\xa5\xe7\x9c\xa0\n' > zh.txt
+for mt in 1 2 3; do "$TANDEM" serve --model $CK --prompts-file zh.txt --max-tokens $mt >> zh.jsonl 2> /dev/null; done
+if command -v python3 > /dev/null; then
+    if python3 -c 'import json, sys
+n = 0
+for f in sys.argv[1:]:
+    for line in open(f, encoding="utf-8", errors="strict"):
+        json.loads(line); n += 1
+print("json lines valid:", n)' zh.jsonl tp1.jsonl int8.jsonl; then :; else echo "FAIL: invalid JSON/UTF-8 output"; fail=1; fi
+fi
 [ $fail -eq 0 ] && echo "test_serve: passed"
 exit $fail

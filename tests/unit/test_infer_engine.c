@@ -264,6 +264,63 @@ int main(void) {
           partial, tl, dl, (int)td_engine_finish_reason(e, id));
     free(dec);
     td_engine_free(&e);
+
+    /* stop strings that span tokens: the text stops before them, and no snapshot ever
+     * shows a part of them (snapshots only grow) */
+    {
+        td_sampling g = {.max_tokens = 40};
+        td_engine *e1;
+        REQUIRE(td_engine_new(m, tok, &o, &e1) == TD_OK, "%s", td_error_message());
+        int id1, act = 1;
+        td_engine_submit(e1, pr, 6, &g, &id1);
+        while (act) td_engine_step(e1, &act);
+        size_t full_len;
+        const char *full = td_engine_text(e1, id1, &full_len);
+        REQUIRE(full_len >= 12, "greedy text too short (%zu)", full_len);
+        char stop[5], want[8];
+        memcpy(stop, full + 5, 4); /* 4 bytes = 4 byte-level tokens */
+        stop[4] = 0;
+        const char *hit = strstr(full, stop);
+        size_t want_len = (size_t)(hit - full);
+        memcpy(want, full, want_len < 7 ? want_len : 7);
+        const char *stops[2] = {stop, NULL};
+        td_sampling gs = {.max_tokens = 40, .stop = stops};
+        td_engine *e2;
+        REQUIRE(td_engine_new(m, tok, &o, &e2) == TD_OK, "%s", td_error_message());
+        int id2;
+        act = 1;
+        td_engine_submit(e2, pr, 6, &gs, &id2);
+        size_t prev = 0;
+        int shrink = 0;
+        while (act) {
+            td_engine_step(e2, &act);
+            size_t l;
+            td_engine_text(e2, id2, &l);
+            shrink += l < prev;
+            prev = l;
+        }
+        size_t l2;
+        const char *t2 = td_engine_text(e2, id2, &l2);
+        printf("stop string over 4 tokens: text cut at %zu bytes (want %zu), %d shrinking "
+               "snapshots, finish %d\n",
+               l2, want_len, shrink, (int)td_engine_finish_reason(e2, id2));
+        CHECK(l2 == want_len && !memcmp(t2, full, l2) &&
+                  td_engine_finish_reason(e2, id2) == TD_FINISH_STOP,
+              "stop string: text %zu bytes, want %zu", l2, want_len);
+        CHECK(shrink == 0, "the streamed text shrank %d times", shrink);
+        td_engine_free(&e1);
+        td_engine_free(&e2);
+    }
+    /* the memory plan's byte counts are sane for a tied model too */
+    {
+        td_model *g = make_model(TD_ARCH_GPT2);
+        size_t f32, i8, rf, ri;
+        td_model_weight_bytes(g, &f32, &i8, &rf, &ri);
+        printf("gpt2 (tied) plan: fp32 %zu, int8 %zu, read fp32 %zu, read int8 %zu bytes\n", f32,
+               i8, rf, ri);
+        CHECK(i8 < f32 && ri < rf && rf <= f32 && ri > rf / 8, "tied byte counts off");
+        td_model_free(&g);
+    }
     td_bpe_free(&tok);
     td_model_free(&m);
     return test_done("test_infer_engine");

@@ -142,11 +142,16 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
         if (prompt[i] < 0 || prompt[i] >= e->V)
             return td_error_set(TD_ERR_INVALID, "prompt token %d is outside [0, %d)", prompt[i],
                                 e->V);
-    int total = n + (s->max_tokens > 0 ? s->max_tokens : e->maxT);
-    if (total > e->maxT) total = e->maxT;
-    if ((size_t)blocks_for(e, total) > e->n_blocks)
+    if (s->stop && s->stop[0] && !e->tok)
+        return td_error_set(TD_ERR_INVALID, "stop strings need a tokenizer");
+    for (int k = 0; s->stop && s->stop[k]; k++)
+        if (!s->stop[k][0]) return td_error_set(TD_ERR_INVALID, "empty stop string");
+    int mt = s->max_tokens;
+    if (mt <= 0 || mt > e->maxT - n) mt = e->maxT - n; /* no overflow: both are bounded */
+    int total = n + mt;
+    if ((size_t)blocks_for(e, total - 1) > e->n_blocks)
         return td_error_set(TD_ERR_INVALID, "request needs %d KV blocks, the cache has %zu",
-                            blocks_for(e, total), e->n_blocks);
+                            blocks_for(e, total - 1), e->n_blocks);
     if (e->nr == e->cap) {
         e->cap = e->cap ? 2 * e->cap : 64;
         e->r = realloc(e->r, sizeof *e->r * (size_t)e->cap);
@@ -160,7 +165,7 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
     q->n = q->n_prompt = n;
     q->blocks = malloc(sizeof *q->blocks * (size_t)blocks_for(e, total));
     q->s = *s;
-    if (q->s.max_tokens <= 0 || n + q->s.max_tokens > e->maxT) q->s.max_tokens = e->maxT - n;
+    q->s.max_tokens = mt;
     int ns = 0;
     while (s->stop && s->stop[ns]) ns++;
     q->stop = calloc((size_t)ns + 1, sizeof *q->stop);
@@ -235,7 +240,17 @@ static void append_text(td_engine *e, req *q, int32_t t) {
     q->text_len += k;
     q->text[q->text_len] = 0;
     free(b);
-    q->safe_len = td_utf8_stream_len(q->text, q->text_len);
+    size_t safe = td_utf8_stream_len(q->text, q->text_len);
+    /* hold back a tail that could still become a stop string */
+    for (int k = 0; q->stop && q->stop[k]; k++) {
+        size_t sl = strlen(q->stop[k]);
+        for (size_t t = sl - 1; t > 0; t--)
+            if (t <= q->text_len && !memcmp(q->text + q->text_len - t, q->stop[k], t)) {
+                if (q->text_len - t < safe) safe = q->text_len - t;
+                break;
+            }
+    }
+    if (safe > q->safe_len || q->state == TD_REQ_DONE) q->safe_len = safe;
 }
 
 static void finish(td_engine *e, req *q, td_finish why) {
@@ -330,7 +345,8 @@ td_status td_engine_step(td_engine *e, int *active) {
     for (int i = 0; i < e->nr && running < e->o.max_seqs; i++) {
         req *q = &e->r[i];
         if (q->state != TD_REQ_WAITING) continue;
-        int need = blocks_for(e, q->n_prompt + q->s.max_tokens);
+        /* the last sampled token is never fed back, so it needs no cache position */
+        int need = blocks_for(e, q->n_prompt + q->s.max_tokens - 1);
         if ((size_t)need > e->n_blocks - e->reserved) break; /* FCFS: later ones wait too */
         q->reserved = need;
         e->reserved += (size_t)need;

@@ -667,6 +667,10 @@ size_t td_model_kv_bytes_per_token(const td_model *m) {
 
 td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
     if (m->inf && max_tokens <= m->inf_tokens && max_segs <= m->inf_segs) return TD_OK;
+    if (m->inf) { /* grow, never shrink: an engine may rely on the earlier plan */
+        if (max_tokens < m->inf_tokens) max_tokens = m->inf_tokens;
+        if (max_segs < m->inf_segs) max_segs = m->inf_segs;
+    }
     if (max_segs > max_tokens) max_tokens = max_segs;
     size_t N = (size_t)max_tokens, S = (size_t)max_segs, C = (size_t)m->C;
     size_t total = N * C * 2 + 2 * N + N * (size_t)m->QKV + N * (size_t)m->NH * m->hd +
@@ -869,6 +873,14 @@ td_status td_model_quantize_int8(td_model *m) {
     m->q8l = malloc(sizeof *m->q8l * (size_t)nm);
     if (!m->q8 || !m->q8s || !m->q8l || !m->q8sum) {
         free(mats);
+        free(m->q8);
+        free(m->q8s);
+        free(m->q8l);
+        free(m->q8sum);
+        m->q8 = NULL;
+        m->q8s = NULL;
+        m->q8l = NULL;
+        m->q8sum = NULL;
         return td_error_set(TD_ERR_NOMEM, "out of memory for int8 weights");
     }
     int8_t *wp = m->q8;
@@ -913,15 +925,15 @@ void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t
     size_t lm = (size_t)m->V * m->C, all = m->num_params;
     /* int8 keeps fp32 only for norms, biases and learned positions; embeddings are read as
      * int8 rows (tied: the lm_head copy; untied: their own) */
-    size_t fp32_kept = all - lin;
+    size_t fp32_kept = all - lin; /* tied: wte is counted once, as lm_head, inside lin */
     *fp32 = all * 4;
     *int8 = fp32_kept * 4 + lin + rows * 4;
     /* a decode step reads every product weight, the norms and biases, one embedding row */
-    if (!m->cfg.tie_word_embeddings) { /* the embedding table is not read, only a row */
+    if (!m->cfg.tie_word_embeddings) { /* the input embedding is not read, only a row */
         lin -= lm;
         rows -= (size_t)m->V;
     }
-    size_t small = all - lin - lm;
+    size_t small = fp32_kept;
     if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
     *read_fp32 = (lin + small) * 4;
     *read_int8 = lin + rows * 4 + small * 4;
