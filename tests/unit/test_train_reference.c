@@ -25,6 +25,54 @@ static float scalar(const td_st_file *f, const char *name) {
     return v;
 }
 
+/* The trainer's fused step (clip scale applied while reading, gradients zeroed while
+ * consumed) must give the same parameters as clip + AdamW. */
+static void fused_same(const char *name) {
+    char dir[256], p[300];
+    snprintf(dir, sizeof dir, "tests/reference/fixtures/%s", name);
+    td_model *a, *b;
+    REQUIRE(td_checkpoint_load_model(dir, &a) == TD_OK && td_checkpoint_load_model(dir, &b) == TD_OK,
+            "%s", td_error_message());
+    td_st_file *ref;
+    snprintf(p, sizeof p, "%s/reference.safetensors", dir);
+    REQUIRE(td_st_open(p, &ref) == TD_OK, "%s", td_error_message());
+    const td_st_entry *et = td_st_find(ref, "tokens"), *eg = td_st_find(ref, "targets");
+    int B = (int)et->shape[0], T = (int)et->shape[1];
+    size_t np = td_model_num_params(a);
+    float *m1 = calloc(np, 4), *v1 = calloc(np, 4), *m2 = calloc(np, 4), *v2 = calloc(np, 4);
+    td_adamw_params hp = {0.9f, 0.95f, 1e-8f, 0.1f};
+    td_model_plan(a, B, T, 1);
+    td_model_plan(b, B, T, 1);
+    int zero_after = 1;
+    for (int step = 1; step <= 3; step++) {
+        double l;
+        td_model_zero_grad(a);
+        td_model_forward(a, td_st_data(ref, et), td_st_data(ref, eg), B, T, &l);
+        td_model_backward(a, 1.0);
+        td_grad_clip(td_model_grads(a), np, 1.0);
+        td_adamw_step(a, m1, v1, &hp, 1e-2, step);
+        td_model_forward(b, td_st_data(ref, et), td_st_data(ref, eg), B, T, &l);
+        td_model_backward(b, 1.0);
+        double norm = td_grad_norm(td_model_grads(b), np);
+        td_adamw_step_fused(b, m2, v2, &hp, 1e-2, step, td_clip_scale(norm, 1.0));
+        for (size_t i = 0; i < np; i++) zero_after &= td_model_grads(b)[i] == 0.0f;
+    }
+    double worst = 0;
+    for (size_t i = 0; i < np; i++)
+        worst = fmax(worst, fabs((double)td_model_params(a)[i] - td_model_params(b)[i]));
+    printf("%-5s fused clip+AdamW vs separate: max |diff| %.2e, gradients zeroed: %s\n", name,
+           worst, zero_after ? "yes" : "no");
+    CHECK(worst <= 1e-7, "%s: fused step differs by %.3e", name, worst);
+    CHECK(zero_after, "%s: fused step left gradients", name);
+    free(m1);
+    free(v1);
+    free(m2);
+    free(v2);
+    td_st_close(&ref);
+    td_model_free(&a);
+    td_model_free(&b);
+}
+
 static void run(const char *name) {
     char dir[256], p[300];
     snprintf(dir, sizeof dir, "tests/reference/fixtures/%s", name);
@@ -110,5 +158,7 @@ static void run(const char *name) {
 int main(void) {
     run("llama");
     run("gpt2");
+    fused_same("llama");
+    fused_same("gpt2");
     return test_done("test_train_reference");
 }

@@ -358,7 +358,8 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     double loss = NAN;
     for (long step = step0; step < last; step++) {
         double t0 = td_time_now();
-        td_model_zero_grad(t.model);
+        /* the fused optimizer step leaves the gradients zeroed; ZeRO-1 does not */
+        if (j->zero) td_model_zero_grad(t.model);
         double local = 0;
         for (int micro = 0; micro < j->grad_accum; micro++) {
             double l = 0;
@@ -387,8 +388,9 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         } else {
             s = td_grad_sync_finish(t.sync, &wait_ms, &comm_ms, &bytes);
             if (s == TD_OK) {
-                gnorm = td_grad_clip(td_model_grads(t.model), np, j->clip);
-                td_adamw_step(t.model, t.adam_m, t.adam_v, &hp, lr, step + 1);
+                gnorm = td_grad_norm(td_model_grads(t.model), np);
+                td_adamw_step_fused(t.model, t.adam_m, t.adam_v, &hp, lr, step + 1,
+                                    td_clip_scale(gnorm, j->clip));
             }
         }
         if (s != TD_OK) break;
