@@ -37,16 +37,22 @@ static size_t fix_controls(char *s, size_t n, td_clean_out *o) {
         unsigned char c = (unsigned char)s[i];
         if (c == 0x1B) { /* ESC */
             o->fixed_escapes++;
-            if (i + 1 < n && s[i + 1] == '[') { /* CSI: params 0x30-0x3F, inter 0x20-0x2F */
-                i += 2;
-                while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] <= 0x3F) i++;
-                /* i now at the final byte (0x40-0x7E) or past the end */
-            } else if (i + 1 < n && s[i + 1] == ']') { /* OSC ... BEL or ESC \ */
-                i += 2;
-                while (i < n && s[i] != 0x07 && !(s[i] == 0x1B && i + 1 < n && s[i + 1] == '\\'))
+            if (i + 1 < n && s[i + 1] == '[') { /* CSI: params/intermediates 0x20-0x3F */
+                size_t j = i + 2;
+                while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] <= 0x3F) j++;
+                /* the final byte (0x40-0x7E) ends it; anything else is not part of it */
+                i = (j < n && (unsigned char)s[j] >= 0x40 && (unsigned char)s[j] <= 0x7E) ? j : j - 1;
+            } else if (i + 1 < n && s[i + 1] == ']') { /* OSC ... BEL or ESC \, at most 256 */
+                size_t j = i + 2, lim = i + 2 + 256 < n ? i + 2 + 256 : n;
+                while (j < lim && s[j] != 0x07 && !(s[j] == 0x1B && j + 1 < n && s[j + 1] == '\\'))
+                    j++;
+                if (j >= lim) { /* unterminated: drop only the ESC ] */
                     i++;
-                if (i < n && s[i] == 0x1B) i++;
-            } else if (i + 1 < n) {
+                } else {
+                    i = s[j] == 0x1B ? j + 1 : j;
+                }
+            } else if (i + 1 < n && (unsigned char)s[i + 1] >= 0x20 &&
+                       (unsigned char)s[i + 1] <= 0x7E) {
                 i++; /* two-byte escape */
             }
             continue;

@@ -90,14 +90,14 @@ void td_dedup_decide(const td_doc_sig *sigs, size_t n, int exact, double near_th
     for (size_t d = 0; d < n; d++) {
         const td_doc_sig *s = &sigs[d];
         verdict[d] = TD_DEDUP_KEEP;
-        if (exact) {
-            uint64_t key = (s->exact[0] ^ td_hash_u64(s->exact[1])) | 1;
+        if (exact) { /* keyed by one 64-bit half, confirmed by the other */
+            uint64_t key = s->exact[0] | 1, check = s->exact[1] | 1;
             uint64_t *v = td_map64_get(&exact_seen, key, 1);
-            if (*v) {
+            if (*v == check) {
                 verdict[d] = TD_DEDUP_EXACT;
                 continue;
             }
-            *v = d + 1;
+            if (*v == 0) *v = check; /* a 64-bit collision (other text) is left alone */
         }
         if (near_threshold <= 0) continue;
         uint64_t keys[TD_LSH_BANDS];

@@ -192,6 +192,9 @@ typedef struct {
     int n, cap;
     dev_t *dev;
     ino_t *ino;
+    dev_t *ddev; /* directories walked */
+    ino_t *dino;
+    int ndirs;
 } file_list;
 
 static int cmp_str(const void *a, const void *b) {
@@ -227,6 +230,13 @@ static td_status walk(file_list *fl, const char *path, int64_t *stats) {
         fl_add(fl, path, &st, stats);
         return TD_OK;
     }
+    /* a directory reached again (a link, possibly a cycle) is walked once */
+    for (int i = 0; i < fl->ndirs; i++)
+        if (fl->ddev[i] == st.st_dev && fl->dino[i] == st.st_ino) return TD_OK;
+    fl->ddev = realloc(fl->ddev, sizeof *fl->ddev * (size_t)(fl->ndirs + 1));
+    fl->dino = realloc(fl->dino, sizeof *fl->dino * (size_t)(fl->ndirs + 1));
+    fl->ddev[fl->ndirs] = st.st_dev;
+    fl->dino[fl->ndirs++] = st.st_ino;
     DIR *d = opendir(path);
     if (!d) return td_error_set(TD_ERR_IO, "cannot read directory %s: %s", path, strerror(errno));
     char **names = NULL;
@@ -374,7 +384,9 @@ static td_status read_docs(reader *r, const char *path) {
         size_t e = i;
         while (e < len && buf[e] != '\n') e++;
         if (jsonl) {
-            if (e > i) {
+            size_t b = i;
+            while (b < e && (buf[b] == ' ' || buf[b] == '\t' || buf[b] == '\r')) b++;
+            if (b < e) {
                 cJSON *j = cJSON_ParseWithLength(buf + i, e - i);
                 const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, r->o->text_field);
                 if (cJSON_IsString(f))
@@ -518,6 +530,23 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
                 s = td_error_set(TD_ERR_IO, "output directory %s is not writable: %s",
                                  o->out_dir, strerror(errno));
         }
+        /* shards of an earlier run would be read with this run's by `tandem train` */
+        DIR *d = s == TD_OK ? opendir(o->out_dir) : NULL;
+        struct dirent *de;
+        int removed = 0;
+        while (d && (de = readdir(d))) {
+            unsigned idx;
+            char split[8], tail[4];
+            if (sscanf(de->d_name, "%5[a-z]_%6u.bi%1[n]%c", split, &idx, tail, tail + 1) == 3 &&
+                (!strcmp(split, "train") || !strcmp(split, "val"))) {
+                char p[4200];
+                snprintf(p, sizeof p, "%s/%s", o->out_dir, de->d_name);
+                if (unlink(p) == 0) removed++;
+            }
+        }
+        if (d) closedir(d);
+        if (removed && !o->quiet)
+            TD_LOG_WARN("prep: removed %d shards of an earlier run from %s", removed, o->out_dir);
     }
     s = agree(s, size);
     if (s != TD_OK) goto out;
@@ -814,6 +843,8 @@ out:
     free(fl.path);
     free(fl.dev);
     free(fl.ino);
+    free(fl.ddev);
+    free(fl.dino);
     for (size_t i = 0; i < docs.n; i++) free(docs.d[i].text);
     free(docs.d);
     free(w.buf[0]);

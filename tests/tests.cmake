@@ -36,3 +36,4 @@ set_tests_properties(test_tp_logits PROPERTIES LABELS "mpi" TIMEOUT 300 ENVIRONM
 add_test(NAME test_serve COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_serve.sh
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_serve PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)
+td_test(test_clean tests/unit/test_clean.c unit)

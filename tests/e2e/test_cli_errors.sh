@@ -84,6 +84,10 @@ expect "generate bad value" "bad option value" -- "$TANDEM" generate --model "$F
 # a valid run still works (the cases above fail for their own reasons only)
 "$TANDEM" train good.json --quiet && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "  FAIL  valid job"; }
 
+# the same checkpoint directory is not reused by a new run, and resume refuses a changed batch
+expect "new run in a used checkpoint dir" "already holds checkpoints" -- "$TANDEM" train good.json
+sed 's/"batch_size": 2/"batch_size": 4/' good.json > changed.json
+expect "resume with another batch size" "cannot resume from" -- "$TANDEM" train changed.json --resume
 # serving errors, on the checkpoint the valid run just wrote (it carries tokenizer.json)
 echo "hello there" > prompts.txt
 expect "serve: tp not dividing ranks" "must divide the 1 ranks" -- "$TANDEM" serve --model run/step_00000002 --tp 2 --prompts-file prompts.txt

@@ -85,5 +85,21 @@ if "$TANDEM" prep --out osp --delimiter % "${P[@]}" --special '<|user|>' in 2> e
 else
     bad "--special: $(cat err.txt)"
 fi
+# a second prep into the same directory replaces the first one's shards (none left over)
+"$TANDEM" prep --out again --delimiter % "${P[@]}" --shard-tokens 1024 in 2> /dev/null
+"$TANDEM" prep --out again --delimiter % "${P[@]}" --shard-tokens 1000000 in 2> /dev/null
+nb=$(ls again/*.bin | wc -l); nm=$(grep -c '"file":[[:space:]]*"[a-z]*_[0-9]*.bin"' again/manifest.json)
+[ "$nb" -eq "$nm" ] && ok "re-run into the same --out: $nb shards on disk = $nm in the manifest" ||
+    bad "re-run left $nb shards on disk, manifest lists $nm"
+# a directory link cycle is walked once
+mkdir -p cyc/sub && good_text > cyc/sub/t.txt && ln -s .. cyc/sub/up
+"$TANDEM" prep --out ocyc --delimiter % "${P[@]}" cyc 2> err.txt &&
+    grep -q '"documents_in":[[:space:]]*40' ocyc/manifest.json && ok "directory link cycle walked once (40 documents)" ||
+    bad "directory cycle: $(cat err.txt)"
+# blank CRLF lines in JSON Lines are not bad lines
+mkdir -p jl && { good_text | awk '/^%$/ { next } { printf "{\"text\": \"%s\"}\r\n\r\n", $0 }'; } > jl/d.jsonl
+"$TANDEM" prep --out ojl "${P[@]}" jl 2> err.txt &&
+    grep -q '"bad_json_lines":[[:space:]]*0' ojl/manifest.json && ok "CRLF blank lines in JSONL are not bad lines" ||
+    bad "CRLF JSONL: $(cat err.txt; grep bad_json ojl/manifest.json)"
 echo "test_prep_errors: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -52,6 +52,7 @@ sed -i 's/"steps": 1000000/"steps": '"$(( 10#${newest##*_} + 5 ))"'/' job.json
 rc2=$?
 echo "resume: exit $rc2, $(grep -o 'resuming from [^ ]*' resume.txt)"
 grep -q "resuming from $newest" resume.txt || { echo "FAIL: did not resume from $newest"; fail=1; }
+ls -d run/.tmp-step_* > /dev/null 2>&1 && { echo "FAIL: interrupted-save directories left"; fail=1; }
 [ $rc2 -eq 0 ] || { echo "FAIL: resume failed"; cat resume.txt; fail=1; }
 [ $fail -eq 0 ] && echo "test_train_kill: passed"
 exit $fail

@@ -40,19 +40,25 @@ static int is_step_dir(const char *name, long *step) {
     return 1;
 }
 
-/* Removes all but the newest `keep` step directories. */
-static void prune(const char *root, int keep) {
-    if (keep <= 0) return;
+/* Removes all but the newest `keep` step directories up to `current` (never `current`
+ * itself), and temporary directories left by interrupted saves. */
+static void prune(const char *root, int keep, long current) {
     DIR *d = opendir(root);
     if (!d) return;
     long steps[4096];
     int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) && n < 4096) {
+    while ((e = readdir(d))) {
         long s;
-        if (is_step_dir(e->d_name, &s)) steps[n++] = s;
+        if (is_step_dir(e->d_name, &s) && s <= current && n < 4096) steps[n++] = s;
+        if (!strncmp(e->d_name, ".tmp-step_", 10)) {
+            char p[4200];
+            snprintf(p, sizeof p, "%s/%s", root, e->d_name);
+            td_fs_remove_tree(p);
+        }
     }
     closedir(d);
+    if (keep <= 0) return;
     /* sort descending */
     for (int i = 1; i < n; i++)
         for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
@@ -122,7 +128,7 @@ td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, si
         goto fail;
     }
     td_fs_sync_dir(a->root);
-    prune(a->root, a->keep);
+    prune(a->root, a->keep, a->step);
     if (out_dir) snprintf(out_dir, out_len, "%s", fin);
     return TD_OK;
 fail:
@@ -233,15 +239,19 @@ td_status td_checkpoint_latest(const char *root, char *out, size_t out_len) {
         return td_error_set(TD_ERR_NOTFOUND, "no checkpoints: cannot open %s: %s", root,
                             strerror(errno));
     long best = -1;
+    char name[256] = "";
     struct dirent *e;
     while ((e = readdir(d))) {
         long s;
         char p[4200];
         snprintf(p, sizeof p, "%s/%s/trainer_state.json", root, e->d_name);
-        if (is_step_dir(e->d_name, &s) && s > best && td_fs_exists(p)) best = s;
+        if (is_step_dir(e->d_name, &s) && s > best && td_fs_exists(p)) {
+            best = s;
+            snprintf(name, sizeof name, "%s", e->d_name);
+        }
     }
     closedir(d);
     if (best < 0) return td_error_set(TD_ERR_NOTFOUND, "no complete checkpoint under %s", root);
-    snprintf(out, out_len, "%s/step_%08ld", root, best);
+    snprintf(out, out_len, "%s/%s", root, name);
     return TD_OK;
 }

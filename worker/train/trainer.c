@@ -63,6 +63,9 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddNumberToObject(data, "epoch", (double)epoch);
     cJSON_AddNumberToObject(data, "cursor", (double)cursor);
     cJSON_AddNumberToObject(data, "seed", (double)t->job->seed);
+    cJSON_AddNumberToObject(data, "seq_len", t->job->seq_len);
+    cJSON_AddNumberToObject(data, "global_batch", t->job->batch_size);
+    cJSON_AddNumberToObject(data, "grad_accum", t->job->grad_accum);
     /* The trainer draws no random numbers after initialization (no dropout); the RNG entry
      * records the seed the data order derives from. */
     cJSON *rng = cJSON_AddObjectToObject(st, "rng");
@@ -163,11 +166,24 @@ static td_status resume(trainer *t, long *start_step) {
     snprintf(p, sizeof p, "%s/trainer_state.json", dir);
     cJSON *st;
     TD_TRY(td_json_load_file(p, &st));
-    int64_t step = 0, epoch = 0, cursor = 0;
+    int64_t step = 0, epoch = 0, cursor = 0, seed = t->job->seed, seq = t->job->seq_len,
+            gb = t->job->batch_size, acc = t->job->grad_accum;
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(st, "data");
     td_status s = td_json_get_int(st, p, "step", 1, &step);
     if (s == TD_OK) s = td_json_get_int(data, p, "epoch", 1, &epoch);
     if (s == TD_OK) s = td_json_get_int(data, p, "cursor", 1, &cursor);
+    if (s == TD_OK) s = td_json_get_int(data, p, "seed", 0, &seed);
+    if (s == TD_OK) s = td_json_get_int(data, p, "seq_len", 0, &seq);
+    if (s == TD_OK) s = td_json_get_int(data, p, "global_batch", 0, &gb);
+    if (s == TD_OK) s = td_json_get_int(data, p, "grad_accum", 0, &acc);
+    if (s == TD_OK && (seed != t->job->seed || seq != t->job->seq_len ||
+                       gb != t->job->batch_size || acc != t->job->grad_accum))
+        s = td_error_set(TD_ERR_INVALID,
+                         "cannot resume from %s: it was trained with seed %lld, seq_len %lld, "
+                         "batch_size %lld, grad_accum %lld, and the job now says %ld, %d, %d, "
+                         "%d (the sample sequence would change)",
+                         dir, (long long)seed, (long long)seq, (long long)gb, (long long)acc,
+                         t->job->seed, t->job->seq_len, t->job->batch_size, t->job->grad_accum);
     cJSON_Delete(st);
     TD_TRY(s);
     td_loader_set_pos(t->train, epoch, cursor);
@@ -309,6 +325,17 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK)
         s = t.comm->ops->bcast(t.comm, td_model_params(t.model), td_model_num_params(t.model),
                                TD_COMM_F32, 0);
+    if (s == TD_OK && !opts->resume) { /* never mix two runs in one checkpoint directory */
+        char latest[1200];
+        int64_t taken = t.rank == 0 && td_checkpoint_latest(j->ckpt_dir, latest, sizeof latest) == TD_OK;
+        td_error_clear();
+        t.comm->ops->bcast(t.comm, &taken, 1, TD_COMM_I64, 0);
+        if (taken)
+            s = td_error_set(TD_ERR_INVALID,
+                             "%s: checkpoint.dir %s already holds checkpoints of a run; pass "
+                             "--resume to continue it, or use another directory",
+                             j->path, j->ckpt_dir);
+    }
     if (s == TD_OK && t.rank == 0) s = td_fs_mkdirs(j->ckpt_dir);
     char mpath[1200];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", j->ckpt_dir);
