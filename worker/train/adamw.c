@@ -3,23 +3,28 @@
 
 #include <math.h>
 
-double td_grad_clip(float *g, size_t n, double clip) {
+double td_grad_norm(const float *g, size_t n) {
     double ss = 0;
 #pragma omp parallel for reduction(+ : ss) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        ss += (double)g[i] * g[i];
-    double norm = sqrt(ss);
-    if (clip > 0 && norm > clip) {
-        float s = (float)(clip / (norm + 1e-6));
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    return sqrt(ss);
+}
+
+double td_grad_clip(float *g, size_t n, double clip) {
+    double norm = td_grad_norm(g, n);
+    float s = td_clip_scale(norm, clip);
+    if (s != 1.0f) {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++)
-            g[i] *= s;
+        for (size_t i = 0; i < n; i++) g[i] *= s;
     }
     return norm;
 }
 
-void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
-                         const td_adamw_params *hp, double lr, long t) {
+/* The one AdamW loop: parameters [lo, hi), moments indexed from lo, gradients multiplied
+ * by gscale as read and, with zero_grads, cleared as consumed. */
+static void adamw_update(td_model *model, float *m, float *v, size_t lo, size_t hi,
+                         const td_adamw_params *hp, double lr, long t, float gscale,
+                         int zero_grads) {
     int nt;
     const td_param_tensor *tens = td_model_tensors(model, &nt);
     float *p = td_model_params(model), *g = td_model_grads(model);
@@ -37,7 +42,8 @@ void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t 
         size_t n = b - a;
 #pragma omp parallel for schedule(static) if (n > 32768)
         for (size_t i = 0; i < n; i++) {
-            float gi = gg[i];
+            float gi = gg[i] * gscale;
+            if (zero_grads) gg[i] = 0;
             float mi = b1 * mm[i] + (1 - b1) * gi;
             float vi = b2 * vv[i] + (1 - b2) * gi * gi;
             mm[i] = mi;
@@ -47,43 +53,19 @@ void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t 
     }
 }
 
-double td_grad_norm(const float *g, size_t n) {
-    double ss = 0;
-#pragma omp parallel for reduction(+ : ss) schedule(static)
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
-    return sqrt(ss);
+void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
+                         const td_adamw_params *hp, double lr, long t) {
+    adamw_update(model, m, v, lo, hi, hp, lr, t, 1.0f, 0);
 }
 
 void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp,
                          double lr, long t, float gscale) {
-    int nt;
-    const td_param_tensor *tens = td_model_tensors(model, &nt);
-    float *p = td_model_params(model), *g = td_model_grads(model);
-    float b1 = hp->beta1, b2 = hp->beta2, eps = hp->eps;
-    float c1 = (float)(1.0 / (1.0 - pow(b1, (double)t)));
-    float c2 = (float)(1.0 / (1.0 - pow(b2, (double)t)));
-    float flr = (float)lr;
-    for (int k = 0; k < nt; k++) {
-        const td_param_tensor *T = &tens[k];
-        float wd = T->decay ? hp->weight_decay : 0.0f;
-        float *pp = p + T->offset, *gg = g + T->offset, *mm = m + T->offset, *vv = v + T->offset;
-        size_t n = T->numel;
-#pragma omp parallel for schedule(static) if (n > 32768)
-        for (size_t i = 0; i < n; i++) {
-            float gi = gg[i] * gscale;
-            gg[i] = 0;
-            float mi = b1 * mm[i] + (1 - b1) * gi;
-            float vi = b2 * vv[i] + (1 - b2) * gi * gi;
-            mm[i] = mi;
-            vv[i] = vi;
-            pp[i] -= flr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
-        }
-    }
+    adamw_update(model, m, v, 0, td_model_num_params(model), hp, lr, t, gscale, 1);
 }
 
 void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
                    long t) {
-    td_adamw_step_range(model, m, v, 0, td_model_num_params(model), hp, lr, t);
+    adamw_update(model, m, v, 0, td_model_num_params(model), hp, lr, t, 1.0f, 0);
 }
 
 double td_lr_schedule(long step, long total, long warmup, double lr, double min_ratio) {
