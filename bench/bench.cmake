@@ -13,3 +13,7 @@ target_link_libraries(bench_comm PRIVATE td_train)
 # bench_decode: decode tokens/s at batch 1 and 16, fp32 and int8, against the triad roofline
 add_executable(bench_decode bench/bench_decode.c)
 target_link_libraries(bench_decode PRIVATE td_train)
+
+# bench_quant: how closely int8 greedy decoding follows fp32 on a checkpoint
+add_executable(bench_quant bench/bench_quant.c)
+target_link_libraries(bench_quant PRIVATE td_train)

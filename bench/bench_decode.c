@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
     td_model_init_random(m, 1);
     double bw = triad_gbs();
     size_t f32, i8, rf, ri;
-    td_model_weight_bytes(m, &f32, &i8, &rf, &ri);
+    td_model_weight_bytes(m, 0, &f32, &i8, &rf, &ri);
     if (!json)
         printf("decode, llama 768x8 (%.1f M params, %.0f MB fp32), %d threads, %d steps after a "
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
                "weights", "batch", "tokens/s", "MB read/token", "roofline");
     static const char *names[3] = {"fp32", "int8", "int8v"};
     for (int q = 0; q < 3; q++) {
-        if (q == 1) td_model_quantize_int8(m);
+        if (q == 1) td_model_quantize_int8(m, 0);
         if (q == 2) td_model_set_int8_vnni(m, 1);
         size_t rd = q ? ri : rf;
         for (int B = 1; B <= 16; B *= 16) {

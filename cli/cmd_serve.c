@@ -32,7 +32,9 @@ static void help(FILE *f) {
             "  --stop STR            stop string (repeatable)\n"
             "  --max-seqs N          sequences decoded together (default 16)\n"
             "  --kv-mb N             KV cache per rank in MiB (default: max-seqs full contexts)\n"
-            "  --int8                int8 weight-only quantization (per-channel scales)\n"
+            "  --int8                int8 weight-only quantization (per-channel scales;\n"
+            "                        lm_head in int16, see docs/serve.md)\n"
+            "  --int8-lm-head        with --int8: lm_head in int8 too (smallest, less exact)\n"
             "  --int8-int32          int8 weights and activations, products accumulated in\n"
             "                        int32 (AVX-512 VNNI; faster, less exact)\n"
             "  --dry-run             print the memory plan and exit\n"
@@ -47,7 +49,7 @@ int td_cmd_serve(int argc, char **argv) {
  * errors), sets up MPI when launched by mpirun, and serves `given` (or --model). */
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
-           O_KV, O_DRY, O_HELP, O_INT8, O_INT8I };
+           O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -57,6 +59,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"max-seqs", required_argument, 0, O_SEQS}, {"kv-mb", required_argument, 0, O_KV},
         {"dry-run", no_argument, 0, O_DRY}, {"help", no_argument, 0, O_HELP},
         {"int8", no_argument, 0, O_INT8}, {"int8-int32", no_argument, 0, O_INT8I},
+        {"int8-lm-head", no_argument, 0, O_INT8H},
         {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -84,6 +87,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_DRY: o.dry_run = 1; break;
         case O_INT8: o.int8 = 1; break;
         case O_INT8I: o.int8_int32 = 1; break;
+        case O_INT8H: o.int8_lm_head = 1; break;
         case O_HELP: help(stdout); free(stops); return 0;
         default: bad = 1;
         }

@@ -95,19 +95,25 @@ static void json_str(FILE *f, const char *s, size_t n) {
 static void memory_plan(const td_model *full, const td_model *slice, const td_serve_opts *o,
                         int world, size_t kv_blocks, int block_tokens) {
     size_t np = td_model_num_params(slice), npf = td_model_num_params(full);
-    size_t kvt = td_model_kv_bytes_per_token(slice), f32, i8, rf, ri;
-    td_model_weight_bytes(slice, &f32, &i8, &rf, &ri);
-    printf("memory plan per rank (tp %d, %d replica%s)%s:\n", o->tp, world / o->tp,
-           world / o->tp > 1 ? "s" : "", o->int8 ? ", serving int8" : ", serving fp32");
+    size_t kvt = td_model_kv_bytes_per_token(slice), f32, i8, rf, ri, i8a, ria;
+    td_model_weight_bytes(slice, 0, &f32, &i8, &rf, &ri);
+    td_model_weight_bytes(slice, 1, &f32, &i8a, &rf, &ria);
+    int q = o->int8 || o->int8_int32;
+    printf("memory plan per rank (tp %d, %d replica%s), serving %s:\n", o->tp, world / o->tp,
+           world / o->tp > 1 ? "s" : "",
+           !q ? "fp32" : o->int8_lm_head ? "int8 (lm_head int8)" : "int8 (lm_head int16)");
     printf("  parameters        %12zu of %zu (embeddings, norms, lm_head replicated)\n", np,
            npf);
     printf("  weights fp32      %12.2f MiB\n", f32 / 1048576.0);
     printf("  weights bf16      %12.2f MiB (all parameters at 2 bytes)\n", np * 2.0 / 1048576);
-    printf("  weights int8      %12.2f MiB (%.2f of fp32: int8 products + fp32 scales, "
-           "embeddings and norms)\n",
+    printf("  weights int8      %12.2f MiB (%.2f of fp32: int8 products + fp32 scales, lm_head "
+           "int16, fp32 norms; --int8)\n",
            i8 / 1048576.0, (double)i8 / (double)f32);
-    printf("  read per token    %12.2f MiB fp32, %.2f MiB int8 (batch 1)\n", rf / 1048576.0,
-           ri / 1048576.0);
+    printf("  weights all int8  %12.2f MiB (%.2f of fp32: lm_head int8 too; --int8 "
+           "--int8-lm-head)\n",
+           i8a / 1048576.0, (double)i8a / (double)f32);
+    printf("  read per token    %12.2f MiB fp32, %.2f MiB int8, %.2f MiB all int8 (batch 1)\n",
+           rf / 1048576.0, ri / 1048576.0, ria / 1048576.0);
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
            kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
@@ -167,7 +173,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     TD_TRY(td_comm_split(world, group, world->rank, &tp));
     td_model *m = NULL;
     td_status s = td_model_tp_slice(full, tp->rank, T, &m);
-    if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m);
+    if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, o->int8_lm_head);
     if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
     td_engine *e = NULL;
     td_engine_opts eo = {.max_seqs = o->max_seqs,

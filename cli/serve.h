@@ -25,6 +25,7 @@ typedef struct {
     int dry_run;              /* print the memory plan only */
     int int8;                 /* int8 weight-only quantization */
     int int8_int32;           /* int8 products accumulated in int32 (activations quantized) */
+    int int8_lm_head;         /* with int8: lm_head in int8 too (default int16) */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

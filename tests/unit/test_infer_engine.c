@@ -149,21 +149,34 @@ static int utf8_complete(const char *s, size_t n) {
     return cont + 1 >= need;
 }
 
-/* int8 paths: logits of the paged forward within a few percent of fp32 */
-static void test_int8_logits(void) {
+/* int8 paths: logits of the paged forward within a few percent of fp32; lm_head in int16
+ * (the default) closer to fp32 than all-int8 */
+static td_model *small_model(void) {
     td_model *m = make_model(TD_ARCH_LLAMA);
     /* back to the 0.02-scale initialisation: make_model's x8 makes the net chaotic enough
      * that any perturbation grows by 10x through two layers */
     float *p = td_model_params(m);
     for (size_t i = 0; i < td_model_num_params(m); i++) p[i] /= 8.0f;
+    return m;
+}
+
+static void test_int8_logits(void) {
+    td_model *m = small_model();
     int32_t prompt[20];
     for (int i = 0; i < 20; i++) prompt[i] = (int32_t)((i * 37) % V);
     int32_t blocks[2] = {0, 1};
     float ref[V], got[V];
-    const char *names[2] = {"int8 (fp32 accumulation)", "int8 x int8 (int32 accumulation)"};
-    for (int q = -1; q < 2; q++) {
-        if (q == 0) REQUIRE(td_model_quantize_int8(m) == TD_OK, "%s", td_error_message());
+    double l2[3];
+    const char *names[3] = {"int8, lm_head int16 (fp32 accumulation)",
+                            "int8 x int8 (int32 accumulation)", "all int8, lm_head too"};
+    for (int q = -1; q < 3; q++) {
+        if (q == 0) REQUIRE(td_model_quantize_int8(m, 0) == TD_OK, "%s", td_error_message());
         if (q == 1) td_model_set_int8_vnni(m, 1);
+        if (q == 2) {
+            td_model_free(&m);
+            m = small_model();
+            REQUIRE(td_model_quantize_int8(m, 1) == TD_OK, "%s", td_error_message());
+        }
         td_kv_cache *kv;
         REQUIRE(td_kv_cache_new(m, 16, 2, &kv) == TD_OK && td_model_plan_infer(m, 20, 1) == TD_OK,
                 "kv");
@@ -172,15 +185,20 @@ static void test_int8_logits(void) {
                 td_error_message());
         td_kv_cache_free(&kv);
         if (q < 0) continue;
-        double md = 0, mr = 0;
+        double md = 0, mr = 0, e2 = 0, r2 = 0;
         for (int j = 0; j < V; j++) {
             md = fmax(md, fabs((double)got[j] - ref[j]));
             mr = fmax(mr, fabs((double)ref[j]));
+            e2 += ((double)got[j] - ref[j]) * ((double)got[j] - ref[j]);
+            r2 += (double)ref[j] * ref[j];
         }
-        printf("%s logits vs fp32: max rel diff %.2e\n", names[q], md / mr);
+        l2[q] = sqrt(e2 / r2);
+        printf("%s logits vs fp32: max rel diff %.2e, rel L2 %.2e\n", names[q], md / mr, l2[q]);
         CHECK(md / mr < 5e-2, "%s: logits differ by %.3e", names[q], md / mr);
         CHECK(md > 0, "%s: no difference at all (quantization not applied?)", names[q]);
     }
+    CHECK(l2[0] < l2[2], "lm_head int16 (%.2e) not closer to fp32 than all int8 (%.2e)", l2[0],
+          l2[2]);
     td_model_free(&m);
 }
 
@@ -314,11 +332,13 @@ int main(void) {
     /* the memory plan's byte counts are sane for a tied model too */
     {
         td_model *g = make_model(TD_ARCH_GPT2);
-        size_t f32, i8, rf, ri;
-        td_model_weight_bytes(g, &f32, &i8, &rf, &ri);
-        printf("gpt2 (tied) plan: fp32 %zu, int8 %zu, read fp32 %zu, read int8 %zu bytes\n", f32,
-               i8, rf, ri);
+        size_t f32, i8, rf, ri, i8a, ria;
+        td_model_weight_bytes(g, 0, &f32, &i8, &rf, &ri);
+        td_model_weight_bytes(g, 1, &f32, &i8a, &rf, &ria);
+        printf("gpt2 (tied) plan: fp32 %zu, int8 %zu (all int8 %zu), read fp32 %zu, read int8 %zu "
+               "(all int8 %zu) bytes\n", f32, i8, i8a, rf, ri, ria);
         CHECK(i8 < f32 && ri < rf && rf <= f32 && ri > rf / 8, "tied byte counts off");
+        CHECK(i8a < i8 && ria < ri && ria > rf / 8, "all-int8 byte counts off");
         td_model_free(&g);
     }
     td_bpe_free(&tok);

@@ -61,8 +61,10 @@ struct td_model {
     /* int8 weights (td_model_quantize_int8): per layer wqkv, wo, wfc, wproj, then lm_head */
     int8_t *q8;
     float *q8s;
+    int16_t *q16; /* lm_head in int16 (unless quantized with head_int8) */
     struct q8mat {
         const int8_t *w;
+        const int16_t *w16; /* instead of w: int16 weights (lm_head) */
         const float *s;
         const int32_t *wsum; /* row sums, for the u8 x s8 (VNNI) path */
     } *q8l; /* 4 per layer + 1 */
@@ -705,80 +707,20 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
     return TD_OK;
 }
 
-/* out (N, OC) = inp (N, C) @ (s * W8)^T + bias, with W8 int8 (OC, C): four weight rows at a
- * time are converted to float once (AVX-512: 16 at a time) into an L1-resident buffer and
- * reused for every input row; fp32 accumulation. */
-static void matmul_int8(float *out, const float *inp, const int8_t *W8, const float *sc,
-                        const float *bias, int N, int C, int OC) {
-    int nb = (OC + 3) / 4;
-#ifdef __AVX512F__
-    if (N <= 2 && C % 32 == 0) { /* few rows: convert in registers, one weight row a time */
-#pragma omp parallel for schedule(static)
-        for (int j = 0; j < OC; j++) {
-            const int8_t *w = W8 + (size_t)j * C;
-            for (int n = 0; n < N; n++) {
-                const float *x = inp + (size_t)n * C;
-                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-                for (int k = 0; k < C; k += 32) {
-                    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                             _mm_loadu_si128((const __m128i *)(w + k)))),
-                                         _mm512_loadu_ps(x + k), a0);
-                    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                             _mm_loadu_si128((const __m128i *)(w + k + 16)))),
-                                         _mm512_loadu_ps(x + k + 16), a1);
-                }
-                out[(size_t)n * OC + j] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * sc[j] +
-                                          (bias ? bias[j] : 0.0f);
-            }
-        }
-        return;
-    }
-#endif
-#pragma omp parallel
-    {
-        float *wf = malloc(sizeof(float) * 4 * (size_t)C);
-#pragma omp for schedule(static)
-        for (int jb = 0; jb < nb; jb++) {
-            int j0 = jb * 4, nj = OC - j0 < 4 ? OC - j0 : 4;
-            for (int r = 0; r < nj; r++) {
-                const int8_t *w = W8 + (size_t)(j0 + r) * C;
-                float *d = wf + (size_t)r * C;
-                int k = 0;
-#ifdef __AVX512F__
-                for (; k + 16 <= C; k += 16)
-                    _mm512_storeu_ps(d + k, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                                _mm_loadu_si128((const __m128i *)(w + k)))));
-#endif
-                for (; k < C; k++) d[k] = (float)w[k];
-            }
-            for (int n = 0; n < N; n++) {
-                const float *x = inp + (size_t)n * C;
-                float acc[4] = {0, 0, 0, 0};
-                int k = 0;
-#ifdef __AVX512F__
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                for (; nj == 4 && k + 16 <= C; k += 16) {
-                    __m512 xv = _mm512_loadu_ps(x + k);
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + k), xv, a0);
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + C + k), xv, a1);
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + 2 * (size_t)C + k), xv, a2);
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wf + 3 * (size_t)C + k), xv, a3);
-                }
-                acc[0] = _mm512_reduce_add_ps(a0);
-                acc[1] = _mm512_reduce_add_ps(a1);
-                acc[2] = _mm512_reduce_add_ps(a2);
-                acc[3] = _mm512_reduce_add_ps(a3);
-#endif
-                for (int r = 0; r < nj; r++)
-                    for (int kk = k; kk < C; kk++) acc[r] += wf[(size_t)r * C + kk] * x[kk];
-                for (int r = 0; r < nj; r++)
-                    out[(size_t)n * OC + j0 + r] =
-                        acc[r] * sc[j0 + r] + (bias ? bias[j0 + r] : 0.0f);
-            }
-        }
-        free(wf);
-    }
-}
+/* out (N, OC) = inp (N, C) @ (s * Wq)^T + bias, with Wq int8 or int16 (OC, C): four weight
+ * rows at a time are converted to float once (AVX-512: 16 at a time) into an L1-resident
+ * buffer and reused for every input row; fp32 accumulation. QTYPE is the weight type,
+ * QLOAD16(p) converts 16 of them at p to a __m512. */
+#define QTYPE int8_t
+#define QLOAD16(p) \
+    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define QMATMUL matmul_int8
+#include "worker/model/matmul_q.inc"
+#define QTYPE int16_t
+#define QLOAD16(p) \
+    _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(p))))
+#define QMATMUL matmul_int16
+#include "worker/model/matmul_q.inc"
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
 /* out (N, OC) = inp @ (s W8)^T + bias with int8 x int8 products in int32: each input row is
@@ -820,6 +762,10 @@ static void linear_infer(const td_model *m, int which, int layer, float *out, co
                          const float *W, const float *bias, int N, int C, int OC) {
     if (m->q8) {
         const struct q8mat *q = &m->q8l[layer < 0 ? 4 * m->L : 4 * layer + which];
+        if (q->w16) {
+            matmul_int16(out, inp, q->w16, q->s, bias, N, C, OC);
+            return;
+        }
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
         if (m->int8_vnni && C % 64 == 0) {
             matmul_int8_vnni(m, out, inp, q->w, q->s, q->wsum, bias, N, C, OC);
@@ -857,27 +803,54 @@ static int infer_mats(const td_model *m, qmat *mats) {
     return nm;
 }
 
-td_status td_model_quantize_int8(td_model *m) {
+/* Per-output-channel symmetric quantization of the (R, C) matrix W to qmax levels either
+ * side: scale max |w| / qmax, round to nearest. Writes int8 (w8) or int16 (w16) values,
+ * the scales and (int8) the row sums the VNNI path needs. */
+static void quantize_rows(const float *W, int R, int Cc, float qmax, int8_t *w8, int16_t *w16,
+                          float *sp, int32_t *ws) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++) {
+        const float *row = W + (size_t)r * Cc;
+        float mx = 0;
+        for (int k = 0; k < Cc; k++) mx = fmaxf(mx, fabsf(row[k]));
+        float sc = mx > 0 ? mx / qmax : 1.0f;
+        sp[r] = sc;
+        int32_t sum = 0;
+        for (int k = 0; k < Cc; k++) {
+            long v = lrintf(row[k] / sc);
+            if (w16) w16[(size_t)r * Cc + k] = (int16_t)v;
+            else w8[(size_t)r * Cc + k] = (int8_t)v;
+            sum += (int32_t)v;
+        }
+        ws[r] = sum;
+    }
+}
+
+td_status td_model_quantize_int8(td_model *m, int head_int8) {
     if (m->q8) return TD_OK;
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    int nm = infer_mats(m, mats);
-    size_t nw = 0, ns = 0;
+    int nm = infer_mats(m, mats), head = 4 * m->L;
+    size_t nw = 0, ns = 0, nh = head_int8 ? 0 : (size_t)mats[head].rows * mats[head].cols;
     for (int i = 0; i < nm; i++) {
         nw += (size_t)mats[i].rows * mats[i].cols;
         ns += (size_t)mats[i].rows;
     }
-    m->q8 = malloc(nw);
+    nw -= nh;
+    m->q8 = malloc(nw ? nw : 1);
+    m->q16 = nh ? malloc(nh * sizeof(int16_t)) : NULL;
     m->q8s = malloc(ns * sizeof(float));
     m->q8sum = malloc(ns * sizeof(int32_t));
     m->q8l = malloc(sizeof *m->q8l * (size_t)nm);
-    if (!m->q8 || !m->q8s || !m->q8l || !m->q8sum) {
+    if (!m->q8 || (nh && !m->q16) || !m->q8s || !m->q8l || !m->q8sum) {
         free(mats);
         free(m->q8);
+        free(m->q16);
         free(m->q8s);
         free(m->q8l);
         free(m->q8sum);
         m->q8 = NULL;
+        m->q16 = NULL;
         m->q8s = NULL;
         m->q8l = NULL;
         m->q8sum = NULL;
@@ -887,24 +860,11 @@ td_status td_model_quantize_int8(td_model *m) {
     float *sp = m->q8s;
     int32_t *ws = m->q8sum;
     for (int i = 0; i < nm; i++) {
-        int R = mats[i].rows, Cc = mats[i].cols;
-        const float *W = mats[i].w;
-        m->q8l[i] = (struct q8mat){wp, sp, ws};
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < R; r++) {
-            const float *row = W + (size_t)r * Cc;
-            float mx = 0;
-            for (int k = 0; k < Cc; k++) mx = fmaxf(mx, fabsf(row[k]));
-            float sc = mx > 0 ? mx / 127.0f : 1.0f;
-            sp[r] = sc;
-            int32_t sum = 0;
-            for (int k = 0; k < Cc; k++) {
-                wp[(size_t)r * Cc + k] = (int8_t)lrintf(row[k] / sc);
-                sum += wp[(size_t)r * Cc + k];
-            }
-            ws[r] = sum;
-        }
-        wp += (size_t)R * Cc;
+        int R = mats[i].rows, Cc = mats[i].cols, wide = i == head && nh;
+        m->q8l[i] = (struct q8mat){wide ? NULL : wp, wide ? m->q16 : NULL, sp, ws};
+        quantize_rows(mats[i].w, R, Cc, wide ? 32767.0f : 127.0f, wp, wide ? m->q16 : NULL, sp,
+                      ws);
+        if (!wide) wp += (size_t)R * Cc;
         sp += R;
         ws += R;
     }
@@ -912,8 +872,8 @@ td_status td_model_quantize_int8(td_model *m) {
     return TD_OK;
 }
 
-void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t *read_fp32,
-                           size_t *read_int8) {
+void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
+                           size_t *read_fp32, size_t *read_int8) {
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     int nm = infer_mats(m, mats);
     size_t lin = 0, rows = 0;
@@ -924,10 +884,11 @@ void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t
     free(mats);
     size_t lm = (size_t)m->V * m->C, all = m->num_params;
     /* int8 keeps fp32 only for norms, biases and learned positions; embeddings are read as
-     * int8 rows (tied: the lm_head copy; untied: their own) */
+     * int8 rows (tied: the lm_head copy, int16 unless head_int8; untied: their own) */
     size_t fp32_kept = all - lin; /* tied: wte is counted once, as lm_head, inside lin */
+    size_t wide = head_int8 ? 0 : lm; /* lm_head's second byte per weight */
     *fp32 = all * 4;
-    *int8 = fp32_kept * 4 + lin + rows * 4;
+    *int8 = fp32_kept * 4 + lin + wide + rows * 4;
     /* a decode step reads every product weight, the norms and biases, one embedding row */
     if (!m->cfg.tie_word_embeddings) { /* the input embedding is not read, only a row */
         lin -= lm;
@@ -936,7 +897,7 @@ void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t
     size_t small = fp32_kept;
     if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
     *read_fp32 = (lin + small) * 4;
-    *read_int8 = lin + rows * 4 + small * 4;
+    *read_int8 = lin + wide + rows * 4 + small * 4;
 }
 
 /* RoPE on q and k heads of each row at its own position (the training kernel assumes
@@ -993,12 +954,13 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = m->ix + (size_t)n * C;
-        if (m->q8) { /* the int8 embedding row (lm_head's when tied) */
+        if (m->q8) { /* the quantized embedding row (lm_head's when tied) */
             const struct q8mat *q = &m->q8l[4 * m->L + (m->cfg.tie_word_embeddings ? 0 : 1)];
-            const int8_t *r8 = q->w + (size_t)m->itok[n] * C;
+            size_t at = (size_t)m->itok[n] * C;
             float sc = q->s[m->itok[n]];
             for (int i = 0; i < C; i++)
-                o[i] = (float)r8[i] * sc + (m->p.wpe ? m->p.wpe[(size_t)m->ipos[n] * C + i] : 0.0f);
+                o[i] = (q->w16 ? (float)q->w16[at + i] : (float)q->w[at + i]) * sc +
+                       (m->p.wpe ? m->p.wpe[(size_t)m->ipos[n] * C + i] : 0.0f);
             continue;
         }
         const float *e = m->p.wte + (size_t)m->itok[n] * C;

@@ -178,18 +178,20 @@ td_status td_model_tp_slice(const td_model *full, int rank, int T, td_model **ou
  * row-parallel product. The model borrows c. */
 void td_model_set_tp_comm(td_model *m, td_comm *c);
 
-/* int8 weight-only quantization for inference: every linear weight of the layers and
- * lm_head gets an int8 copy with one fp32 scale per output channel (max |w| / 127,
- * round to nearest); td_model_forward_infer then multiplies with those, converting to
- * float on the fly (fp32 accumulation). Embeddings and norms stay fp32. */
-td_status td_model_quantize_int8(td_model *m);
+/* int8 weight-only quantization for inference: every linear weight of the layers and an
+ * untied input embedding get an int8 copy with one fp32 scale per output channel
+ * (max |w| / 127, round to nearest); lm_head gets int16 (max |w| / 32767), or int8 too with
+ * head_int8. td_model_forward_infer then multiplies with those, converting to float on the
+ * fly (fp32 accumulation). Norms and biases stay fp32. lm_head is kept wider because its
+ * rounding decides near-tied greedy choices (docs/serve.md gives the measurement). */
+td_status td_model_quantize_int8(td_model *m, int head_int8);
 /* Alternative int8 path (AVX-512 VNNI): activations are quantized per row too and the
  * products accumulate int8 x int8 in int32 (matrices whose width is a multiple of 64). */
 void td_model_set_int8_vnni(td_model *m, int on);
 /* Weight memory in fp32 and with int8 quantization (int8 + scales + what stays fp32), and
  * the bytes one decode step reads (batch 1) in each form. */
-void td_model_weight_bytes(const td_model *m, size_t *fp32, size_t *int8, size_t *read_fp32,
-                           size_t *read_int8);
+void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
+                           size_t *read_fp32, size_t *read_int8);
 
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);
