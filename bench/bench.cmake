@@ -17,3 +17,7 @@ target_link_libraries(bench_decode PRIVATE td_train)
 # bench_quant: how closely int8 greedy decoding follows fp32 on a checkpoint
 add_executable(bench_quant bench/bench_quant.c)
 target_link_libraries(bench_quant PRIVATE td_train)
+
+# bench_serving: HTTP load against the gateway (Poisson arrivals, TTFT/TPOT, router+gateway overhead)
+add_executable(bench_serving bench/bench_serving.c)
+target_link_libraries(bench_serving PRIVATE PkgConfig::CJSON Threads::Threads ${LIBM})

@@ -7,6 +7,11 @@ int td_cmd_train(int argc, char **argv);
 int td_cmd_generate(int argc, char **argv);
 int td_cmd_prep(int argc, char **argv);
 int td_cmd_serve(int argc, char **argv);
+int td_cmd_router(int argc, char **argv);
+int td_cmd_gateway(int argc, char **argv);
+
+/* SIGINT and SIGTERM set *flag (a process-wide flag) instead of killing; SIGPIPE ignored. */
+void td_cli_catch_stop_signals(volatile int **flag);
 
 struct td_model;
 /* serve's option parsing and run, shared with train --serve (given: a model in memory,

@@ -13,16 +13,25 @@
 
 static void help(FILE *f) {
     fprintf(f,
-            "usage: tandem serve --model DIR (--prompts-file F | --dry-run) [options]\n"
+            "usage: tandem serve --model DIR (--http HOST:PORT | --router EP |\n"
+            "                                 --prompts-file F | --dry-run) [options]\n"
             "       mpirun -np N tandem serve --model DIR --tp T ...  (N/T replicas)\n"
             "\n"
             "Serves a checkpoint with the inference engine (paged KV cache, continuous\n"
             "batching). Ranks form groups of T for tensor parallelism; each group is one\n"
-            "replica. Until the request router exists, requests come from a prompts file\n"
-            "(one per line, \\n for a newline) and results are printed as JSON lines\n"
-            "(index, replica, finish, tokens, prompt, completion). See docs/serve.md.\n"
+            "replica. Requests come over HTTP (--http: router and gateway in this process,\n"
+            "OpenAI and Ollama APIs), from a separate `tandem router` (--router), or from a\n"
+            "prompts file (one per line, \\n for a newline; results as JSON lines: index,\n"
+            "replica, finish, tokens, prompt, completion). See docs/serve.md and\n"
+            "docs/gateway.md. Ctrl-C (SIGINT/SIGTERM) stops an online server.\n"
             "\n"
             "  --model DIR           checkpoint directory\n"
+            "  --http HOST:PORT      serve HTTP here (port 0: any free port, printed)\n"
+            "  --router EP           register the replicas with this router back end\n"
+            "                        (e.g. tcp://127.0.0.1:5556)\n"
+            "  --name NAME           model name clients use (default: the checkpoint's\n"
+            "                        directory, or its parent's for step_* directories)\n"
+            "  --api-key KEY         with --http: require Authorization: Bearer KEY\n"
             "  --tp T                tensor-parallel degree (divides the ranks; default 1)\n"
             "  --prompts-file F      prompts, one per line\n"
             "  --max-tokens N        tokens to generate per prompt (default 64)\n"
@@ -49,7 +58,8 @@ int td_cmd_serve(int argc, char **argv) {
  * errors), sets up MPI when launched by mpirun, and serves `given` (or --model). */
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
-           O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H };
+           O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
+           O_ROUTER, O_NAME, O_KEY };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -59,12 +69,16 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"max-seqs", required_argument, 0, O_SEQS}, {"kv-mb", required_argument, 0, O_KV},
         {"dry-run", no_argument, 0, O_DRY}, {"help", no_argument, 0, O_HELP},
         {"int8", no_argument, 0, O_INT8}, {"int8-int32", no_argument, 0, O_INT8I},
-        {"int8-lm-head", no_argument, 0, O_INT8H},
+        {"int8-lm-head", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
+        {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
+        {"api-key", required_argument, 0, O_KEY},
         {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
     const char *model_dir = NULL;
     const char **stops = calloc((size_t)argc + 1, sizeof *stops);
+    const char **keys = calloc((size_t)argc + 1, sizeof *keys);
+    int nk = 0;
     int ns = 0, c, bad = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
@@ -88,24 +102,60 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_INT8: o.int8 = 1; break;
         case O_INT8I: o.int8_int32 = 1; break;
         case O_INT8H: o.int8_lm_head = 1; break;
-        case O_HELP: help(stdout); free(stops); return 0;
+        case O_HTTP: o.http = optarg; break;
+        case O_ROUTER: o.router = optarg; break;
+        case O_NAME: o.name = optarg; bad = !optarg[0]; break;
+        case O_KEY: keys[nk++] = optarg; bad = !optarg[0]; break;
+        case O_HELP: help(stdout); free(stops); free(keys); return 0;
         default: bad = 1;
         }
         if (end && *end) bad = 1;
         if (bad) fprintf(stderr, "tandem %s: bad value for an option: '%s'\n", cmd, optarg ? optarg : "");
     }
-    if (!bad && ((!model_dir && !given) || (!o.prompts_file && !o.dry_run) || optind != argc)) {
-        fprintf(stderr, "tandem %s: need --model%s and --prompts-file (or --dry-run)\n", cmd,
-                given ? " (or a trained model)" : "");
+    int modes = !!o.prompts_file + !!o.http + !!o.router;
+    if (!bad && ((!model_dir && !given) || (modes == 0 && !o.dry_run) || optind != argc)) {
+        fprintf(stderr, "tandem %s: need --model%s and one of --http, --router, --prompts-file "
+                "(or --dry-run)\n", cmd, given ? " (or a trained model)" : "");
+        bad = 1;
+    }
+    if (!bad && modes > 1) {
+        fprintf(stderr, "tandem %s: --http, --router and --prompts-file exclude each other\n",
+                cmd);
+        bad = 1;
+    }
+    if (!bad && nk && !o.http) {
+        fprintf(stderr, "tandem %s: --api-key goes with --http (or give it to tandem gateway)\n",
+                cmd);
         bad = 1;
     }
     if (bad) {
         help(stderr);
         free(stops);
+        free(keys);
         td_comm_mpi_finalize(); /* when train --serve started MPI */
         return 2;
     }
     o.stop = ns ? stops : NULL;
+    o.api_keys = nk ? keys : NULL;
+    char name[256];
+    if (!o.name) { /* the checkpoint's directory name, or its parent's for step_* */
+        snprintf(name, sizeof name, "%s", "tandem");
+        if (model_dir) {
+            char buf[4096];
+            snprintf(buf, sizeof buf, "%s", model_dir);
+            size_t l = strlen(buf);
+            while (l > 1 && buf[l - 1] == '/') buf[--l] = 0;
+            char *b = strrchr(buf, '/');
+            const char *base = b ? b + 1 : buf;
+            if (!strncmp(base, "step_", 5) && b) {
+                *b = 0;
+                char *pb = strrchr(buf, '/');
+                base = pb ? pb + 1 : buf;
+            }
+            if (*base && strcmp(base, ".")) snprintf(name, sizeof name, "%s", base);
+        }
+        o.name = name;
+    }
     int mpi = td_comm_mpi_init(&argc, &argv, 0);
     td_comm *world = NULL;
     td_status s = mpi ? td_comm_mpi_new(&world) : td_comm_self_new(&world);
@@ -134,6 +184,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     if (!given) td_model_free(&m);
     td_comm_free(&world);
     free(stops);
+    free(keys);
     if (mpi) {
         if (rc) td_comm_mpi_abort(rc);
         td_comm_mpi_finalize();

@@ -17,7 +17,9 @@ static const command g_cmds[] = {
     {"prep", td_cmd_prep, "clean, deduplicate and tokenize text into shards (BPE; mpirun)"},
     {"train", td_cmd_train, "train a model from a job file (alone or data-parallel; mpirun)"},
     {"generate", td_cmd_generate, "sample text from a checkpoint (one prompt or a file)"},
-    {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; prompts file)"},
+    {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; router, HTTP)"},
+    {"router", td_cmd_router, "route requests to serving replicas (ZeroMQ)"},
+    {"gateway", td_cmd_gateway, "HTTP front door: OpenAI and Ollama APIs, /metrics"},
 };
 
 int td_cli_fail(const char *cmd, int status) {
@@ -32,7 +34,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
     fprintf(f, "  %-10s %s\n  %-10s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
-    fprintf(f, "\nOther commands of the design (router, gateway, bench, export, ...) are not "
+    fprintf(f, "\nOther commands of the design (coordinator, bench, export, ...) are not "
                "built yet.\n");
 }
 

@@ -7,9 +7,17 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
+#include <pthread.h>
+#include <zmq.h>
+
+#include "cli/cli.h"
 #include "common/fsutil.h"
+#include "common/log.h"
 #include "common/timeutil.h"
+#include "coordinator/gateway.h"
+#include "coordinator/router.h"
 #include "worker/infer/engine.h"
+#include "worker/infer/replica.h"
 
 void td_serve_opts_default(td_serve_opts *o) {
     memset(o, 0, sizeof *o);
@@ -162,6 +170,104 @@ static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
     return s;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* online serving: replicas registered with a router (ours in-process with --http) */
+
+typedef struct {
+    td_router *r;
+    volatile int *stop;
+    td_status s;
+} router_thread;
+
+static void *run_router(void *p) {
+    router_thread *t = p;
+    t->s = td_router_run(t->r, t->stop);
+    if (t->s != TD_OK) TD_LOG_ERROR("router stopped: %s", td_error_message());
+    return NULL;
+}
+
+static char *replica_details(const td_model *full, const td_serve_opts *o, int T) {
+    const td_model_config *c = td_model_config_of(full);
+    size_t f32, i8, rf, ri;
+    td_model_weight_bytes(full, o->int8_lm_head, &f32, &i8, &rf, &ri);
+    int q = o->int8 || o->int8_int32;
+    double np = (double)td_model_num_params(full);
+    char size[32];
+    if (np >= 1e9) snprintf(size, sizeof size, "%.1fB", np / 1e9);
+    else if (np >= 1e6) snprintf(size, sizeof size, "%.1fM", np / 1e6);
+    else snprintf(size, sizeof size, "%.0fK", np / 1e3);
+    char *d = malloc(512);
+    snprintf(d, 512,
+             "{\"architecture\": \"%s\", \"parameters\": %.0f, \"parameter_size\": \"%s\", "
+             "\"quantization\": \"%s\", \"context_length\": %d, \"hidden_size\": %d, "
+             "\"num_hidden_layers\": %d, \"vocab_size\": %d, \"tensor_parallel\": %d, "
+             "\"weight_bytes\": %zu}",
+             td_arch_name(c->arch), np, size, !q ? "F32" : o->int8_lm_head ? "Q8" : "Q8 (lm_head Q16)",
+             c->max_position_embeddings, c->hidden_size, c->num_hidden_layers, c->vocab_size, T,
+             q ? i8 : f32);
+    return d;
+}
+
+static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, td_comm *world,
+                              td_comm *tp, int group, const td_serve_opts *o) {
+    volatile int *stop;
+    td_cli_catch_stop_signals(&stop);
+    char back[256] = {0};
+    void *zctx = NULL;
+    td_gateway *g = NULL;
+    router_thread rt = {NULL, stop, TD_OK};
+    pthread_t th;
+    int have_thread = 0;
+    int64_t ok = 1;
+    if (o->http && world->rank == 0) {
+        zctx = zmq_ctx_new();
+        td_router_opts ro = {"inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, 1000, zctx};
+        td_status s = td_router_new(&ro, &rt.r);
+        if (s == TD_OK) {
+            snprintf(back, sizeof back, "%s", td_router_back_endpoint(rt.r));
+            have_thread = pthread_create(&th, NULL, run_router, &rt) == 0;
+            td_gateway_opts go = {o->http, "inproc://tandem-front", o->api_keys, 1u << 20, 120,
+                                  zctx};
+            s = td_gateway_new(&go, &g);
+        }
+        if (s == TD_OK)
+            fprintf(stderr, "tandem serve: listening on http://%.*s:%d (model %s)\n",
+                    (int)(strrchr(o->http, ':') - o->http), o->http, td_gateway_port(g), o->name);
+        else
+            TD_LOG_ERROR("%s", td_error_message());
+        ok = s == TD_OK;
+    } else if (o->router) {
+        snprintf(back, sizeof back, "%s", o->router);
+    }
+    td_status s = world->ops->bcast(world, &ok, 1, TD_COMM_I64, 0);
+    if (s == TD_OK) s = world->ops->bcast(world, back, sizeof back, TD_COMM_BYTE, 0);
+    if (s == TD_OK && !ok) s = td_error_set(TD_ERR_RUNTIME, "rank 0 could not start the router "
+                                            "and gateway (see its message)");
+    if (s == TD_OK) {
+        if (tp->rank == 0) {
+            char host[128] = "localhost", id[256];
+            gethostname(host, sizeof host - 1);
+            snprintf(id, sizeof id, "%s:%d:%d", host, (int)getpid(), group);
+            char *details = replica_details(full, o, tp->size);
+            const td_model_config *c = td_model_config_of(full);
+            td_replica_opts ro = {back, o->name, id, details, o->max_seqs,
+                                  c->max_position_embeddings, 1000, NULL};
+            s = td_replica_run(e, tok, &ro, stop);
+            free(details);
+            td_status st = td_engine_stop_members(e);
+            if (s == TD_OK) s = st;
+        } else {
+            s = td_engine_member_loop(e);
+        }
+    }
+    *stop = 1;
+    td_gateway_free(&g);
+    if (have_thread) pthread_join(th, NULL);
+    td_router_free(&rt.r);
+    if (zctx) zmq_ctx_term(zctx);
+    return s;
+}
+
 td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
     char *blob = NULL;
     size_t blob_len = 0;
@@ -186,6 +292,10 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         goto out;
     }
     if (s != TD_OK) goto out;
+    if (o->router || o->http) {
+        s = serve_online(full, e, tok, world, tp, group, o);
+        goto out;
+    }
     if (tp->rank != 0) { /* a member of a group: follow the leader */
         s = td_engine_member_loop(e);
         goto gather;

@@ -26,6 +26,11 @@ typedef struct {
     int int8;                 /* int8 weight-only quantization */
     int int8_int32;           /* int8 products accumulated in int32 (activations quantized) */
     int int8_lm_head;         /* with int8: lm_head in int8 too (default int16) */
+    /* online serving instead of a prompts file */
+    const char *router;       /* each replica's leader registers with this router back end */
+    const char *http;         /* HOST:PORT: router and gateway in-process on rank 0 */
+    const char *name;         /* model name clients ask for */
+    const char *const *api_keys; /* with http: NULL-terminated, or NULL */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

@@ -11,6 +11,7 @@ typedef struct {
     int id;
     td_req_state state;
     td_finish finish;
+    uint64_t order; /* submission order: admission is first come, first served */
     int32_t *toks; /* prompt then generated */
     int n_prompt, n, cap;
     int done_pos;  /* tokens already in the KV cache */
@@ -32,6 +33,7 @@ struct td_engine {
     size_t n_free, n_blocks, reserved;
     req *r;
     int nr, cap;
+    uint64_t submitted;
     int eot, V, maxT;
     float *logits;
     td_infer_seg *segs;
@@ -152,13 +154,22 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
     if ((size_t)blocks_for(e, total - 1) > e->n_blocks)
         return td_error_set(TD_ERR_INVALID, "request needs %d KV blocks, the cache has %zu",
                             blocks_for(e, total - 1), e->n_blocks);
-    if (e->nr == e->cap) {
-        e->cap = e->cap ? 2 * e->cap : 64;
-        e->r = realloc(e->r, sizeof *e->r * (size_t)e->cap);
+    int slot = 0;
+    while (slot < e->nr && e->r[slot].state != TD_REQ_FREE) slot++;
+    if (slot == e->nr) {
+        if (e->nr == e->cap) {
+            int cap = e->cap ? 2 * e->cap : 64;
+            req *r = realloc(e->r, sizeof *e->r * (size_t)cap);
+            if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory for requests");
+            e->r = r;
+            e->cap = cap;
+        }
+        e->nr++;
     }
-    req *q = &e->r[e->nr];
+    req *q = &e->r[slot];
     memset(q, 0, sizeof *q);
-    q->id = e->nr++;
+    q->id = slot;
+    q->order = e->submitted++;
     q->cap = total + 1;
     q->toks = malloc(sizeof *q->toks * (size_t)q->cap);
     memcpy(q->toks, prompt, sizeof *prompt * (size_t)n);
@@ -342,9 +353,11 @@ td_status td_engine_step(td_engine *e, int *active) {
     /* admit waiting requests in order while their whole need can be reserved */
     int running = 0;
     for (int i = 0; i < e->nr; i++) running += e->r[i].state == TD_REQ_RUNNING;
-    for (int i = 0; i < e->nr && running < e->o.max_seqs; i++) {
-        req *q = &e->r[i];
-        if (q->state != TD_REQ_WAITING) continue;
+    while (running < e->o.max_seqs) {
+        req *q = NULL; /* the earliest submitted waiting request */
+        for (int i = 0; i < e->nr; i++)
+            if (e->r[i].state == TD_REQ_WAITING && (!q || e->r[i].order < q->order)) q = &e->r[i];
+        if (!q) break;
         /* the last sampled token is never fed back, so it needs no cache position */
         int need = blocks_for(e, q->n_prompt + q->s.max_tokens - 1);
         if ((size_t)need > e->n_blocks - e->reserved) break; /* FCFS: later ones wait too */
@@ -399,7 +412,7 @@ td_status td_engine_step(td_engine *e, int *active) {
             finish(e, q, TD_FINISH_LENGTH);
     }
     int act = 0;
-    for (int i = 0; i < e->nr; i++) act += e->r[i].state != TD_REQ_DONE;
+    for (int i = 0; i < e->nr; i++) act += e->r[i].state < TD_REQ_DONE;
     *active = act;
     return TD_OK;
 }
@@ -409,6 +422,29 @@ td_req_state td_engine_state(const td_engine *e, int id) {
 }
 td_finish td_engine_finish_reason(const td_engine *e, int id) {
     return e->r[id].finish;
+}
+void td_engine_cancel(td_engine *e, int id) {
+    if (id < 0 || id >= e->nr || e->r[id].state >= TD_REQ_DONE) return;
+    finish(e, &e->r[id], TD_FINISH_CANCEL);
+}
+void td_engine_release(td_engine *e, int id) {
+    if (id < 0 || id >= e->nr || e->r[id].state != TD_REQ_DONE) return;
+    req *q = &e->r[id];
+    free(q->toks);
+    free(q->blocks);
+    free(q->text);
+    for (int k = 0; q->stop && q->stop[k]; k++) free(q->stop[k]);
+    free(q->stop);
+    memset(q, 0, sizeof *q);
+    q->state = TD_REQ_FREE;
+}
+int td_engine_pending(const td_engine *e) {
+    int n = 0;
+    for (int i = 0; i < e->nr; i++) n += e->r[i].state != TD_REQ_FREE;
+    return n;
+}
+int td_engine_prompt_tokens(const td_engine *e, int id) {
+    return e->r[id].n_prompt;
 }
 const int32_t *td_engine_tokens(const td_engine *e, int id, int *n) {
     *n = e->r[id].n - e->r[id].n_prompt;

@@ -41,8 +41,14 @@ typedef struct {
     const char *const *stop; /* stop strings, NULL-terminated, or NULL */
 } td_sampling;
 
-typedef enum { TD_REQ_WAITING, TD_REQ_RUNNING, TD_REQ_DONE } td_req_state;
-typedef enum { TD_FINISH_NONE, TD_FINISH_EOT, TD_FINISH_LENGTH, TD_FINISH_STOP } td_finish;
+typedef enum { TD_REQ_WAITING, TD_REQ_RUNNING, TD_REQ_DONE, TD_REQ_FREE } td_req_state;
+typedef enum {
+    TD_FINISH_NONE,
+    TD_FINISH_EOT,
+    TD_FINISH_LENGTH,
+    TD_FINISH_STOP,
+    TD_FINISH_CANCEL
+} td_finish;
 
 typedef struct td_engine td_engine;
 
@@ -51,7 +57,8 @@ typedef struct td_engine td_engine;
 td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out);
 void td_engine_free(td_engine **e);
 
-/* Queues a request; *id identifies it. Fails when it could never fit. */
+/* Queues a request; *id identifies it (ids of released requests are reused). Waiting
+ * requests are admitted in submission order. Fails when it could never fit. */
 td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_sampling *s,
                            int *id);
 /* One scheduling step + forward + sampling. *active = requests not yet done. */
@@ -62,6 +69,15 @@ td_status td_engine_member_loop(td_engine *e);
 /* Leader: releases the members from td_engine_member_loop. */
 td_status td_engine_stop_members(td_engine *e);
 td_finish td_engine_finish_reason(const td_engine *e, int id);
+/* Ends a request now (finish reason TD_FINISH_CANCEL), returning its KV blocks; no-op when
+ * it is already done. */
+void td_engine_cancel(td_engine *e, int id);
+/* Forgets a finished request: its memory is freed and its id may be handed out again. */
+void td_engine_release(td_engine *e, int id);
+/* Requests submitted and not yet released. */
+int td_engine_pending(const td_engine *e);
+/* Prompt tokens of a request. */
+int td_engine_prompt_tokens(const td_engine *e, int id);
 /* Generated token ids so far. */
 const int32_t *td_engine_tokens(const td_engine *e, int id, int *n);
 /* Text that is safe to show so far (whole UTF-8 characters; stop string excluded). */

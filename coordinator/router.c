@@ -1,0 +1,559 @@
+/* Request router (see router.h).
+ *
+ * State: replicas (identity, model, slots, in-flight count, last heard), models (name,
+ * FIFO queue of waiting jobs), jobs (one per request: the client's identity and id, the
+ * router's id the replica sees, where it runs). Tables are small arrays scanned linearly:
+ * a router handles hundreds of requests in flight, not millions. */
+#include "coordinator/router.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "coordinator/wire.h"
+
+#define MAX_IDENT 256
+
+typedef struct {
+    uint8_t ident[MAX_IDENT];
+    size_t ident_len;
+    char *replica_id, *details;
+    int model;
+    uint32_t slots, free_blocks, context;
+    int in_flight;
+    uint64_t last_ns, served;
+    int alive;
+} replica;
+
+typedef struct {
+    char *name;
+    uint32_t context;
+    char *details;
+} model;
+
+typedef struct {
+    int used;
+    uint64_t rid;       /* the router's id: what the replica sees */
+    uint8_t client[MAX_IDENT];
+    size_t client_len;
+    uint64_t client_id; /* the client's id for it */
+    int model, replica; /* replica -1 while queued */
+    uint64_t queued_ns;
+    td_env *env;        /* the request (kept until dispatched) */
+} job;
+
+struct td_router {
+    void *ctx, *front, *back;
+    int own_ctx;
+    td_router_opts o;
+    char front_ep[256], back_ep[256];
+    replica *rep;
+    int nrep, caprep;
+    model *mod;
+    int nmod, capmod;
+    job *jobs;
+    int njobs, capjobs;
+    uint64_t next_rid;
+};
+
+/* ---------------------------------------------------------------------------------------- */
+
+static td_status bind_socket(td_router *r, void *s, const char *ep, char *out, size_t outlen) {
+    int one = 1, hwm = 100000, zero = 0;
+    zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_bind(s, ep) != 0)
+        return td_error_set(TD_ERR_IO, "router: cannot bind %s: %s", ep, zmq_strerror(errno));
+    size_t n = outlen;
+    if (zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, out, &n) != 0) snprintf(out, outlen, "%s", ep);
+    (void)r;
+    return TD_OK;
+}
+
+td_status td_router_new(const td_router_opts *o, td_router **out) {
+    *out = NULL;
+    td_router *r = calloc(1, sizeof *r);
+    if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    r->o = *o;
+    if (r->o.queue_max <= 0) r->o.queue_max = 256;
+    if (r->o.queue_timeout_s <= 0) r->o.queue_timeout_s = 30;
+    if (r->o.heartbeat_ms <= 0) r->o.heartbeat_ms = 1000;
+    r->ctx = o->zctx;
+    if (!r->ctx) {
+        r->ctx = zmq_ctx_new();
+        r->own_ctx = 1;
+    }
+    r->front = zmq_socket(r->ctx, ZMQ_ROUTER);
+    r->back = zmq_socket(r->ctx, ZMQ_ROUTER);
+    r->next_rid = 1;
+    td_status s = !r->front || !r->back
+                      ? td_error_set(TD_ERR_IO, "router: zmq_socket: %s", zmq_strerror(errno))
+                      : TD_OK;
+    if (s == TD_OK) s = bind_socket(r, r->front, o->front, r->front_ep, sizeof r->front_ep);
+    if (s == TD_OK) s = bind_socket(r, r->back, o->back, r->back_ep, sizeof r->back_ep);
+    if (s != TD_OK) {
+        td_router_free(&r);
+        return s;
+    }
+    *out = r;
+    return TD_OK;
+}
+
+const char *td_router_front_endpoint(const td_router *r) {
+    return r->front_ep;
+}
+const char *td_router_back_endpoint(const td_router *r) {
+    return r->back_ep;
+}
+
+void td_router_free(td_router **rp) {
+    if (!rp || !*rp) return;
+    td_router *r = *rp;
+    if (r->front) zmq_close(r->front);
+    if (r->back) zmq_close(r->back);
+    if (r->own_ctx) zmq_ctx_term(r->ctx);
+    for (int i = 0; i < r->nrep; i++) {
+        free(r->rep[i].replica_id);
+        free(r->rep[i].details);
+    }
+    for (int i = 0; i < r->nmod; i++) {
+        free(r->mod[i].name);
+        free(r->mod[i].details);
+    }
+    for (int i = 0; i < r->njobs; i++) td_wire_free(r->jobs[i].env);
+    free(r->rep);
+    free(r->mod);
+    free(r->jobs);
+    free(r);
+    *rp = NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* tables */
+
+static int find_model(const td_router *r, const char *name) {
+    for (int i = 0; i < r->nmod; i++)
+        if (!strcmp(r->mod[i].name, name)) return i;
+    return -1;
+}
+
+static int add_model(td_router *r, const char *name) {
+    int i = find_model(r, name);
+    if (i >= 0) return i;
+    if (r->nmod == r->capmod) {
+        r->capmod = r->capmod ? 2 * r->capmod : 8;
+        r->mod = realloc(r->mod, sizeof *r->mod * (size_t)r->capmod);
+    }
+    r->mod[r->nmod] = (model){strdup(name), 0, NULL};
+    return r->nmod++;
+}
+
+static int find_replica(const td_router *r, const uint8_t *id, size_t n) {
+    for (int i = 0; i < r->nrep; i++)
+        if (r->rep[i].alive && r->rep[i].ident_len == n && !memcmp(r->rep[i].ident, id, n))
+            return i;
+    return -1;
+}
+
+static job *new_job(td_router *r) {
+    for (int i = 0; i < r->njobs; i++)
+        if (!r->jobs[i].used) return &r->jobs[i];
+    if (r->njobs == r->capjobs) {
+        r->capjobs = r->capjobs ? 2 * r->capjobs : 64;
+        r->jobs = realloc(r->jobs, sizeof *r->jobs * (size_t)r->capjobs);
+    }
+    return &r->jobs[r->njobs++];
+}
+
+static void end_job(td_router *r, job *j) {
+    if (j->replica >= 0) {
+        replica *p = &r->rep[j->replica];
+        if (p->in_flight > 0) p->in_flight--;
+    }
+    td_wire_free(j->env);
+    memset(j, 0, sizeof *j);
+}
+
+static int queue_length(const td_router *r, int m) {
+    int n = 0;
+    for (int i = 0; i < r->njobs; i++)
+        n += r->jobs[i].used && r->jobs[i].model == m && r->jobs[i].replica < 0;
+    return n;
+}
+
+static int replicas_up(const td_router *r, int m) {
+    int n = 0;
+    for (int i = 0; i < r->nrep; i++) n += r->rep[i].alive && r->rep[i].model == m;
+    return n;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* sending */
+
+/* An error answer to a client (the request is over). */
+static void client_error(td_router *r, const uint8_t *client, size_t client_len, uint64_t id,
+                         uint32_t code, const char *msg) {
+    Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
+    c.id = id;
+    c.error = (char *)msg;
+    c.has_error_code = 1;
+    c.error_code = code;
+    c.has_done = 1;
+    c.done = 1;
+    td_env e = TANDEM__ENVELOPE__INIT;
+    e.body_case = TANDEM__ENVELOPE__BODY_CHUNK;
+    e.chunk = &c;
+    if (td_wire_send(r->front, client, client_len, &e) != TD_OK)
+        TD_LOG_DEBUG("router: error answer not delivered: %s", td_error_message());
+}
+
+static void send_cancel(td_router *r, const replica *p, uint64_t rid) {
+    Tandem__Cancel c = TANDEM__CANCEL__INIT;
+    c.id = rid;
+    td_env e = TANDEM__ENVELOPE__INIT;
+    e.body_case = TANDEM__ENVELOPE__BODY_CANCEL;
+    e.cancel = &c;
+    if (td_wire_send(r->back, p->ident, p->ident_len, &e) != TD_OK)
+        TD_LOG_WARN("router: cancel of request %llu not delivered to replica %s: %s",
+                    (unsigned long long)rid, p->replica_id, td_error_message());
+}
+
+static void replica_lost(td_router *r, int i, const char *why) {
+    replica *p = &r->rep[i];
+    if (!p->alive) return;
+    p->alive = 0;
+    TD_LOG_WARN("router: replica %s (model %s) lost: %s; %d request%s in flight fail",
+                p->replica_id, r->mod[p->model].name, why, p->in_flight,
+                p->in_flight == 1 ? "" : "s");
+    char msg[512];
+    snprintf(msg, sizeof msg, "replica %s of model %s was lost (%s) while serving this request",
+             p->replica_id, r->mod[p->model].name, why);
+    for (int k = 0; k < r->njobs; k++) {
+        job *j = &r->jobs[k];
+        if (!j->used || j->replica != i) continue;
+        client_error(r, j->client, j->client_len, j->client_id, 503, msg);
+        end_job(r, j);
+    }
+    p->in_flight = 0;
+}
+
+/* Sends j to replica i; 0 on success. */
+static int dispatch(td_router *r, job *j, int i) {
+    replica *p = &r->rep[i];
+    j->env->request->id = j->rid;
+    if (td_wire_send(r->back, p->ident, p->ident_len, j->env) != TD_OK) {
+        replica_lost(r, i, td_error_message());
+        return -1;
+    }
+    j->replica = i;
+    p->in_flight++;
+    td_wire_free(j->env);
+    j->env = NULL;
+    return 0;
+}
+
+/* The live replica of model m with the most room (in-flight per slot lowest), or -1. */
+static int pick_replica(const td_router *r, int m) {
+    int best = -1;
+    double load = 2;
+    for (int i = 0; i < r->nrep; i++) {
+        const replica *p = &r->rep[i];
+        if (!p->alive || p->model != m || p->in_flight >= (int)p->slots) continue;
+        double l = (double)p->in_flight / (double)(p->slots ? p->slots : 1);
+        if (l < load) {
+            load = l;
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* Moves waiting jobs of model m to replicas with room, oldest first. */
+static void drain_queue(td_router *r, int m) {
+    for (;;) {
+        job *oldest = NULL;
+        for (int k = 0; k < r->njobs; k++) {
+            job *j = &r->jobs[k];
+            if (j->used && j->model == m && j->replica < 0 &&
+                (!oldest || j->queued_ns < oldest->queued_ns))
+                oldest = j;
+        }
+        if (!oldest) return;
+        int i = pick_replica(r, m);
+        if (i < 0) return;
+        dispatch(r, oldest, i);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* front: clients */
+
+static void status_reply(td_router *r, const uint8_t *client, size_t client_len) {
+    Tandem__StatusReply st = TANDEM__STATUS_REPLY__INIT;
+    Tandem__ModelStatus *ms = calloc((size_t)r->nmod + 1, sizeof *ms);
+    Tandem__ModelStatus **mp = calloc((size_t)r->nmod + 1, sizeof *mp);
+    char **ids = calloc((size_t)r->nrep + 1, sizeof *ids);
+    uint64_t *served = calloc((size_t)r->nrep + 1, sizeof *served);
+    size_t used = 0;
+    for (int m = 0; m < r->nmod; m++) {
+        Tandem__ModelStatus x = TANDEM__MODEL_STATUS__INIT;
+        x.name = r->mod[m].name;
+        x.replicas_up = (uint32_t)replicas_up(r, m);
+        x.queue_length = (uint32_t)queue_length(r, m);
+        x.has_context_length = 1;
+        x.context_length = r->mod[m].context;
+        x.details = r->mod[m].details;
+        x.replica_ids = ids + used;
+        x.served = served + used;
+        for (int i = 0; i < r->nrep; i++) {
+            if (!r->rep[i].alive || r->rep[i].model != m) continue;
+            x.in_flight += (uint32_t)r->rep[i].in_flight;
+            ids[used] = r->rep[i].replica_id;
+            served[used++] = r->rep[i].served;
+            x.n_replica_ids++;
+            x.n_served++;
+        }
+        ms[m] = x;
+        mp[m] = &ms[m];
+    }
+    st.n_models = (size_t)r->nmod;
+    st.models = mp;
+    td_env e = TANDEM__ENVELOPE__INIT;
+    e.body_case = TANDEM__ENVELOPE__BODY_STATUS;
+    e.status = &st;
+    if (td_wire_send(r->front, client, client_len, &e) != TD_OK)
+        TD_LOG_DEBUG("router: status not delivered: %s", td_error_message());
+    free(ms);
+    free(mp);
+    free(ids);
+    free(served);
+}
+
+static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_env *env) {
+    if (env->body_case == TANDEM__ENVELOPE__BODY_STATUS_REQUEST) {
+        status_reply(r, client, client_len);
+        td_wire_free(env);
+        return;
+    }
+    if (env->body_case == TANDEM__ENVELOPE__BODY_CANCEL) {
+        for (int k = 0; k < r->njobs; k++) {
+            job *j = &r->jobs[k];
+            if (!j->used || j->client_id != env->cancel->id || j->client_len != client_len ||
+                memcmp(j->client, client, client_len))
+                continue;
+            if (j->replica >= 0) send_cancel(r, &r->rep[j->replica], j->rid);
+            end_job(r, j);
+        }
+        td_wire_free(env);
+        return;
+    }
+    if (env->body_case != TANDEM__ENVELOPE__BODY_REQUEST) {
+        TD_LOG_WARN("router: a client sent a message of kind %d; ignored", (int)env->body_case);
+        td_wire_free(env);
+        return;
+    }
+    Tandem__GenerateRequest *q = env->request;
+    int m = find_model(r, q->model);
+    if (m < 0 || replicas_up(r, m) == 0) {
+        char msg[512];
+        if (m < 0)
+            snprintf(msg, sizeof msg, "model '%.200s' not found (no replica serves it)", q->model);
+        else
+            snprintf(msg, sizeof msg, "no replica of model '%.200s' is up", q->model);
+        client_error(r, client, client_len, q->id, m < 0 ? 404 : 503, msg);
+        td_wire_free(env);
+        return;
+    }
+    job *j = new_job(r);
+    memset(j, 0, sizeof *j);
+    j->used = 1;
+    j->rid = r->next_rid++;
+    memcpy(j->client, client, client_len);
+    j->client_len = client_len;
+    j->client_id = q->id;
+    j->model = m;
+    j->replica = -1;
+    j->queued_ns = td_wire_now_ns();
+    j->env = env;
+    int i = pick_replica(r, m);
+    if (i >= 0) {
+        if (dispatch(r, j, i) != 0) { /* that replica just died: queue or fail */
+            i = pick_replica(r, m);
+            if (i < 0 || dispatch(r, j, i) != 0) j->replica = -1;
+        }
+        if (j->replica >= 0 || !j->used) return;
+    }
+    if (queue_length(r, m) > r->o.queue_max) { /* this job is already counted */
+        char msg[256];
+        snprintf(msg, sizeof msg, "the queue of model '%.100s' is full (%d waiting; "
+                 "--queue-max)", r->mod[m].name, r->o.queue_max);
+        client_error(r, client, client_len, j->client_id, 503, msg);
+        end_job(r, j);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* back: replicas */
+
+static void heartbeat_to(td_router *r, int i) {
+    Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
+    td_env e = TANDEM__ENVELOPE__INIT;
+    e.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
+    e.heartbeat = &h;
+    if (td_wire_send(r->back, r->rep[i].ident, r->rep[i].ident_len, &e) != TD_OK)
+        replica_lost(r, i, td_error_message());
+}
+
+static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem__Register *g) {
+    for (int i = 0; i < r->nrep; i++) /* the same replica id again: the old one is gone */
+        if (r->rep[i].alive && !strcmp(r->rep[i].replica_id, g->replica_id) &&
+            (r->rep[i].ident_len != n || memcmp(r->rep[i].ident, id, n)))
+            replica_lost(r, i, "it registered again");
+    int i = find_replica(r, id, n);
+    if (i < 0) {
+        for (i = 0; i < r->nrep && r->rep[i].alive; i++) {
+        }
+        if (i == r->nrep) {
+            if (r->nrep == r->caprep) {
+                r->caprep = r->caprep ? 2 * r->caprep : 8;
+                r->rep = realloc(r->rep, sizeof *r->rep * (size_t)r->caprep);
+            }
+            memset(&r->rep[r->nrep++], 0, sizeof *r->rep);
+        }
+        replica *p = &r->rep[i];
+        free(p->replica_id);
+        free(p->details);
+        memset(p, 0, sizeof *p);
+        memcpy(p->ident, id, n);
+        p->ident_len = n;
+    }
+    replica *p = &r->rep[i];
+    free(p->replica_id);
+    free(p->details);
+    p->replica_id = strdup(g->replica_id);
+    p->details = g->details ? strdup(g->details) : NULL;
+    p->model = add_model(r, g->model);
+    p->slots = g->slots ? g->slots : 1;
+    p->free_blocks = g->free_blocks;
+    p->context = g->context_length;
+    p->alive = 1;
+    p->last_ns = td_wire_now_ns();
+    model *m = &r->mod[p->model];
+    m->context = g->context_length;
+    if (g->details) {
+        free(m->details);
+        m->details = strdup(g->details);
+    }
+    TD_LOG_INFO("router: replica %s registered (model %s, %u slots, %u KV blocks, context %u)",
+                p->replica_id, m->name, p->slots, p->free_blocks, p->context);
+    heartbeat_to(r, i);
+    drain_queue(r, p->model);
+}
+
+static void on_back(td_router *r, const uint8_t *id, size_t n, td_env *env) {
+    if (env->body_case == TANDEM__ENVELOPE__BODY_REGISTER) {
+        on_register(r, id, n, env->register_);
+        td_wire_free(env);
+        return;
+    }
+    int i = find_replica(r, id, n);
+    if (i < 0) { /* not registered (e.g. the router restarted): it re-registers on silence */
+        td_wire_free(env);
+        return;
+    }
+    replica *p = &r->rep[i];
+    p->last_ns = td_wire_now_ns();
+    if (env->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT) {
+        if (env->heartbeat->has_free_blocks) p->free_blocks = env->heartbeat->free_blocks;
+        heartbeat_to(r, i);
+    } else if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK) {
+        Tandem__GenerateChunk *c = env->chunk;
+        job *j = NULL;
+        for (int k = 0; k < r->njobs && !j; k++)
+            if (r->jobs[k].used && r->jobs[k].rid == c->id && r->jobs[k].replica == i)
+                j = &r->jobs[k];
+        if (j) {
+            int last = (c->has_done && c->done) || c->error;
+            c->id = j->client_id;
+            td_status s = td_wire_send(r->front, j->client, j->client_len, env);
+            if (s != TD_OK) { /* the client is gone: stop the work */
+                TD_LOG_INFO("router: client of request %llu gone (%s); cancelling it",
+                            (unsigned long long)j->rid, td_error_message());
+                if (!last) send_cancel(r, p, j->rid);
+                last = 1;
+            }
+            if (last) {
+                p->served++;
+                int m = j->model;
+                end_job(r, j);
+                drain_queue(r, m);
+            }
+        }
+    }
+    td_wire_free(env);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void housekeeping(td_router *r, uint64_t now, uint64_t *next_hb) {
+    uint64_t hb = (uint64_t)r->o.heartbeat_ms * 1000000ull;
+    if (now >= *next_hb) {
+        for (int i = 0; i < r->nrep; i++) {
+            if (!r->rep[i].alive) continue;
+            if (now - r->rep[i].last_ns > 3 * hb) {
+                char why[96];
+                snprintf(why, sizeof why, "no heartbeat for %.1f s",
+                         (double)(now - r->rep[i].last_ns) / 1e9);
+                replica_lost(r, i, why);
+            } else {
+                heartbeat_to(r, i);
+            }
+        }
+        *next_hb = now + hb;
+    }
+    uint64_t limit = (uint64_t)(r->o.queue_timeout_s * 1e9);
+    for (int k = 0; k < r->njobs; k++) {
+        job *j = &r->jobs[k];
+        if (!j->used || j->replica >= 0 || now - j->queued_ns < limit) continue;
+        char msg[256];
+        snprintf(msg, sizeof msg, "waited %.1f s in the queue of model '%.100s' without a free "
+                 "replica (--queue-timeout)", (double)(now - j->queued_ns) / 1e9,
+                 r->mod[j->model].name);
+        client_error(r, j->client, j->client_len, j->client_id, 503, msg);
+        end_job(r, j);
+    }
+}
+
+td_status td_router_run(td_router *r, volatile int *stop) {
+    TD_LOG_INFO("router: front %s, back %s", r->front_ep, r->back_ep);
+    uint64_t next_hb = td_wire_now_ns();
+    uint8_t id[MAX_IDENT];
+    while (!*stop) {
+        zmq_pollitem_t it[2] = {{r->front, 0, ZMQ_POLLIN, 0}, {r->back, 0, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(it, 2, 100);
+        if (rc < 0 && errno != EINTR)
+            return td_error_set(TD_ERR_IO, "router: zmq_poll: %s", zmq_strerror(errno));
+        /* a bounded batch from each side per round, so neither starves the other */
+        for (int side = 0; rc > 0 && side < 2; side++) {
+            if (!(it[side].revents & ZMQ_POLLIN)) continue;
+            for (int k = 0; k < 256; k++) {
+                size_t n = 0;
+                td_env *env = NULL;
+                TD_TRY(td_wire_recv(side ? r->back : r->front, id, &n, 0, &env));
+                if (!env) {
+                    if (n == 0) break;
+                    continue; /* an undecodable or empty message, already logged */
+                }
+                if (side) on_back(r, id, n, env);
+                else on_front(r, id, n, env);
+            }
+        }
+        housekeeping(r, td_wire_now_ns(), &next_hb);
+    }
+    return TD_OK;
+}

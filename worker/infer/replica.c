@@ -1,0 +1,305 @@
+/* Replica side of the serving control plane (see replica.h). */
+#include "worker/infer/replica.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "coordinator/wire.h"
+
+typedef struct {
+    int used;
+    uint64_t rid;    /* the router's id */
+    int eid;         /* the engine's id */
+    size_t sent;     /* text bytes already sent */
+    uint64_t t0, t_first;
+} live;
+
+typedef struct {
+    td_engine *e;
+    td_bpe *tok;
+    const td_replica_opts *o;
+    void *ctx, *sock;
+    live *l;
+    int nl, capl;
+    uint64_t last_heard;
+    int32_t *ids;
+    size_t ids_cap;
+} rep;
+
+char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n) {
+    size_t len = 32;
+    for (int i = 0; i < n; i++) len += strlen(roles[i]) + strlen(contents[i]) + 32;
+    char *p = malloc(len), *w = p;
+    if (!p) return NULL;
+    for (int i = 0; i < n; i++)
+        w += sprintf(w, "<|im_start|>%s\n%s<|im_end|>\n", roles[i], contents[i]);
+    strcpy(w, "<|im_start|>assistant\n");
+    return p;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static td_status send_env(rep *r, const td_env *env) {
+    return td_wire_send(r->sock, NULL, 0, env);
+}
+
+static td_status send_chunk(rep *r, Tandem__GenerateChunk *c) {
+    td_env env = TANDEM__ENVELOPE__INIT;
+    env.body_case = TANDEM__ENVELOPE__BODY_CHUNK;
+    env.chunk = c;
+    c->replica = (char *)r->o->replica_id;
+    return send_env(r, &env);
+}
+
+static td_status send_error(rep *r, uint64_t rid, uint32_t code, const char *msg) {
+    Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
+    c.id = rid;
+    c.error = (char *)msg;
+    c.has_error_code = 1;
+    c.error_code = code;
+    c.has_done = 1;
+    c.done = 1;
+    return send_chunk(r, &c);
+}
+
+static td_status send_register(rep *r) {
+    Tandem__Register g = TANDEM__REGISTER__INIT;
+    g.model = (char *)r->o->model_name;
+    g.replica_id = (char *)r->o->replica_id;
+    g.slots = (uint32_t)r->o->slots;
+    g.free_blocks = (uint32_t)td_engine_free_blocks(r->e);
+    g.context_length = (uint32_t)r->o->context_length;
+    g.details = (char *)r->o->details;
+    td_env env = TANDEM__ENVELOPE__INIT;
+    env.body_case = TANDEM__ENVELOPE__BODY_REGISTER;
+    env.register_ = &g;
+    return send_env(r, &env);
+}
+
+static td_status connect_router(rep *r) {
+    if (r->sock) zmq_close(r->sock);
+    r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
+    if (!r->sock) return td_error_set(TD_ERR_IO, "replica: zmq_socket: %s", zmq_strerror(errno));
+    int zero = 0, hwm = 100000;
+    zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(r->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    if (zmq_connect(r->sock, r->o->router) != 0)
+        return td_error_set(TD_ERR_IO, "replica: cannot connect to the router at %s: %s",
+                            r->o->router, zmq_strerror(errno));
+    r->last_heard = td_wire_now_ns();
+    return send_register(r);
+}
+
+static live *find_live(rep *r, uint64_t rid) {
+    for (int i = 0; i < r->nl; i++)
+        if (r->l[i].used && r->l[i].rid == rid) return &r->l[i];
+    return NULL;
+}
+
+static live *new_live(rep *r) {
+    for (int i = 0; i < r->nl; i++)
+        if (!r->l[i].used) return &r->l[i];
+    if (r->nl == r->capl) {
+        r->capl = r->capl ? 2 * r->capl : 32;
+        r->l = realloc(r->l, sizeof *r->l * (size_t)r->capl);
+    }
+    return &r->l[r->nl++];
+}
+
+static void drop_all(rep *r) {
+    for (int i = 0; i < r->nl; i++) {
+        if (!r->l[i].used) continue;
+        td_engine_cancel(r->e, r->l[i].eid);
+        td_engine_release(r->e, r->l[i].eid);
+        r->l[i].used = 0;
+    }
+}
+
+/* A request from the router: tokenize, submit; refusals answer at once. */
+static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
+    uint64_t t0 = td_wire_now_ns();
+    char *text = NULL;
+    int chat = q->n_messages > 0;
+    if (chat) {
+        const char **roles = malloc(sizeof *roles * q->n_messages);
+        const char **contents = malloc(sizeof *contents * q->n_messages);
+        for (size_t i = 0; i < q->n_messages; i++) {
+            roles[i] = q->messages[i]->role;
+            contents[i] = q->messages[i]->content;
+        }
+        text = td_chatml_prompt(roles, contents, (int)q->n_messages);
+        free(roles);
+        free(contents);
+    } else {
+        text = strdup(q->prompt ? q->prompt : "");
+    }
+    if (!text) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    size_t n = td_bpe_encode(r->tok, text, strlen(text), &r->ids, &r->ids_cap);
+    free(text);
+    const Tandem__Sampling *sp = q->sampling;
+    int max_tokens = sp && sp->has_max_tokens ? sp->max_tokens : 16;
+    if (n == 0) return send_error(r, q->id, 400, "the prompt is empty");
+    if ((int)n >= r->o->context_length) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "the prompt is %zu tokens; this model's context is %d tokens "
+                 "(prompt + max_tokens must fit; the prompt must leave room for at least one)",
+                 n, r->o->context_length);
+        return send_error(r, q->id, 400, msg);
+    }
+    /* stop strings: the request's, and for chat the end of the assistant's turn */
+    size_t ns = sp ? sp->n_stop : 0;
+    const char **stop = calloc(ns + 2, sizeof *stop);
+    for (size_t i = 0; i < ns; i++) stop[i] = sp->stop[i];
+    if (chat) stop[ns++] = "<|im_end|>";
+    td_sampling s = {
+        .temperature = sp && sp->has_temperature ? sp->temperature : 1.0f,
+        .top_k = sp && sp->has_top_k ? sp->top_k : 0,
+        .top_p = sp && sp->has_top_p ? sp->top_p : 1.0f,
+        .seed = sp && sp->has_seed ? sp->seed : t0,
+        .max_tokens = max_tokens,
+        .stop = ns ? stop : NULL,
+    };
+    int eid = -1;
+    td_status st = td_engine_submit(r->e, r->ids, (int)n, &s, &eid);
+    free(stop);
+    if (st != TD_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", td_error_message());
+        td_error_clear();
+        return send_error(r, q->id, 400, msg);
+    }
+    live *l = new_live(r);
+    *l = (live){1, q->id, eid, 0, t0, 0};
+    Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
+    c.id = q->id;
+    c.has_accepted = c.accepted = 1;
+    c.has_prompt_tokens = 1;
+    c.prompt_tokens = (uint32_t)n;
+    return send_chunk(r, &c);
+}
+
+static td_status on_message(rep *r, td_env *env) {
+    r->last_heard = td_wire_now_ns();
+    td_status s = TD_OK;
+    switch (env->body_case) {
+    case TANDEM__ENVELOPE__BODY_REQUEST: s = on_request(r, env->request); break;
+    case TANDEM__ENVELOPE__BODY_CANCEL: {
+        live *l = find_live(r, env->cancel->id);
+        if (l) {
+            td_engine_cancel(r->e, l->eid);
+            td_engine_release(r->e, l->eid);
+            l->used = 0;
+        }
+        break;
+    }
+    case TANDEM__ENVELOPE__BODY_HEARTBEAT: break;
+    default: TD_LOG_WARN("replica: unexpected message kind %d", (int)env->body_case);
+    }
+    td_wire_free(env);
+    return s;
+}
+
+/* After a step: new text of every request, and the end of those that finished. */
+static td_status report(rep *r) {
+    static const char *why[] = {"stop", "stop", "length", "stop", "cancel"};
+    for (int i = 0; i < r->nl; i++) {
+        live *l = &r->l[i];
+        if (!l->used) continue;
+        size_t len;
+        const char *text = td_engine_text(r->e, l->eid, &len);
+        int ntok;
+        td_engine_tokens(r->e, l->eid, &ntok);
+        int done = td_engine_state(r->e, l->eid) == TD_REQ_DONE;
+        uint64_t now = td_wire_now_ns();
+        if (ntok > 0 && !l->t_first) l->t_first = now;
+        if (len <= l->sent && !done) continue;
+        Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
+        c.id = l->rid;
+        char *delta = NULL;
+        if (len > l->sent) {
+            delta = malloc(len - l->sent + 1);
+            memcpy(delta, text + l->sent, len - l->sent);
+            delta[len - l->sent] = 0;
+            c.text = delta;
+            l->sent = len;
+        }
+        c.has_replica_ns = 1;
+        c.replica_ns = now - l->t0;
+        if (done) {
+            c.has_done = c.done = 1;
+            c.finish_reason = (char *)why[td_engine_finish_reason(r->e, l->eid)];
+            c.has_prompt_tokens = 1;
+            c.prompt_tokens = (uint32_t)td_engine_prompt_tokens(r->e, l->eid);
+            c.has_completion_tokens = 1;
+            c.completion_tokens = (uint32_t)ntok;
+            c.has_prompt_eval_ns = 1;
+            c.prompt_eval_ns = (l->t_first ? l->t_first : now) - l->t0;
+        }
+        td_status s = send_chunk(r, &c);
+        free(delta);
+        if (done) {
+            td_engine_release(r->e, l->eid);
+            l->used = 0;
+        }
+        if (s != TD_OK) return s;
+    }
+    return TD_OK;
+}
+
+td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
+                         volatile int *stop) {
+    rep r = {.e = e, .tok = tok, .o = o};
+    int own = !o->zctx;
+    r.ctx = own ? zmq_ctx_new() : o->zctx;
+    uint64_t hb = (uint64_t)(o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000) * 1000000ull;
+    td_status s = connect_router(&r);
+    if (s == TD_OK)
+        TD_LOG_INFO("replica %s (model %s): registering with the router at %s", o->replica_id,
+                    o->model_name, o->router);
+    uint64_t next_hb = td_wire_now_ns() + hb;
+    while (s == TD_OK && !*stop) {
+        int busy = td_engine_pending(e) > 0;
+        td_env *env = NULL;
+        /* everything that arrived; wait a little only when there is nothing to compute */
+        for (int k = 0; s == TD_OK && k < 1024; k++) {
+            s = td_wire_recv(r.sock, NULL, NULL, k == 0 && !busy ? 50 : 0, &env);
+            if (!env) break;
+            s = on_message(&r, env);
+        }
+        if (s != TD_OK) break;
+        if (td_engine_pending(e) > 0) {
+            int active;
+            s = td_engine_step(e, &active);
+            if (s == TD_OK) s = report(&r);
+            if (s != TD_OK) break;
+        }
+        uint64_t now = td_wire_now_ns();
+        if (now >= next_hb) {
+            Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
+            h.has_free_blocks = 1;
+            h.free_blocks = (uint32_t)td_engine_free_blocks(e);
+            td_env env2 = TANDEM__ENVELOPE__INIT;
+            env2.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
+            env2.heartbeat = &h;
+            s = send_env(&r, &env2);
+            next_hb = now + hb;
+        }
+        if (s == TD_OK && now - r.last_heard > 3 * hb) {
+            TD_LOG_WARN("replica %s: no word from the router for %.1f s; dropping %d request(s) "
+                        "and registering again", o->replica_id,
+                        (double)(now - r.last_heard) / 1e9, td_engine_pending(e));
+            drop_all(&r);
+            s = connect_router(&r);
+        }
+    }
+    drop_all(&r);
+    if (r.sock) zmq_close(r.sock);
+    if (own) zmq_ctx_term(r.ctx);
+    free(r.l);
+    free(r.ids);
+    return s;
+}

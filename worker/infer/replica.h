@@ -1,0 +1,37 @@
+/* A serving replica's link to the request router: the leader rank of a tensor-parallel
+ * group connects one ZeroMQ DEALER socket to the router's back endpoint, registers (model
+ * name, replica id, slots, free KV blocks, context length), and then loops: requests from
+ * the router are tokenized (chat messages through the ChatML template) and submitted to the
+ * engine, the engine steps while anything is pending, and each request's new text goes back
+ * as a chunk after every step (whole UTF-8 characters only), then a final chunk with the
+ * finish reason, token counts and durations. Heartbeats every heartbeat_ms both ways; a
+ * router silent for three heartbeats is presumed restarted: running requests are dropped
+ * and the replica registers again. Cancels from the router end requests at once. */
+#ifndef TD_REPLICA_H
+#define TD_REPLICA_H
+
+#include "common/status.h"
+#include "data/bpe.h"
+#include "worker/infer/engine.h"
+
+typedef struct {
+    const char *router;     /* the router's back endpoint, e.g. tcp://127.0.0.1:5556 */
+    const char *model_name; /* what clients ask for */
+    const char *replica_id; /* unique per replica, e.g. host:pid:group */
+    const char *details;    /* JSON object for /api/show (architecture, parameters, ...) */
+    int slots;              /* sequences decoded together (the engine's max_seqs) */
+    int context_length;
+    int heartbeat_ms;       /* default 1000 */
+    void *zctx;             /* ZeroMQ context (NULL: the replica makes its own) */
+} td_replica_opts;
+
+/* Serves requests from the router with engine e (the group leader's) until *stop becomes
+ * non-zero; tok must be the model's tokenizer. */
+td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
+                         volatile int *stop);
+
+/* The ChatML prompt for messages (role, content pairs): "<|im_start|>role\ncontent<|im_end|>\n"
+ * for each, then "<|im_start|>assistant\n". Returns a malloc'd string. */
+char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n);
+
+#endif
