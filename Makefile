@@ -17,6 +17,7 @@ build: deps
 	@cmake --build $(BUILD) -j $(JOBS)
 
 test: build
+	@scripts/install-deps.sh --clients
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
 
 demo: build

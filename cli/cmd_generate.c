@@ -197,7 +197,7 @@ int td_cmd_generate(int argc, char **argv) {
         td_engine *e = NULL;
         td_engine_opts eo = {.max_seqs = 1};
         td_sampling sp = {(float)temp, (int)top_k, (float)top_p, (uint64_t)seed,
-                          max_new > maxT ? maxT : (int)max_new, NULL};
+                          max_new > maxT ? maxT : (int)max_new, NULL, 0};
         int id, active = 1, k = 0;
         int start = n < maxT ? 0 : n - maxT + 1; /* keep the newest tokens of a long prompt */
         s = td_engine_new(m, tok, &eo, &e);

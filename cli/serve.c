@@ -313,7 +313,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
             if (i % R != group) continue; /* another replica's prompt */
             size_t n = td_bpe_encode(tok, prompts[i], strlen(prompts[i]), &pt, &pcap);
             td_sampling sp = {o->temperature, o->top_k, o->top_p, o->seed + (uint64_t)i,
-                              o->max_tokens, o->stop};
+                              o->max_tokens, o->stop, 0};
             td_status rs = td_engine_submit(e, pt, (int)n, &sp, &ids[i]);
             if (rs != TD_OK) { /* this request is refused; the others go on */
                 errs[i] = strdup(td_error_message());

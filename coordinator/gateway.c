@@ -137,6 +137,7 @@ typedef struct {
     int top_k;
     uint64_t seed;
     int max_tokens; /* 0 = to the end of the context */
+    int ignore_eos; /* vLLM's extension: do not stop at <|endoftext|> */
     int nstop;
     char *stop[16];
 } gen_req;
@@ -302,6 +303,11 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
         if (x && cJSON_IsObject(x))
             q->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "include_usage"));
         q->max_tokens = k == K_COMPLETION ? 16 : 0; /* OpenAI's defaults */
+        x = cJSON_GetObjectItemCaseSensitive(j, "ignore_eos");
+        if (x && !cJSON_IsNull(x)) {
+            if (!cJSON_IsBool(x)) FAIL("'ignore_eos' must be true or false");
+            q->ignore_eos = cJSON_IsTrue(x);
+        }
         if (parse_sampling(j, q, 0, msg, msg_len)) goto bad;
     } else {
         x = cJSON_GetObjectItemCaseSensitive(j, "options");
@@ -399,6 +405,8 @@ static td_status send_request(void *sock, uint64_t id, const gen_req *q) {
     s.seed = q->seed;
     s.has_max_tokens = 1;
     s.max_tokens = q->max_tokens;
+    s.has_ignore_eot = q->ignore_eos;
+    s.ignore_eot = q->ignore_eos;
     s.n_stop = (size_t)q->nstop;
     s.stop = (char **)q->stop;
     r.sampling = &s;
@@ -618,9 +626,10 @@ static cJSON *openai_json(gen *x, const char *delta, int final_piece, int whole)
             cJSON_AddStringToObject(m, "role", "assistant");
             x->sent_role = 1;
         }
-        if (whole || delta) cJSON_AddStringToObject(m, "content", whole ? x->text : delta);
+        const char *all = x->text ? x->text : "";
+        if (whole || delta) cJSON_AddStringToObject(m, "content", whole ? all : delta);
     } else {
-        cJSON_AddStringToObject(c, "text", whole ? x->text : (delta ? delta : ""));
+        cJSON_AddStringToObject(c, "text", whole ? (x->text ? x->text : "") : (delta ? delta : ""));
         cJSON_AddNullToObject(c, "logprobs");
     }
     if (final_piece || whole) cJSON_AddStringToObject(c, "finish_reason", x->finish);

@@ -246,8 +246,9 @@ static void replica_lost(td_router *r, int i, const char *why) {
 static int dispatch(td_router *r, job *j, int i) {
     replica *p = &r->rep[i];
     j->env->request->id = j->rid;
-    if (td_wire_send(r->back, p->ident, p->ident_len, j->env) != TD_OK) {
-        replica_lost(r, i, td_error_message());
+    td_status s = td_wire_send(r->back, p->ident, p->ident_len, j->env);
+    if (s != TD_OK) {
+        replica_lost(r, i, s == TD_ERR_NOTFOUND ? "its connection closed" : td_error_message());
         return -1;
     }
     j->replica = i;
@@ -405,8 +406,9 @@ static void heartbeat_to(td_router *r, int i) {
     td_env e = TANDEM__ENVELOPE__INIT;
     e.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
     e.heartbeat = &h;
-    if (td_wire_send(r->back, r->rep[i].ident, r->rep[i].ident_len, &e) != TD_OK)
-        replica_lost(r, i, td_error_message());
+    td_status s = td_wire_send(r->back, r->rep[i].ident, r->rep[i].ident_len, &e);
+    if (s != TD_OK)
+        replica_lost(r, i, s == TD_ERR_NOTFOUND ? "its connection closed" : td_error_message());
 }
 
 static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem__Register *g) {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what tandem needs on a fresh Debian 12 machine. Idempotent: a second run
-# checks and returns quickly. Usage: scripts/install-deps.sh [--python]
+# checks and returns quickly. Usage: scripts/install-deps.sh [--clients | --python]
 #   (no flag)  apt packages for building, testing and the demo corpus
-#   --python   also the Python virtual environment (.venv) with the reference peers
-#              (PyTorch from Debian's python3-torch, transformers, safetensors, tokenizers)
+#   --clients  also the Python virtual environment (.venv) with the official openai and
+#              ollama clients the gateway tests use (make test)
+#   --python   also the reference peers in .venv (PyTorch from Debian's python3-torch,
+#              transformers, safetensors, tokenizers) and the clients
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,13 +36,26 @@ apt_install() {
 
 apt_install "${APT_PKGS[@]}"
 
-if [ "${1:-}" = "--python" ]; then
-    apt_install "${PY_APT_PKGS[@]}"
+make_venv() {
     # Debian's python3-torch lives in the system interpreter's site-packages, so the venv
     # is made from /usr/bin/python3 with --system-site-packages.
     if [ ! -x .venv/bin/python ]; then
         /usr/bin/python3 -m venv --system-site-packages .venv
     fi
+    if ! .venv/bin/python -c 'import openai, ollama' 2>/dev/null; then
+        echo "install-deps: installing the openai and ollama clients into .venv"
+        .venv/bin/pip install -q -r tests/e2e/requirements-clients.txt
+    fi
+}
+
+if [ "${1:-}" = "--clients" ]; then
+    apt_install python3 python3-venv
+    make_venv
+fi
+
+if [ "${1:-}" = "--python" ]; then
+    apt_install "${PY_APT_PKGS[@]}"
+    make_venv
     if ! .venv/bin/python -c 'import transformers, safetensors, tokenizers' 2>/dev/null; then
         echo "install-deps: installing Python reference packages into .venv"
         .venv/bin/pip install -q -r tests/reference/requirements.txt

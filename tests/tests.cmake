@@ -37,3 +37,9 @@ add_test(NAME test_serve COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_serve.s
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_serve PROPERTIES LABELS "mpi;e2e" TIMEOUT 600)
 td_test(test_clean tests/unit/test_clean.c unit)
+add_test(NAME test_router COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_router.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_router PROPERTIES LABELS "e2e" TIMEOUT 600)
+add_test(NAME test_gateway COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_gateway.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_gateway PROPERTIES LABELS "e2e" TIMEOUT 600)

@@ -392,7 +392,7 @@ td_status td_engine_step(td_engine *e, int *active) {
         int32_t t = sample(e, q, e->logits + (size_t)k * e->V);
         q->toks[q->n++] = t;
         int gen = q->n - q->n_prompt;
-        if (t == e->eot) {
+        if (t == e->eot && !q->s.ignore_eot) {
             finish(e, q, TD_FINISH_EOT);
             continue;
         }

@@ -39,6 +39,7 @@ typedef struct {
     uint64_t seed;
     int max_tokens;
     const char *const *stop; /* stop strings, NULL-terminated, or NULL */
+    int ignore_eot;          /* 1: <|endoftext|> does not end the request (benchmarks) */
 } td_sampling;
 
 typedef enum { TD_REQ_WAITING, TD_REQ_RUNNING, TD_REQ_DONE, TD_REQ_FREE } td_req_state;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/log.h"
@@ -162,6 +163,7 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
         .seed = sp && sp->has_seed ? sp->seed : t0,
         .max_tokens = max_tokens,
         .stop = ns ? stop : NULL,
+        .ignore_eot = sp && sp->has_ignore_eot && sp->ignore_eot,
     };
     int eid = -1;
     td_status st = td_engine_submit(r->e, r->ids, (int)n, &s, &eid);
@@ -261,6 +263,10 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
         TD_LOG_INFO("replica %s (model %s): registering with the router at %s", o->replica_id,
                     o->model_name, o->router);
     uint64_t next_hb = td_wire_now_ns() + hb;
+    /* test hook: a pause after every engine step makes a tiny model as slow as a big one,
+     * so tests can act while requests are in flight (tests/e2e/test_router.sh) */
+    const char *delay_env = getenv("TANDEM_TEST_STEP_DELAY_MS");
+    int step_delay_ms = delay_env ? atoi(delay_env) : 0;
     while (s == TD_OK && !*stop) {
         int busy = td_engine_pending(e) > 0;
         td_env *env = NULL;
@@ -275,6 +281,7 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
             int active;
             s = td_engine_step(e, &active);
             if (s == TD_OK) s = report(&r);
+            if (step_delay_ms > 0) usleep((useconds_t)step_delay_ms * 1000);
             if (s != TD_OK) break;
         }
         uint64_t now = td_wire_now_ns();

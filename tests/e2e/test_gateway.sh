@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The HTTP gateway (ctest label e2e), on a small llama trained here, served with
+# `tandem serve --http` (router and gateway in-process) and an API key:
+#   1. the official openai and ollama Python clients (tests/e2e/gateway_clients.py):
+#      completions and chat, streaming and not (streamed text = non-streamed text for the
+#      same seed), model listings, errors
+#   2. bad input, each with its status code and a JSON error body, the gateway still
+#      serving afterwards: malformed JSON, missing model, unknown model (404), prompt longer
+#      than the context (400 with the limits), negative and absurd max_tokens, wrong types,
+#      a 10 MB body (413), invalid UTF-8, missing and wrong API key (401), unknown route
+#      (404), wrong method (405); /metrics counts them
+# Usage: test_gateway.sh TANDEM_BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TANDEM=$(realpath "$1")
+PY="$HERE/../../.venv/bin/python"
+[ -x "$PY" ] && "$PY" -c 'import openai, ollama' 2> /dev/null || {
+    echo "FAIL: the openai and ollama clients are missing: run scripts/install-deps.sh --clients"
+    exit 1
+}
+W=$(mktemp -d)
+SRV=
+cleanup() { [ -n "$SRV" ] && kill "$SRV" 2> /dev/null; wait 2> /dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+cd "$W"
+export OMP_NUM_THREADS=1
+CORPUS=/usr/share/games/fortunes/fortunes
+"$TANDEM" prep --out data --quiet --vocab-size 512 --delimiter % --val-fraction 0.05 "$CORPUS"
+cat > job.json <<'JOB'
+{"model": {"arch": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 512,
+           "max_position_embeddings": 128},
+ "data": {"train": "data", "seq_len": 64},
+ "train": {"batch_size": 8, "steps": 120, "lr": 5e-3, "warmup": 10, "seed": 2},
+ "checkpoint": {"dir": "run", "every": 120, "keep": 1}}
+JOB
+"$TANDEM" train job.json --quiet 2> /dev/null
+KEY=test-key-123
+"$TANDEM" serve --model run/step_00000120 --name tiny --http 127.0.0.1:0 --api-key $KEY 2> serve.log &
+SRV=$!
+for _ in $(seq 100); do grep -q "listening on http" serve.log && break; sleep 0.1; done
+BASE=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' serve.log)
+for _ in $(seq 100); do curl -s $BASE/health | grep -q '"replicas":1' && break; sleep 0.1; done
+fail=0
+echo "== official clients against $BASE"
+"$PY" "$HERE/gateway_clients.py" --base "$BASE" --model tiny --api-key $KEY || fail=1
+
+echo "== bad input"
+AUTH="Authorization: Bearer $KEY"
+# check NAME WANT_STATUS WANT_IN_BODY PATH [curl args...]
+check() {
+    local name=$1 want=$2 needle=$3 path=$4
+    shift 4
+    local code
+    code=$(curl -s -o body.json -w '%{http_code}' "$@" "$BASE$path")
+    if [ "$code" = "$want" ] && grep -q '"error"' body.json && grep -q -- "$needle" body.json; then
+        echo "PASS $name: $code $(head -c 160 body.json)"
+    else
+        echo "FAIL $name: got $code, want $want with '$needle': $(head -c 300 body.json)"
+        fail=1
+    fi
+}
+J=(-H "$AUTH" -H "Content-Type: application/json" --data-binary)
+check malformed_json 400 "malformed JSON" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": '
+check missing_model 400 "missing field 'model'" /v1/completions "${J[@]}" '{"prompt": "hi"}'
+check unknown_model 404 "not found" /v1/completions "${J[@]}" '{"model": "nope", "prompt": "hi"}'
+python3 -c 'print("{\"model\": \"tiny\", \"prompt\": \"" + "the cat sat on the mat " * 200 + "\"}")' > long.json
+check prompt_too_long 400 "context is 128 tokens" /v1/completions "${J[@]}" @long.json
+check negative_max_tokens 400 "max_tokens" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": "hi", "max_tokens": -3}'
+check absurd_max_tokens 400 "max_tokens" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": "hi", "max_tokens": 1000000000000}'
+check wrong_type_prompt 400 "'prompt' must be a string" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": 5}'
+check wrong_type_temperature 400 "temperature" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": "hi", "temperature": "hot"}'
+check wrong_type_messages 400 "messages" /v1/chat/completions "${J[@]}" '{"model": "tiny", "messages": "hi"}'
+head -c 10000000 /dev/zero | tr '\0' 'a' > big.txt
+check body_10MB 413 "exceeds the limit" /v1/completions "${J[@]}" @big.txt
+printf '{"model": "tiny", "prompt": "caf\xc3 \xff"}' > badutf8.json
+check invalid_utf8 400 "not valid UTF-8" /v1/completions "${J[@]}" @badutf8.json
+check no_api_key 401 "API key" /v1/models
+check wrong_api_key 401 "API key" /v1/models -H "Authorization: Bearer wrong"
+check ollama_bad_json 400 "malformed JSON" /api/generate "${J[@]}" '{"model":'
+check ollama_bad_num_predict 400 "num_predict" /api/generate "${J[@]}" '{"model": "tiny", "prompt": "hi", "options": {"num_predict": -7}}'
+check unknown_route 404 "no such route" /v1/nothing -H "$AUTH"
+check wrong_method 405 "method" /v1/completions -H "$AUTH"
+code=$(curl -s -o ok.json -w '%{http_code}' "${J[@]}" '{"model": "tiny", "prompt": "A fool", "max_tokens": 5, "temperature": 0}' $BASE/v1/completions)
+if [ "$code" = 200 ] && grep -q '"finish_reason"' ok.json; then
+    echo "PASS still_serving: 200 $(head -c 120 ok.json)"
+else
+    echo "FAIL still_serving: $code $(cat ok.json)"; fail=1
+fi
+curl -s $BASE/metrics > metrics.txt
+n400=$(awk '$1 == "tandem_requests_total{route=\"/v1/completions\",code=\"400\"}" { print $2 }' metrics.txt)
+echo "metrics: /v1/completions answered 400 ${n400:-0} times; $(grep -c '^tandem_' metrics.txt) sample lines"
+[ "${n400:-0}" -ge 8 ] || { echo "FAIL: /metrics does not count the 400s"; fail=1; }
+grep -q '^tandem_ttft_seconds_bucket' metrics.txt || { echo "FAIL: no TTFT histogram"; fail=1; }
+kill $SRV
+wait $SRV 2> /dev/null || true
+SRV=
+[ $fail -eq 0 ] && echo "test_gateway: passed"
+exit $fail
