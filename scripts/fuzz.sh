@@ -8,9 +8,12 @@
 #   fuzz_tokenizer  decode(encode(x)) == x with the fixture tokenizer, pre-token split covers
 #                   the input; first byte 0 => the rest is fed to td_bpe_from_json
 #   fuzz_clean      td_clean_doc (default rules) + td_dedup_signature on the kept text
+#   fuzz_gateway    HTTP request bodies of the generation routes (td_gateway_check_request)
+#                   and ZeroMQ frames through the protobuf-c Envelope decoder (td_wire_decode)
 #
 # Needs clang with the libFuzzer runtime (Debian: clang-14, libclang-rt-14-dev), libutf8proc,
-# libcjson, zlib, python3 (to seed the corpora). Everything goes under build-fuzz/:
+# libcjson, zlib, python3 (to seed the corpora); fuzz_gateway also libmicrohttpd, libzmq,
+# protobuf-c and protoc-c. Everything goes under build-fuzz/:
 #   build-fuzz/fuzz_NAME            the fuzzer binaries
 #   build-fuzz/corpus-NAME/         the corpus (seeded each run, grows across runs)
 #   build-fuzz/artifacts-NAME/      crash-*, leak-*, timeout-*, oom-* reproducers
@@ -31,7 +34,7 @@ if ! [[ "$SECS" =~ ^[0-9]+$ ]] || [ "$SECS" -lt 1 ]; then
     exit 2
 fi
 CC="${CC:-clang}"
-TARGETS="${TARGETS:-tokenizer clean}"
+TARGETS="${TARGETS:-tokenizer clean gateway}"
 OUT="$ROOT/build-fuzz"
 mkdir -p "$OUT"
 
@@ -43,16 +46,24 @@ CFLAGS=(-std=c11 -D_GNU_SOURCE -I"$ROOT" -Wall -Wextra -g -O1
         -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer)
 COMMON=(common/*.c)
 LIBS=(-lutf8proc -lcjson -lz -lm)
+# the gateway target needs the generated protobuf-c sources
+mkdir -p "$OUT/proto"
+if [[ " $TARGETS " == *" gateway "* ]]; then
+    protoc-c --c_out="$OUT/proto" -I"$ROOT/proto" "$ROOT/proto/tandem.proto" || exit 2
+    CFLAGS+=(-I"$OUT/proto")
+fi
 declare -A SRCS=(
     [tokenizer]="data/bpe.c data/pretok.c"
     [clean]="data/clean.c data/dedup.c"
+    [gateway]="coordinator/gateway.c coordinator/wire.c $OUT/proto/tandem.pb-c.c"
 )
+declare -A XLIBS=([gateway]="-lmicrohttpd -lzmq -lprotobuf-c -lpthread")
 for t in $TARGETS; do
     [ -n "${SRCS[$t]:-}" ] || { echo "fuzz.sh: unknown target $t" >&2; exit 2; }
     echo "building build-fuzz/fuzz_$t"
     # shellcheck disable=SC2086
     if ! "$CC" "${CFLAGS[@]}" -o "$OUT/fuzz_$t" "tests/fuzz/fuzz_$t.c" ${SRCS[$t]} \
-        "${COMMON[@]}" "${LIBS[@]}"; then
+        "${COMMON[@]}" "${LIBS[@]}" ${XLIBS[$t]:-}; then
         echo "fuzz.sh: build of fuzz_$t failed" >&2
         exit 2
     fi
@@ -117,6 +128,20 @@ for t in targets:
     for i, s in enumerate(seeds):
         with open(os.path.join(d, f"seed-{i:03d}"), "wb") as f:
             f.write(s)
+    if t == "gateway":
+        bodies = [
+            {"model": "m", "prompt": "hello", "max_tokens": 8, "temperature": 0.5, "top_p": 0.9,
+             "top_k": 4, "seed": 3, "stop": ["\n", "x"], "stream": True,
+             "stream_options": {"include_usage": True}, "ignore_eos": False, "n": 1},
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            {"model": "m", "prompt": "hi", "options": {"num_predict": -1, "temperature": 0,
+                                                        "stop": "q", "seed": 1}},
+            {"model": "m", "messages": [{"role": "system", "content": "s"}], "stream": False},
+        ]
+        for i, b in enumerate(bodies):
+            for r in range(4):
+                with open(os.path.join(d, f"seed-body-{i}-{r}"), "wb") as f:
+                    f.write(bytes([r]) + json.dumps(b).encode("utf-8"))
     if t == "tokenizer":
         for i, js in enumerate((tok_json, tok2_json)):
             with open(os.path.join(d, f"seed-json-{i}"), "wb") as f:
