@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "cli/serve.h"
 #include "common/log.h"
+#include "common/json.h"
 #include "worker/model/checkpoint.h"
 
 static void help(FILE *f) {
@@ -177,6 +178,25 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             snprintf(p, sizeof p, "%s/tokenizer.json", model_dir);
             s = td_bpe_load(p, &tok);
         }
+    }
+    /* chat: the checkpoint's template must be the ChatML one tandem writes and formats */
+    char why[4400];
+    if (s == TD_OK && td_bpe_special_id(tok, "<|im_start|>") < 0) {
+        o.no_chat = "this model's tokenizer has no <|im_start|> token, so it has no chat template";
+    } else if (s == TD_OK && model_dir) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/tokenizer_config.json", model_dir);
+        cJSON *tc = NULL;
+        if (access(p, F_OK) == 0 && td_json_load_file(p, &tc) == TD_OK) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(tc, "chat_template");
+            if (cJSON_IsString(t) && strcmp(t->valuestring, td_chatml_template)) {
+                snprintf(why, sizeof why, "the chat template in %s is not ChatML, the one "
+                         "tandem implements; use the completion routes", p);
+                o.no_chat = why;
+            }
+            cJSON_Delete(tc);
+        }
+        td_error_clear();
     }
     if (s == TD_OK) s = td_serve(m, tok, world, &o);
     int rc = s == TD_OK ? 0 : td_cli_fail(cmd, s);

@@ -251,7 +251,7 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             char *details = replica_details(full, o, tp->size);
             const td_model_config *c = td_model_config_of(full);
             td_replica_opts ro = {back, o->name, id, details, o->max_seqs,
-                                  c->max_position_embeddings, 1000, NULL};
+                                  c->max_position_embeddings, 1000, o->no_chat, NULL};
             s = td_replica_run(e, tok, &ro, stop);
             free(details);
             td_status st = td_engine_stop_members(e);

@@ -31,6 +31,7 @@ typedef struct {
     const char *http;         /* HOST:PORT: router and gateway in-process on rank 0 */
     const char *name;         /* model name clients ask for */
     const char *const *api_keys; /* with http: NULL-terminated, or NULL */
+    const char *no_chat;      /* non-NULL: why chat requests are refused */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

@@ -2,7 +2,8 @@
 # The main job on its embedded default: the fortunes corpus (Debian's fortunes and
 # fortunes-zh) → `tandem prep` (clean, dedup, BPE) → a small llama trained from scratch
 # with `mpirun -np 2 tandem train` → a sample.
-# Prints the initial and final validation loss and fails if it did not fall by 40 %.
+# Prints the initial and final validation loss and fails if it did not fall by 40 %;
+# then serves the model over HTTP and asks it one question (curl, OpenAI API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -31,3 +32,23 @@ echo "sample (temperature 0.8, top-k 40):"
 "$TANDEM" generate --model runs/demo/step_00000600 --prompt "The meaning of life is" \
     --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 7
 awk -v d="$drop" 'BEGIN { exit !(d >= 40) }' || { echo "demo: validation loss fell by only $drop %" >&2; exit 1; }
+
+# Serve the model over HTTP (router and gateway in-process) and ask it one question with
+# the OpenAI API; then stop the server.
+echo
+echo "serving runs/demo/step_00000600 on http://127.0.0.1:8080 (OpenAI and Ollama APIs):"
+"$TANDEM" serve --model runs/demo/step_00000600 --name demo --http 127.0.0.1:8080 \
+    2> runs/demo/serve.log &
+SERVER=$!
+trap 'kill $SERVER 2> /dev/null || true' EXIT
+for _ in $(seq 100); do
+    curl -s http://127.0.0.1:8080/health 2> /dev/null | grep -q '"replicas":1' && break
+    kill -0 $SERVER 2> /dev/null || { cat runs/demo/serve.log >&2; exit 1; }
+    sleep 0.1
+done
+REQ='{"model": "demo", "prompt": "Q: What is the secret of a happy life?\nA:", "max_tokens": 60, "temperature": 0.7, "seed": 3}'
+echo "\$ curl http://127.0.0.1:8080/v1/completions -d '$REQ'"
+curl -s --fail-with-body http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' -d "$REQ"
+echo
+kill $SERVER
+wait $SERVER 2> /dev/null || true

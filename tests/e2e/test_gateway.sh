@@ -95,5 +95,24 @@ grep -q '^tandem_ttft_seconds_bucket' metrics.txt || { echo "FAIL: no TTFT histo
 kill $SRV
 wait $SRV 2> /dev/null || true
 SRV=
+
+echo "== chat template stored with the checkpoint"
+grep -q '"chat_template":' run/step_00000120/tokenizer_config.json \
+    && echo "PASS tokenizer_config.json holds the chat template" \
+    || { echo "FAIL: no chat_template in tokenizer_config.json"; fail=1; }
+cp -r run/step_00000120 other
+python3 - other/tokenizer_config.json <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["chat_template"] = "{{ messages[0]['content'] }}"
+json.dump(c, open(sys.argv[1], "w"))
+PY
+"$TANDEM" serve --model other --http 127.0.0.1:0 2> serve2.log &
+SRV=$!
+for _ in $(seq 100); do grep -q "listening on http" serve2.log && break; sleep 0.1; done
+BASE=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' serve2.log)
+for _ in $(seq 100); do curl -s $BASE/health | grep -q '"replicas":1' && break; sleep 0.1; done
+AUTH="X-None: 1"
+J=(-H "Content-Type: application/json" --data-binary)
+check chat_template_not_chatml 400 "not ChatML" /v1/chat/completions "${J[@]}" '{"model": "other", "messages": [{"role": "user", "content": "hi"}]}'
 [ $fail -eq 0 ] && echo "test_gateway: passed"
 exit $fail

@@ -125,6 +125,7 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
     uint64_t t0 = td_wire_now_ns();
     char *text = NULL;
     int chat = q->n_messages > 0;
+    if (chat && r->o->no_chat) return send_error(r, q->id, 400, r->o->no_chat);
     if (chat) {
         const char **roles = malloc(sizeof *roles * q->n_messages);
         const char **contents = malloc(sizeof *contents * q->n_messages);

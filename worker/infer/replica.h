@@ -22,6 +22,7 @@ typedef struct {
     int slots;              /* sequences decoded together (the engine's max_seqs) */
     int context_length;
     int heartbeat_ms;       /* default 1000 */
+    const char *no_chat;    /* non-NULL: chat requests are refused with this reason */
     void *zctx;             /* ZeroMQ context (NULL: the replica makes its own) */
 } td_replica_opts;
 

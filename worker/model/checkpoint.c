@@ -73,6 +73,11 @@ static void prune(const char *root, int keep, long current) {
     }
 }
 
+const char td_chatml_template[] =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
 td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, size_t out_len) {
     TD_TRY(td_fs_mkdirs(a->root));
     char tmp[4096], fin[4096], p[4200];
@@ -113,6 +118,17 @@ td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, si
     if (a->tokenizer_json) {
         snprintf(p, sizeof p, "%s/tokenizer.json", tmp);
         s = td_fs_write_file_atomic(p, a->tokenizer_json, strlen(a->tokenizer_json));
+        if (s != TD_OK) goto fail;
+        cJSON *tc = cJSON_CreateObject();
+        cJSON_AddStringToObject(tc, "tokenizer_class", "PreTrainedTokenizerFast");
+        cJSON_AddStringToObject(tc, "eos_token", "<|endoftext|>");
+        cJSON_AddNumberToObject(tc, "model_max_length",
+                                td_model_config_of(a->model)->max_position_embeddings);
+        cJSON_AddBoolToObject(tc, "clean_up_tokenization_spaces", 0);
+        cJSON_AddStringToObject(tc, "chat_template", td_chatml_template);
+        snprintf(p, sizeof p, "%s/tokenizer_config.json", tmp);
+        s = td_json_save_file(p, tc);
+        cJSON_Delete(tc);
         if (s != TD_OK) goto fail;
     }
     if (a->trainer_state) {

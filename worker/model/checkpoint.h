@@ -29,7 +29,12 @@ typedef struct {
     int keep;                   /* keep the newest `keep` checkpoints (0 = all) */
 } td_checkpoint_save_args;
 
-/* Writes the checkpoint; on success `out_dir` (if not NULL) receives its path. */
+/* The chat template tandem writes into tokenizer_config.json ("chat_template", the Jinja
+ * form Hugging Face's apply_chat_template runs) and formats chat prompts with: ChatML. */
+extern const char td_chatml_template[];
+
+/* Writes the checkpoint; on success `out_dir` (if not NULL) receives its path. With a
+ * tokenizer, tokenizer_config.json (eos token, context length, chat template) goes too. */
 td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, size_t out_len);
 
 /* Loads config.json and model.safetensors of checkpoint `dir` into a new model
