@@ -47,7 +47,8 @@ static void router_help(FILE *f) {
 }
 
 int td_cmd_router(int argc, char **argv) {
-    td_router_opts o = {"tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 256, 30, 1000, NULL};
+    td_router_opts o = {"tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 256, 30, 1000, NULL,
+                        NULL};
     static const struct option opts[] = {
         {"front", required_argument, 0, 'f'},      {"back", required_argument, 0, 'b'},
         {"queue-max", required_argument, 0, 'q'},  {"queue-timeout", required_argument, 0, 't'},

@@ -221,7 +221,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
     int64_t ok = 1;
     if (o->http && world->rank == 0) {
         zctx = zmq_ctx_new();
-        td_router_opts ro = {"inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, 1000, zctx};
+        td_router_opts ro = {"inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, 1000, zctx,
+                             "inproc://tandem-back"};
         td_status s = td_router_new(&ro, &rt.r);
         if (s == TD_OK) {
             snprintf(back, sizeof back, "%s", td_router_back_endpoint(rt.r));
@@ -252,6 +253,10 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             const td_model_config *c = td_model_config_of(full);
             td_replica_opts ro = {back, o->name, id, details, o->max_seqs,
                                   c->max_position_embeddings, 1000, o->no_chat, NULL};
+            if (zctx) { /* the router is in this process: skip the TCP hop */
+                ro.router = "inproc://tandem-back";
+                ro.zctx = zctx;
+            }
             s = td_replica_run(e, tok, &ro, stop);
             free(details);
             td_status st = td_engine_stop_members(e);

@@ -96,6 +96,9 @@ td_status td_router_new(const td_router_opts *o, td_router **out) {
                       : TD_OK;
     if (s == TD_OK) s = bind_socket(r, r->front, o->front, r->front_ep, sizeof r->front_ep);
     if (s == TD_OK) s = bind_socket(r, r->back, o->back, r->back_ep, sizeof r->back_ep);
+    if (s == TD_OK && o->back_local && zmq_bind(r->back, o->back_local) != 0)
+        s = td_error_set(TD_ERR_IO, "router: cannot bind %s: %s", o->back_local,
+                         zmq_strerror(errno));
     if (s != TD_OK) {
         td_router_free(&r);
         return s;

@@ -17,6 +17,8 @@ typedef struct {
     double queue_timeout_s;   /* longest wait in a queue (default 30) */
     int heartbeat_ms;         /* default 1000; a peer is dead after 3 missed */
     void *zctx;               /* ZeroMQ context to use (NULL: the router makes its own) */
+    const char *back_local;   /* optional second back endpoint (e.g. inproc:// for a
+                               * replica in the same process), or NULL */
 } td_router_opts;
 
 typedef struct td_router td_router;
