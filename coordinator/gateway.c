@@ -1218,6 +1218,9 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
     g->port = di ? di->port : (int)port;
     TD_LOG_INFO("gateway: listening on %s:%d, router %s%s", host, g->port, o->router,
                 g->nkeys ? ", API keys required" : "");
+    if (!g->nkeys && (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
+        TD_LOG_WARN("gateway: %s is not a loopback address and no API key is set: anyone who "
+                    "can reach it can use the models (--api-key KEY)", host);
     *out = g;
     return TD_OK;
 }

@@ -4,6 +4,7 @@
 #      `tandem gateway`: 64 concurrent requests to alpha (and 16 to beta at the same time)
 #      all answer exactly what a single replica answers alone; alpha's are spread over its
 #      two replicas (counts printed from /metrics)
+#      a client that hangs up mid-stream has its request cancelled on the replica
 #   2. kill -9 one alpha replica while 16 streaming requests run on alpha: those on it end
 #      with an error event within 5 s, the router logs the replica as lost, 16 new requests
 #      all succeed on the survivor, and a restarted replica is used again
@@ -73,6 +74,15 @@ python3 "$HERE/router_load.py" check --base $BASE --n 64 --model alpha=ref-alpha
 echo "alpha requests per replica:"; served | sed 's/^/  /'
 served | awk '$2 < 16 { bad = 1 } END { exit bad || NR != 2 }' \
     || { echo "FAIL: alpha's 64 requests were not spread over its 2 replicas"; fail=1; }
+
+# a client that goes away cancels its request on the replica: a streaming request of 100
+# tokens (about 4 s at 40 ms a step) whose client hangs up after 0.5 s
+curl -sN -m 0.5 $BASE/v1/completions -d '{"model": "alpha", "prompt": "A fool", "max_tokens": 100,
+    "ignore_eos": true, "stream": true}' > /dev/null 2>&1 || true
+for _ in $(seq 30); do grep -q "cancelled after" a1.log a2.log && break; sleep 0.1; done
+if grep -h "cancelled after" a1.log a2.log | head -1 | sed 's/^/client gone: /' | grep .; then :; else
+    echo "FAIL: the replica did not cancel the request of a client that hung up"; fail=1
+fi
 
 # 2. kill -9 a replica under streaming load
 python3 "$HERE/router_load.py" stream --base $BASE --n 16 --model alpha --prompts ref-alpha.jsonl \

@@ -193,6 +193,10 @@ static td_status on_message(rep *r, td_env *env) {
     case TANDEM__ENVELOPE__BODY_CANCEL: {
         live *l = find_live(r, env->cancel->id);
         if (l) {
+            int ntok;
+            td_engine_tokens(r->e, l->eid, &ntok);
+            TD_LOG_INFO("replica %s: request %llu cancelled after %d tokens", r->o->replica_id,
+                        (unsigned long long)l->rid, ntok);
             td_engine_cancel(r->e, l->eid);
             td_engine_release(r->e, l->eid);
             l->used = 0;
