@@ -56,7 +56,7 @@ fi
 if [ "${1:-}" = "--python" ]; then
     apt_install "${PY_APT_PKGS[@]}"
     make_venv
-    if ! .venv/bin/python -c 'import transformers, safetensors, tokenizers' 2>/dev/null; then
+    if ! .venv/bin/python -c 'import transformers, safetensors, tokenizers, jinja2' 2>/dev/null; then
         echo "install-deps: installing Python reference packages into .venv"
         .venv/bin/pip install -q -r tests/reference/requirements.txt
     fi

@@ -411,6 +411,22 @@ def run_case(name, spec, tandem, work, data_dir, args, res):
         except Exception as e:  # noqa: BLE001
             res.add(name, "tokenizer", False, f"{type(e).__name__}: {e}")
 
+    # ---- chat template: transformers renders tokenizer_config.json's chat_template to the
+    # ChatML prompt tandem's replicas build (worker/infer/replica.c, td_chatml_prompt)
+    try:
+        from transformers import AutoTokenizer
+        htk = AutoTokenizer.from_pretrained(ckpt)
+        msgs = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Why is the sky blue?"}]
+        want = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+                "Why is the sky blue?<|im_end|>\n<|im_start|>assistant\n")
+        got = htk.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        res.add(name, "chat_template", got == want,
+                "apply_chat_template gives tandem's ChatML prompt" if got == want else
+                f"apply_chat_template gave {got!r}")
+    except Exception as e:  # noqa: BLE001
+        res.add(name, "chat_template", False, f"{type(e).__name__}: {e}")
+
     # ---- logits vs HF
     if tokens is None or model is None:
         res.skip(name, "logits", "needs generate output and a clean HF load")
