@@ -121,7 +121,10 @@ int td_cmd_gateway(int argc, char **argv) {
         case 'l': o.listen = optarg; break;
         case 'r': o.router = optarg; break;
         case 'k': keys[nk++] = optarg; bad = !optarg[0]; break;
-        case 'm': o.max_body = strtoull(optarg, &end, 10); bad = o.max_body < 64; break;
+        case 'm':
+            o.max_body = strtoull(optarg, &end, 10);
+            bad = optarg[0] == '-' || o.max_body < 64 || o.max_body > (1ull << 30);
+            break;
         case 't': o.timeout_s = strtod(optarg, &end); bad = o.timeout_s <= 0; break;
         case 'h': gateway_help(stdout); free(keys); return 0;
         default: bad = 1;

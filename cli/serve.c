@@ -182,7 +182,10 @@ typedef struct {
 static void *run_router(void *p) {
     router_thread *t = p;
     t->s = td_router_run(t->r, t->stop);
-    if (t->s != TD_OK) TD_LOG_ERROR("router stopped: %s", td_error_message());
+    if (t->s != TD_OK) { /* without its router the server is useless: stop everything */
+        TD_LOG_ERROR("router stopped: %s; shutting down", td_error_message());
+        *t->stop = 1;
+    }
     return NULL;
 }
 
@@ -219,6 +222,10 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
     pthread_t th;
     int have_thread = 0;
     int64_t ok = 1;
+    if (o->http && world->local_size != world->size)
+        return td_error_set(TD_ERR_INVALID, "--http runs the router on rank 0's host, but the "
+                            "job spans several hosts; start `tandem router` and `tandem gateway` "
+                            "and give the replicas --router tcp://ROUTER_HOST:PORT");
     if (o->http && world->rank == 0) {
         zctx = zmq_ctx_new();
         td_router_opts ro = {"inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, 1000, zctx,
@@ -227,6 +234,9 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
         if (s == TD_OK) {
             snprintf(back, sizeof back, "%s", td_router_back_endpoint(rt.r));
             have_thread = pthread_create(&th, NULL, run_router, &rt) == 0;
+            if (!have_thread) s = td_error_set(TD_ERR_RUNTIME, "cannot start the router thread");
+        }
+        if (s == TD_OK) {
             td_gateway_opts go = {o->http, "inproc://tandem-front", o->api_keys, 1u << 20, 120,
                                   zctx};
             s = td_gateway_new(&go, &g);

@@ -278,10 +278,28 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
         cJSON_ArrayForEach(m, x) {
             const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
             const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-            if (!cJSON_IsObject(m) || !cJSON_IsString(r) || !cJSON_IsString(c))
+            if (!cJSON_IsObject(m) || !cJSON_IsString(r) || (!cJSON_IsString(c) && !cJSON_IsArray(c)))
                 FAIL("messages[%d] must be an object with string 'role' and 'content'", q->nmsg);
+            char *text = NULL;
+            if (cJSON_IsString(c)) {
+                text = strdup(c->valuestring);
+            } else { /* OpenAI's content parts: the text parts, joined */
+                size_t len = 1;
+                const cJSON *part;
+                cJSON_ArrayForEach(part, c) {
+                    const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+                    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(part, "type");
+                    if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(t))
+                        FAIL("messages[%d].content: only parts of type 'text' are supported",
+                             q->nmsg);
+                    len += strlen(t->valuestring);
+                }
+                text = calloc(1, len);
+                cJSON_ArrayForEach(part, c)
+                    strcat(text, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
+            }
             q->roles[q->nmsg] = strdup(r->valuestring);
-            q->contents[q->nmsg++] = strdup(c->valuestring);
+            q->contents[q->nmsg++] = text;
         }
     } else {
         x = cJSON_GetObjectItemCaseSensitive(j, "prompt");
@@ -350,23 +368,25 @@ static int client_gone(int fd) {
 
 /* Waits for the next chunk of request `id` (others are stale and skipped). */
 static wait_result next_chunk(td_gateway *g, void *sock, uint64_t id, int fd, td_env **out) {
-    double waited = 0;
+    uint64_t start = td_wire_now_ns(), limit = (uint64_t)(g->o.timeout_s * 1e9);
+    static _Thread_local uint64_t last_check;
     *out = NULL;
-    while (waited < g->o.timeout_s) {
+    for (;;) {
+        uint64_t now = td_wire_now_ns();
+        if (now - last_check > 100000000ull) { /* the client, every 100 ms, busy or not */
+            last_check = now;
+            if (client_gone(fd)) return W_GONE;
+        }
+        if (now - start > limit) return W_TIMEOUT;
         td_env *env = NULL;
         if (td_wire_recv(sock, NULL, NULL, 100, &env) != TD_OK) return W_IO;
-        if (env) {
-            if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK && env->chunk->id == id) {
-                *out = env;
-                return W_CHUNK;
-            }
-            td_wire_free(env);
-            continue;
+        if (!env) continue;
+        if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK && env->chunk->id == id) {
+            *out = env;
+            return W_CHUNK;
         }
-        waited += 0.1;
-        if (client_gone(fd)) return W_GONE;
+        td_wire_free(env); /* a stale answer to an earlier request of this thread */
     }
-    return W_TIMEOUT;
 }
 
 static void send_cancel(void *sock, uint64_t id) {
@@ -545,14 +565,34 @@ typedef struct {
     size_t out_len, out_pos;
 } gen;
 
+/* Appends s, with every byte that is not part of valid UTF-8 (a character cut by the token
+ * limit, or bytes the model produced) replaced by U+FFFD, so the JSON we send is UTF-8. */
 static void gen_append_text(gen *x, const char *s) {
     size_t n = strlen(s);
-    if (x->text_len + n + 1 > x->text_cap) {
-        x->text_cap = (x->text_len + n + 1) * 2;
+    if (x->text_len + 3 * n + 1 > x->text_cap) {
+        x->text_cap = (x->text_len + 3 * n + 1) * 2;
         x->text = realloc(x->text, x->text_cap);
     }
-    memcpy(x->text + x->text_len, s, n + 1);
-    x->text_len += n;
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        size_t bad = 0, k = 1;
+        unsigned c = p[i];
+        if (c >= 0x80) { /* the length of a valid sequence here, or 0 */
+            size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+            k = len && i + len <= n && utf8_valid(p + i, len, &bad) ? len : 0;
+        }
+        if (k) {
+            memcpy(x->text + x->text_len, p + i, k);
+            x->text_len += k;
+            i += k;
+        } else {
+            memcpy(x->text + x->text_len, "\xEF\xBF\xBD", 3);
+            x->text_len += 3;
+            i++;
+        }
+    }
+    x->text[x->text_len] = 0;
 }
 
 static void gen_record(gen *x) {
@@ -695,6 +735,14 @@ static void stream_error(gen *x, int status, const char *msg) {
     }
 }
 
+/* Gives up on the router conversation: cancel (best effort), then a fresh socket next time. */
+static void abandon(gen *x) {
+    if (x->sock && !x->ended && !x->finished) send_cancel(x->sock, x->id);
+    drop_router_sock(x->g);
+    x->sock = NULL;
+    x->ended = 1;
+}
+
 static void gen_close(gen *x) {
     if (!x->finished && x->sock && !x->ended) send_cancel(x->sock, x->id);
     gen_req_free(&x->q);
@@ -725,8 +773,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (w != W_CHUNK) {
             stream_error(x, 503, w == W_TIMEOUT ? "no answer from the router in time"
                                                 : "lost the connection to the router");
-            drop_router_sock(x->g);
-            x->ended = 1;
+            abandon(x);
             continue;
         }
         char msg[512];
@@ -793,8 +840,8 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
     x->sock = router_sock(g);
     x->id = __atomic_add_fetch(&g->next_id, 1, __ATOMIC_RELAXED);
     if (!x->sock || send_request(x->sock, x->id, &x->q) != TD_OK) {
-        drop_router_sock(g);
-        x->ended = 1;
+        x->finished = 1; /* nothing to cancel */
+        abandon(x);
         gen_close(x);
         return respond_error(g, c, route, 503, "the router cannot be reached");
     }
@@ -803,7 +850,7 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
         td_env *env = NULL;
         wait_result w = next_chunk(g, x->sock, x->id, x->fd, &env);
         if (w != W_CHUNK) {
-            if (w != W_GONE) drop_router_sock(g);
+            if (w != W_GONE) abandon(x);
             gen_close(x);
             return w == W_GONE ? MHD_NO
                                : respond_error(g, c, route, 503,
@@ -839,7 +886,7 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
         td_env *env = NULL;
         wait_result w = next_chunk(g, x->sock, x->id, x->fd, &env);
         if (w != W_CHUNK) {
-            if (w != W_GONE) drop_router_sock(g);
+            if (w != W_GONE) abandon(x);
             gen_close(x);
             return w == W_GONE ? MHD_NO
                                : respond_error(g, c, route, 503, "no answer from the router in time");

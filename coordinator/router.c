@@ -243,6 +243,15 @@ static void replica_lost(td_router *r, int i, const char *why) {
         end_job(r, j);
     }
     p->in_flight = 0;
+    if (replicas_up(r, p->model) == 0) /* nothing left to wait for: fail the queue now */
+        for (int k = 0; k < r->njobs; k++) {
+            job *j = &r->jobs[k];
+            if (!j->used || j->model != p->model || j->replica >= 0) continue;
+            snprintf(msg, sizeof msg, "no replica of model %s is up (the last one was lost)",
+                     r->mod[p->model].name);
+            client_error(r, j->client, j->client_len, j->client_id, 503, msg);
+            end_job(r, j);
+        }
 }
 
 /* Sends j to replica i; 0 on success. */
@@ -350,8 +359,10 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
             if (!j->used || j->client_id != env->cancel->id || j->client_len != client_len ||
                 memcmp(j->client, client, client_len))
                 continue;
-            if (j->replica >= 0) send_cancel(r, &r->rep[j->replica], j->rid);
+            int m = j->model, ran = j->replica >= 0;
+            if (ran) send_cancel(r, &r->rep[j->replica], j->rid);
             end_job(r, j);
+            if (ran) drain_queue(r, m); /* its slot is free again */
         }
         td_wire_free(env);
         return;

@@ -81,6 +81,17 @@ check ollama_bad_json 400 "malformed JSON" /api/generate "${J[@]}" '{"model":'
 check ollama_bad_num_predict 400 "num_predict" /api/generate "${J[@]}" '{"model": "tiny", "prompt": "hi", "options": {"num_predict": -7}}'
 check unknown_route 404 "no such route" /v1/nothing -H "$AUTH"
 check wrong_method 405 "method" /v1/completions -H "$AUTH"
+# accepted shapes that once broke: chat with ignore_eos (an EOT first token has no text),
+# content as a list of text parts
+ok200() {
+    local name=$1 path=$2 body=$3 code
+    code=$(curl -s -o ok.json -w '%{http_code}' "${J[@]}" "$body" $BASE$path || true)
+    if [ "$code" = 200 ]; then echo "PASS $name: 200"; else echo "FAIL $name: $code $(cat ok.json)"; fail=1; fi
+}
+for seed in 1 2 3 4 5 6 7 8; do
+    ok200 chat_ignore_eos_seed$seed /v1/chat/completions "{\"model\": \"tiny\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"ignore_eos\": true, \"max_tokens\": 4, \"seed\": $seed}"
+done
+ok200 chat_content_parts /v1/chat/completions '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": "Tell me"}, {"type": "text", "text": " a fortune."}]}], "max_tokens": 4}'
 code=$(curl -s -o ok.json -w '%{http_code}' "${J[@]}" '{"model": "tiny", "prompt": "A fool", "max_tokens": 5, "temperature": 0}' $BASE/v1/completions)
 if [ "$code" = 200 ] && grep -q '"finish_reason"' ok.json; then
     echo "PASS still_serving: 200 $(head -c 120 ok.json)"
@@ -114,5 +125,6 @@ for _ in $(seq 100); do curl -s $BASE/health | grep -q '"replicas":1' && break; 
 AUTH="X-None: 1"
 J=(-H "Content-Type: application/json" --data-binary)
 check chat_template_not_chatml 400 "not ChatML" /v1/chat/completions "${J[@]}" '{"model": "other", "messages": [{"role": "user", "content": "hi"}]}'
+if "$TANDEM" gateway --max-body -1 2> /dev/null; then echo "FAIL: --max-body -1 accepted"; fail=1; fi
 [ $fail -eq 0 ] && echo "test_gateway: passed"
 exit $fail

@@ -398,7 +398,7 @@ td_status td_engine_step(td_engine *e, int *active) {
         }
         append_text(e, q, t);
         int stopped = 0;
-        for (int s = 0; q->stop[s] && !stopped; s++) {
+        for (int s = 0; q->text && q->stop[s] && !stopped; s++) { /* no text: EOT ignored */
             char *hit = strstr(q->text, q->stop[s]);
             if (hit) {
                 q->text_len = q->safe_len = (size_t)(hit - q->text);

@@ -282,6 +282,16 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
             s = on_message(&r, env);
         }
         if (s != TD_OK) break;
+        /* judged right after reading, so heartbeats that queued during a long step count */
+        uint64_t now0 = td_wire_now_ns();
+        if (now0 - r.last_heard > 3 * hb) {
+            TD_LOG_WARN("replica %s: no word from the router for %.1f s; dropping %d request(s) "
+                        "and registering again", o->replica_id,
+                        (double)(now0 - r.last_heard) / 1e9, td_engine_pending(e));
+            drop_all(&r);
+            s = connect_router(&r);
+            continue;
+        }
         if (td_engine_pending(e) > 0) {
             int active;
             s = td_engine_step(e, &active);
@@ -299,13 +309,6 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
             env2.heartbeat = &h;
             s = send_env(&r, &env2);
             next_hb = now + hb;
-        }
-        if (s == TD_OK && now - r.last_heard > 3 * hb) {
-            TD_LOG_WARN("replica %s: no word from the router for %.1f s; dropping %d request(s) "
-                        "and registering again", o->replica_id,
-                        (double)(now - r.last_heard) / 1e9, td_engine_pending(e));
-            drop_all(&r);
-            s = connect_router(&r);
         }
     }
     drop_all(&r);
