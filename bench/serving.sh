@@ -2,8 +2,9 @@
 # Serving load benchmark (docs/bench.md): serves a checkpoint over HTTP with
 # `tandem serve --http` (router and gateway in-process) and drives it with
 # build/bench_serving: all requests at once (16 in flight), then Poisson arrivals at
-# 20 requests/s. Each load runs twice: the replica with its default OpenMP threads, and
-# with OMP_NUM_THREADS=1 (on a 2-core machine the spinning OpenMP workers compete with the
+# 20 requests/s. Each load runs twice: the replica with its default OpenMP threads (with
+# --http, one core fewer than the rank has, left to the gateway and router), and with
+# OMP_NUM_THREADS set to all the cores (whose spinning OpenMP workers then compete with the
 # gateway's and router's threads, which shows in the overhead).
 # Usage: bench/serving.sh [CHECKPOINT] [BUILD]   (default runs/demo/step_00000600, build)
 set -euo pipefail
@@ -14,11 +15,12 @@ BUILD=${2:-build}
 LOG=$(mktemp)
 SRV=
 trap '[ -n "$SRV" ] && kill $SRV 2> /dev/null; rm -f $LOG' EXIT
-for threads in default 1; do
+ALL=$(nproc)
+for threads in default $ALL; do
     if [ $threads = default ]; then
         "$BUILD/tandem" serve --model "$CK" --name bench --http 127.0.0.1:0 2> "$LOG" &
     else
-        OMP_NUM_THREADS=1 "$BUILD/tandem" serve --model "$CK" --name bench --http 127.0.0.1:0 2> "$LOG" &
+        OMP_NUM_THREADS=$threads "$BUILD/tandem" serve --model "$CK" --name bench --http 127.0.0.1:0 2> "$LOG" &
     fi
     SRV=$!
     for _ in $(seq 100); do grep -q "listening on http" "$LOG" && break; sleep 0.1; done

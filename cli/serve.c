@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
+#include <omp.h>
 #include <pthread.h>
 #include <zmq.h>
 
@@ -240,6 +241,14 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             td_gateway_opts go = {o->http, "inproc://tandem-front", o->api_keys, 1u << 20, 120,
                                   zctx};
             s = td_gateway_new(&go, &g);
+        }
+        /* the gateway's and router's threads answer fastest with a core of their own: the
+         * replica on this rank leaves one (unless OMP_NUM_THREADS says otherwise) */
+        if (s == TD_OK && !getenv("OMP_NUM_THREADS") && omp_get_max_threads() > 1) {
+            omp_set_num_threads(omp_get_max_threads() - 1);
+            TD_LOG_INFO("serve: the replica on rank 0 computes with %d OpenMP thread%s, leaving "
+                        "a core to the gateway and router (set OMP_NUM_THREADS to override)",
+                        omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s");
         }
         if (s == TD_OK)
             fprintf(stderr, "tandem serve: listening on http://%.*s:%d (model %s)\n",
