@@ -1,5 +1,6 @@
 # Test registration (included from CMakeLists.txt). td_test(name source labels [args...])
 td_test(test_model_reference tests/unit/test_model_reference.c unit)
+td_test(test_bf16_reference tests/unit/test_bf16_reference.c unit)
 td_test(test_ops_gradcheck tests/unit/test_ops_gradcheck.c unit)
 td_test(test_bad_input tests/unit/test_bad_input.c unit)
 add_test(NAME test_train_resume COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_train_resume.sh
@@ -43,3 +44,10 @@ set_tests_properties(test_router PROPERTIES LABELS "e2e" TIMEOUT 600)
 add_test(NAME test_gateway COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_gateway.sh
          $<TARGET_FILE:tandem>)
 set_tests_properties(test_gateway PROPERTIES LABELS "e2e" TIMEOUT 600)
+# the same bf16 checks on a CPU oneDNN treats as having no bf16 matrix product (AVX2 only)
+add_test(NAME test_bf16_reference_avx2 COMMAND test_bf16_reference WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_bf16_reference_avx2 PROPERTIES LABELS "unit" TIMEOUT 600
+    ENVIRONMENT "ONEDNN_MAX_CPU_ISA=AVX2" PASS_REGULAR_EXPRESSION "instruction set: avx2\n")
+add_test(NAME test_train_bf16 COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/test_train_bf16.sh
+         $<TARGET_FILE:tandem>)
+set_tests_properties(test_train_bf16 PROPERTIES LABELS "e2e" TIMEOUT 600)

@@ -10,6 +10,7 @@
 #include "worker/model/model.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "common/timeutil.h"
 #include <cblas.h>
 
+#include "worker/kernels/cpu/bf16.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/vec_f32.h"
 #ifdef __AVX512F__
@@ -58,6 +60,12 @@ struct td_model {
     /* last forward */
     int lastB, lastT, has_targets;
     td_comm *tp_comm; /* tensor-parallel group: all-reduce after row-parallel products */
+    /* bf16 mixed precision (td_model_set_bf16): bf16 working copy of the parameters (same
+     * offsets as params), refreshed from the fp32 masters by td_model_refresh_bf16; two
+     * scratch buffers for bf16 operands (activations, gradients) */
+    int bf16;
+    uint16_t *pbf, *sbf[2];
+    size_t sbf_n[2];
     /* int8 weights (td_model_quantize_int8): per layer wqkv, wo, wfc, wproj, then lm_head */
     int8_t *q8;
     float *q8s;
@@ -322,7 +330,11 @@ void td_model_free(td_model **mp) {
     free(m->acts);
     free(m->la);
     free(m->inf);
+    free(m->pbf);
+    free(m->sbf[0]);
+    free(m->sbf[1]);
     free(m->q8);
+    free(m->q16);
     free(m->q8s);
     free(m->q8l);
     free(m->q8sum);
@@ -496,6 +508,85 @@ static void norm_bwd(const td_model *m, float *dx, float *dw, float *db, const f
         td_op_layernorm_bwd_f32(dx, dw, db, dout, x, w, mean, rstd, N, m->C);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* matrix products: fp32 (OpenBLAS) or bf16 operands with fp32 accumulation (oneDNN) */
+
+td_status td_model_refresh_bf16(td_model *m) {
+    if (!m->bf16) return TD_OK;
+    td_bf16_from_f32(m->pbf, m->params, m->num_params);
+    return TD_OK;
+}
+
+td_status td_model_set_bf16(td_model *m, int on) {
+    if (!on) {
+        m->bf16 = 0;
+        return TD_OK;
+    }
+    TD_TRY(td_bf16_init());
+    if (!m->pbf) {
+        m->pbf = malloc(m->num_params * sizeof(uint16_t));
+        if (!m->pbf) return td_error_set(TD_ERR_NOMEM, "out of memory for bf16 weights");
+    }
+    m->bf16 = 1;
+    return td_model_refresh_bf16(m);
+}
+
+int td_model_is_bf16(const td_model *m) {
+    return m->bf16;
+}
+
+static uint16_t *bf_scratch(td_model *m, int which, size_t n) {
+    if (n > m->sbf_n[which]) {
+        free(m->sbf[which]);
+        m->sbf[which] = malloc(n * sizeof(uint16_t));
+        m->sbf_n[which] = m->sbf[which] ? n : 0;
+    }
+    return m->sbf[which];
+}
+
+/* out (N,OC) = inp (N,C) @ W^T + bias */
+static td_status mm_fwd(td_model *m, float *out, const float *inp, const float *W,
+                        const float *bias, int N, int C, int OC) {
+    if (!m->bf16) {
+        td_op_matmul_fwd_f32(out, inp, W, bias, N, C, OC);
+        return TD_OK;
+    }
+    uint16_t *a = bf_scratch(m, 0, (size_t)N * C);
+    if (!a) return td_error_set(TD_ERR_NOMEM, "out of memory for bf16 activations");
+    td_bf16_from_f32(a, inp, (size_t)N * C);
+    /* B = W^T: W is stored (OC, C), i.e. (N, K) of the product */
+    return td_bf16_gemm(out, a, m->pbf + (W - m->params), bias, N, OC, C, 0, 1, 0);
+}
+
+/* dinp (N,C) (+)= dout @ W; dW (OC,C) += dout^T @ inp; dbias += column sums of dout */
+static td_status mm_bwd(td_model *m, float *dinp, float *dW, float *dbias, const float *dout,
+                        const float *inp, const float *W, int N, int C, int OC, int overwrite) {
+    if (!m->bf16) {
+        td_op_matmul_bwd_f32(dinp, dW, dbias, dout, inp, W, N, C, OC, overwrite);
+        return TD_OK;
+    }
+    uint16_t *d = bf_scratch(m, 0, (size_t)N * OC), *x = bf_scratch(m, 1, (size_t)N * C);
+    if (!d || !x) return td_error_set(TD_ERR_NOMEM, "out of memory for bf16 gradients");
+    td_bf16_from_f32(d, dout, (size_t)N * OC);
+    td_bf16_from_f32(x, inp, (size_t)N * C);
+    if (dinp)
+        TD_TRY(td_bf16_gemm(dinp, d, m->pbf + (W - m->params), NULL, N, C, OC, 0, 0, !overwrite));
+    TD_TRY(td_bf16_gemm(dW, d, x, NULL, OC, C, N, 1, 0, 1));
+    if (dbias) {
+#pragma omp parallel
+        {
+            int nt = omp_get_num_threads(), id = omp_get_thread_num();
+            int j0 = (int)((long)OC * id / nt), j1 = (int)((long)OC * (id + 1) / nt);
+            for (int n = 0; n < N; n++)
+                for (int j = j0; j < j1; j++) dbias[j] += dout[(size_t)n * OC + j];
+        }
+    }
+    return TD_OK;
+}
+
+#define MM_FWD(...) TD_TRY(mm_fwd(m, __VA_ARGS__))
+#define MM_BWD(...) TD_TRY(mm_bwd(m, __VA_ARGS__))
+
 td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                            double *loss) {
     if (!m->acts || B > m->planB || T > m->planT)
@@ -524,27 +615,27 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
         float *res_out = l + 1 < m->L ? m->la[l + 1].res : m->resf;
         PROF(TD_PROF_NORM, norm_fwd(m, a->n1, a->n1m, a->n1r, a->res, w->norm1_w, w->norm1_b, N));
         PROF(TD_PROF_MATMUL_FWD,
-             td_op_matmul_fwd_f32(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV));
+             MM_FWD(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV));
         if (llama)
             PROF(TD_PROF_ROPE, td_op_rope_f32(a->qkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
                                               (float)m->cfg.rope_theta, 0));
         PROF(TD_PROF_ATTN_FWD,
              td_op_attention_fwd_f32(a->atty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd));
         PROF(TD_PROF_MATMUL_FWD,
-             td_op_matmul_fwd_f32(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
+             MM_FWD(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
         PROF(TD_PROF_RESIDUAL, td_op_add_f32(a->res2, a->res2, a->res, (size_t)N * C));
         PROF(TD_PROF_NORM, norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
-        PROF(TD_PROF_MATMUL_FWD, td_op_matmul_fwd_f32(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
+        PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
         if (llama)
             PROF(TD_PROF_ACT, td_op_swiglu_fwd_f32(a->h, a->fc, N, m->F));
         else
             PROF(TD_PROF_ACT, td_op_gelu_fwd_f32(a->h, a->fc, (size_t)N * m->F));
         PROF(TD_PROF_MATMUL_FWD,
-             td_op_matmul_fwd_f32(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
+             MM_FWD(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
         PROF(TD_PROF_RESIDUAL, td_op_add_f32(res_out, res_out, a->res2, (size_t)N * C));
     }
     PROF(TD_PROF_NORM, norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N));
-    PROF(TD_PROF_LMHEAD_FWD, td_op_matmul_fwd_f32(m->logits, m->nf, m->p.lm_head, NULL, N, C, V));
+    PROF(TD_PROF_LMHEAD_FWD, MM_FWD(m->logits, m->nf, m->p.lm_head, NULL, N, C, V));
     double unused;
     if (!loss) loss = &unused;
     if (targets)
@@ -572,7 +663,7 @@ td_status td_model_backward(td_model *m, double dscale) {
     PROF(TD_PROF_XENT,
          td_op_crossentropy_bwd_f32(m->logits, m->logits, m->lse, m->targets, N, V, dscale));
     PROF(TD_PROF_LMHEAD_BWD,
-         td_op_matmul_bwd_f32(m->dn, G->lm_head, NULL, m->logits, m->nf, P->lm_head, N, C, V, 1));
+         MM_BWD(m->dn, G->lm_head, NULL, m->logits, m->nf, P->lm_head, N, C, V, 1));
     memset(m->dres, 0, sizeof(float) * (size_t)N * C);
     PROF(TD_PROF_NORM, norm_bwd(m, m->dres, G->normf_w, G->normf_b, m->dn, m->resf, P->normf_w,
                                 m->nfm, m->nfr, N));
@@ -583,25 +674,25 @@ td_status td_model_backward(td_model *m, double dscale) {
         const td_layer_params *w = &P->layers[l];
         const td_layer_params *g = &G->layers[l];
         /* dres holds d(residual leaving the layer); the residual add passes it through */
-        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dh, g->wproj, g->bproj, m->dres, a->h,
+        PROF(TD_PROF_MATMUL_BWD, MM_BWD(m->dh, g->wproj, g->bproj, m->dres, a->h,
                                                       w->wproj, N, m->F, C, 1));
         if (llama)
             PROF(TD_PROF_ACT, td_op_swiglu_bwd_f32(m->dfc, m->dh, a->fc, N, m->F));
         else
             PROF(TD_PROF_ACT, td_op_gelu_bwd_f32(m->dfc, m->dh, a->fc, (size_t)N * m->F));
         PROF(TD_PROF_MATMUL_BWD,
-             td_op_matmul_bwd_f32(m->dn, g->wfc, g->bfc, m->dfc, a->n2, w->wfc, N, C, m->FC, 1));
+             MM_BWD(m->dn, g->wfc, g->bfc, m->dfc, a->n2, w->wfc, N, C, m->FC, 1));
         PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2, w->norm2_w,
                                     a->n2m, a->n2r, N));
         /* dres is now d(res2) */
-        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->datty, g->wo, g->bo, m->dres, a->atty,
+        PROF(TD_PROF_MATMUL_BWD, MM_BWD(m->datty, g->wo, g->bo, m->dres, a->atty,
                                                       w->wo, N, m->NH * m->hd, C, 1));
         PROF(TD_PROF_ATTN_BWD, td_op_attention_bwd_f32(m->dqkv, m->datty, a->att, a->qkv, B, T,
                                                        m->NH, m->NKV, m->hd));
         if (llama)
             PROF(TD_PROF_ROPE, td_op_rope_f32(m->dqkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
                                               (float)m->cfg.rope_theta, 1));
-        PROF(TD_PROF_MATMUL_BWD, td_op_matmul_bwd_f32(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1,
+        PROF(TD_PROF_MATMUL_BWD, MM_BWD(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1,
                                                       w->wqkv, N, C, m->QKV, 1));
         PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res, w->norm1_w,
                                     a->n1m, a->n1r, N));

@@ -193,6 +193,15 @@ void td_model_set_int8_vnni(td_model *m, int on);
 void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
                            size_t *read_fp32, size_t *read_int8);
 
+/* bf16 mixed precision for training: matrix products take bf16 operands (a bf16 working copy
+ * of the weights, activations and gradients rounded on the way in) and accumulate in fp32
+ * (oneDNN; worker/kernels/cpu/bf16.h); parameters, gradients, optimizer state and every
+ * other operation stay fp32. td_model_refresh_bf16 copies the fp32 masters into the
+ * working copy: call it after every change of the parameters (optimizer step, load). */
+td_status td_model_set_bf16(td_model *m, int on);
+td_status td_model_refresh_bf16(td_model *m);
+int td_model_is_bf16(const td_model *m);
+
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);
 

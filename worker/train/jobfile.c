@@ -119,6 +119,12 @@ static td_status parse(td_job *j) {
     if (strcmp(j->device, "auto") && strcmp(j->device, "cpu") && strcmp(j->device, "cuda"))
         return td_error_set(TD_ERR_INVALID, "%s.device: \"%s\" is not one of auto, cpu, cuda", p,
                             j->device);
+    char prec[16] = "fp32";
+    TD_TRY(copy_str(root, p, "precision", 0, prec, sizeof prec));
+    if (strcmp(prec, "fp32") && strcmp(prec, "bf16"))
+        return td_error_set(TD_ERR_INVALID, "%s.precision: \"%s\" is not one of fp32, bf16", p,
+                            prec);
+    j->bf16 = !strcmp(prec, "bf16");
     return TD_OK;
 }
 

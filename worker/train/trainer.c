@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
+#include "worker/kernels/cpu/bf16.h"
 #include "worker/train/adamw.h"
 #include "worker/train/dp.h"
 
@@ -375,6 +376,15 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step, t.size,
                t.size > 1 ? "s" : "", j->zero ? " (ZeRO-1)" : "", td_loader_num_tokens(t.train));
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
+    if (j->bf16) {
+        s = td_model_set_bf16(t.model, 1);
+        if (s != TD_OK) {
+            teardown(&t);
+            return s;
+        }
+        if (!quiet) printf("train: bf16 matrix products (oneDNN on %s), fp32 master weights\n",
+                           td_bf16_isa());
+    }
     if (step0 == 0 && t.val) {
         res->first_val_loss = evaluate(&t);
         if (t.metrics) fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
@@ -421,6 +431,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             }
         }
         if (s != TD_OK) break;
+        if (j->bf16) td_model_refresh_bf16(t.model); /* the working copy follows the masters */
         loss = sum_ranks(&t, local) / t.size;
         if (!isfinite(loss)) {
             s = td_error_set(TD_ERR_RUNTIME,
