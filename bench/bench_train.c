@@ -9,8 +9,11 @@
  * table prints both and the ratio. GFLOP/s counts 6 N + 12 L C T FLOPs per token (N = the
  * parameters in matrix products). --profile adds tandem's per-operation time split.
  *
- * usage: bench_train [--steps N] [--warmup N] [--threads N] [--only NAME] [--no-torch]
- *                    [--profile] [--json] */
+ * Rows per shape: tandem fp32, tandem bf16 (oneDNN bf16 products, fp32 masters; the bf16
+ * copy of the weights after each step is in the step time), PyTorch fp32 eager, PyTorch
+ * with torch.autocast(bfloat16).
+ * usage: bench_train [--steps N] [--warmup N] [--threads N] [--only NAME]
+ *                    [--precision fp32|bf16|both] [--no-torch] [--profile] [--json] */
 #include <cjson/cJSON.h>
 #include <omp.h>
 #include <stdio.h>
@@ -67,13 +70,14 @@ static td_model_config config_of(const shape *s) {
     return c;
 }
 
-/* Runs in the child: trains and fills *r. */
-static void run_tandem(const shape *s, int warmup, int steps, result *r) {
+/* Runs in the child: trains (fp32, or bf16 matrix products with fp32 masters) and fills *r. */
+static void run_tandem(const shape *s, int warmup, int steps, int bf16, result *r) {
     memset(r, 0, sizeof *r);
     td_model_config c = config_of(s);
     td_model *m;
     if (td_model_new(&c, &m) != TD_OK || td_model_plan(m, B, T, 1) != TD_OK) return;
     td_model_init_random(m, 1);
+    if (bf16 && td_model_set_bf16(m, 1) != TD_OK) return;
     size_t np = td_model_num_params(m);
     float *am = calloc(np, 4), *av = calloc(np, 4);
     int32_t *tok = malloc(sizeof(int32_t) * B * (T + 1));
@@ -97,6 +101,7 @@ static void run_tandem(const shape *s, int warmup, int steps, result *r) {
         double t1 = td_time_now();
         double norm = td_grad_norm(td_model_grads(m), np);
         td_adamw_step_fused(m, am, av, &hp, 3e-4, it + 1, td_clip_scale(norm, 1.0));
+        td_model_refresh_bf16(m); /* bf16: the working copy follows the masters (counted) */
         double t2 = td_time_now();
         if (it >= warmup) {
             times[it - warmup] = t2 - t0;
@@ -121,7 +126,7 @@ static void run_tandem(const shape *s, int warmup, int steps, result *r) {
 }
 
 /* Forks a child for one shape; returns its result and peak RSS (bytes). */
-static result bench_tandem(const shape *s, int warmup, int steps, long *peak_rss) {
+static result bench_tandem(const shape *s, int warmup, int steps, int bf16, long *peak_rss) {
     int fd[2];
     result r = {0};
     if (pipe(fd) != 0) return r;
@@ -130,7 +135,7 @@ static result bench_tandem(const shape *s, int warmup, int steps, long *peak_rss
     if (pid == 0) {
         close(fd[0]);
         result cr;
-        run_tandem(s, warmup, steps, &cr);
+        run_tandem(s, warmup, steps, bf16, &cr);
         ssize_t w = write(fd[1], &cr, sizeof cr);
         _exit(w == (ssize_t)sizeof cr ? 0 : 1);
     }
@@ -145,8 +150,8 @@ static result bench_tandem(const shape *s, int warmup, int steps, long *peak_rss
     return r;
 }
 
-static int bench_torch(const shape *s, int warmup, int steps, int threads, double *tok_s,
-                       long *peak_rss, char *version, size_t vn) {
+static int bench_torch(const shape *s, int warmup, int steps, int threads, int autocast,
+                       double *tok_s, long *peak_rss, char *version, size_t vn) {
     char cmd[1024];
     /* glibc's malloc returns PyTorch's per-step buffers to the kernel and faults them in
      * again every step (measured: ~40 % of its step time in page faults here); these two
@@ -155,9 +160,9 @@ static int bench_torch(const shape *s, int warmup, int steps, int threads, doubl
              "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 "
              "/usr/bin/python3 bench/torch_train.py --json --arch %s --layers %d --heads %d "
              "--kv-heads %d --embd %d --ffn %d --vocab %d --batch %d --seq %d --steps %d "
-             "--warmup %d --threads %d --positions %d",
+             "--warmup %d --threads %d --positions %d%s",
              s->arch == TD_ARCH_GPT2 ? "gpt2" : "llama", s->L, s->NH, s->NKV, s->C, s->F, V, B, T,
-             steps, warmup, threads, MAXT);
+             steps, warmup, threads, MAXT, autocast ? " --autocast-bf16" : "");
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     char line[8192], last[8192] = "";
@@ -179,6 +184,7 @@ static int bench_torch(const shape *s, int warmup, int steps, int threads, doubl
 
 int main(int argc, char **argv) {
     int steps = 6, warmup = 2, threads = omp_get_max_threads(), torch = 1, json = 0, prof = 0;
+    int precision = 0; /* 0 both, 1 fp32, 2 bf16 */
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
@@ -189,7 +195,10 @@ int main(int argc, char **argv) {
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
-        else if (!strcmp(argv[i], "--no-torch"))
+        else if (!strcmp(argv[i], "--precision") && i + 1 < argc) {
+            i++;
+            precision = !strcmp(argv[i], "fp32") ? 1 : !strcmp(argv[i], "bf16") ? 2 : 0;
+        } else if (!strcmp(argv[i], "--no-torch"))
             torch = 0;
         else if (!strcmp(argv[i], "--profile"))
             prof = 1;
@@ -197,7 +206,8 @@ int main(int argc, char **argv) {
             json = 1;
         else {
             fprintf(stderr, "usage: bench_train [--steps N] [--warmup N] [--threads N] "
-                            "[--only NAME] [--no-torch] [--profile] [--json]\n");
+                            "[--only NAME] [--precision fp32|bf16|both] [--no-torch] "
+                            "[--profile] [--json]\n");
             return strcmp(argv[i], "--help") && strcmp(argv[i], "-h") ? 2 : 0;
         }
     }
@@ -207,8 +217,9 @@ int main(int argc, char **argv) {
     }
     omp_set_num_threads(threads);
     if (!json)
-        printf("training throughput, fp32, B=%d T=%d vocab=%d, %d threads, median of %d/%d "
-               "steps after %d warmup\n\n%-16s %9s %-10s %10s %9s %10s %9s\n",
+        printf("training throughput, B=%d T=%d vocab=%d, %d threads, median of %d/%d "
+               "steps after %d warmup; ratios against PyTorch fp32 eager\n\n"
+               "%-16s %9s %-11s %10s %9s %10s %9s\n",
                B, T, V, threads, steps, (steps + 1) / 2, warmup, "model", "params", "impl",
                "tokens/s", "GFLOP/s", "peak MiB", "vs torch");
     int failures = 0;
@@ -216,53 +227,74 @@ int main(int argc, char **argv) {
         const shape *s = &g_shapes[i];
         if (only && !strstr(s->name, only)) continue;
         int st = s->steps_scale > 1 ? steps : (steps + 1) / 2;
-        long rss_t = 0, rss_p = 0;
-        result r = bench_tandem(s, warmup, st, &rss_t);
-        if (!r.ok) {
-            fprintf(stderr, "bench_train: tandem run of %s failed\n", s->name);
-            failures++;
-            continue;
-        }
-        double ptok = 0;
+        /* rows: tandem fp32, tandem bf16, PyTorch fp32 eager, PyTorch bf16 autocast; ratios
+         * are against PyTorch fp32 eager, measured in this run */
+        struct row {
+            const char *impl;
+            result r;
+            long rss;
+            int ok;
+        } rows[4];
+        memset(rows, 0, sizeof rows);
+        rows[0].impl = "tandem";
+        rows[1].impl = "tandem-bf16";
+        rows[2].impl = "pytorch";
+        rows[3].impl = "torch-bf16";
         char ver[64] = "";
-        int have_torch =
-            torch && bench_torch(s, warmup, st, threads, &ptok, &rss_p, ver, sizeof ver) == 0;
-        if (torch && !have_torch)
-            fprintf(stderr,
-                    "bench_train: PyTorch run of %s failed (is python3-torch "
-                    "installed?)\n",
-                    s->name);
-        double flops_tok = r.gflops / r.tok_s;
-        if (json) {
-            printf("{\"model\": \"%s\", \"impl\": \"tandem\", \"params\": %.0f, \"batch\": %d, "
-                   "\"seq\": %d, \"threads\": %d, \"tokens_per_s\": %.1f, \"gflops\": %.2f, "
-                   "\"peak_rss_bytes\": %ld, \"ms_per_step\": %.2f}\n",
-                   s->name, r.params, B, T, threads, r.tok_s, r.gflops, rss_t, r.ms_median);
-            if (have_torch)
-                printf("{\"model\": \"%s\", \"impl\": \"pytorch\", \"torch\": \"%s\", "
-                       "\"tokens_per_s\": %.1f, \"gflops\": %.2f, \"peak_rss_bytes\": %ld, "
-                       "\"tandem_over_torch\": %.3f}\n",
-                       s->name, ver, ptok, flops_tok * ptok, rss_p, r.tok_s / ptok);
-        } else {
-            printf("%-16s %8.1fM %-10s %10.1f %9.1f %10.0f", s->name, r.params / 1e6, "tandem",
-                   r.tok_s, r.gflops, rss_t / 1048576.0);
-            if (have_torch) printf(" %8.2fx", r.tok_s / ptok);
-            printf("\n");
-            if (have_torch)
-                printf("%-16s %9s %-10s %10.1f %9.1f %10.0f\n", "", "",
-                       strlen(ver) ? "pytorch" : "pytorch", ptok, flops_tok * ptok,
-                       rss_p / 1048576.0);
-            fflush(stdout);
+        for (int k = 0; k < 2; k++) {
+            if ((k == 0 && precision == 2) || (k == 1 && precision == 1)) continue;
+            rows[k].r = bench_tandem(s, warmup, st, k, &rows[k].rss);
+            rows[k].ok = rows[k].r.ok;
+            if (!rows[k].ok) {
+                fprintf(stderr, "bench_train: tandem %s run of %s failed\n", k ? "bf16" : "fp32",
+                        s->name);
+                failures++;
+            }
         }
-        if (prof && !json) {
+        for (int k = 2; k < 4 && torch; k++) {
+            if (k == 3 && precision == 1) continue;
+            double ptok = 0;
+            rows[k].ok = bench_torch(s, warmup, st, threads, k == 3, &ptok, &rows[k].rss, ver,
+                                     sizeof ver) == 0;
+            rows[k].r.tok_s = ptok;
+            if (!rows[k].ok)
+                fprintf(stderr, "bench_train: PyTorch %s run of %s failed (is python3-torch "
+                        "installed?)\n", k == 3 ? "autocast" : "fp32", s->name);
+        }
+        const result *any = rows[0].ok ? &rows[0].r : &rows[1].r;
+        double flops_tok = any->tok_s > 0 ? any->gflops / any->tok_s : 0;
+        double base = rows[2].ok ? rows[2].r.tok_s : 0;
+        for (int k = 0; k < 4; k++) {
+            if (!rows[k].ok) continue;
+            const result *r = &rows[k].r;
+            double ratio = base > 0 ? r->tok_s / base : 0;
+            if (json) {
+                printf("{\"model\": \"%s\", \"impl\": \"%s\", \"params\": %.0f, \"batch\": %d, "
+                       "\"seq\": %d, \"threads\": %d, \"tokens_per_s\": %.1f, \"gflops\": %.2f, "
+                       "\"peak_rss_bytes\": %ld, \"over_torch_fp32\": %.3f%s%s%s}\n",
+                       s->name, rows[k].impl, any->params, B, T, threads, r->tok_s,
+                       flops_tok * r->tok_s, rows[k].rss, ratio, k >= 2 ? ", \"torch\": \"" : "",
+                       k >= 2 ? ver : "", k >= 2 ? "\"" : "");
+            } else {
+                printf("%-16s %8.1fM %-11s %10.1f %9.1f %10.0f", k == 0 || (k == 1 && !rows[0].ok)
+                       ? s->name : "", any->params / 1e6, rows[k].impl, r->tok_s,
+                       flops_tok * r->tok_s, rows[k].rss / 1048576.0);
+                if (base > 0) printf(" %8.2fx", ratio);
+                printf("\n");
+            }
+        }
+        fflush(stdout);
+        for (int k = 0; k < 2 && prof && !json; k++) {
+            if (!rows[k].ok) continue;
+            const result *r = &rows[k].r;
             double tot = 0;
-            for (int k = 0; k <= TD_PROF_COUNT; k++)
-                tot += r.prof[k];
-            printf("    tandem per-op time (ms per step, %% of step):");
-            for (int k = 0; k <= TD_PROF_COUNT; k++) {
-                if (k % 3 == 0) printf("\n    ");
-                const char *nm = k < TD_PROF_COUNT ? td_prof_op_name((td_prof_op)k) : "clip+AdamW";
-                printf("  %-22s %7.1f %4.1f%%", nm, r.prof[k] * 1e3, 100 * r.prof[k] / tot);
+            for (int q = 0; q <= TD_PROF_COUNT; q++) tot += r->prof[q];
+            printf("    %s per-op time (ms per step, %% of step):", rows[k].impl);
+            for (int q = 0; q <= TD_PROF_COUNT; q++) {
+                if (q % 3 == 0) printf("\n    ");
+                const char *nm = q < TD_PROF_COUNT ? td_prof_op_name((td_prof_op)q)
+                                 : k ? "clip+AdamW+bf16 copy" : "clip+AdamW";
+                printf("  %-22s %7.1f %4.1f%%", nm, r->prof[q] * 1e3, 100 * r->prof[q] / tot);
             }
             printf("\n");
         }

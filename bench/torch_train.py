@@ -240,6 +240,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--autocast-bf16", action="store_true",
+                   help="forward (and so backward) under torch.autocast(bfloat16): mixed "
+                        "precision as PyTorch users run it; master weights stay fp32")
     p.add_argument("--profile", action="store_true",
                    help="profile one extra step; table to stderr")
     a = p.parse_args(argv)
@@ -295,7 +298,11 @@ def main(argv=None):
             torch.cuda.synchronize()
 
     def step():
-        loss = model(x, y)
+        if a.autocast_bf16:
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                loss = model(x, y)
+        else:
+            loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
