@@ -4,7 +4,8 @@
  * (measured here, STREAM convention: 3 arrays x 4 bytes per element of a[i] = b[i] + s c[i]).
  * Model: llama, hidden 768, 8 layers, 12 heads, intermediate 2048, vocab 8192 (69 M
  * parameters, 277 MB in fp32: far beyond the caches), random weights.
- * Rows: fp32; int8 = int8 weights converted to float in the product (fp32 accumulation);
+ * Rows: fp32; bf16 = weights rounded to bf16, widened in registers (fp32 accumulation);
+ * int8 = int8 weights converted to float in the product (fp32 accumulation);
  * int8v = activations quantized too, int8 x int8 products accumulated in int32 (VNNI).
  * usage: bench_decode [--steps N] [--json] */
 #include <omp.h>
@@ -96,13 +97,21 @@ int main(int argc, char **argv) {
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
                td_model_num_params(m) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw,
                "weights", "batch", "tokens/s", "MB read/token", "roofline");
-    static const char *names[3] = {"fp32", "int8", "int8v"};
-    for (int q = 0; q < 3; q++) {
-        if (q == 1) td_model_quantize_int8(m, 0);
-        if (q == 2) td_model_set_int8_vnni(m, 1);
-        size_t rd = q ? ri : rf;
+    static const char *names[4] = {"fp32", "bf16", "int8", "int8v"};
+    td_model *mb; /* bf16 weights: a second copy of the same model */
+    if (td_model_new(&c, &mb) != TD_OK) return 1;
+    td_model_init_random(mb, 1);
+    if (td_model_quantize_bf16(mb) != TD_OK) return 1;
+    size_t rb = td_model_read_bytes_bf16(mb);
+    double fp32_b1 = 0;
+    for (int q = 0; q < 4; q++) {
+        td_model *mm = q == 1 ? mb : m;
+        if (q == 2) td_model_quantize_int8(m, 0);
+        if (q == 3) td_model_set_int8_vnni(m, 1);
+        size_t rd = q == 0 ? rf : q == 1 ? rb : ri;
         for (int B = 1; B <= 16; B *= 16) {
-            double tps = decode(m, B, steps);
+            double tps = decode(mm, B, steps);
+            if (q == 0 && B == 1) fp32_b1 = tps;
             double roof = B == 1 ? (rd / (bw * 1e9)) * tps : 0; /* ideal s/token over actual */
             if (json)
                 printf("{\"bench\": \"decode\", \"weights\": \"%s\", \"batch\": %d, "
@@ -110,11 +119,13 @@ int main(int argc, char **argv) {
                        "\"roofline\": %.3f}\n",
                        names[q], B, tps, rd, bw, roof);
             else if (B == 1)
-                printf("%-6s %6d %12.1f %14.1f %9.0f%%\n", names[q], B, tps, rd / 1e6, 100 * roof);
+                printf("%-6s %6d %12.1f %14.1f %9.0f%%   %.2fx fp32\n", names[q], B, tps,
+                       rd / 1e6, 100 * roof, tps / fp32_b1);
             else
                 printf("%-6s %6d %12.1f %14s %10s\n", names[q], B, tps, "", "");
         }
     }
     td_model_free(&m);
+    td_model_free(&mb);
     return 0;
 }

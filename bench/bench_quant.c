@@ -7,7 +7,8 @@
  * Decoding ends at <|endoftext|> (as in serving) or after --max-tokens. Flips are listed
  * with fp32's margin between its top two logits at that step.
  * Variants, one row each: int8 weights with lm_head int16 (tandem serve --int8), all int8
- * (--int8 --int8-lm-head), and int8 x int8 products accumulated in int32 (--int8-int32).
+ * (--int8 --int8-lm-head), int8 x int8 products accumulated in int32 (--int8-int32), and
+ * bf16 weights (--bf16).
  * usage: bench_quant --model DIR --prompts-file F [--max-tokens N] [--verbose] */
 #include <math.h>
 #include <stdio.h>
@@ -26,11 +27,12 @@ typedef struct {
     int V;
 } runner;
 
-static int runner_init(runner *r, const char *dir, int q8, int head8, int int32) {
+static int runner_init(runner *r, const char *dir, int q8, int head8, int int32, int bf16) {
     memset(r, 0, sizeof *r);
     if (td_checkpoint_load_model(dir, &r->m) != TD_OK) return -1;
     const td_model_config *c = td_model_config_of(r->m);
     int T = c->max_position_embeddings, bt = 16, nb = (T + bt - 1) / bt;
+    if (bf16 && td_model_quantize_bf16(r->m) != TD_OK) return -1;
     if (q8 && td_model_quantize_int8(r->m, head8) != TD_OK) return -1;
     if (int32) td_model_set_int8_vnni(r->m, 1);
     if (td_kv_cache_new(r->m, bt, (size_t)nb, &r->kv) != TD_OK) return -1;
@@ -176,18 +178,18 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     td_bpe *tok;
     runner a;
-    if (td_bpe_load(path, &tok) != TD_OK || runner_init(&a, dir, 0, 0, 0)) {
+    if (td_bpe_load(path, &tok) != TD_OK || runner_init(&a, dir, 0, 0, 0, 0)) {
         fprintf(stderr, "bench_quant: %s\n", td_error_message());
         return 1;
     }
-    static const char *names[3] = {"int8, lm_head int16 (--int8)",
+    static const char *names[4] = {"int8, lm_head int16 (--int8)",
                                    "all int8 (--int8 --int8-lm-head)",
-                                   "int8 x int8, int32 sums (--int8-int32)"};
-    agreement g[3];
-    for (int v = 0; v < 3; v++) {
+                                   "int8 x int8, int32 sums (--int8-int32)", "bf16 (--bf16)"};
+    agreement g[4];
+    for (int v = 0; v < 4; v++) {
         runner b;
         if (verbose) printf("%s:\n", names[v]);
-        if (runner_init(&b, dir, 1, v == 1, v == 2) ||
+        if (runner_init(&b, dir, v < 3, v == 1, v == 2, v == 3) ||
             measure(&a, &b, tok, prompts, np, maxt, verbose, &g[v])) {
             fprintf(stderr, "bench_quant: %s\n", td_error_message());
             return 1;
@@ -199,7 +201,7 @@ int main(int argc, char **argv) {
     printf("| quantization | free-running: equal up to first difference | same position | "
            "prompts identical | teacher-forced: same choice | logits rel. L2 error |\n"
            "|---|---|---|---|---|---|\n");
-    for (int v = 0; v < 3; v++)
+    for (int v = 0; v < 4; v++)
         printf("| %s | %.1f %% | %.1f %% | %ld / %ld | %.2f %% (%ld / %ld) | %.2e |\n", names[v],
                100.0 * (double)g[v].prefix / (double)g[v].tot,
                100.0 * (double)g[v].position / (double)g[v].tot, g[v].whole, g[v].np,

@@ -45,6 +45,7 @@ static void help(FILE *f) {
             "  --int8                int8 weight-only quantization (per-channel scales;\n"
             "                        lm_head in int16, see docs/serve.md)\n"
             "  --int8-lm-head        with --int8: lm_head in int8 too (smallest, less exact)\n"
+            "  --bf16                bf16 weights (half the bytes of fp32; fp32 accumulation)\n"
             "  --int8-int32          int8 weights and activations, products accumulated in\n"
             "                        int32 (AVX-512 VNNI; faster, less exact)\n"
             "  --dry-run             print the memory plan and exit\n"
@@ -60,7 +61,7 @@ int td_cmd_serve(int argc, char **argv) {
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
            O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
-           O_ROUTER, O_NAME, O_KEY };
+           O_ROUTER, O_NAME, O_KEY, O_BF16 };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -72,7 +73,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"int8", no_argument, 0, O_INT8}, {"int8-int32", no_argument, 0, O_INT8I},
         {"int8-lm-head", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
         {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
-        {"api-key", required_argument, 0, O_KEY},
+        {"api-key", required_argument, 0, O_KEY}, {"bf16", no_argument, 0, O_BF16},
         {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -103,6 +104,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_INT8: o.int8 = 1; break;
         case O_INT8I: o.int8_int32 = 1; break;
         case O_INT8H: o.int8_lm_head = 1; break;
+        case O_BF16: o.bf16 = 1; break;
         case O_HTTP: o.http = optarg; break;
         case O_ROUTER: o.router = optarg; break;
         case O_NAME: o.name = optarg; bad = !optarg[0]; break;
@@ -122,6 +124,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     if (!bad && modes > 1) {
         fprintf(stderr, "tandem %s: --http, --router and --prompts-file exclude each other\n",
                 cmd);
+        bad = 1;
+    }
+    if (!bad && o.bf16 && (o.int8 || o.int8_int32)) {
+        fprintf(stderr, "tandem %s: --bf16 and --int8 exclude each other\n", cmd);
         bad = 1;
     }
     if (!bad && nk && !o.http) {

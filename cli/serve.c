@@ -110,7 +110,8 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
     int q = o->int8 || o->int8_int32;
     printf("memory plan per rank (tp %d, %d replica%s), serving %s:\n", o->tp, world / o->tp,
            world / o->tp > 1 ? "s" : "",
-           !q ? "fp32" : o->int8_lm_head ? "int8 (lm_head int8)" : "int8 (lm_head int16)");
+           o->bf16 ? "bf16" : !q ? "fp32" : o->int8_lm_head ? "int8 (lm_head int8)"
+                                                            : "int8 (lm_head int16)");
     printf("  parameters        %12zu of %zu (embeddings, norms, lm_head replicated)\n", np,
            npf);
     printf("  weights fp32      %12.2f MiB\n", f32 / 1048576.0);
@@ -121,8 +122,10 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
     printf("  weights all int8  %12.2f MiB (%.2f of fp32: lm_head int8 too; --int8 "
            "--int8-lm-head)\n",
            i8a / 1048576.0, (double)i8a / (double)f32);
-    printf("  read per token    %12.2f MiB fp32, %.2f MiB int8, %.2f MiB all int8 (batch 1)\n",
-           rf / 1048576.0, ri / 1048576.0, ria / 1048576.0);
+    printf("  read per token    %12.2f MiB fp32, %.2f MiB bf16, %.2f MiB int8, %.2f MiB all int8 "
+           "(batch 1)\n",
+           rf / 1048576.0, td_model_read_bytes_bf16(slice) / 1048576.0, ri / 1048576.0,
+           ria / 1048576.0);
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
            kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
@@ -206,9 +209,10 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
              "\"quantization\": \"%s\", \"context_length\": %d, \"hidden_size\": %d, "
              "\"num_hidden_layers\": %d, \"vocab_size\": %d, \"tensor_parallel\": %d, "
              "\"weight_bytes\": %zu}",
-             td_arch_name(c->arch), np, size, !q ? "F32" : o->int8_lm_head ? "Q8" : "Q8 (lm_head Q16)",
+             td_arch_name(c->arch), np, size,
+             o->bf16 ? "BF16" : !q ? "F32" : o->int8_lm_head ? "Q8" : "Q8 (lm_head Q16)",
              c->max_position_embeddings, c->hidden_size, c->num_hidden_layers, c->vocab_size, T,
-             q ? i8 : f32);
+             o->bf16 ? f32 / 2 : q ? i8 : f32);
     return d;
 }
 
@@ -303,6 +307,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     TD_TRY(td_comm_split(world, group, world->rank, &tp));
     td_model *m = NULL;
     td_status s = td_model_tp_slice(full, tp->rank, T, &m);
+    if (s == TD_OK && o->bf16) s = td_model_quantize_bf16(m);
     if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, o->int8_lm_head);
     if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
     td_engine *e = NULL;

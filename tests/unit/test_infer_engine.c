@@ -166,16 +166,18 @@ static void test_int8_logits(void) {
     for (int i = 0; i < 20; i++) prompt[i] = (int32_t)((i * 37) % V);
     int32_t blocks[2] = {0, 1};
     float ref[V], got[V];
-    double l2[3];
-    const char *names[3] = {"int8, lm_head int16 (fp32 accumulation)",
-                            "int8 x int8 (int32 accumulation)", "all int8, lm_head too"};
-    for (int q = -1; q < 3; q++) {
+    double l2[4];
+    const char *names[4] = {"int8, lm_head int16 (fp32 accumulation)",
+                            "int8 x int8 (int32 accumulation)", "all int8, lm_head too",
+                            "bf16 weights"};
+    for (int q = -1; q < 4; q++) {
         if (q == 0) REQUIRE(td_model_quantize_int8(m, 0) == TD_OK, "%s", td_error_message());
         if (q == 1) td_model_set_int8_vnni(m, 1);
-        if (q == 2) {
+        if (q >= 2) {
             td_model_free(&m);
             m = small_model();
-            REQUIRE(td_model_quantize_int8(m, 1) == TD_OK, "%s", td_error_message());
+            REQUIRE((q == 2 ? td_model_quantize_int8(m, 1) : td_model_quantize_bf16(m)) == TD_OK,
+                    "%s", td_error_message());
         }
         td_kv_cache *kv;
         REQUIRE(td_kv_cache_new(m, 16, 2, &kv) == TD_OK && td_model_plan_infer(m, 20, 1) == TD_OK,
@@ -199,10 +201,55 @@ static void test_int8_logits(void) {
     }
     CHECK(l2[0] < l2[2], "lm_head int16 (%.2e) not closer to fp32 than all int8 (%.2e)", l2[0],
           l2[2]);
+    CHECK(l2[3] < l2[0], "bf16 weights (%.2e) not closer to fp32 than int8 (%.2e)", l2[3], l2[0]);
     td_model_free(&m);
 }
 
+/* Quantized products on widths that are not multiples of 16 (tails), at batch 1 and 4:
+ * bf16, int8 and int8-with-int16-lm_head logits stay near fp32's. */
+static void test_odd_widths(void) {
+    td_model_config c = {.arch = TD_ARCH_LLAMA, .hidden_size = 48, .intermediate_size = 44,
+                         .num_hidden_layers = 2, .num_attention_heads = 4,
+                         .num_key_value_heads = 2, .vocab_size = V, .max_position_embeddings = MAXT,
+                         .norm_eps = 1e-5, .rope_theta = 10000};
+    int32_t prompt[4][12];
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 12; i++) prompt[b][i] = (int32_t)((i * 31 + b * 7) % V);
+    float ref[4 * V], ref1[V], got[4 * V];
+    int32_t blocks[4] = {0, 1, 2, 3};
+    for (int mode = -1; mode < 2; mode++) {
+        td_model *m;
+        REQUIRE(td_model_new(&c, &m) == TD_OK, "%s", td_error_message());
+        td_model_init_random(m, 5);
+        if (mode == 0) REQUIRE(td_model_quantize_bf16(m) == TD_OK, "%s", td_error_message());
+        if (mode == 1) REQUIRE(td_model_quantize_int8(m, 0) == TD_OK, "%s", td_error_message());
+        for (int nb = 1; nb <= 4; nb += 3) {
+            td_kv_cache *kv;
+            REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK &&
+                        td_model_plan_infer(m, 12 * nb, nb) == TD_OK, "kv");
+            td_infer_seg sg[4];
+            for (int b = 0; b < nb; b++) sg[b] = (td_infer_seg){prompt[b], 12, 0, blocks + b};
+            float *dst = mode >= 0 ? got : nb == 1 ? ref1 : ref;
+            REQUIRE(td_model_forward_infer(m, kv, sg, nb, dst) == TD_OK, "%s", td_error_message());
+            td_kv_cache_free(&kv);
+            if (mode < 0) continue;
+            double d = 0, r = 0;
+            const float *want = nb == 1 ? ref1 : ref;
+            for (int j = 0; j < nb * V; j++) {
+                d = fmax(d, fabs((double)got[j] - want[j]));
+                r = fmax(r, fabs((double)want[j]));
+            }
+            printf("odd widths (C 48, F 44), %s, batch %d: logits max rel diff %.2e\n",
+                   mode == 0 ? "bf16" : "int8", nb, d / r);
+            CHECK(d / r < (mode == 0 ? 1e-2 : 5e-2), "%s batch %d off by %.2e",
+                  mode == 0 ? "bf16" : "int8", nb, d / r);
+        }
+        td_model_free(&m);
+    }
+}
+
 int main(void) {
+    test_odd_widths();
     {
         td_model *m = make_model(TD_ARCH_LLAMA), *sl = NULL;
         td_status s = td_model_tp_slice(m, 0, 3, &sl);

@@ -70,9 +70,11 @@ struct td_model {
     int8_t *q8;
     float *q8s;
     int16_t *q16; /* lm_head in int16 (unless quantized with head_int8) */
+    uint16_t *qbf; /* bf16 serving weights (td_model_quantize_bf16) */
     struct q8mat {
         const int8_t *w;
         const int16_t *w16; /* instead of w: int16 weights (lm_head) */
+        const uint16_t *wb; /* instead of w: bf16 weights (td_model_quantize_bf16; s = 1) */
         const float *s;
         const int32_t *wsum; /* row sums, for the u8 x s8 (VNNI) path */
     } *q8l; /* 4 per layer + 1 */
@@ -335,6 +337,7 @@ void td_model_free(td_model **mp) {
     free(m->sbf[1]);
     free(m->q8);
     free(m->q16);
+    free(m->qbf);
     free(m->q8s);
     free(m->q8l);
     free(m->q8sum);
@@ -812,6 +815,19 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
     _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(p))))
 #define QMATMUL matmul_int16
 #include "worker/model/matmul_q.inc"
+static inline float bf16_to_float(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+#define QTYPE uint16_t /* bf16: the upper half of a float */
+#define QLOAD16(p)                                                                                 \
+    _mm512_castsi512_ps(                                                                           \
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define QSCALAR(x) bf16_to_float(x)
+#define QMATMUL matmul_bf16
+#include "worker/model/matmul_q.inc"
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
 /* out (N, OC) = inp @ (s W8)^T + bias with int8 x int8 products in int32: each input row is
@@ -851,8 +867,12 @@ void td_model_set_int8_vnni(td_model *m, int on) {
 
 static void linear_infer(const td_model *m, int which, int layer, float *out, const float *inp,
                          const float *W, const float *bias, int N, int C, int OC) {
-    if (m->q8) {
+    if (m->q8l) {
         const struct q8mat *q = &m->q8l[layer < 0 ? 4 * m->L : 4 * layer + which];
+        if (q->wb) {
+            matmul_bf16(out, inp, q->wb, q->s, bias, N, C, OC);
+            return;
+        }
         if (q->w16) {
             matmul_int16(out, inp, q->w16, q->s, bias, N, C, OC);
             return;
@@ -917,8 +937,45 @@ static void quantize_rows(const float *W, int R, int Cc, float qmax, int8_t *w8,
     }
 }
 
+td_status td_model_quantize_bf16(td_model *m) {
+    if (m->q8l) return TD_OK;
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    int nm = infer_mats(m, mats);
+    size_t nw = 0, ns = 0;
+    for (int i = 0; i < nm; i++) {
+        nw += (size_t)mats[i].rows * mats[i].cols;
+        ns += (size_t)mats[i].rows;
+    }
+    m->qbf = malloc(nw * sizeof(uint16_t));
+    m->q8s = malloc(ns * sizeof(float));
+    m->q8l = malloc(sizeof *m->q8l * (size_t)nm);
+    if (!m->qbf || !m->q8s || !m->q8l) {
+        free(mats);
+        free(m->qbf);
+        free(m->q8s);
+        free(m->q8l);
+        m->qbf = NULL;
+        m->q8s = NULL;
+        m->q8l = NULL;
+        return td_error_set(TD_ERR_NOMEM, "out of memory for bf16 weights");
+    }
+    for (size_t i = 0; i < ns; i++) m->q8s[i] = 1.0f;
+    uint16_t *wp = m->qbf;
+    float *sp = m->q8s;
+    for (int i = 0; i < nm; i++) {
+        size_t n = (size_t)mats[i].rows * mats[i].cols;
+        td_bf16_from_f32(wp, mats[i].w, n);
+        m->q8l[i] = (struct q8mat){NULL, NULL, wp, sp, NULL};
+        wp += n;
+        sp += mats[i].rows;
+    }
+    free(mats);
+    return TD_OK;
+}
+
 td_status td_model_quantize_int8(td_model *m, int head_int8) {
-    if (m->q8) return TD_OK;
+    if (m->q8l) return TD_OK;
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
     int nm = infer_mats(m, mats), head = 4 * m->L;
@@ -952,7 +1009,7 @@ td_status td_model_quantize_int8(td_model *m, int head_int8) {
     int32_t *ws = m->q8sum;
     for (int i = 0; i < nm; i++) {
         int R = mats[i].rows, Cc = mats[i].cols, wide = i == head && nh;
-        m->q8l[i] = (struct q8mat){wide ? NULL : wp, wide ? m->q16 : NULL, sp, ws};
+        m->q8l[i] = (struct q8mat){wide ? NULL : wp, wide ? m->q16 : NULL, NULL, sp, ws};
         quantize_rows(mats[i].w, R, Cc, wide ? 32767.0f : 127.0f, wp, wide ? m->q16 : NULL, sp,
                       ws);
         if (!wide) wp += (size_t)R * Cc;
@@ -989,6 +1046,21 @@ void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_
     if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
     *read_fp32 = (lin + small) * 4;
     *read_int8 = lin + wide + rows * 4 + small * 4;
+}
+
+size_t td_model_read_bytes_bf16(const td_model *m) {
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return 0;
+    int nm = infer_mats(m, mats);
+    size_t lin = 0;
+    for (int i = 0; i < nm; i++) lin += (size_t)mats[i].rows * mats[i].cols;
+    free(mats);
+    /* as td_model_weight_bytes: products' weights at 2 bytes, norms and biases at 4; an
+     * untied input embedding is not read (one row) */
+    size_t small = m->num_params - lin;
+    if (!m->cfg.tie_word_embeddings) lin -= (size_t)m->V * m->C;
+    if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
+    return lin * 2 + small * 4;
 }
 
 /* RoPE on q and k heads of each row at its own position (the training kernel assumes
@@ -1045,13 +1117,20 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *o = m->ix + (size_t)n * C;
-        if (m->q8) { /* the quantized embedding row (lm_head's when tied) */
+        if (m->q8l) { /* the quantized embedding row (lm_head's when tied) */
             const struct q8mat *q = &m->q8l[4 * m->L + (m->cfg.tie_word_embeddings ? 0 : 1)];
             size_t at = (size_t)m->itok[n] * C;
             float sc = q->s[m->itok[n]];
-            for (int i = 0; i < C; i++)
-                o[i] = (q->w16 ? (float)q->w16[at + i] : (float)q->w[at + i]) * sc +
-                       (m->p.wpe ? m->p.wpe[(size_t)m->ipos[n] * C + i] : 0.0f);
+            for (int i = 0; i < C; i++) {
+                float v;
+                if (q->wb) {
+                    uint32_t u = (uint32_t)q->wb[at + i] << 16;
+                    memcpy(&v, &u, 4);
+                } else {
+                    v = q->w16 ? (float)q->w16[at + i] : (float)q->w[at + i];
+                }
+                o[i] = v * sc + (m->p.wpe ? m->p.wpe[(size_t)m->ipos[n] * C + i] : 0.0f);
+            }
             continue;
         }
         const float *e = m->p.wte + (size_t)m->itok[n] * C;

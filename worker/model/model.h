@@ -185,6 +185,12 @@ void td_model_set_tp_comm(td_model *m, td_comm *c);
  * fly (fp32 accumulation). Norms and biases stay fp32. lm_head is kept wider because its
  * rounding decides near-tied greedy choices (docs/serve.md gives the measurement). */
 td_status td_model_quantize_int8(td_model *m, int head_int8);
+/* bf16 weights for inference: every matrix product's weight (and an untied input
+ * embedding) rounded to bf16 (half of fp32's bytes), converted to float on the fly, fp32
+ * accumulation. Exclusive with td_model_quantize_int8 (the first one applied stays). */
+td_status td_model_quantize_bf16(td_model *m);
+/* Bytes one decode step reads (batch 1) with bf16 weights. */
+size_t td_model_read_bytes_bf16(const td_model *m);
 /* Alternative int8 path (AVX-512 VNNI): activations are quantized per row too and the
  * products accumulate int8 x int8 in int32 (matrices whose width is a multiple of 64). */
 void td_model_set_int8_vnni(td_model *m, int on);
