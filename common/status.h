@@ -6,6 +6,10 @@
 #ifndef TD_STATUS_H
 #define TD_STATUS_H
 
+#ifdef __cplusplus /* the CUDA sources are C++ */
+extern "C" {
+#endif
+
 typedef enum {
     TD_OK = 0,
     TD_ERR_INVALID = -1,  /* bad input: usage, config, file contents (exit code 2) */
@@ -38,5 +42,9 @@ void td_error_clear(void);
         td_status td_try_s_ = (expr);                                                              \
         if (td_try_s_ != TD_OK) return td_try_s_;                                                  \
     } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

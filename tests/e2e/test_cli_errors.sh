@@ -79,6 +79,16 @@ expect "token outside vocab" "outside the vocabulary" -- \
 expect "unknown command" "unknown command" -- "$TANDEM" frobnicate
 expect "train without job" "expected exactly one job file" -- "$TANDEM" train
 expect "bad bucket size" "--bucket-mb needs a size" -- "$TANDEM" train good.json --bucket-mb 0
+# device "cuda" without a usable GPU (or without the CUDA build) is an error that says why;
+# "auto" trains on the CPU and says so in one line
+sed 's/"checkpoint": {"dir": "run"}/"checkpoint": {"dir": "run-dev"}, "device": "cuda"/' good.json > cuda.json
+expect "device cuda, no GPU" 'device "cuda": ' -- "$TANDEM" train cuda.json
+sed 's/"cuda"/"auto"/; s/run-dev/run-auto/' cuda.json > auto.json
+if "$TANDEM" train auto.json --quiet > auto.out 2> auto.err && [ "$(grep -c 'device auto: training on the CPU' auto.err)" = 1 ]; then
+    pass=$((pass + 1)); echo "  ok    device auto: $(grep 'device auto' auto.err | head -c 160)"
+else
+    fail=$((fail + 1)); echo "  FAIL  device auto: $(cat auto.err | head -c 300)"
+fi
 expect "generate bad value" "bad option value" -- "$TANDEM" generate --model "$FX" --tokens 1 --top-p 7
 
 # a valid run still works (the cases above fail for their own reasons only)
