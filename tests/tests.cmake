@@ -54,7 +54,7 @@ set_tests_properties(test_train_bf16 PROPERTIES LABELS "e2e" TIMEOUT 600)
 if(TANDEM_CUDA)
     # every CUDA kernel against the CPU reference; exits 77 (skipped) without a usable GPU
     add_executable(test_gpu_parity tests/gpu/test_gpu_parity.c)
-    target_link_libraries(test_gpu_parity PRIVATE td_cuda td_kernels)
+    target_link_libraries(test_gpu_parity PRIVATE td_train)
     add_test(NAME test_gpu_parity COMMAND test_gpu_parity)
     set_tests_properties(test_gpu_parity PROPERTIES LABELS "gpu" TIMEOUT 300
         SKIP_RETURN_CODE 77)

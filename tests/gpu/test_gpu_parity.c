@@ -4,7 +4,9 @@
  * output against its tolerance: 1e-5 to 1e-4 for fp32 kernels (the summation order
  * differs), 2e-3 for bf16 products against the CPU bf16 products (same rounding of the
  * inputs, different accumulation order), and a second run must give bit-identical results
- * (determinism). Exits 77 (ctest: skipped) when no usable GPU is present, saying why.
+ * (determinism). Then a whole training step (forward, backward, clip, AdamW) of small llama
+ * and gpt2 models on the GPU against the CPU model in bf16 mode: logits, loss, every
+ * gradient, the parameters after the step. Exits 77 (ctest: skipped) when no usable GPU is present, saying why.
  * usage: test_gpu_parity [--json] */
 #include <math.h>
 #include <stdio.h>
@@ -15,6 +17,8 @@
 #include "worker/kernels/cpu/bf16.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cuda/cuda_ops.h"
+#include "worker/model/model_cuda.h"
+#include "worker/train/adamw.h"
 
 static td_cuda *G;
 static int g_fail, g_json;
@@ -277,6 +281,78 @@ static void test_adamw(void) {
     td_cuda_release(dPB);
 }
 
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double e = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        e += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)b[i] * b[i];
+    }
+    return r > 0 ? sqrt(e / r) : sqrt(e);
+}
+
+static void row(const char *name, double rel, double tol) {
+    int ok = rel <= tol && isfinite(rel);
+    g_fail += !ok;
+    printf("%-28s %10.3e %8.0e  %s\n", name, rel, tol, ok ? "PASS" : "FAIL");
+}
+
+/* one training step of a small model on the GPU vs the CPU model in bf16 mode */
+static void test_step(td_arch arch) {
+    td_model_config c = {.arch = arch, .hidden_size = 128, .intermediate_size = 352,
+                         .num_hidden_layers = 2, .num_attention_heads = 4,
+                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4, .vocab_size = 300,
+                         .max_position_embeddings = 64, .norm_eps = 1e-5, .rope_theta = 10000,
+                         .tie_word_embeddings = arch == TD_ARCH_GPT2};
+    int B = 2, T = 33, N = B * T, V = c.vocab_size;
+    td_model *m;
+    CK(td_model_new(&c, &m));
+    td_model_init_random(m, 3);
+    size_t np = td_model_num_params(m);
+    int32_t *tok = malloc(4 * (size_t)N), *tgt = malloc(4 * (size_t)N);
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int32_t)td_rng_below(&g_rng, (uint64_t)V);
+        tgt[i] = (int32_t)td_rng_below(&g_rng, (uint64_t)V);
+    }
+    td_gpu_model *g;
+    CK(td_gpu_model_new(G, m, B, T, &g)); /* before the CPU step changes the weights */
+    CK(td_model_set_bf16(m, 1));
+    CK(td_model_plan(m, B, T, 1));
+    double loss = 0, gloss = 0, gnorm = 0, ggnorm = 0;
+    CK(td_model_forward(m, tok, tgt, B, T, &loss));
+    float *logits = malloc(sizeof(float) * (size_t)N * V), *glogits = malloc(sizeof(float) * (size_t)N * V);
+    memcpy(logits, td_model_logits(m), sizeof(float) * (size_t)N * V);
+    td_model_zero_grad(m);
+    CK(td_model_backward(m, 1.0));
+    float *grads = malloc(4 * np), *ggrads = malloc(4 * np), *gparams = malloc(4 * np);
+    memcpy(grads, td_model_grads(m), 4 * np);
+    float *am = calloc(np, 4), *av = calloc(np, 4);
+    td_adamw_params hp = {0.9f, 0.95f, 1e-8f, 0.1f};
+    gnorm = td_grad_norm(td_model_grads(m), np);
+    td_adamw_step_fused(m, am, av, &hp, 1e-3, 1, td_clip_scale(gnorm, 1.0));
+    CK(td_gpu_model_forward(g, tok, tgt, B, T, &gloss));
+    CK(td_gpu_model_logits(g, glogits));
+    CK(td_gpu_model_backward(g, 1.0));
+    CK(td_gpu_model_grads(g, ggrads));
+    CK(td_gpu_model_step(g, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0, &ggnorm));
+    CK(td_gpu_model_params(g, gparams));
+    const char *an = arch == TD_ARCH_LLAMA ? "llama" : "gpt2";
+    char name[64];
+    snprintf(name, sizeof name, "step %s: logits", an);
+    row(name, rel_l2(glogits, logits, (size_t)N * V), 1e-2);
+    snprintf(name, sizeof name, "step %s: loss", an);
+    row(name, fabs(gloss - loss) / loss, 1e-3);
+    snprintf(name, sizeof name, "step %s: gradients", an);
+    row(name, rel_l2(ggrads, grads, np), 2e-2);
+    snprintf(name, sizeof name, "step %s: grad norm", an);
+    row(name, fabs(ggnorm - gnorm) / gnorm, 2e-2);
+    snprintf(name, sizeof name, "step %s: params after", an);
+    row(name, rel_l2(gparams, td_model_params(m), np), 1e-4);
+    free(tok), free(tgt), free(logits), free(glogits), free(grads), free(ggrads), free(gparams);
+    free(am), free(av);
+    td_gpu_model_free(&g);
+    td_model_free(&m);
+}
+
 int main(int argc, char **argv) {
     g_json = argc > 1 && !strcmp(argv[1], "--json");
     char why[256] = "";
@@ -301,6 +377,8 @@ int main(int argc, char **argv) {
     test_attention(4, 2, 64, 77);
     test_attention(8, 1, 128, 130);
     test_adamw();
+    test_step(TD_ARCH_LLAMA);
+    test_step(TD_ARCH_GPT2);
     td_cuda_free(&G);
     printf("test_gpu_parity: %s (%d failed)\n", g_fail ? "FAILED" : "passed", g_fail);
     return g_fail ? 1 : 0;

@@ -98,6 +98,8 @@ td_status td_cuda_crossentropy_bwd(td_cuda *c, float *dlogits, const float *logi
 td_status td_cuda_adamw(td_cuda *c, float *p, uint16_t *pbf, float *g, float *m, float *v,
                         size_t n, float lr, float b1, float b2, float eps, float wd, long step,
                         float gscale);
+/* dbias (OC) += column sums of dout (N,OC), rows in order */
+td_status td_cuda_colsum_acc(td_cuda *c, float *dbias, const float *dout, int N, int OC);
 /* sum of squares of x (n), for the global gradient norm; summed in a fixed order */
 td_status td_cuda_sumsq(td_cuda *c, const float *x, size_t n, double *out);
 

@@ -587,6 +587,21 @@ extern "C" td_status td_cuda_adamw(td_cuda *c, float *p, uint16_t *pbf, float *g
     return TD_OK;
 }
 
+__global__ void colsum_kernel(float *dbias, const float *dout, int N, int OC) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= OC) return;
+    float acc = 0.0f;
+    for (int n = 0; n < N; n++) acc += dout[(size_t)n * OC + j];
+    dbias[j] += acc;
+}
+
+extern "C" td_status td_cuda_colsum_acc(td_cuda *c, float *dbias, const float *dout, int N,
+                                        int OC) {
+    colsum_kernel<<<blocks_for((size_t)OC, 128), 128, 0, c->stream>>>(dbias, dout, N, OC);
+    TD_CU_LAUNCHED();
+    return TD_OK;
+}
+
 // partial sums per block of a fixed size, then summed on the host in block order
 __global__ void sumsq_kernel(double *part, const float *x, size_t n, size_t per) {
     size_t lo = (size_t)blockIdx.x * per, hi = lo + per < n ? lo + per : n;
