@@ -3,9 +3,12 @@
 
 #include <cblas.h>
 #include <immintrin.h>
-#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef TD_NO_DNNL /* bench/gpu_check.sh builds the CPU reference without oneDNN */
+#include <oneapi/dnnl/dnnl.h>
+#endif
 
 #include "common/log.h"
 
@@ -41,6 +44,7 @@ void td_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
     }
 }
 
+#ifndef TD_NO_DNNL
 /* ---------------------------------------------------------------------------------------- */
 /* oneDNN */
 
@@ -149,6 +153,27 @@ const char *td_bf16_isa(void) {
     return g.isa;
 }
 
+#else
+static struct {
+    int ready, native;
+    char isa[64];
+    float *wa, *wb;
+    size_t wa_n, wb_n;
+} g;
+
+td_status td_bf16_init(void) {
+    if (!g.ready) {
+        snprintf(g.isa, sizeof g.isa, "none (built without oneDNN)");
+        g.ready = 1;
+    }
+    return TD_OK;
+}
+
+const char *td_bf16_isa(void) {
+    return g.isa;
+}
+#endif
+
 static float *grow(float **p, size_t *have, size_t need) {
     if (need > *have) {
         free(*p);
@@ -161,8 +186,9 @@ static float *grow(float **p, size_t *have, size_t need) {
 td_status td_bf16_gemm(float *C, const uint16_t *A, const uint16_t *B, const float *bias, int M,
                        int N, int K, int transA, int transB, int accumulate) {
     TD_TRY(td_bf16_init());
-    entry *x = NULL;
     int hb = bias != NULL;
+#ifndef TD_NO_DNNL
+    entry *x = NULL;
     for (int i = 0; i < g.n && !x; i++) {
         entry *e = &g.e[i];
         if (e->M == M && e->N == N && e->K == K && e->ta == transA && e->tb == transB &&
@@ -194,6 +220,7 @@ td_status td_bf16_gemm(float *C, const uint16_t *A, const uint16_t *B, const flo
         DNNL_TRY(dnnl_stream_wait(g.st), "stream wait");
         return TD_OK;
     }
+#endif
     /* fallback: widen the bf16 operands and use sgemm (identical rounding of the inputs) */
     float *a = grow(&g.wa, &g.wa_n, (size_t)M * K), *b = grow(&g.wb, &g.wb_n, (size_t)K * N);
     if (!a || !b) return td_error_set(TD_ERR_NOMEM, "out of memory for bf16 fallback scratch");

@@ -1,0 +1,110 @@
+/* GPU training throughput: GPT-2 124M (L12, C768, 12 heads, vocab 50257, 1024 positions)
+ * trained on one GPU with tandem's CUDA kernels (worker/model/model_cuda.c): forward,
+ * backward, global-norm clip, AdamW, bf16 products with fp32 masters. Prints tokens/s,
+ * ms per step, MFU = (6 N + 6 L C T) tokens/s / peak, and the step's two roofline times:
+ * FLOP-bound (FLOPs / peak) and byte-bound (an estimate of the bytes a step must move /
+ * memory bandwidth: per parameter 4 B bf16-weight reads x 3, 8 B gradient read+write,
+ * 32 B AdamW (p, m, v, g read and written), 2 B bf16 copy; activations written once and
+ * read twice). Peak and bandwidth default to the H200's data-sheet figures.
+ * usage: bench_gpu [--batch B] [--seq T] [--steps N] [--peak-tflops F] [--hbm-tbs F] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/rng.h"
+#include "worker/kernels/cuda/cuda_ops.h"
+#include "worker/model/model_cuda.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    int B = 16, T = 1024, steps = 10;
+    double peak = 989.0, hbm = 4.8;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc) B = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seq") && i + 1 < argc) T = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc) peak = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--hbm-tbs") && i + 1 < argc) hbm = atof(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench_gpu [--batch B] [--seq T] [--steps N] "
+                            "[--peak-tflops F] [--hbm-tbs F]\n");
+            return 2;
+        }
+    }
+    char why[256] = "";
+    if (td_cuda_device_count(why, sizeof why) == 0) {
+        fprintf(stderr, "bench_gpu: no usable GPU (%s)\n", why);
+        return 77;
+    }
+    td_cuda *cx;
+    td_model *m;
+    td_gpu_model *g;
+    td_model_config c = {.arch = TD_ARCH_GPT2, .hidden_size = 768, .intermediate_size = 3072,
+                         .num_hidden_layers = 12, .num_attention_heads = 12,
+                         .num_key_value_heads = 12, .vocab_size = 50257,
+                         .max_position_embeddings = 1024, .norm_eps = 1e-5,
+                         .tie_word_embeddings = 1};
+    if (T > c.max_position_embeddings) T = c.max_position_embeddings;
+    if (td_cuda_new(0, &cx) != TD_OK || td_model_new(&c, &m) != TD_OK) {
+        fprintf(stderr, "bench_gpu: %s\n", td_error_message());
+        return 1;
+    }
+    td_model_init_random(m, 1);
+    if (td_gpu_model_new(cx, m, B, T, &g) != TD_OK) {
+        fprintf(stderr, "bench_gpu: %s\n", td_error_message());
+        return 1;
+    }
+    int N = B * T;
+    int32_t *tok = malloc(4 * (size_t)N), *tgt = malloc(4 * (size_t)N);
+    td_rng r;
+    td_rng_seed(&r, 5);
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int32_t)td_rng_below(&r, 50257);
+        tgt[i] = (int32_t)td_rng_below(&r, 50257);
+    }
+    double *ms = malloc(sizeof(double) * (size_t)(steps + 2)), loss = 0, first = 0, gn = 0;
+    for (int s = 0; s < steps + 2; s++) { /* 2 warmup steps */
+        double t0 = now();
+        if (td_gpu_model_forward(g, tok, tgt, B, T, &loss) != TD_OK ||
+            td_gpu_model_backward(g, 1.0) != TD_OK ||
+            td_gpu_model_step(g, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, s + 1, 1.0, &gn) != TD_OK) {
+            fprintf(stderr, "bench_gpu: step %d: %s\n", s, td_error_message());
+            return 1;
+        }
+        ms[s] = (now() - t0) * 1e3;
+        if (s == 0) first = loss;
+    }
+    double sum = 0;
+    for (int s = 2; s < steps + 2; s++) sum += ms[s];
+    double step_ms = sum / steps, tps = N / (step_ms / 1e3);
+    size_t np = td_model_num_params(m);
+    size_t nmat = np - (size_t)1024 * 768; /* wpe is a lookup, not a product */
+    double flops_tok = 6.0 * (double)nmat + 6.0 * 12 * 768 * (double)T;
+    double flops_step = flops_tok * N;
+    double act_bytes = (double)N * 4 * (12 * (768 * 6.0 + 3 * 768 + 12 * 64 + 3072 * 2) + 50257);
+    double bytes_step = (double)np * (12 + 8 + 32 + 2) + act_bytes * 3;
+    printf("GPU %s, GPT-2 124M (%zu parameters), B=%d T=%d, %d timed steps after 2\n",
+           td_cuda_device_name(cx), np, B, T, steps);
+    printf("| measure | value |\n|---|---|\n");
+    printf("| tokens/s | %.0f |\n| ms per step | %.2f |\n", tps, step_ms);
+    printf("| MFU (peak %.0f TFLOP/s bf16) | %.1f %% |\n", peak, 100 * flops_tok * tps / (peak * 1e12));
+    printf("| FLOP-bound step time | %.2f ms (%.2f TFLOP a step) |\n",
+           flops_step / (peak * 1e12) * 1e3, flops_step / 1e12);
+    printf("| byte-bound step time (estimate) | %.2f ms (%.1f GB a step at %.1f TB/s) |\n",
+           bytes_step / (hbm * 1e12) * 1e3, bytes_step / 1e9, hbm);
+    printf("| loss, first -> last step (same batch) | %.4f -> %.4f |\n", first, loss);
+    td_gpu_model_free(&g);
+    td_model_free(&m);
+    td_cuda_free(&cx);
+    free(tok);
+    free(tgt);
+    free(ms);
+    return 0;
+}
