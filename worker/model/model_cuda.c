@@ -66,12 +66,15 @@ td_status td_gpu_model_new(td_cuda *cx, const td_model *host, int B, int T, td_g
     ALLOC(g->m, np * 4);
     ALLOC(g->v, np * 4);
     ALLOC(g->pbf, np * 2);
-    size_t per = N * C * 3 + 4 * N + N * g->QKV + N * (size_t)g->NH * g->hd +
-                 (size_t)B * g->NH * T + N * C * 2 + N * g->FC + N * g->F;
+#define PAD(n) ((((size_t)(n)) + 63) & ~(size_t)63)
+    size_t per = PAD(N * C) * 3 + PAD(N) * 4 + PAD(N * g->QKV) + PAD(N * (size_t)g->NH * g->hd) +
+                 PAD((size_t)B * g->NH * T) + PAD(N * C) * 2 + PAD(N * g->FC) + PAD(N * g->F);
     size_t widest = (size_t)(g->V > g->FC ? g->V : g->FC);
     if ((size_t)g->QKV > widest) widest = (size_t)g->QKV;
-    size_t total = per * g->L + N * C * 2 + 2 * N + N * g->V + N /* resf nf nfm nfr logits xlse */
-                   + N * C * 2 + N * g->QKV + N * (size_t)g->NH * g->hd + N * g->FC + N * g->F;
+    size_t total = per * g->L + PAD(N * C) * 2 + PAD(N) * 2 + PAD(N * g->V) +
+                   PAD(N) /* resf nf nfm nfr logits xlse */
+                   + PAD(N * C) * 2 + PAD(N * g->QKV) + PAD(N * (size_t)g->NH * g->hd) +
+                   PAD(N * g->FC) + PAD(N * g->F);
     ALLOC(g->acts, total * 4);
     ALLOC(g->s16[0], N * widest * 2);
     ALLOC(g->s16[1], N * widest * 2);
@@ -86,7 +89,8 @@ td_status td_gpu_model_new(td_cuda *cx, const td_model *host, int B, int T, td_g
         return s;
     }
     float *p = g->acts;
-#define TAKE(n) (p += (n), p - (n))
+/* every buffer starts on a 256-byte boundary (cuBLASLt's preferred alignment) */
+#define TAKE(n) (p += PAD(n), p - PAD(n))
     for (int l = 0; l < g->L; l++) {
         gpu_layer *a = &g->la[l];
         a->res = TAKE(N * C);
@@ -102,7 +106,7 @@ td_status td_gpu_model_new(td_cuda *cx, const td_model *host, int B, int T, td_g
         a->n2r = TAKE(N);
         a->fc = TAKE(N * g->FC);
         a->h = TAKE(N * g->F);
-        p += N * C; /* spare: keeps the per-layer size as counted above */
+        p += PAD(N * C); /* spare: keeps the per-layer size as counted above */
     }
     g->resf = TAKE(N * C);
     g->nf = TAKE(N * C);
@@ -186,6 +190,9 @@ static td_status norm_bwd(td_gpu_model *g, float *dx, const float *dw_host, cons
 td_status td_gpu_model_forward(td_gpu_model *g, const int32_t *tokens, const int32_t *targets,
                                int B, int T, double *loss) {
     int N = B * T, C = g->C, V = g->V;
+    if (T > g->cfg.max_position_embeddings)
+        return td_error_set(TD_ERR_INVALID, "sequence of %d exceeds max_position_embeddings %d", T,
+                            g->cfg.max_position_embeddings);
     if (N > g->maxN)
         return td_error_set(TD_ERR_INVALID, "batch of %d x %d exceeds the GPU plan of %d rows", B,
                             T, g->maxN);

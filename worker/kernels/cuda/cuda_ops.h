@@ -42,7 +42,8 @@ td_status td_cuda_zero(td_cuda *c, void *p, size_t bytes);
 /* dst (bf16) = round-to-nearest-even(src) */
 td_status td_cuda_to_bf16(td_cuda *c, uint16_t *dst, const float *src, size_t n);
 
-/* C (M,N) = op(A) (M,K) @ op(B) (K,N) [+ C when accumulate] [+ bias (N) per row]; A, B bf16,
+/* C (M,N) = op(A) (M,K) @ op(B) (K,N) [+ C when accumulate] [+ bias (N), added to every row,
+ * i.e. one value per column]; A, B bf16,
  * C and bias fp32; transA: A stored (K,M); transB: B stored (N,K) (cuBLASLt, fp32 compute). */
 td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A, const uint16_t *B,
                               const float *bias, int M, int N, int K, int transA, int transB,

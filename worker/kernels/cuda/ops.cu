@@ -23,6 +23,7 @@ extern "C" int td_cuda_device_count(char *why, size_t why_len) {
 
 td_status td_cuda_scratch(td_cuda *c, size_t bytes) {
     if (bytes <= c->scratch_bytes) return TD_OK;
+    TD_CU_TRY(cudaStreamSynchronize(c->stream)); /* kernels queued may still read it */
     if (c->scratch) TD_CU_TRY(cudaFree(c->scratch));
     c->scratch = NULL;
     c->scratch_bytes = 0;
@@ -117,6 +118,20 @@ extern "C" td_status td_cuda_to_bf16(td_cuda *c, uint16_t *dst, const float *src
     return TD_OK;
 }
 
+// The largest power of two (at most 256) that divides the address: cuBLASLt assumes 256
+// unless told, and our buffers are carved at arbitrary float offsets.
+static uint32_t align_of(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t al = 256;
+    while (al > 1 && (a & (al - 1))) al >>= 1;
+    return al;
+}
+
+__global__ void add_bias_kernel(float *C, const float *bias, int M, int N) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)M * N) C[i] += bias[i % N];
+}
+
 // Row-major C (M,N) = op(A) op(B) is column-major C^T (N,M) = op(B)^T op(A)^T: cuBLASLt's
 // first operand is our B (as stored), the second our A.
 extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A,
@@ -129,6 +144,10 @@ extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A
     cublasOperation_t ta = transB ? CUBLAS_OP_T : CUBLAS_OP_N; // on our B
     cublasOperation_t tb = transA ? CUBLAS_OP_T : CUBLAS_OP_N; // on our A
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (M == 0 || N == 0) return TD_OK;
+    /* the bias epilogue wants a 16-byte aligned vector; otherwise a kernel adds it after */
+    const float *late_bias = bias && align_of(bias) < 16 ? bias : NULL;
+    if (late_bias) bias = NULL;
 #define LT(x)                                                                                      \
     do {                                                                                           \
         cublasStatus_t st_ = (x);                                                                  \
@@ -158,6 +177,15 @@ extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A
         LT(cublasLtMatmulPreferenceCreate(&pref));
         LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                 &c->workspace_bytes, sizeof c->workspace_bytes));
+        uint32_t aa = align_of(B), ab = align_of(A), ac = align_of(C);
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                &aa, sizeof aa));
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                &ab, sizeof ab));
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                &ac, sizeof ac));
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                &ac, sizeof ac));
     }
     cublasLtMatmulHeuristicResult_t h;
     int found = 0;
@@ -170,6 +198,11 @@ extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A
         LT(cublasLtMatmul(c->lt, op, &alpha, B, la, A, lb, &beta, C, lc, C, lc, &h.algo,
                           c->workspace, c->workspace_bytes, c->stream));
 #undef LT
+    if (s == TD_OK && late_bias) {
+        add_bias_kernel<<<blocks_for((size_t)M * N, 256), 256, 0, c->stream>>>(C, late_bias, M, N);
+        if (cudaGetLastError() != cudaSuccess)
+            s = td_error_set(TD_ERR_RUNTIME, "CUDA: bias kernel launch failed");
+    }
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (lc) cublasLtMatrixLayoutDestroy(lc);
     if (lb) cublasLtMatrixLayoutDestroy(lb);
@@ -220,9 +253,14 @@ __global__ void embed_bwd_wpe_kernel(float *dwpe, const float *dout, int N, int 
 
 extern "C" td_status td_cuda_embed_bwd(td_cuda *c, float *dwte, float *dwpe, const float *dout,
                                        const int32_t *tok_host, int N, int T, int C) {
+    if (N <= 0) return TD_OK;
     if (dwte) { // group positions by token on the host (counting sort keeps position order)
         int maxtok = 0;
-        for (int n = 0; n < N; n++) maxtok = tok_host[n] > maxtok ? tok_host[n] : maxtok;
+        for (int n = 0; n < N; n++) {
+            if (tok_host[n] < 0)
+                return td_error_set(TD_ERR_INVALID, "negative token id at position %d", n);
+            maxtok = tok_host[n] > maxtok ? tok_host[n] : maxtok;
+        }
         int32_t *count = (int32_t *)calloc((size_t)maxtok + 2, sizeof(int32_t));
         int32_t *host = (int32_t *)malloc(sizeof(int32_t) * (size_t)(3 * N + 1));
         if (!count || !host) {
@@ -248,6 +286,10 @@ extern "C" td_status td_cuda_embed_bwd(td_cuda *c, float *dwte, float *dwpe, con
             int32_t *d = (int32_t *)c->scratch;
             // start follows uniq's U entries; copy uniq, start and pos as one block
             int32_t *packed = (int32_t *)malloc(bytes);
+            if (!packed) {
+                free(host);
+                return td_error_set(TD_ERR_NOMEM, "out of memory");
+            }
             memcpy(packed, uniq, sizeof(int32_t) * (size_t)U);
             memcpy(packed + U, start, sizeof(int32_t) * (size_t)(U + 1));
             memcpy(packed + 2 * U + 1, pos, sizeof(int32_t) * (size_t)N);
@@ -407,6 +449,7 @@ __global__ void rope_kernel(float *qkv, int N, int T, int S, int nheads, int hd,
 extern "C" td_status td_cuda_rope(td_cuda *c, float *qkv, int N, int T, int S, int nheads,
                                   int hd, float theta, int inverse) {
     size_t total = (size_t)N * nheads * (hd / 2);
+    if (total == 0) return TD_OK;
     rope_kernel<<<blocks_for(total, 256), 256, 0, c->stream>>>(qkv, N, T, S, nheads, hd, theta,
                                                                inverse);
     TD_CU_LAUNCHED();
