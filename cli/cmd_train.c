@@ -116,24 +116,24 @@ int td_cmd_train(int argc, char **argv) {
     td_job job;
     td_status s = td_job_load(argv[optind], &job);
     if (s != TD_OK) return td_cli_fail("train", s);
-    /* device: cpu; cuda (an error where no GPU is usable, and for now also where one is:
-     * the CUDA kernels exist, the GPU trainer does not); auto: the CPU, saying why */
+    /* device: cpu; cuda (this rank's GPU; an error saying why where none is usable);
+     * auto: the GPU when one is usable, else the CPU with one line saying why */
     if (strcmp(job.device, "cpu")) {
         char why[256] = "this build has no CUDA backend (TANDEM_CUDA=OFF)";
         int ngpu = 0;
 #ifdef TD_HAVE_CUDA
         ngpu = td_cuda_device_count(why, sizeof why);
-        if (ngpu > 0)
-            snprintf(why, sizeof why, "%d GPU%s found, but the CUDA training step is not built "
-                     "yet (worker/kernels/cuda has the kernels)", ngpu, ngpu > 1 ? "s" : "");
 #endif
-        if (!strcmp(job.device, "cuda")) {
+        if (ngpu > 0) {
+            o.gpu = 1;
+        } else if (!strcmp(job.device, "cuda")) {
             td_job_deinit(&job);
             fprintf(stderr, "tandem train: error: %s: device \"cuda\": %s; use \"cpu\" or "
                     "\"auto\"\n", argv[optind], why);
             return 2;
+        } else {
+            TD_LOG_INFO("device auto: training on the CPU (no usable GPU: %s)", why);
         }
-        TD_LOG_INFO("device auto: training on the CPU (%s%s)", ngpu ? "" : "no usable GPU: ", why);
     }
     /* under mpirun: one MPI job, rank 0 leads; ranks on one node share its cores */
     int mpi = td_comm_mpi_init(&argc, &argv, 0);

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
         double t0 = now();
         if (td_gpu_model_forward(g, tok, tgt, B, T, &loss) != TD_OK ||
             td_gpu_model_backward(g, 1.0) != TD_OK ||
-            td_gpu_model_step(g, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, s + 1, 1.0, &gn) != TD_OK) {
+            td_gpu_model_step(g, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, s + 1, 1.0, 1.0, &gn) != TD_OK) {
             fprintf(stderr, "bench_gpu: step %d: %s\n", s, td_error_message());
             return 1;
         }

@@ -355,7 +355,7 @@ static void test_step(td_arch arch) {
     CK(td_gpu_model_logits(g, glogits));
     CK(td_gpu_model_backward(g, 1.0));
     CK(td_gpu_model_grads(g, ggrads));
-    CK(td_gpu_model_step(g, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0, &ggnorm));
+    CK(td_gpu_model_step(g, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0, 1.0, &ggnorm));
     CK(td_gpu_model_params(g, gparams));
     const char *an = arch == TD_ARCH_LLAMA ? "llama" : "gpt2";
     char name[64];

@@ -277,12 +277,15 @@ td_status td_gpu_model_backward(td_gpu_model *g, double dscale) {
 }
 
 td_status td_gpu_model_step(td_gpu_model *g, float lr, float beta1, float beta2, float eps,
-                            float weight_decay, long step, double clip, double *gnorm) {
+                            float weight_decay, long step, double clip, double grad_div,
+                            double *gnorm) {
     double ss = 0;
     TD_TRY(td_cuda_sumsq(g->cx, g->grads, g->np, &ss));
-    double norm = sqrt(ss);
+    if (grad_div <= 0) grad_div = 1;
+    double norm = sqrt(ss) / grad_div;
     if (gnorm) *gnorm = norm;
-    float scale = clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
+    float scale = (clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f) /
+                  (float)grad_div;
     int nt;
     const td_param_tensor *t = td_model_tensors(g->host, &nt);
     for (int k = 0; k < nt; k++)
@@ -301,4 +304,21 @@ td_status td_gpu_model_grads(td_gpu_model *g, float *out) {
 }
 td_status td_gpu_model_params(td_gpu_model *g, float *out) {
     return td_cuda_download(g->cx, out, g->params, sizeof(float) * g->np);
+}
+
+void td_gpu_model_grad_buffer(td_gpu_model *g, float **dev, size_t *n) {
+    *dev = g->grads;
+    *n = g->np;
+}
+
+td_status td_gpu_model_to_host(td_gpu_model *g, td_model *host, float *m, float *v) {
+    TD_TRY(td_cuda_download(g->cx, td_model_params(host), g->params, sizeof(float) * g->np));
+    if (m) TD_TRY(td_cuda_download(g->cx, m, g->m, sizeof(float) * g->np));
+    if (v) TD_TRY(td_cuda_download(g->cx, v, g->v, sizeof(float) * g->np));
+    return TD_OK;
+}
+
+td_status td_gpu_model_set_moments(td_gpu_model *g, const float *m, const float *v) {
+    TD_TRY(td_cuda_upload(g->cx, g->m, m, sizeof(float) * g->np));
+    return td_cuda_upload(g->cx, g->v, v, sizeof(float) * g->np);
 }

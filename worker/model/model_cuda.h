@@ -27,7 +27,15 @@ td_status td_gpu_model_backward(td_gpu_model *g, double dscale);
 /* global-norm clip (clip <= 0: off) and AdamW (decay on the tensors the host marks), then
  * the bf16 working copy; gradients are zeroed. *gnorm = the norm before clipping. */
 td_status td_gpu_model_step(td_gpu_model *g, float lr, float beta1, float beta2, float eps,
-                            float weight_decay, long step, double clip, double *gnorm);
+                            float weight_decay, long step, double clip, double grad_div,
+                            double *gnorm);
+/* The device gradients (for an all-reduce over NCCL): *n floats at *dev. grad_div of the
+ * step divides them (the rank count after a sum). */
+void td_gpu_model_grad_buffer(td_gpu_model *g, float **dev, size_t *n);
+/* Copies the parameters into the host model (and the AdamW moments into m, v when not
+ * NULL), e.g. before a checkpoint; and the moments from the host after a resume. */
+td_status td_gpu_model_to_host(td_gpu_model *g, td_model *host, float *m, float *v);
+td_status td_gpu_model_set_moments(td_gpu_model *g, const float *m, const float *v);
 /* Copies back to host buffers: logits (B*T*V) of the last forward, the gradients or the
  * parameters (num_params each). */
 td_status td_gpu_model_logits(td_gpu_model *g, float *out);

@@ -18,6 +18,9 @@
 #include "worker/kernels/cpu/bf16.h"
 #include "worker/train/adamw.h"
 #include "worker/train/dp.h"
+#ifdef TD_HAVE_CUDA
+#include "worker/model/model_cuda.h"
+#endif
 
 typedef struct {
     const td_job *job;
@@ -33,7 +36,20 @@ typedef struct {
     char *tokenizer_json;
     char parent[1024];
     FILE *metrics, *trace;
+#ifdef TD_HAVE_CUDA
+    td_cuda *cx;       /* device: cuda — the model on this rank's GPU */
+    td_gpu_model *gm;
+    td_comm *nccl;     /* gradient all-reduce between the ranks' GPUs */
+#endif
 } trainer;
+
+/* forward on the GPU model when there is one, else the CPU model */
+static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, double *loss) {
+#ifdef TD_HAVE_CUDA
+    if (t->gm) return td_gpu_model_forward(t->gm, tok, tgt, t->local_B, t->job->seq_len, loss);
+#endif
+    return td_model_forward(t->model, tok, tgt, t->local_B, t->job->seq_len, loss);
+}
 
 /* Mean validation loss over eval_batches global batches (each rank its slice). */
 static double evaluate(trainer *t) {
@@ -47,7 +63,7 @@ static double evaluate(trainer *t) {
     for (long b = 0; b < nb; b++) {
         double loss = 0;
         td_loader_next(t->val, t->tokens, t->targets);
-        td_model_forward(t->model, t->tokens, t->targets, t->local_B, j->seq_len, &loss);
+        fwd(t, t->tokens, t->targets, &loss);
         sum += loss;
     }
     t->comm->ops->allreduce(t->comm, &sum, 1, TD_COMM_F64);
@@ -81,6 +97,9 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddStringToObject(lin, "job_file", t->job->path);
     cJSON_AddItemToObject(lin, "job", cJSON_Duplicate(t->job->json, 1));
     td_status s = TD_OK;
+#ifdef TD_HAVE_CUDA
+    if (t->gm) s = td_gpu_model_to_host(t->gm, t->model, t->adam_m, t->adam_v);
+#endif
     const float *mm = t->adam_m, *vv = t->adam_v;
     if (t->job->zero) { /* the checkpoint holds full moments, whatever the world size;
                           * the full buffers exist only while saving */
@@ -292,6 +311,11 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
 }
 
 static void teardown(trainer *t) {
+#ifdef TD_HAVE_CUDA
+    td_gpu_model_free(&t->gm);
+    td_comm_free(&t->nccl);
+    td_cuda_free(&t->cx);
+#endif
     td_grad_sync_free(&t->sync);
     if (t->job && t->job->zero) td_zero1_deinit(&t->zero);
     free(t->full_m);
@@ -376,7 +400,36 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step, t.size,
                t.size > 1 ? "s" : "", j->zero ? " (ZeRO-1)" : "", td_loader_num_tokens(t.train));
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
-    if (j->bf16) {
+    if (opts->gpu) {
+#ifdef TD_HAVE_CUDA
+        char why[256] = "";
+        int ngpu = td_cuda_device_count(why, sizeof why);
+        s = ngpu == 0 ? td_error_set(TD_ERR_RUNTIME, "rank %d: no usable GPU: %s", t.rank, why)
+            : j->zero ? td_error_set(TD_ERR_INVALID, "train.zero with device cuda is not built "
+                                     "yet; use zero 0")
+                      : td_cuda_new(t.comm->local_rank % ngpu, &t.cx);
+        if (s == TD_OK) s = td_gpu_model_new(t.cx, t.model, t.local_B, j->seq_len, &t.gm);
+        if (s == TD_OK && step0 > 0) s = td_gpu_model_set_moments(t.gm, t.adam_m, t.adam_v);
+        if (s == TD_OK && t.size > 1) {
+#ifdef TD_HAVE_NCCL
+            s = td_comm_nccl_new(t.comm, &t.nccl);
+#else
+            s = td_error_set(TD_ERR_RUNTIME, "data-parallel GPU training needs NCCL, which this "
+                             "build lacks");
+#endif
+        }
+        if (s == TD_OK && !quiet)
+            printf("train: on %s%s\n", td_cuda_device_name(t.cx),
+                   t.nccl ? " (gradients all-reduced over NCCL)" : "");
+#else
+        s = td_error_set(TD_ERR_RUNTIME, "this build has no CUDA backend");
+#endif
+        if (s != TD_OK) {
+            teardown(&t);
+            return s;
+        }
+    }
+    if (j->bf16 && !opts->gpu) {
         s = td_model_set_bf16(t.model, 1);
         if (s != TD_OK) {
             teardown(&t);
@@ -406,7 +459,15 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                 for (int b = 0; b < t.local_B; b++)
                     fprintf(t.trace, "%ld %d %llu\n", step + 1, micro, (unsigned long long)w[b]);
             }
-            s = td_model_forward(t.model, t.tokens, t.targets, t.local_B, j->seq_len, &l);
+            s = fwd(&t, t.tokens, t.targets, &l);
+#ifdef TD_HAVE_CUDA
+            if (t.gm) {
+                if (s == TD_OK) s = td_gpu_model_backward(t.gm, 1.0 / j->grad_accum);
+                if (s != TD_OK) break;
+                local += l / j->grad_accum;
+                continue;
+            }
+#endif
             /* gradients are synchronised on the last micro-step only */
             if (s == TD_OK && t.sync && micro == j->grad_accum - 1) td_grad_sync_arm(t.sync);
             if (s == TD_OK) s = td_model_backward(t.model, 1.0 / j->grad_accum);
@@ -418,6 +479,19 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         double wait_ms = 0, comm_ms = 0, gnorm = 0;
         size_t bytes = 0;
         double lr = td_lr_schedule(step, j->steps, j->warmup, j->lr, j->lr_min_ratio);
+#ifdef TD_HAVE_CUDA
+        if (t.gm) { /* sum the ranks' gradients on the GPUs, then clip + AdamW there */
+            float *dg;
+            size_t ng;
+            td_gpu_model_grad_buffer(t.gm, &dg, &ng);
+            double tc = td_time_now();
+            if (t.nccl) s = t.nccl->ops->allreduce(t.nccl, dg, ng, TD_COMM_F32);
+            comm_ms = (td_time_now() - tc) * 1e3;
+            if (s == TD_OK)
+                s = td_gpu_model_step(t.gm, (float)lr, hp.beta1, hp.beta2, hp.eps,
+                                      hp.weight_decay, step + 1, j->clip, (double)t.size, &gnorm);
+        } else
+#endif
         if (j->zero) {
             s = td_zero1_step(&t.zero, t.model, t.adam_m, t.adam_v, &hp, lr, step + 1, j->clip,
                               &gnorm, &comm_ms, &bytes);
@@ -494,6 +568,9 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK && !quiet)
         printf("train: %ld steps in %.1f s (%.0f tokens/s), last loss %.4f, checkpoint %s\n",
                steps_run, wall, res->tokens_per_s, res->last_loss, res->last_checkpoint);
+#ifdef TD_HAVE_CUDA
+    if (s == TD_OK && t.gm) s = td_gpu_model_to_host(t.gm, t.model, NULL, NULL);
+#endif
     if (s == TD_OK && opts->keep_model) { /* the weights stay in memory for serving */
         *opts->keep_model = t.model;
         t.model = NULL;

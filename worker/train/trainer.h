@@ -25,6 +25,7 @@ typedef struct {
      * handed over (caller frees with td_model_free / free) instead of freed */
     struct td_model **keep_model;
     char **keep_tokenizer;
+    int gpu; /* train on this rank's GPU (CUDA builds; the caller checked one is usable) */
 } td_train_opts;
 
 typedef struct {
