@@ -15,6 +15,7 @@
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
+#include "worker/train/adamw.h"
 
 static double rel_max(const float *a, const float *ref, size_t n) {
     double d = 0, r = 0;
@@ -91,6 +92,18 @@ static void run_fixture(const char *name) {
     double grel = sqrt(e2 / r2);
     printf("%-10s bf16 gradients vs float64: relative L2 %.2e\n", name, grel);
     CHECK(grel <= 2e-2, "%s: bf16 gradients off by %.3e", name, grel);
+    /* the fused AdamW step leaves the bf16 working copy equal to the rounded masters */
+    size_t np = td_model_num_params(m);
+    float *am = calloc(np, sizeof(float)), *av = calloc(np, sizeof(float));
+    uint16_t *want = malloc(np * sizeof(uint16_t));
+    td_adamw_params hp = {0.9f, 0.95f, 1e-8f, 0.1f};
+    td_adamw_step_fused(m, am, av, &hp, 1e-2, 1, 1.0f);
+    td_bf16_from_f32(want, td_model_params(m), np);
+    CHECK(!memcmp(want, td_model_bf16_params(m), np * sizeof(uint16_t)),
+          "%s: bf16 working copy stale after the fused AdamW step", name);
+    free(am);
+    free(av);
+    free(want);
     free(rl);
     free(ra);
     td_st_close(&f);

@@ -538,6 +538,10 @@ int td_model_is_bf16(const td_model *m) {
     return m->bf16;
 }
 
+uint16_t *td_model_bf16_params(td_model *m) {
+    return m->bf16 ? m->pbf : NULL;
+}
+
 static uint16_t *bf_scratch(td_model *m, int which, size_t n) {
     if (n > m->sbf_n[which]) {
         free(m->sbf[which]);

@@ -207,6 +207,8 @@ void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_
 td_status td_model_set_bf16(td_model *m, int on);
 td_status td_model_refresh_bf16(td_model *m);
 int td_model_is_bf16(const td_model *m);
+/* The bf16 working copy (num_params, the parameters' layout), or NULL without bf16. */
+uint16_t *td_model_bf16_params(td_model *m);
 
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);

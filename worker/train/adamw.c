@@ -1,6 +1,8 @@
 /* AdamW, clipping and LR schedule (see adamw.h). */
 #include "worker/train/adamw.h"
 
+#include "worker/kernels/cpu/bf16.h"
+
 #include <math.h>
 
 double td_grad_norm(const float *g, size_t n) {
@@ -32,6 +34,8 @@ static void adamw_update(td_model *model, float *m, float *v, size_t lo, size_t 
     float c1 = (float)(1.0 / (1.0 - pow(b1, (double)t)));
     float c2 = (float)(1.0 / (1.0 - pow(b2, (double)t)));
     float flr = (float)lr;
+    /* the fused step also refreshes a bf16 working copy (td_model_set_bf16) */
+    uint16_t *pbf = zero_grads ? td_model_bf16_params(model) : NULL;
     for (int k = 0; k < nt; k++) {
         const td_param_tensor *T = &tens[k];
         size_t a = T->offset > lo ? T->offset : lo;
@@ -39,16 +43,22 @@ static void adamw_update(td_model *model, float *m, float *v, size_t lo, size_t 
         if (a >= b) continue;
         float wd = T->decay ? hp->weight_decay : 0.0f;
         float *pp = p + a, *gg = g + a, *mm = m + (a - lo), *vv = v + (a - lo);
-        size_t n = b - a;
+        uint16_t *pb = pbf ? pbf + a : NULL;
+        size_t n = b - a, nc = (n + 4095) / 4096;
+        /* in chunks of 4096, so a bf16 working copy is written while the chunk is in cache */
 #pragma omp parallel for schedule(static) if (n > 32768)
-        for (size_t i = 0; i < n; i++) {
-            float gi = gg[i] * gscale;
-            if (zero_grads) gg[i] = 0;
-            float mi = b1 * mm[i] + (1 - b1) * gi;
-            float vi = b2 * vv[i] + (1 - b2) * gi * gi;
-            mm[i] = mi;
-            vv[i] = vi;
-            pp[i] -= flr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
+        for (size_t ch = 0; ch < nc; ch++) {
+            size_t i0 = ch * 4096, i1 = i0 + 4096 < n ? i0 + 4096 : n;
+            for (size_t i = i0; i < i1; i++) {
+                float gi = gg[i] * gscale;
+                if (zero_grads) gg[i] = 0;
+                float mi = b1 * mm[i] + (1 - b1) * gi;
+                float vi = b2 * vv[i] + (1 - b2) * gi * gi;
+                mm[i] = mi;
+                vv[i] = vi;
+                pp[i] -= flr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
+            }
+            if (pb) td_bf16_from_f32_serial(pb + i0, pp + i0, i1 - i0);
         }
     }
 }

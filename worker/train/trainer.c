@@ -505,7 +505,9 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             }
         }
         if (s != TD_OK) break;
-        if (j->bf16) td_model_refresh_bf16(t.model); /* the working copy follows the masters */
+        /* the fused AdamW step refreshed the bf16 working copy; ZeRO-1 gathers parameters
+         * after its step, so the copy is made again from the gathered masters */
+        if (j->bf16 && j->zero) td_model_refresh_bf16(t.model);
         loss = sum_ranks(&t, local) / t.size;
         if (!isfinite(loss)) {
             s = td_error_set(TD_ERR_RUNTIME,

@@ -23,16 +23,21 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+void td_bf16_from_f32_serial(uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+#if defined(__AVX512BF16__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+#endif
+    for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+}
+
 void td_bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (size_t b = 0; b < (n + 4095) / 4096; b++) {
         size_t i = b * 4096, end = i + 4096 < n ? i + 4096 : n;
-#if defined(__AVX512BF16__)
-        for (; i + 16 <= end; i += 16)
-            _mm256_storeu_si256((__m256i *)(dst + i),
-                                (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
-#endif
-        for (; i < end; i++) dst[i] = f32_to_bf16(src[i]);
+        td_bf16_from_f32_serial(dst + i, src + i, end - i);
     }
 }
 

@@ -13,6 +13,8 @@
 
 /* Round-to-nearest-even fp32 -> bf16 (NaN kept a NaN); OpenMP-parallel for large n. */
 void td_bf16_from_f32(uint16_t *dst, const float *src, size_t n);
+/* The same on the calling thread only (for use inside a parallel loop). */
+void td_bf16_from_f32_serial(uint16_t *dst, const float *src, size_t n);
 void td_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
 
 /* Creates oneDNN's engine and stream (once) and logs the instruction set it uses. */
