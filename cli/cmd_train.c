@@ -118,8 +118,9 @@ int td_cmd_train(int argc, char **argv) {
     if (s != TD_OK) return td_cli_fail("train", s);
     /* device: cpu; cuda (this rank's GPU; an error saying why where none is usable);
      * auto: the GPU when one is usable, else the CPU with one line saying why */
+    char why[256] = "this build has no CUDA backend (TANDEM_CUDA=OFF)";
+    int say_cpu = 0; /* device auto without a GPU: said once, by rank 0, below */
     if (strcmp(job.device, "cpu")) {
-        char why[256] = "this build has no CUDA backend (TANDEM_CUDA=OFF)";
         int ngpu = 0;
 #ifdef TD_HAVE_CUDA
         ngpu = td_cuda_device_count(why, sizeof why);
@@ -132,7 +133,7 @@ int td_cmd_train(int argc, char **argv) {
                     "\"auto\"\n", argv[optind], why);
             return 2;
         } else {
-            TD_LOG_INFO("device auto: training on the CPU (no usable GPU: %s)", why);
+            say_cpu = 1;
         }
     }
     /* under mpirun: one MPI job, rank 0 leads; ranks on one node share its cores */
@@ -163,6 +164,8 @@ int td_cmd_train(int argc, char **argv) {
         }
     }
     o.comm = comm;
+    if (say_cpu) /* ranks other than 0 log errors only */
+        TD_LOG_INFO("device auto: training on the CPU (no usable GPU: %s)", why);
     td_model *trained = NULL;
     char *tok_json = NULL;
     if (serve) {
