@@ -8,6 +8,7 @@
 #   2. kill -9 one alpha replica while 16 streaming requests run on alpha: those on it end
 #      with an error event within 5 s, the router logs the replica as lost, 16 new requests
 #      all succeed on the survivor, and a restarted replica is used again
+#   4. a replica whose engine steps take 5 s (longer than 3 heartbeats) is not lost
 #   3. a full queue answers 503 at once (a second router with --queue-max 2 and one replica
 #      of 8 slots held with SIGSTOP: 8 requests in flight, 2 waiting, the rest 503)
 # Replicas run with TANDEM_TEST_STEP_DELAY_MS=40 (a pause after each engine step) so that
@@ -135,5 +136,17 @@ n503=$(echo "$codes" | tr ' ' '\n' | grep -c '^503$' || true)
 n200=$(echo "$codes" | tr ' ' '\n' | grep -c '^200$' || true)
 echo "queue full: $n200 answered 200, $n503 answered 503 (8 slots + 2 queued of 16)"
 [ "$n503" -eq 6 ] && [ "$n200" -eq 10 ] || { echo "FAIL: queue-full codes: $codes"; fail=1; }
+# 4. an engine step longer than three heartbeats (a big model's prefill on a CPU) does not
+#    make the router lose the replica: heartbeats come from their own thread
+TANDEM_TEST_STEP_DELAY_MS=5000 "$TANDEM" serve --model run-beta/step_00000120 --name gamma \
+    --router tcp://127.0.0.1:$PB 2> g1.log &
+PIDS+=($!)
+wait_up gamma 1 || { echo "FAIL: gamma did not register"; fail=1; }
+t0=$(date +%s.%N)
+code=$(curl -s -o slow.json -w '%{http_code}' $BASE/v1/completions \
+    -d '{"model": "gamma", "prompt": "A fool", "max_tokens": 2, "temperature": 0}' || true)
+dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+echo "slow replica (5 s steps): HTTP $code after $dt s; router log lines about gamma lost: $(grep -c 'model gamma) lost' router.log || true)"
+[ "$code" = 200 ] && ! grep -q 'model gamma) lost' router.log || { echo "FAIL: slow replica lost: $(cat slow.json)"; fail=1; }
 [ $fail -eq 0 ] && echo "test_router: passed"
 exit $fail

@@ -2,6 +2,7 @@
 #include "worker/infer/replica.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,12 @@ typedef struct {
     uint64_t last_heard;
     int32_t *ids;
     size_t ids_cap;
+    /* the socket is shared with the heartbeat thread, every use under this (recursive)
+     * mutex; the engine is the main thread's alone (the thread reads a cached count) */
+    pthread_mutex_t mu;
+    volatile int hb_stop;
+    volatile uint32_t free_blocks;
+    uint64_t hb_ns;
 } rep;
 
 char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n) {
@@ -45,7 +52,29 @@ char *td_chatml_prompt(const char *const *roles, const char *const *contents, in
 /* ---------------------------------------------------------------------------------------- */
 
 static td_status send_env(rep *r, const td_env *env) {
-    return td_wire_send(r->sock, NULL, 0, env);
+    pthread_mutex_lock(&r->mu);
+    td_status s = td_wire_send(r->sock, NULL, 0, env);
+    pthread_mutex_unlock(&r->mu);
+    return s;
+}
+
+/* Heartbeats from their own thread, so a long engine step (a big model's prefill) does not
+ * silence the replica; a failed send is left to the main loop's checks. */
+static void *heartbeat_thread(void *p) {
+    rep *r = p;
+    while (!r->hb_stop) {
+        for (uint64_t slept = 0; slept < r->hb_ns && !r->hb_stop; slept += 10000000ull)
+            usleep(10000);
+        if (r->hb_stop) break;
+        Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
+        h.has_free_blocks = 1;
+        h.free_blocks = r->free_blocks;
+        td_env env = TANDEM__ENVELOPE__INIT;
+        env.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
+        env.heartbeat = &h;
+        if (send_env(r, &env) != TD_OK) td_error_clear();
+    }
+    return NULL;
 }
 
 static td_status send_chunk(rep *r, Tandem__GenerateChunk *c) {
@@ -82,17 +111,24 @@ static td_status send_register(rep *r) {
 }
 
 static td_status connect_router(rep *r) {
+    pthread_mutex_lock(&r->mu);
+    td_status s = TD_OK;
     if (r->sock) zmq_close(r->sock);
     r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
-    if (!r->sock) return td_error_set(TD_ERR_IO, "replica: zmq_socket: %s", zmq_strerror(errno));
-    int zero = 0, hwm = 100000;
-    zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(r->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    if (zmq_connect(r->sock, r->o->router) != 0)
-        return td_error_set(TD_ERR_IO, "replica: cannot connect to the router at %s: %s",
-                            r->o->router, zmq_strerror(errno));
+    if (!r->sock) {
+        s = td_error_set(TD_ERR_IO, "replica: zmq_socket: %s", zmq_strerror(errno));
+    } else {
+        int zero = 0, hwm = 100000;
+        zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_setsockopt(r->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        if (zmq_connect(r->sock, r->o->router) != 0)
+            s = td_error_set(TD_ERR_IO, "replica: cannot connect to the router at %s: %s",
+                             r->o->router, zmq_strerror(errno));
+    }
     r->last_heard = td_wire_now_ns();
-    return send_register(r);
+    if (s == TD_OK) s = send_register(r); /* the mutex is recursive */
+    pthread_mutex_unlock(&r->mu);
+    return s;
 }
 
 static live *find_live(rep *r, uint64_t rid) {
@@ -260,14 +296,23 @@ static td_status report(rep *r) {
 td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
                          volatile int *stop) {
     rep r = {.e = e, .tok = tok, .o = o};
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&r.mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     int own = !o->zctx;
     r.ctx = own ? zmq_ctx_new() : o->zctx;
     uint64_t hb = (uint64_t)(o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000) * 1000000ull;
+    r.hb_ns = hb;
+    r.free_blocks = (uint32_t)td_engine_free_blocks(e);
     td_status s = connect_router(&r);
     if (s == TD_OK)
         TD_LOG_INFO("replica %s (model %s): registering with the router at %s", o->replica_id,
                     o->model_name, o->router);
-    uint64_t next_hb = td_wire_now_ns() + hb;
+    pthread_t hbt;
+    int have_hbt = s == TD_OK && pthread_create(&hbt, NULL, heartbeat_thread, &r) == 0;
+    if (s == TD_OK && !have_hbt) s = td_error_set(TD_ERR_RUNTIME, "cannot start the heartbeat thread");
     /* test hook: a pause after every engine step makes a tiny model as slow as a big one,
      * so tests can act while requests are in flight (tests/e2e/test_router.sh) */
     const char *delay_env = getenv("TANDEM_TEST_STEP_DELAY_MS");
@@ -277,7 +322,9 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
         td_env *env = NULL;
         /* everything that arrived; wait a little only when there is nothing to compute */
         for (int k = 0; s == TD_OK && k < 1024; k++) {
-            s = td_wire_recv(r.sock, NULL, NULL, k == 0 && !busy ? 50 : 0, &env);
+            pthread_mutex_lock(&r.mu);
+            s = td_wire_recv(r.sock, NULL, NULL, k == 0 && !busy ? 20 : 0, &env);
+            pthread_mutex_unlock(&r.mu);
             if (!env) break;
             s = on_message(&r, env);
         }
@@ -296,23 +343,18 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
             int active;
             s = td_engine_step(e, &active);
             if (s == TD_OK) s = report(&r);
+            r.free_blocks = (uint32_t)td_engine_free_blocks(e);
             if (step_delay_ms > 0) usleep((useconds_t)step_delay_ms * 1000);
             if (s != TD_OK) break;
         }
-        uint64_t now = td_wire_now_ns();
-        if (now >= next_hb) {
-            Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
-            h.has_free_blocks = 1;
-            h.free_blocks = (uint32_t)td_engine_free_blocks(e);
-            td_env env2 = TANDEM__ENVELOPE__INIT;
-            env2.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
-            env2.heartbeat = &h;
-            s = send_env(&r, &env2);
-            next_hb = now + hb;
-        }
+    }
+    if (have_hbt) {
+        r.hb_stop = 1;
+        pthread_join(hbt, NULL);
     }
     drop_all(&r);
     if (r.sock) zmq_close(r.sock);
+    pthread_mutex_destroy(&r.mu);
     if (own) zmq_ctx_term(r.ctx);
     free(r.l);
     free(r.ids);
