@@ -100,6 +100,42 @@ int main(int argc, char **argv) {
     printf("| byte-bound step time (estimate) | %.2f ms (%.1f GB a step at %.1f TB/s) |\n",
            bytes_step / (hbm * 1e12) * 1e3, bytes_step / 1e9, hbm);
     printf("| loss, first -> last step (same batch) | %.4f -> %.4f |\n", first, loss);
+    /* decode: 16-token prompts, then 64 timed steps of one token per sequence */
+    for (int nb = 1; nb <= 32; nb *= 32) {
+        int bt = 16, per = (16 + 64 + bt) / bt;
+        td_gpu_kv *kv;
+        if (td_gpu_kv_new(g, bt, (size_t)per * nb, &kv) != TD_OK) {
+            fprintf(stderr, "bench_gpu: %s\n", td_error_message());
+            return 1;
+        }
+        int32_t *blocks = malloc(sizeof(int32_t) * (size_t)per * nb);
+        for (int i = 0; i < per * nb; i++) blocks[i] = i;
+        td_infer_seg *sg = malloc(sizeof *sg * (size_t)nb);
+        float *lg = malloc(sizeof(float) * (size_t)nb * 50257);
+        int32_t *next = malloc(sizeof(int32_t) * (size_t)nb);
+        for (int s = 0; s < nb; s++) sg[s] = (td_infer_seg){tok + 16 * s, 16, 0, blocks + per * s};
+        td_status st = td_gpu_model_forward_infer(g, kv, sg, nb, lg);
+        double t0 = now();
+        for (int k = 0; st == TD_OK && k < 64; k++) {
+            for (int s = 0; s < nb; s++) {
+                next[s] = (int32_t)((k * 31 + s) % 50257);
+                sg[s] = (td_infer_seg){&next[s], 1, 16 + k, blocks + per * s};
+            }
+            st = td_gpu_model_forward_infer(g, kv, sg, nb, lg);
+        }
+        double dt = now() - t0;
+        if (st != TD_OK) {
+            fprintf(stderr, "bench_gpu: decode: %s\n", td_error_message());
+            return 1;
+        }
+        printf("| decode batch %d | %.0f tokens/s (%.2f ms a step) |\n", nb, 64.0 * nb / dt,
+               dt / 64 * 1e3);
+        td_gpu_kv_free(&kv);
+        free(blocks);
+        free(sg);
+        free(lg);
+        free(next);
+    }
     td_gpu_model_free(&g);
     td_model_free(&m);
     td_cuda_free(&cx);

@@ -322,3 +322,154 @@ td_status td_gpu_model_set_moments(td_gpu_model *g, const float *m, const float 
     TD_TRY(td_cuda_upload(g->cx, g->m, m, sizeof(float) * g->np));
     return td_cuda_upload(g->cx, g->v, v, sizeof(float) * g->np);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* inference with a paged KV cache */
+
+struct td_gpu_kv {
+    int bt, L;
+    size_t nblocks;
+    float **k, **v;  /* per layer (nblocks * bt, NKV * hd) */
+    int32_t *idx;    /* device: tok, pos, slot, len, first, last rows, tables */
+    size_t idx_cap;  /* ints */
+    int32_t *host;
+    size_t host_cap;
+    float *last;     /* (max segments, C) rows before lm_head, then logits */
+    size_t last_cap;
+};
+
+td_status td_gpu_kv_new(td_gpu_model *g, int block_tokens, size_t num_blocks, td_gpu_kv **out) {
+    *out = NULL;
+    td_gpu_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    kv->bt = block_tokens;
+    kv->L = g->L;
+    kv->nblocks = num_blocks;
+    kv->k = calloc((size_t)g->L, sizeof *kv->k);
+    kv->v = calloc((size_t)g->L, sizeof *kv->v);
+    td_status s = kv->k && kv->v ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
+    size_t bytes = num_blocks * (size_t)block_tokens * g->NKV * g->hd * sizeof(float);
+    for (int l = 0; s == TD_OK && l < g->L; l++) {
+        s = td_cuda_alloc((void **)&kv->k[l], bytes);
+        if (s == TD_OK) s = td_cuda_alloc((void **)&kv->v[l], bytes);
+    }
+    if (s != TD_OK) {
+        td_gpu_kv_free(&kv);
+        return s;
+    }
+    kv->bt = block_tokens;
+    *out = kv;
+    return TD_OK;
+}
+
+void td_gpu_kv_free(td_gpu_kv **kvp) {
+    if (!kvp || !*kvp) return;
+    td_gpu_kv *kv = *kvp;
+    for (int l = 0; l < kv->L; l++) {
+        if (kv->k) td_cuda_release(kv->k[l]);
+        if (kv->v) td_cuda_release(kv->v[l]);
+    }
+    free(kv->k);
+    free(kv->v);
+    td_cuda_release(kv->idx);
+    td_cuda_release(kv->last);
+    free(kv->host);
+    free(kv);
+    *kvp = NULL;
+}
+
+td_status td_gpu_model_forward_infer(td_gpu_model *g, td_gpu_kv *kv, const td_infer_seg *segs,
+                                     int nseg, float *logits) {
+    int N = 0, C = g->C, V = g->V, bt = kv->bt, ntab = 0;
+    for (int s = 0; s < nseg; s++) {
+        if (segs[s].n <= 0 || segs[s].pos + segs[s].n > g->cfg.max_position_embeddings)
+            return td_error_set(TD_ERR_INVALID, "segment at position %d + %d exceeds "
+                                "max_position_embeddings %d", segs[s].pos, segs[s].n,
+                                g->cfg.max_position_embeddings);
+        N += segs[s].n;
+        ntab += (segs[s].pos + segs[s].n + bt - 1) / bt;
+    }
+    if (N > g->maxN)
+        return td_error_set(TD_ERR_INVALID, "inference step of %d tokens exceeds the GPU plan "
+                            "of %d", N, g->maxN);
+    /* host index arrays: tok, pos, slot, len, first (N each), last (nseg), tables */
+    size_t need = 5 * (size_t)N + (size_t)nseg + (size_t)ntab;
+    if (need > kv->host_cap) {
+        free(kv->host);
+        kv->host = malloc(need * sizeof(int32_t));
+        kv->host_cap = kv->host ? need : 0;
+        if (!kv->host) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    }
+    int32_t *tok = kv->host, *pos = tok + N, *slot = pos + N, *len = slot + N, *first = len + N;
+    int32_t *last = first + N, *tab = last + nseg;
+    int r = 0, t0 = 0;
+    for (int s = 0; s < nseg; s++) {
+        int nb = (segs[s].pos + segs[s].n + bt - 1) / bt;
+        for (int b = 0; b < nb; b++) {
+            if (segs[s].blocks[b] < 0 || (size_t)segs[s].blocks[b] >= kv->nblocks)
+                return td_error_set(TD_ERR_INVALID, "KV block %d outside the cache of %zu",
+                                    segs[s].blocks[b], kv->nblocks);
+            tab[t0 + b] = segs[s].blocks[b];
+        }
+        for (int i = 0; i < segs[s].n; i++, r++) {
+            int p = segs[s].pos + i;
+            if (segs[s].tokens[i] < 0 || segs[s].tokens[i] >= V)
+                return td_error_set(TD_ERR_INVALID, "token id %d is outside [0, %d)",
+                                    segs[s].tokens[i], V);
+            tok[r] = segs[s].tokens[i];
+            pos[r] = p;
+            slot[r] = segs[s].blocks[p / bt] * bt + p % bt;
+            len[r] = p + 1;
+            first[r] = t0;
+        }
+        last[s] = r - 1;
+        t0 += nb;
+    }
+    if (need > kv->idx_cap) {
+        td_cuda_release(kv->idx);
+        kv->idx = NULL;
+        TD_TRY(td_cuda_alloc((void **)&kv->idx, need * sizeof(int32_t)));
+        kv->idx_cap = need;
+    }
+    size_t lastn = (size_t)nseg * (size_t)(C > V ? C : V) + (size_t)nseg * V;
+    if (lastn > kv->last_cap) {
+        td_cuda_release(kv->last);
+        kv->last = NULL;
+        TD_TRY(td_cuda_alloc((void **)&kv->last, lastn * sizeof(float)));
+        kv->last_cap = lastn;
+    }
+    TD_TRY(td_cuda_upload(g->cx, kv->idx, kv->host, need * sizeof(int32_t)));
+    int32_t *dtok = kv->idx, *dpos = dtok + N, *dslot = dpos + N, *dlen = dslot + N;
+    int32_t *dfirst = dlen + N, *dlast = dfirst + N, *dtab = dlast + nseg;
+    const td_param_ptrs *P = td_model_param_ptrs(g->host);
+    gpu_layer *a = &g->la[0]; /* one layer's buffers serve every layer in inference */
+    float *x = a->res;
+    TD_TRY(td_cuda_embed_pos(g->cx, x, dtok, dpos, DP(P->wte), DP(P->wpe), N, C));
+    for (int l = 0; l < g->L; l++) {
+        const td_layer_params *w = &P->layers[l];
+        TD_TRY(norm_fwd(g, a->n1, a->n1m, a->n1r, x, w->norm1_w, w->norm1_b, N));
+        TD_TRY(mm_fwd(g, a->qkv, a->n1, w->wqkv, w->bqkv, N, C, g->QKV));
+        if (g->llama)
+            TD_TRY(td_cuda_rope_pos(g->cx, a->qkv, dpos, N, g->QKV, g->NH + g->NKV, g->hd,
+                                    (float)g->cfg.rope_theta));
+        TD_TRY(td_cuda_kv_write(g->cx, kv->k[l], kv->v[l], a->qkv, dslot, N, g->NH, g->NKV,
+                                g->hd));
+        TD_TRY(td_cuda_paged_attention(g->cx, a->atty, a->qkv, kv->k[l], kv->v[l], dlen, dfirst,
+                                       dtab, bt, N, g->NH, g->NKV, g->hd));
+        TD_TRY(mm_fwd(g, a->res2, a->atty, w->wo, w->bo, N, g->NH * g->hd, C));
+        TD_TRY(td_cuda_add(g->cx, a->res2, a->res2, x, (size_t)N * C));
+        TD_TRY(norm_fwd(g, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
+        TD_TRY(mm_fwd(g, a->fc, a->n2, w->wfc, w->bfc, N, C, g->FC));
+        if (g->llama)
+            TD_TRY(td_cuda_swiglu_fwd(g->cx, a->h, a->fc, N, g->F));
+        else
+            TD_TRY(td_cuda_gelu_fwd(g->cx, a->h, a->fc, (size_t)N * g->F));
+        TD_TRY(mm_fwd(g, x, a->h, w->wproj, w->bproj, N, g->F, C));
+        TD_TRY(td_cuda_add(g->cx, x, x, a->res2, (size_t)N * C));
+    }
+    TD_TRY(norm_fwd(g, g->nf, g->nfm, g->nfr, x, P->normf_w, P->normf_b, N));
+    float *rows = kv->last, *out = kv->last + (size_t)nseg * (C > V ? C : V);
+    TD_TRY(td_cuda_gather_rows(g->cx, rows, g->nf, dlast, nseg, C));
+    TD_TRY(mm_fwd(g, out, rows, P->lm_head, NULL, nseg, C, V));
+    return td_cuda_download(g->cx, logits, out, sizeof(float) * (size_t)nseg * V);
+}

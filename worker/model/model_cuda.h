@@ -42,4 +42,15 @@ td_status td_gpu_model_logits(td_gpu_model *g, float *out);
 td_status td_gpu_model_grads(td_gpu_model *g, float *out);
 td_status td_gpu_model_params(td_gpu_model *g, float *out);
 
+/* Inference on the GPU with a paged KV cache laid out as the CPU one (model.h): blocks of
+ * block_tokens positions, every layer's K and V. td_gpu_model_forward_infer does what
+ * td_model_forward_infer does (segments of new tokens per sequence, host block tables),
+ * logits (nseg, V) copied to host memory. Needs a model planned for at least the step's
+ * tokens (td_gpu_model_new's B*T). */
+typedef struct td_gpu_kv td_gpu_kv;
+td_status td_gpu_kv_new(td_gpu_model *g, int block_tokens, size_t num_blocks, td_gpu_kv **out);
+void td_gpu_kv_free(td_gpu_kv **kv);
+td_status td_gpu_model_forward_infer(td_gpu_model *g, td_gpu_kv *kv, const td_infer_seg *segs,
+                                     int nseg, float *logits);
+
 #endif

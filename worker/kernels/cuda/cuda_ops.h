@@ -99,6 +99,26 @@ td_status td_cuda_crossentropy_bwd(td_cuda *c, float *dlogits, const float *logi
 td_status td_cuda_adamw(td_cuda *c, float *p, uint16_t *pbf, float *g, float *m, float *v,
                         size_t n, float lr, float b1, float b2, float eps, float wd, long step,
                         float gscale);
+/* ---- inference with a paged KV cache (the CPU layout of model.h: per layer, block b,
+ * slot s at row b * bt + s of K and of V, each row NKV*hd wide) ---- */
+/* out (N,C) = wte[tok[n]] (+ wpe[pos[n]]); tok and pos on the device */
+td_status td_cuda_embed_pos(td_cuda *c, float *out, const int32_t *tok, const int32_t *pos,
+                            const float *wte, const float *wpe, int N, int C);
+/* rotary embedding with an explicit position per row */
+td_status td_cuda_rope_pos(td_cuda *c, float *qkv, const int32_t *pos, int N, int S, int nheads,
+                           int hd, float theta);
+/* K and V of each row of qkv (N,S) into the cache rows slot[n] (= block * bt + offset) */
+td_status td_cuda_kv_write(td_cuda *c, float *kc, float *vc, const float *qkv,
+                           const int32_t *slot, int N, int NH, int NKV, int hd);
+/* out (N, NH*hd): each row's query attends over its sequence's cached positions
+ * [0, len[n]); position p of row n is cache row table[first[n] + p / bt] * bt + p % bt */
+td_status td_cuda_paged_attention(td_cuda *c, float *out, const float *qkv, const float *kc,
+                                  const float *vc, const int32_t *len, const int32_t *first,
+                                  const int32_t *table, int bt, int N, int NH, int NKV, int hd);
+/* dst (n, C) = rows idx[i] of src (·, C) */
+td_status td_cuda_gather_rows(td_cuda *c, float *dst, const float *src, const int32_t *idx,
+                              int n, int C);
+
 /* dbias (OC) += column sums of dout (N,OC), rows in order */
 td_status td_cuda_colsum_acc(td_cuda *c, float *dbias, const float *dout, int N, int OC);
 /* sum of squares of x (n), for the global gradient norm; summed in a fixed order */

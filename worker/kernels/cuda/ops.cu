@@ -672,3 +672,142 @@ extern "C" td_status td_cuda_sumsq(td_cuda *c, const float *x, size_t n, double 
     *out = sum;
     return s;
 }
+
+// ------------------------------------------------------------------------------------------
+// inference with a paged KV cache
+
+__global__ void embed_pos_kernel(float *out, const int32_t *tok, const int32_t *pos,
+                                 const float *wte, const float *wpe, int C) {
+    int n = blockIdx.x;
+    const float *e = wte + (size_t)tok[n] * C;
+    const float *p = wpe ? wpe + (size_t)pos[n] * C : NULL;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        out[(size_t)n * C + i] = e[i] + (p ? p[i] : 0.0f);
+}
+
+extern "C" td_status td_cuda_embed_pos(td_cuda *c, float *out, const int32_t *tok,
+                                       const int32_t *pos, const float *wte, const float *wpe,
+                                       int N, int C) {
+    if (N <= 0) return TD_OK;
+    embed_pos_kernel<<<N, 256, 0, c->stream>>>(out, tok, pos, wte, wpe, C);
+    TD_CU_LAUNCHED();
+    return TD_OK;
+}
+
+__global__ void rope_pos_kernel(float *qkv, const int32_t *pos, int N, int S, int nheads, int hd,
+                                float theta) {
+    int half = hd / 2;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * nheads * half) return;
+    int i = (int)(idx % half), h = (int)((idx / half) % nheads), n = (int)(idx / half / nheads);
+    double inv_freq = 1.0 / pow((double)theta, (double)(2 * i) / (double)hd);
+    float a = (float)pos[n] * (float)inv_freq;
+    float cs = (float)cos((double)a), sn = (float)sin((double)a);
+    float *x = qkv + (size_t)n * S + (size_t)h * hd;
+    float x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * cs - x2 * sn;
+    x[i + half] = x2 * cs + x1 * sn;
+}
+
+extern "C" td_status td_cuda_rope_pos(td_cuda *c, float *qkv, const int32_t *pos, int N, int S,
+                                      int nheads, int hd, float theta) {
+    size_t total = (size_t)N * nheads * (hd / 2);
+    if (total == 0) return TD_OK;
+    rope_pos_kernel<<<blocks_for(total, 256), 256, 0, c->stream>>>(qkv, pos, N, S, nheads, hd,
+                                                                   theta);
+    TD_CU_LAUNCHED();
+    return TD_OK;
+}
+
+__global__ void kv_write_kernel(float *kc, float *vc, const float *qkv, const int32_t *slot,
+                                int NH, int NKV, int hd) {
+    int n = blockIdx.x, S = (NH + 2 * NKV) * hd, kvd = NKV * hd;
+    const float *row = qkv + (size_t)n * S;
+    float *kd = kc + (size_t)slot[n] * kvd, *vd = vc + (size_t)slot[n] * kvd;
+    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+        kd[i] = row[NH * hd + i];
+        vd[i] = row[(NH + NKV) * hd + i];
+    }
+}
+
+extern "C" td_status td_cuda_kv_write(td_cuda *c, float *kc, float *vc, const float *qkv,
+                                      const int32_t *slot, int N, int NH, int NKV, int hd) {
+    if (N <= 0) return TD_OK;
+    kv_write_kernel<<<N, 128, 0, c->stream>>>(kc, vc, qkv, slot, NH, NKV, hd);
+    TD_CU_LAUNCHED();
+    return TD_OK;
+}
+
+// one warp per (row, head): online softmax over the row's cached positions, 32 at a time
+// (each lane scores one position), the output dims spread over the lanes
+__global__ void paged_attn_kernel(float *out, const float *qkv, const float *kc, const float *vc,
+                                  const int32_t *len, const int32_t *first, const int32_t *table,
+                                  int bt, int N, int NH, int NKV, int hd) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= N * NH) return;
+    int n = warp / NH, h = warp % NH, kvh = h / (NH / NKV), dpl = hd / 32;
+    int S = (NH + 2 * NKV) * hd, kvd = NKV * hd, L = len[n];
+    const float *q = qkv + (size_t)n * S + (size_t)h * hd;
+    const int32_t *tab = table + first[n];
+    float scale = rsqrtf((float)hd), m = -INFINITY, l = 0.0f, acc[4] = {0, 0, 0, 0};
+    for (int p0 = 0; p0 < L; p0 += 32) {
+        int p = p0 + lane;
+        float s = -INFINITY;
+        size_t row = 0;
+        if (p < L) {
+            row = (size_t)tab[p / bt] * bt + p % bt;
+            const float *k = kc + row * kvd + (size_t)kvh * hd;
+            float dot = 0.0f;
+            for (int d = 0; d < hd; d++) dot += q[d] * k[d];
+            s = dot * scale;
+        }
+        float mt = s;
+        for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+        float mn = fmaxf(m, mt), corr = expf(m - mn);
+        float pr = p < L ? expf(s - mn) : 0.0f, ps = pr;
+        for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+        l = l * corr + ps;
+        for (int r = 0; r < dpl; r++) acc[r] *= corr;
+        int cnt = L - p0 < 32 ? L - p0 : 32;
+        for (int jj = 0; jj < cnt; jj++) {
+            float pj = __shfl_sync(0xffffffffu, pr, jj);
+            int pp = p0 + jj;
+            const float *v = vc + ((size_t)tab[pp / bt] * bt + pp % bt) * kvd + (size_t)kvh * hd;
+            for (int r = 0; r < dpl; r++) acc[r] += pj * v[lane + 32 * r];
+        }
+        m = mn;
+    }
+    float *o = out + (size_t)n * NH * hd + (size_t)h * hd;
+    for (int r = 0; r < dpl; r++) o[lane + 32 * r] = acc[r] / l;
+}
+
+extern "C" td_status td_cuda_paged_attention(td_cuda *c, float *out, const float *qkv,
+                                             const float *kc, const float *vc,
+                                             const int32_t *len, const int32_t *first,
+                                             const int32_t *table, int bt, int N, int NH, int NKV,
+                                             int hd) {
+    if (hd % 32 || hd > 128 || NKV <= 0 || NH % NKV)
+        return td_error_set(TD_ERR_INVALID, "paged attention needs hd a multiple of 32 up to 128 "
+                            "(got %d) and heads divisible by kv heads", hd);
+    if (N <= 0) return TD_OK;
+    size_t threads = (size_t)N * NH * 32;
+    paged_attn_kernel<<<blocks_for(threads, 128), 128, 0, c->stream>>>(out, qkv, kc, vc, len,
+                                                                       first, table, bt, N, NH,
+                                                                       NKV, hd);
+    TD_CU_LAUNCHED();
+    return TD_OK;
+}
+
+__global__ void gather_rows_kernel(float *dst, const float *src, const int32_t *idx, int C) {
+    int i = blockIdx.x;
+    for (int k = threadIdx.x; k < C; k += blockDim.x)
+        dst[(size_t)i * C + k] = src[(size_t)idx[i] * C + k];
+}
+
+extern "C" td_status td_cuda_gather_rows(td_cuda *c, float *dst, const float *src,
+                                         const int32_t *idx, int n, int C) {
+    if (n <= 0) return TD_OK;
+    gather_rows_kernel<<<n, 256, 0, c->stream>>>(dst, src, idx, C);
+    TD_CU_LAUNCHED();
+    return TD_OK;
+}
