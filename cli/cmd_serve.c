@@ -46,6 +46,8 @@ static void help(FILE *f) {
             "                        lm_head in int16, see docs/serve.md)\n"
             "  --int8-lm-head        with --int8: lm_head in int8 too (smallest, less exact)\n"
             "  --bf16                bf16 weights (half the bytes of fp32; fp32 accumulation)\n"
+            "  --device D            cpu (default), cuda (this rank's GPU, an error without\n"
+            "                        one), auto (a GPU when usable); GPU: --tp 1 only\n"
             "  --int8-int32          int8 weights and activations, products accumulated in\n"
             "                        int32 (AVX-512 VNNI; faster, less exact)\n"
             "  --dry-run             print the memory plan and exit\n"
@@ -61,7 +63,7 @@ int td_cmd_serve(int argc, char **argv) {
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
            O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
-           O_ROUTER, O_NAME, O_KEY, O_BF16 };
+           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -74,6 +76,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"int8-lm-head", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
         {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
         {"api-key", required_argument, 0, O_KEY}, {"bf16", no_argument, 0, O_BF16},
+        {"device", required_argument, 0, O_DEV},
         {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -105,6 +108,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_INT8I: o.int8_int32 = 1; break;
         case O_INT8H: o.int8_lm_head = 1; break;
         case O_BF16: o.bf16 = 1; break;
+        case O_DEV:
+            o.device = optarg;
+            bad = strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto");
+            break;
         case O_HTTP: o.http = optarg; break;
         case O_ROUTER: o.router = optarg; break;
         case O_NAME: o.name = optarg; bad = !optarg[0]; break;

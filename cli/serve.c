@@ -19,6 +19,19 @@
 #include "coordinator/router.h"
 #include "worker/infer/engine.h"
 #include "worker/infer/replica.h"
+#ifdef TD_HAVE_CUDA
+#include "worker/model/model_cuda.h"
+
+typedef struct {
+    td_gpu_model *gm;
+    td_gpu_kv *kv;
+} gpu_fwd;
+
+static td_status gpu_forward(void *ctx, const td_infer_seg *segs, int nseg, float *logits) {
+    gpu_fwd *g = ctx;
+    return td_gpu_model_forward_infer(g->gm, g->kv, segs, nseg, logits);
+}
+#endif
 
 void td_serve_opts_default(td_serve_opts *o) {
     memset(o, 0, sizeof *o);
@@ -314,7 +327,36 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     td_engine_opts eo = {.max_seqs = o->max_seqs,
                          .kv_bytes = (size_t)(o->kv_mb * 1048576.0),
                          .tp = tp};
+    /* device: the replica's steps on a GPU (the model on the device, a KV cache there) */
+    int want_gpu = o->device && strcmp(o->device, "cpu");
+#ifdef TD_HAVE_CUDA
+    td_cuda *cx = NULL;
+    gpu_fwd gf = {NULL, NULL};
+    char why[256] = "";
+    int ngpu = want_gpu ? td_cuda_device_count(why, sizeof why) : 0;
+    if (s == TD_OK && want_gpu && ngpu > 0) {
+        if (T > 1 || o->int8 || o->int8_int32 || o->bf16)
+            s = td_error_set(TD_ERR_INVALID, "serving on a GPU takes --tp 1 and no --int8/--bf16 "
+                             "(products are bf16 there) for now");
+        if (s == TD_OK) s = td_cuda_new(world->local_rank % ngpu, &cx);
+        if (s == TD_OK) s = td_gpu_model_new(cx, m, 1, o->max_seqs + 64, &gf.gm);
+        eo.forward = gpu_forward;
+        eo.forward_ctx = &gf;
+    } else if (s == TD_OK && want_gpu && !strcmp(o->device, "cuda")) {
+        s = td_error_set(TD_ERR_INVALID, "--device cuda: no usable GPU: %s", why);
+    } else if (s == TD_OK && want_gpu && world->rank == 0) {
+        TD_LOG_INFO("device auto: serving on the CPU (no usable GPU: %s)", why);
+    }
+#else
+    if (s == TD_OK && want_gpu && !strcmp(o->device, "cuda"))
+        s = td_error_set(TD_ERR_INVALID, "--device cuda: this build has no CUDA backend");
+#endif
     if (s == TD_OK) s = td_engine_new(m, tok, &eo, &e);
+#ifdef TD_HAVE_CUDA
+    if (s == TD_OK && gf.gm) s = td_gpu_kv_new(gf.gm, 16, td_engine_total_blocks(e), &gf.kv);
+    if (s == TD_OK && gf.gm && world->rank == 0)
+        TD_LOG_INFO("serve: replica steps on %s", td_cuda_device_name(cx));
+#endif
     if (s == TD_OK && o->dry_run) {
         if (world->rank == 0)
             memory_plan(full, m, o, world->size, td_engine_total_blocks(e), 16);
@@ -413,6 +455,11 @@ gather : {
     if (s == TD_OK) s = print_gathered(world, blob, blob_len);
 }
 out:
+#ifdef TD_HAVE_CUDA
+    td_gpu_kv_free(&gf.kv);
+    td_gpu_model_free(&gf.gm);
+    td_cuda_free(&cx);
+#endif
     free(blob);
     td_engine_free(&e);
     td_model_free(&m);

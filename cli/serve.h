@@ -27,6 +27,7 @@ typedef struct {
     int int8_int32;           /* int8 products accumulated in int32 (activations quantized) */
     int int8_lm_head;         /* with int8: lm_head in int8 too (default int16) */
     int bf16;                 /* bf16 weights (half of fp32's bytes) */
+    const char *device;       /* "cpu" (default), "cuda", "auto" */
     /* online serving instead of a prompts file */
     const char *router;       /* each replica's leader registers with this router back end */
     const char *http;         /* HOST:PORT: router and gateway in-process on rank 0 */

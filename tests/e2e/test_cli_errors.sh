@@ -104,6 +104,7 @@ expect "serve: tp not dividing ranks" "must divide the 1 ranks" -- "$TANDEM" ser
 expect "serve: missing prompts file" "nope.txt" -- "$TANDEM" serve --model run/step_00000002 --prompts-file nope.txt
 expect "serve: KV budget too small" "holds no block" -- "$TANDEM" serve --model run/step_00000002 --kv-mb 0.0001 --prompts-file prompts.txt
 expect "serve: no prompts" "need --model" -- "$TANDEM" serve --model run/step_00000002
+expect "serve: device cuda, no GPU" "--device cuda: " -- "$TANDEM" serve --model run/step_00000002 --device cuda --prompts-file prompts.txt
 expect "serve: empty stop string" "bad value" -- "$TANDEM" serve --model run/step_00000002 --stop "" --prompts-file prompts.txt
 expect "train --serve without prompts" "--serve needs --prompts-file" -- "$TANDEM" train good.json --serve
 "$TANDEM" serve --model run/step_00000002 --prompts-file prompts.txt --max-tokens 2147483647 > big.jsonl 2>&1 &&

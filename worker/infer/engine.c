@@ -65,6 +65,11 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
     size_t full = (size_t)((e->maxT + e->o.block_tokens - 1) / e->o.block_tokens);
     e->n_blocks = e->o.kv_bytes ? e->o.kv_bytes / per_block : full * (size_t)e->o.max_seqs;
     e->tp = o->tp && o->tp->size > 1 ? o->tp : NULL;
+    if (e->tp && o->forward) {
+        free(e);
+        return td_error_set(TD_ERR_INVALID, "a replaced forward (GPU) cannot serve a "
+                            "tensor-parallel group yet");
+    }
     if (e->tp) { /* kv_bytes is per rank; the leader's block count rules the group */
         int64_t nb = (int64_t)e->n_blocks;
         td_status sb = e->tp->ops->bcast(e->tp, &nb, 1, TD_COMM_I64, 0);
@@ -384,7 +389,9 @@ td_status td_engine_step(td_engine *e, int *active) {
             budget -= take;
         }
     if (nseg > 0 && e->tp) TD_TRY(send_plan(e, nseg));
-    if (nseg > 0) TD_TRY(td_model_forward_infer(e->m, e->kv, e->segs, nseg, e->logits));
+    if (nseg > 0)
+        TD_TRY(e->o.forward ? e->o.forward(e->o.forward_ctx, e->segs, nseg, e->logits)
+                            : td_model_forward_infer(e->m, e->kv, e->segs, nseg, e->logits));
     for (int k = 0; k < nseg; k++) {
         req *q = &e->r[e->seg_req[k]];
         q->done_pos += e->segs[k].n;

@@ -30,6 +30,10 @@ typedef struct {
     td_comm *tp;           /* tensor-parallel group (the model is this rank's slice), or NULL;
                             * rank 0 of the group leads, the others run
                             * td_engine_member_loop */
+    /* replaces td_model_forward_infer for each step (e.g. the model on a GPU with its own
+     * KV cache of td_engine_total_blocks blocks); not with a tensor-parallel group */
+    td_status (*forward)(void *ctx, const td_infer_seg *segs, int nseg, float *logits);
+    void *forward_ctx;
 } td_engine_opts;
 
 typedef struct {
