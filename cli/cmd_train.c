@@ -118,16 +118,23 @@ int td_cmd_train(int argc, char **argv) {
     if (s != TD_OK) return td_cli_fail("train", s);
     /* device: cpu; cuda (this rank's GPU; an error saying why where none is usable);
      * auto: the GPU when one is usable, else the CPU with one line saying why */
-    char why[256] = "this build has no CUDA backend (TANDEM_CUDA=OFF)";
+    char why[256] = "no usable GPU: this build has no CUDA backend (TANDEM_CUDA=OFF)";
     int say_cpu = 0; /* device auto without a GPU: said once, by rank 0, below */
     if (strcmp(job.device, "cpu")) {
         int ngpu = 0;
 #ifdef TD_HAVE_CUDA
-        ngpu = td_cuda_device_count(why, sizeof why);
+        char err[200] = "";
+        ngpu = td_cuda_device_count(err, sizeof err);
+        if (ngpu == 0) snprintf(why, sizeof why, "no usable GPU: %s", err);
 #endif
+        int cuda = !strcmp(job.device, "cuda");
+        if (ngpu > 0 && !cuda && job.zero) { /* auto: what the GPU path lacks stays on the CPU */
+            snprintf(why, sizeof why, "train.zero 1 is CPU-only for now");
+            ngpu = 0;
+        }
         if (ngpu > 0) {
             o.gpu = 1;
-        } else if (!strcmp(job.device, "cuda")) {
+        } else if (cuda) {
             td_job_deinit(&job);
             fprintf(stderr, "tandem train: error: %s: device \"cuda\": %s; use \"cpu\" or "
                     "\"auto\"\n", argv[optind], why);
@@ -165,7 +172,10 @@ int td_cmd_train(int argc, char **argv) {
     }
     o.comm = comm;
     if (say_cpu) /* ranks other than 0 log errors only */
-        TD_LOG_INFO("device auto: training on the CPU (no usable GPU: %s)", why);
+        TD_LOG_INFO("device auto: training on the CPU (%s)", why);
+    if (o.gpu && !job.bf16)
+        TD_LOG_INFO("device %s: matrix products on the GPU are bf16 with fp32 accumulation "
+                    "(fp32 products are the CPU reference)", job.device);
     td_model *trained = NULL;
     char *tok_json = NULL;
     if (serve) {

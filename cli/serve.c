@@ -333,9 +333,16 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     td_cuda *cx = NULL;
     gpu_fwd gf = {NULL, NULL};
     char why[256] = "";
-    int ngpu = want_gpu ? td_cuda_device_count(why, sizeof why) : 0;
+    char err[200] = "";
+    int ngpu = want_gpu ? td_cuda_device_count(err, sizeof err) : 0;
+    if (want_gpu && ngpu == 0) snprintf(why, sizeof why, "no usable GPU: %s", err);
+    int gpu_ok = T == 1 && !o->int8 && !o->int8_int32 && !o->bf16;
+    if (want_gpu && ngpu > 0 && !gpu_ok && strcmp(o->device, "cuda")) { /* auto: stay on CPU */
+        snprintf(why, sizeof why, "the GPU path takes --tp 1 and no --int8/--bf16 for now");
+        ngpu = 0;
+    }
     if (s == TD_OK && want_gpu && ngpu > 0) {
-        if (T > 1 || o->int8 || o->int8_int32 || o->bf16)
+        if (!gpu_ok)
             s = td_error_set(TD_ERR_INVALID, "serving on a GPU takes --tp 1 and no --int8/--bf16 "
                              "(products are bf16 there) for now");
         if (s == TD_OK) s = td_cuda_new(world->local_rank % ngpu, &cx);
@@ -343,13 +350,15 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         eo.forward = gpu_forward;
         eo.forward_ctx = &gf;
     } else if (s == TD_OK && want_gpu && !strcmp(o->device, "cuda")) {
-        s = td_error_set(TD_ERR_INVALID, "--device cuda: no usable GPU: %s", why);
+        s = td_error_set(TD_ERR_INVALID, "--device cuda: %s", why);
     } else if (s == TD_OK && want_gpu && world->rank == 0) {
-        TD_LOG_INFO("device auto: serving on the CPU (no usable GPU: %s)", why);
+        TD_LOG_INFO("device auto: serving on the CPU (%s)", why);
     }
 #else
     if (s == TD_OK && want_gpu && !strcmp(o->device, "cuda"))
         s = td_error_set(TD_ERR_INVALID, "--device cuda: this build has no CUDA backend");
+    else if (s == TD_OK && want_gpu && world->rank == 0)
+        TD_LOG_INFO("device auto: serving on the CPU (this build has no CUDA backend)");
 #endif
     if (s == TD_OK) s = td_engine_new(m, tok, &eo, &e);
 #ifdef TD_HAVE_CUDA

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,8 +34,9 @@ typedef struct {
     /* the socket is shared with the heartbeat thread, every use under this (recursive)
      * mutex; the engine is the main thread's alone (the thread reads a cached count) */
     pthread_mutex_t mu;
-    volatile int hb_stop;
-    volatile uint32_t free_blocks;
+    atomic_int hb_stop;
+    _Atomic uint32_t free_blocks;
+    _Atomic uint64_t loop_ns; /* the main loop's last pass: a stuck loop stops heartbeats */
     uint64_t hb_ns;
 } rep;
 
@@ -66,6 +68,10 @@ static void *heartbeat_thread(void *p) {
         for (uint64_t slept = 0; slept < r->hb_ns && !r->hb_stop; slept += 10000000ull)
             usleep(10000);
         if (r->hb_stop) break;
+        /* a main loop stuck for far longer than any step (a hang, a lost collective) must
+         * not be kept alive by this thread */
+        uint64_t limit = 30 * r->hb_ns > 60000000000ull ? 30 * r->hb_ns : 60000000000ull;
+        if (td_wire_now_ns() - r->loop_ns > limit) continue;
         Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
         h.has_free_blocks = 1;
         h.free_blocks = r->free_blocks;
@@ -306,6 +312,7 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
     uint64_t hb = (uint64_t)(o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000) * 1000000ull;
     r.hb_ns = hb;
     r.free_blocks = (uint32_t)td_engine_free_blocks(e);
+    r.loop_ns = td_wire_now_ns();
     td_status s = connect_router(&r);
     if (s == TD_OK)
         TD_LOG_INFO("replica %s (model %s): registering with the router at %s", o->replica_id,
@@ -318,6 +325,7 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
     const char *delay_env = getenv("TANDEM_TEST_STEP_DELAY_MS");
     int step_delay_ms = delay_env ? atoi(delay_env) : 0;
     while (s == TD_OK && !*stop) {
+        r.loop_ns = td_wire_now_ns();
         int busy = td_engine_pending(e) > 0;
         td_env *env = NULL;
         /* everything that arrived; wait a little only when there is nothing to compute */
@@ -329,6 +337,7 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
             s = on_message(&r, env);
         }
         if (s != TD_OK) break;
+        r.free_blocks = (uint32_t)td_engine_free_blocks(e); /* cancels free blocks too */
         /* judged right after reading, so heartbeats that queued during a long step count */
         uint64_t now0 = td_wire_now_ns();
         if (now0 - r.last_heard > 3 * hb) {
@@ -336,6 +345,7 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
                         "and registering again", o->replica_id,
                         (double)(now0 - r.last_heard) / 1e9, td_engine_pending(e));
             drop_all(&r);
+            r.free_blocks = (uint32_t)td_engine_free_blocks(e);
             s = connect_router(&r);
             continue;
         }

@@ -19,6 +19,8 @@ static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000); /* denormal: signed 0,
+                                                   * as vcvtneps2bf16 does */
     u += 0x7fffu + ((u >> 16) & 1u);                                          /* RNE */
     return (uint16_t)(u >> 16);
 }
