@@ -1047,21 +1047,20 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
             (unsigned long long)m.generated_tokens);
     fprintf(f, "# HELP tandem_router_up 1 when the router answers.\n# TYPE tandem_router_up gauge\n"
                "tandem_router_up %d\n", st != NULL);
-    fprintf(f, "# HELP tandem_replicas_up Live replicas per model.\n"
-               "# TYPE tandem_replicas_up gauge\n");
-    for (size_t i = 0; st && i < st->n_models; i++)
-        fprintf(f, "tandem_replicas_up{model=\"%s\"} %u\n", st->models[i]->name,
-                st->models[i]->replicas_up);
-    fprintf(f, "# HELP tandem_queue_length Requests waiting for a replica, per model.\n"
-               "# TYPE tandem_queue_length gauge\n");
-    for (size_t i = 0; st && i < st->n_models; i++)
-        fprintf(f, "tandem_queue_length{model=\"%s\"} %u\n", st->models[i]->name,
-                st->models[i]->queue_length);
-    fprintf(f, "# HELP tandem_in_flight Requests running on replicas, per model.\n"
-               "# TYPE tandem_in_flight gauge\n");
-    for (size_t i = 0; st && i < st->n_models; i++)
-        fprintf(f, "tandem_in_flight{model=\"%s\"} %u\n", st->models[i]->name,
-                st->models[i]->in_flight);
+    static const struct {
+        const char *name, *help;
+    } gauges[3] = {{"tandem_replicas_up", "Live replicas per model."},
+                   {"tandem_queue_length", "Requests waiting for a replica, per model."},
+                   {"tandem_in_flight", "Requests running on replicas, per model."}};
+    for (int k = 0; k < 3; k++) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n", gauges[k].name, gauges[k].help,
+                gauges[k].name);
+        for (size_t i = 0; st && i < st->n_models; i++) {
+            const Tandem__ModelStatus *ms = st->models[i];
+            fprintf(f, "%s{model=\"%s\"} %u\n", gauges[k].name, ms->name,
+                    k == 0 ? ms->replicas_up : k == 1 ? ms->queue_length : ms->in_flight);
+        }
+    }
     fprintf(f, "# HELP tandem_replica_requests_total Requests completed per replica.\n"
                "# TYPE tandem_replica_requests_total counter\n");
     for (size_t i = 0; st && i < st->n_models; i++)

@@ -187,6 +187,21 @@ static td_status norm_bwd(td_gpu_model *g, float *dx, const float *dw_host, cons
                                  rstd, N, g->C);
 }
 
+/* The second half of a layer, shared by training and inference: out = res2 + MLP(norm(res2)),
+ * with a->res2 holding the residual after attention. */
+static td_status mlp_half(td_gpu_model *g, gpu_layer *a, const td_layer_params *w, float *out,
+                          int N) {
+    int C = g->C;
+    TD_TRY(norm_fwd(g, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
+    TD_TRY(mm_fwd(g, a->fc, a->n2, w->wfc, w->bfc, N, C, g->FC));
+    if (g->llama)
+        TD_TRY(td_cuda_swiglu_fwd(g->cx, a->h, a->fc, N, g->F));
+    else
+        TD_TRY(td_cuda_gelu_fwd(g->cx, a->h, a->fc, (size_t)N * g->F));
+    TD_TRY(mm_fwd(g, out, a->h, w->wproj, w->bproj, N, g->F, C));
+    return td_cuda_add(g->cx, out, out, a->res2, (size_t)N * C);
+}
+
 td_status td_gpu_model_forward(td_gpu_model *g, const int32_t *tokens, const int32_t *targets,
                                int B, int T, double *loss) {
     int N = B * T, C = g->C, V = g->V;
@@ -219,14 +234,7 @@ td_status td_gpu_model_forward(td_gpu_model *g, const int32_t *tokens, const int
         TD_TRY(td_cuda_attention_fwd(g->cx, a->atty, a->lse, a->qkv, B, T, g->NH, g->NKV, g->hd));
         TD_TRY(mm_fwd(g, a->res2, a->atty, w->wo, w->bo, N, g->NH * g->hd, C));
         TD_TRY(td_cuda_add(g->cx, a->res2, a->res2, a->res, (size_t)N * C));
-        TD_TRY(norm_fwd(g, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
-        TD_TRY(mm_fwd(g, a->fc, a->n2, w->wfc, w->bfc, N, C, g->FC));
-        if (g->llama)
-            TD_TRY(td_cuda_swiglu_fwd(g->cx, a->h, a->fc, N, g->F));
-        else
-            TD_TRY(td_cuda_gelu_fwd(g->cx, a->h, a->fc, (size_t)N * g->F));
-        TD_TRY(mm_fwd(g, res_out, a->h, w->wproj, w->bproj, N, g->F, C));
-        TD_TRY(td_cuda_add(g->cx, res_out, res_out, a->res2, (size_t)N * C));
+        TD_TRY(mlp_half(g, a, w, res_out, N));
     }
     TD_TRY(norm_fwd(g, g->nf, g->nfm, g->nfr, g->resf, P->normf_w, P->normf_b, N));
     TD_TRY(mm_fwd(g, g->logits, g->nf, P->lm_head, NULL, N, C, V));
@@ -458,14 +466,7 @@ td_status td_gpu_model_forward_infer(td_gpu_model *g, td_gpu_kv *kv, const td_in
                                        dtab, bt, N, g->NH, g->NKV, g->hd));
         TD_TRY(mm_fwd(g, a->res2, a->atty, w->wo, w->bo, N, g->NH * g->hd, C));
         TD_TRY(td_cuda_add(g->cx, a->res2, a->res2, x, (size_t)N * C));
-        TD_TRY(norm_fwd(g, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
-        TD_TRY(mm_fwd(g, a->fc, a->n2, w->wfc, w->bfc, N, C, g->FC));
-        if (g->llama)
-            TD_TRY(td_cuda_swiglu_fwd(g->cx, a->h, a->fc, N, g->F));
-        else
-            TD_TRY(td_cuda_gelu_fwd(g->cx, a->h, a->fc, (size_t)N * g->F));
-        TD_TRY(mm_fwd(g, x, a->h, w->wproj, w->bproj, N, g->F, C));
-        TD_TRY(td_cuda_add(g->cx, x, x, a->res2, (size_t)N * C));
+        TD_TRY(mlp_half(g, a, w, x, N));
     }
     TD_TRY(norm_fwd(g, g->nf, g->nfm, g->nfr, x, P->normf_w, P->normf_b, N));
     float *rows = kv->last, *out = kv->last + (size_t)nseg * (C > V ? C : V);
