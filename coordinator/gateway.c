@@ -816,6 +816,29 @@ static void stream_free(void *cls) {
     gen_close(cls);
 }
 
+/* Takes the next chunk of x's request into x (before any response is queued). Returns 0;
+ * or, with the request over and x freed, -1 when the client hung up, else the HTTP status
+ * of the error with msg set. *accepted (when not NULL): the chunk was the replica's. */
+static int gen_step(gen *x, char *msg, size_t msg_len, int *accepted) {
+    td_env *env = NULL;
+    wait_result w = next_chunk(x->g, x->sock, x->id, x->fd, &env);
+    if (w != W_CHUNK) {
+        if (w != W_GONE) abandon(x);
+        snprintf(msg, msg_len, "%s", w == W_TIMEOUT ? "no answer from the router in time"
+                                                    : "lost the connection to the router");
+        gen_close(x);
+        return w == W_GONE ? -1 : 503;
+    }
+    if (accepted) *accepted = env->chunk->has_accepted && env->chunk->accepted;
+    int st = gen_take(x, env->chunk, msg, msg_len);
+    td_wire_free(env);
+    if (st) {
+        x->finished = 1; /* the request is over on the far side: no cancel */
+        gen_close(x);
+    }
+    return st;
+}
+
 static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, int route,
                                        const char *body, size_t len) {
     kind k = route == R_COMPLETIONS ? K_COMPLETION
@@ -847,24 +870,9 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
     }
     /* until the replica accepts: errors still get their own status code */
     for (;;) {
-        td_env *env = NULL;
-        wait_result w = next_chunk(g, x->sock, x->id, x->fd, &env);
-        if (w != W_CHUNK) {
-            if (w != W_GONE) abandon(x);
-            gen_close(x);
-            return w == W_GONE ? MHD_NO
-                               : respond_error(g, c, route, 503,
-                                               w == W_TIMEOUT ? "no answer from the router in time"
-                                                              : "lost the connection to the router");
-        }
-        int accepted = env->chunk->has_accepted && env->chunk->accepted;
-        st = gen_take(x, env->chunk, msg, sizeof msg);
-        td_wire_free(env);
-        if (st) {
-            x->finished = 1;
-            gen_close(x);
-            return respond_error(g, c, route, st, msg);
-        }
+        int accepted = 0;
+        st = gen_step(x, msg, sizeof msg, &accepted);
+        if (st) return st < 0 ? MHD_NO : respond_error(g, c, route, st, msg);
         if (accepted || x->text_len || x->finished) break;
     }
     if (x->q.stream) {
@@ -883,21 +891,8 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
         return ret;
     }
     while (!x->finished) {
-        td_env *env = NULL;
-        wait_result w = next_chunk(g, x->sock, x->id, x->fd, &env);
-        if (w != W_CHUNK) {
-            if (w != W_GONE) abandon(x);
-            gen_close(x);
-            return w == W_GONE ? MHD_NO
-                               : respond_error(g, c, route, 503, "no answer from the router in time");
-        }
-        st = gen_take(x, env->chunk, msg, sizeof msg);
-        td_wire_free(env);
-        if (st) {
-            x->finished = 1;
-            gen_close(x);
-            return respond_error(g, c, route, st, msg);
-        }
+        st = gen_step(x, msg, sizeof msg, NULL);
+        if (st) return st < 0 ? MHD_NO : respond_error(g, c, route, st, msg);
     }
     gen_record(x);
     cJSON *j = k == K_COMPLETION || k == K_CHAT ? openai_json(x, NULL, 0, 1)

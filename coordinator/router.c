@@ -201,13 +201,7 @@ static int replicas_up(const td_router *r, int m) {
 /* An error answer to a client (the request is over). */
 static void client_error(td_router *r, const uint8_t *client, size_t client_len, uint64_t id,
                          uint32_t code, const char *msg) {
-    Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
-    c.id = id;
-    c.error = (char *)msg;
-    c.has_error_code = 1;
-    c.error_code = code;
-    c.has_done = 1;
-    c.done = 1;
+    Tandem__GenerateChunk c = td_wire_error_chunk(id, code, msg);
     td_env e = TANDEM__ENVELOPE__INIT;
     e.body_case = TANDEM__ENVELOPE__BODY_CHUNK;
     e.chunk = &c;

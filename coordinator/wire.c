@@ -34,6 +34,17 @@ td_status td_wire_send(void *sock, const void *ident, size_t ident_len, const td
     return s;
 }
 
+Tandem__GenerateChunk td_wire_error_chunk(uint64_t id, uint32_t code, const char *msg) {
+    Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
+    c.id = id;
+    c.error = (char *)msg;
+    c.has_error_code = 1;
+    c.error_code = code;
+    c.has_done = 1;
+    c.done = 1;
+    return c;
+}
+
 td_env *td_wire_decode(const uint8_t *data, size_t len) {
     if (len > TD_WIRE_MAX_FRAME) return NULL;
     return tandem__envelope__unpack(NULL, len, data);

@@ -31,6 +31,9 @@ td_status td_wire_recv(void *sock, uint8_t *ident, size_t *ident_len, int timeou
 td_env *td_wire_decode(const uint8_t *data, size_t len);
 void td_wire_free(td_env *env);
 
+/* The last answer to request id: an error with the HTTP status code (msg is borrowed). */
+Tandem__GenerateChunk td_wire_error_chunk(uint64_t id, uint32_t code, const char *msg);
+
 /* Monotonic time in nanoseconds. */
 uint64_t td_wire_now_ns(void);
 

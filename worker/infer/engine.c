@@ -112,17 +112,19 @@ static void req_release(td_engine *e, req *q) {
     q->n_blocks = q->reserved = 0;
 }
 
+/* a request's own memory (not its KV blocks: req_release returns those) */
+static void req_free_mem(req *q) {
+    free(q->toks);
+    free(q->blocks);
+    free(q->text);
+    for (int k = 0; q->stop && q->stop[k]; k++) free(q->stop[k]);
+    free(q->stop);
+}
+
 void td_engine_free(td_engine **ep) {
     if (!ep || !*ep) return;
     td_engine *e = *ep;
-    for (int i = 0; i < e->nr; i++) {
-        req *q = &e->r[i];
-        free(q->toks);
-        free(q->blocks);
-        free(q->text);
-        for (int k = 0; q->stop && q->stop[k]; k++) free(q->stop[k]);
-        free(q->stop);
-    }
+    for (int i = 0; i < e->nr; i++) req_free_mem(&e->r[i]);
     free(e->r);
     td_kv_cache_free(&e->kv);
     free(e->free_list);
@@ -437,11 +439,7 @@ void td_engine_cancel(td_engine *e, int id) {
 void td_engine_release(td_engine *e, int id) {
     if (id < 0 || id >= e->nr || e->r[id].state != TD_REQ_DONE) return;
     req *q = &e->r[id];
-    free(q->toks);
-    free(q->blocks);
-    free(q->text);
-    for (int k = 0; q->stop && q->stop[k]; k++) free(q->stop[k]);
-    free(q->stop);
+    req_free_mem(q);
     memset(q, 0, sizeof *q);
     q->state = TD_REQ_FREE;
 }

@@ -92,13 +92,7 @@ static td_status send_chunk(rep *r, Tandem__GenerateChunk *c) {
 }
 
 static td_status send_error(rep *r, uint64_t rid, uint32_t code, const char *msg) {
-    Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
-    c.id = rid;
-    c.error = (char *)msg;
-    c.has_error_code = 1;
-    c.error_code = code;
-    c.has_done = 1;
-    c.done = 1;
+    Tandem__GenerateChunk c = td_wire_error_chunk(rid, code, msg);
     return send_chunk(r, &c);
 }
 

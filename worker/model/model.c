@@ -1024,47 +1024,51 @@ td_status td_model_quantize_int8(td_model *m, int head_int8) {
     return TD_OK;
 }
 
-void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
-                           size_t *read_fp32, size_t *read_int8) {
+/* Element counts behind the memory plan: lin = weights of the matrix products (and an
+ * untied input embedding), rows = their output rows (one scale each when quantized),
+ * kept = what stays fp32 (norms, biases, learned positions); *_read: what one decode step
+ * reads of each (an untied input embedding: one row, not counted; positions: one row). */
+typedef struct {
+    size_t lin, rows, kept, lin_read, rows_read, small_read;
+} weight_parts;
+
+static weight_parts weight_parts_of(const td_model *m) {
+    weight_parts w = {0};
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return w;
     int nm = infer_mats(m, mats);
-    size_t lin = 0, rows = 0;
     for (int i = 0; i < nm; i++) {
-        lin += (size_t)mats[i].rows * mats[i].cols;
-        rows += (size_t)mats[i].rows;
+        w.lin += (size_t)mats[i].rows * mats[i].cols;
+        w.rows += (size_t)mats[i].rows;
     }
     free(mats);
-    size_t lm = (size_t)m->V * m->C, all = m->num_params;
+    w.kept = m->num_params - w.lin; /* tied: wte is counted once, as lm_head, inside lin */
+    w.lin_read = w.lin;
+    w.rows_read = w.rows;
+    if (!m->cfg.tie_word_embeddings) {
+        w.lin_read -= (size_t)m->V * m->C;
+        w.rows_read -= (size_t)m->V;
+    }
+    w.small_read = w.kept;
+    if (m->p.wpe) w.small_read -= (size_t)m->cfg.max_position_embeddings * m->C;
+    return w;
+}
+
+void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
+                           size_t *read_fp32, size_t *read_int8) {
+    weight_parts w = weight_parts_of(m);
     /* int8 keeps fp32 only for norms, biases and learned positions; embeddings are read as
      * int8 rows (tied: the lm_head copy, int16 unless head_int8; untied: their own) */
-    size_t fp32_kept = all - lin; /* tied: wte is counted once, as lm_head, inside lin */
-    size_t wide = head_int8 ? 0 : lm; /* lm_head's second byte per weight */
-    *fp32 = all * 4;
-    *int8 = fp32_kept * 4 + lin + wide + rows * 4;
-    /* a decode step reads every product weight, the norms and biases, one embedding row */
-    if (!m->cfg.tie_word_embeddings) { /* the input embedding is not read, only a row */
-        lin -= lm;
-        rows -= (size_t)m->V;
-    }
-    size_t small = fp32_kept;
-    if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
-    *read_fp32 = (lin + small) * 4;
-    *read_int8 = lin + wide + rows * 4 + small * 4;
+    size_t wide = head_int8 ? 0 : (size_t)m->V * m->C; /* lm_head's second byte per weight */
+    *fp32 = m->num_params * 4;
+    *int8 = w.kept * 4 + w.lin + wide + w.rows * 4;
+    *read_fp32 = (w.lin_read + w.small_read) * 4;
+    *read_int8 = w.lin_read + wide + w.rows_read * 4 + w.small_read * 4;
 }
 
 size_t td_model_read_bytes_bf16(const td_model *m) {
-    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
-    if (!mats) return 0;
-    int nm = infer_mats(m, mats);
-    size_t lin = 0;
-    for (int i = 0; i < nm; i++) lin += (size_t)mats[i].rows * mats[i].cols;
-    free(mats);
-    /* as td_model_weight_bytes: products' weights at 2 bytes, norms and biases at 4; an
-     * untied input embedding is not read (one row) */
-    size_t small = m->num_params - lin;
-    if (!m->cfg.tie_word_embeddings) lin -= (size_t)m->V * m->C;
-    if (m->p.wpe) small -= (size_t)m->cfg.max_position_embeddings * m->C;
-    return lin * 2 + small * 4;
+    weight_parts w = weight_parts_of(m); /* products' weights at 2 bytes, the rest at 4 */
+    return w.lin_read * 2 + w.small_read * 4;
 }
 
 /* RoPE on q and k heads of each row at its own position (the training kernel assumes
