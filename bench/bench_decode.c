@@ -5,7 +5,9 @@
  * Model: llama, hidden 768, 8 layers, 12 heads, intermediate 2048, vocab 8192 (69 M
  * parameters, 277 MB in fp32: far beyond the caches), random weights.
  * Rows: fp32; bf16 = weights rounded to bf16, widened in registers (fp32 accumulation);
- * int8 = int8 weights converted to float in the product (fp32 accumulation);
+ * int8 = int8 weights, lm_head too (tandem serve --int8; GPTQ changes which integers, not
+ *        the speed, so the weights here are rounded to nearest), converted to float in the
+ *        product (fp32 accumulation);
  * int8v = activations quantized too, int8 x int8 products accumulated in int32 (VNNI).
  * usage: bench_decode [--steps N] [--json] */
 #include <omp.h>
@@ -91,7 +93,7 @@ int main(int argc, char **argv) {
     td_model_init_random(m, 1);
     double bw = triad_gbs();
     size_t f32, i8, rf, ri;
-    td_model_weight_bytes(m, 0, &f32, &i8, &rf, &ri);
+    td_model_weight_bytes(m, 1, &f32, &i8, &rf, &ri);
     if (!json)
         printf("decode, llama 768x8 (%.1f M params, %.0f MB fp32), %d threads, %d steps after a "
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
@@ -106,7 +108,7 @@ int main(int argc, char **argv) {
     double fp32_b1 = 0;
     for (int q = 0; q < 4; q++) {
         td_model *mm = q == 1 ? mb : m;
-        if (q == 2) td_model_quantize_int8(m, 0);
+        if (q == 2) td_model_quantize_int8(m, 1);
         if (q == 3) td_model_set_int8_vnni(m, 1);
         size_t rd = q == 0 ? rf : q == 1 ? rb : ri;
         for (int B = 1; B <= 16; B *= 16) {

@@ -1,21 +1,25 @@
 /* Quantization quality: how far int8 greedy decoding follows fp32 on a checkpoint.
- * For each prompt (one per line) the fp32 model decodes greedily; the int8 model then
+ * For each prompt (one per line) the fp32 model decodes greedily; the quantized model then
  *   - decodes on its own (free-running): tokens equal to fp32's up to the first
  *     difference ("prefix") and at the same positions ("position"), and
  *   - is fed fp32's tokens (teacher-forced): the share of steps where its next-token
  *     choice equals fp32's, and the relative L2 error of its logits.
  * Decoding ends at <|endoftext|> (as in serving) or after --max-tokens. Flips are listed
  * with fp32's margin between its top two logits at that step.
- * Variants, one row each: int8 weights with lm_head int16 (tandem serve --int8), all int8
- * (--int8 --int8-lm-head), int8 x int8 products accumulated in int32 (--int8-int32), and
- * bf16 weights (--bf16).
- * usage: bench_quant --model DIR --prompts-file F [--max-tokens N] [--verbose] */
+ * Variants, one row each, named by the `tandem serve` options that select them: int8 with
+ * GPTQ calibration (all int8, and with lm_head int16), int8 rounded to nearest (the same
+ * two), int8 x int8 products accumulated in int32, and bf16 weights. GPTQ calibrates on
+ * sequences sampled from the model (worker/infer/calib.h), as serve does by default.
+ * usage: bench_quant --model DIR --prompts-file F [--max-tokens N] [--calib-seqs N]
+ *                    [--calib-seed S] [--only K] [--verbose] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/fsutil.h"
 #include "data/bpe.h"
+#include "worker/infer/calib.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
 
@@ -27,14 +31,34 @@ typedef struct {
     int V;
 } runner;
 
-static int runner_init(runner *r, const char *dir, int q8, int head8, int int32, int bf16) {
+typedef struct {
+    const char *name;
+    int q8, head8, int32, bf16, gptq;
+} variant;
+
+static const variant variants[] = {
+    {"int8, GPTQ (--int8)", 1, 1, 0, 0, 1},
+    {"int8, GPTQ, lm_head int16 (--int8 --lm-head-int16)", 1, 0, 0, 0, 1},
+    {"int8, round to nearest (--int8 --int8-rtn)", 1, 1, 0, 0, 0},
+    {"int8, round to nearest, lm_head int16 (--int8 --int8-rtn --lm-head-int16)", 1, 0, 0, 0, 0},
+    {"int8 x int8, int32 sums, GPTQ (--int8-int32)", 1, 1, 1, 0, 1},
+    {"bf16 (--bf16)", 0, 0, 0, 1, 0},
+};
+enum { NVARIANTS = sizeof variants / sizeof variants[0] };
+
+static int runner_init(runner *r, const char *dir, const variant *v, const td_calib_opts *co) {
     memset(r, 0, sizeof *r);
     if (td_checkpoint_load_model(dir, &r->m) != TD_OK) return -1;
     const td_model_config *c = td_model_config_of(r->m);
     int T = c->max_position_embeddings, bt = 16, nb = (T + bt - 1) / bt;
-    if (bf16 && td_model_quantize_bf16(r->m) != TD_OK) return -1;
-    if (q8 && td_model_quantize_int8(r->m, head8) != TD_OK) return -1;
-    if (int32) td_model_set_int8_vnni(r->m, 1);
+    if (v && v->bf16 && td_model_quantize_bf16(r->m) != TD_OK) return -1;
+    if (v && v->gptq) {
+        td_calib_opts o = *co;
+        o.skip_head = !v->head8;
+        if (td_int8_calibrate(r->m, &o) != TD_OK) return -1;
+    }
+    if (v && v->q8 && td_model_quantize_int8(r->m, v->head8) != TD_OK) return -1;
+    if (v && v->int32) td_model_set_int8_vnni(r->m, 1);
     if (td_kv_cache_new(r->m, bt, (size_t)nb, &r->kv) != TD_OK) return -1;
     if (td_model_plan_infer(r->m, T, 1) != TD_OK) return -1;
     r->blocks = malloc(sizeof(int32_t) * (size_t)nb);
@@ -144,20 +168,31 @@ fail:
 
 int main(int argc, char **argv) {
     const char *dir = NULL, *pf = NULL;
-    int maxt = 64, verbose = 0;
+    int maxt = 64, verbose = 0, only = -1;
+    const char *calib_file = NULL;
+    td_calib_opts co;
+    td_calib_opts_default(&co);
+    co.quiet = !getenv("BENCH_QUANT_LOG");
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--prompts-file") && i + 1 < argc) pf = argv[++i];
         else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) maxt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--calib-seqs") && i + 1 < argc) co.seqs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--calib-seed") && i + 1 < argc)
+            co.seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--calib-file") && i + 1 < argc) calib_file = argv[++i];
         else if (!strcmp(argv[i], "--verbose")) verbose = 1;
         else {
             fprintf(stderr, "usage: bench_quant --model DIR --prompts-file F [--max-tokens N] "
+                            "[--calib-seqs N] [--calib-seed S] [--only K (row, from 0)] "
                             "[--verbose]\n");
             return 2;
         }
     }
-    if (!dir || !pf || maxt < 1) {
-        fprintf(stderr, "bench_quant: --model and --prompts-file are required\n");
+    if (!dir || !pf || maxt < 1 || only >= NVARIANTS) {
+        fprintf(stderr, "bench_quant: --model and --prompts-file are required (--only < %d)\n",
+                NVARIANTS);
         return 2;
     }
     FILE *f = fopen(pf, "r");
@@ -178,38 +213,55 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     td_bpe *tok;
     runner a;
-    if (td_bpe_load(path, &tok) != TD_OK || runner_init(&a, dir, 0, 0, 0, 0)) {
+    if (td_bpe_load(path, &tok) != TD_OK || runner_init(&a, dir, NULL, &co)) {
         fprintf(stderr, "bench_quant: %s\n", td_error_message());
         return 1;
     }
-    static const char *names[4] = {"int8, lm_head int16 (--int8)",
-                                   "all int8 (--int8 --int8-lm-head)",
-                                   "int8 x int8, int32 sums (--int8-int32)", "bf16 (--bf16)"};
-    agreement g[4];
-    for (int v = 0; v < 4; v++) {
+    co.start = td_bpe_special_id(tok, "<|endoftext|>");
+    int32_t *calib_ids = NULL;
+    if (calib_file) { /* calibration text instead of sampling */
+        size_t n = 0, cap = 0;
+        char *text = NULL;
+        if (td_fs_read_file(calib_file, &text, &n) != TD_OK) {
+            fprintf(stderr, "bench_quant: %s\n", td_error_message());
+            return 1;
+        }
+        co.ntokens = td_bpe_encode(tok, text, n, &calib_ids, &cap);
+        co.tokens = calib_ids;
+        free(text);
+    }
+    agreement g[NVARIANTS];
+    for (int v = 0; v < NVARIANTS; v++) {
+        if (only >= 0 && v != only) continue;
         runner b;
-        if (verbose) printf("%s:\n", names[v]);
-        if (runner_init(&b, dir, v < 3, v == 1, v == 2, v == 3) ||
+        if (verbose) printf("%s:\n", variants[v].name);
+        if (runner_init(&b, dir, &variants[v], &co) ||
             measure(&a, &b, tok, prompts, np, maxt, verbose, &g[v])) {
             fprintf(stderr, "bench_quant: %s\n", td_error_message());
             return 1;
         }
         runner_free(&b);
     }
+    int first = only >= 0 ? only : 0;
     printf("\nbench_quant: %s, %ld prompts, %ld fp32 greedy tokens (up to %d a prompt, ending "
-           "at <|endoftext|>)\n\n", dir, g[0].np, g[0].tot, maxt);
+           "at <|endoftext|>); GPTQ calibration: %d sequences %s, seed %llu\n\n",
+           dir, g[first].np, g[first].tot, maxt, co.seqs,
+           calib_file ? calib_file : "sampled from the model", (unsigned long long)co.seed);
     printf("| quantization | free-running: equal up to first difference | same position | "
            "prompts identical | teacher-forced: same choice | logits rel. L2 error |\n"
            "|---|---|---|---|---|---|\n");
-    for (int v = 0; v < 4; v++)
-        printf("| %s | %.1f %% | %.1f %% | %ld / %ld | %.2f %% (%ld / %ld) | %.2e |\n", names[v],
-               100.0 * (double)g[v].prefix / (double)g[v].tot,
+    for (int v = 0; v < NVARIANTS; v++) {
+        if (only >= 0 && v != only) continue;
+        printf("| %s | %.1f %% | %.1f %% | %ld / %ld | %.2f %% (%ld / %ld) | %.2e |\n",
+               variants[v].name, 100.0 * (double)g[v].prefix / (double)g[v].tot,
                100.0 * (double)g[v].position / (double)g[v].tot, g[v].whole, g[v].np,
                100.0 * (double)g[v].tf_same / (double)g[v].tf_tot, g[v].tf_same, g[v].tf_tot,
                sqrt(g[v].err2 / g[v].ref2));
+    }
     for (int i = 0; i < np; i++) free(prompts[i]);
     free(prompts);
     runner_free(&a);
     td_bpe_free(&tok);
+    free(calib_ids);
     return 0;
 }

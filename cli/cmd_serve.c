@@ -42,9 +42,17 @@ static void help(FILE *f) {
             "  --stop STR            stop string (repeatable)\n"
             "  --max-seqs N          sequences decoded together (default 16)\n"
             "  --kv-mb N             KV cache per rank in MiB (default: max-seqs full contexts)\n"
-            "  --int8                int8 weight-only quantization (per-channel scales;\n"
-            "                        lm_head in int16, see docs/serve.md)\n"
-            "  --int8-lm-head        with --int8: lm_head in int8 too (smallest, less exact)\n"
+            "  --int8                int8 weight-only quantization: every matrix, lm_head\n"
+            "                        too, one scale per output channel, rounded by GPTQ on\n"
+            "                        calibration text (about 1/4 of fp32's bytes; see\n"
+            "                        docs/serve.md)\n"
+            "  --int8-rtn            with --int8: round to nearest instead (no calibration)\n"
+            "  --lm-head-int16       with --int8: lm_head in int16 (rounded to nearest)\n"
+            "  --calib-file F        GPTQ calibration text (UTF-8; default: sequences the\n"
+            "                        model samples itself)\n"
+            "  --calib-seqs N        calibration sequences (default 32)\n"
+            "  --calib-len N         tokens per calibration sequence (default: context,\n"
+            "                        at most 128)\n"
             "  --bf16                bf16 weights (half the bytes of fp32; fp32 accumulation)\n"
             "  --device D            cpu (default), cuda (this rank's GPU, an error without\n"
             "                        one), auto (a GPU when usable); GPU: --tp 1 only\n"
@@ -63,7 +71,7 @@ int td_cmd_serve(int argc, char **argv) {
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
            O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
-           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV };
+           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV, O_RTN, O_CFILE, O_CSEQS, O_CLEN };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -73,7 +81,9 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"max-seqs", required_argument, 0, O_SEQS}, {"kv-mb", required_argument, 0, O_KV},
         {"dry-run", no_argument, 0, O_DRY}, {"help", no_argument, 0, O_HELP},
         {"int8", no_argument, 0, O_INT8}, {"int8-int32", no_argument, 0, O_INT8I},
-        {"int8-lm-head", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
+        {"lm-head-int16", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
+        {"int8-rtn", no_argument, 0, O_RTN}, {"calib-file", required_argument, 0, O_CFILE},
+        {"calib-seqs", required_argument, 0, O_CSEQS}, {"calib-len", required_argument, 0, O_CLEN},
         {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
         {"api-key", required_argument, 0, O_KEY}, {"bf16", no_argument, 0, O_BF16},
         {"device", required_argument, 0, O_DEV},
@@ -106,7 +116,11 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_DRY: o.dry_run = 1; break;
         case O_INT8: o.int8 = 1; break;
         case O_INT8I: o.int8_int32 = 1; break;
-        case O_INT8H: o.int8_lm_head = 1; break;
+        case O_INT8H: o.lm_head_int16 = 1; break;
+        case O_RTN: o.int8_rtn = 1; break;
+        case O_CFILE: o.calib_file = optarg; break;
+        case O_CSEQS: o.calib_seqs = (int)strtol(optarg, &end, 10); bad = o.calib_seqs < 1; break;
+        case O_CLEN: o.calib_len = (int)strtol(optarg, &end, 10); bad = o.calib_len < 2; break;
         case O_BF16: o.bf16 = 1; break;
         case O_DEV:
             o.device = optarg;
@@ -135,6 +149,16 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     }
     if (!bad && o.bf16 && (o.int8 || o.int8_int32)) {
         fprintf(stderr, "tandem %s: --bf16 and --int8 exclude each other\n", cmd);
+        bad = 1;
+    }
+    if (!bad && !o.int8 && !o.int8_int32 &&
+        (o.int8_rtn || o.lm_head_int16 || o.calib_file || o.calib_seqs || o.calib_len)) {
+        fprintf(stderr, "tandem %s: --int8-rtn, --lm-head-int16 and --calib-* go with --int8 "
+                "or --int8-int32\n", cmd);
+        bad = 1;
+    }
+    if (!bad && o.int8_rtn && (o.calib_file || o.calib_seqs || o.calib_len)) {
+        fprintf(stderr, "tandem %s: --int8-rtn rounds to nearest: it takes no --calib-*\n", cmd);
         bad = 1;
     }
     if (!bad && nk && !o.http) {

@@ -17,6 +17,7 @@
 #include "common/timeutil.h"
 #include "coordinator/gateway.h"
 #include "coordinator/router.h"
+#include "worker/infer/calib.h"
 #include "worker/infer/engine.h"
 #include "worker/infer/replica.h"
 #ifdef TD_HAVE_CUDA
@@ -117,28 +118,31 @@ static void json_str(FILE *f, const char *s, size_t n) {
 static void memory_plan(const td_model *full, const td_model *slice, const td_serve_opts *o,
                         int world, size_t kv_blocks, int block_tokens) {
     size_t np = td_model_num_params(slice), npf = td_model_num_params(full);
-    size_t kvt = td_model_kv_bytes_per_token(slice), f32, i8, rf, ri, i8a, ria;
-    td_model_weight_bytes(slice, 0, &f32, &i8, &rf, &ri);
-    td_model_weight_bytes(slice, 1, &f32, &i8a, &rf, &ria);
+    size_t kvt = td_model_kv_bytes_per_token(slice), f32, i8, rf, ri, i16h, ri16h;
+    td_model_weight_bytes(slice, 1, &f32, &i8, &rf, &ri);
+    td_model_weight_bytes(slice, 0, &f32, &i16h, &rf, &ri16h);
     int q = o->int8 || o->int8_int32;
-    printf("memory plan per rank (tp %d, %d replica%s), serving %s:\n", o->tp, world / o->tp,
-           world / o->tp > 1 ? "s" : "",
-           o->bf16 ? "bf16" : !q ? "fp32" : o->int8_lm_head ? "int8 (lm_head int8)"
-                                                            : "int8 (lm_head int16)");
+    printf("memory plan per rank (tp %d, %d replica%s), serving %s%s%s:\n", o->tp, world / o->tp,
+           world / o->tp > 1 ? "s" : "", o->bf16 ? "bf16" : !q ? "fp32" : "int8",
+           !q ? "" : o->int8_rtn ? " rounded to nearest" : " (GPTQ)",
+           q && o->lm_head_int16 ? ", lm_head int16" : "");
     printf("  parameters        %12zu of %zu (embeddings, norms, lm_head replicated)\n", np,
            npf);
     printf("  weights fp32      %12.2f MiB\n", f32 / 1048576.0);
     printf("  weights bf16      %12.2f MiB (all parameters at 2 bytes)\n", np * 2.0 / 1048576);
-    printf("  weights int8      %12.2f MiB (%.2f of fp32: int8 products + fp32 scales, lm_head "
-           "int16, fp32 norms; --int8)\n",
+    printf("  weights int8      %12.2f MiB (%.2f of fp32: every matrix int8, lm_head too, + "
+           "fp32 scales and norms; --int8)\n",
            i8 / 1048576.0, (double)i8 / (double)f32);
-    printf("  weights all int8  %12.2f MiB (%.2f of fp32: lm_head int8 too; --int8 "
-           "--int8-lm-head)\n",
-           i8a / 1048576.0, (double)i8a / (double)f32);
-    printf("  read per token    %12.2f MiB fp32, %.2f MiB bf16, %.2f MiB int8, %.2f MiB all int8 "
+    printf("  weights int8/i16  %12.2f MiB (%.2f of fp32: lm_head int16; --int8 "
+           "--lm-head-int16)\n",
+           i16h / 1048576.0, (double)i16h / (double)f32);
+    printf("  read per token    %12.2f MiB fp32, %.2f MiB bf16, %.2f MiB int8, %.2f MiB int8/i16 "
            "(batch 1)\n",
            rf / 1048576.0, td_model_read_bytes_bf16(slice) / 1048576.0, ri / 1048576.0,
-           ria / 1048576.0);
+           ri16h / 1048576.0);
+    if (q && !o->int8_rtn)
+        printf("  GPTQ statistics   %12.2f MiB (rank 0, while calibrating at load)\n",
+               td_model_calib_bytes(full, TD_CALIB_LAYERS | TD_CALIB_HEAD) / 1048576.0);
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
            kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
@@ -209,7 +213,7 @@ static void *run_router(void *p) {
 static char *replica_details(const td_model *full, const td_serve_opts *o, int T) {
     const td_model_config *c = td_model_config_of(full);
     size_t f32, i8, rf, ri;
-    td_model_weight_bytes(full, o->int8_lm_head, &f32, &i8, &rf, &ri);
+    td_model_weight_bytes(full, !o->lm_head_int16, &f32, &i8, &rf, &ri);
     int q = o->int8 || o->int8_int32;
     double np = (double)td_model_num_params(full);
     char size[32];
@@ -223,7 +227,7 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
              "\"num_hidden_layers\": %d, \"vocab_size\": %d, \"tensor_parallel\": %d, "
              "\"weight_bytes\": %zu}",
              td_arch_name(c->arch), np, size,
-             o->bf16 ? "BF16" : !q ? "F32" : o->int8_lm_head ? "Q8" : "Q8 (lm_head Q16)",
+             o->bf16 ? "BF16" : !q ? "F32" : o->lm_head_int16 ? "Q8 (lm_head Q16)" : "Q8",
              c->max_position_embeddings, c->hidden_size, c->num_hidden_layers, c->vocab_size, T,
              o->bf16 ? f32 / 2 : q ? i8 : f32);
     return d;
@@ -309,6 +313,54 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
     return s;
 }
 
+/* GPTQ for --int8: rank 0 calibrates the whole model, every other rank receives the
+ * replaced weights and the grid (so all slices are cut from the same int8 values). */
+static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
+    td_status s = TD_OK;
+    double failed = 0;
+    if (world->rank == 0) {
+        td_calib_opts co;
+        td_calib_opts_default(&co);
+        co.seqs = o->calib_seqs;
+        co.len = o->calib_len;
+        co.skip_head = o->lm_head_int16;
+        co.start = td_bpe_special_id(tok, "<|endoftext|>");
+        int32_t *ids = NULL;
+        if (o->calib_file) {
+            char *text = NULL;
+            size_t n = 0, cap = 0;
+            s = td_fs_read_file(o->calib_file, &text, &n);
+            if (s == TD_OK) {
+                co.ntokens = td_bpe_encode(tok, text, n, &ids, &cap);
+                co.tokens = ids;
+            }
+            free(text);
+        } else if (co.start < 0) {
+            s = td_error_set(TD_ERR_INVALID, "int8 calibration samples sequences starting at "
+                             "<|endoftext|>, which this tokenizer lacks: give --calib-file F "
+                             "(or --int8-rtn)");
+        }
+        if (s == TD_OK) s = td_int8_calibrate(full, &co);
+        if (s != TD_OK && o->calib_file) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", td_error_message());
+            s = td_error_set(s, "int8 calibration with %s: %s", o->calib_file, why);
+        }
+        free(ids);
+        failed = s != TD_OK;
+    }
+    if (world->size == 1) return s;
+    TD_TRY(world->ops->bcast(world, &failed, 1, TD_COMM_F64, 0));
+    if (failed)
+        return world->rank == 0 ? s : td_error_set(TD_ERR_RUNTIME, "int8 calibration failed on "
+                                                   "rank 0 (see its message)");
+    float *grid = td_model_int8_grid(full, 1);
+    if (!grid) return td_error_set(TD_ERR_NOMEM, "out of memory for the int8 grid");
+    TD_TRY(world->ops->bcast(world, td_model_params(full), td_model_num_params(full),
+                             TD_COMM_F32, 0));
+    return world->ops->bcast(world, grid, td_model_int8_grid_len(full), TD_COMM_F32, 0);
+}
+
 td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
     char *blob = NULL;
     size_t blob_len = 0;
@@ -319,9 +371,12 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     td_comm *tp = NULL;
     TD_TRY(td_comm_split(world, group, world->rank, &tp));
     td_model *m = NULL;
-    td_status s = td_model_tp_slice(full, tp->rank, T, &m);
+    td_status s = TD_OK;
+    if ((o->int8 || o->int8_int32) && !o->int8_rtn && !o->dry_run)
+        s = calibrate(full, tok, world, o);
+    if (s == TD_OK) s = td_model_tp_slice(full, tp->rank, T, &m);
     if (s == TD_OK && o->bf16) s = td_model_quantize_bf16(m);
-    if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, o->int8_lm_head);
+    if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, !o->lm_head_int16);
     if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
     td_engine *e = NULL;
     td_engine_opts eo = {.max_seqs = o->max_seqs,

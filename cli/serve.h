@@ -25,7 +25,10 @@ typedef struct {
     int dry_run;              /* print the memory plan only */
     int int8;                 /* int8 weight-only quantization */
     int int8_int32;           /* int8 products accumulated in int32 (activations quantized) */
-    int int8_lm_head;         /* with int8: lm_head in int8 too (default int16) */
+    int lm_head_int16;        /* with int8: lm_head in int16, rounded to nearest */
+    int int8_rtn;             /* with int8: round to nearest (no GPTQ calibration) */
+    const char *calib_file;   /* GPTQ calibration text; NULL: sampled by the model */
+    int calib_seqs, calib_len; /* 0: defaults (worker/infer/calib.h) */
     int bf16;                 /* bf16 weights (half of fp32's bytes) */
     const char *device;       /* "cpu" (default), "cuda", "auto" */
     /* online serving instead of a prompts file */

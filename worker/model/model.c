@@ -23,6 +23,7 @@
 #include "worker/kernels/cpu/bf16.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/vec_f32.h"
+#include "worker/model/gptq.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -79,6 +80,11 @@ struct td_model {
         const int32_t *wsum; /* row sums, for the u8 x s8 (VNNI) path */
     } *q8l; /* 4 per layer + 1 */
     int32_t *q8sum;
+    /* GPTQ (td_model_calib_*): per q8l matrix, the sum of x x^T of its inputs while
+     * collecting; afterwards the int8 grid, one scale per q8l row (0: none, round to
+     * nearest), which td_model_quantize_int8 and td_model_tp_slice follow */
+    float **calH;
+    float *grid;
     int int8_vnni; /* 1: int8 x int8 products accumulated in int32 (activations quantized) */
     uint8_t *iq8;  /* activation scratch for the VNNI path: (N, max width) */
     float *iq8s;   /* (N) activation scales */
@@ -324,6 +330,13 @@ td_status td_model_new(const td_model_config *cfg, td_model **out) {
     return TD_OK;
 }
 
+static void calib_free(td_model *m) {
+    if (!m->calH) return;
+    for (int i = 0; i <= 4 * m->L; i++) free(m->calH[i]);
+    free(m->calH);
+    m->calH = NULL;
+}
+
 void td_model_free(td_model **mp) {
     if (!mp || !*mp) return;
     td_model *m = *mp;
@@ -341,6 +354,8 @@ void td_model_free(td_model **mp) {
     free(m->q8s);
     free(m->q8l);
     free(m->q8sum);
+    calib_free(m);
+    free(m->grid);
     free(m->iq8);
     free(m->iq8s);
     free(m->tensors);
@@ -871,6 +886,10 @@ void td_model_set_int8_vnni(td_model *m, int on) {
 
 static void linear_infer(const td_model *m, int which, int layer, float *out, const float *inp,
                          const float *W, const float *bias, int N, int C, int OC) {
+    float *H = m->calH ? m->calH[layer < 0 ? 4 * m->L : 4 * layer + which] : NULL;
+    if (H) { /* GPTQ calibration: H += inp^T inp (upper triangle) */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, C, N, 1.0f, inp, C, 1.0f, H, C);
+    }
     if (m->q8l) {
         const struct q8mat *q = &m->q8l[layer < 0 ? 4 * m->L : 4 * layer + which];
         if (q->wb) {
@@ -921,18 +940,20 @@ static int infer_mats(const td_model *m, qmat *mats) {
 /* Per-output-channel symmetric quantization of the (R, C) matrix W to qmax levels either
  * side: scale max |w| / qmax, round to nearest. Writes int8 (w8) or int16 (w16) values,
  * the scales and (int8) the row sums the VNNI path needs. */
-static void quantize_rows(const float *W, int R, int Cc, float qmax, int8_t *w8, int16_t *w16,
-                          float *sp, int32_t *ws) {
+static void quantize_rows(const float *W, int R, int Cc, float qmax, const float *grid,
+                          int8_t *w8, int16_t *w16, float *sp, int32_t *ws) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         const float *row = W + (size_t)r * Cc;
         float mx = 0;
         for (int k = 0; k < Cc; k++) mx = fmaxf(mx, fabsf(row[k]));
         float sc = mx > 0 ? mx / qmax : 1.0f;
+        if (grid && grid[r] > 0) sc = grid[r]; /* GPTQ's grid: w / sc is an integer */
         sp[r] = sc;
         int32_t sum = 0;
         for (int k = 0; k < Cc; k++) {
             long v = lrintf(row[k] / sc);
+            v = v > (long)qmax ? (long)qmax : v < -(long)qmax ? -(long)qmax : v;
             if (w16) w16[(size_t)r * Cc + k] = (int16_t)v;
             else w8[(size_t)r * Cc + k] = (int8_t)v;
             sum += (int32_t)v;
@@ -1014,8 +1035,8 @@ td_status td_model_quantize_int8(td_model *m, int head_int8) {
     for (int i = 0; i < nm; i++) {
         int R = mats[i].rows, Cc = mats[i].cols, wide = i == head && nh;
         m->q8l[i] = (struct q8mat){wide ? NULL : wp, wide ? m->q16 : NULL, NULL, sp, ws};
-        quantize_rows(mats[i].w, R, Cc, wide ? 32767.0f : 127.0f, wp, wide ? m->q16 : NULL, sp,
-                      ws);
+        quantize_rows(mats[i].w, R, Cc, wide ? 32767.0f : 127.0f,
+                      m->grid ? m->grid + (sp - m->q8s) : NULL, wp, wide ? m->q16 : NULL, sp, ws);
         if (!wide) wp += (size_t)R * Cc;
         sp += R;
         ws += R;
@@ -1052,6 +1073,95 @@ static weight_parts weight_parts_of(const td_model *m) {
     w.small_read = w.kept;
     if (m->p.wpe) w.small_read -= (size_t)m->cfg.max_position_embeddings * m->C;
     return w;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* GPTQ calibration */
+
+td_status td_model_calib_start(td_model *m, int what) {
+    if (m->q8l)
+        return td_error_set(TD_ERR_INVALID, "calibration needs the fp32 model: this one is "
+                            "already quantized");
+    if (m->cfg.tp_size > 1)
+        return td_error_set(TD_ERR_INVALID, "calibrate the whole model, then slice it for "
+                            "tensor parallelism");
+    calib_free(m);
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    m->calH = calloc((size_t)(4 * m->L + 1), sizeof *m->calH);
+    if (!mats || !m->calH) {
+        free(mats);
+        free(m->calH);
+        m->calH = NULL;
+        return td_error_set(TD_ERR_NOMEM, "out of memory for calibration");
+    }
+    infer_mats(m, mats);
+    size_t bytes = 0;
+    for (int i = 0; i <= 4 * m->L; i++) {
+        if (!(what & (i == 4 * m->L ? TD_CALIB_HEAD : TD_CALIB_LAYERS))) continue;
+        size_t c = (size_t)mats[i].cols;
+        bytes += c * c * sizeof(float);
+        m->calH[i] = calloc(c * c, sizeof(float));
+        if (!m->calH[i]) {
+            free(mats);
+            calib_free(m);
+            return td_error_set(TD_ERR_NOMEM, "out of memory for calibration statistics "
+                                "(%.1f MiB so far)", bytes / 1048576.0);
+        }
+    }
+    free(mats);
+    return TD_OK;
+}
+
+void td_model_calib_cancel(td_model *m) {
+    calib_free(m);
+}
+
+size_t td_model_calib_bytes(const td_model *m, int what) {
+    size_t C = (size_t)m->C, A = (size_t)m->NH * m->hd, F = (size_t)m->F;
+    size_t layers = (2 * C * C + A * A + F * F) * (size_t)m->L;
+    return ((what & TD_CALIB_LAYERS ? layers : 0) + (what & TD_CALIB_HEAD ? C * C : 0)) *
+           sizeof(float);
+}
+
+td_status td_model_calib_gptq(td_model *m, float damp,
+                              void (*progress)(void *ctx, int done, int total), void *ctx) {
+    if (!m->calH)
+        return td_error_set(TD_ERR_INVALID, "GPTQ without calibration statistics "
+                            "(td_model_calib_start, then forward steps)");
+    if (!td_model_int8_grid(m, 1)) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    int nm = infer_mats(m, mats), total = 0, done = 0, layers = m->calH[0] != NULL;
+    for (int i = 0; i <= 4 * m->L; i++) total += m->calH[i] != NULL;
+    td_status s = TD_OK;
+    float *grid = m->grid;
+    for (int i = 0; i < nm && s == TD_OK; i++) {
+        if (i <= 4 * m->L && m->calH[i]) {
+            s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, m->calH[i],
+                                 127.0f, damp, grid);
+            if (s == TD_OK && progress) progress(ctx, ++done, total);
+        } else if (i > 4 * m->L && layers) {
+            /* an untied input embedding: a lookup, no inputs to calibrate on; rounded to
+             * nearest here so that what reads the model next (the head's calibration) sees
+             * the quantized model */
+            s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, NULL, 127.0f,
+                                 0, grid);
+        }
+        grid += mats[i].rows;
+    }
+    free(mats);
+    calib_free(m);
+    return s;
+}
+
+size_t td_model_int8_grid_len(const td_model *m) {
+    weight_parts w = weight_parts_of(m);
+    return w.rows;
+}
+
+float *td_model_int8_grid(td_model *m, int create) {
+    if (!m->grid && create) m->grid = calloc(td_model_int8_grid_len(m), sizeof(float));
+    return m->grid;
 }
 
 void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
@@ -1306,6 +1416,38 @@ td_status td_model_tp_slice(const td_model *f, int r, int T, td_model **out) {
             else
                 memset(b->bproj, 0, sizeof(float) * C);
         }
+    }
+    if (f->grid && !td_model_int8_grid(m, 1)) {
+        td_model_free(&m);
+        return td_error_set(TD_ERR_NOMEM, "out of memory for the int8 grid");
+    }
+    if (f->grid) { /* the same rows of the grid (q8l order) */
+        size_t QKVf = (size_t)f->QKV, FCf = (size_t)f->FC, QKVl = (size_t)m->QKV;
+        size_t FCl = (size_t)m->FC, hdn = (size_t)f->hd;
+        const float *a = f->grid;
+        float *b = m->grid;
+        for (int l = 0; l < f->L; l++) {
+            size_t qo = (size_t)r * NHl * hdn, ko = (size_t)f->NH * hdn + (size_t)r * NKVl * hdn,
+                   vo = (size_t)(f->NH + f->NKV) * hdn + (size_t)r * NKVl * hdn;
+            memcpy(b, a + qo, sizeof(float) * NHl * hdn);
+            memcpy(b + NHl * hdn, a + ko, sizeof(float) * NKVl * hdn);
+            memcpy(b + (NHl + NKVl) * hdn, a + vo, sizeof(float) * NKVl * hdn);
+            a += QKVf;
+            b += QKVl;
+            memcpy(b, a, sizeof(float) * C); /* wo: every output row */
+            a += C;
+            b += C;
+            memcpy(b, a + (size_t)r * Fl, sizeof(float) * Fl);
+            if (fc->arch == TD_ARCH_LLAMA)
+                memcpy(b + Fl, a + (size_t)f->F + (size_t)r * Fl, sizeof(float) * Fl);
+            a += FCf;
+            b += FCl;
+            memcpy(b, a, sizeof(float) * C); /* wproj: every output row */
+            a += C;
+            b += C;
+        }
+        size_t rest = td_model_int8_grid_len(f) - (size_t)(a - f->grid); /* lm_head, wte */
+        memcpy(b, a, sizeof(float) * rest);
     }
     *out = m;
     return TD_OK;

@@ -180,11 +180,38 @@ void td_model_set_tp_comm(td_model *m, td_comm *c);
 
 /* int8 weight-only quantization for inference: every linear weight of the layers and an
  * untied input embedding get an int8 copy with one fp32 scale per output channel
- * (max |w| / 127, round to nearest); lm_head gets int16 (max |w| / 32767), or int8 too with
- * head_int8. td_model_forward_infer then multiplies with those, converting to float on the
+ * (max |w| / 127, round to nearest -- or the grid GPTQ left, below); lm_head gets int16
+ * (max |w| / 32767), or int8 too with head_int8. td_model_forward_infer then multiplies with those, converting to float on the
  * fly (fp32 accumulation). Norms and biases stay fp32. lm_head is kept wider because its
  * rounding decides near-tied greedy choices (docs/serve.md gives the measurement). */
 td_status td_model_quantize_int8(td_model *m, int head_int8);
+
+/* GPTQ calibration for int8 (worker/model/gptq.h; worker/infer/calib.h drives it).
+ * td_model_calib_start makes every td_model_forward_infer from then on add x x^T of each
+ * matrix product's input rows into a statistic per matrix: with TD_CALIB_LAYERS those of
+ * the layers (per layer: q/k/v, output projection, gate/up or c_fc, down), with
+ * TD_CALIB_HEAD lm_head's (td_model_calib_bytes of them). The whole fp32 model only (no
+ * slice, not quantized). */
+enum { TD_CALIB_LAYERS = 1, TD_CALIB_HEAD = 2 };
+td_status td_model_calib_start(td_model *m, int what);
+size_t td_model_calib_bytes(const td_model *m, int what);
+/* Drops the statistics (the weights are untouched). */
+void td_model_calib_cancel(td_model *m);
+/* Ends the collection and rounds each matrix that has statistics with GPTQ (damp: see
+ * td_gptq_quantize) -- with the layers, an untied input embedding too, to nearest: the
+ * fp32 weights are REPLACED by their int8-grid values, so that a later calibration (of
+ * lm_head, on the layers' outputs) sees the quantized model, and the grid (one scale per
+ * row) is kept, so td_model_quantize_int8 of this model or of its tensor-parallel slices
+ * (td_model_tp_slice carries the grid) stores exactly those int8 values. progress (may be
+ * NULL) after each matrix. On failure some matrices may already be replaced: discard the
+ * model. */
+td_status td_model_calib_gptq(td_model *m, float damp,
+                              void (*progress)(void *ctx, int done, int total), void *ctx);
+/* The int8 grid: one scale per output row of the quantized matrices, in quantization order
+ * (td_model_int8_grid_len of them; 0 = none, round to nearest). NULL when there is none
+ * unless create (then zeros) -- to receive a grid broadcast with the replaced weights. */
+size_t td_model_int8_grid_len(const td_model *m);
+float *td_model_int8_grid(td_model *m, int create);
 /* bf16 weights for inference: every matrix product's weight (and an untied input
  * embedding) rounded to bf16 (half of fp32's bytes), converted to float on the fly, fp32
  * accumulation. Exclusive with td_model_quantize_int8 (the first one applied stays). */

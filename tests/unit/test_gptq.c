@@ -1,0 +1,195 @@
+/* GPTQ (worker/model/gptq.h) and the int8 calibration around it (worker/infer/calib.h):
+ *   1. against the peer: tests/reference/fixtures/gptq (make_gptq_fixture.py: AutoGPTQ
+ *      0.7.1's GPTQ.fasterquant, act order, on tandem's grid): the same rounded values, and
+ *      the same output error ||(W - Q) X||^2 = tr((W - Q) H (W - Q)^T), well under rounding
+ *      to nearest's;
+ *   2. every result lies on the grid exactly (value / scale is an integer in [-127, 127]);
+ *   3. with H a multiple of the identity (uncorrelated inputs) nothing moves between columns:
+ *      GPTQ equals rounding to nearest, bit for bit; an always-zero input is rounded to
+ *      nearest; H NULL is rounding to nearest; an indefinite H is refused, W untouched;
+ *   4. a calibrated model, for llama and gpt2 (tied): td_model_quantize_int8 stores exactly
+ *      the grid values GPTQ left in the fp32 weights (its int8 logits equal the fp32 path's on
+ *      those weights), also through a tensor-parallel slice (which carries the grid), and
+ *      the calibration is deterministic for a seed. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/test.h"
+#include "worker/infer/calib.h"
+#include "worker/model/gptq.h"
+#include "worker/model/model.h"
+#include "worker/model/safetensors.h"
+
+/* tr((W - Q) H (W - Q)^T) with H symmetric (full) */
+static double out_err(const float *W, const float *Q, const float *H, int R, int C) {
+    double tot = 0;
+    double *d = malloc(sizeof(double) * (size_t)C);
+    for (int r = 0; r < R; r++) {
+        for (int k = 0; k < C; k++) d[k] = (double)W[(size_t)r * C + k] - Q[(size_t)r * C + k];
+        for (int i = 0; i < C; i++)
+            for (int j = 0; j < C; j++) tot += d[i] * H[(size_t)i * C + j] * d[j];
+    }
+    free(d);
+    return tot;
+}
+
+/* 1 if every value of Q (R, C) is s[r] times an integer in [-qmax, qmax], exactly */
+static int on_grid(const float *Q, const float *s, int R, int C, float qmax) {
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < C; k++) {
+            float v = Q[(size_t)r * C + k], q = rintf(v / s[r]);
+            if (fabsf(q) > qmax || q * s[r] != v) return 0;
+        }
+    return 1;
+}
+
+static void against_peer(void) {
+    td_st_file *f;
+    REQUIRE(td_st_open("tests/reference/fixtures/gptq/gptq.safetensors", &f) == TD_OK, "%s",
+            td_error_message());
+    const td_st_entry *ew = td_st_find(f, "W"), *eh = td_st_find(f, "H"), *eq = td_st_find(f, "Q"),
+                      *er = td_st_find(f, "rtn");
+    REQUIRE(ew && eh && eq && er, "fixture tensors missing");
+    int R = (int)ew->shape[0], C = (int)ew->shape[1];
+    size_t n = (size_t)R * C;
+    float *W = malloc(sizeof(float) * n), *Q = malloc(sizeof(float) * n);
+    float *peer = malloc(sizeof(float) * n), *rtn = malloc(sizeof(float) * n);
+    float *H = malloc(sizeof(float) * (size_t)C * C), *s = malloc(sizeof(float) * (size_t)R);
+    REQUIRE(td_st_read_f32(f, ew, W, 0) == TD_OK && td_st_read_f32(f, eh, H, 0) == TD_OK &&
+                td_st_read_f32(f, eq, peer, 0) == TD_OK && td_st_read_f32(f, er, rtn, 0) == TD_OK,
+            "%s", td_error_message());
+    memcpy(Q, W, sizeof(float) * n);
+    REQUIRE(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_OK, "%s", td_error_message());
+    size_t same = 0;
+    for (size_t i = 0; i < n; i++) same += Q[i] == peer[i];
+    double e_ours = out_err(W, Q, H, R, C), e_peer = out_err(W, peer, H, R, C),
+           e_rtn = out_err(W, rtn, H, R, C);
+    printf("GPTQ vs AutoGPTQ (%d x %d, act order): %zu of %zu values identical (%.2f %%); "
+           "output error ours %.5g, AutoGPTQ %.5g (ratio %.4f), round to nearest %.5g\n",
+           R, C, same, n, 100.0 * (double)same / (double)n, e_ours, e_peer, e_ours / e_peer,
+           e_rtn);
+    CHECK(same >= n * 99 / 100, "only %zu of %zu values equal the peer's", same, n);
+    CHECK(fabs(e_ours / e_peer - 1) < 0.01, "output error %.5g vs the peer's %.5g", e_ours,
+          e_peer);
+    CHECK(e_ours < 0.5 * e_rtn, "GPTQ's error %.5g is not well under rounding's %.5g", e_ours,
+          e_rtn);
+    CHECK(on_grid(Q, s, R, C, 127.0f), "values off the grid");
+    free(W);
+    free(Q);
+    free(peer);
+    free(rtn);
+    free(H);
+    free(s);
+    td_st_close(&f);
+}
+
+static void special_cases(void) {
+    enum { R = 8, C = 40 };
+    float W[R * C], Q[R * C], RT[R * C], H[C * C], s[R], s2[R];
+    srand(3);
+    for (int i = 0; i < R * C; i++) W[i] = (float)rand() / RAND_MAX - 0.5f;
+    /* H = 3 I: GPTQ is rounding to nearest */
+    memset(H, 0, sizeof H);
+    for (int j = 0; j < C; j++) H[j * C + j] = 3.0f;
+    memcpy(Q, W, sizeof W);
+    memcpy(RT, W, sizeof W);
+    CHECK(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_OK, "%s", td_error_message());
+    CHECK(td_gptq_quantize(RT, R, C, NULL, 127.0f, 0.01f, s2) == TD_OK, "%s", td_error_message());
+    CHECK(!memcmp(Q, RT, sizeof Q) && !memcmp(s, s2, sizeof s), "H = 3 I differs from rounding");
+    CHECK(on_grid(RT, s2, R, C, 127.0f), "rounding to nearest off the grid");
+    /* correlated H with input 5 always zero: finite, column 5 rounded to nearest */
+    for (int i = 0; i < C; i++)
+        for (int j = 0; j < C; j++)
+            H[i * C + j] = (i == 5 || j == 5) ? 0.0f : (i == j ? 2.0f : 0.9f);
+    memcpy(Q, W, sizeof W);
+    CHECK(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_OK, "%s", td_error_message());
+    int finite = 1, col5 = 1, moved = 0;
+    for (int i = 0; i < R * C; i++) finite &= isfinite(Q[i]);
+    for (int r = 0; r < R; r++) col5 &= Q[r * C + 5] == RT[r * C + 5];
+    for (int i = 0; i < R * C; i++) moved += Q[i] != RT[i];
+    CHECK(finite && col5, "dead input: finite %d, rounded to nearest %d", finite, col5);
+    CHECK(moved > 0, "correlated inputs moved nothing");
+    /* indefinite H: refused, W untouched */
+    memset(H, 0, sizeof H);
+    for (int j = 0; j < C; j++) H[j * C + j] = 1.0f;
+    H[0 * C + 1] = H[1 * C + 0] = 5.0f;
+    memcpy(Q, W, sizeof W);
+    CHECK(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_ERR_RUNTIME, "indefinite H taken");
+    CHECK(!memcmp(Q, W, sizeof W), "W changed by a refused GPTQ");
+}
+
+static td_model *make_model(td_arch arch) {
+    td_model_config c = {.arch = arch, .hidden_size = 64, .intermediate_size = 128,
+                         .num_hidden_layers = 2, .num_attention_heads = 4,
+                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4, .vocab_size = 300,
+                         .max_position_embeddings = 64, .norm_eps = 1e-5, .rope_theta = 10000,
+                         .tie_word_embeddings = arch == TD_ARCH_GPT2};
+    td_model *m;
+    REQUIRE(td_model_new(&c, &m) == TD_OK, "%s", td_error_message());
+    td_model_init_random(m, 7);
+    float *p = td_model_params(m);
+    for (size_t i = 0; i < td_model_num_params(m); i++) p[i] *= 8.0f;
+    return m;
+}
+
+/* logits (V) after feeding toks (n) to m */
+static void logits_of(td_model *m, const int32_t *toks, int n, float *out) {
+    td_kv_cache *kv;
+    int32_t blocks[4] = {0, 1, 2, 3};
+    REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_model_plan_infer(m, n, 1) == TD_OK, "%s", td_error_message());
+    td_infer_seg sg = {toks, n, 0, blocks};
+    REQUIRE(td_model_forward_infer(m, kv, &sg, 1, out) == TD_OK, "%s", td_error_message());
+    td_kv_cache_free(&kv);
+}
+
+static void calibrated_model(td_arch arch) {
+    const char *name = arch == TD_ARCH_LLAMA ? "llama" : "gpt2 (tied)";
+    td_model *m = make_model(arch), *again = make_model(arch);
+    td_calib_opts co;
+    td_calib_opts_default(&co);
+    co.seqs = 8;
+    co.len = 32;
+    co.start = 1;
+    co.quiet = 1;
+    REQUIRE(td_int8_calibrate(m, &co) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_int8_calibrate(again, &co) == TD_OK, "%s", td_error_message());
+    CHECK(!memcmp(td_model_params(m), td_model_params(again),
+                  sizeof(float) * td_model_num_params(m)),
+          "%s: calibration not deterministic for a seed", name);
+    CHECK(td_model_int8_grid(m, 0) != NULL, "%s: no grid after calibration", name);
+    td_model *q = NULL, *slice = NULL;
+    REQUIRE(td_model_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_model_tp_slice(m, 1, 2, &slice) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_model_quantize_int8(q, 1) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_model_quantize_int8(slice, 1) == TD_OK, "%s", td_error_message());
+    int32_t toks[40];
+    for (int i = 0; i < 40; i++) toks[i] = (int32_t)((i * 37 + 11) % 300);
+    float a[300], b[300];
+    logits_of(m, toks, 40, a); /* fp32 path, grid-valued weights */
+    logits_of(q, toks, 40, b); /* int8 path */
+    double mx = 0, ref = 0;
+    for (int v = 0; v < 300; v++) {
+        mx = fmax(mx, fabs((double)a[v] - b[v]));
+        ref = fmax(ref, fabs((double)a[v]));
+    }
+    printf("%s: calibrated, int8 logits vs the fp32 path on the same grid values: max rel "
+           "diff %.2e\n", name, mx / ref);
+    CHECK(mx / ref < 1e-5, "%s: int8 weights are not the grid values (%.2e)", name, mx / ref);
+    /* the slice's rows carry the same grid: its int8 values are the full model's */
+    const float *gs = td_model_int8_grid(slice, 0);
+    CHECK(gs != NULL, "%s: slice lost the grid", name);
+    td_model_free(&q);
+    td_model_free(&slice);
+    td_model_free(&m);
+    td_model_free(&again);
+}
+
+int main(void) {
+    against_peer();
+    special_cases();
+    calibrated_model(TD_ARCH_LLAMA);
+    calibrated_model(TD_ARCH_GPT2);
+    return test_done("test_gptq");
+}

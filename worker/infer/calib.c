@@ -1,0 +1,110 @@
+/* int8 calibration driver (calib.h). */
+#include "worker/infer/calib.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/rng.h"
+#include "common/timeutil.h"
+
+void td_calib_opts_default(td_calib_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->seqs = 32;
+    o->seed = 1234;
+    o->damp = 0.01f;
+}
+
+/* A token drawn from softmax(logits) (temperature 1). */
+static int32_t sample(const float *x, int V, td_rng *rng) {
+    float mx = x[0];
+    for (int i = 1; i < V; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((double)(x[i] - mx));
+    double u = td_rng_uniform_f64(rng) * sum, c = 0;
+    for (int i = 0; i < V; i++) {
+        c += exp((double)(x[i] - mx));
+        if (u < c) return i;
+    }
+    return V - 1;
+}
+
+static void gptq_progress(void *ctx, int done, int total) {
+    const td_calib_opts *o = ctx;
+    if (!o->quiet && (done == total || done % 8 == 0))
+        TD_LOG_INFO("int8 calibration: GPTQ %d of %d matrices", done, total);
+}
+
+td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
+    const td_model_config *c = td_model_config_of(m);
+    int T = c->max_position_embeddings, V = c->vocab_size;
+    int len = o->len > 0 ? o->len : (T < 128 ? T : 128), S = o->seqs > 0 ? o->seqs : 32;
+    if (len > T)
+        return td_error_set(TD_ERR_INVALID, "calibration sequences of %d tokens exceed the "
+                            "model's context (%d)", len, T);
+    if (o->tokens) {
+        size_t windows = o->ntokens / (size_t)len;
+        if (windows == 0)
+            return td_error_set(TD_ERR_INVALID, "the calibration text has %zu tokens: fewer "
+                                "than one sequence of %d", o->ntokens, len);
+        if ((size_t)S > windows) S = (int)windows;
+    } else if (o->start < 0 || o->start >= V) {
+        return td_error_set(TD_ERR_INVALID, "calibration start token %d outside [0, %d)",
+                            o->start, V);
+    }
+    const int bt = 16, nbs = (len + bt - 1) / bt;
+    int32_t *seq = malloc(sizeof(int32_t) * (size_t)S * (size_t)len);
+    int32_t *blocks = malloc(sizeof(int32_t) * (size_t)S * (size_t)nbs);
+    float *logits = malloc(sizeof(float) * (size_t)S * (size_t)V);
+    td_infer_seg *segs = malloc(sizeof *segs * (size_t)S);
+    td_kv_cache *kv = NULL;
+    td_status s = seq && blocks && logits && segs ? TD_OK
+                                                  : td_error_set(TD_ERR_NOMEM, "out of memory");
+    if (s == TD_OK) s = td_kv_cache_new(m, bt, (size_t)S * (size_t)nbs, &kv);
+    if (s == TD_OK) s = td_model_plan_infer(m, S, S);
+    if (s != TD_OK) goto out;
+    for (int i = 0; i < S * nbs; i++) blocks[i] = i;
+    if (o->tokens) memcpy(seq, o->tokens, sizeof(int32_t) * (size_t)S * (size_t)len);
+    else
+        for (int i = 0; i < S; i++) seq[(size_t)i * len] = o->start;
+    td_rng rng;
+    td_rng_seed(&rng, o->seed);
+    double t0 = td_time_now();
+    /* two passes: the layers on the fp32 model's activations, then lm_head on the
+     * quantized layers' outputs, so it also absorbs what their rounding moved */
+    for (int pass = 0; pass < (o->skip_head ? 1 : 2) && s == TD_OK; pass++) {
+        int what = pass == 0 ? TD_CALIB_LAYERS : TD_CALIB_HEAD, sampling = !o->tokens && !pass;
+        if (!o->quiet)
+            TD_LOG_INFO("int8 calibration, %s: %d sequences of %d tokens %s (statistics %.1f "
+                        "MiB)", pass ? "lm_head" : "layers", S, len,
+                        o->tokens ? "of the calibration text"
+                        : sampling ? "sampled from the model" : "again",
+                        td_model_calib_bytes(m, what) / 1048576.0);
+        s = td_model_calib_start(m, what);
+        for (int t = 0; t < len && s == TD_OK; t++) {
+            for (int i = 0; i < S; i++)
+                segs[i] = (td_infer_seg){&seq[(size_t)i * len + t], 1, t,
+                                         &blocks[(size_t)i * nbs]};
+            s = td_model_forward_infer(m, kv, segs, S, logits);
+            if (s == TD_OK && sampling && t + 1 < len)
+                for (int i = 0; i < S; i++)
+                    seq[(size_t)i * len + t + 1] = sample(logits + (size_t)i * V, V, &rng);
+            if (s == TD_OK && !o->quiet && (t + 1) % 32 == 0 && t + 1 < len)
+                TD_LOG_INFO("int8 calibration: %d of %d positions (%.1f s)", t + 1, len,
+                            td_time_now() - t0);
+        }
+        if (s == TD_OK)
+            s = td_model_calib_gptq(m, o->damp > 0 ? o->damp : 0.01f, gptq_progress, (void *)o);
+    }
+    if (s == TD_OK && !o->quiet)
+        TD_LOG_INFO("int8 calibration: done in %.1f s (%d tokens)", td_time_now() - t0, S * len);
+out:
+    if (s != TD_OK) td_model_calib_cancel(m); /* no statistics left behind */
+    td_kv_cache_free(&kv);
+    free(seq);
+    free(blocks);
+    free(logits);
+    free(segs);
+    return s;
+}

@@ -1,0 +1,35 @@
+/* int8 calibration: GPTQ statistics from text the model reads, then GPTQ rounding.
+ *
+ * The text is either a tokenized file (cut into windows of len tokens) or, by default,
+ * sampled from the fp32 model itself at temperature 1 starting from `start` -- no data
+ * needed, the statistics then follow what the model itself writes. Each position of every
+ * sequence is fed one decode step at a time (all sequences batched), so every matrix,
+ * lm_head included, sees every position. Deterministic for a seed and thread count. */
+#ifndef TD_INFER_CALIB_H
+#define TD_INFER_CALIB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "worker/model/model.h"
+
+typedef struct {
+    int seqs;              /* sequences (<= 0: 32) */
+    int len;               /* tokens per sequence (<= 0: min(context, 128)) */
+    const int32_t *tokens; /* calibration text, tokenized; NULL: sample from the model */
+    size_t ntokens;
+    int32_t start;         /* first token of each sampled sequence */
+    uint64_t seed;
+    int skip_head;         /* lm_head not calibrated (it stays round-to-nearest) */
+    float damp;            /* <= 0: 0.01 */
+    int quiet;             /* no progress lines */
+} td_calib_opts;
+
+void td_calib_opts_default(td_calib_opts *o);
+/* Runs the calibration text through m (the whole fp32 model; its inference buffers are
+ * planned here) and replaces its weights by their GPTQ int8-grid values
+ * (td_model_calib_gptq); td_model_quantize_int8 afterwards stores them. */
+td_status td_int8_calibrate(td_model *m, const td_calib_opts *o);
+
+#endif
