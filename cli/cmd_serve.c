@@ -53,6 +53,8 @@ static void help(FILE *f) {
             "  --calib-seqs N        calibration sequences (default 32)\n"
             "  --calib-len N         tokens per calibration sequence (default: context,\n"
             "                        at most 128)\n"
+            "  --calib-mb N          memory for GPTQ statistics (default: half the available\n"
+            "                        memory); layers that do not fit at once take more passes\n"
             "  --bf16                bf16 weights (half the bytes of fp32; fp32 accumulation)\n"
             "  --device D            cpu (default), cuda (this rank's GPU, an error without\n"
             "                        one), auto (a GPU when usable); GPU: --tp 1 only\n"
@@ -71,7 +73,7 @@ int td_cmd_serve(int argc, char **argv) {
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
            O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
-           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV, O_RTN, O_CFILE, O_CSEQS, O_CLEN };
+           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV, O_RTN, O_CFILE, O_CSEQS, O_CLEN, O_CMB };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -84,6 +86,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"lm-head-int16", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
         {"int8-rtn", no_argument, 0, O_RTN}, {"calib-file", required_argument, 0, O_CFILE},
         {"calib-seqs", required_argument, 0, O_CSEQS}, {"calib-len", required_argument, 0, O_CLEN},
+        {"calib-mb", required_argument, 0, O_CMB},
         {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
         {"api-key", required_argument, 0, O_KEY}, {"bf16", no_argument, 0, O_BF16},
         {"device", required_argument, 0, O_DEV},
@@ -121,6 +124,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_CFILE: o.calib_file = optarg; break;
         case O_CSEQS: o.calib_seqs = (int)strtol(optarg, &end, 10); bad = o.calib_seqs < 1; break;
         case O_CLEN: o.calib_len = (int)strtol(optarg, &end, 10); bad = o.calib_len < 2; break;
+        case O_CMB: o.calib_mb = strtod(optarg, &end); bad = !(o.calib_mb > 0); break;
         case O_BF16: o.bf16 = 1; break;
         case O_DEV:
             o.device = optarg;
@@ -152,12 +156,13 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         bad = 1;
     }
     if (!bad && !o.int8 && !o.int8_int32 &&
-        (o.int8_rtn || o.lm_head_int16 || o.calib_file || o.calib_seqs || o.calib_len)) {
+        (o.int8_rtn || o.lm_head_int16 || o.calib_file || o.calib_seqs || o.calib_len ||
+         o.calib_mb)) {
         fprintf(stderr, "tandem %s: --int8-rtn, --lm-head-int16 and --calib-* go with --int8 "
                 "or --int8-int32\n", cmd);
         bad = 1;
     }
-    if (!bad && o.int8_rtn && (o.calib_file || o.calib_seqs || o.calib_len)) {
+    if (!bad && o.int8_rtn && (o.calib_file || o.calib_seqs || o.calib_len || o.calib_mb)) {
         fprintf(stderr, "tandem %s: --int8-rtn rounds to nearest: it takes no --calib-*\n", cmd);
         bad = 1;
     }

@@ -324,6 +324,7 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
         co.seqs = o->calib_seqs;
         co.len = o->calib_len;
         co.skip_head = o->lm_head_int16;
+        co.max_bytes = (size_t)(o->calib_mb * 1048576.0);
         co.start = td_bpe_special_id(tok, "<|endoftext|>");
         int32_t *ids = NULL;
         if (o->calib_file) {

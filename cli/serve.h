@@ -29,6 +29,7 @@ typedef struct {
     int int8_rtn;             /* with int8: round to nearest (no GPTQ calibration) */
     const char *calib_file;   /* GPTQ calibration text; NULL: sampled by the model */
     int calib_seqs, calib_len; /* 0: defaults (worker/infer/calib.h) */
+    double calib_mb;          /* GPTQ statistics at a time, MiB (0: default) */
     int bf16;                 /* bf16 weights (half of fp32's bytes) */
     const char *device;       /* "cpu" (default), "cuda", "auto" */
     /* online serving instead of a prompts file */

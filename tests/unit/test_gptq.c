@@ -10,8 +10,11 @@
  *   4. a calibrated model, for llama and gpt2 (tied): td_model_quantize_int8 stores exactly
  *      the grid values GPTQ left in the fp32 weights (its int8 logits equal the fp32 path's on
  *      those weights), also through a tensor-parallel slice (which carries the grid), and
- *      the calibration is deterministic for a seed. */
+ *      the calibration is deterministic for a seed; with a memory budget of one layer's
+ *      statistics the layers go in one pass each (same exactness), and a budget under one
+ *      layer is refused with the size it needs. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,8 +147,10 @@ static void logits_of(td_model *m, const int32_t *toks, int n, float *out) {
     td_kv_cache_free(&kv);
 }
 
-static void calibrated_model(td_arch arch) {
-    const char *name = arch == TD_ARCH_LLAMA ? "llama" : "gpt2 (tied)";
+static void calibrated_model(td_arch arch, int layer_passes) {
+    char name[64];
+    snprintf(name, sizeof name, "%s, %s", arch == TD_ARCH_LLAMA ? "llama" : "gpt2 (tied)",
+             layer_passes ? "a pass per layer" : "one pass");
     td_model *m = make_model(arch), *again = make_model(arch);
     td_calib_opts co;
     td_calib_opts_default(&co);
@@ -153,6 +158,15 @@ static void calibrated_model(td_arch arch) {
     co.len = 32;
     co.start = 1;
     co.quiet = 1;
+    if (layer_passes) {
+        co.max_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / 2; /* 2 layers */
+        td_calib_opts small = co;
+        small.max_bytes = co.max_bytes - 1;
+        CHECK(td_int8_calibrate(again, &small) == TD_ERR_NOMEM &&
+                  strstr(td_error_message(), "MiB"),
+              "%s: a budget under one layer: %s", name, td_error_message());
+        td_error_clear();
+    }
     REQUIRE(td_int8_calibrate(m, &co) == TD_OK, "%s", td_error_message());
     REQUIRE(td_int8_calibrate(again, &co) == TD_OK, "%s", td_error_message());
     CHECK(!memcmp(td_model_params(m), td_model_params(again),
@@ -189,7 +203,8 @@ static void calibrated_model(td_arch arch) {
 int main(void) {
     against_peer();
     special_cases();
-    calibrated_model(TD_ARCH_LLAMA);
-    calibrated_model(TD_ARCH_GPT2);
+    calibrated_model(TD_ARCH_LLAMA, 0);
+    calibrated_model(TD_ARCH_GPT2, 0);
+    calibrated_model(TD_ARCH_LLAMA, 1);
     return test_done("test_gptq");
 }

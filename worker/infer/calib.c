@@ -2,6 +2,7 @@
 #include "worker/infer/calib.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,17 @@ static int32_t sample(const float *x, int V, td_rng *rng) {
     return V - 1;
 }
 
+/* Half of MemAvailable (/proc/meminfo), or 4 GiB where it cannot be read. */
+static size_t default_budget(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb ? (size_t)(kb * 1024 / 2) : (size_t)4 << 30;
+}
+
 static void gptq_progress(void *ctx, int done, int total) {
     const td_calib_opts *o = ctx;
     if (!o->quiet && (done == total || done % 8 == 0))
@@ -47,7 +59,7 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
         size_t windows = o->ntokens / (size_t)len;
         if (windows == 0)
             return td_error_set(TD_ERR_INVALID, "the calibration text has %zu tokens: fewer "
-                                "than one sequence of %d", o->ntokens, len);
+                                "than one sequence of %d (--calib-len sets it)", o->ntokens, len);
         if ((size_t)S > windows) S = (int)windows;
     } else if (o->start < 0 || o->start >= V) {
         return td_error_set(TD_ERR_INVALID, "calibration start token %d outside [0, %d)",
@@ -71,17 +83,33 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     td_rng rng;
     td_rng_seed(&rng, o->seed);
     double t0 = td_time_now();
-    /* two passes: the layers on the fp32 model's activations, then lm_head on the
-     * quantized layers' outputs, so it also absorbs what their rounding moved */
-    for (int pass = 0; pass < (o->skip_head ? 1 : 2) && s == TD_OK; pass++) {
-        int what = pass == 0 ? TD_CALIB_LAYERS : TD_CALIB_HEAD, sampling = !o->tokens && !pass;
+    /* the layers in groups that fit the budget, then lm_head (calib.h) */
+    int L = c->num_hidden_layers;
+    size_t layer_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
+    size_t budget = o->max_bytes ? o->max_bytes : default_budget();
+    int per = budget / layer_bytes > (size_t)L ? L : (int)(budget / layer_bytes);
+    if (per < 1) {
+        s = td_error_set(TD_ERR_NOMEM, "GPTQ statistics of one layer take %.1f MiB, over the "
+                         "%.1f MiB allowed (--calib-mb)", layer_bytes / 1048576.0,
+                         budget / 1048576.0);
+        goto out;
+    }
+    int groups = (L + per - 1) / per, passes = groups + (o->skip_head ? 0 : 1);
+    for (int pass = 0; pass < passes && s == TD_OK; pass++) {
+        int head = pass == groups, lo = pass * per, hi = lo + per < L ? lo + per : L;
+        int what = head ? TD_CALIB_HEAD : TD_CALIB_LAYERS, sampling = !o->tokens && !pass;
+        char part[64];
+        if (head) snprintf(part, sizeof part, "lm_head");
+        else if (groups == 1) snprintf(part, sizeof part, "layers");
+        else snprintf(part, sizeof part, "layers %d-%d of %d", lo, hi - 1, L);
         if (!o->quiet)
-            TD_LOG_INFO("int8 calibration, %s: %d sequences of %d tokens %s (statistics %.1f "
-                        "MiB)", pass ? "lm_head" : "layers", S, len,
+            TD_LOG_INFO("int8 calibration, %s (pass %d of %d): %d sequences of %d tokens %s "
+                        "(statistics %.1f MiB)", part, pass + 1, passes, S, len,
                         o->tokens ? "of the calibration text"
                         : sampling ? "sampled from the model" : "again",
-                        td_model_calib_bytes(m, what) / 1048576.0);
-        s = td_model_calib_start(m, what);
+                        (head ? td_model_calib_bytes(m, TD_CALIB_HEAD)
+                              : layer_bytes * (size_t)(hi - lo)) / 1048576.0);
+        s = td_model_calib_start(m, what, lo, hi);
         for (int t = 0; t < len && s == TD_OK; t++) {
             for (int i = 0; i < S; i++)
                 segs[i] = (td_infer_seg){&seq[(size_t)i * len + t], 1, t,

@@ -4,7 +4,13 @@
  * sampled from the fp32 model itself at temperature 1 starting from `start` -- no data
  * needed, the statistics then follow what the model itself writes. Each position of every
  * sequence is fed one decode step at a time (all sequences batched), so every matrix,
- * lm_head included, sees every position. Deterministic for a seed and thread count. */
+ * lm_head included, sees every position. Deterministic for a seed, thread count and
+ * memory budget.
+ *
+ * Passes: the layers first, on the fp32 model's activations, in as few passes as the
+ * memory budget allows (the statistics of a layer are C^2 + A^2 + C^2 + F^2 floats; a later
+ * pass reads the earlier layers already rounded, as GPTQ's paper does layer by layer); then
+ * lm_head, on the rounded layers' outputs. The text is sampled once, in the first pass. */
 #ifndef TD_INFER_CALIB_H
 #define TD_INFER_CALIB_H
 
@@ -23,6 +29,8 @@ typedef struct {
     uint64_t seed;
     int skip_head;         /* lm_head not calibrated (it stays round-to-nearest) */
     float damp;            /* <= 0: 0.01 */
+    size_t max_bytes;      /* statistics at a time (0: half the available memory); layers
+                            * whose statistics do not fit at once go in several passes */
     int quiet;             /* no progress lines */
 } td_calib_opts;
 

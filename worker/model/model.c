@@ -1078,7 +1078,7 @@ static weight_parts weight_parts_of(const td_model *m) {
 /* ---------------------------------------------------------------------------------------- */
 /* GPTQ calibration */
 
-td_status td_model_calib_start(td_model *m, int what) {
+td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi) {
     if (m->q8l)
         return td_error_set(TD_ERR_INVALID, "calibration needs the fp32 model: this one is "
                             "already quantized");
@@ -1097,7 +1097,10 @@ td_status td_model_calib_start(td_model *m, int what) {
     infer_mats(m, mats);
     size_t bytes = 0;
     for (int i = 0; i <= 4 * m->L; i++) {
-        if (!(what & (i == 4 * m->L ? TD_CALIB_HEAD : TD_CALIB_LAYERS))) continue;
+        int head = i == 4 * m->L, l = i / 4;
+        if (head ? !(what & TD_CALIB_HEAD)
+                 : !(what & TD_CALIB_LAYERS) || l < layer_lo || l >= layer_hi)
+            continue;
         size_t c = (size_t)mats[i].cols;
         bytes += c * c * sizeof(float);
         m->calH[i] = calloc(c * c, sizeof(float));

@@ -189,16 +189,17 @@ td_status td_model_quantize_int8(td_model *m, int head_int8);
 /* GPTQ calibration for int8 (worker/model/gptq.h; worker/infer/calib.h drives it).
  * td_model_calib_start makes every td_model_forward_infer from then on add x x^T of each
  * matrix product's input rows into a statistic per matrix: with TD_CALIB_LAYERS those of
- * the layers (per layer: q/k/v, output projection, gate/up or c_fc, down), with
- * TD_CALIB_HEAD lm_head's (td_model_calib_bytes of them). The whole fp32 model only (no
- * slice, not quantized). */
+ * layers [layer_lo, layer_hi) (per layer: q/k/v, output projection, gate/up or c_fc,
+ * down), with TD_CALIB_HEAD lm_head's. td_model_calib_bytes: their size for all layers
+ * (a layer's share is 1/num_hidden_layers of it). The whole fp32 model only (no slice, not
+ * quantized). */
 enum { TD_CALIB_LAYERS = 1, TD_CALIB_HEAD = 2 };
-td_status td_model_calib_start(td_model *m, int what);
+td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi);
 size_t td_model_calib_bytes(const td_model *m, int what);
 /* Drops the statistics (the weights are untouched). */
 void td_model_calib_cancel(td_model *m);
 /* Ends the collection and rounds each matrix that has statistics with GPTQ (damp: see
- * td_gptq_quantize) -- with the layers, an untied input embedding too, to nearest: the
+ * td_gptq_quantize) -- with layer 0, an untied input embedding too, to nearest: the
  * fp32 weights are REPLACED by their int8-grid values, so that a later calibration (of
  * lm_head, on the layers' outputs) sees the quantized model, and the grid (one scale per
  * row) is kept, so td_model_quantize_int8 of this model or of its tensor-parallel slices
