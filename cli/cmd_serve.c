@@ -53,8 +53,8 @@ static void help(FILE *f) {
             "  --calib-seqs N        calibration sequences (default 32)\n"
             "  --calib-len N         tokens per calibration sequence (default: context,\n"
             "                        at most 128)\n"
-            "  --calib-mb N          memory for GPTQ statistics (default: half the available\n"
-            "                        memory); layers that do not fit at once take more passes\n"
+            "  --calib-mb N          memory for GPTQ statistics (default 4096); layers that do\n"
+            "                        not fit at once take more passes (--dry-run shows them)\n"
             "  --bf16                bf16 weights (half the bytes of fp32; fp32 accumulation)\n"
             "  --device D            cpu (default), cuda (this rank's GPU, an error without\n"
             "                        one), auto (a GPU when usable); GPU: --tp 1 only\n"
@@ -73,7 +73,7 @@ int td_cmd_serve(int argc, char **argv) {
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
     enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
            O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
-           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV, O_RTN, O_CFILE, O_CSEQS, O_CLEN, O_CMB };
+           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV, O_RTN, O_CFILE, O_CSEQS, O_CLEN, O_CMB, O_OLDHEAD };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
         {"prompts-file", required_argument, 0, O_PROMPTS},
@@ -86,7 +86,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         {"lm-head-int16", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
         {"int8-rtn", no_argument, 0, O_RTN}, {"calib-file", required_argument, 0, O_CFILE},
         {"calib-seqs", required_argument, 0, O_CSEQS}, {"calib-len", required_argument, 0, O_CLEN},
-        {"calib-mb", required_argument, 0, O_CMB},
+        {"calib-mb", required_argument, 0, O_CMB}, {"int8-lm-head", no_argument, 0, O_OLDHEAD},
         {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
         {"api-key", required_argument, 0, O_KEY}, {"bf16", no_argument, 0, O_BF16},
         {"device", required_argument, 0, O_DEV},
@@ -121,6 +121,11 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_INT8I: o.int8_int32 = 1; break;
         case O_INT8H: o.lm_head_int16 = 1; break;
         case O_RTN: o.int8_rtn = 1; break;
+        case O_OLDHEAD:
+            fprintf(stderr, "tandem %s: --int8-lm-head is gone: with --int8 lm_head is int8 by "
+                    "default now (--lm-head-int16 keeps it in int16)\n", cmd);
+            bad = 1;
+            break;
         case O_CFILE: o.calib_file = optarg; break;
         case O_CSEQS: o.calib_seqs = (int)strtol(optarg, &end, 10); bad = o.calib_seqs < 1; break;
         case O_CLEN: o.calib_len = (int)strtol(optarg, &end, 10); bad = o.calib_len < 2; break;
@@ -160,6 +165,12 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
          o.calib_mb)) {
         fprintf(stderr, "tandem %s: --int8-rtn, --lm-head-int16 and --calib-* go with --int8 "
                 "or --int8-int32\n", cmd);
+        bad = 1;
+    }
+    if (!bad && o.device && !strcmp(o.device, "cuda") &&
+        (o.int8 || o.int8_int32 || o.bf16 || o.tp > 1)) { /* say it before any calibration */
+        fprintf(stderr, "tandem %s: serving on a GPU takes --tp 1 and no --int8/--bf16 (products "
+                "are bf16 there) for now\n", cmd);
         bad = 1;
     }
     if (!bad && o.int8_rtn && (o.calib_file || o.calib_seqs || o.calib_len || o.calib_mb)) {

@@ -19,6 +19,7 @@
 #include "coordinator/router.h"
 #include "worker/infer/calib.h"
 #include "worker/infer/engine.h"
+#include "worker/model/gptq.h"
 #include "worker/infer/replica.h"
 #ifdef TD_HAVE_CUDA
 #include "worker/model/model_cuda.h"
@@ -140,9 +141,31 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
            "(batch 1)\n",
            rf / 1048576.0, td_model_read_bytes_bf16(slice) / 1048576.0, ri / 1048576.0,
            ri16h / 1048576.0);
-    if (q && !o->int8_rtn)
-        printf("  GPTQ statistics   %12.2f MiB (rank 0, while calibrating at load)\n",
-               td_model_calib_bytes(full, TD_CALIB_LAYERS | TD_CALIB_HEAD) / 1048576.0);
+    if (q && !o->int8_rtn) {
+        const td_model_config *c = td_model_config_of(full);
+        int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+        int A = c->num_attention_heads * (C / c->num_attention_heads);
+        int QKV = A + 2 * c->num_key_value_heads * (C / c->num_attention_heads);
+        int FC = c->arch == TD_ARCH_LLAMA ? 2 * F : F;
+        size_t work = td_gptq_work_bytes(QKV, C), w;
+        if ((w = td_gptq_work_bytes(C, A)) > work) work = w;
+        if ((w = td_gptq_work_bytes(FC, C)) > work) work = w;
+        if ((w = td_gptq_work_bytes(C, F)) > work) work = w;
+        if (!o->lm_head_int16 && (w = td_gptq_work_bytes(V, C)) > work) work = w;
+        size_t stats = td_model_calib_bytes(full, TD_CALIB_LAYERS);
+        size_t budget = o->calib_mb > 0 ? (size_t)(o->calib_mb * 1048576.0)
+                                        : TD_CALIB_DEFAULT_BYTES;
+        size_t layer = stats / (size_t)c->num_hidden_layers;
+        int per = layer ? (int)(budget / layer) : 1;
+        if (per > c->num_hidden_layers) per = c->num_hidden_layers;
+        printf("  GPTQ at load      %12.2f MiB statistics (%.2f MiB a layer; %s), + %.2f MiB "
+               "working memory for the largest matrix (rank 0)\n",
+               (double)(per > 0 ? layer * (size_t)per : layer) / 1048576.0, layer / 1048576.0,
+               per < 1 ? "over --calib-mb: refused"
+               : per >= c->num_hidden_layers ? "all layers in one pass"
+                                             : "several passes, by --calib-mb",
+               work / 1048576.0);
+    }
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
            kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
@@ -325,7 +348,12 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
         co.len = o->calib_len;
         co.skip_head = o->lm_head_int16;
         co.max_bytes = (size_t)(o->calib_mb * 1048576.0);
-        co.start = td_bpe_special_id(tok, "<|endoftext|>");
+        /* sampled sequences start where documents start */
+        static const char *starts[] = {"<|endoftext|>", "<|begin_of_text|>", "<s>",
+                                       "<|end_of_text|>", "</s>"};
+        co.start = -1;
+        for (size_t i = 0; i < sizeof starts / sizeof *starts && co.start < 0; i++)
+            co.start = td_bpe_special_id(tok, starts[i]);
         int32_t *ids = NULL;
         if (o->calib_file) {
             char *text = NULL;
@@ -338,8 +366,9 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
             free(text);
         } else if (co.start < 0) {
             s = td_error_set(TD_ERR_INVALID, "int8 calibration samples sequences starting at "
-                             "<|endoftext|>, which this tokenizer lacks: give --calib-file F "
-                             "(or --int8-rtn)");
+                             "a document-start token (<|endoftext|>, <|begin_of_text|>, <s>, "
+                             "...), and this tokenizer has none: give --calib-file F (or "
+                             "--int8-rtn)");
         }
         if (s == TD_OK) s = td_int8_calibrate(full, &co);
         if (s != TD_OK && o->calib_file) {
@@ -375,6 +404,8 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     td_status s = TD_OK;
     if ((o->int8 || o->int8_int32) && !o->int8_rtn && !o->dry_run)
         s = calibrate(full, tok, world, o);
+    else if ((o->int8 || o->int8_int32) && !o->dry_run) /* one scale per row of the whole */
+        s = td_model_int8_grid_rtn(full, !o->lm_head_int16);
     if (s == TD_OK) s = td_model_tp_slice(full, tp->rank, T, &m);
     if (s == TD_OK && o->bf16) s = td_model_quantize_bf16(m);
     if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, !o->lm_head_int16);

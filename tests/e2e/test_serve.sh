@@ -6,7 +6,7 @@
 #      weights are about 1/4 of fp32 (with lm_head int16 a little more); fed fp32's greedy
 #      tokens, the int8 model picks the same next token at >= 95 % of them (bench_quant's
 #      "teacher-forced" column, llama.cpp's "same top p"); int8 outputs are identical at
-#      TP = 1 and 2 (the slices share one int8 grid); the free-running agreement (tokens
+#      TP = 1 and 2, with GPTQ and rounded to nearest (the slices share one int8 grid); the free-running agreement (tokens
 #      equal up to a prompt's first difference) is printed, not checked: it measures this
 #      tiny model's near-tied choices more than the rounding (docs/serve.md)
 #   3. train -> serve handoff: `mpirun -np 2 tandem train job --serve --tp 2` prints the
@@ -65,6 +65,12 @@ agreement() { # tokens equal to fp32's up to the first difference, % of fp32's t
 "$TANDEM" serve --model $CK --int8 --prompts-file prompts.txt --max-tokens 24 > int8.jsonl 2> int8.log
 mpirun -np 2 "$TANDEM" serve --model $CK --int8 --tp 2 --prompts-file prompts.txt --max-tokens 24 > int8tp2.jsonl 2> /dev/null
 "$TANDEM" serve --model $CK --int8 --int8-rtn --lm-head-int16 --prompts-file prompts.txt --max-tokens 24 > int8rtn.jsonl 2> /dev/null
+mpirun -np 2 "$TANDEM" serve --model $CK --int8 --int8-rtn --lm-head-int16 --tp 2 --prompts-file prompts.txt --max-tokens 24 > int8rtntp2.jsonl 2> /dev/null
+if cmp -s <(tokens int8rtn.jsonl) <(tokens int8rtntp2.jsonl); then
+    echo "int8 rounded to nearest, tp2: 32 prompts identical to its tp1"
+else
+    echo "FAIL: int8 rounded to nearest differs between tp2 and tp1"; fail=1
+fi
 grep -q "int8 calibration: done" int8.log || { echo "FAIL: --int8 did not calibrate"; cat int8.log; fail=1; }
 if cmp -s <(tokens int8.jsonl) <(tokens int8tp2.jsonl); then
     echo "int8 tp2: 32 prompts identical to int8 tp1"

@@ -2,8 +2,11 @@
  * for TP = 1, 2, 4 the ranks form 4/TP groups, each rank takes its Megatron slice of the
  * fixture model, and the group runs a 15-token prompt through the paged-KV forward in
  * chunks; its logits must match the unsliced model's within 1e-4 relative (max |diff| /
- * max |ref|). Fixtures: llama_tied (4 heads, 4 KV heads) and gpt2 (biases, learned
- * positions, tied embeddings). */
+ * max |ref|). Then the same with int8 weights rounded to nearest on the whole model's grid
+ * (td_model_int8_grid_rtn, as `serve --int8 --int8-rtn` does): every TP degree's int8
+ * logits must match the whole int8 model's within 1e-4 too (slices that chose their own
+ * scales for the row-parallel matrices would not). Fixtures: llama_tied (4 heads, 4 KV
+ * heads) and gpt2 (biases, learned positions, tied embeddings). */
 #include <math.h>
 #include <string.h>
 
@@ -37,34 +40,48 @@ int main(int argc, char **argv) {
         td_rng_seed(&r, 17);
         for (int i = 0; i < 15; i++) prompt[i] = (int32_t)td_rng_below(&r, (uint64_t)V);
         float *ref = malloc(sizeof(float) * (size_t)V), *got = malloc(sizeof(float) * (size_t)V);
-        td_kv_cache *kv;
-        REQUIRE(td_kv_cache_new(full, 8, 4, &kv) == TD_OK && td_model_plan_infer(full, 8, 1) == TD_OK,
-                "kv");
-        run(full, kv, prompt, 15, ref);
-        td_kv_cache_free(&kv);
-        for (int T = 1; T <= 4; T *= 2) {
-            td_comm *tp;
-            REQUIRE(td_comm_split(world, world->rank / T, world->rank, &tp) == TD_OK, "split");
-            td_model *m;
-            REQUIRE(td_model_tp_slice(full, tp->rank, T, &m) == TD_OK, "%s", td_error_message());
-            td_model_set_tp_comm(m, tp);
-            REQUIRE(td_kv_cache_new(m, 8, 4, &kv) == TD_OK && td_model_plan_infer(m, 8, 1) == TD_OK,
-                    "kv");
-            run(m, kv, prompt, 15, got);
-            double md = 0, mr = 0;
-            for (int j = 0; j < V; j++) {
-                md = fmax(md, fabs((double)got[j] - ref[j]));
-                mr = fmax(mr, fabs((double)ref[j]));
+        for (int q = 0; q < 2; q++) {
+            td_kv_cache *kv;
+            td_model *whole = full;
+            if (q) { /* int8 on the whole model's grid; the reference is the whole int8 model */
+                REQUIRE(td_model_int8_grid_rtn(full, 1) == TD_OK, "%s", td_error_message());
+                REQUIRE(td_model_tp_slice(full, 0, 1, &whole) == TD_OK &&
+                            td_model_quantize_int8(whole, 1) == TD_OK,
+                        "%s", td_error_message());
             }
-            double rel = md / mr, worst = rel;
-            world->ops->allreduce(world, &worst, 1, TD_COMM_F64); /* sum: <= 4 x the worst */
-            if (world->rank == 0)
-                printf("%-11s TP=%d: logits vs whole model, max rel diff %.2e (rank 0)\n",
-                       strrchr(fx[f], '/') + 1, T, rel);
-            CHECK(rel <= 1e-4, "%s TP=%d rank %d: rel diff %.3e", fx[f], T, world->rank, rel);
+            REQUIRE(td_kv_cache_new(whole, 8, 4, &kv) == TD_OK &&
+                        td_model_plan_infer(whole, 8, 1) == TD_OK,
+                    "kv");
+            run(whole, kv, prompt, 15, ref);
             td_kv_cache_free(&kv);
-            td_model_free(&m);
-            td_comm_free(&tp);
+            if (q) td_model_free(&whole);
+            for (int T = 1; T <= 4; T *= 2) {
+                td_comm *tp;
+                REQUIRE(td_comm_split(world, world->rank / T, world->rank, &tp) == TD_OK, "split");
+                td_model *m;
+                REQUIRE(td_model_tp_slice(full, tp->rank, T, &m) == TD_OK, "%s",
+                        td_error_message());
+                if (q) REQUIRE(td_model_quantize_int8(m, 1) == TD_OK, "%s", td_error_message());
+                td_model_set_tp_comm(m, tp);
+                REQUIRE(td_kv_cache_new(m, 8, 4, &kv) == TD_OK &&
+                            td_model_plan_infer(m, 8, 1) == TD_OK,
+                        "kv");
+                run(m, kv, prompt, 15, got);
+                double md = 0, mr = 0;
+                for (int j = 0; j < V; j++) {
+                    md = fmax(md, fabs((double)got[j] - ref[j]));
+                    mr = fmax(mr, fabs((double)ref[j]));
+                }
+                double rel = md / mr;
+                if (world->rank == 0)
+                    printf("%-11s %s TP=%d: logits vs whole model, max rel diff %.2e (rank 0)\n",
+                           strrchr(fx[f], '/') + 1, q ? "int8" : "fp32", T, rel);
+                CHECK(rel <= 1e-4, "%s %s TP=%d rank %d: rel diff %.3e", fx[f],
+                      q ? "int8" : "fp32", T, world->rank, rel);
+                td_kv_cache_free(&kv);
+                td_model_free(&m);
+                td_comm_free(&tp);
+            }
         }
         free(ref);
         free(got);

@@ -9,11 +9,14 @@
  *      nearest; H NULL is rounding to nearest; an indefinite H is refused, W untouched;
  *   4. a calibrated model, for llama and gpt2 (tied): td_model_quantize_int8 stores exactly
  *      the grid values GPTQ left in the fp32 weights (its int8 logits equal the fp32 path's on
- *      those weights), also through a tensor-parallel slice (which carries the grid), and
- *      the calibration is deterministic for a seed; with a memory budget of one layer's
+ *      those weights); a tensor-parallel slice carries the matching rows of the grid (its
+ *      heads' q/k/v rows, every output row of wo); the calibration gives the same weights for
+ *      a seed on 1 thread as on all of them (tandem serve under mpirun calibrates with fewer
+ *      threads than alone); with a memory budget of one layer's
  *      statistics the layers go in one pass each (same exactness), and a budget under one
  *      layer is refused with the size it needs. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,10 +171,13 @@ static void calibrated_model(td_arch arch, int layer_passes) {
         td_error_clear();
     }
     REQUIRE(td_int8_calibrate(m, &co) == TD_OK, "%s", td_error_message());
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     REQUIRE(td_int8_calibrate(again, &co) == TD_OK, "%s", td_error_message());
+    omp_set_num_threads(threads);
     CHECK(!memcmp(td_model_params(m), td_model_params(again),
                   sizeof(float) * td_model_num_params(m)),
-          "%s: calibration not deterministic for a seed", name);
+          "%s: calibration on 1 thread differs from %d threads", name, threads);
     CHECK(td_model_int8_grid(m, 0) != NULL, "%s: no grid after calibration", name);
     td_model *q = NULL, *slice = NULL;
     REQUIRE(td_model_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
@@ -192,8 +198,18 @@ static void calibrated_model(td_arch arch, int layer_passes) {
            "diff %.2e\n", name, mx / ref);
     CHECK(mx / ref < 1e-5, "%s: int8 weights are not the grid values (%.2e)", name, mx / ref);
     /* the slice's rows carry the same grid: its int8 values are the full model's */
-    const float *gs = td_model_int8_grid(slice, 0);
-    CHECK(gs != NULL, "%s: slice lost the grid", name);
+    const float *gs = td_model_int8_grid(slice, 0), *gf = td_model_int8_grid(m, 0);
+    REQUIRE(gs != NULL, "%s: slice lost the grid", name);
+    /* layer 0 of rank 1 of 2: its q heads, k and v heads, then every row of wo */
+    const td_model_config *c = td_model_config_of(m);
+    int hd = c->hidden_size / c->num_attention_heads, NH = c->num_attention_heads;
+    int NKV = c->num_key_value_heads, qn = NH / 2 * hd, kn = NKV / 2 * hd;
+    int same = !memcmp(gs, gf + qn, sizeof(float) * (size_t)qn) &&
+               !memcmp(gs + qn, gf + NH * hd + kn, sizeof(float) * (size_t)kn) &&
+               !memcmp(gs + qn + kn, gf + (NH + NKV) * hd + kn, sizeof(float) * (size_t)kn) &&
+               !memcmp(gs + qn + 2 * kn, gf + (NH + 2 * NKV) * hd,
+                       sizeof(float) * (size_t)c->hidden_size);
+    CHECK(same, "%s: the slice's grid rows are not the full model's", name);
     td_model_free(&q);
     td_model_free(&slice);
     td_model_free(&m);

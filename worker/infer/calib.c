@@ -31,17 +31,6 @@ static int32_t sample(const float *x, int V, td_rng *rng) {
     return V - 1;
 }
 
-/* Half of MemAvailable (/proc/meminfo), or 4 GiB where it cannot be read. */
-static size_t default_budget(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    unsigned long long kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb ? (size_t)(kb * 1024 / 2) : (size_t)4 << 30;
-}
-
 static void gptq_progress(void *ctx, int done, int total) {
     const td_calib_opts *o = ctx;
     if (!o->quiet && (done == total || done % 8 == 0))
@@ -86,7 +75,7 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     /* the layers in groups that fit the budget, then lm_head (calib.h) */
     int L = c->num_hidden_layers;
     size_t layer_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
-    size_t budget = o->max_bytes ? o->max_bytes : default_budget();
+    size_t budget = o->max_bytes ? o->max_bytes : TD_CALIB_DEFAULT_BYTES;
     int per = budget / layer_bytes > (size_t)L ? L : (int)(budget / layer_bytes);
     if (per < 1) {
         s = td_error_set(TD_ERR_NOMEM, "GPTQ statistics of one layer take %.1f MiB, over the "

@@ -4,8 +4,8 @@
  * sampled from the fp32 model itself at temperature 1 starting from `start` -- no data
  * needed, the statistics then follow what the model itself writes. Each position of every
  * sequence is fed one decode step at a time (all sequences batched), so every matrix,
- * lm_head included, sees every position. Deterministic for a seed, thread count and
- * memory budget.
+ * lm_head included, sees every position. Deterministic for a seed and memory budget (the
+ * kernels never split one sum across threads, so the thread count does not matter).
  *
  * Passes: the layers first, on the fp32 model's activations, in as few passes as the
  * memory budget allows (the statistics of a layer are C^2 + A^2 + C^2 + F^2 floats; a later
@@ -20,6 +20,10 @@
 #include "common/status.h"
 #include "worker/model/model.h"
 
+/* A fixed default, not one read from free memory: the passes change the result, which must
+ * not depend on what else the machine holds (or on how many ranks loaded the model). */
+#define TD_CALIB_DEFAULT_BYTES ((size_t)4 << 30)
+
 typedef struct {
     int seqs;              /* sequences (<= 0: 32) */
     int len;               /* tokens per sequence (<= 0: min(context, 128)) */
@@ -29,7 +33,7 @@ typedef struct {
     uint64_t seed;
     int skip_head;         /* lm_head not calibrated (it stays round-to-nearest) */
     float damp;            /* <= 0: 0.01 */
-    size_t max_bytes;      /* statistics at a time (0: half the available memory); layers
+    size_t max_bytes;      /* statistics at a time (0: TD_CALIB_DEFAULT_BYTES); layers
                             * whose statistics do not fit at once go in several passes */
     int quiet;             /* no progress lines */
 } td_calib_opts;

@@ -9,32 +9,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* LAPACK, from OpenBLAS (column-major; our matrices are symmetric, so layout is moot
- * until the last factor, which is read transposed below) */
-extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
-extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+/* LAPACK, from OpenBLAS (LP64). Column-major, with gfortran's hidden length argument of
+ * the character argument (size_t, last). Our matrices are symmetric, so the layout only
+ * matters for the last factor: its column-major upper triangle is read into U row by row. */
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info,
+                    size_t uplo_len);
+extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info,
+                    size_t uplo_len);
 
 enum { GPTQ_BLOCK = 128 };
 
-static const double *sort_key;
-static int by_diag_desc(const void *a, const void *b) {
-    int i = *(const int *)a, j = *(const int *)b;
-    double x = sort_key[i], y = sort_key[j];
-    if (x != y) return x < y ? 1 : -1;
-    return (i > j) - (i < j); /* stable: equal diagonals keep their order */
+typedef struct {
+    double key;
+    int index;
+} keyed;
+
+static int by_key_desc(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? 1 : -1;
+    return (x->index > y->index) - (x->index < y->index); /* equal keys keep their order */
 }
 
 /* U (n, n) row-major upper with H^-1 = U^T U, for H (damped, permuted) in a (n, n). */
 static td_status inverse_cholesky(double *a, int n, float *U) {
     int info = 0;
-    dpotrf_("U", &n, a, &n, &info);
-    if (info == 0) dpotri_("U", &n, a, &n, &info);
+    dpotrf_("U", &n, a, &n, &info, 1);
+    if (info == 0) dpotri_("U", &n, a, &n, &info, 1);
     if (info != 0)
         return td_error_set(TD_ERR_RUNTIME, "GPTQ: the calibration matrix is not positive "
                             "definite (LAPACK info %d); use more calibration tokens", info);
-    for (int j = 0; j < n; j++) /* column-major upper -> full */
-        for (int i = 0; i < j; i++) a[(size_t)j + (size_t)i * n] = a[(size_t)i + (size_t)j * n];
-    dpotrf_("U", &n, a, &n, &info);
+    dpotrf_("U", &n, a, &n, &info, 1); /* reads the upper triangle dpotri wrote */
     if (info != 0)
         return td_error_set(TD_ERR_RUNTIME, "GPTQ: the inverse calibration matrix is not "
                             "positive definite (LAPACK info %d)", info);
@@ -42,6 +46,12 @@ static td_status inverse_cholesky(double *a, int n, float *U) {
         for (int k = 0; k < n; k++)
             U[(size_t)j * n + k] = k >= j ? (float)a[(size_t)j + (size_t)k * n] : 0.0f;
     return TD_OK;
+}
+
+size_t td_gptq_work_bytes(int rows, int cols) {
+    size_t R = (size_t)rows, C = (size_t)cols;
+    return C * C * (sizeof(double) + sizeof(float)) + R * C * sizeof(float) +
+           R * GPTQ_BLOCK * sizeof(float) + C * (sizeof(double) + sizeof(int) + sizeof(keyed));
 }
 
 td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float qmax, float damp,
@@ -65,8 +75,9 @@ td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float q
     float *U = malloc(sizeof(float) * C * C), *Wp = malloc(sizeof(float) * R * C);
     float *E = malloc(sizeof(float) * R * GPTQ_BLOCK);
     int *perm = malloc(sizeof(int) * C);
+    keyed *order = malloc(sizeof(keyed) * C);
     td_status s = TD_OK;
-    if (!a || !diag || !U || !Wp || !E || !perm) {
+    if (!a || !diag || !U || !Wp || !E || !perm || !order) {
         s = td_error_set(TD_ERR_NOMEM, "GPTQ: out of memory for a %d x %d matrix", rows, cols);
         goto out;
     }
@@ -78,9 +89,9 @@ td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float q
     }
     mean /= (double)C;
     for (size_t j = 0; j < C; j++) diag[j] += damp * mean;
-    for (size_t j = 0; j < C; j++) perm[j] = (int)j;
-    sort_key = diag;
-    qsort(perm, C, sizeof(int), by_diag_desc);
+    for (size_t j = 0; j < C; j++) order[j] = (keyed){diag[j], (int)j};
+    qsort(order, C, sizeof *order, by_key_desc);
+    for (size_t j = 0; j < C; j++) perm[j] = order[j].index;
     for (size_t i = 0; i < C; i++)
         for (size_t j = 0; j < C; j++) {
             size_t pi = (size_t)perm[i], pj = (size_t)perm[j];
@@ -119,5 +130,6 @@ out:
     free(Wp);
     free(E);
     free(perm);
+    free(order);
     return s;
 }

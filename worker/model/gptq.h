@@ -10,6 +10,8 @@
 #ifndef TD_GPTQ_H
 #define TD_GPTQ_H
 
+#include <stddef.h>
+
 #include "common/status.h"
 
 /* W (rows, cols), row-major, is replaced by its quantized values s[r] * q with q an
@@ -23,5 +25,7 @@
  * same grid, no calibration). */
 td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float qmax, float damp,
                            float *scale);
+/* Working memory td_gptq_quantize allocates for a (rows, cols) matrix. Reentrant. */
+size_t td_gptq_work_bytes(int rows, int cols);
 
 #endif

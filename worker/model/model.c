@@ -1035,8 +1035,10 @@ td_status td_model_quantize_int8(td_model *m, int head_int8) {
     for (int i = 0; i < nm; i++) {
         int R = mats[i].rows, Cc = mats[i].cols, wide = i == head && nh;
         m->q8l[i] = (struct q8mat){wide ? NULL : wp, wide ? m->q16 : NULL, NULL, sp, ws};
+        /* the int8 grid (GPTQ's, or a whole model's before slicing) is for int8 rows only */
         quantize_rows(mats[i].w, R, Cc, wide ? 32767.0f : 127.0f,
-                      m->grid ? m->grid + (sp - m->q8s) : NULL, wp, wide ? m->q16 : NULL, sp, ws);
+                      m->grid && !wide ? m->grid + (sp - m->q8s) : NULL, wp,
+                      wide ? m->q16 : NULL, sp, ws);
         if (!wide) wp += (size_t)R * Cc;
         sp += R;
         ws += R;
@@ -1134,7 +1136,8 @@ td_status td_model_calib_gptq(td_model *m, float damp,
     if (!td_model_int8_grid(m, 1)) return td_error_set(TD_ERR_NOMEM, "out of memory");
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    int nm = infer_mats(m, mats), total = 0, done = 0, layers = m->calH[0] != NULL;
+    /* statistics of layer 0 mean this pass is the first of the layers' */
+    int nm = infer_mats(m, mats), total = 0, done = 0, first_layers = m->calH[0] != NULL;
     for (int i = 0; i <= 4 * m->L; i++) total += m->calH[i] != NULL;
     td_status s = TD_OK;
     float *grid = m->grid;
@@ -1143,7 +1146,7 @@ td_status td_model_calib_gptq(td_model *m, float damp,
             s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, m->calH[i],
                                  127.0f, damp, grid);
             if (s == TD_OK && progress) progress(ctx, ++done, total);
-        } else if (i > 4 * m->L && layers) {
+        } else if (i > 4 * m->L && first_layers) {
             /* an untied input embedding: a lookup, no inputs to calibrate on; rounded to
              * nearest here so that what reads the model next (the head's calibration) sees
              * the quantized model */
@@ -1163,8 +1166,28 @@ size_t td_model_int8_grid_len(const td_model *m) {
 }
 
 float *td_model_int8_grid(td_model *m, int create) {
-    if (!m->grid && create) m->grid = calloc(td_model_int8_grid_len(m), sizeof(float));
+    size_t n = td_model_int8_grid_len(m);
+    if (!m->grid && create && n) m->grid = calloc(n, sizeof(float));
     return m->grid;
+}
+
+td_status td_model_int8_grid_rtn(td_model *m, int head_int8) {
+    if (!td_model_int8_grid(m, 1)) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    int nm = infer_mats(m, mats);
+    float *g = m->grid;
+    for (int i = 0; i < nm; i++) {
+        for (int r = 0; r < mats[i].rows; r++) {
+            const float *row = mats[i].w + (size_t)r * mats[i].cols;
+            float mx = 0;
+            for (int k = 0; k < mats[i].cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+            g[r] = i == 4 * m->L && !head_int8 ? 0.0f : mx > 0 ? mx / 127.0f : 1.0f;
+        }
+        g += mats[i].rows;
+    }
+    free(mats);
+    return TD_OK;
 }
 
 void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,

@@ -213,6 +213,10 @@ td_status td_model_calib_gptq(td_model *m, float damp,
  * unless create (then zeros) -- to receive a grid broadcast with the replaced weights. */
 size_t td_model_int8_grid_len(const td_model *m);
 float *td_model_int8_grid(td_model *m, int create);
+/* The round-to-nearest grid of the whole model (max |w| / 127 per row; lm_head's rows left
+ * out unless head_int8), weights untouched: slices cut afterwards share one scale per row,
+ * so int8 outputs do not depend on the tensor-parallel degree. */
+td_status td_model_int8_grid_rtn(td_model *m, int head_int8);
 /* bf16 weights for inference: every matrix product's weight (and an untied input
  * embedding) rounded to bf16 (half of fp32's bytes), converted to float on the fly, fp32
  * accumulation. Exclusive with td_model_quantize_int8 (the first one applied stays). */
