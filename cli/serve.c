@@ -2,6 +2,9 @@
 #include "cli/serve.h"
 
 #include <stdio.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -171,6 +174,14 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
            (double)kvt * kv_blocks * block_tokens / 1048576, kv_blocks, block_tokens,
            kv_blocks * (size_t)block_tokens);
+}
+
+/* Bytes of the weights this rank serves with, as the memory plan counts them. */
+static size_t served_weight_bytes(const td_model *slice, const td_serve_opts *o) {
+    size_t f32, i8, rf, ri;
+    td_model_weight_bytes(slice, !o->lm_head_int16, &f32, &i8, &rf, &ri);
+    if (o->int8 || o->int8_int32) return i8;
+    return o->bf16 ? td_model_num_params(slice) * 2 : f32;
 }
 
 static int cmp_line(const void *a, const void *b) {
@@ -409,6 +420,14 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     if (s == TD_OK) s = td_model_tp_slice(full, tp->rank, T, &m);
     if (s == TD_OK && o->bf16) s = td_model_quantize_bf16(m);
     if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, !o->lm_head_int16);
+    /* serving memory: the whole model is no longer needed once sliced, nor the fp32 copies
+     * of quantized matrices (the plan's figures are then what stays resident) */
+    if (s == TD_OK && !o->dry_run) s = td_model_release(full, TD_RELEASE_ALL);
+    if (s == TD_OK && !o->dry_run && (o->int8 || o->int8_int32 || o->bf16))
+        s = td_model_release(m, TD_RELEASE_QUANTIZED);
+#ifdef __GLIBC__
+    malloc_trim(0); /* and the heap the load and calibration freed */
+#endif
     if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
     td_engine *e = NULL;
     td_engine_opts eo = {.max_seqs = o->max_seqs,
@@ -453,6 +472,11 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     if (s == TD_OK && gf.gm && world->rank == 0)
         TD_LOG_INFO("serve: replica steps on %s", td_cuda_device_name(cx));
 #endif
+    if (s == TD_OK && !o->dry_run && world->rank == 0)
+        TD_LOG_INFO("serve: rank 0 holds %.1f MiB resident after loading (%s weights of this "
+                    "rank: %.1f MiB)", td_rss_bytes() / 1048576.0,
+                    o->bf16 ? "bf16" : o->int8 || o->int8_int32 ? "int8" : "fp32",
+                    served_weight_bytes(m, o) / 1048576.0);
     if (s == TD_OK && o->dry_run) {
         if (world->rank == 0)
             memory_plan(full, m, o, world->size, td_engine_total_blocks(e), 16);

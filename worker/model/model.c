@@ -26,6 +26,8 @@
 #include "worker/model/gptq.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 typedef struct {
@@ -85,6 +87,13 @@ struct td_model {
      * nearest), which td_model_quantize_int8 and td_model_tp_slice follow */
     float **calH;
     float *grid;
+    /* td_model_release: page ranges of params returned to the system (PROT_NONE until
+     * td_model_free gives them back to malloc's heap) */
+    struct released {
+        void *p;
+        size_t n;
+    } *rel;
+    int nrel, released_all;
     int int8_vnni; /* 1: int8 x int8 products accumulated in int32 (activations quantized) */
     uint8_t *iq8;  /* activation scratch for the VNNI path: (N, max width) */
     float *iq8s;   /* (N) activation scales */
@@ -340,6 +349,8 @@ static void calib_free(td_model *m) {
 void td_model_free(td_model **mp) {
     if (!mp || !*mp) return;
     td_model *m = *mp;
+    for (int i = 0; i < m->nrel; i++) mprotect(m->rel[i].p, m->rel[i].n, PROT_READ | PROT_WRITE);
+    free(m->rel);
     free(m->params);
     free(m->grads);
     free(m->acts);
@@ -1171,6 +1182,52 @@ float *td_model_int8_grid(td_model *m, int create) {
     return m->grid;
 }
 
+/* Returns the whole pages inside [from, from + count) to the system and makes them
+ * inaccessible, so that a read of a released weight faults instead of reading zeros. */
+static void release_range(td_model *m, const float *from, size_t count) {
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)from + pg - 1) & ~(pg - 1);
+    uintptr_t b = (uintptr_t)(from + count) & ~(pg - 1);
+    if (b <= a) return;
+    struct released *r = realloc(m->rel, sizeof *r * (size_t)(m->nrel + 1));
+    if (!r) return; /* kept resident: nothing lost but memory */
+    m->rel = r;
+    if (madvise((void *)a, b - a, MADV_DONTNEED) != 0 ||
+        mprotect((void *)a, b - a, PROT_NONE) != 0) {
+        TD_LOG_WARN("could not release %.1f MiB of fp32 weights", (b - a) / 1048576.0);
+        return;
+    }
+    m->rel[m->nrel++] = (struct released){(void *)a, b - a};
+}
+
+td_status td_model_release(td_model *m, int what) {
+    if (what == TD_RELEASE_QUANTIZED) {
+        if (!m->q8l)
+            return td_error_set(TD_ERR_INVALID, "no int8/bf16 copies: nothing to release");
+        qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+        if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
+        int nm = infer_mats(m, mats);
+        for (int i = 0; i < nm; i++)
+            release_range(m, mats[i].w, (size_t)mats[i].rows * (size_t)mats[i].cols);
+        free(mats);
+        return TD_OK;
+    }
+    /* everything but the configuration: parameters, gradients, training buffers */
+    release_range(m, m->params, m->num_params);
+    free(m->grads);
+    free(m->acts);
+    free(m->la);
+    free(m->pbf);
+    m->grads = NULL;
+    m->acts = NULL;
+    m->la = NULL;
+    m->pbf = NULL;
+    m->planB = m->planT = m->plan_grads = 0;
+    m->acts_bytes = 0;
+    m->released_all = 1;
+    return TD_OK;
+}
+
 td_status td_model_int8_grid_rtn(td_model *m, int head_int8) {
     if (!td_model_int8_grid(m, 1)) return td_error_set(TD_ERR_NOMEM, "out of memory");
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
@@ -1235,6 +1292,8 @@ static void rope_rows(const td_model *m, float *qkv, const int32_t *pos, int N) 
 
 td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs,
                                  int nseg, float *logits) {
+    if (m->released_all)
+        return td_error_set(TD_ERR_INVALID, "the model's weights were released: load it again");
     int N = 0, C = m->C, V = m->V, hd = m->hd, kvdim = m->NKV * hd, bt = kv->bt;
     for (int s = 0; s < nseg; s++) N += segs[s].n;
     if (!m->inf || N > m->inf_tokens || nseg > m->inf_segs)
@@ -1378,6 +1437,8 @@ static void copy_cols(float *dst, const float *src, size_t rows, size_t cols, si
 
 td_status td_model_tp_slice(const td_model *f, int r, int T, td_model **out) {
     *out = NULL;
+    if (f->released_all)
+        return td_error_set(TD_ERR_INVALID, "the model's weights were released: load it again");
     const td_model_config *fc = &f->cfg;
     if (T < 1 || r < 0 || r >= T)
         return td_error_set(TD_ERR_INVALID, "tensor-parallel rank %d of %d", r, T);

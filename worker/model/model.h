@@ -217,6 +217,15 @@ float *td_model_int8_grid(td_model *m, int create);
  * out unless head_int8), weights untouched: slices cut afterwards share one scale per row,
  * so int8 outputs do not depend on the tensor-parallel degree. */
 td_status td_model_int8_grid_rtn(td_model *m, int head_int8);
+
+/* Gives memory back for serving. TD_RELEASE_QUANTIZED: the fp32 copies of the matrices
+ * that have int8/bf16 copies (forward_infer reads only those; norms and biases stay).
+ * TD_RELEASE_ALL: every parameter, gradient and training buffer; the model's configuration
+ * and sizes stay readable (to slice it again, load it again). Released pages are made
+ * inaccessible, so a stray read faults instead of reading zeros; td_model_free restores
+ * them. */
+enum { TD_RELEASE_QUANTIZED = 1, TD_RELEASE_ALL = 2 };
+td_status td_model_release(td_model *m, int what);
 /* bf16 weights for inference: every matrix product's weight (and an untied input
  * embedding) rounded to bf16 (half of fp32's bytes), converted to float on the fly, fp32
  * accumulation. Exclusive with td_model_quantize_int8 (the first one applied stays). */
