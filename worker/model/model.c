@@ -1158,11 +1158,27 @@ td_status td_model_calib_gptq(td_model *m, float damp,
                                  127.0f, damp, grid);
             if (s == TD_OK && progress) progress(ctx, ++done, total);
         } else if (i > 4 * m->L && first_layers) {
-            /* an untied input embedding: a lookup, no inputs to calibrate on; rounded to
-             * nearest here so that what reads the model next (the head's calibration) sees
-             * the quantized model */
-            s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, NULL, 127.0f,
-                                 0, grid);
+            /* an untied input embedding: a lookup, with no inputs to calibrate on. Its rows
+             * go (normalised) into layer 0's q/k/v product, so GPTQ weighs their errors by
+             * how much they move its output: H = (W_qkv diag(g))^T (W_qkv diag(g)), g = layer
+             * 0's norm weights. Done here, with the layers, so that what reads the model
+             * next (the head's calibration) sees the quantized model. */
+            float *A = malloc(sizeof(float) * (size_t)m->QKV * m->C);
+            float *He = malloc(sizeof(float) * (size_t)m->C * m->C);
+            const td_layer_params *l0 = &m->p.layers[0];
+            if (!A || !He) {
+                s = td_error_set(TD_ERR_NOMEM, "out of memory");
+            } else {
+                for (size_t r = 0; r < (size_t)m->QKV; r++)
+                    for (size_t k = 0; k < (size_t)m->C; k++)
+                        A[r * m->C + k] = l0->wqkv[r * m->C + k] * l0->norm1_w[k];
+                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, m->C, m->QKV, 1.0f, A, m->C,
+                            0.0f, He, m->C);
+                s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, He, 127.0f,
+                                     damp, grid);
+            }
+            free(A);
+            free(He);
         }
         grid += mats[i].rows;
     }
