@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,13 +33,15 @@ static int by_key_desc(const void *a, const void *b) {
 
 /* U (n, n) row-major upper with H^-1 = U^T U, for H (damped, permuted) in a (n, n). */
 static td_status inverse_cholesky(double *a, int n, float *U) {
-    int info = 0;
+    int info = 0, threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     dpotrf_("U", &n, a, &n, &info, 1);
     if (info == 0) dpotri_("U", &n, a, &n, &info, 1);
+    if (info == 0) dpotrf_("U", &n, a, &n, &info, 1);
+    omp_set_num_threads(threads);
     if (info != 0)
         return td_error_set(TD_ERR_RUNTIME, "GPTQ: the calibration matrix is not positive "
                             "definite (LAPACK info %d); use more calibration tokens", info);
-    dpotrf_("U", &n, a, &n, &info, 1); /* reads the upper triangle dpotri wrote */
     if (info != 0)
         return td_error_set(TD_ERR_RUNTIME, "GPTQ: the inverse calibration matrix is not "
                             "positive definite (LAPACK info %d)", info);
@@ -117,9 +120,18 @@ td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float q
                 e[j - i1] = err;
             }
         }
-        if (i2 < C) /* the rest of the matrix: W[:, i2:] -= E U[i1:i2, i2:] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, (int)(C - i2), (int)nb,
-                        -1.0f, E, GPTQ_BLOCK, U + i1 * C + i2, cols, 1.0f, Wp + i2, cols);
+        if (i2 < C) { /* the rest of the matrix: W[:, i2:] -= E U[i1:i2, i2:], in blocks of
+                       * rows of a fixed size, one single-threaded call each: the same sums
+                       * whatever the thread count */
+            size_t nrb = (R + GPTQ_BLOCK - 1) / GPTQ_BLOCK;
+#pragma omp parallel for schedule(dynamic)
+            for (size_t b = 0; b < nrb; b++) {
+                size_t r0 = b * GPTQ_BLOCK, nr = R - r0 < GPTQ_BLOCK ? R - r0 : GPTQ_BLOCK;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)(C - i2),
+                            (int)nb, -1.0f, E + r0 * GPTQ_BLOCK, GPTQ_BLOCK, U + i1 * C + i2,
+                            cols, 1.0f, Wp + r0 * C + i2, cols);
+            }
+        }
     }
     for (size_t r = 0; r < R; r++)
         for (size_t j = 0; j < C; j++) W[r * C + (size_t)perm[j]] = Wp[r * C + j];

@@ -895,11 +895,45 @@ void td_model_set_int8_vnni(td_model *m, int on) {
     m->int8_vnni = on;
 }
 
+/* Fixed-shape blocks for calibration: each block is one single-threaded OpenBLAS call
+ * (OpenBLAS does not thread inside an OpenMP parallel region), so every sum is formed the
+ * same way whatever the thread count -- OpenBLAS's own threading picks kernels by it, which
+ * moved the logits of a 32-row step by an ulp and, through sampling, the whole text. */
+enum { FIXED_BLOCK = 64 };
+
+/* out (N, OC) = inp (N, C) W^T + bias */
+static void matmul_fixed_blocks(float *out, const float *inp, const float *W, const float *bias,
+                                int N, int C, int OC) {
+    int nb = (OC + FIXED_BLOCK - 1) / FIXED_BLOCK;
+#pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < nb; b++) {
+        int j0 = b * FIXED_BLOCK, n = OC - j0 < FIXED_BLOCK ? OC - j0 : FIXED_BLOCK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, n, C, 1.0f, inp, C,
+                    W + (size_t)j0 * C, C, 0.0f, out + j0, OC);
+        if (bias)
+            for (int r = 0; r < N; r++)
+                for (int j = j0; j < j0 + n; j++) out[(size_t)r * OC + j] += bias[j];
+    }
+}
+
+/* H (C, C) += X^T X for X (N, C): the upper triangle (and the diagonal blocks whole) */
+static void gram_fixed_blocks(float *H, const float *X, int N, int C) {
+    int nb = (C + FIXED_BLOCK - 1) / FIXED_BLOCK;
+#pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < nb; b++) {
+        int c0 = b * FIXED_BLOCK, n = C - c0 < FIXED_BLOCK ? C - c0 : FIXED_BLOCK;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c0 + n, n, N, 1.0f, X, C, X + c0, C,
+                    1.0f, H + c0, C);
+    }
+}
+
 static void linear_infer(const td_model *m, int which, int layer, float *out, const float *inp,
                          const float *W, const float *bias, int N, int C, int OC) {
     float *H = m->calH ? m->calH[layer < 0 ? 4 * m->L : 4 * layer + which] : NULL;
-    if (H) { /* GPTQ calibration: H += inp^T inp (upper triangle) */
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, C, N, 1.0f, inp, C, 1.0f, H, C);
+    if (H) gram_fixed_blocks(H, inp, N, C); /* GPTQ calibration: H += inp^T inp */
+    if (m->calH && !m->q8l) { /* calibrating: the same sums whatever the thread count */
+        matmul_fixed_blocks(out, inp, W, bias, N, C, OC);
+        return;
     }
     if (m->q8l) {
         const struct q8mat *q = &m->q8l[layer < 0 ? 4 * m->L : 4 * layer + which];
@@ -1172,8 +1206,8 @@ td_status td_model_calib_gptq(td_model *m, float damp,
                 for (size_t r = 0; r < (size_t)m->QKV; r++)
                     for (size_t k = 0; k < (size_t)m->C; k++)
                         A[r * m->C + k] = l0->wqkv[r * m->C + k] * l0->norm1_w[k];
-                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, m->C, m->QKV, 1.0f, A, m->C,
-                            0.0f, He, m->C);
+                memset(He, 0, sizeof(float) * (size_t)m->C * m->C);
+                gram_fixed_blocks(He, A, m->QKV, m->C);
                 s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, He, 127.0f,
                                      damp, grid);
             }
