@@ -154,7 +154,11 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
         if ((w = td_gptq_work_bytes(C, A)) > work) work = w;
         if ((w = td_gptq_work_bytes(FC, C)) > work) work = w;
         if ((w = td_gptq_work_bytes(C, F)) > work) work = w;
-        if (!o->lm_head_int16 && (w = td_gptq_work_bytes(V, C)) > work) work = w;
+        /* lm_head, and an untied input embedding (GPTQ'd with the layers) */
+        if ((!o->lm_head_int16 || !c->tie_word_embeddings) &&
+            (w = td_gptq_work_bytes(V, C)) > work)
+            work = w;
+        work += ((size_t)QKV * C + (size_t)C * C) * sizeof(float); /* the embedding's H */
         size_t stats = td_model_calib_bytes(full, TD_CALIB_LAYERS);
         size_t budget = o->calib_mb > 0 ? (size_t)(o->calib_mb * 1048576.0)
                                         : TD_CALIB_DEFAULT_BYTES;

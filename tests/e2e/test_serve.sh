@@ -74,6 +74,11 @@ if cmp -s <(tokens int8rtn.jsonl) <(tokens int8rtntp2.jsonl); then
 else
     echo "FAIL: int8 rounded to nearest differs between tp2 and tp1"; fail=1
 fi
+for q in bf16 int8-int32; do # the other serving forms run to the end (their fp32 copies released)
+    "$TANDEM" serve --model $CK --$q --prompts-file prompts.txt --max-tokens 24 > $q.jsonl 2> /dev/null ||
+        { echo "FAIL: serve --$q failed"; fail=1; }
+    [ "$(wc -l < $q.jsonl)" -eq 32 ] || { echo "FAIL: serve --$q answered $(wc -l < $q.jsonl) of 32"; fail=1; }
+done
 grep -q "int8 calibration: done" int8.log || { echo "FAIL: --int8 did not calibrate"; cat int8.log; fail=1; }
 if cmp -s <(tokens int8.jsonl) <(tokens int8tp2.jsonl); then
     echo "int8 tp2: 32 prompts identical to int8 tp1"
@@ -97,7 +102,7 @@ n = 0
 for f in sys.argv[1:]:
     for line in open(f, encoding="utf-8", errors="strict"):
         json.loads(line); n += 1
-print("json lines valid:", n)' zh.jsonl tp1.jsonl int8.jsonl int8rtn.jsonl; then :; else echo "FAIL: invalid JSON/UTF-8 output"; fail=1; fi
+print("json lines valid:", n)' zh.jsonl tp1.jsonl int8.jsonl int8rtn.jsonl bf16.jsonl int8-int32.jsonl; then :; else echo "FAIL: invalid JSON/UTF-8 output"; fail=1; fi
 fi
 # 4. what stays resident: a 44 MB (fp32) model served in fp32 and in int8 (the whole model
 # and the fp32 copies of quantized matrices are given back once sliced); KV cache 1 MiB

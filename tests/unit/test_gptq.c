@@ -14,7 +14,9 @@
  *      seed, and (at the demo's shapes) gives the same weights on 1 thread as on all of them
  *      -- tandem serve under mpirun calibrates with fewer threads than alone; with a memory budget of one layer's
  *      statistics the layers go in one pass each (same exactness), and a budget under one
- *      layer is refused with the size it needs. */
+ *      layer is refused with the size it needs;
+ *   5. td_model_release: logits unchanged after the fp32 copies of quantized matrices are
+ *      released; a wholly released model refuses to be sliced or run. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -246,6 +248,47 @@ static void calibrated_model(td_arch arch, int layer_passes) {
     td_model_free(&again);
 }
 
+/* td_model_release: int8 and bf16 logits are the same after the fp32 copies of their
+ * matrices are released (forward_infer reads none of them), the model frees cleanly, and a
+ * wholly released model refuses to be sliced or run instead of reading released pages. */
+static void release(void) {
+    td_model *m = make_model(TD_ARCH_LLAMA);
+    int32_t toks[40];
+    for (int i = 0; i < 40; i++) toks[i] = (int32_t)((i * 29 + 5) % 300);
+    float before[300], after[300];
+    for (int bf = 0; bf < 2; bf++) {
+        td_model *q = NULL;
+        REQUIRE(td_model_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
+        REQUIRE((bf ? td_model_quantize_bf16(q) : td_model_quantize_int8(q, 1)) == TD_OK, "%s",
+                td_error_message());
+        logits_of(q, toks, 40, before);
+        CHECK(td_model_release(q, TD_RELEASE_QUANTIZED) == TD_OK, "%s", td_error_message());
+        logits_of(q, toks, 40, after);
+        CHECK(!memcmp(before, after, sizeof before), "%s logits changed by the release",
+              bf ? "bf16" : "int8");
+        td_model_free(&q);
+    }
+    CHECK(td_model_release(m, 3) == TD_ERR_INVALID, "a bad `what` was taken");
+    td_error_clear();
+    CHECK(td_model_release(m, TD_RELEASE_QUANTIZED) == TD_ERR_INVALID,
+          "an unquantized model released its matrices");
+    td_error_clear();
+    CHECK(td_model_release(m, TD_RELEASE_ALL) == TD_OK, "%s", td_error_message());
+    td_model *s = NULL;
+    CHECK(td_model_tp_slice(m, 0, 1, &s) == TD_ERR_INVALID && !s, "a released model was sliced");
+    td_error_clear();
+    td_kv_cache *kv;
+    int32_t blocks[4] = {0, 1, 2, 3};
+    REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
+    td_infer_seg sg = {toks, 4, 0, blocks};
+    CHECK(td_model_forward_infer(m, kv, &sg, 1, after) == TD_ERR_INVALID,
+          "a released model ran");
+    td_error_clear();
+    td_kv_cache_free(&kv);
+    td_model_free(&m);
+    printf("release: int8 and bf16 logits unchanged after releasing their fp32 matrices\n");
+}
+
 int main(void) {
     against_peer();
     special_cases();
@@ -253,5 +296,6 @@ int main(void) {
     calibrated_model(TD_ARCH_GPT2, 0);
     calibrated_model(TD_ARCH_LLAMA, 1);
     thread_count();
+    release();
     return test_done("test_gptq");
 }

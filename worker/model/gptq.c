@@ -33,18 +33,18 @@ static int by_key_desc(const void *a, const void *b) {
 
 /* U (n, n) row-major upper with H^-1 = U^T U, for H (damped, permuted) in a (n, n). */
 static td_status inverse_cholesky(double *a, int n, float *U) {
-    int info = 0, threads = omp_get_max_threads();
-    omp_set_num_threads(1);
+    int info = 0, info2 = 0, threads = omp_get_max_threads();
+    omp_set_num_threads(1); /* LAPACK's threaded factorisation sums in another order */
     dpotrf_("U", &n, a, &n, &info, 1);
     if (info == 0) dpotri_("U", &n, a, &n, &info, 1);
-    if (info == 0) dpotrf_("U", &n, a, &n, &info, 1);
+    if (info == 0) dpotrf_("U", &n, a, &n, &info2, 1);
     omp_set_num_threads(threads);
     if (info != 0)
         return td_error_set(TD_ERR_RUNTIME, "GPTQ: the calibration matrix is not positive "
                             "definite (LAPACK info %d); use more calibration tokens", info);
-    if (info != 0)
+    if (info2 != 0)
         return td_error_set(TD_ERR_RUNTIME, "GPTQ: the inverse calibration matrix is not "
-                            "positive definite (LAPACK info %d)", info);
+                            "positive definite (LAPACK info %d)", info2);
     for (int j = 0; j < n; j++)
         for (int k = 0; k < n; k++)
             U[(size_t)j * n + k] = k >= j ? (float)a[(size_t)j + (size_t)k * n] : 0.0f;

@@ -24,10 +24,10 @@
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/vec_f32.h"
 #include "worker/model/gptq.h"
-#ifdef __AVX512F__
-#include <immintrin.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
 #endif
 
 typedef struct {
@@ -1242,15 +1242,22 @@ static void release_range(td_model *m, const float *from, size_t count) {
     struct released *r = realloc(m->rel, sizeof *r * (size_t)(m->nrel + 1));
     if (!r) return; /* kept resident: nothing lost but memory */
     m->rel = r;
-    if (madvise((void *)a, b - a, MADV_DONTNEED) != 0 ||
-        mprotect((void *)a, b - a, PROT_NONE) != 0) {
-        TD_LOG_WARN("could not release %.1f MiB of fp32 weights", (b - a) / 1048576.0);
+    if (madvise((void *)a, b - a, MADV_DONTNEED) != 0) {
+        TD_LOG_WARN("could not release %.1f MiB of weights (kept)", (b - a) / 1048576.0);
+        return;
+    }
+    if (mprotect((void *)a, b - a, PROT_NONE) != 0) { /* released but readable: as before */
+        mprotect((void *)a, b - a, PROT_READ | PROT_WRITE);
+        TD_LOG_WARN("released %.1f MiB of weights but could not protect them",
+                    (b - a) / 1048576.0);
         return;
     }
     m->rel[m->nrel++] = (struct released){(void *)a, b - a};
 }
 
 td_status td_model_release(td_model *m, int what) {
+    if (what != TD_RELEASE_QUANTIZED && what != TD_RELEASE_ALL)
+        return td_error_set(TD_ERR_INVALID, "td_model_release: what %d", what);
     if (what == TD_RELEASE_QUANTIZED) {
         if (!m->q8l)
             return td_error_set(TD_ERR_INVALID, "no int8/bf16 copies: nothing to release");
@@ -1268,10 +1275,15 @@ td_status td_model_release(td_model *m, int what) {
     free(m->acts);
     free(m->la);
     free(m->pbf);
+    free(m->sbf[0]);
+    free(m->sbf[1]);
     m->grads = NULL;
     m->acts = NULL;
     m->la = NULL;
     m->pbf = NULL;
+    m->sbf[0] = m->sbf[1] = NULL;
+    m->sbf_n[0] = m->sbf_n[1] = 0;
+    m->bf16 = 0;
     m->planB = m->planT = m->plan_grads = 0;
     m->acts_bytes = 0;
     m->released_all = 1;
