@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/fsutil.h"
 #include "data/bpe.h"
 #include "worker/infer/calib.h"
 #include "worker/model/checkpoint.h"
@@ -217,18 +216,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_quant: %s\n", td_error_message());
         return 1;
     }
-    co.start = td_bpe_special_id(tok, "<|endoftext|>");
+    co.start = td_calib_start_token(tok);
     int32_t *calib_ids = NULL;
     if (calib_file) { /* calibration text instead of sampling */
-        size_t n = 0, cap = 0;
-        char *text = NULL;
-        if (td_fs_read_file(calib_file, &text, &n) != TD_OK) {
+        if (td_calib_read_text(tok, calib_file, &calib_ids, &co.ntokens) != TD_OK) {
             fprintf(stderr, "bench_quant: %s\n", td_error_message());
             return 1;
         }
-        co.ntokens = td_bpe_encode(tok, text, n, &calib_ids, &cap);
         co.tokens = calib_ids;
-        free(text);
     }
     agreement g[NVARIANTS];
     for (int v = 0; v < NVARIANTS; v++) {

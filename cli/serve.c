@@ -145,47 +145,22 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
            rf / 1048576.0, td_model_read_bytes_bf16(slice) / 1048576.0, ri / 1048576.0,
            ri16h / 1048576.0);
     if (q && !o->int8_rtn) {
-        const td_model_config *c = td_model_config_of(full);
-        int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
-        int A = c->num_attention_heads * (C / c->num_attention_heads);
-        int QKV = A + 2 * c->num_key_value_heads * (C / c->num_attention_heads);
-        int FC = c->arch == TD_ARCH_LLAMA ? 2 * F : F;
-        size_t work = td_gptq_work_bytes(QKV, C), w;
-        if ((w = td_gptq_work_bytes(C, A)) > work) work = w;
-        if ((w = td_gptq_work_bytes(FC, C)) > work) work = w;
-        if ((w = td_gptq_work_bytes(C, F)) > work) work = w;
-        /* lm_head, and an untied input embedding (GPTQ'd with the layers) */
-        if ((!o->lm_head_int16 || !c->tie_word_embeddings) &&
-            (w = td_gptq_work_bytes(V, C)) > work)
-            work = w;
-        work += ((size_t)QKV * C + (size_t)C * C) * sizeof(float); /* the embedding's H */
-        size_t stats = td_model_calib_bytes(full, TD_CALIB_LAYERS);
-        size_t budget = o->calib_mb > 0 ? (size_t)(o->calib_mb * 1048576.0)
-                                        : TD_CALIB_DEFAULT_BYTES;
-        size_t layer = stats / (size_t)c->num_hidden_layers;
-        int per = layer ? (int)(budget / layer) : 1;
-        if (per > c->num_hidden_layers) per = c->num_hidden_layers;
+        int L = td_model_config_of(full)->num_hidden_layers;
+        size_t layer = td_model_calib_bytes(full, TD_CALIB_LAYERS) / (size_t)L;
+        int per = td_calib_layers_per_pass(full, (size_t)(o->calib_mb * 1048576.0));
         printf("  GPTQ at load      %12.2f MiB statistics (%.2f MiB a layer; %s), + %.2f MiB "
                "working memory for the largest matrix (rank 0)\n",
                (double)(per > 0 ? layer * (size_t)per : layer) / 1048576.0, layer / 1048576.0,
                per < 1 ? "over --calib-mb: refused"
-               : per >= c->num_hidden_layers ? "all layers in one pass"
-                                             : "several passes, by --calib-mb",
-               work / 1048576.0);
+               : per >= L ? "all layers in one pass"
+                          : "several passes, by --calib-mb",
+               td_model_calib_work_bytes(full, o->lm_head_int16) / 1048576.0);
     }
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
            kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
            (double)kvt * kv_blocks * block_tokens / 1048576, kv_blocks, block_tokens,
            kv_blocks * (size_t)block_tokens);
-}
-
-/* Bytes of the weights this rank serves with, as the memory plan counts them. */
-static size_t served_weight_bytes(const td_model *slice, const td_serve_opts *o) {
-    size_t f32, i8, rf, ri;
-    td_model_weight_bytes(slice, !o->lm_head_int16, &f32, &i8, &rf, &ri);
-    if (o->int8 || o->int8_int32) return i8;
-    return o->bf16 ? td_model_num_params(slice) * 2 : f32;
 }
 
 static int cmp_line(const void *a, const void *b) {
@@ -248,10 +223,16 @@ static void *run_router(void *p) {
     return NULL;
 }
 
+/* Bytes of a model's weights in the form served, as the memory plan counts them. */
+static size_t served_weight_bytes(const td_model *m, const td_serve_opts *o) {
+    size_t f32, i8, rf, ri;
+    td_model_weight_bytes(m, !o->lm_head_int16, &f32, &i8, &rf, &ri);
+    if (o->int8 || o->int8_int32) return i8;
+    return o->bf16 ? td_model_num_params(m) * 2 : f32;
+}
+
 static char *replica_details(const td_model *full, const td_serve_opts *o, int T) {
     const td_model_config *c = td_model_config_of(full);
-    size_t f32, i8, rf, ri;
-    td_model_weight_bytes(full, !o->lm_head_int16, &f32, &i8, &rf, &ri);
     int q = o->int8 || o->int8_int32;
     double np = (double)td_model_num_params(full);
     char size[32];
@@ -267,7 +248,7 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
              td_arch_name(c->arch), np, size,
              o->bf16 ? "BF16" : !q ? "F32" : o->lm_head_int16 ? "Q8 (lm_head Q16)" : "Q8",
              c->max_position_embeddings, c->hidden_size, c->num_hidden_layers, c->vocab_size, T,
-             o->bf16 ? f32 / 2 : q ? i8 : f32);
+             served_weight_bytes(full, o));
     return d;
 }
 
@@ -363,22 +344,11 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
         co.len = o->calib_len;
         co.skip_head = o->lm_head_int16;
         co.max_bytes = (size_t)(o->calib_mb * 1048576.0);
-        /* sampled sequences start where documents start */
-        static const char *starts[] = {"<|endoftext|>", "<|begin_of_text|>", "<s>",
-                                       "<|end_of_text|>", "</s>"};
-        co.start = -1;
-        for (size_t i = 0; i < sizeof starts / sizeof *starts && co.start < 0; i++)
-            co.start = td_bpe_special_id(tok, starts[i]);
+        co.start = td_calib_start_token(tok); /* sampled sequences start as documents do */
         int32_t *ids = NULL;
         if (o->calib_file) {
-            char *text = NULL;
-            size_t n = 0, cap = 0;
-            s = td_fs_read_file(o->calib_file, &text, &n);
-            if (s == TD_OK) {
-                co.ntokens = td_bpe_encode(tok, text, n, &ids, &cap);
-                co.tokens = ids;
-            }
-            free(text);
+            s = td_calib_read_text(tok, o->calib_file, &ids, &co.ntokens);
+            co.tokens = ids;
         } else if (co.start < 0) {
             s = td_error_set(TD_ERR_INVALID, "int8 calibration samples sequences starting at "
                              "a document-start token (<|endoftext|>, <|begin_of_text|>, <s>, "

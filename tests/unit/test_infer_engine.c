@@ -15,24 +15,14 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "tests/model_fixture.h"
 #include "tests/test.h"
 #include "worker/infer/engine.h"
 
 enum { V = 300, MAXT = 96 };
 
 static td_model *make_model(td_arch arch) {
-    td_model_config c = {.arch = arch, .hidden_size = 64, .intermediate_size = 128,
-                         .num_hidden_layers = 2, .num_attention_heads = 4,
-                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4, .vocab_size = V,
-                         .max_position_embeddings = MAXT, .norm_eps = 1e-5, .rope_theta = 10000,
-                         .tie_word_embeddings = arch == TD_ARCH_GPT2};
-    td_model *m;
-    REQUIRE(td_model_new(&c, &m) == TD_OK, "%s", td_error_message());
-    td_model_init_random(m, 7);
-    /* larger weights than the 0.02 init, so logits are not all alike */
-    float *p = td_model_params(m);
-    for (size_t i = 0; i < td_model_num_params(m); i++) p[i] *= 8.0f;
-    return m;
+    return test_random_model(arch, 64, 128, V, MAXT);
 }
 
 static void test_kv_logits(td_arch arch) {

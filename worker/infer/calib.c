@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/timeutil.h"
@@ -15,6 +16,33 @@ void td_calib_opts_default(td_calib_opts *o) {
     o->seqs = 32;
     o->seed = 1234;
     o->damp = 0.01f;
+}
+
+int32_t td_calib_start_token(const td_bpe *tok) {
+    static const char *starts[] = {"<|endoftext|>", "<|begin_of_text|>", "<s>", "<|end_of_text|>",
+                                   "</s>"};
+    int32_t id = -1;
+    for (size_t i = 0; i < sizeof starts / sizeof *starts && id < 0; i++)
+        id = td_bpe_special_id(tok, starts[i]);
+    return id;
+}
+
+td_status td_calib_read_text(td_bpe *tok, const char *path, int32_t **ids, size_t *n) {
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    *ids = NULL;
+    *n = 0;
+    TD_TRY(td_fs_read_file(path, &text, &len));
+    *n = td_bpe_encode(tok, text, len, ids, &cap);
+    free(text);
+    return TD_OK;
+}
+
+int td_calib_layers_per_pass(const td_model *m, size_t max_bytes) {
+    int L = td_model_config_of(m)->num_hidden_layers;
+    size_t layer = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
+    size_t budget = max_bytes ? max_bytes : TD_CALIB_DEFAULT_BYTES;
+    return budget / layer > (size_t)L ? L : (int)(budget / layer);
 }
 
 /* A token drawn from softmax(logits) (temperature 1). */
@@ -75,12 +103,11 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     /* the layers in groups that fit the budget, then lm_head (calib.h) */
     int L = c->num_hidden_layers;
     size_t layer_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
-    size_t budget = o->max_bytes ? o->max_bytes : TD_CALIB_DEFAULT_BYTES;
-    int per = budget / layer_bytes > (size_t)L ? L : (int)(budget / layer_bytes);
+    int per = td_calib_layers_per_pass(m, o->max_bytes);
     if (per < 1) {
         s = td_error_set(TD_ERR_NOMEM, "GPTQ statistics of one layer take %.1f MiB, over the "
                          "%.1f MiB allowed (--calib-mb)", layer_bytes / 1048576.0,
-                         budget / 1048576.0);
+                         (o->max_bytes ? o->max_bytes : TD_CALIB_DEFAULT_BYTES) / 1048576.0);
         goto out;
     }
     int groups = (L + per - 1) / per, passes = groups + (o->skip_head ? 0 : 1);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "data/bpe.h"
 #include "worker/model/model.h"
 
 /* A fixed default, not one read from free memory: the passes change the result, which must
@@ -39,6 +40,14 @@ typedef struct {
 } td_calib_opts;
 
 void td_calib_opts_default(td_calib_opts *o);
+/* The token sampled sequences start from: the first of <|endoftext|>, <|begin_of_text|>,
+ * <s>, <|end_of_text|>, </s> that tok has, or -1. */
+int32_t td_calib_start_token(const td_bpe *tok);
+/* path's text, tokenized: *ids (n of them, the caller frees) for td_calib_opts.tokens. */
+td_status td_calib_read_text(td_bpe *tok, const char *path, int32_t **ids, size_t *n);
+/* Layers whose statistics fit max_bytes at once (0: TD_CALIB_DEFAULT_BYTES), at most all
+ * of them; 0 when not even one does. */
+int td_calib_layers_per_pass(const td_model *m, size_t max_bytes);
 /* Runs the calibration text through m (the whole fp32 model; its inference buffers are
  * planned here) and replaces its weights by their GPTQ int8-grid values
  * (td_model_calib_gptq); td_model_quantize_int8 afterwards stores them. */

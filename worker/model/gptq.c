@@ -51,6 +51,16 @@ static td_status inverse_cholesky(double *a, int n, float *U) {
     return TD_OK;
 }
 
+float td_gptq_row_scale(const float *row, int cols, float qmax) {
+    float mx = 0;
+    for (int k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+    return mx > 0 ? mx / qmax : 1.0f;
+}
+
+void td_gptq_row_scales(const float *W, int rows, int cols, float qmax, float *scale) {
+    for (int r = 0; r < rows; r++) scale[r] = td_gptq_row_scale(W + (size_t)r * cols, cols, qmax);
+}
+
 size_t td_gptq_work_bytes(int rows, int cols) {
     size_t R = (size_t)rows, C = (size_t)cols;
     return C * C * (sizeof(double) + sizeof(float)) + R * C * sizeof(float) +
@@ -60,12 +70,7 @@ size_t td_gptq_work_bytes(int rows, int cols) {
 td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float qmax, float damp,
                            float *scale) {
     size_t R = (size_t)rows, C = (size_t)cols;
-    /* the grid: one scale per row */
-    for (size_t r = 0; r < R; r++) {
-        float mx = 0;
-        for (size_t k = 0; k < C; k++) mx = fmaxf(mx, fabsf(W[r * C + k]));
-        scale[r] = mx > 0 ? mx / qmax : 1.0f;
-    }
+    td_gptq_row_scales(W, rows, cols, qmax, scale);
     if (!H) { /* round to nearest */
         for (size_t r = 0; r < R; r++)
             for (size_t k = 0; k < C; k++) {

@@ -25,6 +25,9 @@
  * same grid, no calibration). */
 td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float qmax, float damp,
                            float *scale);
+/* The grid of a row: max |w| / qmax (1 for a zero row); of every row of W (rows, cols). */
+float td_gptq_row_scale(const float *row, int cols, float qmax);
+void td_gptq_row_scales(const float *W, int rows, int cols, float qmax, float *scale);
 /* Working memory td_gptq_quantize allocates for a (rows, cols) matrix. Reentrant. */
 size_t td_gptq_work_bytes(int rows, int cols);
 

@@ -929,9 +929,9 @@ static void gram_fixed_blocks(float *H, const float *X, int N, int C) {
 
 static void linear_infer(const td_model *m, int which, int layer, float *out, const float *inp,
                          const float *W, const float *bias, int N, int C, int OC) {
-    float *H = m->calH ? m->calH[layer < 0 ? 4 * m->L : 4 * layer + which] : NULL;
-    if (H) gram_fixed_blocks(H, inp, N, C); /* GPTQ calibration: H += inp^T inp */
-    if (m->calH && !m->q8l) { /* calibrating: the same sums whatever the thread count */
+    if (m->calH) { /* calibrating (the fp32 model): the same sums whatever the thread count */
+        float *H = m->calH[layer < 0 ? 4 * m->L : 4 * layer + which];
+        if (H) gram_fixed_blocks(H, inp, N, C); /* GPTQ's statistic: H += inp^T inp */
         matmul_fixed_blocks(out, inp, W, bias, N, C, OC);
         return;
     }
@@ -990,10 +990,8 @@ static void quantize_rows(const float *W, int R, int Cc, float qmax, const float
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         const float *row = W + (size_t)r * Cc;
-        float mx = 0;
-        for (int k = 0; k < Cc; k++) mx = fmaxf(mx, fabsf(row[k]));
-        float sc = mx > 0 ? mx / qmax : 1.0f;
-        if (grid && grid[r] > 0) sc = grid[r]; /* GPTQ's grid: w / sc is an integer */
+        /* the given grid (GPTQ's, or the whole model's): w / sc is an integer there */
+        float sc = grid && grid[r] > 0 ? grid[r] : td_gptq_row_scale(row, Cc, qmax);
         sp[r] = sc;
         int32_t sum = 0;
         for (int k = 0; k < Cc; k++) {
@@ -1162,6 +1160,22 @@ td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi
     return TD_OK;
 }
 
+size_t td_model_calib_work_bytes(const td_model *m, int skip_head) {
+    qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
+    if (!mats) return 0;
+    int nm = infer_mats(m, mats);
+    size_t work = 0;
+    for (int i = 0; i < nm; i++) {
+        if (i == 4 * m->L && skip_head) continue;
+        size_t w = td_gptq_work_bytes(mats[i].rows, mats[i].cols);
+        if (i > 4 * m->L) /* an untied embedding, and its H from layer 0 (embedding_gptq) */
+            w += ((size_t)m->QKV * m->C + (size_t)m->C * m->C) * sizeof(float);
+        work = w > work ? w : work;
+    }
+    free(mats);
+    return work;
+}
+
 void td_model_calib_cancel(td_model *m) {
     calib_free(m);
 }
@@ -1171,6 +1185,27 @@ size_t td_model_calib_bytes(const td_model *m, int what) {
     size_t layers = (2 * C * C + A * A + F * F) * (size_t)m->L;
     return ((what & TD_CALIB_LAYERS ? layers : 0) + (what & TD_CALIB_HEAD ? C * C : 0)) *
            sizeof(float);
+}
+
+/* An untied input embedding is a lookup, with no inputs to calibrate on. Its rows go
+ * (normalised) into layer 0's q/k/v product, so GPTQ weighs their errors by how much they
+ * move its output: H = (W_qkv diag(g))^T (W_qkv diag(g)), g = layer 0's norm weights. Done
+ * with the layers, so that what reads the model next (the head's calibration) sees the
+ * quantized model. */
+static td_status embedding_gptq(td_model *m, float *wte, float damp, float *grid) {
+    size_t C = (size_t)m->C, QKV = (size_t)m->QKV;
+    float *A = malloc(sizeof(float) * QKV * C), *H = calloc(C * C, sizeof(float));
+    const td_layer_params *l0 = &m->p.layers[0];
+    td_status s = A && H ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
+    if (s == TD_OK) {
+        for (size_t r = 0; r < QKV; r++)
+            for (size_t k = 0; k < C; k++) A[r * C + k] = l0->wqkv[r * C + k] * l0->norm1_w[k];
+        gram_fixed_blocks(H, A, m->QKV, m->C);
+        s = td_gptq_quantize(wte, m->V, m->C, H, 127.0f, damp, grid);
+    }
+    free(A);
+    free(H);
+    return s;
 }
 
 td_status td_model_calib_gptq(td_model *m, float damp,
@@ -1192,27 +1227,7 @@ td_status td_model_calib_gptq(td_model *m, float damp,
                                  127.0f, damp, grid);
             if (s == TD_OK && progress) progress(ctx, ++done, total);
         } else if (i > 4 * m->L && first_layers) {
-            /* an untied input embedding: a lookup, with no inputs to calibrate on. Its rows
-             * go (normalised) into layer 0's q/k/v product, so GPTQ weighs their errors by
-             * how much they move its output: H = (W_qkv diag(g))^T (W_qkv diag(g)), g = layer
-             * 0's norm weights. Done here, with the layers, so that what reads the model
-             * next (the head's calibration) sees the quantized model. */
-            float *A = malloc(sizeof(float) * (size_t)m->QKV * m->C);
-            float *He = malloc(sizeof(float) * (size_t)m->C * m->C);
-            const td_layer_params *l0 = &m->p.layers[0];
-            if (!A || !He) {
-                s = td_error_set(TD_ERR_NOMEM, "out of memory");
-            } else {
-                for (size_t r = 0; r < (size_t)m->QKV; r++)
-                    for (size_t k = 0; k < (size_t)m->C; k++)
-                        A[r * m->C + k] = l0->wqkv[r * m->C + k] * l0->norm1_w[k];
-                memset(He, 0, sizeof(float) * (size_t)m->C * m->C);
-                gram_fixed_blocks(He, A, m->QKV, m->C);
-                s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, He, 127.0f,
-                                     damp, grid);
-            }
-            free(A);
-            free(He);
+            s = embedding_gptq(m, (float *)mats[i].w, damp, grid);
         }
         grid += mats[i].rows;
     }
@@ -1297,12 +1312,10 @@ td_status td_model_int8_grid_rtn(td_model *m, int head_int8) {
     int nm = infer_mats(m, mats);
     float *g = m->grid;
     for (int i = 0; i < nm; i++) {
-        for (int r = 0; r < mats[i].rows; r++) {
-            const float *row = mats[i].w + (size_t)r * mats[i].cols;
-            float mx = 0;
-            for (int k = 0; k < mats[i].cols; k++) mx = fmaxf(mx, fabsf(row[k]));
-            g[r] = i == 4 * m->L && !head_int8 ? 0.0f : mx > 0 ? mx / 127.0f : 1.0f;
-        }
+        if (i == 4 * m->L && !head_int8) /* lm_head stays int16, rounded on its own */
+            memset(g, 0, sizeof(float) * (size_t)mats[i].rows);
+        else
+            td_gptq_row_scales(mats[i].w, mats[i].rows, mats[i].cols, 127.0f, g);
         g += mats[i].rows;
     }
     free(mats);

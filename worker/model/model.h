@@ -196,6 +196,9 @@ td_status td_model_quantize_int8(td_model *m, int head_int8);
 enum { TD_CALIB_LAYERS = 1, TD_CALIB_HEAD = 2 };
 td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi);
 size_t td_model_calib_bytes(const td_model *m, int what);
+/* The most working memory GPTQ takes for one matrix of this model (td_gptq_work_bytes; an
+ * untied embedding with its H), lm_head left out with skip_head. */
+size_t td_model_calib_work_bytes(const td_model *m, int skip_head);
 /* Drops the statistics (the weights are untouched). */
 void td_model_calib_cancel(td_model *m);
 /* Ends the collection and rounds each matrix that has statistics with GPTQ (damp: see
