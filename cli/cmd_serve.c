@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "cli/serve.h"
 #include "common/log.h"
 #include "common/json.h"
@@ -220,6 +221,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             omp_set_num_threads(cpus / world->local_size > 0 ? (int)(cpus / world->local_size) : 1);
         }
     }
+    if (s == TD_OK) td_cpu_kernels_log();
     td_model *m = given;
     td_bpe *tok = NULL;
     if (s == TD_OK && !m) s = td_checkpoint_load_model(model_dir, &m);

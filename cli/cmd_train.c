@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "worker/kernels/cpu/blas_core.h"
 #ifdef TD_HAVE_CUDA
 #include "worker/kernels/cuda/cuda_ops.h"
 #endif
@@ -171,6 +172,7 @@ int td_cmd_train(int argc, char **argv) {
         }
     }
     o.comm = comm;
+    if (!o.gpu) td_cpu_kernels_log();
     if (say_cpu) /* ranks other than 0 log errors only */
         TD_LOG_INFO("device auto: training on the CPU (%s)", why);
     if (o.gpu && !job.bf16)

@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "common/status.h"
+#include "worker/kernels/cpu/blas_core.h"
 
 #define TD_VERSION "0.1.0"
 
@@ -39,6 +40,8 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* first: may re-execute with the right OpenBLAS kernels for this CPU (blas_core.h) */
+    td_blas_core_check(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -49,7 +52,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("tandem %s\n", TD_VERSION);
+        char kernels[512];
+        printf("tandem %s\nkernels: %s\n", TD_VERSION,
+               td_cpu_kernels_describe(kernels, sizeof kernels));
         return 0;
     }
     if (!strcmp(cmd, "help")) {

@@ -160,6 +160,10 @@ const char *td_bf16_isa(void) {
     return g.isa;
 }
 
+const char *td_bf16_dnnl_isa(void) {
+    return isa_name(dnnl_get_effective_cpu_isa());
+}
+
 #else
 static struct {
     int ready, native;
@@ -178,6 +182,10 @@ td_status td_bf16_init(void) {
 
 const char *td_bf16_isa(void) {
     return g.isa;
+}
+
+const char *td_bf16_dnnl_isa(void) {
+    return "none (built without oneDNN)";
 }
 #endif
 

@@ -22,6 +22,8 @@ td_status td_bf16_init(void);
 /* "avx512_core_bf16", "avx512_core_amx", ... and whether products run on oneDNN (1) or
  * the widened-sgemm fallback (0); valid after td_bf16_init. */
 const char *td_bf16_isa(void);
+/* The instruction set oneDNN would use (it honours ONEDNN_MAX_CPU_ISA); needs no init. */
+const char *td_bf16_dnnl_isa(void);
 
 /* C (M,N) = op(A) (M,K) @ op(B) (K,N) [+ C when accumulate] [+ bias (N) broadcast over
  * rows], all row-major; A and B bf16, C and bias fp32. transA: A is stored (K,M);
