@@ -61,6 +61,8 @@ if ! command -v mmdebstrap > /dev/null; then
 fi
 
 [ -n "$dir" ] || dir=$(mktemp -d /var/tmp/tandem-fresh.XXXXXX)
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
 root="$dir/root"
 mounted=()
 cleanup() {
