@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The fresh-machine check: builds a minimal Debian 12 root from nothing (mmdebstrap, the
-# "minbase" variant: essential packages and apt, no compiler, no libraries), copies a clean
-# clone of this repository's HEAD into it, and runs the README's test command there
-# (`make test`), which must install everything it needs itself. With --demo it runs
-# `make demo` as well. Any package that the build, the tests or the demo need and that
+# "minbase" variant: essential packages and apt, plus make to run the README's commands; no
+# compiler, no libraries), copies a clean clone of this repository's HEAD into it, and runs
+# the README's test command there (`make test`), which must install everything it needs
+# itself. With --demo it runs `make demo` as well. Any package that the build, the tests or the demo need and that
 # scripts/install-deps.sh does not install fails it.
 #
 # What the root takes from this machine: the apt sources (Debian's, from
@@ -77,7 +77,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "mmdebstrap --variant=minbase bookworm (sources: $sources)"
-mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$root" "$sources"
+mmdebstrap --quiet --variant=minbase --include=ca-certificates,make bookworm "$root" "$sources"
 chroot "$root" dpkg-query -W -f='${Package}\n' | sort > "$dir/packages-minbase.txt"
 echo "packages in the new root: $(wc -l < "$dir/packages-minbase.txt")"
 
