@@ -4,7 +4,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build test demo bench interop fixtures clean
+.PHONY: all deps build test demo bench interop fixtures format clean
 
 all: build
 
@@ -12,8 +12,9 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTANDEM_WERROR=ON > $(BUILD).cmake.log 2>&1 \
-		|| { cat $(BUILD).cmake.log; exit 1; }
+	@mkdir -p $(BUILD)
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTANDEM_WERROR=ON > $(BUILD)/configure.log 2>&1 \
+		|| { cat $(BUILD)/configure.log; exit 1; }
 	@cmake --build $(BUILD) -j $(JOBS)
 
 test: build
@@ -24,6 +25,7 @@ demo: build
 	@scripts/demo.sh $(BUILD)
 
 bench: build
+	$(BUILD)/bench_gemm
 	$(BUILD)/bench_train --profile
 	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
 		OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1 mpirun -np 2 $(BUILD)/bench_comm
@@ -39,5 +41,8 @@ fixtures:
 	@scripts/install-deps.sh --python
 	.venv/bin/python tests/reference/make_fixtures.py
 
+format: deps
+	@scripts/format.sh
+
 clean:
-	rm -rf $(BUILD) $(BUILD).cmake.log
+	rm -rf $(BUILD)

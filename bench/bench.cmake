@@ -21,3 +21,8 @@ target_link_libraries(bench_quant PRIVATE td_train)
 # bench_serving: HTTP load against the gateway (Poisson arrivals, TTFT/TPOT, router+gateway overhead)
 add_executable(bench_serving bench/bench_serving.c)
 target_link_libraries(bench_serving PRIVATE PkgConfig::CJSON Threads::Threads ${LIBM})
+
+# bench_gemm: fp32 product GFLOP/s by kernel choice (OpenBLAS as shipped, corrected, forced;
+# oneDNN f32), each configuration in its own process
+add_executable(bench_gemm bench/bench_gemm.c)
+target_link_libraries(bench_gemm PRIVATE td_kernels)

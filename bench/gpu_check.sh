@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, in one script for a GPU machine (e.g. an H200 lent by the device tool):
+# The GPU check, in one script for a GPU machine (e.g. one H100 or H200):
 #   1. builds the CUDA kernels (sm_90) and just enough of tandem's CPU side to serve as the
 #      reference (no OpenBLAS, oneDNN, MPI or ZeroMQ needed there: a plain CBLAS stand-in,
 #      bench/gpu/cblas_naive.c, and the bf16 products' sgemm fallback),

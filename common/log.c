@@ -26,7 +26,9 @@ void td_log_write(td_log_level lvl, const char *file, int line, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (g_rank >= 0)
+    if (g_rank >= 0 && lvl == TD_LOG_LVL_INFO) /* for the user: no source location */
+        fprintf(stderr, "[rank %d] %s: %s\n", g_rank, names[lvl], buf);
+    else if (g_rank >= 0)
         fprintf(stderr, "[rank %d] %s %s:%d: %s\n", g_rank, names[lvl], file, line, buf);
     else if (lvl <= TD_LOG_LVL_WARN || lvl == TD_LOG_LVL_DEBUG)
         fprintf(stderr, "%s %s:%d: %s\n", names[lvl], file, line, buf);

@@ -1,5 +1,7 @@
 /* Logging to stderr with a level and the MPI rank (set once by the process that knows it).
- * TD_LOG_* print "[rank N] LEVEL file:line: message". td_log_set_level() filters. */
+ * TD_LOG_* print "[rank N] LEVEL file:line: message" (file relative to the repository);
+ * INFO lines, written for users, omit the location: "[rank N] INFO: message". Without a
+ * rank, INFO is the bare message. td_log_set_level() filters. */
 #ifndef TD_LOG_H
 #define TD_LOG_H
 

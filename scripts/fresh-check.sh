@@ -3,16 +3,19 @@
 # "minbase" variant: essential packages and apt, plus make to run the README's commands; no
 # compiler, no libraries), copies a clean clone of this repository's HEAD into it, and runs
 # the README's test command there (`make test`), which must install everything it needs
-# itself. With --demo it runs `make demo` as well. Any package that the build, the tests or the demo need and that
-# scripts/install-deps.sh does not install fails it.
+# itself. With --demo it runs `make demo` as well. Any package that the build, the tests
+# or the demo need and that scripts/install-deps.sh does not install fails it.
 #
 # What the root takes from this machine: the apt sources (Debian's, from
 # /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list, or --sources FILE), and
 # the network settings needed to reach the package registries (/etc/resolv.conf, the CA
 # certificate bundle, pip's configuration and proxy variables). Nothing else.
 #
-# Usage: sudo scripts/fresh-check.sh [--demo] [--keep] [--dir DIR] [--sources FILE]
+# Usage: sudo scripts/fresh-check.sh [--demo] [--if-changed] [--keep] [--dir DIR] [--sources FILE]
 #   --demo          also run `make demo` in the fresh root (after the tests)
+#   --if-changed    only when the files that decide the install and the build
+#                   (install-deps.sh, CMakeLists.txt, Makefile, *.cmake, this script) have
+#                   not passed on this machine before (.ci/run uses this)
 #   --keep          keep the root afterwards (default: removed)
 #   --dir DIR       where to build the root (default: a new folder under /var/tmp)
 #   --sources FILE  an apt sources file (one-line or deb822 .sources) for the root
@@ -22,10 +25,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
 
-demo=0 keep=0 dir="" sources=""
+demo=0 keep=0 dir="" sources="" if_changed=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --demo) demo=1 ;;
+    --if-changed) if_changed=1 ;;
     --keep) keep=1 ;;
     --dir) dir=$2; shift ;;
     --sources) sources=$2; shift ;;
@@ -47,6 +51,18 @@ fi
     echo "fresh-check: no apt sources file found; give one with --sources FILE" >&2
     exit 2
 }
+# --if-changed: skip when the files that decide what a fresh machine needs already passed
+# here (a stamp per fingerprint under /var/cache/tandem-fresh-check)
+stamp=""
+if [ "$if_changed" = 1 ]; then
+    fp=$(git show HEAD:scripts/install-deps.sh HEAD:CMakeLists.txt HEAD:Makefile \
+        HEAD:bench/bench.cmake HEAD:tests/tests.cmake HEAD:scripts/fresh-check.sh | sha256sum | cut -c1-16)
+    stamp=/var/cache/tandem-fresh-check/$fp$([ "$demo" = 1 ] && echo -demo || true)
+    if [ -f "$stamp" ]; then
+        echo "fresh-check: skipped: the build and install files at HEAD (fingerprint $fp) passed on this machine at $(cat "$stamp")"
+        exit 0
+    fi
+fi
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     echo "fresh-check: note: uncommitted changes are not checked (the root gets a clone of HEAD)"
 fi
@@ -152,10 +168,11 @@ fi
 
 chroot "$root" dpkg-query -W -f='${Package}\n' | sort > "$dir/packages-after.txt"
 added=$(comm -13 "$dir/packages-minbase.txt" "$dir/packages-after.txt")
-step "the project's scripts installed $(echo "$added" | wc -l) packages (pip: .venv); named ones:"
-sed -n '/^APT_PKGS=(/,/)/p' scripts/install-deps.sh | tr -d '()' | sed 's/APT_PKGS=//' |
-    tr ' ' '\n' | grep -E '^[a-z0-9]' | while read -r p; do
-    echo "$added" | grep -qx "$p" && printf '%s ' "$p"
+step "the project's scripts installed $(echo "$added" | wc -l) packages, and .venv with pip"
+named=""
+for p in $(sed -n '/^APT_PKGS=(/,/)/p' scripts/install-deps.sh | tr -d '()' | sed 's/APT_PKGS=//'); do
+    if echo "$added" | grep -qx "$p"; then named="$named $p"; fi
 done
-echo
+echo "named in scripts/install-deps.sh:$named"
+[ -n "$stamp" ] && mkdir -p "$(dirname "$stamp")" && date -u +%FT%TZ > "$stamp"
 echo "fresh-check: passed in $(($(date +%s) - t0)) s$([ "$demo" = 1 ] && echo ' (make test and make demo)' || true)"

@@ -14,7 +14,7 @@ Drives a running gateway with the `openai` (v1+ API) and `ollama` Python package
 The model's text is never checked beyond its type and stream/non-stream agreement.
 
 Usage (with a gateway already listening, e.g. `tandem serve --model DIR --http 127.0.0.1:PORT`):
-  /work/main/.venv/bin/python tests/e2e/gateway_clients.py \
+  .venv/bin/python tests/e2e/gateway_clients.py \
       --base http://127.0.0.1:PORT --model NAME [--api-key KEY]
 Prints `PASS name: detail` or `FAIL name: detail` per check; exits 1 if any failed, else 0.
 """

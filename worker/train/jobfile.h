@@ -1,4 +1,4 @@
-/* The job file shared by train, finetune, distill and serve (DESIGN.md, "Job file"):
+/* The job file shared by train, finetune, distill and serve (docs/train.md, "Job file"):
  * parsed and validated into td_job, with a located message for each bad field. */
 #ifndef TD_JOBFILE_H
 #define TD_JOBFILE_H

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The OpenBLAS core-type correction (worker/kernels/cpu/blas_core.h), on a simulated CPU that
+# OpenBLAS does not know: the test hook TANDEM_TEST_BLAS_DETECTED=1 makes tandem treat
+# OPENBLAS_CORETYPE=Prescott as OpenBLAS's own choice, which is what Debian's OpenBLAS
+# 0.3.21 does on CPUs newer than itself. Checks, on the tandem binary:
+#   1. the simulated misdetection is corrected to the core this CPU's flags support
+#      (/proc/cpuinfo: AVX-512 F/CD/BW/DQ/VL -> SkylakeX, AVX2+FMA -> Haswell or Zen,
+#      AVX -> SandyBridge), and `tandem version` says so;
+#   2. an OPENBLAS_CORETYPE the user set is kept and named as the user's;
+#   3. TANDEM_BLAS_CHECK=0 leaves OpenBLAS's choice alone;
+#   4. under `mpirun -np 2 tandem train` every rank is corrected (re-executed before MPI
+#      starts) and the job logs its kernels exactly once.
+# Usage: test_blas_core.sh TANDEM_BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TANDEM=$(realpath "$1")
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+cd "$W"
+. "$HERE/mpi_env.sh"
+fail=0
+check() { # description, then a command that must succeed
+    local what=$1
+    shift
+    if "$@"; then echo "ok: $what"; else echo "FAIL: $what"; fail=1; fi
+}
+
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { [[ " $flags " == *" $1 "* ]]; }
+want=""
+if has avx512f && has avx512cd && has avx512bw && has avx512dq && has avx512vl; then
+    want=SkylakeX
+elif has avx2 && has fma; then
+    grep -q AuthenticAMD /proc/cpuinfo && want=Zen || want=Haswell
+elif has avx; then
+    want=SandyBridge
+fi
+echo "this CPU supports OpenBLAS core: ${want:-(no AVX: nothing to correct)}"
+echo "as shipped: $(TANDEM_BLAS_CHECK=0 "$TANDEM" version | sed -n 's/^kernels: //p')"
+
+# 1. simulated unknown CPU
+out=$(TANDEM_TEST_BLAS_DETECTED=1 OPENBLAS_CORETYPE=Prescott "$TANDEM" version)
+echo "simulated unknown CPU: $(echo "$out" | sed -n 's/^kernels: //p')"
+if [ -n "$want" ]; then
+    check "Prescott corrected to $want" grep -q "core $want (set by tandem: OpenBLAS chose Prescott" <<< "$out"
+else
+    check "no AVX: Prescott kept" grep -q "core Prescott" <<< "$out"
+fi
+check "the line names oneDNN's instruction set" grep -Eq "bf16: oneDNN [a-z0-9_]+" <<< "$out"
+
+# 2. the user's core type is kept
+out=$(OPENBLAS_CORETYPE=Prescott "$TANDEM" version)
+echo "user's OPENBLAS_CORETYPE=Prescott: $(echo "$out" | sed -n 's/^kernels: //p')"
+check "the user's Prescott kept and named" grep -q "core Prescott (OPENBLAS_CORETYPE=Prescott set by the user" <<< "$out"
+
+# 3. the check turned off
+out=$(TANDEM_BLAS_CHECK=0 TANDEM_TEST_BLAS_DETECTED=1 OPENBLAS_CORETYPE=Prescott "$TANDEM" version)
+check "TANDEM_BLAS_CHECK=0: no correction" grep -q "core Prescott" <<< "$out"
+
+# 4. a data-parallel job: corrected on every rank, logged once
+CORPUS=/usr/share/games/fortunes/fortunes
+"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 "$CORPUS"
+cat > job.json <<'JOB'
+{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
+           "max_position_embeddings": 32},
+ "data": {"train": "data", "seq_len": 16},
+ "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
+ "checkpoint": {"dir": "run", "every": 2, "keep": 1}, "device": "cpu"}
+JOB
+TANDEM_TEST_BLAS_DETECTED=1 OPENBLAS_CORETYPE=Prescott mpirun -np 2 sh -c \
+    "\"$TANDEM\" train job.json --quiet 2> rank\$OMPI_COMM_WORLD_RANK.err; \"$TANDEM\" version > rank\$OMPI_COMM_WORLD_RANK.version"
+cat rank0.err
+check "the job logs its kernels once" test "$(cat rank0.err rank1.err | grep -c 'kernels: ')" = 1
+if [ -n "$want" ]; then
+    check "rank 0 trained on $want" grep -q "core $want (set by tandem" rank0.err
+    check "rank 1's process under mpirun corrected to $want too" grep -q "core $want (set by tandem" rank1.version
+fi
+exit $fail
