@@ -33,9 +33,12 @@ int main(int argc, char **argv) {
     double bucket_mb = 25;
     td_comm_mpi_init(&argc, &argv, 1);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--bucket-mb") && i + 1 < argc) bucket_mb = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--json")) json = 1;
+        if (!strcmp(argv[i], "--iters") && i + 1 < argc)
+            iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--bucket-mb") && i + 1 < argc)
+            bucket_mb = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
     }
     td_comm *c;
     if (td_comm_mpi_new(&c) != TD_OK) return 1;
@@ -48,13 +51,14 @@ int main(int argc, char **argv) {
     if (iters < 1 || iters > 100) iters = 7;
     double busf = 2.0 * (n - 1) / n;
     if (rank == 0 && !json)
-        printf("all-reduce, %d ranks, float32 sum, median of %d\n\n%12s %14s %14s %8s\n", n,
-               iters, "bytes", "tandem GB/s", "MPI GB/s", "ratio");
+        printf("all-reduce, %d ranks, float32 sum, median of %d\n\n%12s %14s %14s %8s\n", n, iters,
+               "bytes", "tandem GB/s", "MPI GB/s", "ratio");
     size_t sizes[] = {1u << 20, 4u << 20, 16u << 20, 64u << 20};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         size_t cnt = sizes[k] / 4;
         float *buf = malloc(sizes[k]);
-        for (size_t i = 0; i < cnt; i++) buf[i] = (float)(i % 7);
+        for (size_t i = 0; i < cnt; i++)
+            buf[i] = (float)(i % 7);
         double ours[100], bare[100];
         for (int it = -1; it < iters; it++) { /* alternate, first round is warm-up */
             MPI_Barrier(MPI_COMM_WORLD);
@@ -84,10 +88,15 @@ int main(int argc, char **argv) {
     }
 
     /* training step: overlapped buckets vs one all-reduce after backward */
-    td_model_config cfg = {.arch = TD_ARCH_GPT2, .hidden_size = 256, .intermediate_size = 1024,
-                           .num_hidden_layers = 4, .num_attention_heads = 4,
-                           .num_key_value_heads = 4, .vocab_size = 50257,
-                           .max_position_embeddings = 1024, .norm_eps = 1e-5,
+    td_model_config cfg = {.arch = TD_ARCH_GPT2,
+                           .hidden_size = 256,
+                           .intermediate_size = 1024,
+                           .num_hidden_layers = 4,
+                           .num_attention_heads = 4,
+                           .num_key_value_heads = 4,
+                           .vocab_size = 50257,
+                           .max_position_embeddings = 1024,
+                           .norm_eps = 1e-5,
                            .tie_word_embeddings = 1};
     enum { B = 4, T = 64 };
     td_model *m;

@@ -32,7 +32,8 @@ static double triad_gbs(void) {
     for (int r = 0; r < 10; r++) { /* best of 10 */
         double t0 = td_time_now();
 #pragma omp parallel for
-        for (size_t i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
+        for (size_t i = 0; i < n; i++)
+            a[i] = b[i] + 3.0f * c[i];
         double dt = td_time_now() - t0;
         if (dt < best) best = dt;
     }
@@ -51,18 +52,22 @@ static double decode(td_model *m, int B, int steps) {
     td_model_plan_infer(m, 16 * B, B);
     const td_model_config *c = td_model_config_of(m);
     int32_t *blocks = malloc(sizeof(int32_t) * (size_t)(per * B));
-    for (int i = 0; i < per * B; i++) blocks[i] = i;
+    for (int i = 0; i < per * B; i++)
+        blocks[i] = i;
     int32_t *tok = malloc(sizeof(int32_t) * 16 * (size_t)B);
     td_rng r;
     td_rng_seed(&r, 1);
-    for (int i = 0; i < 16 * B; i++) tok[i] = (int32_t)td_rng_below(&r, (uint64_t)c->vocab_size);
+    for (int i = 0; i < 16 * B; i++)
+        tok[i] = (int32_t)td_rng_below(&r, (uint64_t)c->vocab_size);
     td_infer_seg *sg = malloc(sizeof *sg * (size_t)B);
     float *logits = malloc(sizeof(float) * (size_t)B * c->vocab_size);
-    for (int b = 0; b < B; b++) sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b};
+    for (int b = 0; b < B; b++)
+        sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b};
     td_model_forward_infer(m, kv, sg, B, logits);
     double t0 = td_time_now();
     for (int s = 0; s < steps; s++) {
-        for (int b = 0; b < B; b++) sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b};
+        for (int b = 0; b < B; b++)
+            sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b};
         td_model_forward_infer(m, kv, sg, B, logits);
     }
     double dt = td_time_now() - t0;
@@ -77,17 +82,25 @@ static double decode(td_model *m, int B, int steps) {
 int main(int argc, char **argv) {
     int steps = 32, json = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--json")) json = 1;
+        if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
         else {
             fprintf(stderr, "usage: bench_decode [--steps N] [--json]\n");
             return 2;
         }
     }
-    td_model_config c = {.arch = TD_ARCH_LLAMA, .hidden_size = 768, .intermediate_size = 2048,
-                         .num_hidden_layers = 8, .num_attention_heads = 12,
-                         .num_key_value_heads = 12, .vocab_size = 8192,
-                         .max_position_embeddings = 512, .norm_eps = 1e-5, .rope_theta = 10000};
+    td_model_config c = {.arch = TD_ARCH_LLAMA,
+                         .hidden_size = 768,
+                         .intermediate_size = 2048,
+                         .num_hidden_layers = 8,
+                         .num_attention_heads = 12,
+                         .num_key_value_heads = 12,
+                         .vocab_size = 8192,
+                         .max_position_embeddings = 512,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000};
     td_model *m;
     if (td_model_new(&c, &m) != TD_OK) return 1;
     td_model_init_random(m, 1);
@@ -97,8 +110,8 @@ int main(int argc, char **argv) {
     if (!json)
         printf("decode, llama 768x8 (%.1f M params, %.0f MB fp32), %d threads, %d steps after a "
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
-               td_model_num_params(m) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw,
-               "weights", "batch", "tokens/s", "MB read/token", "roofline");
+               td_model_num_params(m) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw, "weights",
+               "batch", "tokens/s", "MB read/token", "roofline");
     static const char *names[4] = {"fp32", "bf16", "int8", "int8v"};
     td_model *mb; /* bf16 weights: a second copy of the same model */
     if (td_model_new(&c, &mb) != TD_OK) return 1;
@@ -121,8 +134,8 @@ int main(int argc, char **argv) {
                        "\"roofline\": %.3f}\n",
                        names[q], B, tps, rd, bw, roof);
             else if (B == 1)
-                printf("%-6s %6d %12.1f %14.1f %9.0f%%   %.2fx fp32\n", names[q], B, tps,
-                       rd / 1e6, 100 * roof, tps / fp32_b1);
+                printf("%-6s %6d %12.1f %14.1f %9.0f%%   %.2fx fp32\n", names[q], B, tps, rd / 1e6,
+                       100 * roof, tps / fp32_b1);
             else
                 printf("%-6s %6d %12.1f %14s %10s\n", names[q], B, tps, "", "");
         }

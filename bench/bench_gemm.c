@@ -40,7 +40,7 @@ static void fill(float *x, size_t n, unsigned seed) {
 }
 
 /* GFLOP/s of call repeated for >= g_seconds, after one warm-up call. */
-#define TIME_BEST(gflops, M, N, K, call)                                                          \
+#define TIME_BEST(gflops, M, N, K, call)                                                           \
     do {                                                                                           \
         call;                                                                                      \
         double best_ = 0;                                                                          \
@@ -51,7 +51,7 @@ static void fill(float *x, size_t n, unsigned seed) {
                 call;                                                                              \
                 reps_++;                                                                           \
             } while ((dt_ = td_time_now() - t0_) < g_seconds);                                     \
-            double g_ = 2.0 * (M) * (N) * (K) * reps_ / dt_ / 1e9;                                 \
+            double g_ = 2.0 * (M) * (N) * (K)*reps_ / dt_ / 1e9;                                   \
             if (g_ > best_) best_ = g_;                                                            \
         }                                                                                          \
         gflops = best_;                                                                            \
@@ -71,8 +71,7 @@ static int run_dnnl(const char *label, int M, int N, int K, const float *A, cons
     dnnl_primitive_desc_t pd;
     dnnl_primitive_t prim;
     if (dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) ||
-        dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL) ||
-        dnnl_primitive_create(&prim, pd))
+        dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL) || dnnl_primitive_create(&prim, pd))
         return -1;
     const char *impl = "?";
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
@@ -83,8 +82,8 @@ static int run_dnnl(const char *label, int M, int N, int K, const float *A, cons
     dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
     double gf;
     TIME_BEST(gf, M, N, K, (dnnl_primitive_execute(prim, st, 3, args), dnnl_stream_wait(st)));
-    printf("R\t%s\toneDNN %s %s\t%d\t%d\t%d\t%d\t%.1f\n", label, td_bf16_dnnl_isa(), impl,
-           M, N, K, threads, gf);
+    printf("R\t%s\toneDNN %s %s\t%d\t%d\t%d\t%d\t%.1f\n", label, td_bf16_dnnl_isa(), impl, M, N, K,
+           threads, gf);
     dnnl_memory_destroy(ma);
     dnnl_memory_destroy(mb);
     dnnl_memory_destroy(mc);
@@ -100,7 +99,8 @@ static int child(const char *label, int with_dnnl) {
     int nmax = omp_get_max_threads();
     for (int s = 0; s < NSHAPES; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-        float *A = malloc(sizeof(float) * (size_t)M * K), *B = malloc(sizeof(float) * (size_t)K * N);
+        float *A = malloc(sizeof(float) * (size_t)M * K),
+              *B = malloc(sizeof(float) * (size_t)K * N);
         float *C = malloc(sizeof(float) * (size_t)M * N);
         if (!A || !B || !C) return 1;
         fill(A, (size_t)M * K, 1);
@@ -109,8 +109,8 @@ static int child(const char *label, int with_dnnl) {
             omp_set_num_threads(th);
             double gf;
             TIME_BEST(gf, M, N, K,
-                      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K,
-                                  B, N, 0.0f, C, N));
+                      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B,
+                                  N, 0.0f, C, N));
             printf("R\t%s\tOpenBLAS %s\t%d\t%d\t%d\t%d\t%.1f\n", label, openblas_get_corename(), M,
                    N, K, th, gf);
             if (with_dnnl && run_dnnl("oneDNN", M, N, K, A, B, C, th)) return 1;
@@ -154,12 +154,12 @@ static int run_child(const char *self, const char *label, const char *const env[
     char line[512];
     while (f && fgets(line, sizeof line, f)) {
         row r;
-        if (sscanf(line, "R\t%31[^\t]\t%95[^\t]\t%d\t%d\t%d\t%d\t%lf", r.label, r.kernels,
-                   &r.M, &r.N, &r.K, &r.threads, &r.gflops) != 7)
+        if (sscanf(line, "R\t%31[^\t]\t%95[^\t]\t%d\t%d\t%d\t%d\t%lf", r.label, r.kernels, &r.M,
+                   &r.N, &r.K, &r.threads, &r.gflops) != 7)
             continue;
         int j = 0; /* an earlier round's cell: keep the best */
-        while (j < *n && (strcmp(rows[j].label, r.label) || rows[j].M != r.M ||
-                          rows[j].N != r.N || rows[j].K != r.K || rows[j].threads != r.threads))
+        while (j < *n && (strcmp(rows[j].label, r.label) || rows[j].M != r.M || rows[j].N != r.N ||
+                          rows[j].K != r.K || rows[j].threads != r.threads))
             j++;
         if (j < *n && rows[j].gflops < r.gflops) rows[j] = r;
         if (j == *n && *n < cap) rows[(*n)++] = r;
@@ -223,10 +223,10 @@ int main(int argc, char **argv) {
     }
     static row rows[256];
     int n = 0;
-    const char *shipped[] = {"OPENBLAS_CORETYPE", NULL, "TANDEM_BLAS_CHECK", "0",
-                             "TANDEM_BLAS_CORRECTED", NULL, NULL};
-    const char *deflt[] = {"OPENBLAS_CORETYPE", NULL, "TANDEM_BLAS_CHECK", NULL,
-                           "TANDEM_BLAS_CORRECTED", NULL, NULL};
+    const char *shipped[] = {
+        "OPENBLAS_CORETYPE", NULL, "TANDEM_BLAS_CHECK", "0", "TANDEM_BLAS_CORRECTED", NULL, NULL};
+    const char *deflt[] = {
+        "OPENBLAS_CORETYPE", NULL, "TANDEM_BLAS_CHECK", NULL, "TANDEM_BLAS_CORRECTED", NULL, NULL};
     const char *forced[] = {"OPENBLAS_CORETYPE", want ? want : "", "TANDEM_BLAS_CORRECTED", NULL,
                             NULL};
     for (int round = 0; round < 3; round++)

@@ -61,7 +61,8 @@ static int runner_init(runner *r, const char *dir, const variant *v, const td_ca
     if (td_kv_cache_new(r->m, bt, (size_t)nb, &r->kv) != TD_OK) return -1;
     if (td_model_plan_infer(r->m, T, 1) != TD_OK) return -1;
     r->blocks = malloc(sizeof(int32_t) * (size_t)nb);
-    for (int i = 0; i < nb; i++) r->blocks[i] = i;
+    for (int i = 0; i < nb; i++)
+        r->blocks[i] = i;
     r->V = c->vocab_size;
     r->logits = malloc(sizeof(float) * (size_t)r->V);
     return 0;
@@ -99,8 +100,8 @@ typedef struct {
 } agreement;
 
 /* Runs every prompt of `prompts` (n of them) through fp32 (a) and the quantized model (b). */
-static int measure(runner *a, runner *b, td_bpe *tok, char **prompts, int np, int maxt,
-                   int verbose, agreement *g) {
+static int measure(runner *a, runner *b, td_bpe *tok, char **prompts, int np, int maxt, int verbose,
+                   agreement *g) {
     int T = td_model_config_of(a->m)->max_position_embeddings, V = a->V;
     int eot = td_bpe_special_id(tok, "<|endoftext|>");
     int32_t *ids = NULL, *seq = malloc(sizeof(int32_t) * (size_t)T);
@@ -123,17 +124,18 @@ static int measure(runner *a, runner *b, td_bpe *tok, char **prompts, int np, in
                 g->ref2 += (double)a->logits[v] * a->logits[v];
             }
             g->tf_tot++;
-            if (ta == tb) g->tf_same++;
+            if (ta == tb)
+                g->tf_same++;
             else if (verbose && flips++ < 3)
-                printf("  prompt %d step %d: fp32 %d, quantized %d, fp32 margin %.4f\n", p, i,
-                       ta, tb, margin);
+                printf("  prompt %d step %d: fp32 %d, quantized %d, fp32 margin %.4f\n", p, i, ta,
+                       tb, margin);
             seq[n + (size_t)i] = ta;
             if (ta == eot) {
                 gen = i + 1;
                 break;
             }
-            if (i + 1 < gen && (feed(a, &seq[n + i], 1, (int)n + i) ||
-                                feed(b, &seq[n + i], 1, (int)n + i)))
+            if (i + 1 < gen &&
+                (feed(a, &seq[n + i], 1, (int)n + i) || feed(b, &seq[n + i], 1, (int)n + i)))
                 goto fail;
         }
         /* the quantized model free-running */
@@ -173,15 +175,22 @@ int main(int argc, char **argv) {
     td_calib_opts_default(&co);
     co.quiet = !getenv("BENCH_QUANT_LOG");
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") && i + 1 < argc) dir = argv[++i];
-        else if (!strcmp(argv[i], "--prompts-file") && i + 1 < argc) pf = argv[++i];
-        else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) maxt = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--calib-seqs") && i + 1 < argc) co.seqs = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strcmp(argv[i], "--prompts-file") && i + 1 < argc)
+            pf = argv[++i];
+        else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc)
+            maxt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--calib-seqs") && i + 1 < argc)
+            co.seqs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--calib-seed") && i + 1 < argc)
             co.seed = strtoull(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--calib-file") && i + 1 < argc) calib_file = argv[++i];
-        else if (!strcmp(argv[i], "--verbose")) verbose = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--calib-file") && i + 1 < argc)
+            calib_file = argv[++i];
+        else if (!strcmp(argv[i], "--verbose"))
+            verbose = 1;
         else {
             fprintf(stderr, "usage: bench_quant --model DIR --prompts-file F [--max-tokens N] "
                             "[--calib-seqs N] [--calib-seed S] [--only K (row, from 0)] "
@@ -253,7 +262,8 @@ int main(int argc, char **argv) {
                100.0 * (double)g[v].tf_same / (double)g[v].tf_tot, g[v].tf_same, g[v].tf_tot,
                sqrt(g[v].err2 / g[v].ref2));
     }
-    for (int i = 0; i < np; i++) free(prompts[i]);
+    for (int i = 0; i < np; i++)
+        free(prompts[i]);
     free(prompts);
     runner_free(&a);
     td_bpe_free(&tok);

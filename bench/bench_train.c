@@ -258,8 +258,10 @@ int main(int argc, char **argv) {
                                      sizeof ver) == 0;
             rows[k].r.tok_s = ptok;
             if (!rows[k].ok)
-                fprintf(stderr, "bench_train: PyTorch %s run of %s failed (is python3-torch "
-                        "installed?)\n", k == 3 ? "autocast" : "fp32", s->name);
+                fprintf(stderr,
+                        "bench_train: PyTorch %s run of %s failed (is python3-torch "
+                        "installed?)\n",
+                        k == 3 ? "autocast" : "fp32", s->name);
         }
         const result *any = rows[0].ok ? &rows[0].r : &rows[1].r;
         double flops_tok = any->tok_s > 0 ? any->gflops / any->tok_s : 0;
@@ -276,9 +278,9 @@ int main(int argc, char **argv) {
                        flops_tok * r->tok_s, rows[k].rss, ratio, k >= 2 ? ", \"torch\": \"" : "",
                        k >= 2 ? ver : "", k >= 2 ? "\"" : "");
             } else {
-                printf("%-16s %8.1fM %-11s %10.1f %9.1f %10.0f", k == 0 || (k == 1 && !rows[0].ok)
-                       ? s->name : "", any->params / 1e6, rows[k].impl, r->tok_s,
-                       flops_tok * r->tok_s, rows[k].rss / 1048576.0);
+                printf("%-16s %8.1fM %-11s %10.1f %9.1f %10.0f",
+                       k == 0 || (k == 1 && !rows[0].ok) ? s->name : "", any->params / 1e6,
+                       rows[k].impl, r->tok_s, flops_tok * r->tok_s, rows[k].rss / 1048576.0);
                 if (base > 0) printf(" %8.2fx", ratio);
                 printf("\n");
             }
@@ -288,12 +290,14 @@ int main(int argc, char **argv) {
             if (!rows[k].ok) continue;
             const result *r = &rows[k].r;
             double tot = 0;
-            for (int q = 0; q <= TD_PROF_COUNT; q++) tot += r->prof[q];
+            for (int q = 0; q <= TD_PROF_COUNT; q++)
+                tot += r->prof[q];
             printf("    %s per-op time (ms per step, %% of step):", rows[k].impl);
             for (int q = 0; q <= TD_PROF_COUNT; q++) {
                 if (q % 3 == 0) printf("\n    ");
                 const char *nm = q < TD_PROF_COUNT ? td_prof_op_name((td_prof_op)q)
-                                 : k ? "clip+AdamW+bf16 copy" : "clip+AdamW";
+                                 : k               ? "clip+AdamW+bf16 copy"
+                                                   : "clip+AdamW";
                 printf("  %-22s %7.1f %4.1f%%", nm, r->prof[q] * 1e3, 100 * r->prof[q] / tot);
             }
             printf("\n");

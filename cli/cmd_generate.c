@@ -141,7 +141,6 @@ int td_cmd_generate(int argc, char **argv) {
     td_bpe *tok = NULL;
     size_t printed = 0;
 
-
     if (tok_arg) {
         if (parse_tokens(tok_arg, &ctx, &n) != 0 || n == 0) {
             fprintf(stderr, "tandem generate: --tokens wants comma-separated ids, got '%s'\n",
@@ -196,8 +195,13 @@ int td_cmd_generate(int argc, char **argv) {
     if (max_new > 0) { /* the inference engine: KV cache, the serving sampler */
         td_engine *e = NULL;
         td_engine_opts eo = {.max_seqs = 1};
-        td_sampling sp = {(float)temp, (int)top_k, (float)top_p, (uint64_t)seed,
-                          max_new > maxT ? maxT : (int)max_new, NULL, 0};
+        td_sampling sp = {(float)temp,
+                          (int)top_k,
+                          (float)top_p,
+                          (uint64_t)seed,
+                          max_new > maxT ? maxT : (int)max_new,
+                          NULL,
+                          0};
         int id, active = 1, k = 0;
         int start = n < maxT ? 0 : n - maxT + 1; /* keep the newest tokens of a long prompt */
         s = td_engine_new(m, tok, &eo, &e);
@@ -212,7 +216,8 @@ int td_cmd_generate(int argc, char **argv) {
             } else {
                 int cnt;
                 const int32_t *t = td_engine_tokens(e, id, &cnt);
-                for (; k < cnt; k++) printf("%s%d", k ? "," : "", t[k]);
+                for (; k < cnt; k++)
+                    printf("%s%d", k ? "," : "", t[k]);
             }
             fflush(stdout);
         }

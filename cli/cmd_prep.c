@@ -66,27 +66,52 @@ static int parse_num(const char *opt, const char *arg, double lo, double hi, dou
 
 int td_cmd_prep(int argc, char **argv) {
     enum {
-        O_OUT = 1, O_INPUT, O_DELIM, O_FORMAT, O_FIELD, O_MINC, O_MAXC, O_LETTER, O_SYMBOL,
-        O_DUPLINE, O_NGRAM, O_NOFIX, O_NONFC, O_NOEXACT, O_NEAR, O_TOK, O_VOCAB, O_VAL, O_SHARD,
-        O_QUIET, O_HELP, O_SPECIAL
+        O_OUT = 1,
+        O_INPUT,
+        O_DELIM,
+        O_FORMAT,
+        O_FIELD,
+        O_MINC,
+        O_MAXC,
+        O_LETTER,
+        O_SYMBOL,
+        O_DUPLINE,
+        O_NGRAM,
+        O_NOFIX,
+        O_NONFC,
+        O_NOEXACT,
+        O_NEAR,
+        O_TOK,
+        O_VOCAB,
+        O_VAL,
+        O_SHARD,
+        O_QUIET,
+        O_HELP,
+        O_SPECIAL
     };
-    static const struct option opts[] = {
-        {"out", required_argument, 0, O_OUT}, {"input", required_argument, 0, O_INPUT},
-        {"delimiter", required_argument, 0, O_DELIM}, {"format", required_argument, 0, O_FORMAT},
-        {"text-field", required_argument, 0, O_FIELD}, {"min-chars", required_argument, 0, O_MINC},
-        {"max-chars", required_argument, 0, O_MAXC},
-        {"min-letter-ratio", required_argument, 0, O_LETTER},
-        {"max-symbol-ratio", required_argument, 0, O_SYMBOL},
-        {"max-dup-line-frac", required_argument, 0, O_DUPLINE},
-        {"max-top-ngram-frac", required_argument, 0, O_NGRAM},
-        {"no-fix-controls", no_argument, 0, O_NOFIX}, {"no-nfc", no_argument, 0, O_NONFC},
-        {"no-exact-dedup", no_argument, 0, O_NOEXACT},
-        {"near-threshold", required_argument, 0, O_NEAR},
-        {"tokenizer", required_argument, 0, O_TOK}, {"vocab-size", required_argument, 0, O_VOCAB},
-        {"val-fraction", required_argument, 0, O_VAL},
-        {"shard-tokens", required_argument, 0, O_SHARD}, {"quiet", no_argument, 0, O_QUIET},
-        {"special", required_argument, 0, O_SPECIAL},
-        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    static const struct option opts[] = {{"out", required_argument, 0, O_OUT},
+                                         {"input", required_argument, 0, O_INPUT},
+                                         {"delimiter", required_argument, 0, O_DELIM},
+                                         {"format", required_argument, 0, O_FORMAT},
+                                         {"text-field", required_argument, 0, O_FIELD},
+                                         {"min-chars", required_argument, 0, O_MINC},
+                                         {"max-chars", required_argument, 0, O_MAXC},
+                                         {"min-letter-ratio", required_argument, 0, O_LETTER},
+                                         {"max-symbol-ratio", required_argument, 0, O_SYMBOL},
+                                         {"max-dup-line-frac", required_argument, 0, O_DUPLINE},
+                                         {"max-top-ngram-frac", required_argument, 0, O_NGRAM},
+                                         {"no-fix-controls", no_argument, 0, O_NOFIX},
+                                         {"no-nfc", no_argument, 0, O_NONFC},
+                                         {"no-exact-dedup", no_argument, 0, O_NOEXACT},
+                                         {"near-threshold", required_argument, 0, O_NEAR},
+                                         {"tokenizer", required_argument, 0, O_TOK},
+                                         {"vocab-size", required_argument, 0, O_VOCAB},
+                                         {"val-fraction", required_argument, 0, O_VAL},
+                                         {"shard-tokens", required_argument, 0, O_SHARD},
+                                         {"quiet", no_argument, 0, O_QUIET},
+                                         {"special", required_argument, 0, O_SPECIAL},
+                                         {"help", no_argument, 0, O_HELP},
+                                         {0, 0, 0, 0}};
     td_prep_opts o;
     td_prep_opts_default(&o);
     const char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
@@ -96,9 +121,15 @@ int td_cmd_prep(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
         switch (c) {
-        case O_OUT: o.out_dir = optarg; break;
-        case O_INPUT: inputs[ni++] = optarg; break;
-        case O_DELIM: o.delimiter = optarg; break;
+        case O_OUT:
+            o.out_dir = optarg;
+            break;
+        case O_INPUT:
+            inputs[ni++] = optarg;
+            break;
+        case O_DELIM:
+            o.delimiter = optarg;
+            break;
         case O_FORMAT:
             if (!strcmp(optarg, "fortune"))
                 o.delimiter = "%";
@@ -107,22 +138,58 @@ int td_cmd_prep(int argc, char **argv) {
                 bad = 1;
             }
             break;
-        case O_FIELD: o.text_field = optarg; break;
-        case O_MINC: bad = parse_num("min-chars", optarg, 0, 1e12, &v) != 0; o.rules.min_chars = (long)v; break;
-        case O_MAXC: bad = parse_num("max-chars", optarg, 1, 1e12, &v) != 0; o.rules.max_chars = (long)v; break;
-        case O_LETTER: bad = parse_num("min-letter-ratio", optarg, 0, 1, &o.rules.min_letter_ratio) != 0; break;
-        case O_SYMBOL: bad = parse_num("max-symbol-ratio", optarg, 0, 1, &o.rules.max_symbol_ratio) != 0; break;
-        case O_DUPLINE: bad = parse_num("max-dup-line-frac", optarg, 0, 1, &o.rules.max_dup_line_frac) != 0; break;
-        case O_NGRAM: bad = parse_num("max-top-ngram-frac", optarg, 0, 1, &o.rules.max_top_ngram_frac) != 0; break;
-        case O_NOFIX: o.rules.fix_controls = 0; break;
-        case O_NONFC: o.rules.nfc = 0; break;
-        case O_NOEXACT: o.exact_dedup = 0; break;
-        case O_NEAR: bad = parse_num("near-threshold", optarg, 0, 1, &o.near_threshold) != 0; break;
-        case O_TOK: o.tokenizer = optarg; break;
-        case O_VOCAB: bad = parse_num("vocab-size", optarg, 260, 1 << 24, &v) != 0; o.vocab_size = (int)v; break;
-        case O_VAL: bad = parse_num("val-fraction", optarg, 0, 1, &o.val_fraction) != 0; break;
-        case O_SHARD: bad = parse_num("shard-tokens", optarg, 1024, 2e9, &v) != 0; o.shard_tokens = (long)v; break;
-        case O_QUIET: o.quiet = 1; break;
+        case O_FIELD:
+            o.text_field = optarg;
+            break;
+        case O_MINC:
+            bad = parse_num("min-chars", optarg, 0, 1e12, &v) != 0;
+            o.rules.min_chars = (long)v;
+            break;
+        case O_MAXC:
+            bad = parse_num("max-chars", optarg, 1, 1e12, &v) != 0;
+            o.rules.max_chars = (long)v;
+            break;
+        case O_LETTER:
+            bad = parse_num("min-letter-ratio", optarg, 0, 1, &o.rules.min_letter_ratio) != 0;
+            break;
+        case O_SYMBOL:
+            bad = parse_num("max-symbol-ratio", optarg, 0, 1, &o.rules.max_symbol_ratio) != 0;
+            break;
+        case O_DUPLINE:
+            bad = parse_num("max-dup-line-frac", optarg, 0, 1, &o.rules.max_dup_line_frac) != 0;
+            break;
+        case O_NGRAM:
+            bad = parse_num("max-top-ngram-frac", optarg, 0, 1, &o.rules.max_top_ngram_frac) != 0;
+            break;
+        case O_NOFIX:
+            o.rules.fix_controls = 0;
+            break;
+        case O_NONFC:
+            o.rules.nfc = 0;
+            break;
+        case O_NOEXACT:
+            o.exact_dedup = 0;
+            break;
+        case O_NEAR:
+            bad = parse_num("near-threshold", optarg, 0, 1, &o.near_threshold) != 0;
+            break;
+        case O_TOK:
+            o.tokenizer = optarg;
+            break;
+        case O_VOCAB:
+            bad = parse_num("vocab-size", optarg, 260, 1 << 24, &v) != 0;
+            o.vocab_size = (int)v;
+            break;
+        case O_VAL:
+            bad = parse_num("val-fraction", optarg, 0, 1, &o.val_fraction) != 0;
+            break;
+        case O_SHARD:
+            bad = parse_num("shard-tokens", optarg, 1024, 2e9, &v) != 0;
+            o.shard_tokens = (long)v;
+            break;
+        case O_QUIET:
+            o.quiet = 1;
+            break;
         case O_SPECIAL:
             if (!optarg[0]) {
                 fprintf(stderr, "tandem prep: --special needs a non-empty token\n");
@@ -130,11 +197,17 @@ int td_cmd_prep(int argc, char **argv) {
             }
             specials[nsp++] = optarg;
             break;
-        case O_HELP: help(stdout); free(inputs); free(specials); return 0;
-        default: bad = 1;
+        case O_HELP:
+            help(stdout);
+            free(inputs);
+            free(specials);
+            return 0;
+        default:
+            bad = 1;
         }
     }
-    for (int i = optind; i < argc; i++) inputs[ni++] = argv[i];
+    for (int i = optind; i < argc; i++)
+        inputs[ni++] = argv[i];
     if (!bad && (!o.out_dir || ni == 0)) {
         fprintf(stderr, "tandem prep: need --out DIR and at least one input\n");
         bad = 1;
@@ -151,10 +224,12 @@ int td_cmd_prep(int argc, char **argv) {
     if (nsp > 0) { /* the defaults stay reserved, first (so <|endoftext|> is 256); --special adds */
         all_sp = calloc((size_t)nsp + 8, sizeof *all_sp);
         int k = 0;
-        for (int i = 0; td_bpe_default_specials[i]; i++) all_sp[k++] = td_bpe_default_specials[i];
+        for (int i = 0; td_bpe_default_specials[i]; i++)
+            all_sp[k++] = td_bpe_default_specials[i];
         for (int i = 0; i < nsp; i++) {
             int dup = 0;
-            for (int j = 0; j < k; j++) dup |= !strcmp(all_sp[j], specials[i]);
+            for (int j = 0; j < k; j++)
+                dup |= !strcmp(all_sp[j], specials[i]);
             if (!dup) all_sp[k++] = specials[i];
         }
         all_sp[k] = NULL;

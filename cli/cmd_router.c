@@ -30,42 +30,58 @@ void td_cli_catch_stop_signals(volatile int **flag) {
 }
 
 static void router_help(FILE *f) {
-    fprintf(f,
-            "usage: tandem router [--front EP] [--back EP] [options]\n"
-            "\n"
-            "Routes generation requests from gateways (front) to serving replicas (back) over\n"
-            "ZeroMQ: least-loaded live replica of the requested model, a bounded queue per\n"
-            "model, heartbeats (a replica silent for 3 is lost and its requests fail at once).\n"
-            "Replicas join with `tandem serve --model DIR --router BACK`. See docs/gateway.md.\n"
-            "\n"
-            "  --front EP            clients' endpoint (default tcp://127.0.0.1:5555)\n"
-            "  --back EP             replicas' endpoint (default tcp://127.0.0.1:5556)\n"
-            "  --queue-max N         requests waiting per model (default 256)\n"
-            "  --queue-timeout S     longest wait in a queue, seconds (default 30)\n"
-            "  --heartbeat-ms N      heartbeat interval (default 1000)\n"
-            "  -h, --help            this text\n");
+    fprintf(f, "usage: tandem router [--front EP] [--back EP] [options]\n"
+               "\n"
+               "Routes generation requests from gateways (front) to serving replicas (back) over\n"
+               "ZeroMQ: least-loaded live replica of the requested model, a bounded queue per\n"
+               "model, heartbeats (a replica silent for 3 is lost and its requests fail at once).\n"
+               "Replicas join with `tandem serve --model DIR --router BACK`. See docs/gateway.md.\n"
+               "\n"
+               "  --front EP            clients' endpoint (default tcp://127.0.0.1:5555)\n"
+               "  --back EP             replicas' endpoint (default tcp://127.0.0.1:5556)\n"
+               "  --queue-max N         requests waiting per model (default 256)\n"
+               "  --queue-timeout S     longest wait in a queue, seconds (default 30)\n"
+               "  --heartbeat-ms N      heartbeat interval (default 1000)\n"
+               "  -h, --help            this text\n");
 }
 
 int td_cmd_router(int argc, char **argv) {
-    td_router_opts o = {"tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 256, 30, 1000, NULL,
-                        NULL};
-    static const struct option opts[] = {
-        {"front", required_argument, 0, 'f'},      {"back", required_argument, 0, 'b'},
-        {"queue-max", required_argument, 0, 'q'},  {"queue-timeout", required_argument, 0, 't'},
-        {"heartbeat-ms", required_argument, 0, 'H'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    td_router_opts o = {"tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 256, 30, 1000, NULL, NULL};
+    static const struct option opts[] = {{"front", required_argument, 0, 'f'},
+                                         {"back", required_argument, 0, 'b'},
+                                         {"queue-max", required_argument, 0, 'q'},
+                                         {"queue-timeout", required_argument, 0, 't'},
+                                         {"heartbeat-ms", required_argument, 0, 'H'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int c, bad = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
         char *end = NULL;
         switch (c) {
-        case 'f': o.front = optarg; break;
-        case 'b': o.back = optarg; break;
-        case 'q': o.queue_max = (int)strtol(optarg, &end, 10); bad = o.queue_max < 1; break;
-        case 't': o.queue_timeout_s = strtod(optarg, &end); bad = o.queue_timeout_s <= 0; break;
-        case 'H': o.heartbeat_ms = (int)strtol(optarg, &end, 10); bad = o.heartbeat_ms < 10; break;
-        case 'h': router_help(stdout); return 0;
-        default: bad = 1;
+        case 'f':
+            o.front = optarg;
+            break;
+        case 'b':
+            o.back = optarg;
+            break;
+        case 'q':
+            o.queue_max = (int)strtol(optarg, &end, 10);
+            bad = o.queue_max < 1;
+            break;
+        case 't':
+            o.queue_timeout_s = strtod(optarg, &end);
+            bad = o.queue_timeout_s <= 0;
+            break;
+        case 'H':
+            o.heartbeat_ms = (int)strtol(optarg, &end, 10);
+            bad = o.heartbeat_ms < 10;
+            break;
+        case 'h':
+            router_help(stdout);
+            return 0;
+        default:
+            bad = 1;
         }
         if (end && *end) bad = 1;
         if (bad && optarg) fprintf(stderr, "tandem router: bad value '%s'\n", optarg);
@@ -109,25 +125,41 @@ int td_cmd_gateway(int argc, char **argv) {
     td_gateway_opts o = {"127.0.0.1:8080", "tcp://127.0.0.1:5555", NULL, 1u << 20, 120, NULL};
     const char **keys = calloc((size_t)argc + 2, sizeof *keys);
     int nk = 0, c, bad = 0;
-    static const struct option opts[] = {
-        {"listen", required_argument, 0, 'l'},   {"router", required_argument, 0, 'r'},
-        {"api-key", required_argument, 0, 'k'},  {"max-body", required_argument, 0, 'm'},
-        {"timeout", required_argument, 0, 't'},  {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"listen", required_argument, 0, 'l'},
+                                         {"router", required_argument, 0, 'r'},
+                                         {"api-key", required_argument, 0, 'k'},
+                                         {"max-body", required_argument, 0, 'm'},
+                                         {"timeout", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
         char *end = NULL;
         switch (c) {
-        case 'l': o.listen = optarg; break;
-        case 'r': o.router = optarg; break;
-        case 'k': keys[nk++] = optarg; bad = !optarg[0]; break;
+        case 'l':
+            o.listen = optarg;
+            break;
+        case 'r':
+            o.router = optarg;
+            break;
+        case 'k':
+            keys[nk++] = optarg;
+            bad = !optarg[0];
+            break;
         case 'm':
             o.max_body = strtoull(optarg, &end, 10);
             bad = optarg[0] == '-' || o.max_body < 64 || o.max_body > (1ull << 30);
             break;
-        case 't': o.timeout_s = strtod(optarg, &end); bad = o.timeout_s <= 0; break;
-        case 'h': gateway_help(stdout); free(keys); return 0;
-        default: bad = 1;
+        case 't':
+            o.timeout_s = strtod(optarg, &end);
+            bad = o.timeout_s <= 0;
+            break;
+        case 'h':
+            gateway_help(stdout);
+            free(keys);
+            return 0;
+        default:
+            bad = 1;
         }
         if (end && *end) bad = 1;
         if (bad && optarg) fprintf(stderr, "tandem gateway: bad value '%s'\n", optarg);
@@ -137,7 +169,8 @@ int td_cmd_gateway(int argc, char **argv) {
         free(keys);
         return 2;
     }
-    if (getenv("TANDEM_API_KEY") && getenv("TANDEM_API_KEY")[0]) keys[nk++] = getenv("TANDEM_API_KEY");
+    if (getenv("TANDEM_API_KEY") && getenv("TANDEM_API_KEY")[0])
+        keys[nk++] = getenv("TANDEM_API_KEY");
     o.api_keys = nk ? keys : NULL;
     volatile int *stop;
     td_cli_catch_stop_signals(&stop);
@@ -149,7 +182,8 @@ int td_cmd_gateway(int argc, char **argv) {
     }
     fprintf(stderr, "tandem gateway: listening on port %d, router %s\n", td_gateway_port(g),
             o.router);
-    while (!*stop) usleep(100000);
+    while (!*stop)
+        usleep(100000);
     td_gateway_free(&g);
     free(keys);
     return 0;

@@ -7,10 +7,10 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "worker/kernels/cpu/blas_core.h"
 #include "cli/serve.h"
-#include "common/log.h"
 #include "common/json.h"
+#include "common/log.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/checkpoint.h"
 
 static void help(FILE *f) {
@@ -72,26 +72,65 @@ int td_cmd_serve(int argc, char **argv) {
 /* Shared by serve and train --serve: parses serve options from argv (unknown options are
  * errors), sets up MPI when launched by mpirun, and serves `given` (or --model). */
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
-    enum { O_MODEL = 1, O_TP, O_PROMPTS, O_MAX, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_STOP, O_SEQS,
-           O_KV, O_DRY, O_HELP, O_INT8, O_INT8I, O_INT8H, O_HTTP,
-           O_ROUTER, O_NAME, O_KEY, O_BF16, O_DEV, O_RTN, O_CFILE, O_CSEQS, O_CLEN, O_CMB, O_OLDHEAD };
-    static const struct option opts[] = {
-        {"model", required_argument, 0, O_MODEL}, {"tp", required_argument, 0, O_TP},
-        {"prompts-file", required_argument, 0, O_PROMPTS},
-        {"max-tokens", required_argument, 0, O_MAX}, {"temperature", required_argument, 0, O_TEMP},
-        {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
-        {"seed", required_argument, 0, O_SEED}, {"stop", required_argument, 0, O_STOP},
-        {"max-seqs", required_argument, 0, O_SEQS}, {"kv-mb", required_argument, 0, O_KV},
-        {"dry-run", no_argument, 0, O_DRY}, {"help", no_argument, 0, O_HELP},
-        {"int8", no_argument, 0, O_INT8}, {"int8-int32", no_argument, 0, O_INT8I},
-        {"lm-head-int16", no_argument, 0, O_INT8H}, {"http", required_argument, 0, O_HTTP},
-        {"int8-rtn", no_argument, 0, O_RTN}, {"calib-file", required_argument, 0, O_CFILE},
-        {"calib-seqs", required_argument, 0, O_CSEQS}, {"calib-len", required_argument, 0, O_CLEN},
-        {"calib-mb", required_argument, 0, O_CMB}, {"int8-lm-head", no_argument, 0, O_OLDHEAD},
-        {"router", required_argument, 0, O_ROUTER}, {"name", required_argument, 0, O_NAME},
-        {"api-key", required_argument, 0, O_KEY}, {"bf16", no_argument, 0, O_BF16},
-        {"device", required_argument, 0, O_DEV},
-        {0, 0, 0, 0}};
+    enum {
+        O_MODEL = 1,
+        O_TP,
+        O_PROMPTS,
+        O_MAX,
+        O_TEMP,
+        O_TOPK,
+        O_TOPP,
+        O_SEED,
+        O_STOP,
+        O_SEQS,
+        O_KV,
+        O_DRY,
+        O_HELP,
+        O_INT8,
+        O_INT8I,
+        O_INT8H,
+        O_HTTP,
+        O_ROUTER,
+        O_NAME,
+        O_KEY,
+        O_BF16,
+        O_DEV,
+        O_RTN,
+        O_CFILE,
+        O_CSEQS,
+        O_CLEN,
+        O_CMB,
+        O_OLDHEAD
+    };
+    static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
+                                         {"tp", required_argument, 0, O_TP},
+                                         {"prompts-file", required_argument, 0, O_PROMPTS},
+                                         {"max-tokens", required_argument, 0, O_MAX},
+                                         {"temperature", required_argument, 0, O_TEMP},
+                                         {"top-k", required_argument, 0, O_TOPK},
+                                         {"top-p", required_argument, 0, O_TOPP},
+                                         {"seed", required_argument, 0, O_SEED},
+                                         {"stop", required_argument, 0, O_STOP},
+                                         {"max-seqs", required_argument, 0, O_SEQS},
+                                         {"kv-mb", required_argument, 0, O_KV},
+                                         {"dry-run", no_argument, 0, O_DRY},
+                                         {"help", no_argument, 0, O_HELP},
+                                         {"int8", no_argument, 0, O_INT8},
+                                         {"int8-int32", no_argument, 0, O_INT8I},
+                                         {"lm-head-int16", no_argument, 0, O_INT8H},
+                                         {"http", required_argument, 0, O_HTTP},
+                                         {"int8-rtn", no_argument, 0, O_RTN},
+                                         {"calib-file", required_argument, 0, O_CFILE},
+                                         {"calib-seqs", required_argument, 0, O_CSEQS},
+                                         {"calib-len", required_argument, 0, O_CLEN},
+                                         {"calib-mb", required_argument, 0, O_CMB},
+                                         {"int8-lm-head", no_argument, 0, O_OLDHEAD},
+                                         {"router", required_argument, 0, O_ROUTER},
+                                         {"name", required_argument, 0, O_NAME},
+                                         {"api-key", required_argument, 0, O_KEY},
+                                         {"bf16", no_argument, 0, O_BF16},
+                                         {"device", required_argument, 0, O_DEV},
+                                         {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
     const char *model_dir = NULL;
@@ -103,58 +142,128 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
         char *end = NULL;
         switch (c) {
-        case O_MODEL: model_dir = optarg; break;
-        case O_TP: o.tp = (int)strtol(optarg, &end, 10); bad = o.tp < 1; break;
-        case O_PROMPTS: o.prompts_file = optarg; break;
-        case O_MAX: o.max_tokens = (int)strtol(optarg, &end, 10); bad = o.max_tokens < 1; break;
-        case O_TEMP: o.temperature = strtof(optarg, &end); bad = o.temperature < 0; break;
-        case O_TOPK: o.top_k = (int)strtol(optarg, &end, 10); bad = o.top_k < 0; break;
-        case O_TOPP: o.top_p = strtof(optarg, &end); bad = o.top_p <= 0 || o.top_p > 1; break;
-        case O_SEED: o.seed = strtoull(optarg, &end, 10); break;
+        case O_MODEL:
+            model_dir = optarg;
+            break;
+        case O_TP:
+            o.tp = (int)strtol(optarg, &end, 10);
+            bad = o.tp < 1;
+            break;
+        case O_PROMPTS:
+            o.prompts_file = optarg;
+            break;
+        case O_MAX:
+            o.max_tokens = (int)strtol(optarg, &end, 10);
+            bad = o.max_tokens < 1;
+            break;
+        case O_TEMP:
+            o.temperature = strtof(optarg, &end);
+            bad = o.temperature < 0;
+            break;
+        case O_TOPK:
+            o.top_k = (int)strtol(optarg, &end, 10);
+            bad = o.top_k < 0;
+            break;
+        case O_TOPP:
+            o.top_p = strtof(optarg, &end);
+            bad = o.top_p <= 0 || o.top_p > 1;
+            break;
+        case O_SEED:
+            o.seed = strtoull(optarg, &end, 10);
+            break;
         case O_STOP:
             stops[ns++] = optarg;
             bad = !optarg[0];
             break;
-        case O_SEQS: o.max_seqs = (int)strtol(optarg, &end, 10); bad = o.max_seqs < 1; break;
-        case O_KV: o.kv_mb = strtod(optarg, &end); bad = o.kv_mb < 0; break;
-        case O_DRY: o.dry_run = 1; break;
-        case O_INT8: o.int8 = 1; break;
-        case O_INT8I: o.int8_int32 = 1; break;
-        case O_INT8H: o.lm_head_int16 = 1; break;
-        case O_RTN: o.int8_rtn = 1; break;
+        case O_SEQS:
+            o.max_seqs = (int)strtol(optarg, &end, 10);
+            bad = o.max_seqs < 1;
+            break;
+        case O_KV:
+            o.kv_mb = strtod(optarg, &end);
+            bad = o.kv_mb < 0;
+            break;
+        case O_DRY:
+            o.dry_run = 1;
+            break;
+        case O_INT8:
+            o.int8 = 1;
+            break;
+        case O_INT8I:
+            o.int8_int32 = 1;
+            break;
+        case O_INT8H:
+            o.lm_head_int16 = 1;
+            break;
+        case O_RTN:
+            o.int8_rtn = 1;
+            break;
         case O_OLDHEAD:
-            fprintf(stderr, "tandem %s: --int8-lm-head is gone: with --int8 lm_head is int8 by "
-                    "default now (--lm-head-int16 keeps it in int16)\n", cmd);
+            fprintf(stderr,
+                    "tandem %s: --int8-lm-head is gone: with --int8 lm_head is int8 by "
+                    "default now (--lm-head-int16 keeps it in int16)\n",
+                    cmd);
             bad = 1;
             break;
-        case O_CFILE: o.calib_file = optarg; break;
-        case O_CSEQS: o.calib_seqs = (int)strtol(optarg, &end, 10); bad = o.calib_seqs < 1; break;
-        case O_CLEN: o.calib_len = (int)strtol(optarg, &end, 10); bad = o.calib_len < 2; break;
-        case O_CMB: o.calib_mb = strtod(optarg, &end); bad = !(o.calib_mb > 0); break;
-        case O_BF16: o.bf16 = 1; break;
+        case O_CFILE:
+            o.calib_file = optarg;
+            break;
+        case O_CSEQS:
+            o.calib_seqs = (int)strtol(optarg, &end, 10);
+            bad = o.calib_seqs < 1;
+            break;
+        case O_CLEN:
+            o.calib_len = (int)strtol(optarg, &end, 10);
+            bad = o.calib_len < 2;
+            break;
+        case O_CMB:
+            o.calib_mb = strtod(optarg, &end);
+            bad = !(o.calib_mb > 0);
+            break;
+        case O_BF16:
+            o.bf16 = 1;
+            break;
         case O_DEV:
             o.device = optarg;
             bad = strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto");
             break;
-        case O_HTTP: o.http = optarg; break;
-        case O_ROUTER: o.router = optarg; break;
-        case O_NAME: o.name = optarg; bad = !optarg[0]; break;
-        case O_KEY: keys[nk++] = optarg; bad = !optarg[0]; break;
-        case O_HELP: help(stdout); free(stops); free(keys); return 0;
-        default: bad = 1;
+        case O_HTTP:
+            o.http = optarg;
+            break;
+        case O_ROUTER:
+            o.router = optarg;
+            break;
+        case O_NAME:
+            o.name = optarg;
+            bad = !optarg[0];
+            break;
+        case O_KEY:
+            keys[nk++] = optarg;
+            bad = !optarg[0];
+            break;
+        case O_HELP:
+            help(stdout);
+            free(stops);
+            free(keys);
+            return 0;
+        default:
+            bad = 1;
         }
         if (end && *end) bad = 1;
-        if (bad) fprintf(stderr, "tandem %s: bad value for an option: '%s'\n", cmd, optarg ? optarg : "");
+        if (bad)
+            fprintf(stderr, "tandem %s: bad value for an option: '%s'\n", cmd,
+                    optarg ? optarg : "");
     }
     int modes = !!o.prompts_file + !!o.http + !!o.router;
     if (!bad && ((!model_dir && !given) || (modes == 0 && !o.dry_run) || optind != argc)) {
-        fprintf(stderr, "tandem %s: need --model%s and one of --http, --router, --prompts-file "
-                "(or --dry-run)\n", cmd, given ? " (or a trained model)" : "");
+        fprintf(stderr,
+                "tandem %s: need --model%s and one of --http, --router, --prompts-file "
+                "(or --dry-run)\n",
+                cmd, given ? " (or a trained model)" : "");
         bad = 1;
     }
     if (!bad && modes > 1) {
-        fprintf(stderr, "tandem %s: --http, --router and --prompts-file exclude each other\n",
-                cmd);
+        fprintf(stderr, "tandem %s: --http, --router and --prompts-file exclude each other\n", cmd);
         bad = 1;
     }
     if (!bad && o.bf16 && (o.int8 || o.int8_int32)) {
@@ -164,14 +273,18 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     if (!bad && !o.int8 && !o.int8_int32 &&
         (o.int8_rtn || o.lm_head_int16 || o.calib_file || o.calib_seqs || o.calib_len ||
          o.calib_mb)) {
-        fprintf(stderr, "tandem %s: --int8-rtn, --lm-head-int16 and --calib-* go with --int8 "
-                "or --int8-int32\n", cmd);
+        fprintf(stderr,
+                "tandem %s: --int8-rtn, --lm-head-int16 and --calib-* go with --int8 "
+                "or --int8-int32\n",
+                cmd);
         bad = 1;
     }
     if (!bad && o.device && !strcmp(o.device, "cuda") &&
         (o.int8 || o.int8_int32 || o.bf16 || o.tp > 1)) { /* say it before any calibration */
-        fprintf(stderr, "tandem %s: serving on a GPU takes --tp 1 and no --int8/--bf16 (products "
-                "are bf16 there) for now\n", cmd);
+        fprintf(stderr,
+                "tandem %s: serving on a GPU takes --tp 1 and no --int8/--bf16 (products "
+                "are bf16 there) for now\n",
+                cmd);
         bad = 1;
     }
     if (!bad && o.int8_rtn && (o.calib_file || o.calib_seqs || o.calib_len || o.calib_mb)) {
@@ -199,7 +312,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             char buf[4096];
             snprintf(buf, sizeof buf, "%s", model_dir);
             size_t l = strlen(buf);
-            while (l > 1 && buf[l - 1] == '/') buf[--l] = 0;
+            while (l > 1 && buf[l - 1] == '/')
+                buf[--l] = 0;
             char *b = strrchr(buf, '/');
             const char *base = b ? b + 1 : buf;
             if (!strncmp(base, "step_", 5) && b) {
@@ -245,8 +359,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         if (access(p, F_OK) == 0 && td_json_load_file(p, &tc) == TD_OK) {
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(tc, "chat_template");
             if (cJSON_IsString(t) && strcmp(t->valuestring, td_chatml_template)) {
-                snprintf(why, sizeof why, "the chat template in %s is not ChatML, the one "
-                         "tandem implements; use the completion routes", p);
+                snprintf(why, sizeof why,
+                         "the chat template in %s is not ChatML, the one "
+                         "tandem implements; use the completion routes",
+                         p);
                 o.no_chat = why;
             }
             cJSON_Delete(tc);

@@ -1,10 +1,10 @@
 /* `tandem train JOB.json [--resume] [--stop-at STEP]`, alone or under mpirun. */
 #include <getopt.h>
 #include <omp.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "worker/kernels/cpu/blas_core.h"
@@ -26,11 +26,11 @@ static void help(FILE *f) {
                "  --stop-at STEP   stop after STEP (saving a checkpoint); the LR schedule still\n"
                "                   follows train.steps, so a later --resume continues exactly\n"
                "  --bucket-mb N    gradient all-reduce bucket size in MiB (default 25)\n"
-            "  --serve          after the last step, regroup the same ranks into tensor-\n"
-            "                   parallel replicas and serve from the weights in memory;\n"
-            "                   with --tp T, --prompts-file F, --max-tokens N (see\n"
-            "                   tandem serve --help)\n"
-            "  --quiet          print only errors\n"
+               "  --serve          after the last step, regroup the same ranks into tensor-\n"
+               "                   parallel replicas and serve from the weights in memory;\n"
+               "                   with --tp T, --prompts-file F, --max-tokens N (see\n"
+               "                   tandem serve --help)\n"
+               "  --quiet          print only errors\n"
                "  -h, --help       this text\n");
 }
 
@@ -69,7 +69,9 @@ int td_cmd_train(int argc, char **argv) {
         case 'q':
             o.quiet = 1;
             break;
-        case 'S': serve = 1; break;
+        case 'S':
+            serve = 1;
+            break;
         case 'T':
         case 'P':
         case 'M':
@@ -137,8 +139,10 @@ int td_cmd_train(int argc, char **argv) {
             o.gpu = 1;
         } else if (cuda) {
             td_job_deinit(&job);
-            fprintf(stderr, "tandem train: error: %s: device \"cuda\": %s; use \"cpu\" or "
-                    "\"auto\"\n", argv[optind], why);
+            fprintf(stderr,
+                    "tandem train: error: %s: device \"cuda\": %s; use \"cpu\" or "
+                    "\"auto\"\n",
+                    argv[optind], why);
             return 2;
         } else {
             say_cpu = 1;
@@ -158,8 +162,7 @@ int td_cmd_train(int argc, char **argv) {
         if (comm->rank != 0) td_log_set_level(TD_LOG_LVL_ERROR);
         if (serve && comm->size % tp != 0) {
             if (comm->rank == 0)
-                fprintf(stderr, "tandem train: --tp %d must divide the %d ranks\n", tp,
-                        comm->size);
+                fprintf(stderr, "tandem train: --tp %d must divide the %d ranks\n", tp, comm->size);
             td_comm_free(&comm);
             td_job_deinit(&job);
             td_comm_mpi_finalize();
@@ -177,7 +180,8 @@ int td_cmd_train(int argc, char **argv) {
         TD_LOG_INFO("device auto: training on the CPU (%s)", why);
     if (o.gpu && !job.bf16)
         TD_LOG_INFO("device %s: matrix products on the GPU are bf16 with fp32 accumulation "
-                    "(fp32 products are the CPU reference)", job.device);
+                    "(fp32 products are the CPU reference)",
+                    job.device);
     td_model *trained = NULL;
     char *tok_json = NULL;
     if (serve) {

@@ -1,4 +1,5 @@
-/* `tandem`: one binary, subcommands dispatched by name (docs/architecture.md, "Processes and roles"). */
+/* `tandem`: one binary, subcommands dispatched by name (docs/architecture.md, "Processes and
+ * roles"). */
 #include <stdio.h>
 #include <string.h>
 

@@ -22,8 +22,8 @@
 #include "coordinator/router.h"
 #include "worker/infer/calib.h"
 #include "worker/infer/engine.h"
-#include "worker/model/gptq.h"
 #include "worker/infer/replica.h"
+#include "worker/model/gptq.h"
 #ifdef TD_HAVE_CUDA
 #include "worker/model/model_cuda.h"
 
@@ -93,8 +93,8 @@ static void json_str(FILE *f, const char *s, size_t n) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
             utf8proc_int32_t cp;
-            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
-                                                  (utf8proc_ssize_t)(n - i), &cp);
+            utf8proc_ssize_t k =
+                utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
             if (k <= 0) {
                 fputs("\\ufffd", f);
                 i++;
@@ -127,11 +127,15 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
     td_model_weight_bytes(slice, 0, &f32, &i16h, &rf, &ri16h);
     int q = o->int8 || o->int8_int32;
     printf("memory plan per rank (tp %d, %d replica%s), serving %s%s%s:\n", o->tp, world / o->tp,
-           world / o->tp > 1 ? "s" : "", o->bf16 ? "bf16" : !q ? "fp32" : "int8",
-           !q ? "" : o->int8_rtn ? " rounded to nearest" : " (GPTQ)",
+           world / o->tp > 1 ? "s" : "",
+           o->bf16 ? "bf16"
+           : !q    ? "fp32"
+                   : "int8",
+           !q            ? ""
+           : o->int8_rtn ? " rounded to nearest"
+                         : " (GPTQ)",
            q && o->lm_head_int16 ? ", lm_head int16" : "");
-    printf("  parameters        %12zu of %zu (embeddings, norms, lm_head replicated)\n", np,
-           npf);
+    printf("  parameters        %12zu of %zu (embeddings, norms, lm_head replicated)\n", np, npf);
     printf("  weights fp32      %12.2f MiB\n", f32 / 1048576.0);
     printf("  weights bf16      %12.2f MiB (all parameters at 2 bytes)\n", np * 2.0 / 1048576);
     printf("  weights int8      %12.2f MiB (%.2f of fp32: every matrix int8, lm_head too, + "
@@ -151,13 +155,12 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
         printf("  GPTQ at load      %12.2f MiB statistics (%.2f MiB a layer; %s), + %.2f MiB "
                "working memory for the largest matrix (rank 0)\n",
                (double)(per > 0 ? layer * (size_t)per : layer) / 1048576.0, layer / 1048576.0,
-               per < 1 ? "over --calib-mb: refused"
+               per < 1    ? "over --calib-mb: refused"
                : per >= L ? "all layers in one pass"
                           : "several passes, by --calib-mb",
                td_model_calib_work_bytes(full, o->lm_head_int16) / 1048576.0);
     }
-    printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n",
-           kvt);
+    printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n", kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
            (double)kvt * kv_blocks * block_tokens / 1048576, kv_blocks, block_tokens,
            kv_blocks * (size_t)block_tokens);
@@ -176,7 +179,8 @@ static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
     lens[w->rank] = (int64_t)len;
     TD_TRY(w->ops->allgather(w, lens, 1, TD_COMM_I64));
     int64_t mx = 1;
-    for (int r = 0; r < w->size; r++) mx = lens[r] > mx ? lens[r] : mx;
+    for (int r = 0; r < w->size; r++)
+        mx = lens[r] > mx ? lens[r] : mx;
     char *all = calloc((size_t)mx * (size_t)w->size + 1, 1);
     if (len) memcpy(all + (size_t)mx * (size_t)w->rank, blob, len);
     td_status s = w->ops->allgather(w, all, (size_t)mx, TD_COMM_BYTE);
@@ -195,7 +199,8 @@ static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
             }
         }
         qsort(lines, nl, sizeof *lines, cmp_line);
-        for (size_t i = 0; i < nl; i++) puts(lines[i]);
+        for (size_t i = 0; i < nl; i++)
+            puts(lines[i]);
         fflush(stdout);
         free(lines);
     }
@@ -236,9 +241,12 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
     int q = o->int8 || o->int8_int32;
     double np = (double)td_model_num_params(full);
     char size[32];
-    if (np >= 1e9) snprintf(size, sizeof size, "%.1fB", np / 1e9);
-    else if (np >= 1e6) snprintf(size, sizeof size, "%.1fM", np / 1e6);
-    else snprintf(size, sizeof size, "%.0fK", np / 1e3);
+    if (np >= 1e9)
+        snprintf(size, sizeof size, "%.1fB", np / 1e9);
+    else if (np >= 1e6)
+        snprintf(size, sizeof size, "%.1fM", np / 1e6);
+    else
+        snprintf(size, sizeof size, "%.0fK", np / 1e3);
     char *d = malloc(512);
     snprintf(d, 512,
              "{\"architecture\": \"%s\", \"parameters\": %.0f, \"parameter_size\": \"%s\", "
@@ -246,7 +254,10 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
              "\"num_hidden_layers\": %d, \"vocab_size\": %d, \"tensor_parallel\": %d, "
              "\"weight_bytes\": %zu}",
              td_arch_name(c->arch), np, size,
-             o->bf16 ? "BF16" : !q ? "F32" : o->lm_head_int16 ? "Q8 (lm_head Q16)" : "Q8",
+             o->bf16            ? "BF16"
+             : !q               ? "F32"
+             : o->lm_head_int16 ? "Q8 (lm_head Q16)"
+                                : "Q8",
              c->max_position_embeddings, c->hidden_size, c->num_hidden_layers, c->vocab_size, T,
              served_weight_bytes(full, o));
     return d;
@@ -264,7 +275,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
     int have_thread = 0;
     int64_t ok = 1;
     if (o->http && world->local_size != world->size)
-        return td_error_set(TD_ERR_INVALID, "--http runs the router on rank 0's host, but the "
+        return td_error_set(TD_ERR_INVALID,
+                            "--http runs the router on rank 0's host, but the "
                             "job spans several hosts; start `tandem router` and `tandem gateway` "
                             "and give the replicas --router tcp://ROUTER_HOST:PORT");
     if (o->http && world->rank == 0) {
@@ -301,8 +313,9 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
     }
     td_status s = world->ops->bcast(world, &ok, 1, TD_COMM_I64, 0);
     if (s == TD_OK) s = world->ops->bcast(world, back, sizeof back, TD_COMM_BYTE, 0);
-    if (s == TD_OK && !ok) s = td_error_set(TD_ERR_RUNTIME, "rank 0 could not start the router "
-                                            "and gateway (see its message)");
+    if (s == TD_OK && !ok)
+        s = td_error_set(TD_ERR_RUNTIME, "rank 0 could not start the router "
+                                         "and gateway (see its message)");
     if (s == TD_OK) {
         if (tp->rank == 0) {
             char host[128] = "localhost", id[256];
@@ -310,8 +323,9 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             snprintf(id, sizeof id, "%s:%d:%d", host, (int)getpid(), group);
             char *details = replica_details(full, o, tp->size);
             const td_model_config *c = td_model_config_of(full);
-            td_replica_opts ro = {back, o->name, id, details, o->max_seqs,
-                                  c->max_position_embeddings, 1000, o->no_chat, NULL};
+            td_replica_opts ro = {back,    o->name,     id,
+                                  details, o->max_seqs, c->max_position_embeddings,
+                                  1000,    o->no_chat,  NULL};
             if (zctx) { /* the router is in this process: skip the TCP hop */
                 ro.router = "inproc://tandem-back";
                 ro.zctx = zctx;
@@ -350,7 +364,8 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
             s = td_calib_read_text(tok, o->calib_file, &ids, &co.ntokens);
             co.tokens = ids;
         } else if (co.start < 0) {
-            s = td_error_set(TD_ERR_INVALID, "int8 calibration samples sequences starting at "
+            s = td_error_set(TD_ERR_INVALID,
+                             "int8 calibration samples sequences starting at "
                              "a document-start token (<|endoftext|>, <|begin_of_text|>, <s>, "
                              "...), and this tokenizer has none: give --calib-file F (or "
                              "--int8-rtn)");
@@ -367,12 +382,13 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
     if (world->size == 1) return s;
     TD_TRY(world->ops->bcast(world, &failed, 1, TD_COMM_F64, 0));
     if (failed)
-        return world->rank == 0 ? s : td_error_set(TD_ERR_RUNTIME, "int8 calibration failed on "
-                                                   "rank 0 (see its message)");
+        return world->rank == 0 ? s
+                                : td_error_set(TD_ERR_RUNTIME, "int8 calibration failed on "
+                                                               "rank 0 (see its message)");
     float *grid = td_model_int8_grid(full, 1);
     if (!grid) return td_error_set(TD_ERR_NOMEM, "out of memory for the int8 grid");
-    TD_TRY(world->ops->bcast(world, td_model_params(full), td_model_num_params(full),
-                             TD_COMM_F32, 0));
+    TD_TRY(
+        world->ops->bcast(world, td_model_params(full), td_model_num_params(full), TD_COMM_F32, 0));
     return world->ops->bcast(world, grid, td_model_int8_grid_len(full), TD_COMM_F32, 0);
 }
 
@@ -404,9 +420,8 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
 #endif
     if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
     td_engine *e = NULL;
-    td_engine_opts eo = {.max_seqs = o->max_seqs,
-                         .kv_bytes = (size_t)(o->kv_mb * 1048576.0),
-                         .tp = tp};
+    td_engine_opts eo = {
+        .max_seqs = o->max_seqs, .kv_bytes = (size_t)(o->kv_mb * 1048576.0), .tp = tp};
     /* device: the replica's steps on a GPU (the model on the device, a KV cache there) */
     int want_gpu = o->device && strcmp(o->device, "cpu");
 #ifdef TD_HAVE_CUDA
@@ -424,7 +439,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
     if (s == TD_OK && want_gpu && ngpu > 0) {
         if (!gpu_ok)
             s = td_error_set(TD_ERR_INVALID, "serving on a GPU takes --tp 1 and no --int8/--bf16 "
-                             "(products are bf16 there) for now");
+                                             "(products are bf16 there) for now");
         if (s == TD_OK) s = td_cuda_new(world->local_rank % ngpu, &cx);
         if (s == TD_OK) s = td_gpu_model_new(cx, m, 1, o->max_seqs + 64, &gf.gm);
         eo.forward = gpu_forward;
@@ -448,12 +463,14 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
 #endif
     if (s == TD_OK && !o->dry_run && world->rank == 0)
         TD_LOG_INFO("serve: rank 0 holds %.1f MiB resident after loading (%s weights of this "
-                    "rank: %.1f MiB)", td_rss_bytes() / 1048576.0,
-                    o->bf16 ? "bf16" : o->int8 || o->int8_int32 ? "int8" : "fp32",
+                    "rank: %.1f MiB)",
+                    td_rss_bytes() / 1048576.0,
+                    o->bf16                    ? "bf16"
+                    : o->int8 || o->int8_int32 ? "int8"
+                                               : "fp32",
                     served_weight_bytes(m, o) / 1048576.0);
     if (s == TD_OK && o->dry_run) {
-        if (world->rank == 0)
-            memory_plan(full, m, o, world->size, td_engine_total_blocks(e), 16);
+        if (world->rank == 0) memory_plan(full, m, o, world->size, td_engine_total_blocks(e), 16);
         goto out;
     }
     if (s != TD_OK) goto out;
@@ -478,7 +495,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
             if (i % R != group) continue; /* another replica's prompt */
             size_t n = td_bpe_encode(tok, prompts[i], strlen(prompts[i]), &pt, &pcap);
             td_sampling sp = {o->temperature, o->top_k, o->top_p, o->seed + (uint64_t)i,
-                              o->max_tokens, o->stop, 0};
+                              o->max_tokens,  o->stop,  0};
             td_status rs = td_engine_submit(e, pt, (int)n, &sp, &ids[i]);
             if (rs != TD_OK) { /* this request is refused; the others go on */
                 errs[i] = strdup(td_error_message());
@@ -519,7 +536,8 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
             static const char *why[] = {"none", "eot", "length", "stop"};
             fprintf(f, "{\"index\": %d, \"replica\": %d, \"finish\": \"%s\", \"tokens\": [", i,
                     group, why[td_engine_finish_reason(e, ids[i])]);
-            for (int k = 0; k < n; k++) fprintf(f, "%s%d", k ? ", " : "", t[k]);
+            for (int k = 0; k < n; k++)
+                fprintf(f, "%s%d", k ? ", " : "", t[k]);
             fprintf(f, "], \"prompt\": ");
             json_str(f, prompts[i], strlen(prompts[i]));
             fprintf(f, ", \"completion\": ");

@@ -19,25 +19,25 @@ typedef struct {
     float temperature, top_p;
     int top_k;
     uint64_t seed;
-    const char *const *stop;  /* NULL-terminated */
+    const char *const *stop; /* NULL-terminated */
     int max_seqs;
-    double kv_mb;             /* KV cache per rank; 0 = room for max_seqs full contexts */
-    int dry_run;              /* print the memory plan only */
-    int int8;                 /* int8 weight-only quantization */
-    int int8_int32;           /* int8 products accumulated in int32 (activations quantized) */
-    int lm_head_int16;        /* with int8: lm_head in int16, rounded to nearest */
-    int int8_rtn;             /* with int8: round to nearest (no GPTQ calibration) */
-    const char *calib_file;   /* GPTQ calibration text; NULL: sampled by the model */
+    double kv_mb;              /* KV cache per rank; 0 = room for max_seqs full contexts */
+    int dry_run;               /* print the memory plan only */
+    int int8;                  /* int8 weight-only quantization */
+    int int8_int32;            /* int8 products accumulated in int32 (activations quantized) */
+    int lm_head_int16;         /* with int8: lm_head in int16, rounded to nearest */
+    int int8_rtn;              /* with int8: round to nearest (no GPTQ calibration) */
+    const char *calib_file;    /* GPTQ calibration text; NULL: sampled by the model */
     int calib_seqs, calib_len; /* 0: defaults (worker/infer/calib.h) */
-    double calib_mb;          /* GPTQ statistics at a time, MiB (0: default) */
-    int bf16;                 /* bf16 weights (half of fp32's bytes) */
-    const char *device;       /* "cpu" (default), "cuda", "auto" */
+    double calib_mb;           /* GPTQ statistics at a time, MiB (0: default) */
+    int bf16;                  /* bf16 weights (half of fp32's bytes) */
+    const char *device;        /* "cpu" (default), "cuda", "auto" */
     /* online serving instead of a prompts file */
-    const char *router;       /* each replica's leader registers with this router back end */
-    const char *http;         /* HOST:PORT: router and gateway in-process on rank 0 */
-    const char *name;         /* model name clients ask for */
+    const char *router;          /* each replica's leader registers with this router back end */
+    const char *http;            /* HOST:PORT: router and gateway in-process on rank 0 */
+    const char *name;            /* model name clients ask for */
     const char *const *api_keys; /* with http: NULL-terminated, or NULL */
-    const char *no_chat;      /* non-NULL: why chat requests are refused */
+    const char *no_chat;         /* non-NULL: why chat requests are refused */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

@@ -51,7 +51,8 @@ void td_strmap_init(td_strmap *m) {
     m->cap = 64;
     m->slots = malloc(m->cap * sizeof *m->slots);
     TD_ASSERT(m->slots);
-    for (size_t i = 0; i < m->cap; i++) m->slots[i].len = UINT32_MAX;
+    for (size_t i = 0; i < m->cap; i++)
+        m->slots[i].len = UINT32_MAX;
 }
 
 void td_strmap_deinit(td_strmap *m) {
@@ -64,11 +65,13 @@ static void strmap_grow(td_strmap *m) {
     size_t ncap = m->cap * 2, mask = ncap - 1;
     td_strmap_slot *ns = malloc(ncap * sizeof *ns);
     TD_ASSERT(ns);
-    for (size_t i = 0; i < ncap; i++) ns[i].len = UINT32_MAX;
+    for (size_t i = 0; i < ncap; i++)
+        ns[i].len = UINT32_MAX;
     for (size_t i = 0; i < m->cap; i++) {
         if (m->slots[i].len == UINT32_MAX) continue;
         size_t j = m->slots[i].hash & mask;
-        while (ns[j].len != UINT32_MAX) j = (j + 1) & mask;
+        while (ns[j].len != UINT32_MAX)
+            j = (j + 1) & mask;
         ns[j] = m->slots[i];
     }
     free(m->slots);
@@ -88,7 +91,8 @@ uint64_t *td_strmap_get(td_strmap *m, const char *key, size_t len, int insert) {
     if (!insert) return NULL;
     if (m->arena_len + len + 1 > m->arena_cap) {
         size_t nc = m->arena_cap ? m->arena_cap * 2 : 1 << 16;
-        while (nc < m->arena_len + len + 1) nc *= 2;
+        while (nc < m->arena_len + len + 1)
+            nc *= 2;
         m->arena = realloc(m->arena, nc);
         TD_ASSERT(m->arena);
         m->arena_cap = nc;

@@ -19,7 +19,8 @@ static inline uint64_t td_hash_bytes(const void *data, size_t n, uint64_t seed) 
         h = (h ^ w) * 0x100000001b3ULL;
         h ^= h >> 29;
     }
-    for (; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
     h ^= n;
     h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
     h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;

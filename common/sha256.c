@@ -30,7 +30,8 @@ static void block(td_sha256 *s, const unsigned char *p) {
     uint32_t a = s->h[0], b = s->h[1], c = s->h[2], d = s->h[3], e = s->h[4], f = s->h[5],
              g = s->h[6], h = s->h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
+        uint32_t t1 =
+            h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
         uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         h = g;
         g = f;
@@ -80,11 +81,14 @@ void td_sha256_final_hex(td_sha256 *s, char hex[65]) {
     unsigned char pad = 0x80;
     td_sha256_update(s, &pad, 1);
     unsigned char z = 0;
-    while (s->nbuf != 56) td_sha256_update(s, &z, 1);
+    while (s->nbuf != 56)
+        td_sha256_update(s, &z, 1);
     unsigned char lb[8];
-    for (int i = 0; i < 8; i++) lb[i] = (unsigned char)(bits >> (56 - 8 * i));
+    for (int i = 0; i < 8; i++)
+        lb[i] = (unsigned char)(bits >> (56 - 8 * i));
     td_sha256_update(s, lb, 8);
-    for (int i = 0; i < 8; i++) snprintf(hex + 8 * i, 9, "%08x", s->h[i]);
+    for (int i = 0; i < 8; i++)
+        snprintf(hex + 8 * i, 9, "%08x", s->h[i]);
 }
 
 td_status td_sha256_file(const char *path, char hex[65]) {
@@ -94,7 +98,8 @@ td_status td_sha256_file(const char *path, char hex[65]) {
     td_sha256_init(&s);
     unsigned char buf[1 << 16];
     size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) td_sha256_update(&s, buf, n);
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        td_sha256_update(&s, buf, n);
     int err = ferror(f);
     fclose(f);
     if (err) return td_error_set(TD_ERR_IO, "read error on %s", path);

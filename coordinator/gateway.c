@@ -34,18 +34,34 @@
 
 #define NBUCKET 14
 static const double bucket_le[NBUCKET] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                          0.1,    0.25,  0.5,    1,     2.5,   5,    10};
+                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 typedef struct {
     uint64_t n[NBUCKET + 1];
     double sum;
     uint64_t count;
 } histogram;
 
-enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_GENERATE, R_OCHAT, R_TAGS, R_PS, R_SHOW, R_VERSION,
-       R_HEALTH, R_METRICS, R_UNKNOWN, R_COUNT };
-static const char *route_name[R_COUNT] = {
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/api/generate", "/api/chat",
-    "/api/tags", "/api/ps", "/api/show", "/api/version", "/health", "/metrics", "other"};
+enum {
+    R_COMPLETIONS,
+    R_CHAT,
+    R_MODELS,
+    R_GENERATE,
+    R_OCHAT,
+    R_TAGS,
+    R_PS,
+    R_SHOW,
+    R_VERSION,
+    R_HEALTH,
+    R_METRICS,
+    R_UNKNOWN,
+    R_COUNT
+};
+static const char *route_name[R_COUNT] = {"/v1/completions", "/v1/chat/completions",
+                                          "/v1/models",      "/api/generate",
+                                          "/api/chat",       "/api/tags",
+                                          "/api/ps",         "/api/show",
+                                          "/api/version",    "/health",
+                                          "/metrics",        "other"};
 static const int codes[] = {200, 400, 401, 404, 405, 413, 500, 503};
 #define NCODES (int)(sizeof codes / sizeof codes[0])
 
@@ -58,7 +74,8 @@ typedef struct {
 
 static void hist_add(histogram *h, double v) {
     int i = 0;
-    while (i < NBUCKET && v > bucket_le[i]) i++;
+    while (i < NBUCKET && v > bucket_le[i])
+        i++;
     h->n[i]++;
     h->sum += v;
     h->count++;
@@ -151,7 +168,8 @@ static void gen_req_free(gen_req *q) {
     }
     free(q->roles);
     free(q->contents);
-    for (int i = 0; i < q->nstop; i++) free(q->stop[i]);
+    for (int i = 0; i < q->nstop; i++)
+        free(q->stop[i]);
     memset(q, 0, sizeof *q);
 }
 
@@ -221,7 +239,8 @@ static int parse_sampling(const cJSON *o, gen_req *q, int ollama, char *msg, siz
     if (x && !cJSON_IsNull(x)) {
         if (!is_int(x)) FAIL("'%s' must be an integer", mt_key);
         double v = x->valuedouble;
-        if (ollama && (v == -1 || v == -2)) v = 0; /* Ollama: until the context is full */
+        if (ollama && (v == -1 || v == -2))
+            v = 0; /* Ollama: until the context is full */
         else if (v < 1 || v > 1e6)
             FAIL("'%s' must be from 1 to 1000000 (got %.0f)", mt_key, v);
         q->max_tokens = (int)v;
@@ -278,7 +297,8 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
         cJSON_ArrayForEach(m, x) {
             const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
             const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-            if (!cJSON_IsObject(m) || !cJSON_IsString(r) || (!cJSON_IsString(c) && !cJSON_IsArray(c)))
+            if (!cJSON_IsObject(m) || !cJSON_IsString(r) ||
+                (!cJSON_IsString(c) && !cJSON_IsArray(c)))
                 FAIL("messages[%d] must be an object with string 'role' and 'content'", q->nmsg);
             char *text = NULL;
             if (cJSON_IsString(c)) {
@@ -289,7 +309,8 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
                 cJSON_ArrayForEach(part, c) {
                     const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
                     const cJSON *ty = cJSON_GetObjectItemCaseSensitive(part, "type");
-                    if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(t))
+                    if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") ||
+                        !cJSON_IsString(t))
                         FAIL("messages[%d].content: only parts of type 'text' are supported",
                              q->nmsg);
                     len += strlen(t->valuestring);
@@ -489,8 +510,8 @@ static enum MHD_Result respond(td_gateway *g, struct MHD_Connection *c, int rout
     return ret;
 }
 
-static enum MHD_Result respond_json(td_gateway *g, struct MHD_Connection *c, int route,
-                                    int status, cJSON *j) {
+static enum MHD_Result respond_json(td_gateway *g, struct MHD_Connection *c, int route, int status,
+                                    cJSON *j) {
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return respond(g, c, route, status, "application/json", s);
@@ -498,12 +519,18 @@ static enum MHD_Result respond_json(td_gateway *g, struct MHD_Connection *c, int
 
 static const char *error_type(int status) {
     switch (status) {
-    case 400: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 413: return "request_too_large";
-    case 503: return "service_unavailable";
-    default: return "server_error";
+    case 400:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 503:
+        return "service_unavailable";
+    default:
+        return "server_error";
     }
 }
 
@@ -524,8 +551,8 @@ static cJSON *error_json(int route, int status, const char *msg) {
     return j;
 }
 
-static enum MHD_Result respond_error(td_gateway *g, struct MHD_Connection *c, int route,
-                                     int status, const char *msg) {
+static enum MHD_Result respond_error(td_gateway *g, struct MHD_Connection *c, int route, int status,
+                                     const char *msg) {
     return respond_json(g, c, route, status, error_json(route, status, msg));
 }
 
@@ -651,9 +678,9 @@ static cJSON *openai_json(gen *x, const char *delta, int final_piece, int whole)
     int chat = x->q.k == K_CHAT;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "id", x->obj_id);
-    cJSON_AddStringToObject(j, "object", chat ? (whole ? "chat.completion"
-                                                       : "chat.completion.chunk")
-                                              : "text_completion");
+    cJSON_AddStringToObject(j, "object",
+                            chat ? (whole ? "chat.completion" : "chat.completion.chunk")
+                                 : "text_completion");
     cJSON_AddNumberToObject(j, "created", (double)x->created);
     cJSON_AddStringToObject(j, "model", x->q.model);
     cJSON *ch = cJSON_AddArrayToObject(j, "choices");
@@ -672,8 +699,10 @@ static cJSON *openai_json(gen *x, const char *delta, int final_piece, int whole)
         cJSON_AddStringToObject(c, "text", whole ? (x->text ? x->text : "") : (delta ? delta : ""));
         cJSON_AddNullToObject(c, "logprobs");
     }
-    if (final_piece || whole) cJSON_AddStringToObject(c, "finish_reason", x->finish);
-    else cJSON_AddNullToObject(c, "finish_reason");
+    if (final_piece || whole)
+        cJSON_AddStringToObject(c, "finish_reason", x->finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
     if (whole) cJSON_AddItemToObject(j, "usage", usage_json(x));
     if (final_piece || whole) add_tandem_timing(x, j);
     return j;
@@ -771,8 +800,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         int ollama = x->q.k == K_OGENERATE || x->q.k == K_OCHAT;
         if (w != W_CHUNK) {
-            stream_error(x, 503, w == W_TIMEOUT ? "no answer from the router in time"
-                                                : "lost the connection to the router");
+            stream_error(x, 503,
+                         w == W_TIMEOUT ? "no answer from the router in time"
+                                        : "lost the connection to the router");
             abandon(x);
             continue;
         }
@@ -824,8 +854,9 @@ static int gen_step(gen *x, char *msg, size_t msg_len, int *accepted) {
     wait_result w = next_chunk(x->g, x->sock, x->id, x->fd, &env);
     if (w != W_CHUNK) {
         if (w != W_GONE) abandon(x);
-        snprintf(msg, msg_len, "%s", w == W_TIMEOUT ? "no answer from the router in time"
-                                                    : "lost the connection to the router");
+        snprintf(msg, msg_len, "%s",
+                 w == W_TIMEOUT ? "no answer from the router in time"
+                                : "lost the connection to the router");
         gen_close(x);
         return w == W_GONE ? -1 : 503;
     }
@@ -876,9 +907,8 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
         if (accepted || x->text_len || x->finished) break;
     }
     if (x->q.stream) {
-        struct MHD_Response *r =
-            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, x,
-                                              stream_free);
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
+                                                                   stream_reader, x, stream_free);
         int ollama = k == K_OGENERATE || k == K_OCHAT;
         MHD_add_response_header(r, "Content-Type",
                                 ollama ? "application/x-ndjson" : "text/event-stream");
@@ -895,8 +925,8 @@ static enum MHD_Result handle_generate(td_gateway *g, struct MHD_Connection *c, 
         if (st) return st < 0 ? MHD_NO : respond_error(g, c, route, st, msg);
     }
     gen_record(x);
-    cJSON *j = k == K_COMPLETION || k == K_CHAT ? openai_json(x, NULL, 0, 1)
-                                                : ollama_json(x, x->text, 1);
+    cJSON *j =
+        k == K_COMPLETION || k == K_CHAT ? openai_json(x, NULL, 0, 1) : ollama_json(x, x->text, 1);
     gen_close(x);
     return respond_json(g, c, route, 200, j);
 }
@@ -1012,7 +1042,8 @@ static void metric_hist(FILE *f, const char *name, const char *help, const histo
 static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int route) {
     Tandem__StatusReply *st = router_status(g);
     int up = 0;
-    for (size_t i = 0; st && i < st->n_models; i++) up += (int)st->models[i]->replicas_up;
+    for (size_t i = 0; st && i < st->n_models; i++)
+        up += (int)st->models[i]->replicas_up;
     if (route == R_HEALTH) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "status", !st ? "router unreachable" : up ? "ok" : "no replica");
@@ -1031,17 +1062,21 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
     for (int r = 0; r < R_COUNT; r++)
         for (int i = 0; i < NCODES; i++)
             if (m.requests[r][i])
-                fprintf(f, "tandem_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
-                        route_name[r], codes[i], (unsigned long long)m.requests[r][i]);
-    fprintf(f, "# HELP tandem_prompt_tokens_total Prompt tokens of completed requests.\n"
-               "# TYPE tandem_prompt_tokens_total counter\ntandem_prompt_tokens_total %llu\n",
+                fprintf(f, "tandem_requests_total{route=\"%s\",code=\"%d\"} %llu\n", route_name[r],
+                        codes[i], (unsigned long long)m.requests[r][i]);
+    fprintf(f,
+            "# HELP tandem_prompt_tokens_total Prompt tokens of completed requests.\n"
+            "# TYPE tandem_prompt_tokens_total counter\ntandem_prompt_tokens_total %llu\n",
             (unsigned long long)m.prompt_tokens);
-    fprintf(f, "# HELP tandem_generated_tokens_total Tokens generated.\n"
-               "# TYPE tandem_generated_tokens_total counter\n"
-               "tandem_generated_tokens_total %llu\n",
+    fprintf(f,
+            "# HELP tandem_generated_tokens_total Tokens generated.\n"
+            "# TYPE tandem_generated_tokens_total counter\n"
+            "tandem_generated_tokens_total %llu\n",
             (unsigned long long)m.generated_tokens);
-    fprintf(f, "# HELP tandem_router_up 1 when the router answers.\n# TYPE tandem_router_up gauge\n"
-               "tandem_router_up %d\n", st != NULL);
+    fprintf(f,
+            "# HELP tandem_router_up 1 when the router answers.\n# TYPE tandem_router_up gauge\n"
+            "tandem_router_up %d\n",
+            st != NULL);
     static const struct {
         const char *name, *help;
     } gauges[3] = {{"tandem_replicas_up", "Live replicas per model."},
@@ -1053,7 +1088,9 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
         for (size_t i = 0; st && i < st->n_models; i++) {
             const Tandem__ModelStatus *ms = st->models[i];
             fprintf(f, "%s{model=\"%s\"} %u\n", gauges[k].name, ms->name,
-                    k == 0 ? ms->replicas_up : k == 1 ? ms->queue_length : ms->in_flight);
+                    k == 0   ? ms->replicas_up
+                    : k == 1 ? ms->queue_length
+                             : ms->in_flight);
         }
     }
     fprintf(f, "# HELP tandem_replica_requests_total Requests completed per replica.\n"
@@ -1064,8 +1101,8 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
                     st->models[i]->name, st->models[i]->replica_ids[k],
                     (unsigned long long)st->models[i]->served[k]);
     metric_hist(f, "tandem_ttft_seconds", "Time to first token, at the gateway.", &m.ttft);
-    metric_hist(f, "tandem_time_per_output_token_seconds",
-                "Time per output token after the first.", &m.tpot);
+    metric_hist(f, "tandem_time_per_output_token_seconds", "Time per output token after the first.",
+                &m.tpot);
     metric_hist(f, "tandem_gateway_overhead_seconds",
                 "Request time outside the replica (HTTP, gateway, router, ZeroMQ).", &m.overhead);
     fclose(f);
@@ -1080,11 +1117,16 @@ static int route_of(const char *method, const char *url, int *method_ok) {
     static const struct {
         const char *url, *method;
         int route;
-    } t[] = {{"/v1/completions", "POST", R_COMPLETIONS}, {"/v1/chat/completions", "POST", R_CHAT},
-             {"/v1/models", "GET", R_MODELS},           {"/api/generate", "POST", R_GENERATE},
-             {"/api/chat", "POST", R_OCHAT},            {"/api/tags", "GET", R_TAGS},
-             {"/api/ps", "GET", R_PS},                  {"/api/show", "POST", R_SHOW},
-             {"/api/version", "GET", R_VERSION},        {"/health", "GET", R_HEALTH},
+    } t[] = {{"/v1/completions", "POST", R_COMPLETIONS},
+             {"/v1/chat/completions", "POST", R_CHAT},
+             {"/v1/models", "GET", R_MODELS},
+             {"/api/generate", "POST", R_GENERATE},
+             {"/api/chat", "POST", R_OCHAT},
+             {"/api/tags", "GET", R_TAGS},
+             {"/api/ps", "GET", R_PS},
+             {"/api/show", "POST", R_SHOW},
+             {"/api/version", "GET", R_VERSION},
+             {"/health", "GET", R_HEALTH},
              {"/metrics", "GET", R_METRICS}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(url, t[i].url)) {
@@ -1106,8 +1148,8 @@ static int authorized(td_gateway *g, struct MHD_Connection *c) {
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload, size_t *upload_size, void **con_cls) {
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls) {
     (void)version;
     td_gateway *g = cls;
     conn *k = *con_cls;
@@ -1135,8 +1177,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (cl && strtoull(cl, NULL, 10) > g->o.max_body) {
             k->done = 1;
             char msg[128];
-            snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %zu bytes",
-                     cl, g->o.max_body);
+            snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %zu bytes", cl,
+                     g->o.max_body);
             return respond_error(g, c, k->route, 413, msg);
         }
         return MHD_YES;
@@ -1172,17 +1214,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     case R_COMPLETIONS:
     case R_CHAT:
     case R_GENERATE:
-    case R_OCHAT: return handle_generate(g, c, k->route, k->body ? k->body : "", k->len);
+    case R_OCHAT:
+        return handle_generate(g, c, k->route, k->body ? k->body : "", k->len);
     case R_MODELS:
     case R_TAGS:
     case R_PS:
-    case R_SHOW: return handle_listing(g, c, k->route, k->body ? k->body : "", k->len);
+    case R_SHOW:
+        return handle_listing(g, c, k->route, k->body ? k->body : "", k->len);
     case R_VERSION: {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "version", TD_GATEWAY_VERSION);
         return respond_json(g, c, k->route, 200, j);
     }
-    default: return handle_ops(g, c, k->route);
+    default:
+        return handle_ops(g, c, k->route);
     }
 }
 
@@ -1204,7 +1249,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     char buf[512];
     vsnprintf(buf, sizeof buf, fmt, ap);
     size_t n = strlen(buf);
-    while (n && buf[n - 1] == '\n') buf[--n] = 0;
+    while (n && buf[n - 1] == '\n')
+        buf[--n] = 0;
     TD_LOG_DEBUG("gateway (libmicrohttpd): %s", buf);
 }
 
@@ -1225,16 +1271,20 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
     sa.sin_port = htons((uint16_t)port);
     if (*end || port < 0 || port > 65535 ||
         inet_pton(AF_INET, !strcmp(host, "localhost") ? "127.0.0.1" : host, &sa.sin_addr) != 1)
-        return td_error_set(TD_ERR_INVALID, "--listen '%s': expected an IPv4 address and a "
-                            "port, e.g. 127.0.0.1:8080", o->listen);
+        return td_error_set(TD_ERR_INVALID,
+                            "--listen '%s': expected an IPv4 address and a "
+                            "port, e.g. 127.0.0.1:8080",
+                            o->listen);
     td_gateway *g = calloc(1, sizeof *g);
     if (!g) return td_error_set(TD_ERR_NOMEM, "out of memory");
     g->o = *o;
     if (!g->o.max_body) g->o.max_body = 1u << 20;
     if (g->o.timeout_s <= 0) g->o.timeout_s = 120;
-    for (int i = 0; o->api_keys && o->api_keys[i]; i++) g->nkeys++;
+    for (int i = 0; o->api_keys && o->api_keys[i]; i++)
+        g->nkeys++;
     g->keys = calloc((size_t)g->nkeys + 1, sizeof *g->keys);
-    for (int i = 0; i < g->nkeys; i++) g->keys[i] = strdup(o->api_keys[i]);
+    for (int i = 0; i < g->nkeys; i++)
+        g->keys[i] = strdup(o->api_keys[i]);
     pthread_mutex_init(&g->m.mu, NULL);
     pthread_key_create(&g->sock_key, close_thread_sock);
     g->ctx = o->zctx;
@@ -1242,13 +1292,13 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
         g->ctx = zmq_ctx_new();
         g->own_ctx = 1;
     }
-    g->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                                MHD_USE_POLL | MHD_USE_ERROR_LOG,
-                            (uint16_t)port, NULL, NULL, on_request, g, MHD_OPTION_SOCK_ADDR, &sa,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, g,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, g, MHD_OPTION_END);
+    g->d =
+        MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                             MHD_USE_POLL | MHD_USE_ERROR_LOG,
+                         (uint16_t)port, NULL, NULL, on_request, g, MHD_OPTION_SOCK_ADDR, &sa,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, g,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)1000, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, g, MHD_OPTION_END);
     if (!g->d) {
         int e = errno;
         td_gateway_free(&g);
@@ -1261,7 +1311,8 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
                 g->nkeys ? ", API keys required" : "");
     if (!g->nkeys && (ntohl(sa.sin_addr.s_addr) >> 24) != 127)
         TD_LOG_WARN("gateway: %s is not a loopback address and no API key is set: anyone who "
-                    "can reach it can use the models (--api-key KEY)", host);
+                    "can reach it can use the models (--api-key KEY)",
+                    host);
     *out = g;
     return TD_OK;
 }
@@ -1275,7 +1326,8 @@ void td_gateway_free(td_gateway **gp) {
     td_gateway *g = *gp;
     if (g->d) MHD_stop_daemon(g->d);
     if (g->own_ctx) zmq_ctx_term(g->ctx);
-    for (int i = 0; i < g->nkeys; i++) free(g->keys[i]);
+    for (int i = 0; i < g->nkeys; i++)
+        free(g->keys[i]);
     free(g->keys);
     pthread_key_delete(g->sock_key);
     pthread_mutex_destroy(&g->m.mu);

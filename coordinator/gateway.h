@@ -12,12 +12,12 @@
 #include "common/status.h"
 
 typedef struct {
-    const char *listen;             /* HOST:PORT (port 0: any free port) */
-    const char *router;             /* the router's front endpoint */
-    const char *const *api_keys;    /* NULL-terminated; NULL or empty: no key needed */
-    size_t max_body;                /* request bodies larger than this answer 413 (1 MiB) */
-    double timeout_s;               /* longest wait for a request's next answer (default 120) */
-    void *zctx;                     /* ZeroMQ context (NULL: the gateway makes its own) */
+    const char *listen;          /* HOST:PORT (port 0: any free port) */
+    const char *router;          /* the router's front endpoint */
+    const char *const *api_keys; /* NULL-terminated; NULL or empty: no key needed */
+    size_t max_body;             /* request bodies larger than this answer 413 (1 MiB) */
+    double timeout_s;            /* longest wait for a request's next answer (default 120) */
+    void *zctx;                  /* ZeroMQ context (NULL: the gateway makes its own) */
 } td_gateway_opts;
 
 typedef struct td_gateway td_gateway;

@@ -36,13 +36,13 @@ typedef struct {
 
 typedef struct {
     int used;
-    uint64_t rid;       /* the router's id: what the replica sees */
+    uint64_t rid; /* the router's id: what the replica sees */
     uint8_t client[MAX_IDENT];
     size_t client_len;
     uint64_t client_id; /* the client's id for it */
     int model, replica; /* replica -1 while queued */
     uint64_t queued_ns;
-    td_env *env;        /* the request (kept until dispatched) */
+    td_env *env; /* the request (kept until dispatched) */
 } job;
 
 struct td_router {
@@ -128,7 +128,8 @@ void td_router_free(td_router **rp) {
         free(r->mod[i].name);
         free(r->mod[i].details);
     }
-    for (int i = 0; i < r->njobs; i++) td_wire_free(r->jobs[i].env);
+    for (int i = 0; i < r->njobs; i++)
+        td_wire_free(r->jobs[i].env);
     free(r->rep);
     free(r->mod);
     free(r->jobs);
@@ -191,7 +192,8 @@ static int queue_length(const td_router *r, int m) {
 
 static int replicas_up(const td_router *r, int m) {
     int n = 0;
-    for (int i = 0; i < r->nrep; i++) n += r->rep[i].alive && r->rep[i].model == m;
+    for (int i = 0; i < r->nrep; i++)
+        n += r->rep[i].alive && r->rep[i].model == m;
     return n;
 }
 
@@ -399,8 +401,10 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
     }
     if (queue_length(r, m) > r->o.queue_max) { /* this job is already counted */
         char msg[256];
-        snprintf(msg, sizeof msg, "the queue of model '%.100s' is full (%d waiting; "
-                 "--queue-max)", r->mod[m].name, r->o.queue_max);
+        snprintf(msg, sizeof msg,
+                 "the queue of model '%.100s' is full (%d waiting; "
+                 "--queue-max)",
+                 r->mod[m].name, r->o.queue_max);
         client_error(r, client, client_len, j->client_id, 503, msg);
         end_job(r, j);
     }
@@ -531,9 +535,10 @@ static void housekeeping(td_router *r, uint64_t now, uint64_t *next_hb) {
         job *j = &r->jobs[k];
         if (!j->used || j->replica >= 0 || now - j->queued_ns < limit) continue;
         char msg[256];
-        snprintf(msg, sizeof msg, "waited %.1f s in the queue of model '%.100s' without a free "
-                 "replica (--queue-timeout)", (double)(now - j->queued_ns) / 1e9,
-                 r->mod[j->model].name);
+        snprintf(msg, sizeof msg,
+                 "waited %.1f s in the queue of model '%.100s' without a free "
+                 "replica (--queue-timeout)",
+                 (double)(now - j->queued_ns) / 1e9, r->mod[j->model].name);
         client_error(r, j->client, j->client_len, j->client_id, 503, msg);
         end_job(r, j);
     }
@@ -559,8 +564,10 @@ td_status td_router_run(td_router *r, volatile int *stop) {
                     if (n == 0) break;
                     continue; /* an undecodable or empty message, already logged */
                 }
-                if (side) on_back(r, id, n, env);
-                else on_front(r, id, n, env);
+                if (side)
+                    on_back(r, id, n, env);
+                else
+                    on_front(r, id, n, env);
             }
         }
         housekeeping(r, td_wire_now_ns(), &next_hb);

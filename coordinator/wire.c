@@ -23,8 +23,8 @@ td_status td_wire_send(void *sock, const void *ident, size_t ident_len, const td
     td_status s = TD_OK;
     if (ident && zmq_send(sock, ident, ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         int e = errno;
-        s = td_error_set(e == EHOSTUNREACH ? TD_ERR_NOTFOUND : TD_ERR_IO,
-                         "zmq_send (identity): %s", zmq_strerror(e));
+        s = td_error_set(e == EHOSTUNREACH ? TD_ERR_NOTFOUND : TD_ERR_IO, "zmq_send (identity): %s",
+                         zmq_strerror(e));
     } else if (zmq_send(sock, buf, n, ident ? ZMQ_DONTWAIT : 0) < 0) {
         int e = errno;
         s = td_error_set(e == EHOSTUNREACH ? TD_ERR_NOTFOUND : TD_ERR_IO, "zmq_send: %s",
@@ -88,13 +88,15 @@ td_status td_wire_recv(void *sock, uint8_t *ident, size_t *ident_len, int timeou
     }
     int more = zmq_msg_more(&m);
     *env = td_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m));
-    if (!*env) TD_LOG_WARN("dropped a %zu-byte message that is not a tandem Envelope",
-                           zmq_msg_size(&m));
+    if (!*env)
+        TD_LOG_WARN("dropped a %zu-byte message that is not a tandem Envelope", zmq_msg_size(&m));
     zmq_msg_close(&m);
     while (more) { /* extra frames are not part of the protocol: drain them */
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, sock, 0) < 0) more = 0;
-        else more = zmq_msg_more(&m);
+        if (zmq_msg_recv(&m, sock, 0) < 0)
+            more = 0;
+        else
+            more = zmq_msg_more(&m);
         zmq_msg_close(&m);
     }
     return TD_OK;

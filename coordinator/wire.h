@@ -24,8 +24,7 @@ td_status td_wire_send(void *sock, const void *ident, size_t ident_len, const td
  * ident (a ROUTER socket) the identity frame is stored there (*ident_len bytes, at most
  * 255). *env is NULL when nothing came; otherwise free it with td_wire_free. A frame that
  * does not decode is dropped with a warning (*env NULL, TD_OK). */
-td_status td_wire_recv(void *sock, uint8_t *ident, size_t *ident_len, int timeout_ms,
-                       td_env **env);
+td_status td_wire_recv(void *sock, uint8_t *ident, size_t *ident_len, int timeout_ms, td_env **env);
 
 /* Decodes a payload (NULL when it is not an Envelope, or too large). */
 td_env *td_wire_decode(const uint8_t *data, size_t len);

@@ -15,17 +15,17 @@ const char *const td_bpe_default_specials[] = {"<|endoftext|>", "<|im_start|>", 
 
 struct td_bpe {
     int vocab_size;
-    char **tok;        /* bytes of each id (specials: their content) */
+    char **tok; /* bytes of each id (specials: their content) */
     uint32_t *tok_len;
     int byte_to_id[256];
-    td_map64 merges;   /* pair key -> (rank << 32) | merged id */
+    td_map64 merges; /* pair key -> (rank << 32) | merged id */
     int n_merges;
-    int32_t *ma, *mb;  /* merges in rank order */
+    int32_t *ma, *mb; /* merges in rank order */
     int n_special;
     char **special;
     int *special_id;
     int ignore_merges;
-    td_strmap vocab;   /* token bytes -> id + 1 (only needed with ignore_merges) */
+    td_strmap vocab; /* token bytes -> id + 1 (only needed with ignore_merges) */
     /* encode cache: piece bytes -> (offset << 24 | count) into pool */
     td_strmap cache;
     int32_t *pool;
@@ -45,7 +45,8 @@ static void init_byte_map(void) {
     static int ready;
     if (ready) return;
     int n = 0;
-    for (int b = 0; b < 324; b++) g_u2b[b] = -1;
+    for (int b = 0; b < 324; b++)
+        g_u2b[b] = -1;
     for (int b = 0; b < 256; b++) {
         int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
         g_b2u[b] = keep ? b : 256 + n++;
@@ -102,20 +103,23 @@ static td_bpe *bpe_alloc(int vocab_size) {
     td_map64_init(&t->merges);
     td_strmap_init(&t->cache);
     td_strmap_init(&t->vocab);
-    for (int b = 0; b < 256; b++) t->byte_to_id[b] = -1;
+    for (int b = 0; b < 256; b++)
+        t->byte_to_id[b] = -1;
     return t;
 }
 
 void td_bpe_free(td_bpe **tp) {
     if (!tp || !*tp) return;
     td_bpe *t = *tp;
-    for (int i = 0; i < t->vocab_size; i++) free(t->tok[i]);
+    for (int i = 0; i < t->vocab_size; i++)
+        free(t->tok[i]);
     free(t->tok);
     free(t->tok_len);
     td_map64_deinit(&t->merges);
     free(t->ma);
     free(t->mb);
-    for (int i = 0; i < t->n_special; i++) free(t->special[i]);
+    for (int i = 0; i < t->n_special; i++)
+        free(t->special[i]);
     free(t->special);
     free(t->special_id);
     td_strmap_deinit(&t->vocab);
@@ -167,7 +171,8 @@ int td_bpe_special_id(const td_bpe *t, const char *content) {
 td_status td_bpe_new_bytes(const char *const *specials, td_bpe **out) {
     if (!specials) specials = td_bpe_default_specials;
     int ns = 0;
-    while (specials[ns]) ns++;
+    while (specials[ns])
+        ns++;
     td_bpe *t = bpe_alloc(256 + ns);
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
@@ -223,7 +228,8 @@ typedef struct {
 static void reserve(int32_t **ids, size_t *cap, size_t need) {
     if (need <= *cap) return;
     size_t c = *cap ? *cap : 256;
-    while (c < need) c *= 2;
+    while (c < need)
+        c *= 2;
     *ids = realloc(*ids, sizeof **ids * c);
     TD_ASSERT(*ids);
     *cap = c;
@@ -247,7 +253,8 @@ static void encode_piece(const char *p, size_t n, void *vctx) {
         c->tmp[0] = (int32_t)(*whole - 1);
         cnt = 1;
     } else {
-        for (size_t i = 0; i < n; i++) c->tmp[i] = t->byte_to_id[(unsigned char)p[i]];
+        for (size_t i = 0; i < n; i++)
+            c->tmp[i] = t->byte_to_id[(unsigned char)p[i]];
         cnt = bpe_merge_word(t, c->tmp, (int)n);
     }
     reserve(c->ids, c->cap, c->n + (size_t)cnt);
@@ -268,8 +275,7 @@ static void encode_piece(const char *p, size_t n, void *vctx) {
 }
 
 /* Finds the next special token at or after `from`: returns its start (or len) and index. */
-static size_t find_special(const td_bpe *t, const char *text, size_t len, size_t from,
-                           int *which) {
+static size_t find_special(const td_bpe *t, const char *text, size_t len, size_t from, int *which) {
     for (size_t i = from; i < len; i++) {
         int best = -1;
         size_t best_len = 0;
@@ -312,7 +318,8 @@ size_t td_bpe_decode(const td_bpe *t, const int32_t *ids, size_t n, char **out, 
         size_t l = t->tok_len[ids[i]];
         if (k + l + 1 > *cap) {
             size_t c = *cap ? *cap : 256;
-            while (c < k + l + 1) c *= 2;
+            while (c < k + l + 1)
+                c *= 2;
             *out = realloc(*out, c);
             TD_ASSERT(*out);
             *cap = c;
@@ -445,7 +452,8 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
     *out = NULL;
     const char *const *specials = opts->specials ? opts->specials : td_bpe_default_specials;
     int ns = 0;
-    while (specials[ns]) ns++;
+    while (specials[ns])
+        ns++;
     int base = 256 + ns;
     if (opts->vocab_size < base)
         return td_error_set(TD_ERR_INVALID,
@@ -461,7 +469,8 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
         if (s->len == UINT32_MAX) continue;
         const unsigned char *p = (const unsigned char *)td_strmap_key(W, s);
         words[k].sym = malloc(sizeof(int32_t) * (s->len ? s->len : 1));
-        for (uint32_t j = 0; j < s->len; j++) words[k].sym[j] = p[j];
+        for (uint32_t j = 0; j < s->len; j++)
+            words[k].sym[j] = p[j];
         words[k].n = (int)s->len;
         words[k].count = s->val;
         words[k].stamp = -1;
@@ -472,8 +481,7 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
     td_map64_init(&P.head);
     for (size_t w = 0; w < nw; w++)
         for (int j = 0; j + 1 < words[w].n; j++)
-            pair_add(&P, words[w].sym[j], words[w].sym[j + 1], (int64_t)words[w].count,
-                     (int32_t)w);
+            pair_add(&P, words[w].sym[j], words[w].sym[j + 1], (int64_t)words[w].count, (int32_t)w);
     for (size_t i = 0; i < P.counts.cap; i++)
         if (P.counts.keys[i]) hpush(&P.h, P.counts.vals[i], P.counts.keys[i]);
 
@@ -514,7 +522,8 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
             if (w->stamp == id) continue;
             w->stamp = id;
             int has = 0;
-            for (int j = 0; j + 1 < w->n && !has; j++) has = w->sym[j] == a && w->sym[j + 1] == b;
+            for (int j = 0; j + 1 < w->n && !has; j++)
+                has = w->sym[j] == a && w->sym[j + 1] == b;
             if (!has) continue;
             if ((size_t)w->n > bufcap) {
                 bufcap = (size_t)w->n * 2;
@@ -531,7 +540,8 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
             }
             int64_t c = (int64_t)w->count;
             int32_t wi = P.o[o].word;
-            for (int j = 0; j + 1 < w->n; j++) pair_add(&P, w->sym[j], w->sym[j + 1], -c, wi);
+            for (int j = 0; j + 1 < w->n; j++)
+                pair_add(&P, w->sym[j], w->sym[j + 1], -c, wi);
             for (int j = 0; j + 1 < m; j++) {
                 pair_add(&P, buf[j], buf[j + 1], c, wi);
                 if (buf[j] == id || buf[j + 1] == id) {
@@ -546,7 +556,8 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
         *td_map64_get(&P.counts, top.key, 1) = 0;
     }
     free(buf);
-    for (size_t w = 0; w < nw; w++) free(words[w].sym);
+    for (size_t w = 0; w < nw; w++)
+        free(words[w].sym);
     free(words);
     td_map64_deinit(&P.counts);
     td_map64_deinit(&P.head);
@@ -603,8 +614,7 @@ char *td_bpe_to_json(const td_bpe *t) {
     size_t maxlen = 0;
     for (int i = 0; i < t->vocab_size; i++)
         if (t->tok_len[i] > maxlen) maxlen = t->tok_len[i];
-    char *m1 = malloc(2 * maxlen + 2), *m2 = malloc(2 * maxlen + 2),
-         *pair = malloc(4 * maxlen + 4);
+    char *m1 = malloc(2 * maxlen + 2), *m2 = malloc(2 * maxlen + 2), *pair = malloc(4 * maxlen + 4);
     for (int i = 0; i < t->vocab_size; i++) {
         if (!t->tok[i]) continue;
         if (td_bpe_special_id(t, t->tok[i]) == i) {
@@ -758,8 +768,8 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
         char lb[1024], rb[1024], cat[2048];
         long nl = unmap_string(l, lb), nr = unmap_string(r, rb);
         if (nl <= 0 || nr <= 0) {
-            s = td_error_set(TD_ERR_FORMAT, "%s: merge \"%s %s\" is outside the alphabet", where,
-                             l, r);
+            s = td_error_set(TD_ERR_FORMAT, "%s: merge \"%s %s\" is outside the alphabet", where, l,
+                             r);
             goto done;
         }
         memcpy(cat, lb, (size_t)nl);
@@ -768,8 +778,8 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
         uint64_t *ib = td_strmap_get(&t->vocab, rb, (size_t)nr, 0);
         uint64_t *ic = td_strmap_get(&t->vocab, cat, (size_t)(nl + nr), 0);
         if (!ia || !ib || !ic) {
-            s = td_error_set(TD_ERR_FORMAT, "%s: merge \"%s %s\" names tokens not in vocab",
-                             where, l, r);
+            s = td_error_set(TD_ERR_FORMAT, "%s: merge \"%s %s\" names tokens not in vocab", where,
+                             l, r);
             goto done;
         }
         add_merge(t, (int32_t)(*ia - 1), (int32_t)(*ib - 1), (int32_t)(*ic - 1));

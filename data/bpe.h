@@ -19,8 +19,8 @@
 typedef struct td_bpe td_bpe;
 
 typedef struct {
-    int vocab_size;            /* target size, bytes + specials + merges */
-    int min_frequency;         /* stop when the best pair occurs fewer times (default 2) */
+    int vocab_size;              /* target size, bytes + specials + merges */
+    int min_frequency;           /* stop when the best pair occurs fewer times (default 2) */
     const char *const *specials; /* special tokens, NULL-terminated (NULL = defaults) */
 } td_bpe_train_opts;
 

@@ -10,7 +10,7 @@
 
 const char *td_clean_reason_name(td_clean_reason r) {
     static const char *n[TD_CLEAN_NREASONS] = {
-        "kept",        "invalid_utf8",   "too_short",      "too_long",
+        "kept",        "invalid_utf8",     "too_short",      "too_long",
         "few_letters", "too_many_symbols", "repeated_lines", "repeated_ngrams"};
     return r < TD_CLEAN_NREASONS ? n[r] : "?";
 }
@@ -39,9 +39,11 @@ static size_t fix_controls(char *s, size_t n, td_clean_out *o) {
             o->fixed_escapes++;
             if (i + 1 < n && s[i + 1] == '[') { /* CSI: params/intermediates 0x20-0x3F */
                 size_t j = i + 2;
-                while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] <= 0x3F) j++;
+                while (j < n && (unsigned char)s[j] >= 0x20 && (unsigned char)s[j] <= 0x3F)
+                    j++;
                 /* the final byte (0x40-0x7E) ends it; anything else is not part of it */
-                i = (j < n && (unsigned char)s[j] >= 0x40 && (unsigned char)s[j] <= 0x7E) ? j : j - 1;
+                i = (j < n && (unsigned char)s[j] >= 0x40 && (unsigned char)s[j] <= 0x7E) ? j
+                                                                                          : j - 1;
             } else if (i + 1 < n && s[i + 1] == ']') { /* OSC ... BEL or ESC \, at most 256 */
                 size_t j = i + 2, lim = i + 2 + 256 < n ? i + 2 + 256 : n;
                 while (j < lim && s[j] != 0x07 && !(s[j] == 0x1B && j + 1 < n && s[j + 1] == '\\'))
@@ -61,7 +63,8 @@ static size_t fix_controls(char *s, size_t n, td_clean_out *o) {
             o->fixed_overstrikes++;
             if (k > 0) {
                 /* step back over a whole UTF-8 character */
-                do k--;
+                do
+                    k--;
                 while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80);
             }
             continue;
@@ -89,8 +92,9 @@ static int is_space_cp(int32_t c) {
 /* ASCII punctuation that ordinary prose uses; the rest of P* and all of S* count as
  * symbols. Punctuation outside ASCII (CJK 。，「」 etc.) is prose punctuation too. */
 static int is_symbol_cp(int32_t c) {
-    if (c < 0x80) return c > 0x20 && c < 0x7F && !strchr(".,;:!?'\"()-`%&$", (int)c) &&
-                         !((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'));
+    if (c < 0x80)
+        return c > 0x20 && c < 0x7F && !strchr(".,;:!?'\"()-`%&$", (int)c) &&
+               !((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'));
     utf8proc_category_t k = utf8proc_category(c);
     return k == UTF8PROC_CATEGORY_SM || k == UTF8PROC_CATEGORY_SO || k == UTF8PROC_CATEGORY_SK;
 }
@@ -107,10 +111,13 @@ static double dup_line_frac(const char *s, size_t n) {
     size_t lines = 0, dups = 0, i = 0;
     while (i < n) {
         size_t e = i;
-        while (e < n && s[e] != '\n') e++;
+        while (e < n && s[e] != '\n')
+            e++;
         size_t a = i, b = e;
-        while (a < b && (s[a] == ' ' || s[a] == '\t')) a++;
-        while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t')) b--;
+        while (a < b && (s[a] == ' ' || s[a] == '\t'))
+            a++;
+        while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t'))
+            b--;
         if (b > a) {
             lines++;
             uint64_t h = td_hash_bytes(s + a, b - a, 7) | 1;
@@ -129,9 +136,11 @@ static double top_ngram_frac(const char *s, size_t n) {
     size_t cap = 64, nw = 0;
     size_t *ws = malloc(cap * sizeof *ws), *we = malloc(cap * sizeof *we);
     for (size_t i = 0; i < n;) {
-        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n')) i++;
+        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n'))
+            i++;
         size_t a = i;
-        while (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\n') i++;
+        while (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\n')
+            i++;
         if (i > a) {
             if (nw == cap) {
                 cap *= 2;
@@ -187,8 +196,8 @@ td_clean_reason td_clean_doc(const td_clean_rules *r, const char *text, size_t l
     long chars = 0, nonspace = 0, letters = 0, symbols = 0;
     for (size_t i = 0; i < n;) {
         utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
-                                              (utf8proc_ssize_t)(n - i), &cp);
+        utf8proc_ssize_t k =
+            utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
         if (k <= 0) {
             free(s);
             return TD_CLEAN_INVALID_UTF8;

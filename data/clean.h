@@ -9,13 +9,14 @@
 
 typedef enum {
     TD_CLEAN_KEEP = 0,
-    TD_CLEAN_INVALID_UTF8,   /* not valid UTF-8 */
-    TD_CLEAN_TOO_SHORT,      /* fewer than min_chars characters (after fixing) */
-    TD_CLEAN_TOO_LONG,       /* more than max_chars characters */
-    TD_CLEAN_FEW_LETTERS,    /* letters (any script) / non-space chars < min_letter_ratio */
-    TD_CLEAN_SYMBOLS,        /* symbol chars / non-space chars > max_symbol_ratio */
-    TD_CLEAN_REPEATED_LINES, /* duplicate lines / lines > max_dup_line_frac */
-    TD_CLEAN_REPEATED_NGRAMS,/* chars in the most frequent word 3-gram / chars > max_top_ngram_frac */
+    TD_CLEAN_INVALID_UTF8,    /* not valid UTF-8 */
+    TD_CLEAN_TOO_SHORT,       /* fewer than min_chars characters (after fixing) */
+    TD_CLEAN_TOO_LONG,        /* more than max_chars characters */
+    TD_CLEAN_FEW_LETTERS,     /* letters (any script) / non-space chars < min_letter_ratio */
+    TD_CLEAN_SYMBOLS,         /* symbol chars / non-space chars > max_symbol_ratio */
+    TD_CLEAN_REPEATED_LINES,  /* duplicate lines / lines > max_dup_line_frac */
+    TD_CLEAN_REPEATED_NGRAMS, /* chars in the most frequent word 3-gram / chars > max_top_ngram_frac
+                               */
     TD_CLEAN_NREASONS
 } td_clean_reason;
 

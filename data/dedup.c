@@ -46,14 +46,15 @@ void td_dedup_signature(const char *text, size_t len, td_doc_sig *sig) {
     size_t n = normalise(text, len, norm);
     sig->exact[0] = td_hash_bytes(norm, n, 1);
     sig->exact[1] = td_hash_bytes(norm, n, 2);
-    for (int i = 0; i < TD_MINHASH_K; i++) sig->minhash[i] = UINT32_MAX;
+    for (int i = 0; i < TD_MINHASH_K; i++)
+        sig->minhash[i] = UINT32_MAX;
     /* character 5-grams: start offsets of characters */
     size_t *starts = malloc((n + 1) * sizeof *starts), nc = 0;
     for (size_t i = 0; i < n;) {
         starts[nc++] = i;
         utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)norm + i,
-                                              (utf8proc_ssize_t)(n - i), &cp);
+        utf8proc_ssize_t k =
+            utf8proc_iterate((const utf8proc_uint8_t *)norm + i, (utf8proc_ssize_t)(n - i), &cp);
         i += k > 0 ? (size_t)k : 1;
     }
     starts[nc] = n;
@@ -72,7 +73,8 @@ void td_dedup_signature(const char *text, size_t len, td_doc_sig *sig) {
 
 double td_dedup_jaccard(const td_doc_sig *a, const td_doc_sig *b) {
     int eq = 0;
-    for (int i = 0; i < TD_MINHASH_K; i++) eq += a->minhash[i] == b->minhash[i];
+    for (int i = 0; i < TD_MINHASH_K; i++)
+        eq += a->minhash[i] == b->minhash[i];
     return (double)eq / TD_MINHASH_K;
 }
 
@@ -103,8 +105,8 @@ void td_dedup_decide(const td_doc_sig *sigs, size_t n, int exact, double near_th
         uint64_t keys[TD_LSH_BANDS];
         int dup = 0;
         for (int b = 0; b < TD_LSH_BANDS && !dup; b++) {
-            keys[b] = (td_hash_bytes(&s->minhash[b * TD_LSH_ROWS], TD_LSH_ROWS * 4, (uint64_t)b) |
-                       1);
+            keys[b] =
+                (td_hash_bytes(&s->minhash[b * TD_LSH_ROWS], TD_LSH_ROWS * 4, (uint64_t)b) | 1);
             uint64_t *h = td_map64_get(&band_head, keys[b], 0);
             for (int64_t l = h ? (int64_t)*h - 1 : -1; l >= 0 && !dup; l = links[l].next)
                 dup = td_dedup_jaccard(s, &sigs[links[l].doc]) >= near_threshold;

@@ -41,11 +41,25 @@ void td_prep_opts_default(td_prep_opts *o) {
 /* counters, summed over ranks */
 
 enum {
-    ST_FILES, ST_FILES_BINARY, ST_FILES_LINKED, ST_BAD_JSON, ST_DOCS_IN, ST_BYTES_IN,
+    ST_FILES,
+    ST_FILES_BINARY,
+    ST_FILES_LINKED,
+    ST_BAD_JSON,
+    ST_DOCS_IN,
+    ST_BYTES_IN,
     ST_CLEAN0, /* + td_clean_reason (index 0 = kept after cleaning) */
-    ST_FIX_ESC = ST_CLEAN0 + TD_CLEAN_NREASONS, ST_FIX_OVERSTRIKE, ST_FIX_CONTROL, ST_DOCS_FIXED,
-    ST_DUP_EXACT, ST_DUP_NEAR, ST_DOCS_OUT, ST_BYTES_OUT, ST_TOKENS_TRAIN, ST_TOKENS_VAL,
-    ST_DOCS_VAL, ST_COUNT
+    ST_FIX_ESC = ST_CLEAN0 + TD_CLEAN_NREASONS,
+    ST_FIX_OVERSTRIKE,
+    ST_FIX_CONTROL,
+    ST_DOCS_FIXED,
+    ST_DUP_EXACT,
+    ST_DUP_NEAR,
+    ST_DOCS_OUT,
+    ST_BYTES_OUT,
+    ST_TOKENS_TRAIN,
+    ST_TOKENS_VAL,
+    ST_DOCS_VAL,
+    ST_COUNT
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -59,7 +73,8 @@ typedef struct {
 static void bb_put(bbuf *b, const void *d, size_t n) {
     if (b->n + n > b->cap) {
         size_t c = b->cap ? b->cap : 1 << 16;
-        while (c < b->n + n) c *= 2;
+        while (c < b->n + n)
+            c *= 2;
         b->p = realloc(b->p, c);
         TD_ASSERT(b->p);
         b->cap = c;
@@ -278,9 +293,9 @@ static td_status read_file(const char *path, char **out, size_t *len) {
         if (k < 0) {
             int err;
             const char *msg = gzerror(g, &err);
-            td_status s = td_error_set(err == Z_ERRNO ? TD_ERR_IO : TD_ERR_FORMAT,
-                                       "cannot read %s: %s", path,
-                                       err == Z_ERRNO ? strerror(errno) : msg);
+            td_status s =
+                td_error_set(err == Z_ERRNO ? TD_ERR_IO : TD_ERR_FORMAT, "cannot read %s: %s", path,
+                             err == Z_ERRNO ? strerror(errno) : msg);
             gzclose(g);
             free(buf);
             return s;
@@ -291,8 +306,8 @@ static td_status read_file(const char *path, char **out, size_t *len) {
     int err;
     const char *msg = gzerror(g, &err);
     if (err != Z_OK && err != Z_STREAM_END) {
-        td_status s = td_error_set(TD_ERR_FORMAT, "cannot read %s: %s (truncated gzip file?)",
-                                   path, msg);
+        td_status s =
+            td_error_set(TD_ERR_FORMAT, "cannot read %s: %s (truncated gzip file?)", path, msg);
         gzclose(g);
         free(buf);
         return s;
@@ -382,10 +397,12 @@ static td_status read_docs(reader *r, const char *path) {
     size_t start = 0, i = 0;
     while (i <= len) {
         size_t e = i;
-        while (e < len && buf[e] != '\n') e++;
+        while (e < len && buf[e] != '\n')
+            e++;
         if (jsonl) {
             size_t b = i;
-            while (b < e && (buf[b] == ' ' || buf[b] == '\t' || buf[b] == '\r')) b++;
+            while (b < e && (buf[b] == ' ' || buf[b] == '\t' || buf[b] == '\r'))
+                b++;
             if (b < e) {
                 cJSON *j = cJSON_ParseWithLength(buf + i, e - i);
                 const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, r->o->text_field);
@@ -459,7 +476,8 @@ static td_status write_tokens(writer *w, int split, const int32_t *t, size_t n) 
         size_t k = n < room ? n : room;
         if (w->n[split] + k > w->cap[split]) {
             size_t c = w->cap[split] ? w->cap[split] : 1 << 20;
-            while (c < w->n[split] + k) c *= 2;
+            while (c < w->n[split] + k)
+                c *= 2;
             w->buf[split] = realloc(w->buf[split], c * sizeof(int32_t));
             TD_ASSERT(w->buf[split]);
             w->cap[split] = c;
@@ -482,9 +500,10 @@ static void print_report(const td_prep_opts *o, const int64_t *st, double secs, 
     printf("  %-34s %12lld\n", "  skipped: same file via a link", (long long)st[ST_FILES_LINKED]);
     printf("  %-34s %12lld\n", "  skipped: bad JSON lines", (long long)st[ST_BAD_JSON]);
     printf("  %-34s %12s %14s\n", "documents", "count", "bytes");
-    printf("  %-34s %12lld %14lld\n", "  in", (long long)st[ST_DOCS_IN], (long long)st[ST_BYTES_IN]);
-    printf("  %-34s %12lld   (escapes %lld, overstrikes %lld, controls %lld)\n",
-           "  fixed (kept)", (long long)st[ST_DOCS_FIXED], (long long)st[ST_FIX_ESC],
+    printf("  %-34s %12lld %14lld\n", "  in", (long long)st[ST_DOCS_IN],
+           (long long)st[ST_BYTES_IN]);
+    printf("  %-34s %12lld   (escapes %lld, overstrikes %lld, controls %lld)\n", "  fixed (kept)",
+           (long long)st[ST_DOCS_FIXED], (long long)st[ST_FIX_ESC],
            (long long)st[ST_FIX_OVERSTRIKE], (long long)st[ST_FIX_CONTROL]);
     for (int r = 1; r < TD_CLEAN_NREASONS; r++) {
         char label[64];
@@ -527,8 +546,8 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
             if (s == TD_OK)
                 unlink(p);
             else
-                s = td_error_set(TD_ERR_IO, "output directory %s is not writable: %s",
-                                 o->out_dir, strerror(errno));
+                s = td_error_set(TD_ERR_IO, "output directory %s is not writable: %s", o->out_dir,
+                                 strerror(errno));
         }
         /* shards of an earlier run would be read with this run's by `tandem train` */
         DIR *d = s == TD_OK ? opendir(o->out_dir) : NULL;
@@ -552,7 +571,8 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
     if (s != TD_OK) goto out;
 
     /* 1-3. list, read, clean, sign */
-    for (int i = 0; i < o->n_inputs && s == TD_OK; i++) s = walk(&fl, o->inputs[i], st);
+    for (int i = 0; i < o->n_inputs && s == TD_OK; i++)
+        s = walk(&fl, o->inputs[i], st);
     s = agree(s, size);
     if (s != TD_OK) goto out;
     if (rank != 0) st[ST_FILES_LINKED] = 0; /* every rank walks; count once */
@@ -594,7 +614,8 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         qsort(recs, n, sizeof *recs, cmp_key);
         td_doc_sig *sigs = malloc(sizeof *sigs * (n ? n : 1));
         uint8_t *v = malloc(n ? n : 1);
-        for (size_t i = 0; i < n; i++) sigs[i] = recs[i].sig;
+        for (size_t i = 0; i < n; i++)
+            sigs[i] = recs[i].sig;
         td_dedup_decide(sigs, n, o->exact_dedup, o->near_threshold, v);
         for (size_t i = 0; i < n; i++) {
             bb_u64(&verdicts, recs[i].key);
@@ -801,16 +822,23 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
             cJSON_AddNumberToObject(ru, "val_fraction", o->val_fraction);
             cJSON_AddNumberToObject(ru, "shard_tokens", (double)o->shard_tokens);
             cJSON *sj = cJSON_AddObjectToObject(m, "stats");
-            static const char *names[ST_COUNT] = {
-                [ST_FILES] = "files", [ST_FILES_BINARY] = "files_binary_skipped",
-                [ST_FILES_LINKED] = "files_linked_skipped", [ST_BAD_JSON] = "bad_json_lines",
-                [ST_DOCS_IN] = "documents_in", [ST_BYTES_IN] = "bytes_in",
-                [ST_FIX_ESC] = "fixed_escape_sequences", [ST_FIX_OVERSTRIKE] = "fixed_overstrikes",
-                [ST_FIX_CONTROL] = "fixed_control_chars", [ST_DOCS_FIXED] = "documents_fixed",
-                [ST_DUP_EXACT] = "dropped_exact_duplicate", [ST_DUP_NEAR] = "dropped_near_duplicate",
-                [ST_DOCS_OUT] = "documents_out", [ST_BYTES_OUT] = "bytes_out",
-                [ST_TOKENS_TRAIN] = "tokens_train", [ST_TOKENS_VAL] = "tokens_val",
-                [ST_DOCS_VAL] = "documents_val"};
+            static const char *names[ST_COUNT] = {[ST_FILES] = "files",
+                                                  [ST_FILES_BINARY] = "files_binary_skipped",
+                                                  [ST_FILES_LINKED] = "files_linked_skipped",
+                                                  [ST_BAD_JSON] = "bad_json_lines",
+                                                  [ST_DOCS_IN] = "documents_in",
+                                                  [ST_BYTES_IN] = "bytes_in",
+                                                  [ST_FIX_ESC] = "fixed_escape_sequences",
+                                                  [ST_FIX_OVERSTRIKE] = "fixed_overstrikes",
+                                                  [ST_FIX_CONTROL] = "fixed_control_chars",
+                                                  [ST_DOCS_FIXED] = "documents_fixed",
+                                                  [ST_DUP_EXACT] = "dropped_exact_duplicate",
+                                                  [ST_DUP_NEAR] = "dropped_near_duplicate",
+                                                  [ST_DOCS_OUT] = "documents_out",
+                                                  [ST_BYTES_OUT] = "bytes_out",
+                                                  [ST_TOKENS_TRAIN] = "tokens_train",
+                                                  [ST_TOKENS_VAL] = "tokens_val",
+                                                  [ST_DOCS_VAL] = "documents_val"};
             for (int k = 0; k < ST_COUNT; k++) {
                 char nm[64];
                 if (k >= ST_CLEAN0 && k < ST_CLEAN0 + TD_CLEAN_NREASONS) {
@@ -839,13 +867,15 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
     bb_free(&all);
     s = agree(s, size);
 out:
-    for (int i = 0; i < fl.n; i++) free(fl.path[i]);
+    for (int i = 0; i < fl.n; i++)
+        free(fl.path[i]);
     free(fl.path);
     free(fl.dev);
     free(fl.ino);
     free(fl.ddev);
     free(fl.dino);
-    for (size_t i = 0; i < docs.n; i++) free(docs.d[i].text);
+    for (size_t i = 0; i < docs.n; i++)
+        free(docs.d[i].text);
     free(docs.d);
     free(w.buf[0]);
     free(w.buf[1]);

@@ -25,17 +25,17 @@ typedef struct {
     const char *const *inputs;
     int n_inputs;
     const char *out_dir;
-    const char *text_field; /* JSON Lines field (default "text") */
-    const char *delimiter;  /* a line equal to this separates documents; NULL: whole file */
-    const char *tokenizer;  /* existing tokenizer.json, or NULL to train one */
-    int vocab_size;         /* when training (default 8192) */
+    const char *text_field;      /* JSON Lines field (default "text") */
+    const char *delimiter;       /* a line equal to this separates documents; NULL: whole file */
+    const char *tokenizer;       /* existing tokenizer.json, or NULL to train one */
+    int vocab_size;              /* when training (default 8192) */
     const char *const *specials; /* special tokens when training, NULL-terminated; NULL =
                                   * td_bpe_default_specials (<|endoftext|> must be among them) */
-    double val_fraction;    /* share of documents for validation (default 0.01) */
-    long shard_tokens;      /* tokens per shard (default 100 M) */
+    double val_fraction;         /* share of documents for validation (default 0.01) */
+    long shard_tokens;           /* tokens per shard (default 100 M) */
     td_clean_rules rules;
-    int exact_dedup;        /* default 1 */
-    double near_threshold;  /* Jaccard; <= 0 disables near dedup (default 0.8) */
+    int exact_dedup;       /* default 1 */
+    double near_threshold; /* Jaccard; <= 0 disables near dedup (default 0.8) */
     int quiet;
 } td_prep_opts;
 

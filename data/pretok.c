@@ -22,11 +22,14 @@ static int classify_cp(int32_t c) {
     case UTF8PROC_CATEGORY_LL:
     case UTF8PROC_CATEGORY_LT:
     case UTF8PROC_CATEGORY_LM:
-    case UTF8PROC_CATEGORY_LO: return CL_LETTER;
+    case UTF8PROC_CATEGORY_LO:
+        return CL_LETTER;
     case UTF8PROC_CATEGORY_ND:
     case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_NO: return CL_NUMBER;
-    default: return CL_OTHER;
+    case UTF8PROC_CATEGORY_NO:
+        return CL_NUMBER;
+    default:
+        return CL_OTHER;
     }
 }
 
@@ -47,7 +50,8 @@ static inline int next_char(const unsigned char *s, size_t n, int *len) {
 }
 
 static void init_ascii(void) {
-    for (int c = 0; c < 128; c++) g_ascii[c] = (unsigned char)classify_cp(c);
+    for (int c = 0; c < 128; c++)
+        g_ascii[c] = (unsigned char)classify_cp(c);
     g_ascii_ready = 1;
 }
 

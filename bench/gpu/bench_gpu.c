@@ -27,11 +27,16 @@ int main(int argc, char **argv) {
     int B = 16, T = 1024, steps = 10;
     double peak = 989.0, hbm = 4.8;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--batch") && i + 1 < argc) B = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--seq") && i + 1 < argc) T = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc) peak = atof(argv[++i]);
-        else if (!strcmp(argv[i], "--hbm-tbs") && i + 1 < argc) hbm = atof(argv[++i]);
+        if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            B = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seq") && i + 1 < argc)
+            T = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc)
+            peak = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--hbm-tbs") && i + 1 < argc)
+            hbm = atof(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_gpu [--batch B] [--seq T] [--steps N] "
                             "[--peak-tflops F] [--hbm-tbs F]\n");
@@ -46,10 +51,15 @@ int main(int argc, char **argv) {
     td_cuda *cx;
     td_model *m;
     td_gpu_model *g;
-    td_model_config c = {.arch = TD_ARCH_GPT2, .hidden_size = 768, .intermediate_size = 3072,
-                         .num_hidden_layers = 12, .num_attention_heads = 12,
-                         .num_key_value_heads = 12, .vocab_size = 50257,
-                         .max_position_embeddings = 1024, .norm_eps = 1e-5,
+    td_model_config c = {.arch = TD_ARCH_GPT2,
+                         .hidden_size = 768,
+                         .intermediate_size = 3072,
+                         .num_hidden_layers = 12,
+                         .num_attention_heads = 12,
+                         .num_key_value_heads = 12,
+                         .vocab_size = 50257,
+                         .max_position_embeddings = 1024,
+                         .norm_eps = 1e-5,
                          .tie_word_embeddings = 1};
     if (T > c.max_position_embeddings) T = c.max_position_embeddings;
     if (td_cuda_new(0, &cx) != TD_OK || td_model_new(&c, &m) != TD_OK) {
@@ -82,7 +92,8 @@ int main(int argc, char **argv) {
         if (s == 0) first = loss;
     }
     double sum = 0;
-    for (int s = 2; s < steps + 2; s++) sum += ms[s];
+    for (int s = 2; s < steps + 2; s++)
+        sum += ms[s];
     double step_ms = sum / steps, tps = N / (step_ms / 1e3);
     size_t np = td_model_num_params(m);
     size_t nmat = np - (size_t)1024 * 768; /* wpe is a lookup, not a product */
@@ -94,7 +105,8 @@ int main(int argc, char **argv) {
            td_cuda_device_name(cx), np, B, T, steps);
     printf("| measure | value |\n|---|---|\n");
     printf("| tokens/s | %.0f |\n| ms per step | %.2f |\n", tps, step_ms);
-    printf("| MFU (peak %.0f TFLOP/s bf16) | %.1f %% |\n", peak, 100 * flops_tok * tps / (peak * 1e12));
+    printf("| MFU (peak %.0f TFLOP/s bf16) | %.1f %% |\n", peak,
+           100 * flops_tok * tps / (peak * 1e12));
     printf("| FLOP-bound step time | %.2f ms (%.2f TFLOP a step) |\n",
            flops_step / (peak * 1e12) * 1e3, flops_step / 1e12);
     printf("| byte-bound step time (estimate) | %.2f ms (%.1f GB a step at %.1f TB/s) |\n",
@@ -109,11 +121,13 @@ int main(int argc, char **argv) {
             return 1;
         }
         int32_t *blocks = malloc(sizeof(int32_t) * (size_t)per * nb);
-        for (int i = 0; i < per * nb; i++) blocks[i] = i;
+        for (int i = 0; i < per * nb; i++)
+            blocks[i] = i;
         td_infer_seg *sg = malloc(sizeof *sg * (size_t)nb);
         float *lg = malloc(sizeof(float) * (size_t)nb * 50257);
         int32_t *next = malloc(sizeof(int32_t) * (size_t)nb);
-        for (int s = 0; s < nb; s++) sg[s] = (td_infer_seg){tok + 16 * s, 16, 0, blocks + per * s};
+        for (int s = 0; s < nb; s++)
+            sg[s] = (td_infer_seg){tok + 16 * s, 16, 0, blocks + per * s};
         td_status st = td_gpu_model_forward_infer(g, kv, sg, nb, lg);
         double t0 = now();
         for (int k = 0; st == TD_OK && k < 64; k++) {

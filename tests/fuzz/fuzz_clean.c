@@ -17,7 +17,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void fail(const char *why, const uint8_t *data, size_t size) {
     fprintf(stderr, "fuzz_clean: %s\ninput (%zu bytes):", why, size);
-    for (size_t i = 0; i < size && i < 256; i++) fprintf(stderr, " %02x", data[i]);
+    for (size_t i = 0; i < size && i < 256; i++)
+        fprintf(stderr, " %02x", data[i]);
     fprintf(stderr, size > 256 ? " ...\n" : "\n");
     __builtin_trap();
 }
@@ -38,8 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (!out.text) fail("kept document has no text", data, size);
     if (out.len != strlen(out.text)) fail("out.len != strlen(out.text)", data, size);
-    if (utf8proc_decompose((const utf8proc_uint8_t *)out.text, (utf8proc_ssize_t)out.len, NULL,
-                           0, 0) < 0)
+    if (utf8proc_decompose((const utf8proc_uint8_t *)out.text, (utf8proc_ssize_t)out.len, NULL, 0,
+                           0) < 0)
         fail("kept text is not valid UTF-8", data, size);
     td_doc_sig sig;
     td_dedup_signature(out.text, out.len, &sig);

@@ -35,7 +35,8 @@ static td_bpe *fixture(void) {
 
 static void dump(const char *what, const uint8_t *p, size_t n) {
     fprintf(stderr, "%s (%zu bytes):", what, n);
-    for (size_t i = 0; i < n && i < 256; i++) fprintf(stderr, " %02x", p[i]);
+    for (size_t i = 0; i < n && i < 256; i++)
+        fprintf(stderr, " %02x", p[i]);
     fprintf(stderr, n > 256 ? " ...\n" : "\n");
 }
 
@@ -93,7 +94,8 @@ static void check_roundtrip(const uint8_t *data, size_t size) {
         dump("input", data, size);
         dump("decoded", (const uint8_t *)dec, dn);
         fprintf(stderr, "ids (%zu):", n);
-        for (size_t i = 0; i < n && i < 128; i++) fprintf(stderr, " %d", ids[i]);
+        for (size_t i = 0; i < n && i < 128; i++)
+            fprintf(stderr, " %d", ids[i]);
         fprintf(stderr, "\n");
         __builtin_trap();
     }
@@ -129,8 +131,8 @@ static void check_from_json(const uint8_t *data, size_t size) {
     int vs = td_bpe_vocab_size(t);
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= vs) {
-            fprintf(stderr, "fuzz_tokenizer: loaded tokenizer produced id %d (vocab %d)\n",
-                    ids[i], vs);
+            fprintf(stderr, "fuzz_tokenizer: loaded tokenizer produced id %d (vocab %d)\n", ids[i],
+                    vs);
             __builtin_trap();
         }
     /* no equality check: an arbitrary file may map ids to other bytes than its merges say */

@@ -6,8 +6,8 @@
  * inputs, different accumulation order), and a second run must give bit-identical results
  * (determinism). Then a whole training step (forward, backward, clip, AdamW) of small llama
  * and gpt2 models on the GPU against the CPU model in bf16 mode: logits, loss, every
- * gradient, the parameters after the step. Exits 77 (ctest: skipped) when no usable GPU is present, saying why.
- * usage: test_gpu_parity [--json] */
+ * gradient, the parameters after the step. Exits 77 (ctest: skipped) when no usable GPU is present,
+ * saying why. usage: test_gpu_parity [--json] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +26,8 @@ static td_rng g_rng;
 
 static float *rnd(size_t n, float scale) {
     float *x = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) x[i] = scale * (float)(2 * td_rng_uniform(&g_rng) - 1);
+    for (size_t i = 0; i < n; i++)
+        x[i] = scale * (float)(2 * td_rng_uniform(&g_rng) - 1);
     return x;
 }
 
@@ -72,7 +73,7 @@ static void report(const char *name, float *got, const float *ref, size_t n, dou
 #define CK(x)                                                                                      \
     do {                                                                                           \
         if ((x) != TD_OK) {                                                                        \
-            fprintf(stderr, "test_gpu_parity: %s: %s\n", #x, td_error_message());                 \
+            fprintf(stderr, "test_gpu_parity: %s: %s\n", #x, td_error_message());                  \
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)
@@ -91,7 +92,8 @@ static void test_matmul(void) {
                 memcpy(ref, C0, sizeof(float) * (size_t)M * N);
                 CK(td_bf16_gemm(ref, a16, b16, acc ? NULL : bias, M, N, K, ta, tb, acc));
                 uint16_t *da = dev(a16, 2 * (size_t)M * K), *db = dev(b16, 2 * (size_t)K * N);
-                float *dc = dev(C0, sizeof(float) * (size_t)M * N), *dbias = dev(bias, 4 * (size_t)N);
+                float *dc = dev(C0, sizeof(float) * (size_t)M * N),
+                      *dbias = dev(bias, 4 * (size_t)N);
                 CK(td_cuda_matmul_bf16(G, dc, da, db, acc ? NULL : dbias, M, N, K, ta, tb, acc));
                 char name[64];
                 snprintf(name, sizeof name, "matmul bf16 %c%c%s", ta ? 'T' : 'N', tb ? 'T' : 'N',
@@ -166,7 +168,8 @@ static void test_norms_acts(void) {
     /* swiglu: gu (N, 2F) */
     size_t ng = (size_t)N * 2 * F, nf = (size_t)N * F;
     float *gu = rnd(ng, 3), *dh = rnd(nf, 1), *h = malloc(4 * nf), *dgu = malloc(4 * ng);
-    float *dGU = dev(gu, 4 * ng), *dDH = dev(dh, 4 * nf), *dH = dev(NULL, 4 * nf), *dDGU = dev(NULL, 4 * ng);
+    float *dGU = dev(gu, 4 * ng), *dDH = dev(dh, 4 * nf), *dH = dev(NULL, 4 * nf),
+          *dDGU = dev(NULL, 4 * ng);
     td_op_swiglu_fwd_f32(h, gu, N, F);
     td_op_swiglu_bwd_f32(dgu, dh, gu, N, F);
     CK(td_cuda_swiglu_fwd(G, dH, dGU, N, F));
@@ -176,7 +179,8 @@ static void test_norms_acts(void) {
     free(x), free(w), free(b), free(dy), free(out), free(rstd), free(mean), free(dx), free(dw);
     free(dbb), free(gu), free(dh), free(h), free(dgu);
     void *ds[] = {dX, dW, dB, dDY, dO, dR, dM, dDX, dDW, dDB, dGU, dDH, dH, dDGU};
-    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++) td_cuda_release(ds[i]);
+    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
+        td_cuda_release(ds[i]);
 }
 
 static void test_embed_rope_xent(void) {
@@ -227,7 +231,8 @@ static void test_embed_rope_xent(void) {
     free(tok), free(tgt), free(wte), free(wpe), free(dy), free(out), free(dwte), free(dwpe);
     free(qkv), free(qr), free(logits), free(lse), free(dl);
     void *ds[] = {dTok, dTgt, dWte, dWpe, dDY, dO, dDWte, dDWpe, dQ, dL, dLse, dDL};
-    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++) td_cuda_release(ds[i]);
+    for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++)
+        td_cuda_release(ds[i]);
 }
 
 static void test_attention(int NH, int NKV, int hd, int T) {
@@ -263,12 +268,14 @@ static void test_attention(int NH, int NKV, int hd, int T) {
 static void test_adamw(void) {
     size_t n = 100003;
     float *p = rnd(n, 1), *g = rnd(n, 0.1f), *m = rnd(n, 0.01f), *v = rnd(n, 0.001f);
-    for (size_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
+    for (size_t i = 0; i < n; i++)
+        v[i] = fabsf(v[i]);
     float *dP = dev(p, 4 * n), *dG = dev(g, 4 * n), *dM = dev(m, 4 * n), *dV = dev(v, 4 * n);
     uint16_t *dPB = dev(NULL, 2 * n);
     float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.7f;
     long step = 5;
-    float c1 = (float)(1.0 / (1.0 - pow(b1, (double)step))), c2 = (float)(1.0 / (1.0 - pow(b2, (double)step)));
+    float c1 = (float)(1.0 / (1.0 - pow(b1, (double)step))),
+          c2 = (float)(1.0 / (1.0 - pow(b2, (double)step)));
     for (size_t i = 0; i < n; i++) { /* the CPU optimizer's update (worker/train/adamw.c) */
         float gi = g[i] * gs, mi = b1 * m[i] + (1 - b1) * gi, vi = b2 * v[i] + (1 - b2) * gi * gi;
         m[i] = mi;
@@ -281,18 +288,22 @@ static void test_adamw(void) {
     report("adamw v", back(dV, n), v, n, 1e-6);
     float *gz = back(dG, n), zero = 0;
     double gmax = 0;
-    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(gz[i]));
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(gz[i]));
     report("adamw zeroes gradients", memcpy(malloc(4), &(float){(float)gmax}, 4), &zero, 1, 0);
     free(gz);
     uint16_t *pb = malloc(2 * n), *pref = malloc(2 * n);
     if (td_cuda_download(G, pb, dPB, 2 * n) != TD_OK) exit(1);
     td_bf16_from_f32(pref, p, n);
     size_t diff = 0;
-    for (size_t i = 0; i < n; i++) diff += pb[i] != pref[i];
-    printf("%-28s %10zu differ    %s\n", "adamw bf16 copy", diff, diff <= n / 1000 ? "PASS" : "FAIL");
+    for (size_t i = 0; i < n; i++)
+        diff += pb[i] != pref[i];
+    printf("%-28s %10zu differ    %s\n", "adamw bf16 copy", diff,
+           diff <= n / 1000 ? "PASS" : "FAIL");
     g_fail += diff > n / 1000; /* a last-bit fp32 difference may flip a rounding */
     double ss = 0, ref = 0;
-    for (size_t i = 0; i < n; i++) ref += (double)p[i] * p[i];
+    for (size_t i = 0; i < n; i++)
+        ref += (double)p[i] * p[i];
     CK(td_cuda_sumsq(G, dP, n, &ss));
     float a = (float)ss, r = (float)ref;
     report("sum of squares", memcpy(malloc(4), &a, 4), &r, 1, 1e-5);
@@ -318,10 +329,16 @@ static void row(const char *name, double rel, double tol) {
 
 /* one training step of a small model on the GPU vs the CPU model in bf16 mode */
 static void test_step(td_arch arch) {
-    td_model_config c = {.arch = arch, .hidden_size = 128, .intermediate_size = 352,
-                         .num_hidden_layers = 2, .num_attention_heads = 4,
-                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4, .vocab_size = 300,
-                         .max_position_embeddings = 64, .norm_eps = 1e-5, .rope_theta = 10000,
+    td_model_config c = {.arch = arch,
+                         .hidden_size = 128,
+                         .intermediate_size = 352,
+                         .num_hidden_layers = 2,
+                         .num_attention_heads = 4,
+                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4,
+                         .vocab_size = 300,
+                         .max_position_embeddings = 64,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000,
                          .tie_word_embeddings = arch == TD_ARCH_GPT2};
     int B = 2, T = 33, N = B * T, V = c.vocab_size;
     td_model *m;
@@ -341,7 +358,8 @@ static void test_step(td_arch arch) {
     CK(td_model_plan(m, B, T, 1));
     double loss = 0, gloss = 0, gnorm = 0, ggnorm = 0;
     CK(td_model_forward(m, tok, tgt, B, T, &loss));
-    float *logits = malloc(sizeof(float) * (size_t)N * V), *glogits = malloc(sizeof(float) * (size_t)N * V);
+    float *logits = malloc(sizeof(float) * (size_t)N * V),
+          *glogits = malloc(sizeof(float) * (size_t)N * V);
     memcpy(logits, td_model_logits(m), sizeof(float) * (size_t)N * V);
     td_model_zero_grad(m);
     CK(td_model_backward(m, 1.0));
@@ -391,10 +409,16 @@ static void test_step(td_arch arch) {
 /* inference with the paged KV cache: two sequences, chunked prefill then decode steps, on
  * the GPU (bf16 products) against td_model_forward_infer on the CPU (fp32) */
 static void test_infer(td_arch arch) {
-    td_model_config c = {.arch = arch, .hidden_size = 128, .intermediate_size = 352,
-                         .num_hidden_layers = 2, .num_attention_heads = 4,
-                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4, .vocab_size = 300,
-                         .max_position_embeddings = 64, .norm_eps = 1e-5, .rope_theta = 10000,
+    td_model_config c = {.arch = arch,
+                         .hidden_size = 128,
+                         .intermediate_size = 352,
+                         .num_hidden_layers = 2,
+                         .num_attention_heads = 4,
+                         .num_key_value_heads = arch == TD_ARCH_LLAMA ? 2 : 4,
+                         .vocab_size = 300,
+                         .max_position_embeddings = 64,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000,
                          .tie_word_embeddings = arch == TD_ARCH_GPT2};
     int V = c.vocab_size, bt = 16;
     td_model *m;
@@ -409,7 +433,8 @@ static void test_infer(td_arch arch) {
     CK(td_gpu_kv_new(g, bt, 8, &gkv));
     int32_t toks[2][40], blocks[2][4] = {{0, 2, 4, 6}, {1, 3, 5, 7}};
     for (int s = 0; s < 2; s++)
-        for (int i = 0; i < 40; i++) toks[s][i] = (int32_t)td_rng_below(&g_rng, (uint64_t)V);
+        for (int i = 0; i < 40; i++)
+            toks[s][i] = (int32_t)td_rng_below(&g_rng, (uint64_t)V);
     float *cl = malloc(sizeof(float) * 2 * V), *gl = malloc(sizeof(float) * 2 * V);
     /* steps: (sequence 0 n, sequence 1 n): prefill chunks, then decodes */
     int plan[6][2] = {{12, 9}, {8, 9}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
@@ -427,10 +452,12 @@ static void test_infer(td_arch arch) {
             rr = fmax(rr, fabs((double)cl[i]));
         }
         worst = fmax(worst, d / rr);
-        for (int s = 0; s < 2; s++) done[s] += plan[st][s];
+        for (int s = 0; s < 2; s++)
+            done[s] += plan[st][s];
     }
     char name[64];
-    snprintf(name, sizeof name, "paged decode %s (6 steps)", arch == TD_ARCH_LLAMA ? "llama" : "gpt2");
+    snprintf(name, sizeof name, "paged decode %s (6 steps)",
+             arch == TD_ARCH_LLAMA ? "llama" : "gpt2");
     row(name, worst, 2e-2);
     free(cl);
     free(gl);
@@ -455,8 +482,9 @@ int main(int argc, char **argv) {
     td_rng_seed(&g_rng, 11);
     if (!g_json)
         printf("GPU %s; CPU reference: tandem's CPU kernels (bf16 products through oneDNN on "
-               "%s)\n\n%-28s %10s %8s\n", td_cuda_device_name(G),
-               td_bf16_init() == TD_OK ? td_bf16_isa() : "?", "kernel", "max rel", "tol");
+               "%s)\n\n%-28s %10s %8s\n",
+               td_cuda_device_name(G), td_bf16_init() == TD_OK ? td_bf16_isa() : "?", "kernel",
+               "max rel", "tol");
     test_matmul();
     test_matmul_odd();
     test_norms_acts();

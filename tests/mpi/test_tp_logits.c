@@ -38,7 +38,8 @@ int main(int argc, char **argv) {
         int32_t prompt[15];
         td_rng r;
         td_rng_seed(&r, 17);
-        for (int i = 0; i < 15; i++) prompt[i] = (int32_t)td_rng_below(&r, (uint64_t)V);
+        for (int i = 0; i < 15; i++)
+            prompt[i] = (int32_t)td_rng_below(&r, (uint64_t)V);
         float *ref = malloc(sizeof(float) * (size_t)V), *got = malloc(sizeof(float) * (size_t)V);
         for (int q = 0; q < 2; q++) {
             td_kv_cache *kv;
@@ -76,8 +77,8 @@ int main(int argc, char **argv) {
                 if (world->rank == 0)
                     printf("%-11s %s TP=%d: logits vs whole model, max rel diff %.2e (rank 0)\n",
                            strrchr(fx[f], '/') + 1, q ? "int8" : "fp32", T, rel);
-                CHECK(rel <= 1e-4, "%s %s TP=%d rank %d: rel diff %.3e", fx[f],
-                      q ? "int8" : "fp32", T, world->rank, rel);
+                CHECK(rel <= 1e-4, "%s %s TP=%d rank %d: rel diff %.3e", fx[f], q ? "int8" : "fp32",
+                      T, world->rank, rel);
                 td_kv_cache_free(&kv);
                 td_model_free(&m);
                 td_comm_free(&tp);

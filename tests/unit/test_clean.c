@@ -30,6 +30,9 @@ int main(void) {
     expect("terminated OSC", "x\x1b]0;title\x07y", "xy");
     expect("overstrike underline and bold", "_\bb_\bo_\bl_\bd and X\bX", "bold and X");
     expect("CRLF and lone CR", "one\r\ntwo\rthree", "one\ntwo\nthree");
-    expect("ESC then ASCII (two-byte escape)", "a\x1b" "7b", "ab");
+    expect("ESC then ASCII (two-byte escape)",
+           "a\x1b"
+           "7b",
+           "ab");
     return test_done("test_clean");
 }

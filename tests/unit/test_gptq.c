@@ -12,8 +12,8 @@
  *      those weights); a tensor-parallel slice carries the matching rows of the grid (its
  *      heads' q/k/v rows, every output row of wo); the calibration is deterministic for a
  *      seed, and (at the demo's shapes) gives the same weights on 1 thread as on all of them
- *      -- tandem serve under mpirun calibrates with fewer threads than alone; with a memory budget of one layer's
- *      statistics the layers go in one pass each (same exactness), and a budget under one
+ *      -- tandem serve under mpirun calibrates with fewer threads than alone; with a memory budget
+ * of one layer's statistics the layers go in one pass each (same exactness), and a budget under one
  *      layer is refused with the size it needs;
  *   5. td_model_release: logits unchanged after the fp32 copies of quantized matrices are
  *      released; a wholly released model refuses to be sliced or run. */
@@ -35,9 +35,11 @@ static double out_err(const float *W, const float *Q, const float *H, int R, int
     double tot = 0;
     double *d = malloc(sizeof(double) * (size_t)C);
     for (int r = 0; r < R; r++) {
-        for (int k = 0; k < C; k++) d[k] = (double)W[(size_t)r * C + k] - Q[(size_t)r * C + k];
+        for (int k = 0; k < C; k++)
+            d[k] = (double)W[(size_t)r * C + k] - Q[(size_t)r * C + k];
         for (int i = 0; i < C; i++)
-            for (int j = 0; j < C; j++) tot += d[i] * H[(size_t)i * C + j] * d[j];
+            for (int j = 0; j < C; j++)
+                tot += d[i] * H[(size_t)i * C + j] * d[j];
     }
     free(d);
     return tot;
@@ -71,16 +73,15 @@ static void against_peer(void) {
     memcpy(Q, W, sizeof(float) * n);
     REQUIRE(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_OK, "%s", td_error_message());
     size_t same = 0;
-    for (size_t i = 0; i < n; i++) same += Q[i] == peer[i];
+    for (size_t i = 0; i < n; i++)
+        same += Q[i] == peer[i];
     double e_ours = out_err(W, Q, H, R, C), e_peer = out_err(W, peer, H, R, C),
            e_rtn = out_err(W, rtn, H, R, C);
     printf("GPTQ vs AutoGPTQ (%d x %d, act order): %zu of %zu values identical (%.2f %%); "
            "output error ours %.5g, AutoGPTQ %.5g (ratio %.4f), round to nearest %.5g\n",
-           R, C, same, n, 100.0 * (double)same / (double)n, e_ours, e_peer, e_ours / e_peer,
-           e_rtn);
+           R, C, same, n, 100.0 * (double)same / (double)n, e_ours, e_peer, e_ours / e_peer, e_rtn);
     CHECK(same >= n * 99 / 100, "only %zu of %zu values equal the peer's", same, n);
-    CHECK(fabs(e_ours / e_peer - 1) < 0.01, "output error %.5g vs the peer's %.5g", e_ours,
-          e_peer);
+    CHECK(fabs(e_ours / e_peer - 1) < 0.01, "output error %.5g vs the peer's %.5g", e_ours, e_peer);
     CHECK(e_ours < 0.5 * e_rtn, "GPTQ's error %.5g is not well under rounding's %.5g", e_ours,
           e_rtn);
     CHECK(on_grid(Q, s, R, C, 127.0f), "values off the grid");
@@ -97,10 +98,12 @@ static void special_cases(void) {
     enum { R = 8, C = 40 };
     float W[R * C], Q[R * C], RT[R * C], H[C * C], s[R], s2[R];
     srand(3);
-    for (int i = 0; i < R * C; i++) W[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (int i = 0; i < R * C; i++)
+        W[i] = (float)rand() / RAND_MAX - 0.5f;
     /* H = 3 I: GPTQ is rounding to nearest */
     memset(H, 0, sizeof H);
-    for (int j = 0; j < C; j++) H[j * C + j] = 3.0f;
+    for (int j = 0; j < C; j++)
+        H[j * C + j] = 3.0f;
     memcpy(Q, W, sizeof W);
     memcpy(RT, W, sizeof W);
     CHECK(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_OK, "%s", td_error_message());
@@ -114,14 +117,18 @@ static void special_cases(void) {
     memcpy(Q, W, sizeof W);
     CHECK(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_OK, "%s", td_error_message());
     int finite = 1, col5 = 1, moved = 0;
-    for (int i = 0; i < R * C; i++) finite &= isfinite(Q[i]);
-    for (int r = 0; r < R; r++) col5 &= Q[r * C + 5] == RT[r * C + 5];
-    for (int i = 0; i < R * C; i++) moved += Q[i] != RT[i];
+    for (int i = 0; i < R * C; i++)
+        finite &= isfinite(Q[i]);
+    for (int r = 0; r < R; r++)
+        col5 &= Q[r * C + 5] == RT[r * C + 5];
+    for (int i = 0; i < R * C; i++)
+        moved += Q[i] != RT[i];
     CHECK(finite && col5, "dead input: finite %d, rounded to nearest %d", finite, col5);
     CHECK(moved > 0, "correlated inputs moved nothing");
     /* indefinite H: refused, W untouched */
     memset(H, 0, sizeof H);
-    for (int j = 0; j < C; j++) H[j * C + j] = 1.0f;
+    for (int j = 0; j < C; j++)
+        H[j * C + j] = 1.0f;
     H[0 * C + 1] = H[1 * C + 0] = 5.0f;
     memcpy(Q, W, sizeof W);
     CHECK(td_gptq_quantize(Q, R, C, H, 127.0f, 0.01f, s) == TD_ERR_RUNTIME, "indefinite H taken");
@@ -139,10 +146,16 @@ static td_model *make_model(td_arch arch) {
 static void thread_count(void) {
     /* the plain initialisation and 4 KV heads: 78 weights moved here without fixed blocks,
      * 2 with the 8x weights of test_random_model */
-    td_model_config c = {.arch = TD_ARCH_LLAMA, .hidden_size = 128, .intermediate_size = 344,
-                         .num_hidden_layers = 2, .num_attention_heads = 4,
-                         .num_key_value_heads = 4, .vocab_size = 2048,
-                         .max_position_embeddings = 64, .norm_eps = 1e-5, .rope_theta = 10000};
+    td_model_config c = {.arch = TD_ARCH_LLAMA,
+                         .hidden_size = 128,
+                         .intermediate_size = 344,
+                         .num_hidden_layers = 2,
+                         .num_attention_heads = 4,
+                         .num_key_value_heads = 4,
+                         .vocab_size = 2048,
+                         .max_position_embeddings = 64,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000};
     td_model *a, *b;
     REQUIRE(td_model_new(&c, &a) == TD_OK && td_model_new(&c, &b) == TD_OK, "%s",
             td_error_message());
@@ -160,7 +173,8 @@ static void thread_count(void) {
     REQUIRE(td_int8_calibrate(b, &co) == TD_OK, "%s", td_error_message());
     omp_set_num_threads(threads);
     size_t n = td_model_num_params(a), diff = 0;
-    for (size_t i = 0; i < n; i++) diff += td_model_params(a)[i] != td_model_params(b)[i];
+    for (size_t i = 0; i < n; i++)
+        diff += td_model_params(a)[i] != td_model_params(b)[i];
     printf("calibration on %d threads vs 1: %zu of %zu weights differ\n", threads, diff, n);
     CHECK(threads < 2 || diff == 0, "calibration depends on the thread count (%zu weights)", diff);
     td_model_free(&a);
@@ -193,16 +207,15 @@ static void calibrated_model(td_arch arch, int layer_passes) {
         co.max_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / 2; /* 2 layers */
         td_calib_opts small = co;
         small.max_bytes = co.max_bytes - 1;
-        CHECK(td_int8_calibrate(again, &small) == TD_ERR_NOMEM &&
-                  strstr(td_error_message(), "MiB"),
+        CHECK(td_int8_calibrate(again, &small) == TD_ERR_NOMEM && strstr(td_error_message(), "MiB"),
               "%s: a budget under one layer: %s", name, td_error_message());
         td_error_clear();
     }
     REQUIRE(td_int8_calibrate(m, &co) == TD_OK, "%s", td_error_message());
     REQUIRE(td_int8_calibrate(again, &co) == TD_OK, "%s", td_error_message());
-    CHECK(!memcmp(td_model_params(m), td_model_params(again),
-                  sizeof(float) * td_model_num_params(m)),
-          "%s: calibration not deterministic for a seed", name);
+    CHECK(
+        !memcmp(td_model_params(m), td_model_params(again), sizeof(float) * td_model_num_params(m)),
+        "%s: calibration not deterministic for a seed", name);
     CHECK(td_model_int8_grid(m, 0) != NULL, "%s: no grid after calibration", name);
     td_model *q = NULL, *slice = NULL;
     REQUIRE(td_model_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
@@ -210,7 +223,8 @@ static void calibrated_model(td_arch arch, int layer_passes) {
     REQUIRE(td_model_quantize_int8(q, 1) == TD_OK, "%s", td_error_message());
     REQUIRE(td_model_quantize_int8(slice, 1) == TD_OK, "%s", td_error_message());
     int32_t toks[40];
-    for (int i = 0; i < 40; i++) toks[i] = (int32_t)((i * 37 + 11) % 300);
+    for (int i = 0; i < 40; i++)
+        toks[i] = (int32_t)((i * 37 + 11) % 300);
     float a[300], b[300];
     logits_of(m, toks, 40, a); /* fp32 path, grid-valued weights */
     logits_of(q, toks, 40, b); /* int8 path */
@@ -220,7 +234,8 @@ static void calibrated_model(td_arch arch, int layer_passes) {
         ref = fmax(ref, fabs((double)a[v]));
     }
     printf("%s: calibrated, int8 logits vs the fp32 path on the same grid values: max rel "
-           "diff %.2e\n", name, mx / ref);
+           "diff %.2e\n",
+           name, mx / ref);
     CHECK(mx / ref < 1e-5, "%s: int8 weights are not the grid values (%.2e)", name, mx / ref);
     /* the slice's rows carry the same grid: its int8 values are the full model's */
     const float *gs = td_model_int8_grid(slice, 0), *gf = td_model_int8_grid(m, 0);
@@ -229,11 +244,11 @@ static void calibrated_model(td_arch arch, int layer_passes) {
     const td_model_config *c = td_model_config_of(m);
     int hd = c->hidden_size / c->num_attention_heads, NH = c->num_attention_heads;
     int NKV = c->num_key_value_heads, qn = NH / 2 * hd, kn = NKV / 2 * hd;
-    int same = !memcmp(gs, gf + qn, sizeof(float) * (size_t)qn) &&
-               !memcmp(gs + qn, gf + NH * hd + kn, sizeof(float) * (size_t)kn) &&
-               !memcmp(gs + qn + kn, gf + (NH + NKV) * hd + kn, sizeof(float) * (size_t)kn) &&
-               !memcmp(gs + qn + 2 * kn, gf + (NH + 2 * NKV) * hd,
-                       sizeof(float) * (size_t)c->hidden_size);
+    int same =
+        !memcmp(gs, gf + qn, sizeof(float) * (size_t)qn) &&
+        !memcmp(gs + qn, gf + NH * hd + kn, sizeof(float) * (size_t)kn) &&
+        !memcmp(gs + qn + kn, gf + (NH + NKV) * hd + kn, sizeof(float) * (size_t)kn) &&
+        !memcmp(gs + qn + 2 * kn, gf + (NH + 2 * NKV) * hd, sizeof(float) * (size_t)c->hidden_size);
     CHECK(same, "%s: the slice's grid rows are not the full model's", name);
     td_model_free(&q);
     td_model_free(&slice);
@@ -247,7 +262,8 @@ static void calibrated_model(td_arch arch, int layer_passes) {
 static void release(void) {
     td_model *m = make_model(TD_ARCH_LLAMA);
     int32_t toks[40];
-    for (int i = 0; i < 40; i++) toks[i] = (int32_t)((i * 29 + 5) % 300);
+    for (int i = 0; i < 40; i++)
+        toks[i] = (int32_t)((i * 29 + 5) % 300);
     float before[300], after[300];
     for (int bf = 0; bf < 2; bf++) {
         td_model *q = NULL;
@@ -274,8 +290,7 @@ static void release(void) {
     int32_t blocks[4] = {0, 1, 2, 3};
     REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
     td_infer_seg sg = {toks, 4, 0, blocks};
-    CHECK(td_model_forward_infer(m, kv, &sg, 1, after) == TD_ERR_INVALID,
-          "a released model ran");
+    CHECK(td_model_forward_infer(m, kv, &sg, 1, after) == TD_ERR_INVALID, "a released model ran");
     td_error_clear();
     td_kv_cache_free(&kv);
     td_model_free(&m);

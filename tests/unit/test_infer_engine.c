@@ -30,7 +30,8 @@ static void test_kv_logits(td_arch arch) {
     int32_t prompt[41];
     td_rng r;
     td_rng_seed(&r, 3);
-    for (int i = 0; i < 41; i++) prompt[i] = (int32_t)td_rng_below(&r, V);
+    for (int i = 0; i < 41; i++)
+        prompt[i] = (int32_t)td_rng_below(&r, V);
     REQUIRE(td_model_plan(m, 1, 41, 0) == TD_OK, "plan");
     REQUIRE(td_model_forward(m, prompt, NULL, 1, 41, NULL) == TD_OK, "%s", td_error_message());
     const float *ref = td_model_logits(m) + 40 * V;
@@ -78,7 +79,8 @@ static int run_solo(td_model *m, const int32_t *prompt, int n, int max_tokens, i
     td_sampling s = {.max_tokens = max_tokens};
     int id, active = 1, cnt;
     REQUIRE(td_engine_submit(e, prompt, n, &s, &id) == TD_OK, "%s", td_error_message());
-    while (active) REQUIRE(td_engine_step(e, &active) == TD_OK, "%s", td_error_message());
+    while (active)
+        REQUIRE(td_engine_step(e, &active) == TD_OK, "%s", td_error_message());
     const int32_t *t = td_engine_tokens(e, id, &cnt);
     memcpy(out, t, sizeof *t * (size_t)cnt);
     td_engine_free(&e);
@@ -97,11 +99,15 @@ static void test_batched(td_model *m, size_t kv_bytes, int nreq, const char *lab
     int ids[NP], submitted = 0, active = 1, steps = 0;
     while (active || submitted < nreq) {
         /* three waves: at step 0, 3 and 9 */
-        int upto = steps == 0 ? nreq / 3 : steps == 3 ? 2 * nreq / 3 : steps == 9 ? nreq : submitted;
+        int upto = steps == 0   ? nreq / 3
+                   : steps == 3 ? 2 * nreq / 3
+                   : steps == 9 ? nreq
+                                : submitted;
         for (; submitted < upto; submitted++) {
             td_sampling s = {.max_tokens = g_max[submitted]};
             REQUIRE(td_engine_submit(e, g_prompts[submitted], g_plen[submitted], &s,
-                                     &ids[submitted]) == TD_OK, "%s", td_error_message());
+                                     &ids[submitted]) == TD_OK,
+                    "%s", td_error_message());
         }
         REQUIRE(td_engine_step(e, &active) == TD_OK, "%s", td_error_message());
         steps++;
@@ -146,14 +152,16 @@ static td_model *small_model(void) {
     /* back to the 0.02-scale initialisation: make_model's x8 makes the net chaotic enough
      * that any perturbation grows by 10x through two layers */
     float *p = td_model_params(m);
-    for (size_t i = 0; i < td_model_num_params(m); i++) p[i] /= 8.0f;
+    for (size_t i = 0; i < td_model_num_params(m); i++)
+        p[i] /= 8.0f;
     return m;
 }
 
 static void test_int8_logits(void) {
     td_model *m = small_model();
     int32_t prompt[20];
-    for (int i = 0; i < 20; i++) prompt[i] = (int32_t)((i * 37) % V);
+    for (int i = 0; i < 20; i++)
+        prompt[i] = (int32_t)((i * 37) % V);
     int32_t blocks[2] = {0, 1};
     float ref[V], got[V];
     double l2[4];
@@ -198,13 +206,20 @@ static void test_int8_logits(void) {
 /* Quantized products on widths that are not multiples of 16 (tails), at batch 1 and 4:
  * bf16, int8 and int8-with-int16-lm_head logits stay near fp32's. */
 static void test_odd_widths(void) {
-    td_model_config c = {.arch = TD_ARCH_LLAMA, .hidden_size = 48, .intermediate_size = 44,
-                         .num_hidden_layers = 2, .num_attention_heads = 4,
-                         .num_key_value_heads = 2, .vocab_size = V, .max_position_embeddings = MAXT,
-                         .norm_eps = 1e-5, .rope_theta = 10000};
+    td_model_config c = {.arch = TD_ARCH_LLAMA,
+                         .hidden_size = 48,
+                         .intermediate_size = 44,
+                         .num_hidden_layers = 2,
+                         .num_attention_heads = 4,
+                         .num_key_value_heads = 2,
+                         .vocab_size = V,
+                         .max_position_embeddings = MAXT,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000};
     int32_t prompt[4][12];
     for (int b = 0; b < 4; b++)
-        for (int i = 0; i < 12; i++) prompt[b][i] = (int32_t)((i * 31 + b * 7) % V);
+        for (int i = 0; i < 12; i++)
+            prompt[b][i] = (int32_t)((i * 31 + b * 7) % V);
     float ref[4 * V], ref1[V], got[4 * V];
     int32_t blocks[4] = {0, 1, 2, 3};
     for (int mode = -1; mode < 2; mode++) {
@@ -216,9 +231,11 @@ static void test_odd_widths(void) {
         for (int nb = 1; nb <= 4; nb += 3) {
             td_kv_cache *kv;
             REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK &&
-                        td_model_plan_infer(m, 12 * nb, nb) == TD_OK, "kv");
+                        td_model_plan_infer(m, 12 * nb, nb) == TD_OK,
+                    "kv");
             td_infer_seg sg[4];
-            for (int b = 0; b < nb; b++) sg[b] = (td_infer_seg){prompt[b], 12, 0, blocks + b};
+            for (int b = 0; b < nb; b++)
+                sg[b] = (td_infer_seg){prompt[b], 12, 0, blocks + b};
             float *dst = mode >= 0 ? got : nb == 1 ? ref1 : ref;
             REQUIRE(td_model_forward_infer(m, kv, sg, nb, dst) == TD_OK, "%s", td_error_message());
             td_kv_cache_free(&kv);
@@ -258,11 +275,13 @@ int main(void) {
     for (int i = 0; i < NP; i++) {
         g_plen[i] = 5 + (int)td_rng_below(&r, 40);
         g_max[i] = 8 + (int)td_rng_below(&r, 25);
-        for (int k = 0; k < g_plen[i]; k++) g_prompts[i][k] = (int32_t)td_rng_below(&r, V);
+        for (int k = 0; k < g_plen[i]; k++)
+            g_prompts[i][k] = (int32_t)td_rng_below(&r, V);
     }
     int32_t full[40];
     greedy_full(m, g_prompts[0], g_plen[0], g_max[0], full);
-    for (int i = 0; i < NP; i++) g_solo_n[i] = run_solo(m, g_prompts[i], g_plen[i], g_max[i], g_solo[i]);
+    for (int i = 0; i < NP; i++)
+        g_solo_n[i] = run_solo(m, g_prompts[i], g_plen[i], g_max[i], g_solo[i]);
     int agree = g_solo_n[0] == g_max[0] && !memcmp(full, g_solo[0], sizeof(int32_t) * g_max[0]);
     printf("engine greedy vs full recomputation: %s (%d tokens)\n", agree ? "identical" : "DIFFER",
            g_max[0]);
@@ -292,7 +311,8 @@ int main(void) {
     td_engine *e;
     REQUIRE(td_engine_new(m, tok, &o, &e) == TD_OK, "%s", td_error_message());
     int32_t pr[6];
-    for (int i = 0; i < 6; i++) pr[i] = (unsigned char)txt[i];
+    for (int i = 0; i < 6; i++)
+        pr[i] = (unsigned char)txt[i];
     td_sampling s = {.temperature = 1.0f, .seed = 9, .max_tokens = 60};
     int id, active = 1, partial = 0, n, nsnap = 0;
     static char snap[128][256];
@@ -313,7 +333,8 @@ int main(void) {
     size_t dcap = 0, dl = td_bpe_decode(tok, gen, (size_t)n, &dec, &dcap), tl;
     const char *t = td_engine_text(e, id, &tl);
     /* every text shown while streaming is a prefix of the final text */
-    for (int k = 0; k < nsnap; k++) partial += snap_len[k] > tl || memcmp(snap[k], t, snap_len[k]);
+    for (int k = 0; k < nsnap; k++)
+        partial += snap_len[k] > tl || memcmp(snap[k], t, snap_len[k]);
     CHECK(partial == 0 && tl == dl && !memcmp(t, dec, dl),
           "engine text != decode(tokens): partial %d, text %zu bytes, decoded %zu, finish %d",
           partial, tl, dl, (int)td_engine_finish_reason(e, id));
@@ -328,7 +349,8 @@ int main(void) {
         REQUIRE(td_engine_new(m, tok, &o, &e1) == TD_OK, "%s", td_error_message());
         int id1, act = 1;
         td_engine_submit(e1, pr, 6, &g, &id1);
-        while (act) td_engine_step(e1, &act);
+        while (act)
+            td_engine_step(e1, &act);
         size_t full_len;
         const char *full = td_engine_text(e1, id1, &full_len);
         REQUIRE(full_len >= 12, "greedy text too short (%zu)", full_len);
@@ -373,7 +395,8 @@ int main(void) {
         td_model_weight_bytes(g, 0, &f32, &i8, &rf, &ri);
         td_model_weight_bytes(g, 1, &f32, &i8a, &rf, &ria);
         printf("gpt2 (tied) plan: fp32 %zu, int8 %zu (all int8 %zu), read fp32 %zu, read int8 %zu "
-               "(all int8 %zu) bytes\n", f32, i8, i8a, rf, ri, ria);
+               "(all int8 %zu) bytes\n",
+               f32, i8, i8a, rf, ri, ria);
         CHECK(i8 < f32 && ri < rf && rf <= f32 && ri > rf / 8, "tied byte counts off");
         CHECK(i8a < i8 && ria < ri && ria > rf / 8, "all-int8 byte counts off");
         td_model_free(&g);

@@ -33,7 +33,8 @@ static td_rng g_rng;
 static void make_vocab(void) {
     for (int i = 0; i < VOCAB; i++) {
         int len = 3 + (int)td_rng_below(&g_rng, 7);
-        for (int k = 0; k < len; k++) g_vocab[i][k] = (char)('a' + td_rng_below(&g_rng, 26));
+        for (int k = 0; k < len; k++)
+            g_vocab[i][k] = (char)('a' + td_rng_below(&g_rng, 26));
         g_vocab[i][len] = 0;
     }
 }
@@ -42,7 +43,8 @@ static void make_vocab(void) {
 static void put_doc(FILE *f, const int *w, int n, int upper, int extra_space) {
     for (int i = 0; i < n; i++) {
         const char *s = g_vocab[w[i]];
-        for (const char *p = s; *p; p++) fputc(upper ? *p - 32 : *p, f);
+        for (const char *p = s; *p; p++)
+            fputc(upper ? *p - 32 : *p, f);
         fputs(i + 1 == n ? "\n" : (i % 12 == 11 ? "\n" : (extra_space ? "   " : " ")), f);
     }
 }
@@ -69,7 +71,8 @@ int main(void) {
     td_rng_seed(&g_rng, 2024);
     make_vocab();
     for (int d = 0; d < NBASE; d++)
-        for (int i = 0; i < NWORDS; i++) g_doc[d][i] = (int)td_rng_below(&g_rng, VOCAB);
+        for (int i = 0; i < NWORDS; i++)
+            g_doc[d][i] = (int)td_rng_below(&g_rng, VOCAB);
 
     FILE *f = open_out(in, "a_base.txt");
     for (int d = 0; d < NBASE; d++) {
@@ -97,25 +100,30 @@ int main(void) {
     for (int k = 0; k < 20; k++) {
         int w[NWORDS];
         memcpy(w, g_doc[100 + k], sizeof w);
-        for (int i = 0; i < NWORDS; i += 2) w[i] = (int)td_rng_below(&g_rng, VOCAB);
+        for (int i = 0; i < NWORDS; i += 2)
+            w[i] = (int)td_rng_below(&g_rng, VOCAB);
         put_doc(f, w, NWORDS, 0, 0);
         fputs("%\n", f);
     }
     fclose(f);
     f = open_out(in, "e_junk.txt");
-    for (int k = 0; k < 10; k++) fprintf(f, "hi %d\n%%\n", k); /* too short */
-    for (int k = 0; k < 10; k++) { /* words glued by symbols: letters ~0.7, symbols ~0.3 */
-        for (int i = 0; i < 30; i++) fprintf(f, "%s |= ", g_vocab[200 + k * 30 + i]);
+    for (int k = 0; k < 10; k++)
+        fprintf(f, "hi %d\n%%\n", k); /* too short */
+    for (int k = 0; k < 10; k++) {    /* words glued by symbols: letters ~0.7, symbols ~0.3 */
+        for (int i = 0; i < 30; i++)
+            fprintf(f, "%s |= ", g_vocab[200 + k * 30 + i]);
         fprintf(f, "\n%%\n");
     }
     for (int k = 0; k < 10; k++) /* no letters */
         fprintf(f, "%d 3.14159 2.71828 1.41421 %d 1.73205 0.57721 %d\n%%\n", k, k * 7, k * 13);
     for (int k = 0; k < 10; k++) { /* repeated lines */
-        for (int r = 0; r < 6; r++) fprintf(f, "buy cheap %s now\n", g_vocab[k]);
+        for (int r = 0; r < 6; r++)
+            fprintf(f, "buy cheap %s now\n", g_vocab[k]);
         fprintf(f, "%%\n");
     }
     for (int k = 0; k < 10; k++) { /* one word 3-gram over and over, on one line */
-        for (int r = 0; r < 15; r++) fprintf(f, "click here %s ", g_vocab[100 + k]);
+        for (int r = 0; r < 15; r++)
+            fprintf(f, "click here %s ", g_vocab[100 + k]);
         fprintf(f, "\n%%\n");
     }
     for (int k = 0; k < 10; k++) { /* invalid UTF-8 */
@@ -126,12 +134,14 @@ int main(void) {
     f = open_out(in, "f_docs.jsonl");
     for (int k = 0; k < 10; k++) {
         int w[NWORDS];
-        for (int i = 0; i < NWORDS; i++) w[i] = (int)td_rng_below(&g_rng, VOCAB);
+        for (int i = 0; i < NWORDS; i++)
+            w[i] = (int)td_rng_below(&g_rng, VOCAB);
         fputs("{\"id\": 1, \"text\": \"", f);
-        for (int i = 0; i < NWORDS; i++) fprintf(f, "%s%s", g_vocab[w[i]], i + 1 < NWORDS ? " " : "");
+        for (int i = 0; i < NWORDS; i++)
+            fprintf(f, "%s%s", g_vocab[w[i]], i + 1 < NWORDS ? " " : "");
         fputs("\"}\n", f);
     }
-    fputs("{\"text\": \"broken\n", f);     /* malformed */
+    fputs("{\"text\": \"broken\n", f); /* malformed */
     fputs("{\"content\": \"no text field here at all\"}\n", f);
     fclose(f);
     char gzp[512];
@@ -144,7 +154,8 @@ int main(void) {
     }
     gzclose(g);
     f = open_out(in, "h_binary.bin");
-    for (int i = 0; i < 1000; i++) fputc(i % 7 == 0 ? 0 : 'a' + i % 26, f);
+    for (int i = 0; i < 1000; i++)
+        fputc(i % 7 == 0 ? 0 : 'a' + i % 26, f);
     fclose(f);
     char lp[512], tp[512];
     snprintf(lp, sizeof lp, "%s/i_link.txt", in);

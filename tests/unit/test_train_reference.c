@@ -31,7 +31,8 @@ static void fused_same(const char *name) {
     char dir[256], p[300];
     snprintf(dir, sizeof dir, "tests/reference/fixtures/%s", name);
     td_model *a, *b;
-    REQUIRE(td_checkpoint_load_model(dir, &a) == TD_OK && td_checkpoint_load_model(dir, &b) == TD_OK,
+    REQUIRE(td_checkpoint_load_model(dir, &a) == TD_OK &&
+                td_checkpoint_load_model(dir, &b) == TD_OK,
             "%s", td_error_message());
     td_st_file *ref;
     snprintf(p, sizeof p, "%s/reference.safetensors", dir);
@@ -55,7 +56,8 @@ static void fused_same(const char *name) {
         td_model_backward(b, 1.0);
         double norm = td_grad_norm(td_model_grads(b), np);
         td_adamw_step_fused(b, m2, v2, &hp, 1e-2, step, td_clip_scale(norm, 1.0));
-        for (size_t i = 0; i < np; i++) zero_after &= td_model_grads(b)[i] == 0.0f;
+        for (size_t i = 0; i < np; i++)
+            zero_after &= td_model_grads(b)[i] == 0.0f;
     }
     double worst = 0;
     for (size_t i = 0; i < np; i++)
@@ -92,8 +94,7 @@ static void run(const char *name) {
     for (int step = 1; step <= 3; step++) {
         double loss;
         td_model_zero_grad(m);
-        REQUIRE(td_model_forward(m, td_st_data(ref, et), td_st_data(ref, eg), B, T, &loss) ==
-                    TD_OK,
+        REQUIRE(td_model_forward(m, td_st_data(ref, et), td_st_data(ref, eg), B, T, &loss) == TD_OK,
                 "%s", td_error_message());
         REQUIRE(td_model_backward(m, 1.0) == TD_OK, "%s", td_error_message());
         double norm = td_grad_clip(td_model_grads(m), np, 1.0);

@@ -16,10 +16,14 @@ struct td_comm_req {
 
 static MPI_Datatype mpi_type(td_comm_dtype dt) {
     switch (dt) {
-    case TD_COMM_F32: return MPI_FLOAT;
-    case TD_COMM_F64: return MPI_DOUBLE;
-    case TD_COMM_I64: return MPI_INT64_T;
-    default: return MPI_BYTE;
+    case TD_COMM_F32:
+        return MPI_FLOAT;
+    case TD_COMM_F64:
+        return MPI_DOUBLE;
+    case TD_COMM_I64:
+        return MPI_INT64_T;
+    default:
+        return MPI_BYTE;
     }
 }
 
@@ -40,8 +44,8 @@ static td_status m_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype 
     MPI_Op op = MPI_SUM;
     for (size_t off = 0; off < count; off += CHUNK) {
         size_t n = count - off < CHUNK ? count - off : CHUNK;
-        TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * td_comm_dtype_size(dt),
-                                   (int)n, mpi_type(dt), op, MCOMM(c)),
+        TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * td_comm_dtype_size(dt), (int)n,
+                                   mpi_type(dt), op, MCOMM(c)),
                      "MPI_Allreduce", c));
     }
     return TD_OK;
@@ -50,12 +54,13 @@ static td_status m_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype 
 static td_status m_iallreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
                               td_comm_req **req) {
     if (count > CHUNK)
-        return td_error_set(TD_ERR_INVALID, "rank %d: non-blocking all-reduce of %zu elements "
-                            "exceeds one MPI call", c->rank, count);
+        return td_error_set(TD_ERR_INVALID,
+                            "rank %d: non-blocking all-reduce of %zu elements "
+                            "exceeds one MPI call",
+                            c->rank, count);
     td_comm_req *r = malloc(sizeof *r);
     if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM, MCOMM(c),
-                            &r->r);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM, MCOMM(c), &r->r);
     if (rc != MPI_SUCCESS) {
         free(r);
         return check(rc, "MPI_Iallreduce", c);
@@ -70,9 +75,9 @@ static td_status m_reduce_scatter(td_comm *c, void *buf, size_t count, td_comm_d
     size_t es = td_comm_dtype_size(dt);
     /* MPI_Reduce_scatter_block writes the result to the start of recvbuf; in place it is
      * block 0, so move it to this rank's block afterwards */
-    TD_TRY(check(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM,
-                                          MCOMM(c)),
-                 "MPI_Reduce_scatter_block", c));
+    TD_TRY(check(
+        MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)count, mpi_type(dt), MPI_SUM, MCOMM(c)),
+        "MPI_Reduce_scatter_block", c));
     if (c->rank != 0) memmove((char *)buf + (size_t)c->rank * count * es, buf, count * es);
     return TD_OK;
 }
@@ -80,9 +85,9 @@ static td_status m_reduce_scatter(td_comm *c, void *buf, size_t count, td_comm_d
 static td_status m_allgather(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
     if (count > CHUNK)
         return td_error_set(TD_ERR_INVALID, "rank %d: all-gather block too large", c->rank);
-    return check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, mpi_type(dt),
-                               MCOMM(c)),
-                 "MPI_Allgather", c);
+    return check(
+        MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)count, mpi_type(dt), MCOMM(c)),
+        "MPI_Allgather", c);
 }
 
 static td_status m_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt, int root) {
@@ -120,8 +125,8 @@ static void s_free(td_comm *c) {
     (void)c;
 }
 
-static const td_comm_ops g_mpi_ops = {"mpi",      m_allreduce, m_iallreduce, m_reduce_scatter,
-                                      m_allgather, m_bcast,    m_barrier,    m_wait,
+static const td_comm_ops g_mpi_ops = {"mpi",       m_allreduce, m_iallreduce, m_reduce_scatter,
+                                      m_allgather, m_bcast,     m_barrier,    m_wait,
                                       m_progress,  m_free};
 
 int td_comm_mpi_init(int *argc, char ***argv, int force) {
@@ -196,8 +201,7 @@ static td_status s_noop(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
     (void)c, (void)buf, (void)count, (void)dt;
     return TD_OK;
 }
-static td_status s_inoop(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
-                         td_comm_req **req) {
+static td_status s_inoop(td_comm *c, void *buf, size_t count, td_comm_dtype dt, td_comm_req **req) {
     (void)c, (void)buf, (void)count, (void)dt;
     *req = NULL;
     return TD_OK;
@@ -218,7 +222,7 @@ static void s_progress(td_comm *c) {
     (void)c;
 }
 
-static const td_comm_ops g_self_ops = {"self", s_noop,    s_inoop, s_noop,     s_noop,
+static const td_comm_ops g_self_ops = {"self",  s_noop,    s_inoop, s_noop,     s_noop,
                                        s_bcast, s_barrier, s_wait,  s_progress, s_free};
 
 td_status td_comm_self_new(td_comm **out) {

@@ -20,27 +20,31 @@ struct td_comm_req {
     cudaEvent_t ev;
 };
 
-#define NCCL_CHECK(c, call)                                                                    \
-    do {                                                                                       \
-        ncclResult_t r_ = (call);                                                              \
-        if (r_ != ncclSuccess)                                                                 \
-            return td_error_set(TD_ERR_RUNTIME, "rank %d: %s failed at %s:%d: %s", (c)->rank,  \
-                                #call, __FILE__, __LINE__, ncclGetErrorString(r_));            \
+#define NCCL_CHECK(c, call)                                                                        \
+    do {                                                                                           \
+        ncclResult_t r_ = (call);                                                                  \
+        if (r_ != ncclSuccess)                                                                     \
+            return td_error_set(TD_ERR_RUNTIME, "rank %d: %s failed at %s:%d: %s", (c)->rank,      \
+                                #call, __FILE__, __LINE__, ncclGetErrorString(r_));                \
     } while (0)
-#define CUDA_CHECK(c, call)                                                                    \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess)                                                                 \
-            return td_error_set(TD_ERR_RUNTIME, "rank %d: %s failed at %s:%d: %s", (c)->rank,  \
-                                #call, __FILE__, __LINE__, cudaGetErrorString(e_));            \
+#define CUDA_CHECK(c, call)                                                                        \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            return td_error_set(TD_ERR_RUNTIME, "rank %d: %s failed at %s:%d: %s", (c)->rank,      \
+                                #call, __FILE__, __LINE__, cudaGetErrorString(e_));                \
     } while (0)
 
 static ncclDataType_t nccl_type(td_comm_dtype dt) {
     switch (dt) {
-    case TD_COMM_F32: return ncclFloat32;
-    case TD_COMM_F64: return ncclFloat64;
-    case TD_COMM_I64: return ncclInt64;
-    default: return ncclUint8;
+    case TD_COMM_F32:
+        return ncclFloat32;
+    case TD_COMM_F64:
+        return ncclFloat64;
+    case TD_COMM_I64:
+        return ncclInt64;
+    default:
+        return ncclUint8;
     }
 }
 
@@ -159,8 +163,7 @@ td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
     int64_t failed = s != TD_OK;
     if (host->ops->allreduce(host, &failed, 1, TD_COMM_I64) != TD_OK) failed = 1;
     if (s == TD_OK && failed)
-        s = td_error_set(TD_ERR_RUNTIME, "rank %d: another rank could not set up NCCL",
-                         host->rank);
+        s = td_error_set(TD_ERR_RUNTIME, "rank %d: another rank could not set up NCCL", host->rank);
     if (s == TD_OK) {
         ncclResult_t r = ncclCommInitRank(&x->comm, host->size, id, host->rank);
         if (r != ncclSuccess)

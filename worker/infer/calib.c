@@ -48,9 +48,11 @@ int td_calib_layers_per_pass(const td_model *m, size_t max_bytes) {
 /* A token drawn from softmax(logits) (temperature 1). */
 static int32_t sample(const float *x, int V, td_rng *rng) {
     float mx = x[0];
-    for (int i = 1; i < V; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int i = 1; i < V; i++)
+        mx = x[i] > mx ? x[i] : mx;
     double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)(x[i] - mx));
+    for (int i = 0; i < V; i++)
+        sum += exp((double)(x[i] - mx));
     double u = td_rng_uniform_f64(rng) * sum, c = 0;
     for (int i = 0; i < V; i++) {
         c += exp((double)(x[i] - mx));
@@ -70,17 +72,21 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     int T = c->max_position_embeddings, V = c->vocab_size;
     int len = o->len > 0 ? o->len : (T < 128 ? T : 128), S = o->seqs > 0 ? o->seqs : 32;
     if (len > T)
-        return td_error_set(TD_ERR_INVALID, "calibration sequences of %d tokens exceed the "
-                            "model's context (%d)", len, T);
+        return td_error_set(TD_ERR_INVALID,
+                            "calibration sequences of %d tokens exceed the "
+                            "model's context (%d)",
+                            len, T);
     if (o->tokens) {
         size_t windows = o->ntokens / (size_t)len;
         if (windows == 0)
-            return td_error_set(TD_ERR_INVALID, "the calibration text has %zu tokens: fewer "
-                                "than one sequence of %d (--calib-len sets it)", o->ntokens, len);
+            return td_error_set(TD_ERR_INVALID,
+                                "the calibration text has %zu tokens: fewer "
+                                "than one sequence of %d (--calib-len sets it)",
+                                o->ntokens, len);
         if ((size_t)S > windows) S = (int)windows;
     } else if (o->start < 0 || o->start >= V) {
-        return td_error_set(TD_ERR_INVALID, "calibration start token %d outside [0, %d)",
-                            o->start, V);
+        return td_error_set(TD_ERR_INVALID, "calibration start token %d outside [0, %d)", o->start,
+                            V);
     }
     const int bt = 16, nbs = (len + bt - 1) / bt;
     int32_t *seq = malloc(sizeof(int32_t) * (size_t)S * (size_t)len);
@@ -88,15 +94,18 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     float *logits = malloc(sizeof(float) * (size_t)S * (size_t)V);
     td_infer_seg *segs = malloc(sizeof *segs * (size_t)S);
     td_kv_cache *kv = NULL;
-    td_status s = seq && blocks && logits && segs ? TD_OK
-                                                  : td_error_set(TD_ERR_NOMEM, "out of memory");
+    td_status s =
+        seq && blocks && logits && segs ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
     if (s == TD_OK) s = td_kv_cache_new(m, bt, (size_t)S * (size_t)nbs, &kv);
     if (s == TD_OK) s = td_model_plan_infer(m, S, S);
     if (s != TD_OK) goto out;
-    for (int i = 0; i < S * nbs; i++) blocks[i] = i;
-    if (o->tokens) memcpy(seq, o->tokens, sizeof(int32_t) * (size_t)S * (size_t)len);
+    for (int i = 0; i < S * nbs; i++)
+        blocks[i] = i;
+    if (o->tokens)
+        memcpy(seq, o->tokens, sizeof(int32_t) * (size_t)S * (size_t)len);
     else
-        for (int i = 0; i < S; i++) seq[(size_t)i * len] = o->start;
+        for (int i = 0; i < S; i++)
+            seq[(size_t)i * len] = o->start;
     td_rng rng;
     td_rng_seed(&rng, o->seed);
     double t0 = td_time_now();
@@ -105,8 +114,10 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     size_t layer_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
     int per = td_calib_layers_per_pass(m, o->max_bytes);
     if (per < 1) {
-        s = td_error_set(TD_ERR_NOMEM, "GPTQ statistics of one layer take %.1f MiB, over the "
-                         "%.1f MiB allowed (--calib-mb)", layer_bytes / 1048576.0,
+        s = td_error_set(TD_ERR_NOMEM,
+                         "GPTQ statistics of one layer take %.1f MiB, over the "
+                         "%.1f MiB allowed (--calib-mb)",
+                         layer_bytes / 1048576.0,
                          (o->max_bytes ? o->max_bytes : TD_CALIB_DEFAULT_BYTES) / 1048576.0);
         goto out;
     }
@@ -115,21 +126,26 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
         int head = pass == groups, lo = pass * per, hi = lo + per < L ? lo + per : L;
         int what = head ? TD_CALIB_HEAD : TD_CALIB_LAYERS, sampling = !o->tokens && !pass;
         char part[64];
-        if (head) snprintf(part, sizeof part, "lm_head");
-        else if (groups == 1) snprintf(part, sizeof part, "layers");
-        else snprintf(part, sizeof part, "layers %d-%d of %d", lo, hi - 1, L);
+        if (head)
+            snprintf(part, sizeof part, "lm_head");
+        else if (groups == 1)
+            snprintf(part, sizeof part, "layers");
+        else
+            snprintf(part, sizeof part, "layers %d-%d of %d", lo, hi - 1, L);
         if (!o->quiet)
-            TD_LOG_INFO("int8 calibration, %s (pass %d of %d): %d sequences of %d tokens %s "
-                        "(statistics %.1f MiB)", part, pass + 1, passes, S, len,
-                        o->tokens ? "of the calibration text"
-                        : sampling ? "sampled from the model" : "again",
-                        (head ? td_model_calib_bytes(m, TD_CALIB_HEAD)
-                              : layer_bytes * (size_t)(hi - lo)) / 1048576.0);
+            TD_LOG_INFO(
+                "int8 calibration, %s (pass %d of %d): %d sequences of %d tokens %s "
+                "(statistics %.1f MiB)",
+                part, pass + 1, passes, S, len,
+                o->tokens  ? "of the calibration text"
+                : sampling ? "sampled from the model"
+                           : "again",
+                (head ? td_model_calib_bytes(m, TD_CALIB_HEAD) : layer_bytes * (size_t)(hi - lo)) /
+                    1048576.0);
         s = td_model_calib_start(m, what, lo, hi);
         for (int t = 0; t < len && s == TD_OK; t++) {
             for (int i = 0; i < S; i++)
-                segs[i] = (td_infer_seg){&seq[(size_t)i * len + t], 1, t,
-                                         &blocks[(size_t)i * nbs]};
+                segs[i] = (td_infer_seg){&seq[(size_t)i * len + t], 1, t, &blocks[(size_t)i * nbs]};
             s = td_model_forward_infer(m, kv, segs, S, logits);
             if (s == TD_OK && sampling && t + 1 < len)
                 for (int i = 0; i < S; i++)

@@ -30,13 +30,13 @@ typedef struct {
     int len;               /* tokens per sequence (<= 0: min(context, 128)) */
     const int32_t *tokens; /* calibration text, tokenized; NULL: sample from the model */
     size_t ntokens;
-    int32_t start;         /* first token of each sampled sequence */
+    int32_t start; /* first token of each sampled sequence */
     uint64_t seed;
-    int skip_head;         /* lm_head not calibrated (it stays round-to-nearest) */
-    float damp;            /* <= 0: 0.01 */
-    size_t max_bytes;      /* statistics at a time (0: TD_CALIB_DEFAULT_BYTES); layers
-                            * whose statistics do not fit at once go in several passes */
-    int quiet;             /* no progress lines */
+    int skip_head;    /* lm_head not calibrated (it stays round-to-nearest) */
+    float damp;       /* <= 0: 0.01 */
+    size_t max_bytes; /* statistics at a time (0: TD_CALIB_DEFAULT_BYTES); layers
+                       * whose statistics do not fit at once go in several passes */
+    int quiet;        /* no progress lines */
 } td_calib_opts;
 
 void td_calib_opts_default(td_calib_opts *o);

@@ -12,9 +12,9 @@ typedef struct {
     td_req_state state;
     td_finish finish;
     uint64_t order; /* submission order: admission is first come, first served */
-    int32_t *toks; /* prompt then generated */
+    int32_t *toks;  /* prompt then generated */
     int n_prompt, n, cap;
-    int done_pos;  /* tokens already in the KV cache */
+    int done_pos; /* tokens already in the KV cache */
     int32_t *blocks;
     int n_blocks, reserved;
     td_sampling s;
@@ -41,7 +41,7 @@ struct td_engine {
     struct cand {
         int id;
         float p;
-    } *cand;
+    } * cand;
     td_comm *tp; /* size > 1 only */
     int64_t *plan;
     size_t plan_cap;
@@ -68,7 +68,7 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
     if (e->tp && o->forward) {
         free(e);
         return td_error_set(TD_ERR_INVALID, "a replaced forward (GPU) cannot serve a "
-                            "tensor-parallel group yet");
+                                            "tensor-parallel group yet");
     }
     if (e->tp) { /* kv_bytes is per rank; the leader's block count rules the group */
         int64_t nb = (int64_t)e->n_blocks;
@@ -99,7 +99,8 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
         td_engine_free(&e);
         return s;
     }
-    for (size_t i = 0; i < e->n_blocks; i++) e->free_list[i] = (int)(e->n_blocks - 1 - i);
+    for (size_t i = 0; i < e->n_blocks; i++)
+        e->free_list[i] = (int)(e->n_blocks - 1 - i);
     e->n_free = e->n_blocks;
     e->eot = tok ? td_bpe_special_id(tok, "<|endoftext|>") : -1;
     *out = e;
@@ -107,7 +108,8 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
 }
 
 static void req_release(td_engine *e, req *q) {
-    for (int i = 0; i < q->n_blocks; i++) e->free_list[e->n_free++] = q->blocks[i];
+    for (int i = 0; i < q->n_blocks; i++)
+        e->free_list[e->n_free++] = q->blocks[i];
     e->reserved -= (size_t)q->reserved;
     q->n_blocks = q->reserved = 0;
 }
@@ -117,14 +119,16 @@ static void req_free_mem(req *q) {
     free(q->toks);
     free(q->blocks);
     free(q->text);
-    for (int k = 0; q->stop && q->stop[k]; k++) free(q->stop[k]);
+    for (int k = 0; q->stop && q->stop[k]; k++)
+        free(q->stop[k]);
     free(q->stop);
 }
 
 void td_engine_free(td_engine **ep) {
     if (!ep || !*ep) return;
     td_engine *e = *ep;
-    for (int i = 0; i < e->nr; i++) req_free_mem(&e->r[i]);
+    for (int i = 0; i < e->nr; i++)
+        req_free_mem(&e->r[i]);
     free(e->r);
     td_kv_cache_free(&e->kv);
     free(e->free_list);
@@ -145,8 +149,10 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
                            int *id) {
     if (n <= 0) return td_error_set(TD_ERR_INVALID, "empty prompt");
     if (n >= e->maxT)
-        return td_error_set(TD_ERR_INVALID, "prompt of %d tokens leaves no room in the context "
-                            "of %d", n, e->maxT);
+        return td_error_set(TD_ERR_INVALID,
+                            "prompt of %d tokens leaves no room in the context "
+                            "of %d",
+                            n, e->maxT);
     for (int i = 0; i < n; i++)
         if (prompt[i] < 0 || prompt[i] >= e->V)
             return td_error_set(TD_ERR_INVALID, "prompt token %d is outside [0, %d)", prompt[i],
@@ -162,7 +168,8 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
         return td_error_set(TD_ERR_INVALID, "request needs %d KV blocks, the cache has %zu",
                             blocks_for(e, total - 1), e->n_blocks);
     int slot = 0;
-    while (slot < e->nr && e->r[slot].state != TD_REQ_FREE) slot++;
+    while (slot < e->nr && e->r[slot].state != TD_REQ_FREE)
+        slot++;
     if (slot == e->nr) {
         if (e->nr == e->cap) {
             int cap = e->cap ? 2 * e->cap : 64;
@@ -185,9 +192,11 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
     q->s = *s;
     q->s.max_tokens = mt;
     int ns = 0;
-    while (s->stop && s->stop[ns]) ns++;
+    while (s->stop && s->stop[ns])
+        ns++;
     q->stop = calloc((size_t)ns + 1, sizeof *q->stop);
-    for (int k = 0; k < ns; k++) q->stop[k] = strdup(s->stop[k]);
+    for (int k = 0; k < ns; k++)
+        q->stop[k] = strdup(s->stop[k]);
     q->s.stop = NULL;
     td_rng_seed(&q->rng, s->seed);
     *id = q->id;
@@ -222,7 +231,8 @@ static int sample(td_engine *e, req *q, const float *l) {
         }
     }
     double tot = 0;
-    for (int j = 0; j < n; j++) tot += e->cand[j].p;
+    for (int j = 0; j < n; j++)
+        tot += e->cand[j].p;
     double x = td_rng_uniform_f64(&q->rng) * tot, acc = 0;
     for (int j = 0; j < n; j++) {
         acc += e->cand[j].p;
@@ -309,8 +319,10 @@ static td_status send_plan(td_engine *e, int nseg) {
         plan_put(e, &k, g->n);
         plan_put(e, &k, g->pos);
         plan_put(e, &k, nb);
-        for (int i = 0; i < g->n; i++) plan_put(e, &k, g->tokens[i]);
-        for (int i = 0; i < nb; i++) plan_put(e, &k, g->blocks[i]);
+        for (int i = 0; i < g->n; i++)
+            plan_put(e, &k, g->tokens[i]);
+        for (int i = 0; i < nb; i++)
+            plan_put(e, &k, g->blocks[i]);
     }
     return plan_bcast(e, &k);
 }
@@ -344,9 +356,11 @@ td_status td_engine_member_loop(td_engine *e) {
         for (int g = 0; g < nseg; g++) {
             int len = (int)e->plan[k++], pos = (int)e->plan[k++], nb = (int)e->plan[k++];
             int32_t *toks = buf + w;
-            for (int i = 0; i < len; i++) buf[w++] = (int32_t)e->plan[k++];
+            for (int i = 0; i < len; i++)
+                buf[w++] = (int32_t)e->plan[k++];
             int32_t *blocks = buf + w;
-            for (int i = 0; i < nb; i++) buf[w++] = (int32_t)e->plan[k++];
+            for (int i = 0; i < nb; i++)
+                buf[w++] = (int32_t)e->plan[k++];
             e->segs[g] = (td_infer_seg){toks, len, pos, blocks};
         }
         s = td_model_forward_infer(e->m, e->kv, e->segs, nseg, NULL);
@@ -359,7 +373,8 @@ td_status td_engine_member_loop(td_engine *e) {
 td_status td_engine_step(td_engine *e, int *active) {
     /* admit waiting requests in order while their whole need can be reserved */
     int running = 0;
-    for (int i = 0; i < e->nr; i++) running += e->r[i].state == TD_REQ_RUNNING;
+    for (int i = 0; i < e->nr; i++)
+        running += e->r[i].state == TD_REQ_RUNNING;
     while (running < e->o.max_seqs) {
         req *q = NULL; /* the earliest submitted waiting request */
         for (int i = 0; i < e->nr; i++)
@@ -421,7 +436,8 @@ td_status td_engine_step(td_engine *e, int *active) {
             finish(e, q, TD_FINISH_LENGTH);
     }
     int act = 0;
-    for (int i = 0; i < e->nr; i++) act += e->r[i].state < TD_REQ_DONE;
+    for (int i = 0; i < e->nr; i++)
+        act += e->r[i].state < TD_REQ_DONE;
     *active = act;
     return TD_OK;
 }
@@ -445,7 +461,8 @@ void td_engine_release(td_engine *e, int id) {
 }
 int td_engine_pending(const td_engine *e) {
     int n = 0;
-    for (int i = 0; i < e->nr; i++) n += e->r[i].state != TD_REQ_FREE;
+    for (int i = 0; i < e->nr; i++)
+        n += e->r[i].state != TD_REQ_FREE;
     return n;
 }
 int td_engine_prompt_tokens(const td_engine *e, int id) {

@@ -22,14 +22,14 @@
 #include "worker/model/model.h"
 
 typedef struct {
-    int block_tokens;      /* default 16 */
-    size_t kv_bytes;       /* KV cache budget; default: room for max_seqs full contexts */
-    int max_seqs;          /* running sequences at most (default 16) */
-    int prefill_chunk;     /* prompt tokens of one sequence per step (default 64) */
-    int max_step_tokens;   /* tokens per step in all (default max_seqs + prefill_chunk) */
-    td_comm *tp;           /* tensor-parallel group (the model is this rank's slice), or NULL;
-                            * rank 0 of the group leads, the others run
-                            * td_engine_member_loop */
+    int block_tokens;    /* default 16 */
+    size_t kv_bytes;     /* KV cache budget; default: room for max_seqs full contexts */
+    int max_seqs;        /* running sequences at most (default 16) */
+    int prefill_chunk;   /* prompt tokens of one sequence per step (default 64) */
+    int max_step_tokens; /* tokens per step in all (default max_seqs + prefill_chunk) */
+    td_comm *tp;         /* tensor-parallel group (the model is this rank's slice), or NULL;
+                          * rank 0 of the group leads, the others run
+                          * td_engine_member_loop */
     /* replaces td_model_forward_infer for each step (e.g. the model on a GPU with its own
      * KV cache of td_engine_total_blocks blocks); not with a tensor-parallel group */
     td_status (*forward)(void *ctx, const td_infer_seg *segs, int nseg, float *logits);

@@ -15,9 +15,9 @@
 
 typedef struct {
     int used;
-    uint64_t rid;    /* the router's id */
-    int eid;         /* the engine's id */
-    size_t sent;     /* text bytes already sent */
+    uint64_t rid; /* the router's id */
+    int eid;      /* the engine's id */
+    size_t sent;  /* text bytes already sent */
     uint64_t t0, t_first;
 } live;
 
@@ -42,7 +42,8 @@ typedef struct {
 
 char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n) {
     size_t len = 32;
-    for (int i = 0; i < n; i++) len += strlen(roles[i]) + strlen(contents[i]) + 32;
+    for (int i = 0; i < n; i++)
+        len += strlen(roles[i]) + strlen(contents[i]) + 32;
     char *p = malloc(len), *w = p;
     if (!p) return NULL;
     for (int i = 0; i < n; i++)
@@ -183,7 +184,8 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
     if (n == 0) return send_error(r, q->id, 400, "the prompt is empty");
     if ((int)n >= r->o->context_length) {
         char msg[256];
-        snprintf(msg, sizeof msg, "the prompt is %zu tokens; this model's context is %d tokens "
+        snprintf(msg, sizeof msg,
+                 "the prompt is %zu tokens; this model's context is %d tokens "
                  "(prompt + max_tokens must fit; the prompt must leave room for at least one)",
                  n, r->o->context_length);
         return send_error(r, q->id, 400, msg);
@@ -191,7 +193,8 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
     /* stop strings: the request's, and for chat the end of the assistant's turn */
     size_t ns = sp ? sp->n_stop : 0;
     const char **stop = calloc(ns + 2, sizeof *stop);
-    for (size_t i = 0; i < ns; i++) stop[i] = sp->stop[i];
+    for (size_t i = 0; i < ns; i++)
+        stop[i] = sp->stop[i];
     if (chat) stop[ns++] = "<|im_end|>";
     td_sampling s = {
         .temperature = sp && sp->has_temperature ? sp->temperature : 1.0f,
@@ -225,7 +228,9 @@ static td_status on_message(rep *r, td_env *env) {
     r->last_heard = td_wire_now_ns();
     td_status s = TD_OK;
     switch (env->body_case) {
-    case TANDEM__ENVELOPE__BODY_REQUEST: s = on_request(r, env->request); break;
+    case TANDEM__ENVELOPE__BODY_REQUEST:
+        s = on_request(r, env->request);
+        break;
     case TANDEM__ENVELOPE__BODY_CANCEL: {
         live *l = find_live(r, env->cancel->id);
         if (l) {
@@ -239,8 +244,10 @@ static td_status on_message(rep *r, td_env *env) {
         }
         break;
     }
-    case TANDEM__ENVELOPE__BODY_HEARTBEAT: break;
-    default: TD_LOG_WARN("replica: unexpected message kind %d", (int)env->body_case);
+    case TANDEM__ENVELOPE__BODY_HEARTBEAT:
+        break;
+    default:
+        TD_LOG_WARN("replica: unexpected message kind %d", (int)env->body_case);
     }
     td_wire_free(env);
     return s;
@@ -293,8 +300,7 @@ static td_status report(rep *r) {
     return TD_OK;
 }
 
-td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
-                         volatile int *stop) {
+td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, volatile int *stop) {
     rep r = {.e = e, .tok = tok, .o = o};
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
@@ -313,7 +319,8 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
                     o->model_name, o->router);
     pthread_t hbt;
     int have_hbt = s == TD_OK && pthread_create(&hbt, NULL, heartbeat_thread, &r) == 0;
-    if (s == TD_OK && !have_hbt) s = td_error_set(TD_ERR_RUNTIME, "cannot start the heartbeat thread");
+    if (s == TD_OK && !have_hbt)
+        s = td_error_set(TD_ERR_RUNTIME, "cannot start the heartbeat thread");
     /* test hook: a pause after every engine step makes a tiny model as slow as a big one,
      * so tests can act while requests are in flight (tests/e2e/test_router.sh) */
     const char *delay_env = getenv("TANDEM_TEST_STEP_DELAY_MS");
@@ -336,8 +343,8 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
         uint64_t now0 = td_wire_now_ns();
         if (now0 - r.last_heard > 3 * hb) {
             TD_LOG_WARN("replica %s: no word from the router for %.1f s; dropping %d request(s) "
-                        "and registering again", o->replica_id,
-                        (double)(now0 - r.last_heard) / 1e9, td_engine_pending(e));
+                        "and registering again",
+                        o->replica_id, (double)(now0 - r.last_heard) / 1e9, td_engine_pending(e));
             drop_all(&r);
             r.free_blocks = (uint32_t)td_engine_free_blocks(e);
             s = connect_router(&r);

@@ -21,15 +21,14 @@ typedef struct {
     const char *details;    /* JSON object for /api/show (architecture, parameters, ...) */
     int slots;              /* sequences decoded together (the engine's max_seqs) */
     int context_length;
-    int heartbeat_ms;       /* default 1000 */
-    const char *no_chat;    /* non-NULL: chat requests are refused with this reason */
-    void *zctx;             /* ZeroMQ context (NULL: the replica makes its own) */
+    int heartbeat_ms;    /* default 1000 */
+    const char *no_chat; /* non-NULL: chat requests are refused with this reason */
+    void *zctx;          /* ZeroMQ context (NULL: the replica makes its own) */
 } td_replica_opts;
 
 /* Serves requests from the router with engine e (the group leader's) until *stop becomes
  * non-zero; tok must be the model's tokenizer. */
-td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o,
-                         volatile int *stop);
+td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, volatile int *stop);
 
 /* The ChatML prompt for messages (role, content pairs): "<|im_start|>role\ncontent<|im_end|>\n"
  * for each, then "<|im_start|>assistant\n". Returns a malloc'd string. */

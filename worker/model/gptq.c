@@ -40,11 +40,15 @@ static td_status inverse_cholesky(double *a, int n, float *U) {
     if (info == 0) dpotrf_("U", &n, a, &n, &info2, 1);
     omp_set_num_threads(threads);
     if (info != 0)
-        return td_error_set(TD_ERR_RUNTIME, "GPTQ: the calibration matrix is not positive "
-                            "definite (LAPACK info %d); use more calibration tokens", info);
+        return td_error_set(TD_ERR_RUNTIME,
+                            "GPTQ: the calibration matrix is not positive "
+                            "definite (LAPACK info %d); use more calibration tokens",
+                            info);
     if (info2 != 0)
-        return td_error_set(TD_ERR_RUNTIME, "GPTQ: the inverse calibration matrix is not "
-                            "positive definite (LAPACK info %d)", info2);
+        return td_error_set(TD_ERR_RUNTIME,
+                            "GPTQ: the inverse calibration matrix is not "
+                            "positive definite (LAPACK info %d)",
+                            info2);
     for (int j = 0; j < n; j++)
         for (int k = 0; k < n; k++)
             U[(size_t)j * n + k] = k >= j ? (float)a[(size_t)j + (size_t)k * n] : 0.0f;
@@ -53,12 +57,14 @@ static td_status inverse_cholesky(double *a, int n, float *U) {
 
 float td_gptq_row_scale(const float *row, int cols, float qmax) {
     float mx = 0;
-    for (int k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+    for (int k = 0; k < cols; k++)
+        mx = fmaxf(mx, fabsf(row[k]));
     return mx > 0 ? mx / qmax : 1.0f;
 }
 
 void td_gptq_row_scales(const float *W, int rows, int cols, float qmax, float *scale) {
-    for (int r = 0; r < rows; r++) scale[r] = td_gptq_row_scale(W + (size_t)r * cols, cols, qmax);
+    for (int r = 0; r < rows; r++)
+        scale[r] = td_gptq_row_scale(W + (size_t)r * cols, cols, qmax);
 }
 
 size_t td_gptq_work_bytes(int rows, int cols) {
@@ -96,20 +102,27 @@ td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float q
         mean += diag[j];
     }
     mean /= (double)C;
-    for (size_t j = 0; j < C; j++) diag[j] += damp * mean;
-    for (size_t j = 0; j < C; j++) order[j] = (keyed){diag[j], (int)j};
+    for (size_t j = 0; j < C; j++)
+        diag[j] += damp * mean;
+    for (size_t j = 0; j < C; j++)
+        order[j] = (keyed){diag[j], (int)j};
     qsort(order, C, sizeof *order, by_key_desc);
-    for (size_t j = 0; j < C; j++) perm[j] = order[j].index;
+    for (size_t j = 0; j < C; j++)
+        perm[j] = order[j].index;
     for (size_t i = 0; i < C; i++)
         for (size_t j = 0; j < C; j++) {
             size_t pi = (size_t)perm[i], pj = (size_t)perm[j];
-            if (i == j) a[i * C + j] = diag[pi];
-            else if (H[pi * C + pi] <= 0 || H[pj * C + pj] <= 0) a[i * C + j] = 0;
-            else a[i * C + j] = pi < pj ? H[pi * C + pj] : H[pj * C + pi];
+            if (i == j)
+                a[i * C + j] = diag[pi];
+            else if (H[pi * C + pi] <= 0 || H[pj * C + pj] <= 0)
+                a[i * C + j] = 0;
+            else
+                a[i * C + j] = pi < pj ? H[pi * C + pj] : H[pj * C + pi];
         }
     if ((s = inverse_cholesky(a, cols, U)) != TD_OK) goto out;
     for (size_t r = 0; r < R; r++)
-        for (size_t j = 0; j < C; j++) Wp[r * C + j] = W[r * C + (size_t)perm[j]];
+        for (size_t j = 0; j < C; j++)
+            Wp[r * C + j] = W[r * C + (size_t)perm[j]];
     for (size_t i1 = 0; i1 < C; i1 += GPTQ_BLOCK) {
         size_t i2 = i1 + GPTQ_BLOCK < C ? i1 + GPTQ_BLOCK : C, nb = i2 - i1;
 #pragma omp parallel for schedule(static)
@@ -121,7 +134,8 @@ td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float q
                 float deq = q * sc, err = (w[j] - deq) / U[j * C + j];
                 w[j] = deq;
                 const float *u = U + j * C;
-                for (size_t k = j + 1; k < i2; k++) w[k] -= err * u[k];
+                for (size_t k = j + 1; k < i2; k++)
+                    w[k] -= err * u[k];
                 e[j - i1] = err;
             }
         }
@@ -133,13 +147,14 @@ td_status td_gptq_quantize(float *W, int rows, int cols, const float *H, float q
             for (size_t b = 0; b < nrb; b++) {
                 size_t r0 = b * GPTQ_BLOCK, nr = R - r0 < GPTQ_BLOCK ? R - r0 : GPTQ_BLOCK;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)(C - i2),
-                            (int)nb, -1.0f, E + r0 * GPTQ_BLOCK, GPTQ_BLOCK, U + i1 * C + i2,
-                            cols, 1.0f, Wp + r0 * C + i2, cols);
+                            (int)nb, -1.0f, E + r0 * GPTQ_BLOCK, GPTQ_BLOCK, U + i1 * C + i2, cols,
+                            1.0f, Wp + r0 * C + i2, cols);
             }
         }
     }
     for (size_t r = 0; r < R; r++)
-        for (size_t j = 0; j < C; j++) W[r * C + (size_t)perm[j]] = Wp[r * C + j];
+        for (size_t j = 0; j < C; j++)
+            W[r * C + (size_t)perm[j]] = Wp[r * C + j];
 out:
     free(a);
     free(diag);

@@ -72,7 +72,7 @@ struct td_model {
     /* int8 weights (td_model_quantize_int8): per layer wqkv, wo, wfc, wproj, then lm_head */
     int8_t *q8;
     float *q8s;
-    int16_t *q16; /* lm_head in int16 (unless quantized with head_int8) */
+    int16_t *q16;  /* lm_head in int16 (unless quantized with head_int8) */
     uint16_t *qbf; /* bf16 serving weights (td_model_quantize_bf16) */
     struct q8mat {
         const int8_t *w;
@@ -80,7 +80,7 @@ struct td_model {
         const uint16_t *wb; /* instead of w: bf16 weights (td_model_quantize_bf16; s = 1) */
         const float *s;
         const int32_t *wsum; /* row sums, for the u8 x s8 (VNNI) path */
-    } *q8l; /* 4 per layer + 1 */
+    } * q8l;                 /* 4 per layer + 1 */
     int32_t *q8sum;
     /* GPTQ (td_model_calib_*): per q8l matrix, the sum of x x^T of its inputs while
      * collecting; afterwards the int8 grid, one scale per q8l row (0: none, round to
@@ -92,7 +92,7 @@ struct td_model {
     struct released {
         void *p;
         size_t n;
-    } *rel;
+    } * rel;
     int nrel, released_all;
     int int8_vnni; /* 1: int8 x int8 products accumulated in int32 (activations quantized) */
     uint8_t *iq8;  /* activation scratch for the VNNI path: (N, max width) */
@@ -162,13 +162,14 @@ void td_model_add_embed_rows(td_model *m, const int32_t *tokens, const float *ro
     for (int i = 0; i < n; i++) {
         float *g = m->g.wte + (size_t)tokens[i] * C;
         const float *r = rows + (size_t)i * C;
-        for (int k = 0; k < C; k++) g[k] += scale * r[k];
+        for (int k = 0; k < C; k++)
+            g[k] += scale * r[k];
     }
 }
 
-#define HOOK(stage)                                                                            \
-    do {                                                                                       \
-        if (m->hook) m->hook(m->hook_ctx, (stage));                                            \
+#define HOOK(stage)                                                                                \
+    do {                                                                                           \
+        if (m->hook) m->hook(m->hook_ctx, (stage));                                                \
     } while (0)
 
 const char *td_prof_op_name(td_prof_op op) {
@@ -341,7 +342,8 @@ td_status td_model_new(const td_model_config *cfg, td_model **out) {
 
 static void calib_free(td_model *m) {
     if (!m->calH) return;
-    for (int i = 0; i <= 4 * m->L; i++) free(m->calH[i]);
+    for (int i = 0; i <= 4 * m->L; i++)
+        free(m->calH[i]);
     free(m->calH);
     m->calH = NULL;
 }
@@ -349,7 +351,8 @@ static void calib_free(td_model *m) {
 void td_model_free(td_model **mp) {
     if (!mp || !*mp) return;
     td_model *m = *mp;
-    for (int i = 0; i < m->nrel; i++) mprotect(m->rel[i].p, m->rel[i].n, PROT_READ | PROT_WRITE);
+    for (int i = 0; i < m->nrel; i++)
+        mprotect(m->rel[i].p, m->rel[i].n, PROT_READ | PROT_WRITE);
     free(m->rel);
     free(m->params);
     free(m->grads);
@@ -611,7 +614,8 @@ static td_status mm_bwd(td_model *m, float *dinp, float *dW, float *dbias, const
             int nt = omp_get_num_threads(), id = omp_get_thread_num();
             int j0 = (int)((long)OC * id / nt), j1 = (int)((long)OC * (id + 1) / nt);
             for (int n = 0; n < N; n++)
-                for (int j = j0; j < j1; j++) dbias[j] += dout[(size_t)n * OC + j];
+                for (int j = j0; j < j1; j++)
+                    dbias[j] += dout[(size_t)n * OC + j];
         }
     }
     return TD_OK;
@@ -647,15 +651,13 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
         const td_layer_params *w = &m->p.layers[l];
         float *res_out = l + 1 < m->L ? m->la[l + 1].res : m->resf;
         PROF(TD_PROF_NORM, norm_fwd(m, a->n1, a->n1m, a->n1r, a->res, w->norm1_w, w->norm1_b, N));
-        PROF(TD_PROF_MATMUL_FWD,
-             MM_FWD(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV));
+        PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV));
         if (llama)
             PROF(TD_PROF_ROPE, td_op_rope_f32(a->qkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
                                               (float)m->cfg.rope_theta, 0));
         PROF(TD_PROF_ATTN_FWD,
              td_op_attention_fwd_f32(a->atty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd));
-        PROF(TD_PROF_MATMUL_FWD,
-             MM_FWD(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
+        PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
         PROF(TD_PROF_RESIDUAL, td_op_add_f32(a->res2, a->res2, a->res, (size_t)N * C));
         PROF(TD_PROF_NORM, norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N));
         PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
@@ -663,8 +665,7 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
             PROF(TD_PROF_ACT, td_op_swiglu_fwd_f32(a->h, a->fc, N, m->F));
         else
             PROF(TD_PROF_ACT, td_op_gelu_fwd_f32(a->h, a->fc, (size_t)N * m->F));
-        PROF(TD_PROF_MATMUL_FWD,
-             MM_FWD(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
+        PROF(TD_PROF_MATMUL_FWD, MM_FWD(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
         PROF(TD_PROF_RESIDUAL, td_op_add_f32(res_out, res_out, a->res2, (size_t)N * C));
     }
     PROF(TD_PROF_NORM, norm_fwd(m, m->nf, m->nfm, m->nfr, m->resf, m->p.normf_w, m->p.normf_b, N));
@@ -707,8 +708,8 @@ td_status td_model_backward(td_model *m, double dscale) {
         const td_layer_params *w = &P->layers[l];
         const td_layer_params *g = &G->layers[l];
         /* dres holds d(residual leaving the layer); the residual add passes it through */
-        PROF(TD_PROF_MATMUL_BWD, MM_BWD(m->dh, g->wproj, g->bproj, m->dres, a->h,
-                                                      w->wproj, N, m->F, C, 1));
+        PROF(TD_PROF_MATMUL_BWD,
+             MM_BWD(m->dh, g->wproj, g->bproj, m->dres, a->h, w->wproj, N, m->F, C, 1));
         if (llama)
             PROF(TD_PROF_ACT, td_op_swiglu_bwd_f32(m->dfc, m->dh, a->fc, N, m->F));
         else
@@ -718,15 +719,15 @@ td_status td_model_backward(td_model *m, double dscale) {
         PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2, w->norm2_w,
                                     a->n2m, a->n2r, N));
         /* dres is now d(res2) */
-        PROF(TD_PROF_MATMUL_BWD, MM_BWD(m->datty, g->wo, g->bo, m->dres, a->atty,
-                                                      w->wo, N, m->NH * m->hd, C, 1));
+        PROF(TD_PROF_MATMUL_BWD,
+             MM_BWD(m->datty, g->wo, g->bo, m->dres, a->atty, w->wo, N, m->NH * m->hd, C, 1));
         PROF(TD_PROF_ATTN_BWD, td_op_attention_bwd_f32(m->dqkv, m->datty, a->att, a->qkv, B, T,
                                                        m->NH, m->NKV, m->hd));
         if (llama)
             PROF(TD_PROF_ROPE, td_op_rope_f32(m->dqkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
                                               (float)m->cfg.rope_theta, 1));
-        PROF(TD_PROF_MATMUL_BWD, MM_BWD(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1,
-                                                      w->wqkv, N, C, m->QKV, 1));
+        PROF(TD_PROF_MATMUL_BWD,
+             MM_BWD(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1, w->wqkv, N, C, m->QKV, 1));
         PROF(TD_PROF_NORM, norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res, w->norm1_w,
                                     a->n1m, a->n1r, N));
         HOOK(l);
@@ -825,7 +826,8 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
     free(m->iq8s);
     m->iq8 = malloc(N * wmax);
     m->iq8s = malloc(N * sizeof(float));
-    if (!m->iq8 || !m->iq8s) return td_error_set(TD_ERR_NOMEM, "out of memory for inference buffers");
+    if (!m->iq8 || !m->iq8s)
+        return td_error_set(TD_ERR_NOMEM, "out of memory for inference buffers");
     m->inf_tokens = max_tokens;
     m->inf_segs = max_segs;
     return TD_OK;
@@ -836,12 +838,11 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs) {
  * buffer and reused for every input row; fp32 accumulation. QTYPE is the weight type,
  * QLOAD16(p) converts 16 of them at p to a __m512. */
 #define QTYPE int8_t
-#define QLOAD16(p) \
-    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define QLOAD16(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define QMATMUL matmul_int8
 #include "worker/model/matmul_q.inc"
 #define QTYPE int16_t
-#define QLOAD16(p) \
+#define QLOAD16(p)                                                                                 \
     _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(p))))
 #define QMATMUL matmul_int16
 #include "worker/model/matmul_q.inc"
@@ -864,17 +865,19 @@ static inline float bf16_to_float(uint16_t b) {
  * quantized to int8 (scale max |x| / 127) and shifted to u8 (x + 128) for vpdpbusd; the
  * shift is undone with the weight row sums: sum (x+128) w = sum x w + 128 sum w. */
 static void matmul_int8_vnni(const td_model *m, float *out, const float *inp, const int8_t *W8,
-                             const float *sc, const int32_t *wsum, const float *bias, int N,
-                             int C, int OC) {
+                             const float *sc, const int32_t *wsum, const float *bias, int N, int C,
+                             int OC) {
     uint8_t *xq = m->iq8;
     float *xs = m->iq8s;
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float mx = 0;
-        for (int k = 0; k < C; k++) mx = fmaxf(mx, fabsf(x[k]));
+        for (int k = 0; k < C; k++)
+            mx = fmaxf(mx, fabsf(x[k]));
         float s = mx > 0 ? mx / 127.0f : 1.0f, inv = 1.0f / s;
         xs[n] = s;
-        for (int k = 0; k < C; k++) xq[(size_t)n * C + k] = (uint8_t)(lrintf(x[k] * inv) + 128);
+        for (int k = 0; k < C; k++)
+            xq[(size_t)n * C + k] = (uint8_t)(lrintf(x[k] * inv) + 128);
     }
 #pragma omp parallel for schedule(static)
     for (int j = 0; j < OC; j++) {
@@ -883,7 +886,8 @@ static void matmul_int8_vnni(const td_model *m, float *out, const float *inp, co
             const uint8_t *q = xq + (size_t)n * C;
             __m512i acc = _mm512_setzero_si512();
             for (int k = 0; k < C; k += 64)
-                acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(q + k), _mm512_loadu_si512(w + k));
+                acc =
+                    _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(q + k), _mm512_loadu_si512(w + k));
             int32_t dot = _mm512_reduce_add_epi32(acc) - 128 * wsum[j];
             out[(size_t)n * OC + j] = (float)dot * xs[n] * sc[j] + (bias ? bias[j] : 0.0f);
         }
@@ -912,7 +916,8 @@ static void matmul_fixed_blocks(float *out, const float *inp, const float *W, co
                     W + (size_t)j0 * C, C, 0.0f, out + j0, OC);
         if (bias)
             for (int r = 0; r < N; r++)
-                for (int j = j0; j < j0 + n; j++) out[(size_t)r * OC + j] += bias[j];
+                for (int j = j0; j < j0 + n; j++)
+                    out[(size_t)r * OC + j] += bias[j];
     }
 }
 
@@ -955,7 +960,8 @@ static void linear_infer(const td_model *m, int which, int layer, float *out, co
     } else if (N == 1) { /* a matrix-vector product: OpenBLAS's sgemv is ~2x its M=1 sgemm */
         cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, W, C, inp, 1, 0.0f, out, 1);
         if (bias)
-            for (int j = 0; j < OC; j++) out[j] += bias[j];
+            for (int j = 0; j < OC; j++)
+                out[j] += bias[j];
     } else {
         td_op_matmul_fwd_f32(out, inp, W, bias, N, C, OC);
     }
@@ -985,8 +991,8 @@ static int infer_mats(const td_model *m, qmat *mats) {
 /* Per-output-channel symmetric quantization of the (R, C) matrix W to qmax levels either
  * side: scale max |w| / qmax, round to nearest. Writes int8 (w8) or int16 (w16) values,
  * the scales and (int8) the row sums the VNNI path needs. */
-static void quantize_rows(const float *W, int R, int Cc, float qmax, const float *grid,
-                          int8_t *w8, int16_t *w16, float *sp, int32_t *ws) {
+static void quantize_rows(const float *W, int R, int Cc, float qmax, const float *grid, int8_t *w8,
+                          int16_t *w16, float *sp, int32_t *ws) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         const float *row = W + (size_t)r * Cc;
@@ -997,8 +1003,10 @@ static void quantize_rows(const float *W, int R, int Cc, float qmax, const float
         for (int k = 0; k < Cc; k++) {
             long v = lrintf(row[k] / sc);
             v = v > (long)qmax ? (long)qmax : v < -(long)qmax ? -(long)qmax : v;
-            if (w16) w16[(size_t)r * Cc + k] = (int16_t)v;
-            else w8[(size_t)r * Cc + k] = (int8_t)v;
+            if (w16)
+                w16[(size_t)r * Cc + k] = (int16_t)v;
+            else
+                w8[(size_t)r * Cc + k] = (int8_t)v;
             sum += (int32_t)v;
         }
         ws[r] = sum;
@@ -1028,7 +1036,8 @@ td_status td_model_quantize_bf16(td_model *m) {
         m->q8l = NULL;
         return td_error_set(TD_ERR_NOMEM, "out of memory for bf16 weights");
     }
-    for (size_t i = 0; i < ns; i++) m->q8s[i] = 1.0f;
+    for (size_t i = 0; i < ns; i++)
+        m->q8s[i] = 1.0f;
     uint16_t *wp = m->qbf;
     float *sp = m->q8s;
     for (int i = 0; i < nm; i++) {
@@ -1080,8 +1089,8 @@ td_status td_model_quantize_int8(td_model *m, int head_int8) {
         m->q8l[i] = (struct q8mat){wide ? NULL : wp, wide ? m->q16 : NULL, NULL, sp, ws};
         /* the int8 grid (GPTQ's, or a whole model's before slicing) is for int8 rows only */
         quantize_rows(mats[i].w, R, Cc, wide ? 32767.0f : 127.0f,
-                      m->grid && !wide ? m->grid + (sp - m->q8s) : NULL, wp,
-                      wide ? m->q16 : NULL, sp, ws);
+                      m->grid && !wide ? m->grid + (sp - m->q8s) : NULL, wp, wide ? m->q16 : NULL,
+                      sp, ws);
         if (!wide) wp += (size_t)R * Cc;
         sp += R;
         ws += R;
@@ -1126,10 +1135,10 @@ static weight_parts weight_parts_of(const td_model *m) {
 td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi) {
     if (m->q8l)
         return td_error_set(TD_ERR_INVALID, "calibration needs the fp32 model: this one is "
-                            "already quantized");
+                                            "already quantized");
     if (m->cfg.tp_size > 1)
         return td_error_set(TD_ERR_INVALID, "calibrate the whole model, then slice it for "
-                            "tensor parallelism");
+                                            "tensor parallelism");
     calib_free(m);
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     m->calH = calloc((size_t)(4 * m->L + 1), sizeof *m->calH);
@@ -1152,8 +1161,10 @@ td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi
         if (!m->calH[i]) {
             free(mats);
             calib_free(m);
-            return td_error_set(TD_ERR_NOMEM, "out of memory for calibration statistics "
-                                "(%.1f MiB so far)", bytes / 1048576.0);
+            return td_error_set(TD_ERR_NOMEM,
+                                "out of memory for calibration statistics "
+                                "(%.1f MiB so far)",
+                                bytes / 1048576.0);
         }
     }
     free(mats);
@@ -1199,7 +1210,8 @@ static td_status embedding_gptq(td_model *m, float *wte, float damp, float *grid
     td_status s = A && H ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
     if (s == TD_OK) {
         for (size_t r = 0; r < QKV; r++)
-            for (size_t k = 0; k < C; k++) A[r * C + k] = l0->wqkv[r * C + k] * l0->norm1_w[k];
+            for (size_t k = 0; k < C; k++)
+                A[r * C + k] = l0->wqkv[r * C + k] * l0->norm1_w[k];
         gram_fixed_blocks(H, A, m->QKV, m->C);
         s = td_gptq_quantize(wte, m->V, m->C, H, 127.0f, damp, grid);
     }
@@ -1212,19 +1224,20 @@ td_status td_model_calib_gptq(td_model *m, float damp,
                               void (*progress)(void *ctx, int done, int total), void *ctx) {
     if (!m->calH)
         return td_error_set(TD_ERR_INVALID, "GPTQ without calibration statistics "
-                            "(td_model_calib_start, then forward steps)");
+                                            "(td_model_calib_start, then forward steps)");
     if (!td_model_int8_grid(m, 1)) return td_error_set(TD_ERR_NOMEM, "out of memory");
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
     /* statistics of layer 0 mean this pass is the first of the layers' */
     int nm = infer_mats(m, mats), total = 0, done = 0, first_layers = m->calH[0] != NULL;
-    for (int i = 0; i <= 4 * m->L; i++) total += m->calH[i] != NULL;
+    for (int i = 0; i <= 4 * m->L; i++)
+        total += m->calH[i] != NULL;
     td_status s = TD_OK;
     float *grid = m->grid;
     for (int i = 0; i < nm && s == TD_OK; i++) {
         if (i <= 4 * m->L && m->calH[i]) {
-            s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, m->calH[i],
-                                 127.0f, damp, grid);
+            s = td_gptq_quantize((float *)mats[i].w, mats[i].rows, mats[i].cols, m->calH[i], 127.0f,
+                                 damp, grid);
             if (s == TD_OK && progress) progress(ctx, ++done, total);
         } else if (i > 4 * m->L && first_layers) {
             s = embedding_gptq(m, (float *)mats[i].w, damp, grid);
@@ -1263,8 +1276,7 @@ static void release_range(td_model *m, const float *from, size_t count) {
     }
     if (mprotect((void *)a, b - a, PROT_NONE) != 0) { /* released but readable: as before */
         mprotect((void *)a, b - a, PROT_READ | PROT_WRITE);
-        TD_LOG_WARN("released %.1f MiB of weights but could not protect them",
-                    (b - a) / 1048576.0);
+        TD_LOG_WARN("released %.1f MiB of weights but could not protect them", (b - a) / 1048576.0);
         return;
     }
     m->rel[m->nrel++] = (struct released){(void *)a, b - a};
@@ -1274,8 +1286,7 @@ td_status td_model_release(td_model *m, int what) {
     if (what != TD_RELEASE_QUANTIZED && what != TD_RELEASE_ALL)
         return td_error_set(TD_ERR_INVALID, "td_model_release: what %d", what);
     if (what == TD_RELEASE_QUANTIZED) {
-        if (!m->q8l)
-            return td_error_set(TD_ERR_INVALID, "no int8/bf16 copies: nothing to release");
+        if (!m->q8l) return td_error_set(TD_ERR_INVALID, "no int8/bf16 copies: nothing to release");
         qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
         if (!mats) return td_error_set(TD_ERR_NOMEM, "out of memory");
         int nm = infer_mats(m, mats);
@@ -1365,21 +1376,25 @@ static void rope_rows(const td_model *m, float *qkv, const int32_t *pos, int N) 
     }
 }
 
-td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs,
-                                 int nseg, float *logits) {
+td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs, int nseg,
+                                 float *logits) {
     if (m->released_all)
         return td_error_set(TD_ERR_INVALID, "the model's weights were released: load it again");
     int N = 0, C = m->C, V = m->V, hd = m->hd, kvdim = m->NKV * hd, bt = kv->bt;
-    for (int s = 0; s < nseg; s++) N += segs[s].n;
+    for (int s = 0; s < nseg; s++)
+        N += segs[s].n;
     if (!m->inf || N > m->inf_tokens || nseg > m->inf_segs)
-        return td_error_set(TD_ERR_INVALID, "inference step of %d tokens / %d sequences exceeds "
-                            "the plan (%d / %d)", N, nseg, m->inf_tokens, m->inf_segs);
+        return td_error_set(TD_ERR_INVALID,
+                            "inference step of %d tokens / %d sequences exceeds "
+                            "the plan (%d / %d)",
+                            N, nseg, m->inf_tokens, m->inf_segs);
     int r = 0;
     for (int s = 0; s < nseg; s++) {
         if (segs[s].n <= 0 || segs[s].pos + segs[s].n > m->cfg.max_position_embeddings)
-            return td_error_set(TD_ERR_INVALID, "sequence segment at position %d + %d exceeds "
-                                "max_position_embeddings %d", segs[s].pos, segs[s].n,
-                                m->cfg.max_position_embeddings);
+            return td_error_set(TD_ERR_INVALID,
+                                "sequence segment at position %d + %d exceeds "
+                                "max_position_embeddings %d",
+                                segs[s].pos, segs[s].n, m->cfg.max_position_embeddings);
         for (int i = 0; i < segs[s].n; i++, r++) {
             int32_t t = segs[s].tokens[i];
             if (t < 0 || t >= V)
@@ -1414,7 +1429,8 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
         const float *e = m->p.wte + (size_t)m->itok[n] * C;
         if (m->p.wpe) {
             const float *pe = m->p.wpe + (size_t)m->ipos[n] * C;
-            for (int i = 0; i < C; i++) o[i] = e[i] + pe[i];
+            for (int i = 0; i < C; i++)
+                o[i] = e[i] + pe[i];
         } else {
             memcpy(o, e, sizeof(float) * (size_t)C);
         }
@@ -1446,22 +1462,27 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
                 float sc[p + 1];
                 float mx = -INFINITY;
                 for (int t = 0; t <= p; t++) {
-                    const float *k = K + ((size_t)sg->blocks[t / bt] * bt + (size_t)(t % bt)) * kvdim +
+                    const float *k = K +
+                                     ((size_t)sg->blocks[t / bt] * bt + (size_t)(t % bt)) * kvdim +
                                      (size_t)kh * hd;
                     float d = 0;
-                    for (int i = 0; i < hd; i++) d += q[i] * k[i];
+                    for (int i = 0; i < hd; i++)
+                        d += q[i] * k[i];
                     sc[t] = d * scale;
                     if (sc[t] > mx) mx = sc[t];
                 }
                 float sum = exp_sum_f32(sc, p + 1, mx);
                 exp_scale_f32(sc, sc, p + 1, mx, 1.0f / sum);
                 float *o = m->iatt + (size_t)n * m->NH * hd + (size_t)h * hd;
-                for (int i = 0; i < hd; i++) o[i] = 0;
+                for (int i = 0; i < hd; i++)
+                    o[i] = 0;
                 for (int t = 0; t <= p; t++) {
-                    const float *v = Vc + ((size_t)sg->blocks[t / bt] * bt + (size_t)(t % bt)) * kvdim +
+                    const float *v = Vc +
+                                     ((size_t)sg->blocks[t / bt] * bt + (size_t)(t % bt)) * kvdim +
                                      (size_t)kh * hd;
                     float a = sc[t];
-                    for (int i = 0; i < hd; i++) o[i] += a * v[i];
+                    for (int i = 0; i < hd; i++)
+                        o[i] += a * v[i];
                 }
             }
         linear_infer(m, 1, l, m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
@@ -1507,7 +1528,8 @@ static void copy_rows(float *dst, const float *src, size_t r0, size_t nr, size_t
 /* Copies columns [c0, c0 + nc) of a (rows, cols) matrix to dst (rows, nc). */
 static void copy_cols(float *dst, const float *src, size_t rows, size_t cols, size_t c0,
                       size_t nc) {
-    for (size_t i = 0; i < rows; i++) memcpy(dst + i * nc, src + i * cols + c0, sizeof(float) * nc);
+    for (size_t i = 0; i < rows; i++)
+        memcpy(dst + i * nc, src + i * cols + c0, sizeof(float) * nc);
 }
 
 td_status td_model_tp_slice(const td_model *f, int r, int T, td_model **out) {
@@ -1533,10 +1555,12 @@ td_status td_model_tp_slice(const td_model *f, int r, int T, td_model **out) {
     size_t C = (size_t)f->C, hd = (size_t)f->hd, NHl = (size_t)m->NH, NKVl = (size_t)m->NKV;
     size_t Fl = (size_t)m->F;
     memcpy(m->p.wte, f->p.wte, sizeof(float) * (size_t)f->V * C);
-    if (f->p.wpe) memcpy(m->p.wpe, f->p.wpe, sizeof(float) * (size_t)fc->max_position_embeddings * C);
+    if (f->p.wpe)
+        memcpy(m->p.wpe, f->p.wpe, sizeof(float) * (size_t)fc->max_position_embeddings * C);
     memcpy(m->p.normf_w, f->p.normf_w, sizeof(float) * C);
     if (f->p.normf_b) memcpy(m->p.normf_b, f->p.normf_b, sizeof(float) * C);
-    if (!fc->tie_word_embeddings) memcpy(m->p.lm_head, f->p.lm_head, sizeof(float) * (size_t)f->V * C);
+    if (!fc->tie_word_embeddings)
+        memcpy(m->p.lm_head, f->p.lm_head, sizeof(float) * (size_t)f->V * C);
     for (int l = 0; l < f->L; l++) {
         const td_layer_params *a = &f->p.layers[l];
         td_layer_params *b = &m->p.layers[l];

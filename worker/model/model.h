@@ -165,8 +165,8 @@ td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs);
 /* Runs the new tokens of every segment through the model, writing their K and V into the
  * cache and attending over each sequence's cached positions; logits receives (nseg, V):
  * the next-token logits after each segment's last token (NULL: skip lm_head). */
-td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs,
-                                 int nseg, float *logits);
+td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs, int nseg,
+                                 float *logits);
 
 /* Tensor parallelism (Megatron): this rank's slice of a full model for a group of T —
  * attention heads and KV heads split (q/k/v column-parallel, output projection
@@ -181,9 +181,10 @@ void td_model_set_tp_comm(td_model *m, td_comm *c);
 /* int8 weight-only quantization for inference: every linear weight of the layers and an
  * untied input embedding get an int8 copy with one fp32 scale per output channel
  * (max |w| / 127, round to nearest -- or the grid GPTQ left, below); lm_head gets int16
- * (max |w| / 32767), or int8 too with head_int8. td_model_forward_infer then multiplies with those, converting to float on the
- * fly (fp32 accumulation). Norms and biases stay fp32. lm_head is kept wider because its
- * rounding decides near-tied greedy choices (docs/serve.md gives the measurement). */
+ * (max |w| / 32767), or int8 too with head_int8. td_model_forward_infer then multiplies with those,
+ * converting to float on the fly (fp32 accumulation). Norms and biases stay fp32. lm_head is kept
+ * wider because its rounding decides near-tied greedy choices (docs/serve.md gives the
+ * measurement). */
 td_status td_model_quantize_int8(td_model *m, int head_int8);
 
 /* GPTQ calibration for int8 (worker/model/gptq.h; worker/infer/calib.h drives it).

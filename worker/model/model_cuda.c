@@ -138,9 +138,10 @@ td_status td_gpu_model_new(td_cuda *cx, const td_model *host, int B, int T, td_g
 void td_gpu_model_free(td_gpu_model **gp) {
     if (!gp || !*gp) return;
     td_gpu_model *g = *gp;
-    void *d[] = {g->params, g->grads, g->m, g->v, g->pbf, g->acts, g->s16[0], g->s16[1], g->tok,
-                 g->tgt};
-    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) td_cuda_release(d[i]);
+    void *d[] = {g->params, g->grads,  g->m,      g->v,   g->pbf,
+                 g->acts,   g->s16[0], g->s16[1], g->tok, g->tgt};
+    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+        td_cuda_release(d[i]);
     free(g->la);
     free(g->tok_host);
     free(g);
@@ -162,8 +163,8 @@ static td_status mm_bwd(td_gpu_model *g, float *dinp, const float *dW_host, cons
     TD_TRY(td_cuda_to_bf16(g->cx, g->s16[0], dout, (size_t)N * OC));
     TD_TRY(td_cuda_to_bf16(g->cx, g->s16[1], inp, (size_t)N * C));
     if (dinp)
-        TD_TRY(td_cuda_matmul_bf16(g->cx, dinp, g->s16[0], DB(W), NULL, N, C, OC, 0, 0,
-                                   !overwrite));
+        TD_TRY(
+            td_cuda_matmul_bf16(g->cx, dinp, g->s16[0], DB(W), NULL, N, C, OC, 0, 0, !overwrite));
     TD_TRY(td_cuda_matmul_bf16(g->cx, DG(dW_host), g->s16[0], g->s16[1], NULL, OC, C, N, 1, 0, 1));
     if (db_host) TD_TRY(td_cuda_colsum_acc(g->cx, DG(db_host), dout, N, OC));
     return TD_OK;
@@ -179,8 +180,8 @@ static td_status norm_fwd(td_gpu_model *g, float *out, float *mean, float *rstd,
 }
 
 static td_status norm_bwd(td_gpu_model *g, float *dx, const float *dw_host, const float *db_host,
-                          const float *dout, const float *x, const float *w_host,
-                          const float *mean, const float *rstd, int N) {
+                          const float *dout, const float *x, const float *w_host, const float *mean,
+                          const float *rstd, int N) {
     if (g->llama)
         return td_cuda_rmsnorm_bwd(g->cx, dx, DG(dw_host), dout, x, DP(w_host), rstd, N, g->C);
     return td_cuda_layernorm_bwd(g->cx, dx, DG(dw_host), DG(db_host), dout, x, DP(w_host), mean,
@@ -256,8 +257,8 @@ td_status td_gpu_model_backward(td_gpu_model *g, double dscale) {
                                     g->counted));
     TD_TRY(mm_bwd(g, g->dn, P->lm_head, NULL, g->logits, g->nf, P->lm_head, N, C, V, 1));
     TD_TRY(td_cuda_zero(g->cx, g->dres, sizeof(float) * (size_t)N * C));
-    TD_TRY(norm_bwd(g, g->dres, P->normf_w, P->normf_b, g->dn, g->resf, P->normf_w, g->nfm,
-                    g->nfr, N));
+    TD_TRY(norm_bwd(g, g->dres, P->normf_w, P->normf_b, g->dn, g->resf, P->normf_w, g->nfm, g->nfr,
+                    N));
     for (int l = g->L - 1; l >= 0; l--) {
         gpu_layer *a = &g->la[l];
         const td_layer_params *w = &P->layers[l];
@@ -270,8 +271,8 @@ td_status td_gpu_model_backward(td_gpu_model *g, double dscale) {
         TD_TRY(norm_bwd(g, g->dres, w->norm2_w, w->norm2_b, g->dn, a->res2, w->norm2_w, a->n2m,
                         a->n2r, N));
         TD_TRY(mm_bwd(g, g->datty, w->wo, w->bo, g->dres, a->atty, w->wo, N, g->NH * g->hd, C, 1));
-        TD_TRY(td_cuda_attention_bwd(g->cx, g->dqkv, g->datty, a->atty, a->lse, a->qkv, B, T,
-                                     g->NH, g->NKV, g->hd));
+        TD_TRY(td_cuda_attention_bwd(g->cx, g->dqkv, g->datty, a->atty, a->lse, a->qkv, B, T, g->NH,
+                                     g->NKV, g->hd));
         if (g->llama)
             TD_TRY(td_cuda_rope(g->cx, g->dqkv, N, T, g->QKV, g->NH + g->NKV, g->hd,
                                 (float)g->cfg.rope_theta, 1));
@@ -292,8 +293,8 @@ td_status td_gpu_model_step(td_gpu_model *g, float lr, float beta1, float beta2,
     if (grad_div <= 0) grad_div = 1;
     double norm = sqrt(ss) / grad_div;
     if (gnorm) *gnorm = norm;
-    float scale = (clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f) /
-                  (float)grad_div;
+    float scale =
+        (clip > 0 && norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f) / (float)grad_div;
     int nt;
     const td_param_tensor *t = td_model_tensors(g->host, &nt);
     for (int k = 0; k < nt; k++)
@@ -337,12 +338,12 @@ td_status td_gpu_model_set_moments(td_gpu_model *g, const float *m, const float 
 struct td_gpu_kv {
     int bt, L;
     size_t nblocks;
-    float **k, **v;  /* per layer (nblocks * bt, NKV * hd) */
-    int32_t *idx;    /* device: tok, pos, slot, len, first, last rows, tables */
-    size_t idx_cap;  /* ints */
+    float **k, **v; /* per layer (nblocks * bt, NKV * hd) */
+    int32_t *idx;   /* device: tok, pos, slot, len, first, last rows, tables */
+    size_t idx_cap; /* ints */
     int32_t *host;
     size_t host_cap;
-    float *last;     /* (max segments, C) rows before lm_head, then logits */
+    float *last; /* (max segments, C) rows before lm_head, then logits */
     size_t last_cap;
 };
 
@@ -391,15 +392,18 @@ td_status td_gpu_model_forward_infer(td_gpu_model *g, td_gpu_kv *kv, const td_in
     int N = 0, C = g->C, V = g->V, bt = kv->bt, ntab = 0;
     for (int s = 0; s < nseg; s++) {
         if (segs[s].n <= 0 || segs[s].pos + segs[s].n > g->cfg.max_position_embeddings)
-            return td_error_set(TD_ERR_INVALID, "segment at position %d + %d exceeds "
-                                "max_position_embeddings %d", segs[s].pos, segs[s].n,
-                                g->cfg.max_position_embeddings);
+            return td_error_set(TD_ERR_INVALID,
+                                "segment at position %d + %d exceeds "
+                                "max_position_embeddings %d",
+                                segs[s].pos, segs[s].n, g->cfg.max_position_embeddings);
         N += segs[s].n;
         ntab += (segs[s].pos + segs[s].n + bt - 1) / bt;
     }
     if (N > g->maxN)
-        return td_error_set(TD_ERR_INVALID, "inference step of %d tokens exceeds the GPU plan "
-                            "of %d", N, g->maxN);
+        return td_error_set(TD_ERR_INVALID,
+                            "inference step of %d tokens exceeds the GPU plan "
+                            "of %d",
+                            N, g->maxN);
     /* host index arrays: tok, pos, slot, len, first (N each), last (nseg), tables */
     size_t need = 5 * (size_t)N + (size_t)nseg + (size_t)ntab;
     if (need > kv->host_cap) {
@@ -460,8 +464,7 @@ td_status td_gpu_model_forward_infer(td_gpu_model *g, td_gpu_kv *kv, const td_in
         if (g->llama)
             TD_TRY(td_cuda_rope_pos(g->cx, a->qkv, dpos, N, g->QKV, g->NH + g->NKV, g->hd,
                                     (float)g->cfg.rope_theta));
-        TD_TRY(td_cuda_kv_write(g->cx, kv->k[l], kv->v[l], a->qkv, dslot, N, g->NH, g->NKV,
-                                g->hd));
+        TD_TRY(td_cuda_kv_write(g->cx, kv->k[l], kv->v[l], a->qkv, dslot, N, g->NH, g->NKV, g->hd));
         TD_TRY(td_cuda_paged_attention(g->cx, a->atty, a->qkv, kv->k[l], kv->v[l], dlen, dfirst,
                                        dtab, bt, N, g->NH, g->NKV, g->hd));
         TD_TRY(mm_fwd(g, a->res2, a->atty, w->wo, w->bo, N, g->NH * g->hd, C));

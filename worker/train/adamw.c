@@ -8,7 +8,8 @@
 double td_grad_norm(const float *g, size_t n) {
     double ss = 0;
 #pragma omp parallel for reduction(+ : ss) schedule(static)
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    for (size_t i = 0; i < n; i++)
+        ss += (double)g[i] * g[i];
     return sqrt(ss);
 }
 
@@ -17,7 +18,8 @@ double td_grad_clip(float *g, size_t n, double clip) {
     float s = td_clip_scale(norm, clip);
     if (s != 1.0f) {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) g[i] *= s;
+        for (size_t i = 0; i < n; i++)
+            g[i] *= s;
     }
     return norm;
 }
@@ -68,8 +70,8 @@ void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t 
     adamw_update(model, m, v, lo, hi, hp, lr, t, 1.0f, 0);
 }
 
-void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp,
-                         double lr, long t, float gscale) {
+void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
+                         long t, float gscale) {
     adamw_update(model, m, v, 0, td_model_num_params(model), hp, lr, t, gscale, 1);
 }
 

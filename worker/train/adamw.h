@@ -31,8 +31,8 @@ void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t 
 /* The training step's fused form: the gradients are multiplied by gscale (clipping) as
  * they are read, and set to zero as they are consumed, so one pass over p, g, m, v replaces
  * the clip pass, the update and the next step's zeroing. */
-void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp,
-                         double lr, long t, float gscale);
+void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
+                         long t, float gscale);
 /* Global L2 norm of the gradients (no change to them). */
 double td_grad_norm(const float *grads, size_t n);
 /* The factor that brings a gradient of norm `norm` down to `clip` (1 when under it). */

@@ -13,16 +13,17 @@
 /* ---------------------------------------------------------------------------------------- */
 /* shard plan */
 
-td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len,
-                           int global_batch) {
+td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len, int global_batch) {
     if (global_batch % c->size != 0)
         return td_error_set(TD_ERR_INVALID,
                             "train.batch_size %d is the global batch and must divide by the %d "
                             "ranks",
                             global_batch, c->size);
     if (td_loader_num_windows(l) < (size_t)global_batch)
-        return td_error_set(TD_ERR_INVALID, "the data holds %zu windows, fewer than one global "
-                            "batch of %d", td_loader_num_windows(l), global_batch);
+        return td_error_set(TD_ERR_INVALID,
+                            "the data holds %zu windows, fewer than one global "
+                            "batch of %d",
+                            td_loader_num_windows(l), global_batch);
     uint8_t *buf = NULL;
     uint64_t len = 0;
     if (c->rank == 0) {
@@ -44,7 +45,8 @@ td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len,
         plan.n_files = (size_t)nf;
         plan.files = fp;
         uint32_t *rb = calloc((size_t)c->size + 1, sizeof *rb);
-        for (int r = 0; r <= c->size; r++) rb[r] = (uint32_t)(r * (global_batch / c->size));
+        for (int r = 0; r <= c->size; r++)
+            rb[r] = (uint32_t)(r * (global_batch / c->size));
         plan.n_rank_begin = (size_t)c->size + 1;
         plan.rank_begin = rb;
         len = tandem__shard_plan__get_packed_size(&plan);
@@ -119,14 +121,16 @@ static void *comm_main(void *arg) {
     float inv = 1.0f / (float)g->c->size;
     pthread_mutex_lock(&g->mu);
     for (;;) {
-        while (!g->quit && g->sent >= g->ready) pthread_cond_wait(&g->cv, &g->mu);
+        while (!g->quit && g->sent >= g->ready)
+            pthread_cond_wait(&g->cv, &g->mu);
         if (g->quit) break;
         int k = g->sent;
         pthread_mutex_unlock(&g->mu);
         double t0 = td_time_now();
         bucket *b = &g->b[k];
         td_status s = g->c->ops->allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32);
-        for (size_t i = b->lo; i < b->hi; i++) grads[i] *= inv;
+        for (size_t i = b->lo; i < b->hi; i++)
+            grads[i] *= inv;
         double dt = td_time_now() - t0;
         pthread_mutex_lock(&g->mu);
         if (s != TD_OK && g->err == TD_OK) g->err = s;
@@ -141,7 +145,8 @@ static void *comm_main(void *arg) {
 static void on_stage(void *ctx, int stage) {
     td_grad_sync *g = ctx;
     pthread_mutex_lock(&g->mu);
-    while (g->ready < g->nb && g->b[g->ready].last_stage == stage) g->ready++;
+    while (g->ready < g->nb && g->b[g->ready].last_stage == stage)
+        g->ready++;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
 }
@@ -222,14 +227,16 @@ td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms,
         for (int k = 0; k < g->nb; k++) {
             bucket *b = &g->b[k];
             TD_TRY(g->c->ops->allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32));
-            for (size_t i = b->lo; i < b->hi; i++) grads[i] *= inv;
+            for (size_t i = b->lo; i < b->hi; i++)
+                grads[i] *= inv;
         }
         g->comm_s = td_time_now() - t0;
     }
     pthread_mutex_lock(&g->mu);
     g->ready = g->nb; /* safety: anything the hook did not report */
     pthread_cond_broadcast(&g->cv);
-    while (g->started && g->sent < g->nb) pthread_cond_wait(&g->cv, &g->mu);
+    while (g->started && g->sent < g->nb)
+        pthread_cond_wait(&g->cv, &g->mu);
     td_status s = g->err;
     *comm_ms = g->comm_s * 1e3;
     g->ready = g->sent = 0;
@@ -332,7 +339,8 @@ td_status td_zero1_step(td_zero1 *z, td_model *m, float *adam_m, float *adam_v,
     double norm = sqrt(ss);
     if (clip > 0 && norm > clip) {
         float sc = (float)(clip / (norm + 1e-6));
-        for (size_t i = 0; i < per; i++) gs[i] *= sc;
+        for (size_t i = 0; i < per; i++)
+            gs[i] *= sc;
     }
     /* the slice's gradients go back into the model's gradient buffer for AdamW */
     size_t hi = z->hi < z->n ? z->hi : z->n;

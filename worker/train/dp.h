@@ -28,8 +28,7 @@
 
 /* Shares rank 0's plan for `l` and sets every rank's slice; fails when the global batch
  * does not divide by the world size or a rank sees other shards. */
-td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len,
-                           int global_batch);
+td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len, int global_batch);
 
 typedef struct td_grad_sync td_grad_sync;
 
@@ -44,8 +43,7 @@ void td_grad_sync_arm(td_grad_sync *gs);
 /* Waits until every bucket is reduced, divides by the world size and removes the hook.
  * Reports the time waited after backward (exposed communication), the time spent in
  * all-reduce calls, and the bytes reduced. */
-td_status td_grad_sync_finish(td_grad_sync *gs, double *wait_ms, double *comm_ms,
-                              size_t *bytes);
+td_status td_grad_sync_finish(td_grad_sync *gs, double *wait_ms, double *comm_ms, size_t *bytes);
 int td_grad_sync_num_buckets(const td_grad_sync *gs);
 
 /* ZeRO-1 state: this rank's slice [lo, hi) of the flat parameter vector, padded staging. */

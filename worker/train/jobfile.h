@@ -27,7 +27,7 @@ typedef struct {
     long ckpt_every;
     int ckpt_keep;
     char device[32];
-    int bf16; /* "precision": "bf16": bf16 matrix products, fp32 master weights */
+    int bf16;    /* "precision": "bf16": bf16 matrix products, fp32 master weights */
     cJSON *json; /* the parsed file, kept for lineage; owned */
 } td_job;
 

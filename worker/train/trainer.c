@@ -13,9 +13,9 @@
 #include "common/timeutil.h"
 #include "data/bpe.h"
 #include "data/loader.h"
+#include "worker/kernels/cpu/bf16.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
-#include "worker/kernels/cpu/bf16.h"
 #include "worker/train/adamw.h"
 #include "worker/train/dp.h"
 #ifdef TD_HAVE_CUDA
@@ -28,8 +28,8 @@ typedef struct {
     int rank, size, local_B;
     td_model *model;
     td_loader *train, *val;
-    float *adam_m, *adam_v;   /* full moments, or this rank's ZeRO-1 slice */
-    float *full_m, *full_v;   /* ZeRO-1: gathered moments for checkpoints */
+    float *adam_m, *adam_v; /* full moments, or this rank's ZeRO-1 slice */
+    float *full_m, *full_v; /* ZeRO-1: gathered moments for checkpoints */
     td_grad_sync *sync;
     td_zero1 zero;
     int32_t *tokens, *targets;
@@ -37,9 +37,9 @@ typedef struct {
     char parent[1024];
     FILE *metrics, *trace;
 #ifdef TD_HAVE_CUDA
-    td_cuda *cx;       /* device: cuda — the model on this rank's GPU */
+    td_cuda *cx; /* device: cuda — the model on this rank's GPU */
     td_gpu_model *gm;
-    td_comm *nccl;     /* gradient all-reduce between the ranks' GPUs */
+    td_comm *nccl; /* gradient all-reduce between the ranks' GPUs */
 #endif
 } trainer;
 
@@ -102,7 +102,7 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
 #endif
     const float *mm = t->adam_m, *vv = t->adam_v;
     if (t->job->zero) { /* the checkpoint holds full moments, whatever the world size;
-                          * the full buffers exist only while saving */
+                         * the full buffers exist only while saving */
         size_t np = td_model_num_params(t->model);
         t->full_m = malloc(np * sizeof(float));
         t->full_v = malloc(np * sizeof(float));
@@ -114,16 +114,16 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     }
     int ok = s == TD_OK;
     if (t->rank == 0 && ok) {
-    td_checkpoint_save_args a = {.root = t->job->ckpt_dir,
-                                 .step = step,
-                                 .model = t->model,
-                                 .adam_m = mm,
-                                 .adam_v = vv,
-                                 .trainer_state = st,
-                                 .tokenizer_json = t->tokenizer_json,
-                                 .keep = t->job->ckpt_keep};
-    s = td_checkpoint_save(&a, out, outn);
-    ok = s == TD_OK;
+        td_checkpoint_save_args a = {.root = t->job->ckpt_dir,
+                                     .step = step,
+                                     .model = t->model,
+                                     .adam_m = mm,
+                                     .adam_v = vv,
+                                     .trainer_state = st,
+                                     .tokenizer_json = t->tokenizer_json,
+                                     .keep = t->job->ckpt_keep};
+        s = td_checkpoint_save(&a, out, outn);
+        ok = s == TD_OK;
     }
     cJSON_Delete(st);
     /* every rank learns whether rank 0 saved, and where */
@@ -169,7 +169,8 @@ static td_status resume(trainer *t, long *start_step) {
     if (t->job->zero) { /* read the full moments once, keep this rank's slice */
         fm = t->full_m = malloc(np * sizeof(float));
         fv = t->full_v = malloc(np * sizeof(float));
-        if (!fm || !fv) return td_error_set(TD_ERR_NOMEM, "out of memory reading the optimizer state");
+        if (!fm || !fv)
+            return td_error_set(TD_ERR_NOMEM, "out of memory reading the optimizer state");
     }
     float *bases[2] = {fm, fv};
     TD_TRY(td_checkpoint_read_tensors(t->model, p, 2, suffixes, bases));
@@ -196,8 +197,8 @@ static td_status resume(trainer *t, long *start_step) {
     if (s == TD_OK) s = td_json_get_int(data, p, "seq_len", 0, &seq);
     if (s == TD_OK) s = td_json_get_int(data, p, "global_batch", 0, &gb);
     if (s == TD_OK) s = td_json_get_int(data, p, "grad_accum", 0, &acc);
-    if (s == TD_OK && (seed != t->job->seed || seq != t->job->seq_len ||
-                       gb != t->job->batch_size || acc != t->job->grad_accum))
+    if (s == TD_OK && (seed != t->job->seed || seq != t->job->seq_len || gb != t->job->batch_size ||
+                       acc != t->job->grad_accum))
         s = td_error_set(TD_ERR_INVALID,
                          "cannot resume from %s: it was trained with seed %lld, seq_len %lld, "
                          "batch_size %lld, grad_accum %lld, and the job now says %ld, %d, %d, "
@@ -258,8 +259,10 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     if (failed) {
         if (fatal || any_fatal) {
             if (s == TD_OK)
-                s = td_error_set(TD_ERR_INVALID, "another rank could not use the validation "
-                                 "data %s (see its message)", vsrc);
+                s = td_error_set(TD_ERR_INVALID,
+                                 "another rank could not use the validation "
+                                 "data %s (see its message)",
+                                 vsrc);
             return s;
         }
         if (t->rank == 0)
@@ -352,7 +355,8 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                                TD_COMM_F32, 0);
     if (s == TD_OK && !opts->resume) { /* never mix two runs in one checkpoint directory */
         char latest[1200];
-        int64_t taken = t.rank == 0 && td_checkpoint_latest(j->ckpt_dir, latest, sizeof latest) == TD_OK;
+        int64_t taken =
+            t.rank == 0 && td_checkpoint_latest(j->ckpt_dir, latest, sizeof latest) == TD_OK;
         td_error_clear();
         t.comm->ops->bcast(t.comm, &taken, 1, TD_COMM_I64, 0);
         if (taken)
@@ -406,7 +410,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         int ngpu = td_cuda_device_count(why, sizeof why);
         s = ngpu == 0 ? td_error_set(TD_ERR_RUNTIME, "rank %d: no usable GPU: %s", t.rank, why)
             : j->zero ? td_error_set(TD_ERR_INVALID, "train.zero with device cuda is not built "
-                                     "yet; use zero 0")
+                                                     "yet; use zero 0")
                       : td_cuda_new(t.comm->local_rank % ngpu, &t.cx);
         if (s == TD_OK) s = td_gpu_model_new(t.cx, t.model, t.local_B, j->seq_len, &t.gm);
         if (s == TD_OK && step0 > 0) s = td_gpu_model_set_moments(t.gm, t.adam_m, t.adam_v);
@@ -415,7 +419,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             s = td_comm_nccl_new(t.comm, &t.nccl);
 #else
             s = td_error_set(TD_ERR_RUNTIME, "data-parallel GPU training needs NCCL, which this "
-                             "build lacks");
+                                             "build lacks");
 #endif
         }
         if (s == TD_OK && !quiet)
@@ -435,12 +439,14 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             teardown(&t);
             return s;
         }
-        if (!quiet) printf("train: bf16 matrix products (oneDNN on %s), fp32 master weights\n",
-                           td_bf16_isa());
+        if (!quiet)
+            printf("train: bf16 matrix products (oneDNN on %s), fp32 master weights\n",
+                   td_bf16_isa());
     }
     if (step0 == 0 && t.val) {
         res->first_val_loss = evaluate(&t);
-        if (t.metrics) fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
+        if (t.metrics)
+            fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
         if (!quiet) printf("step %6d  val_loss %.4f (initial)\n", 0, res->first_val_loss);
     }
     double t_start = td_time_now(), train_time = 0;
@@ -488,11 +494,11 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             if (t.nccl) s = t.nccl->ops->allreduce(t.nccl, dg, ng, TD_COMM_F32);
             comm_ms = (td_time_now() - tc) * 1e3;
             if (s == TD_OK)
-                s = td_gpu_model_step(t.gm, (float)lr, hp.beta1, hp.beta2, hp.eps,
-                                      hp.weight_decay, step + 1, j->clip, (double)t.size, &gnorm);
+                s = td_gpu_model_step(t.gm, (float)lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay,
+                                      step + 1, j->clip, (double)t.size, &gnorm);
         } else
 #endif
-        if (j->zero) {
+            if (j->zero) {
             s = td_zero1_step(&t.zero, t.model, t.adam_m, t.adam_v, &hp, lr, step + 1, j->clip,
                               &gnorm, &comm_ms, &bytes);
             wait_ms = comm_ms;
@@ -527,8 +533,8 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                     "\"tokens_per_s\": %.1f, \"step_ms\": %.2f, \"compute_ms\": %.2f, "
                     "\"comm_ms\": %.2f, \"comm_total_ms\": %.2f, \"bytes_reduced\": %zu, "
                     "\"ranks\": %d, \"rss_bytes\": %lld",
-                    step + 1, loss, lr, gnorm, tps, dt * 1e3, (t_bwd - t0) * 1e3, wait_ms,
-                    comm_ms, bytes, t.size, (long long)td_rss_bytes());
+                    step + 1, loss, lr, gnorm, tps, dt * 1e3, (t_bwd - t0) * 1e3, wait_ms, comm_ms,
+                    bytes, t.size, (long long)td_rss_bytes());
         int do_eval = t.val && ((j->eval_every > 0 && (step + 1) % j->eval_every == 0) ||
                                 step + 1 == j->steps);
         if (do_eval) {

@@ -16,9 +16,9 @@
 #include "worker/train/jobfile.h"
 
 typedef struct {
-    int resume;   /* continue from the newest complete checkpoint in ckpt_dir */
-    long stop_at; /* stop after this step (with a checkpoint); 0 = run to train.steps */
-    int quiet;    /* no per-evaluation lines on stdout */
+    int resume;          /* continue from the newest complete checkpoint in ckpt_dir */
+    long stop_at;        /* stop after this step (with a checkpoint); 0 = run to train.steps */
+    int quiet;           /* no per-evaluation lines on stdout */
     td_comm *comm;       /* NULL: one process */
     size_t bucket_bytes; /* gradient all-reduce bucket size (0: 25 MiB) */
     /* train → serve: when not NULL, the trained model and the tokenizer.json text are

@@ -19,9 +19,10 @@ static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000); /* denormal: signed 0,
-                                                   * as vcvtneps2bf16 does */
-    u += 0x7fffu + ((u >> 16) & 1u);                                          /* RNE */
+    if ((u & 0x7f800000u) == 0)
+        return (uint16_t)((u >> 16) & 0x8000); /* denormal: signed 0,
+                                                * as vcvtneps2bf16 does */
+    u += 0x7fffu + ((u >> 16) & 1u);           /* RNE */
     return (uint16_t)(u >> 16);
 }
 
@@ -32,7 +33,8 @@ void td_bf16_from_f32_serial(uint16_t *dst, const float *src, size_t n) {
         _mm256_storeu_si256((__m256i *)(dst + i),
                             (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
 #endif
-    for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+    for (; i < n; i++)
+        dst[i] = f32_to_bf16(src[i]);
 }
 
 void td_bf16_from_f32(uint16_t *dst, const float *src, size_t n) {
@@ -76,21 +78,30 @@ static struct {
     do {                                                                                           \
         dnnl_status_t s_ = (x);                                                                    \
         if (s_ != dnnl_success)                                                                    \
-            return td_error_set(TD_ERR_RUNTIME, "oneDNN %s failed (status %d) at %s:%d", what,   \
+            return td_error_set(TD_ERR_RUNTIME, "oneDNN %s failed (status %d) at %s:%d", what,     \
                                 (int)s_, __FILE__, __LINE__);                                      \
     } while (0)
 
 static const char *isa_name(dnnl_cpu_isa_t i) {
     switch ((int)i) {
-    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
-    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
-    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
-    case dnnl_cpu_isa_avx512_core: return "avx512_core";
-    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
-    case dnnl_cpu_isa_avx2: return "avx2";
-    case dnnl_cpu_isa_avx: return "avx";
-    case dnnl_cpu_isa_sse41: return "sse41";
-    default: return "unknown";
+    case dnnl_cpu_isa_avx512_core_amx:
+        return "avx512_core_amx";
+    case dnnl_cpu_isa_avx512_core_bf16:
+        return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_vnni:
+        return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core:
+        return "avx512_core";
+    case dnnl_cpu_isa_avx2_vnni:
+        return "avx2_vnni";
+    case dnnl_cpu_isa_avx2:
+        return "avx2";
+    case dnnl_cpu_isa_avx:
+        return "avx";
+    case dnnl_cpu_isa_sse41:
+        return "sse41";
+    default:
+        return "unknown";
     }
 }
 
@@ -151,7 +162,8 @@ td_status td_bf16_init(void) {
     else
         TD_LOG_WARN("bf16: oneDNN has no bf16 matrix product on %s (no AVX-512 bf16 or AMX, or "
                     "ONEDNN_MAX_CPU_ISA); bf16 runs as fp32 sgemm on bf16-rounded inputs: the "
-                    "same numbers, no speedup", isa);
+                    "same numbers, no speedup",
+                    isa);
     g.ready = 1;
     return TD_OK;
 }
@@ -228,8 +240,10 @@ td_status td_bf16_gemm(float *C, const uint16_t *A, const uint16_t *B, const flo
         DNNL_TRY(dnnl_memory_set_data_handle(x->a, (void *)A), "set handle");
         DNNL_TRY(dnnl_memory_set_data_handle(x->b, (void *)B), "set handle");
         DNNL_TRY(dnnl_memory_set_data_handle(x->c, C), "set handle");
-        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, x->a}, {DNNL_ARG_WEIGHTS, x->b},
-                                   {DNNL_ARG_DST, x->c}, {DNNL_ARG_BIAS, x->bi}};
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, x->a},
+                                   {DNNL_ARG_WEIGHTS, x->b},
+                                   {DNNL_ARG_DST, x->c},
+                                   {DNNL_ARG_BIAS, x->bi}};
         if (hb) DNNL_TRY(dnnl_memory_set_data_handle(x->bi, (void *)bias), "set handle");
         DNNL_TRY(dnnl_primitive_execute(x->prim, g.st, hb ? 4 : 3, args), "matmul");
         DNNL_TRY(dnnl_stream_wait(g.st), "stream wait");
@@ -242,10 +256,12 @@ td_status td_bf16_gemm(float *C, const uint16_t *A, const uint16_t *B, const flo
     td_bf16_to_f32(a, A, (size_t)M * K);
     td_bf16_to_f32(b, B, (size_t)K * N);
     if (hb && !accumulate)
-        for (int i = 0; i < M; i++) memcpy(C + (size_t)i * N, bias, sizeof(float) * (size_t)N);
+        for (int i = 0; i < M; i++)
+            memcpy(C + (size_t)i * N, bias, sizeof(float) * (size_t)N);
     else if (hb)
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * N + j] += bias[j];
+            for (int j = 0; j < N; j++)
+                C[(size_t)i * N + j] += bias[j];
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
                 transB ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a, transA ? M : K, b,
                 transB ? K : N, hb || accumulate ? 1.0f : 0.0f, C, N);

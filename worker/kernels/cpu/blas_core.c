@@ -45,13 +45,13 @@ int td_blas_core_rank(const char *name) {
         const char *name;
         int rank;
     } cores[] = {
-        {"Katmai", 0},        {"Coppermine", 0},  {"Northwood", 0},  {"Prescott", 0},
-        {"Banias", 0},        {"Atom", 0},        {"Core2", 0},      {"Penryn", 0},
-        {"Dunnington", 0},    {"Nehalem", 0},     {"Athlon", 0},     {"Opteron", 0},
-        {"Opteron_SSE3", 0},  {"Barcelona", 0},   {"Nano", 0},       {"Bobcat", 0},
-        {"SandyBridge", 1},   {"Bulldozer", 1},   {"Piledriver", 1}, {"Steamroller", 2},
-        {"Excavator", 2},     {"Haswell", 2},     {"Zen", 2},        {"SkylakeX", 3},
-        {"Cooperlake", 3},    {"SapphireRapids", 3},
+        {"Katmai", 0},       {"Coppermine", 0},     {"Northwood", 0},  {"Prescott", 0},
+        {"Banias", 0},       {"Atom", 0},           {"Core2", 0},      {"Penryn", 0},
+        {"Dunnington", 0},   {"Nehalem", 0},        {"Athlon", 0},     {"Opteron", 0},
+        {"Opteron_SSE3", 0}, {"Barcelona", 0},      {"Nano", 0},       {"Bobcat", 0},
+        {"SandyBridge", 1},  {"Bulldozer", 1},      {"Piledriver", 1}, {"Steamroller", 2},
+        {"Excavator", 2},    {"Haswell", 2},        {"Zen", 2},        {"SkylakeX", 3},
+        {"Cooperlake", 3},   {"SapphireRapids", 3},
     };
     if (!name) return -1;
     for (size_t i = 0; i < sizeof cores / sizeof cores[0]; i++)
@@ -115,7 +115,10 @@ const char *td_cpu_kernels_describe(char *buf, size_t n) {
         snprintf(why, sizeof why, "chosen by OpenBLAS");
     snprintf(buf, n, "fp32: %s core %s (%s); bf16: oneDNN %s; CPU: %s%s%s", version, core, why,
              td_bf16_dnnl_isa(),
-             f.avx512 ? "AVX-512" : f.avx2 ? "AVX2" : f.avx ? "AVX" : "SSE",
+             f.avx512 ? "AVX-512"
+             : f.avx2 ? "AVX2"
+             : f.avx  ? "AVX"
+                      : "SSE",
              f.avx512_bf16 ? ", AVX-512 bf16" : "", f.amx ? ", AMX" : "");
     return buf;
 }

@@ -22,10 +22,10 @@
 
 /* The instruction sets that decide the core type, as the CPU and the OS report them. */
 typedef struct {
-    int amd;                 /* vendor AMD (OpenBLAS names its AVX2 kernels "Zen" there) */
-    int avx, avx2, fma;      /* AVX, AVX2, FMA3 */
-    int avx512;              /* AVX-512 F, CD, BW, DQ and VL together (SkylakeX's kernels) */
-    int avx512_bf16, amx;    /* reported only: OpenBLAS does not use them for sgemm */
+    int amd;              /* vendor AMD (OpenBLAS names its AVX2 kernels "Zen" there) */
+    int avx, avx2, fma;   /* AVX, AVX2, FMA3 */
+    int avx512;           /* AVX-512 F, CD, BW, DQ and VL together (SkylakeX's kernels) */
+    int avx512_bf16, amx; /* reported only: OpenBLAS does not use them for sgemm */
 } td_cpu_features;
 
 /* Reads this CPU's features (cpuid, with the OS's register-state support). */

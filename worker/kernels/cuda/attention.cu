@@ -11,25 +11,27 @@
 
 #include "worker/kernels/cuda/common.cuh"
 
-#define ROWS 4     // query (or key) rows per block: one per warp
-#define TILE 32    // keys (or queries) per shared-memory tile
-#define MAXHD 128  // head sizes up to this, multiples of 32
+#define ROWS 4    // query (or key) rows per block: one per warp
+#define TILE 32   // keys (or queries) per shared-memory tile
+#define MAXHD 128 // head sizes up to this, multiples of 32
 
 __device__ inline float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 __device__ inline float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
 __global__ void attn_fwd_kernel(float *out, float *lse, const float *qkv, int T, int NH, int NKV,
                                 int hd) {
     extern __shared__ float sm[];
-    float *sq = sm;                       // [ROWS][hd]
-    float *sk = sq + ROWS * hd;           // [TILE][hd + 1]
-    float *sv = sk + TILE * (hd + 1);     // [TILE][hd]
+    float *sq = sm;                   // [ROWS][hd]
+    float *sk = sq + ROWS * hd;       // [TILE][hd + 1]
+    float *sv = sk + TILE * (hd + 1); // [TILE][hd]
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (NH / NKV);
     int S = (NH + 2 * NKV) * hd, dpl = hd / 32;
@@ -38,9 +40,11 @@ __global__ void attn_fwd_kernel(float *out, float *lse, const float *qkv, int T,
     const float *base = qkv + (size_t)b * T * S;
     float scale = rsqrtf((float)hd);
     if (t < T)
-        for (int d = lane; d < hd; d += 32) sq[w * hd + d] = base[(size_t)t * S + h * hd + d];
+        for (int d = lane; d < hd; d += 32)
+            sq[w * hd + d] = base[(size_t)t * S + h * hd + d];
     float m = -INFINITY, l = 0.0f, acc[MAXHD / 32];
-    for (int r = 0; r < dpl; r++) acc[r] = 0.0f;
+    for (int r = 0; r < dpl; r++)
+        acc[r] = 0.0f;
     for (int j0 = 0; j0 <= tmax; j0 += TILE) {
         __syncthreads();
         for (int e = threadIdx.x; e < TILE * hd; e += blockDim.x) {
@@ -59,23 +63,27 @@ __global__ void attn_fwd_kernel(float *out, float *lse, const float *qkv, int T,
         float s = -INFINITY;
         if (j <= t) {
             float dot = 0.0f;
-            for (int d = 0; d < hd; d++) dot += sq[w * hd + d] * sk[lane * (hd + 1) + d];
+            for (int d = 0; d < hd; d++)
+                dot += sq[w * hd + d] * sk[lane * (hd + 1) + d];
             s = dot * scale;
         }
         float mn = fmaxf(m, warp_max(s));
         float corr = expf(m - mn); // m = -inf at first: corr 0 multiplies zeros
         float p = j <= t ? expf(s - mn) : 0.0f;
         l = l * corr + warp_sum(p);
-        for (int r = 0; r < dpl; r++) acc[r] *= corr;
+        for (int r = 0; r < dpl; r++)
+            acc[r] *= corr;
         for (int jj = 0; jj < TILE; jj++) {
             float pj = __shfl_sync(0xffffffffu, p, jj);
-            for (int r = 0; r < dpl; r++) acc[r] += pj * sv[jj * hd + lane + 32 * r];
+            for (int r = 0; r < dpl; r++)
+                acc[r] += pj * sv[jj * hd + lane + 32 * r];
         }
         m = mn;
     }
     if (t < T) {
         float *o = out + ((size_t)b * T + t) * NH * hd + (size_t)h * hd;
-        for (int r = 0; r < dpl; r++) o[lane + 32 * r] = acc[r] / l;
+        for (int r = 0; r < dpl; r++)
+            o[lane + 32 * r] = acc[r] / l;
         if (lane == 0) lse[((size_t)b * NH + h) * T + t] = m + logf(l);
     }
 }
@@ -85,10 +93,10 @@ __global__ void attn_bwd_dq_kernel(float *dqkv, float *Dbuf, const float *dout, 
                                    const float *lse, const float *qkv, int T, int NH, int NKV,
                                    int hd) {
     extern __shared__ float sm[];
-    float *sq = sm;                       // [ROWS][hd]
-    float *sdo = sq + ROWS * hd;          // [ROWS][hd]
-    float *sk = sdo + ROWS * hd;          // [TILE][hd + 1]
-    float *sv = sk + TILE * (hd + 1);     // [TILE][hd + 1]
+    float *sq = sm;                   // [ROWS][hd]
+    float *sdo = sq + ROWS * hd;      // [ROWS][hd]
+    float *sk = sdo + ROWS * hd;      // [TILE][hd + 1]
+    float *sv = sk + TILE * (hd + 1); // [TILE][hd + 1]
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (NH / NKV);
     int S = (NH + 2 * NKV) * hd, dpl = hd / 32;
@@ -110,7 +118,8 @@ __global__ void attn_bwd_dq_kernel(float *dqkv, float *Dbuf, const float *dout, 
         if (lane == 0) Dbuf[((size_t)b * NH + h) * T + t] = D;
     }
     float dq[MAXHD / 32];
-    for (int r = 0; r < dpl; r++) dq[r] = 0.0f;
+    for (int r = 0; r < dpl; r++)
+        dq[r] = 0.0f;
     for (int j0 = 0; j0 <= tmax; j0 += TILE) {
         __syncthreads();
         for (int e = threadIdx.x; e < TILE * hd; e += blockDim.x) {
@@ -133,12 +142,14 @@ __global__ void attn_bwd_dq_kernel(float *dqkv, float *Dbuf, const float *dout, 
         }
         for (int jj = 0; jj < TILE; jj++) {
             float dsj = __shfl_sync(0xffffffffu, ds, jj);
-            for (int r = 0; r < dpl; r++) dq[r] += dsj * sk[jj * (hd + 1) + lane + 32 * r];
+            for (int r = 0; r < dpl; r++)
+                dq[r] += dsj * sk[jj * (hd + 1) + lane + 32 * r];
         }
     }
     if (t < T) {
         float *o = dqkv + ((size_t)b * T + t) * S + (size_t)h * hd;
-        for (int r = 0; r < dpl; r++) o[lane + 32 * r] = dq[r] * scale;
+        for (int r = 0; r < dpl; r++)
+            o[lane + 32 * r] = dq[r] * scale;
     }
 }
 
@@ -147,10 +158,10 @@ __global__ void attn_bwd_dkv_kernel(float *dqkv, const float *Dbuf, const float 
                                     const float *lse, const float *qkv, int T, int NH, int NKV,
                                     int hd) {
     extern __shared__ float sm[];
-    float *skr = sm;                      // [ROWS][hd] this block's key rows
-    float *svr = skr + ROWS * hd;         // [ROWS][hd] value rows
-    float *sq = svr + ROWS * hd;          // [TILE][hd + 1] query tile
-    float *sdo = sq + TILE * (hd + 1);    // [TILE][hd + 1] dout tile
+    float *skr = sm;                   // [ROWS][hd] this block's key rows
+    float *svr = skr + ROWS * hd;      // [ROWS][hd] value rows
+    float *sq = svr + ROWS * hd;       // [TILE][hd + 1] query tile
+    float *sdo = sq + TILE * (hd + 1); // [TILE][hd + 1] dout tile
     __shared__ float sz[TILE], sD[TILE];
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = blockIdx.y, b = blockIdx.z, group = NH / NKV;
@@ -165,7 +176,8 @@ __global__ void attn_bwd_dkv_kernel(float *dqkv, const float *Dbuf, const float 
             svr[w * hd + d] = base[(size_t)j * S + (NH + NKV + kvh) * hd + d];
         }
     float dk[MAXHD / 32], dv[MAXHD / 32];
-    for (int r = 0; r < dpl; r++) dk[r] = dv[r] = 0.0f;
+    for (int r = 0; r < dpl; r++)
+        dk[r] = dv[r] = 0.0f;
     for (int g = 0; g < group; g++) {
         int h = kvh * group + g;
         for (int t0 = jmin; t0 < T; t0 += TILE) {
@@ -214,7 +226,8 @@ __global__ void attn_bwd_dkv_kernel(float *dqkv, const float *Dbuf, const float 
 
 static td_status check_shape(int NH, int NKV, int hd) {
     if (hd % 32 || hd > MAXHD || NKV <= 0 || NH % NKV)
-        return td_error_set(TD_ERR_INVALID, "CUDA attention needs a head size that is a multiple "
+        return td_error_set(TD_ERR_INVALID,
+                            "CUDA attention needs a head size that is a multiple "
                             "of 32 up to %d and heads divisible by kv heads (got hd %d, %d/%d)",
                             MAXHD, hd, NH, NKV);
     return TD_OK;

@@ -33,7 +33,7 @@ struct td_cuda {
     do {                                                                                           \
         cublasStatus_t s_ = (x);                                                                   \
         if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
-            return td_error_set(TD_ERR_RUNTIME, "cuBLASLt: %s failed at %s:%d (status %d)", #x,   \
+            return td_error_set(TD_ERR_RUNTIME, "cuBLASLt: %s failed at %s:%d (status %d)", #x,    \
                                 __FILE__, __LINE__, (int)s_);                                      \
     } while (0)
 
@@ -43,25 +43,29 @@ td_status td_cuda_scratch(td_cuda *c, size_t bytes);
 // Sum over a block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
 __device__ inline float block_sum(float v) {
     __shared__ float part[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     __syncthreads();
     if (lane == 0) part[w] = v;
     __syncthreads();
     v = lane < nw ? part[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
 __device__ inline float block_max(float v) {
     __shared__ float part[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     __syncthreads();
     if (lane == 0) part[w] = v;
     __syncthreads();
     v = lane < nw ? part[lane] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 

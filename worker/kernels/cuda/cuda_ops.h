@@ -56,19 +56,18 @@ td_status td_cuda_embed_fwd(td_cuda *c, float *out, const int32_t *tok, const fl
  * on the host (tok_host: the same N tokens in host memory). */
 td_status td_cuda_embed_bwd(td_cuda *c, float *dwte, float *dwpe, const float *dout,
                             const int32_t *tok_host, int N, int T, int C);
-td_status td_cuda_rmsnorm_fwd(td_cuda *c, float *out, float *rstd, const float *x,
-                              const float *w, int N, int C, float eps);
-td_status td_cuda_rmsnorm_bwd(td_cuda *c, float *dx, float *dw, const float *dout,
-                              const float *x, const float *w, const float *rstd, int N, int C);
-td_status td_cuda_layernorm_fwd(td_cuda *c, float *out, float *mean, float *rstd,
-                                const float *x, const float *w, const float *b, int N, int C,
-                                float eps);
+td_status td_cuda_rmsnorm_fwd(td_cuda *c, float *out, float *rstd, const float *x, const float *w,
+                              int N, int C, float eps);
+td_status td_cuda_rmsnorm_bwd(td_cuda *c, float *dx, float *dw, const float *dout, const float *x,
+                              const float *w, const float *rstd, int N, int C);
+td_status td_cuda_layernorm_fwd(td_cuda *c, float *out, float *mean, float *rstd, const float *x,
+                                const float *w, const float *b, int N, int C, float eps);
 td_status td_cuda_layernorm_bwd(td_cuda *c, float *dx, float *dw, float *db, const float *dout,
                                 const float *x, const float *w, const float *mean,
                                 const float *rstd, int N, int C);
 /* rotary embedding in place on heads [0, nheads) of each row (row stride S); pos = n % T */
-td_status td_cuda_rope(td_cuda *c, float *qkv, int N, int T, int S, int nheads, int hd,
-                       float theta, int inverse);
+td_status td_cuda_rope(td_cuda *c, float *qkv, int N, int T, int S, int nheads, int hd, float theta,
+                       int inverse);
 /* h (N,F) = silu(gate) * up with gu (N,2F) = [gate | up]; backward overwrites dgu */
 td_status td_cuda_swiglu_fwd(td_cuda *c, float *h, const float *gu, int N, int F);
 td_status td_cuda_swiglu_bwd(td_cuda *c, float *dgu, const float *dh, const float *gu, int N,
@@ -79,12 +78,12 @@ td_status td_cuda_gelu_bwd(td_cuda *c, float *dx, const float *dout, const float
 td_status td_cuda_add(td_cuda *c, float *out, const float *a, const float *b, size_t n);
 /* Causal attention, qkv (B,T,S) with q heads at 0, k at NH*hd, v at (NH+NKV)*hd; out
  * (B,T,NH*hd) and lse (B,NH,T) overwritten. hd <= 128 and a multiple of 32. */
-td_status td_cuda_attention_fwd(td_cuda *c, float *out, float *lse, const float *qkv, int B,
-                                int T, int NH, int NKV, int hd);
+td_status td_cuda_attention_fwd(td_cuda *c, float *out, float *lse, const float *qkv, int B, int T,
+                                int NH, int NKV, int hd);
 /* dqkv (B,T,S) overwritten, from out, lse and qkv of the forward */
 td_status td_cuda_attention_bwd(td_cuda *c, float *dqkv, const float *dout, const float *out,
-                                const float *lse, const float *qkv, int B, int T, int NH,
-                                int NKV, int hd);
+                                const float *lse, const float *qkv, int B, int T, int NH, int NKV,
+                                int hd);
 /* Cross-entropy of logits (N,V) with targets (N, on the device; < 0 ignored): lse (N)
  * written; *loss = mean over counted rows (summed on the host in row order); *counted. */
 td_status td_cuda_crossentropy_fwd(td_cuda *c, float *lse, const float *logits,
@@ -96,9 +95,8 @@ td_status td_cuda_crossentropy_bwd(td_cuda *c, float *dlogits, const float *logi
                                    double dscale, int counted);
 /* AdamW on n parameters (one tensor: its weight decay wd), gradients scaled by gscale (the
  * clip factor) and zeroed as read; pbf (nullable) receives the bf16 working copy. */
-td_status td_cuda_adamw(td_cuda *c, float *p, uint16_t *pbf, float *g, float *m, float *v,
-                        size_t n, float lr, float b1, float b2, float eps, float wd, long step,
-                        float gscale);
+td_status td_cuda_adamw(td_cuda *c, float *p, uint16_t *pbf, float *g, float *m, float *v, size_t n,
+                        float lr, float b1, float b2, float eps, float wd, long step, float gscale);
 /* ---- inference with a paged KV cache (the CPU layout of model.h: per layer, block b,
  * slot s at row b * bt + s of K and of V, each row NKV*hd wide) ---- */
 /* out (N,C) = wte[tok[n]] (+ wpe[pos[n]]); tok and pos on the device */
@@ -108,16 +106,16 @@ td_status td_cuda_embed_pos(td_cuda *c, float *out, const int32_t *tok, const in
 td_status td_cuda_rope_pos(td_cuda *c, float *qkv, const int32_t *pos, int N, int S, int nheads,
                            int hd, float theta);
 /* K and V of each row of qkv (N,S) into the cache rows slot[n] (= block * bt + offset) */
-td_status td_cuda_kv_write(td_cuda *c, float *kc, float *vc, const float *qkv,
-                           const int32_t *slot, int N, int NH, int NKV, int hd);
+td_status td_cuda_kv_write(td_cuda *c, float *kc, float *vc, const float *qkv, const int32_t *slot,
+                           int N, int NH, int NKV, int hd);
 /* out (N, NH*hd): each row's query attends over its sequence's cached positions
  * [0, len[n]); position p of row n is cache row table[first[n] + p / bt] * bt + p % bt */
 td_status td_cuda_paged_attention(td_cuda *c, float *out, const float *qkv, const float *kc,
                                   const float *vc, const int32_t *len, const int32_t *first,
                                   const int32_t *table, int bt, int N, int NH, int NKV, int hd);
 /* dst (n, C) = rows idx[i] of src (·, C) */
-td_status td_cuda_gather_rows(td_cuda *c, float *dst, const float *src, const int32_t *idx,
-                              int n, int C);
+td_status td_cuda_gather_rows(td_cuda *c, float *dst, const float *src, const int32_t *idx, int n,
+                              int C);
 
 /* dbias (OC) += column sums of dout (N,OC), rows in order */
 td_status td_cuda_colsum_acc(td_cuda *c, float *dbias, const float *dout, int N, int OC);

@@ -123,7 +123,8 @@ extern "C" td_status td_cuda_to_bf16(td_cuda *c, uint16_t *dst, const float *src
 static uint32_t align_of(const void *p) {
     uintptr_t a = (uintptr_t)p;
     uint32_t al = 256;
-    while (al > 1 && (a & (al - 1))) al >>= 1;
+    while (al > 1 && (a & (al - 1)))
+        al >>= 1;
     return al;
 }
 
@@ -134,9 +135,9 @@ __global__ void add_bias_kernel(float *C, const float *bias, int M, int N) {
 
 // Row-major C (M,N) = op(A) op(B) is column-major C^T (N,M) = op(B)^T op(A)^T: cuBLASLt's
 // first operand is our B (as stored), the second our A.
-extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A,
-                                         const uint16_t *B, const float *bias, int M, int N,
-                                         int K, int transA, int transB, int accumulate) {
+extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A, const uint16_t *B,
+                                         const float *bias, int M, int N, int K, int transA,
+                                         int transB, int accumulate) {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
@@ -152,7 +153,7 @@ extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A
     do {                                                                                           \
         cublasStatus_t st_ = (x);                                                                  \
         if (st_ != CUBLAS_STATUS_SUCCESS && s == TD_OK)                                            \
-            s = td_error_set(TD_ERR_RUNTIME, "cuBLASLt: %s failed (status %d) for %dx%dx%d", #x,  \
+            s = td_error_set(TD_ERR_RUNTIME, "cuBLASLt: %s failed (status %d) for %dx%dx%d", #x,   \
                              (int)st_, M, N, K);                                                   \
     } while (0)
     LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -214,8 +215,8 @@ extern "C" td_status td_cuda_matmul_bf16(td_cuda *c, float *C, const uint16_t *A
 // ------------------------------------------------------------------------------------------
 // embeddings
 
-__global__ void embed_fwd_kernel(float *out, const int32_t *tok, const float *wte,
-                                 const float *wpe, int T, int C) {
+__global__ void embed_fwd_kernel(float *out, const int32_t *tok, const float *wte, const float *wpe,
+                                 int T, int C) {
     int n = blockIdx.x;
     const float *e = wte + (size_t)tok[n] * C;
     const float *p = wpe ? wpe + (size_t)(n % T) * C : NULL;
@@ -223,8 +224,8 @@ __global__ void embed_fwd_kernel(float *out, const int32_t *tok, const float *wt
         out[(size_t)n * C + i] = e[i] + (p ? p[i] : 0.0f);
 }
 
-extern "C" td_status td_cuda_embed_fwd(td_cuda *c, float *out, const int32_t *tok,
-                                       const float *wte, const float *wpe, int N, int T, int C) {
+extern "C" td_status td_cuda_embed_fwd(td_cuda *c, float *out, const int32_t *tok, const float *wte,
+                                       const float *wpe, int N, int T, int C) {
     embed_fwd_kernel<<<N, 256, 0, c->stream>>>(out, tok, wte, wpe, T, C);
     TD_CU_LAUNCHED();
     return TD_OK;
@@ -237,7 +238,8 @@ __global__ void embed_bwd_wte_kernel(float *dwte, const float *dout, const int32
     float *d = dwte + (size_t)uniq[u] * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         float acc = 0.0f;
-        for (int k = start[u]; k < start[u + 1]; k++) acc += dout[(size_t)pos[k] * C + i];
+        for (int k = start[u]; k < start[u + 1]; k++)
+            acc += dout[(size_t)pos[k] * C + i];
         d[i] += acc;
     }
 }
@@ -246,7 +248,8 @@ __global__ void embed_bwd_wpe_kernel(float *dwpe, const float *dout, int N, int 
     int t = blockIdx.x;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         float acc = 0.0f;
-        for (int n = t; n < N; n += T) acc += dout[(size_t)n * C + i];
+        for (int n = t; n < N; n += T)
+            acc += dout[(size_t)n * C + i];
         dwpe[(size_t)t * C + i] += acc;
     }
 }
@@ -268,8 +271,10 @@ extern "C" td_status td_cuda_embed_bwd(td_cuda *c, float *dwte, float *dwpe, con
             free(host);
             return td_error_set(TD_ERR_NOMEM, "out of memory");
         }
-        for (int n = 0; n < N; n++) count[tok_host[n] + 1]++;
-        for (int t = 0; t <= maxtok; t++) count[t + 1] += count[t];
+        for (int n = 0; n < N; n++)
+            count[tok_host[n] + 1]++;
+        for (int t = 0; t <= maxtok; t++)
+            count[t + 1] += count[t];
         int32_t *uniq = host, *start = host + N, *pos = host + 2 * N + 1;
         int U = 0;
         for (int t = 0; t <= maxtok; t++)
@@ -278,7 +283,8 @@ extern "C" td_status td_cuda_embed_bwd(td_cuda *c, float *dwte, float *dwpe, con
                 start[U++] = count[t];
             }
         start[U] = N;
-        for (int n = 0; n < N; n++) pos[count[tok_host[n]]++] = n;
+        for (int n = 0; n < N; n++)
+            pos[count[tok_host[n]]++] = n;
         free(count);
         size_t bytes = sizeof(int32_t) * (size_t)(3 * N + 1);
         td_status s = td_cuda_scratch(c, bytes);
@@ -320,19 +326,22 @@ __global__ void rmsnorm_fwd_kernel(float *out, float *rstd, const float *x, cons
     int n = blockIdx.x;
     const float *xr = x + (size_t)n * C;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        ss += xr[i] * xr[i];
     ss = block_sum(ss);
     float r = rsqrtf(ss / C + eps);
     if (threadIdx.x == 0) rstd[n] = r;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) out[(size_t)n * C + i] = xr[i] * r * w[i];
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        out[(size_t)n * C + i] = xr[i] * r * w[i];
 }
 
-__global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x,
-                                      const float *w, const float *rstd, int C) {
+__global__ void rmsnorm_bwd_dx_kernel(float *dx, const float *dout, const float *x, const float *w,
+                                      const float *rstd, int C) {
     int n = blockIdx.x;
     const float *xr = x + (size_t)n * C, *dy = dout + (size_t)n * C;
     float r = rstd[n], s = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) s += dy[i] * w[i] * xr[i];
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        s += dy[i] * w[i] * xr[i];
     s = block_sum(s);
     for (int i = threadIdx.x; i < C; i += blockDim.x)
         dx[(size_t)n * C + i] += r * w[i] * dy[i] - r * r * r * xr[i] * s / C;
@@ -362,8 +371,8 @@ extern "C" td_status td_cuda_rmsnorm_fwd(td_cuda *c, float *out, float *rstd, co
 }
 
 extern "C" td_status td_cuda_rmsnorm_bwd(td_cuda *c, float *dx, float *dw, const float *dout,
-                                         const float *x, const float *w, const float *rstd,
-                                         int N, int C) {
+                                         const float *x, const float *w, const float *rstd, int N,
+                                         int C) {
     rmsnorm_bwd_dx_kernel<<<N, 256, 0, c->stream>>>(dx, dout, x, w, rstd, C);
     norm_bwd_params_kernel<<<blocks_for((size_t)C, 128), 128, 0, c->stream>>>(dw, NULL, dout, x,
                                                                               NULL, rstd, N, C);
@@ -376,10 +385,12 @@ __global__ void layernorm_fwd_kernel(float *out, float *mean, float *rstd, const
     int n = blockIdx.x;
     const float *xr = x + (size_t)n * C;
     float s = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        s += xr[i];
     float mu = block_sum(s) / C;
     float v = 0.0f;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mu) * (xr[i] - mu);
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        v += (xr[i] - mu) * (xr[i] - mu);
     float r = rsqrtf(block_sum(v) / C + eps);
     if (threadIdx.x == 0) {
         mean[n] = mu;
@@ -420,8 +431,8 @@ extern "C" td_status td_cuda_layernorm_bwd(td_cuda *c, float *dx, float *dw, flo
                                            const float *dout, const float *x, const float *w,
                                            const float *mean, const float *rstd, int N, int C) {
     layernorm_bwd_dx_kernel<<<N, 256, 0, c->stream>>>(dx, dout, x, w, mean, rstd, C);
-    norm_bwd_params_kernel<<<blocks_for((size_t)C, 128), 128, 0, c->stream>>>(dw, db, dout, x,
-                                                                              mean, rstd, N, C);
+    norm_bwd_params_kernel<<<blocks_for((size_t)C, 128), 128, 0, c->stream>>>(dw, db, dout, x, mean,
+                                                                              rstd, N, C);
     TD_CU_LAUNCHED();
     return TD_OK;
 }
@@ -446,8 +457,8 @@ __global__ void rope_kernel(float *qkv, int N, int T, int S, int nheads, int hd,
     x[i + half] = x2 * cs + x1 * sn;
 }
 
-extern "C" td_status td_cuda_rope(td_cuda *c, float *qkv, int N, int T, int S, int nheads,
-                                  int hd, float theta, int inverse) {
+extern "C" td_status td_cuda_rope(td_cuda *c, float *qkv, int N, int T, int S, int nheads, int hd,
+                                  float theta, int inverse) {
     size_t total = (size_t)N * nheads * (hd / 2);
     if (total == 0) return TD_OK;
     rope_kernel<<<blocks_for(total, 256), 256, 0, c->stream>>>(qkv, N, T, S, nheads, hd, theta,
@@ -490,7 +501,8 @@ __global__ void gelu_bwd_kernel(float *dx, const float *dout, const float *x, si
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float v = x[i], t = tanhf(GELU_K * (v + 0.044715f * v * v * v));
-    float d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * 0.044715f * v * v);
+    float d =
+        0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * 0.044715f * v * v);
     dx[i] = dout[i] * d;
 }
 
@@ -521,8 +533,7 @@ extern "C" td_status td_cuda_gelu_bwd(td_cuda *c, float *dx, const float *dout, 
     TD_CU_LAUNCHED();
     return TD_OK;
 }
-extern "C" td_status td_cuda_add(td_cuda *c, float *out, const float *a, const float *b,
-                                 size_t n) {
+extern "C" td_status td_cuda_add(td_cuda *c, float *out, const float *a, const float *b, size_t n) {
     add_kernel<<<blocks_for(n, 256), 256, 0, c->stream>>>(out, a, b, n);
     TD_CU_LAUNCHED();
     return TD_OK;
@@ -536,10 +547,12 @@ __global__ void xent_fwd_kernel(float *lse, float *row_loss, const float *logits
     int n = blockIdx.x;
     const float *l = logits + (size_t)n * V;
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, l[i]);
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        mx = fmaxf(mx, l[i]);
     mx = block_max(mx);
     float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(l[i] - mx);
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        s += expf(l[i] - mx);
     s = block_sum(s);
     if (threadIdx.x == 0) {
         float z = mx + logf(s);
@@ -624,8 +637,8 @@ extern "C" td_status td_cuda_adamw(td_cuda *c, float *p, uint16_t *pbf, float *g
                                    float wd, long step, float gscale) {
     float c1 = (float)(1.0 / (1.0 - pow(b1, (double)step)));
     float c2 = (float)(1.0 / (1.0 - pow(b2, (double)step)));
-    adamw_kernel<<<blocks_for(n, 256), 256, 0, c->stream>>>(p, (__nv_bfloat16 *)pbf, g, m, v, n,
-                                                            lr, b1, b2, eps, wd, c1, c2, gscale);
+    adamw_kernel<<<blocks_for(n, 256), 256, 0, c->stream>>>(p, (__nv_bfloat16 *)pbf, g, m, v, n, lr,
+                                                            b1, b2, eps, wd, c1, c2, gscale);
     TD_CU_LAUNCHED();
     return TD_OK;
 }
@@ -634,7 +647,8 @@ __global__ void colsum_kernel(float *dbias, const float *dout, int N, int OC) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= OC) return;
     float acc = 0.0f;
-    for (int n = 0; n < N; n++) acc += dout[(size_t)n * OC + j];
+    for (int n = 0; n < N; n++)
+        acc += dout[(size_t)n * OC + j];
     dbias[j] += acc;
 }
 
@@ -649,7 +663,8 @@ extern "C" td_status td_cuda_colsum_acc(td_cuda *c, float *dbias, const float *d
 __global__ void sumsq_kernel(double *part, const float *x, size_t n, size_t per) {
     size_t lo = (size_t)blockIdx.x * per, hi = lo + per < n ? lo + per : n;
     float acc = 0.0f;
-    for (size_t i = lo + threadIdx.x; i < hi; i += blockDim.x) acc += x[i] * x[i];
+    for (size_t i = lo + threadIdx.x; i < hi; i += blockDim.x)
+        acc += x[i] * x[i];
     acc = block_sum(acc);
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
@@ -667,7 +682,8 @@ extern "C" td_status td_cuda_sumsq(td_cuda *c, const float *x, size_t n, double 
     if (!h) return td_error_set(TD_ERR_NOMEM, "out of memory");
     td_status s = td_cuda_download(c, h, c->scratch, sizeof(double) * nb);
     double sum = 0;
-    for (size_t i = 0; i < nb; i++) sum += h[i];
+    for (size_t i = 0; i < nb; i++)
+        sum += h[i];
     free(h);
     *out = sum;
     return s;
@@ -719,8 +735,8 @@ extern "C" td_status td_cuda_rope_pos(td_cuda *c, float *qkv, const int32_t *pos
     return TD_OK;
 }
 
-__global__ void kv_write_kernel(float *kc, float *vc, const float *qkv, const int32_t *slot,
-                                int NH, int NKV, int hd) {
+__global__ void kv_write_kernel(float *kc, float *vc, const float *qkv, const int32_t *slot, int NH,
+                                int NKV, int hd) {
     int n = blockIdx.x, S = (NH + 2 * NKV) * hd, kvd = NKV * hd;
     const float *row = qkv + (size_t)n * S;
     float *kd = kc + (size_t)slot[n] * kvd, *vd = vc + (size_t)slot[n] * kvd;
@@ -758,42 +774,48 @@ __global__ void paged_attn_kernel(float *out, const float *qkv, const float *kc,
             row = (size_t)tab[p / bt] * bt + p % bt;
             const float *k = kc + row * kvd + (size_t)kvh * hd;
             float dot = 0.0f;
-            for (int d = 0; d < hd; d++) dot += q[d] * k[d];
+            for (int d = 0; d < hd; d++)
+                dot += q[d] * k[d];
             s = dot * scale;
         }
         float mt = s;
-        for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+        for (int o = 16; o > 0; o >>= 1)
+            mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
         float mn = fmaxf(m, mt), corr = expf(m - mn);
         float pr = p < L ? expf(s - mn) : 0.0f, ps = pr;
-        for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+        for (int o = 16; o > 0; o >>= 1)
+            ps += __shfl_xor_sync(0xffffffffu, ps, o);
         l = l * corr + ps;
-        for (int r = 0; r < dpl; r++) acc[r] *= corr;
+        for (int r = 0; r < dpl; r++)
+            acc[r] *= corr;
         int cnt = L - p0 < 32 ? L - p0 : 32;
         for (int jj = 0; jj < cnt; jj++) {
             float pj = __shfl_sync(0xffffffffu, pr, jj);
             int pp = p0 + jj;
             const float *v = vc + ((size_t)tab[pp / bt] * bt + pp % bt) * kvd + (size_t)kvh * hd;
-            for (int r = 0; r < dpl; r++) acc[r] += pj * v[lane + 32 * r];
+            for (int r = 0; r < dpl; r++)
+                acc[r] += pj * v[lane + 32 * r];
         }
         m = mn;
     }
     float *o = out + (size_t)n * NH * hd + (size_t)h * hd;
-    for (int r = 0; r < dpl; r++) o[lane + 32 * r] = acc[r] / l;
+    for (int r = 0; r < dpl; r++)
+        o[lane + 32 * r] = acc[r] / l;
 }
 
 extern "C" td_status td_cuda_paged_attention(td_cuda *c, float *out, const float *qkv,
-                                             const float *kc, const float *vc,
-                                             const int32_t *len, const int32_t *first,
-                                             const int32_t *table, int bt, int N, int NH, int NKV,
-                                             int hd) {
+                                             const float *kc, const float *vc, const int32_t *len,
+                                             const int32_t *first, const int32_t *table, int bt,
+                                             int N, int NH, int NKV, int hd) {
     if (hd % 32 || hd > 128 || NKV <= 0 || NH % NKV)
-        return td_error_set(TD_ERR_INVALID, "paged attention needs hd a multiple of 32 up to 128 "
-                            "(got %d) and heads divisible by kv heads", hd);
+        return td_error_set(TD_ERR_INVALID,
+                            "paged attention needs hd a multiple of 32 up to 128 "
+                            "(got %d) and heads divisible by kv heads",
+                            hd);
     if (N <= 0) return TD_OK;
     size_t threads = (size_t)N * NH * 32;
-    paged_attn_kernel<<<blocks_for(threads, 128), 128, 0, c->stream>>>(out, qkv, kc, vc, len,
-                                                                       first, table, bt, N, NH,
-                                                                       NKV, hd);
+    paged_attn_kernel<<<blocks_for(threads, 128), 128, 0, c->stream>>>(out, qkv, kc, vc, len, first,
+                                                                       table, bt, N, NH, NKV, hd);
     TD_CU_LAUNCHED();
     return TD_OK;
 }
