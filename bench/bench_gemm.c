@@ -5,13 +5,13 @@
  *   shipped   OpenBLAS's own choice of core (TANDEM_BLAS_CHECK=0: no correction)
  *   default   what tandem runs: the core checked against the CPU and corrected (blas_core.h)
  *   forced    OPENBLAS_CORETYPE set to the core this CPU supports (SkylakeX on AVX-512)
- *   oneDNN    oneDNN's f32 matmul (it detects the CPU itself), in the default process
+ *   oneDNN    oneDNN's f32 matmul (it detects the CPU itself), in a process of its own
  * Shapes: GPT-2 124M's qkv product at 256 rows, and the demo model's lm_head and qkv at
- * 1024 rows (8 sequences of 128 tokens). The configurations run in turn, three rounds, so
+ * 1024 rows (8 sequences of 128 tokens). The configurations run in turn, in rounds (3), so
  * that a neighbour's load falls on all of them alike; each cell is the best of its rounds
  * (one timed run of >= 0.2 s after a warm-up product).
  *
- * Usage: bench_gemm [--seconds S] [--json] */
+ * Usage: bench_gemm [--seconds S] [--rounds N] [--json] */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +31,7 @@ static const char *shape_names[] = {"GPT-2 qkv", "demo lm_head", "demo qkv"};
 #define NSHAPES (int)(sizeof shapes / sizeof shapes[0])
 
 static double g_seconds = 0.2;
+static int g_rounds = 3;
 
 static void fill(float *x, size_t n, unsigned seed) {
     for (size_t i = 0; i < n; i++) {
@@ -94,8 +95,10 @@ static int run_dnnl(const char *label, int M, int N, int K, const float *A, cons
     return 0;
 }
 
-/* One configuration, in this process: rows "R label kernels M N K threads gflops". */
-static int child(const char *label, int with_dnnl) {
+/* One configuration, in this process: rows "R label kernels M N K threads gflops"; the
+ * "oneDNN" configuration times oneDNN's f32 matmul only, the others OpenBLAS's sgemm. */
+static int child(const char *label) {
+    int with_dnnl = !strcmp(label, "oneDNN");
     int nmax = omp_get_max_threads();
     for (int s = 0; s < NSHAPES; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -108,12 +111,15 @@ static int child(const char *label, int with_dnnl) {
         for (int th = 1; th <= nmax; th = th == nmax ? nmax + 1 : nmax) {
             omp_set_num_threads(th);
             double gf;
+            if (with_dnnl) {
+                if (run_dnnl(label, M, N, K, A, B, C, th)) return 1;
+                continue;
+            }
             TIME_BEST(gf, M, N, K,
                       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B,
                                   N, 0.0f, C, N));
             printf("R\t%s\tOpenBLAS %s\t%d\t%d\t%d\t%d\t%.1f\n", label, openblas_get_corename(), M,
                    N, K, th, gf);
-            if (with_dnnl && run_dnnl("oneDNN", M, N, K, A, B, C, th)) return 1;
             fflush(stdout);
         }
         free(A);
@@ -200,16 +206,18 @@ int main(int argc, char **argv) {
             child_label = argv[++i];
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
             g_seconds = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
+            g_rounds = atoi(argv[++i]) > 0 ? atoi(argv[i]) : 1;
         else if (!strcmp(argv[i], "--json"))
             json = 1;
         else {
-            fprintf(stderr, "usage: bench_gemm [--seconds S] [--json]\n");
+            fprintf(stderr, "usage: bench_gemm [--seconds S] [--rounds N] [--json]\n");
             return !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") ? 0 : 2;
         }
     }
     if (child_label) {
         td_blas_core_check(argv);
-        return child(child_label, !strcmp(child_label, "default"));
+        return child(child_label);
     }
     td_cpu_features f;
     td_cpu_features_detect(&f);
@@ -217,8 +225,8 @@ int main(int argc, char **argv) {
     char kernels[512];
     td_blas_core_check(argv);
     if (!json) {
-        printf("bench_gemm: fp32 C = A B (row-major), GFLOP/s, best of 3 rounds of %.2f s\n",
-               g_seconds);
+        printf("bench_gemm: fp32 C = A B (row-major), GFLOP/s, best of %d rounds of %.2f s\n",
+               g_rounds, g_seconds);
         printf("this process: %s\n\n", td_cpu_kernels_describe(kernels, sizeof kernels));
     }
     static row rows[256];
@@ -229,9 +237,10 @@ int main(int argc, char **argv) {
         "OPENBLAS_CORETYPE", NULL, "TANDEM_BLAS_CHECK", NULL, "TANDEM_BLAS_CORRECTED", NULL, NULL};
     const char *forced[] = {"OPENBLAS_CORETYPE", want ? want : "", "TANDEM_BLAS_CORRECTED", NULL,
                             NULL};
-    for (int round = 0; round < 3; round++)
+    for (int round = 0; round < g_rounds; round++)
         if (run_child("/proc/self/exe", "shipped", shipped, rows, &n, 256) ||
             run_child("/proc/self/exe", "default", deflt, rows, &n, 256) ||
+            run_child("/proc/self/exe", "oneDNN", deflt, rows, &n, 256) ||
             (want && run_child("/proc/self/exe", "forced", forced, rows, &n, 256))) {
             fprintf(stderr, "bench_gemm: a configuration failed\n");
             return 1;

@@ -53,15 +53,16 @@ fi
 }
 # --if-changed: skip when the files that decide what a fresh machine needs already passed
 # here (a stamp per fingerprint under /var/cache/tandem-fresh-check)
-stamp=""
+fp=$(git show HEAD:scripts/install-deps.sh HEAD:CMakeLists.txt HEAD:Makefile \
+    HEAD:bench/bench.cmake HEAD:tests/tests.cmake HEAD:scripts/fresh-check.sh | sha256sum | cut -c1-16)
+stamp=/var/cache/tandem-fresh-check/$fp$([ "$demo" = 1 ] && echo -demo || true)
 if [ "$if_changed" = 1 ]; then
-    fp=$(git show HEAD:scripts/install-deps.sh HEAD:CMakeLists.txt HEAD:Makefile \
-        HEAD:bench/bench.cmake HEAD:tests/tests.cmake HEAD:scripts/fresh-check.sh | sha256sum | cut -c1-16)
-    stamp=/var/cache/tandem-fresh-check/$fp$([ "$demo" = 1 ] && echo -demo || true)
-    if [ -f "$stamp" ]; then
-        echo "fresh-check: skipped: the build and install files at HEAD (fingerprint $fp) passed on this machine at $(cat "$stamp")"
-        exit 0
-    fi
+    for s in "$stamp" "$stamp-demo"; do
+        if [ -f "$s" ]; then
+            echo "fresh-check: skipped: the build and install files at HEAD (fingerprint $fp) passed on this machine at $(cat "$s")"
+            exit 0
+        fi
+    done
 fi
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     echo "fresh-check: note: uncommitted changes are not checked (the root gets a clone of HEAD)"
@@ -174,5 +175,5 @@ for p in $(sed -n '/^APT_PKGS=(/,/)/p' scripts/install-deps.sh | tr -d '()' | se
     if echo "$added" | grep -qx "$p"; then named="$named $p"; fi
 done
 echo "named in scripts/install-deps.sh:$named"
-[ -n "$stamp" ] && mkdir -p "$(dirname "$stamp")" && date -u +%FT%TZ > "$stamp"
+mkdir -p "$(dirname "$stamp")" && date -u +%FT%TZ > "$stamp"
 echo "fresh-check: passed in $(($(date +%s) - t0)) s$([ "$demo" = 1 ] && echo ' (make test and make demo)' || true)"
