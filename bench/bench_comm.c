@@ -15,6 +15,7 @@
 #include "common/rng.h"
 #include "common/timeutil.h"
 #include "worker/comm/comm.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/model.h"
 #include "worker/train/dp.h"
 
@@ -29,6 +30,7 @@ static double median(double *v, int n) {
 }
 
 int main(int argc, char **argv) {
+    td_blas_core_check(argv); /* before MPI starts: may re-execute (blas_core.h) */
     int iters = 7, json = 0;
     double bucket_mb = 25;
     td_comm_mpi_init(&argc, &argv, 1);
@@ -50,6 +52,11 @@ int main(int argc, char **argv) {
     }
     if (iters < 1 || iters > 100) iters = 7;
     double busf = 2.0 * (n - 1) / n;
+    if (rank == 0) {
+        char kernels[512];
+        fprintf(json ? stderr : stdout, "kernels: %s\n",
+                td_cpu_kernels_describe(kernels, sizeof kernels));
+    }
     if (rank == 0 && !json)
         printf("all-reduce, %d ranks, float32 sum, median of %d\n\n%12s %14s %14s %8s\n", n, iters,
                "bytes", "tandem GB/s", "MPI GB/s", "ratio");

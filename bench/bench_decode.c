@@ -17,6 +17,7 @@
 
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/model.h"
 
 static double triad_gbs(void) {
@@ -80,6 +81,7 @@ static double decode(td_model *m, int B, int steps) {
 }
 
 int main(int argc, char **argv) {
+    td_blas_core_check(argv); /* the right OpenBLAS kernels for this CPU (blas_core.h) */
     int steps = 32, json = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc)
@@ -107,6 +109,9 @@ int main(int argc, char **argv) {
     double bw = triad_gbs();
     size_t f32, i8, rf, ri;
     td_model_weight_bytes(m, 1, &f32, &i8, &rf, &ri);
+    char kernels[512];
+    td_cpu_kernels_describe(kernels, sizeof kernels);
+    fprintf(json ? stderr : stdout, "kernels: %s\n", kernels);
     if (!json)
         printf("decode, llama 768x8 (%.1f M params, %.0f MB fp32), %d threads, %d steps after a "
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",

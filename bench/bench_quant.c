@@ -19,6 +19,7 @@
 
 #include "data/bpe.h"
 #include "worker/infer/calib.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
 
@@ -168,6 +169,7 @@ fail:
 }
 
 int main(int argc, char **argv) {
+    td_blas_core_check(argv); /* the right OpenBLAS kernels for this CPU (blas_core.h) */
     const char *dir = NULL, *pf = NULL;
     int maxt = 64, verbose = 0, only = -1;
     const char *calib_file = NULL;
@@ -251,6 +253,8 @@ int main(int argc, char **argv) {
            "at <|endoftext|>); GPTQ calibration: %d sequences %s, seed %llu\n\n",
            dir, g[first].np, g[first].tot, maxt, co.seqs,
            calib_file ? calib_file : "sampled from the model", (unsigned long long)co.seed);
+    char kernels[512];
+    printf("kernels: %s\n\n", td_cpu_kernels_describe(kernels, sizeof kernels));
     printf("| quantization | free-running: equal up to first difference | same position | "
            "prompts identical | teacher-forced: same choice | logits rel. L2 error |\n"
            "|---|---|---|---|---|---|\n");

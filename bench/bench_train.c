@@ -25,6 +25,7 @@
 
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/model.h"
 #include "worker/train/adamw.h"
 
@@ -183,6 +184,7 @@ static int bench_torch(const shape *s, int warmup, int steps, int threads, int a
 }
 
 int main(int argc, char **argv) {
+    td_blas_core_check(argv); /* the right OpenBLAS kernels for this CPU (blas_core.h) */
     int steps = 6, warmup = 2, threads = omp_get_max_threads(), torch = 1, json = 0, prof = 0;
     int precision = 0; /* 0 both, 1 fp32, 2 bf16 */
     const char *only = NULL;
@@ -216,6 +218,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     omp_set_num_threads(threads);
+    char kernels[512];
+    td_cpu_kernels_describe(kernels, sizeof kernels);
+    fprintf(json ? stderr : stdout, "kernels: %s\n", kernels);
     if (!json)
         printf("training throughput, B=%d T=%d vocab=%d, %d threads, median of %d/%d "
                "steps after %d warmup; ratios against PyTorch fp32 eager\n\n"
