@@ -25,11 +25,11 @@ demo: build
 	@scripts/demo.sh $(BUILD)
 
 bench: build
+	@scripts/install-deps.sh --python
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_train --profile
 	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
 		OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1 mpirun -np 2 $(BUILD)/bench_comm
-	@scripts/install-deps.sh --python
 	$(BUILD)/bench_tokenizer
 	$(BUILD)/bench_decode
 
@@ -41,7 +41,7 @@ fixtures:
 	@scripts/install-deps.sh --python
 	.venv/bin/python tests/reference/make_fixtures.py
 
-format: deps
+format:
 	@scripts/format.sh
 
 clean:

@@ -22,4 +22,9 @@ int td_serve_main(int argc, char **argv, const char *cmd, struct td_model *given
 /* Prints "tandem CMD: <message>" for the recorded error and returns its exit code. */
 int td_cli_fail(const char *cmd, int status);
 
+struct td_comm;
+/* Collective over comm (NULL: this process alone): gathers each rank's OpenBLAS core and
+ * has rank 0 log the kernels line, and warn where ranks differ (td_cpu_kernels_log). */
+void td_cli_log_kernels(struct td_comm *comm, int quiet);
+
 #endif

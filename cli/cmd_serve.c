@@ -335,7 +335,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             omp_set_num_threads(cpus / world->local_size > 0 ? (int)(cpus / world->local_size) : 1);
         }
     }
-    if (s == TD_OK) td_cpu_kernels_log();
+    if (s == TD_OK) td_cli_log_kernels(world, 0);
     td_model *m = given;
     td_bpe *tok = NULL;
     if (s == TD_OK && !m) s = td_checkpoint_load_model(model_dir, &m);

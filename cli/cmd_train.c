@@ -19,7 +19,8 @@
 static void help(FILE *f) {
     fprintf(f, "usage: tandem train JOB.json [--resume] [--stop-at STEP] [--quiet]\n"
                "\n"
-               "Trains the model the job file describes (single process for now) and writes\n"
+               "Trains the model the job file describes (alone, or data-parallel under mpirun) and "
+               "writes\n"
                "checkpoints and metrics.jsonl to checkpoint.dir. See docs/train.md.\n"
                "\n"
                "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
@@ -175,7 +176,7 @@ int td_cmd_train(int argc, char **argv) {
         }
     }
     o.comm = comm;
-    if (!o.gpu) td_cpu_kernels_log();
+    if (!o.gpu) td_cli_log_kernels(comm, o.quiet);
     if (say_cpu) /* ranks other than 0 log errors only */
         TD_LOG_INFO("device auto: training on the CPU (%s)", why);
     if (o.gpu && !job.bf16)

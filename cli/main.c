@@ -1,10 +1,12 @@
 /* `tandem`: one binary, subcommands dispatched by name (docs/architecture.md, "Processes and
  * roles"). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "common/status.h"
+#include "worker/comm/comm.h"
 #include "worker/kernels/cpu/blas_core.h"
 
 #define TD_VERSION "0.1.0"
@@ -28,6 +30,17 @@ int td_cli_fail(const char *cmd, int status) {
     fprintf(stderr, "tandem %s: error: %s\n", cmd,
             td_error_message()[0] ? td_error_message() : td_status_to_string(status));
     return td_status_exit_code(status);
+}
+
+void td_cli_log_kernels(td_comm *comm, int quiet) {
+    enum { STRIDE = 32 };
+    int n = comm ? comm->size : 1, rank = comm ? comm->rank : 0;
+    char *all = calloc((size_t)n, STRIDE);
+    if (!all) return;
+    snprintf(all + (size_t)rank * STRIDE, STRIDE, "%s", td_blas_core_name());
+    if (n > 1 && comm->ops->allgather(comm, all, STRIDE, TD_COMM_BYTE) != TD_OK) n = 1;
+    td_cpu_kernels_log(all, STRIDE, n, quiet);
+    free(all);
 }
 
 static void usage(FILE *f) {

@@ -9,21 +9,24 @@
 # What the root takes from this machine: the apt sources (Debian's, from
 # /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list, or --sources FILE), and
 # the network settings needed to reach the package registries (/etc/resolv.conf, the CA
-# certificate bundle, pip's configuration and proxy variables). Nothing else.
+# certificate bundle, pip's configuration and proxy variables; behind a proxy, keep them
+# with `sudo -E`). Nothing else.
 #
 # Usage: sudo scripts/fresh-check.sh [--demo] [--if-changed] [--keep] [--dir DIR] [--sources FILE]
 #   --demo          also run `make demo` in the fresh root (after the tests)
-#   --if-changed    only when the files that decide the install and the build
-#                   (install-deps.sh, CMakeLists.txt, Makefile, *.cmake, this script) have
-#                   not passed on this machine before (.ci/run uses this)
-#   --keep          keep the root afterwards (default: removed)
-#   --dir DIR       where to build the root (default: a new folder under /var/tmp)
+#   --if-changed    skip when the files that decide the install and the build (Makefile,
+#                   CMakeLists.txt, *.cmake, scripts/, .ci/run, Python requirements) are as
+#                   they were in a check that passed on this machine (.ci/run uses this)
+#   --keep          keep the root afterwards (default: removed; kept when a step fails)
+#   --dir DIR       a new or empty folder for the root and the logs (default: a new folder
+#                   under /var/tmp)
 #   --sources FILE  an apt sources file (one-line or deb822 .sources) for the root
-# Needs root (chroot, mounts) and mmdebstrap (installed with apt-get when missing).
-# Exit status: that of the failing step, 0 when every step passed.
+# Needs root with the right to mount (chroot, /proc, /sys, /dev in the root) and mmdebstrap
+# (installed with apt-get when missing). SIGINT/SIGTERM stop the processes inside the root,
+# unmount and clean up. Exit status: that of the failing step, 0 when every step passed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-SRC=$(pwd)
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+abs() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$(pwd)" "$1" ;; esac; }
 
 demo=0 keep=0 dir="" sources="" if_changed=0
 while [ $# -gt 0 ]; do
@@ -31,13 +34,21 @@ while [ $# -gt 0 ]; do
     --demo) demo=1 ;;
     --if-changed) if_changed=1 ;;
     --keep) keep=1 ;;
-    --dir) dir=$2; shift ;;
-    --sources) sources=$2; shift ;;
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    --dir | --sources)
+        if [ $# -lt 2 ] || [ -z "$2" ] || [ "${2#-}" != "$2" ]; then
+            echo "fresh-check: $1 needs a value (see --help)" >&2
+            exit 2
+        fi
+        [ "$1" = --dir ] && dir=$(abs "$2") || sources=$(abs "$2")
+        shift
+        ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "fresh-check: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+cd "$(dirname "$0")/.."
+SRC=$(pwd)
 if [ "$(id -u)" -ne 0 ]; then
     echo "fresh-check: needs root (mmdebstrap, chroot and mounts); run it with sudo" >&2
     exit 2
@@ -48,18 +59,23 @@ if [ -z "$sources" ]; then
     done
 fi
 [ -n "$sources" ] && [ -r "$sources" ] || {
-    echo "fresh-check: no apt sources file found; give one with --sources FILE" >&2
+    echo "fresh-check: no readable apt sources file${sources:+ ($sources)}; give one with --sources FILE" >&2
     exit 2
 }
-# --if-changed: skip when the files that decide what a fresh machine needs already passed
-# here (a stamp per fingerprint under /var/cache/tandem-fresh-check)
-fp=$(git show HEAD:scripts/install-deps.sh HEAD:CMakeLists.txt HEAD:Makefile \
-    HEAD:bench/bench.cmake HEAD:tests/tests.cmake HEAD:scripts/fresh-check.sh | sha256sum | cut -c1-16)
+if [ -n "$dir" ] && [ -e "$dir" ] && { [ ! -d "$dir" ] || [ -n "$(ls -A "$dir")" ]; }; then
+    echo "fresh-check: --dir $dir exists and is not an empty folder: give a new or empty one" >&2
+    exit 2
+fi
+
+# The fingerprint of what decides a fresh machine's install and build, at HEAD; a pass
+# leaves a stamp under /var/cache/tandem-fresh-check, and --if-changed skips a known one.
+fp=$(git ls-files -s Makefile CMakeLists.txt '*.cmake' scripts .ci '*requirements*.txt' |
+    sha256sum | cut -c1-16)
 stamp=/var/cache/tandem-fresh-check/$fp$([ "$demo" = 1 ] && echo -demo || true)
 if [ "$if_changed" = 1 ]; then
     for s in "$stamp" "$stamp-demo"; do
         if [ -f "$s" ]; then
-            echo "fresh-check: skipped: the build and install files at HEAD (fingerprint $fp) passed on this machine at $(cat "$s")"
+            echo "fresh-check: skipped: the install and build files at HEAD (fingerprint $fp) passed on this machine at $(cat "$s")"
             exit 0
         fi
     done
@@ -77,21 +93,36 @@ if ! command -v mmdebstrap > /dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap
 fi
 
-[ -n "$dir" ] || dir=$(mktemp -d /var/tmp/tandem-fresh.XXXXXX)
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
+made_dir=0
+if [ -z "$dir" ]; then
+    dir=$(mktemp -d /var/tmp/tandem-fresh.XXXXXX)
+    made_dir=1
+elif [ ! -d "$dir" ]; then
+    mkdir -p "$dir"
+    made_dir=1
+fi
 root="$dir/root"
 mounted=()
 cleanup() {
-    local i
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2> /dev/null || true; done
+    local i p
+    # processes still running inside the root (after a signal): stop them before unmounting
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2> /dev/null)" = "$root" ] && kill -KILL "${p#/proc/}" 2> /dev/null
+    done
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        umount "${mounted[$i]}" 2> /dev/null || umount -l "${mounted[$i]}" ||
+            echo "fresh-check: could not unmount ${mounted[$i]}" >&2
+    done
     if [ "$keep" = 1 ]; then
-        echo "fresh-check: root kept at $root"
+        echo "fresh-check: root kept at $root (logs in $dir)"
+    elif [ "$made_dir" = 1 ]; then
+        rm -rf --one-file-system "$dir"
     else
-        rm -rf "$dir"
+        rm -rf --one-file-system "$root" "$dir"/*.log "$dir"/packages-*.txt
     fi
 }
 trap cleanup EXIT
+trap 'echo "fresh-check: interrupted" >&2; exit 130' INT TERM
 
 step "mmdebstrap --variant=minbase bookworm (sources: $sources)"
 mmdebstrap --quiet --variant=minbase --include=ca-certificates,make bookworm "$root" "$sources"
@@ -107,20 +138,20 @@ git -C "$root/src/tandem" log -1 --format='%h %s' | cut -c1-100
 # configuration
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/host-ca-certificates.crt"
-[ -f /etc/pip.conf ] && sed 's#^cert *=.*#cert = /etc/ssl/certs/host-ca-certificates.crt#' \
-    /etc/pip.conf > "$root/etc/pip.conf"
+if [ -f /etc/pip.conf ]; then
+    sed 's#^cert *=.*#cert = /etc/ssl/certs/host-ca-certificates.crt#' /etc/pip.conf > "$root/etc/pip.conf"
+fi
 
-for m in proc sys dev dev/pts; do
-    mkdir -p "$root/$m"
-    case $m in
-    proc) mount -t proc proc "$root/proc" ;;
-    sys) mount -t sysfs sys "$root/sys" ;;
-    dev) mount --bind /dev "$root/dev" ;;
-    dev/pts) mount -t devpts devpts "$root/dev/pts" ;;
-    esac
-    mounted+=("$root/$m")
-done
-mkdir -p "$root/dev/shm" && mount -t tmpfs -o size=4g tmpfs "$root/dev/shm" && mounted+=("$root/dev/shm")
+# /proc, /sys, the host's device nodes (bound, then made a slave so that nothing mounted
+# below it reaches the host's /dev), a private pty instance and shared memory for MPI
+mount -t proc proc "$root/proc" && mounted+=("$root/proc")
+mount -t sysfs sys "$root/sys" && mounted+=("$root/sys")
+mount --bind /dev "$root/dev" && mounted+=("$root/dev")
+mount --make-rslave "$root/dev"
+mkdir -p "$root/dev/pts" "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts" && mounted+=("$root/dev/pts")
+mount --bind "$root/dev/pts/ptmx" "$root/dev/ptmx" && mounted+=("$root/dev/ptmx")
+mount -t tmpfs -o size=4g tmpfs "$root/dev/shm" && mounted+=("$root/dev/shm")
 
 in_root() {
     # a clean environment: what a new user's login shell would have, plus proxy settings
@@ -136,23 +167,22 @@ in_root() {
         bash -c "cd /src/tandem && $1"
 }
 
-# runs a command in the root, its output kept in $dir/NAME.log and shown without apt's
-# per-package lines; returns the command's exit status
+# Runs a command in the root, in the background so that a signal reaches the trap at once;
+# its output is kept in $dir/NAME.log and shown without apt's per-package lines. Returns
+# the command's exit status.
 run_logged() {
-    local name=$1 cmd=$2 rc
-    set +e
-    in_root "$cmd" 2>&1 | tee "$dir/$name.log" |
-        grep --line-buffered -v '^\(Selecting\|Preparing\|Unpacking\|Setting up\|(Reading\|Processing triggers\)'
-    rc=${PIPESTATUS[0]}
-    set -e
-    return "$rc"
+    local name=$1 cmd=$2
+    { in_root "$cmd" 2>&1; echo $? > "$dir/$name.rc"; } | tee "$dir/$name.log" |
+        grep --line-buffered -v '^\(Selecting\|Preparing\|Unpacking\|Setting up\|(Reading\|Processing triggers\)' &
+    wait $! || true
+    return "$(cat "$dir/$name.rc" 2> /dev/null || echo 1)"
 }
 
 step "make test (in the fresh root)"
 rc=0
 run_logged make-test "make test" || rc=$?
 if [ "$rc" != 0 ] || ! grep -q '100% tests passed' "$dir/make-test.log"; then
-    echo "fresh-check: make test failed (exit $rc); root kept at $root" >&2
+    echo "fresh-check: make test failed (exit $rc)" >&2
     keep=1
     exit $((rc ? rc : 1))
 fi
@@ -161,7 +191,7 @@ if [ "$demo" = 1 ]; then
     step "make demo (in the fresh root)"
     run_logged make-demo "make demo" || rc=$?
     if [ "$rc" != 0 ]; then
-        echo "fresh-check: make demo failed (exit $rc); root kept at $root" >&2
+        echo "fresh-check: make demo failed (exit $rc)" >&2
         keep=1
         exit "$rc"
     fi

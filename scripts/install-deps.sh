@@ -28,7 +28,14 @@ apt_install() {
     [ -z "$need" ] && return 0
     echo "install-deps: installing apt packages:" $need
     SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo > /dev/null || {
+            echo "install-deps: these packages are missing and installing them needs root:" $need >&2
+            echo "install-deps: run this as root (or install sudo), then run make again" >&2
+            exit 1
+        }
+        SUDO=sudo
+    fi
     $SUDO apt-get update -qq
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need

@@ -1,10 +1,14 @@
 /* OpenBLAS core-type check and correction, and the line naming the kernels (blas_core.h). */
 #include "worker/kernels/cpu/blas_core.h"
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -59,33 +63,106 @@ int td_blas_core_rank(const char *name) {
     return -1;
 }
 
-void td_blas_core_check(char **argv) {
+/* Where this process's core type came from, read from the environment and the library;
+ * the check and the description share it so that they never disagree. */
+typedef enum {
+    SRC_LIBRARY,  /* OpenBLAS chose (OPENBLAS_CORETYPE unset) */
+    SRC_TANDEM,   /* tandem re-executed with OPENBLAS_CORETYPE = the CPU's core */
+    SRC_USER,     /* the user set OPENBLAS_CORETYPE and OpenBLAS runs that core */
+    SRC_USER_BAD, /* the user set a value OpenBLAS does not run (unknown, misspelt, empty) */
+} core_source;
+
+static int env_on(const char *name) { /* "1"; the test hook takes nothing else */
+    const char *v = getenv(name);
+    return v && !strcmp(v, "1");
+}
+
+static core_source core_source_get(const char *want) {
     const char *user = getenv("OPENBLAS_CORETYPE");
-    if (getenv("TANDEM_BLAS_CORRECTED")) return; /* already re-executed: never loop */
-    const char *off = getenv("TANDEM_BLAS_CHECK");
-    if (off && !strcmp(off, "0")) return; /* the user's (or a benchmark's) opt-out */
-    if (user && user[0] && !getenv("TANDEM_TEST_BLAS_DETECTED")) return; /* the user's */
+    const char *core = openblas_get_corename();
+    const char *marker = getenv("TANDEM_BLAS_CORRECTED");
+    if (!user) return SRC_LIBRARY;
+    if (marker && marker[0] && want && !strcasecmp(user, want)) return SRC_TANDEM;
+    if (env_on("TANDEM_TEST_BLAS_DETECTED")) return SRC_LIBRARY; /* simulated misdetection */
+    return core && !strcasecmp(user, core) ? SRC_USER : SRC_USER_BAD;
+}
+
+static int check_disabled(void) {
+    const char *v = getenv("TANDEM_BLAS_CHECK");
+    return v && (!strcmp(v, "0") || !strcasecmp(v, "off") || !strcasecmp(v, "no") ||
+                 !strcasecmp(v, "false"));
+}
+
+/* The rank this process will have in an MPI or Slurm job, before MPI starts (-1 if none). */
+static int launcher_rank(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i])) return atoi(getenv(vars[i]));
+    return -1;
+}
+
+/* 1 when /proc/self/exe is the file this code was loaded from: not so when the program
+ * was started through the dynamic loader (ld.so prog) or another program that loads it,
+ * where re-executing /proc/self/exe would start that program instead. */
+static int self_exe_is_this_program(char *exe, size_t n) {
+    struct stat st;
+    ssize_t len = readlink("/proc/self/exe", exe, n - 1);
+    exe[len > 0 ? len : 0] = 0;
+    if (stat("/proc/self/exe", &st)) return 0;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return 0;
+    uintptr_t me = (uintptr_t)&self_exe_is_this_program;
+    char line[4096];
+    int same = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, ino;
+        unsigned maj, mnr;
+        /* "start-end perms offset major:minor inode path" */
+        if (sscanf(line, "%lx-%lx %*s %*s %x:%x %lu", &lo, &hi, &maj, &mnr, &ino) == 5 &&
+            me >= lo && me < hi) {
+            same = ino == (unsigned long)st.st_ino && maj == major(st.st_dev) &&
+                   mnr == minor(st.st_dev);
+            break;
+        }
+    }
+    fclose(f);
+    return same;
+}
+
+void td_blas_core_check(char **argv) {
+    if (check_disabled()) return; /* the user's (or a benchmark's) opt-out */
     td_cpu_features f;
     td_cpu_features_detect(&f);
     const char *want = td_blas_core_for_cpu(&f);
+    if (core_source_get(want) != SRC_LIBRARY) return; /* already corrected, or the user's */
     const char *have = openblas_get_corename();
     int have_rank = td_blas_core_rank(have);
     if (!want || have_rank < 0 || have_rank >= td_blas_core_rank(want)) return;
     if (!argv || !argv[0]) return;
-    char chose[64];
+    char chose[64], exe[4096], why[4200];
     snprintf(chose, sizeof chose, "%s", have);
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    setenv("TANDEM_BLAS_CORRECTED", chose, 1);
-    unsetenv("TANDEM_TEST_BLAS_DETECTED");
-    fflush(NULL);
-    execv("/proc/self/exe", argv);
-    /* still here: the products run on the slow kernels; say so rather than hide it */
-    TD_LOG_WARN("OpenBLAS chose its %s kernels on this CPU, which supports %s's; re-running "
-                "with OPENBLAS_CORETYPE=%s failed, so fp32 products run several times slower: "
-                "set OPENBLAS_CORETYPE=%s in the environment",
-                chose, want, want, want);
-    unsetenv("TANDEM_BLAS_CORRECTED");
-    unsetenv("OPENBLAS_CORETYPE");
+    if (self_exe_is_this_program(exe, sizeof exe)) {
+        setenv("OPENBLAS_CORETYPE", want, 1);
+        setenv("TANDEM_BLAS_CORRECTED", chose, 1);
+        unsetenv("TANDEM_TEST_BLAS_DETECTED");
+        fflush(NULL);
+        execv("/proc/self/exe", argv);
+        snprintf(why, sizeof why, "exec %s: %s", exe, strerror(errno));
+        unsetenv("TANDEM_BLAS_CORRECTED");
+        unsetenv("OPENBLAS_CORETYPE");
+    } else {
+        snprintf(why, sizeof why, "/proc/self/exe is %s, not this program", exe);
+    }
+    /* still here: the products run on the slow kernels; say so (once per job) */
+    if (launcher_rank() <= 0)
+        TD_LOG_WARN("OpenBLAS chose its %s kernels on this CPU, which supports %s's; tandem "
+                    "could not re-run itself with OPENBLAS_CORETYPE=%s (%s), so fp32 products "
+                    "run several times slower: set OPENBLAS_CORETYPE=%s in the environment",
+                    chose, want, want, why, want);
+}
+
+const char *td_blas_core_name(void) {
+    return openblas_get_corename();
 }
 
 const char *td_cpu_kernels_describe(char *buf, size_t n) {
@@ -101,18 +178,35 @@ const char *td_cpu_kernels_describe(char *buf, size_t n) {
     td_cpu_features f;
     td_cpu_features_detect(&f);
     const char *best = td_blas_core_for_cpu(&f);
-    const char *corrected = getenv("TANDEM_BLAS_CORRECTED");
     const char *user = getenv("OPENBLAS_CORETYPE");
-    char why[160];
-    if (corrected)
-        snprintf(why, sizeof why, "set by tandem: OpenBLAS chose %s on this CPU", corrected);
-    else if (user && user[0] && best && td_blas_core_rank(core) < td_blas_core_rank(best))
-        snprintf(why, sizeof why, "OPENBLAS_CORETYPE=%s set by the user; this CPU supports %s",
-                 user, best);
-    else if (user && user[0])
-        snprintf(why, sizeof why, "OPENBLAS_CORETYPE=%s set by the user", user);
-    else
-        snprintf(why, sizeof why, "chosen by OpenBLAS");
+    int below =
+        best && td_blas_core_rank(core) >= 0 && td_blas_core_rank(core) < td_blas_core_rank(best);
+    char why[200];
+    switch (core_source_get(best)) {
+    case SRC_TANDEM:
+        if (!strcasecmp(core, best))
+            snprintf(why, sizeof why, "set by tandem: OpenBLAS chose %.40s on this CPU",
+                     getenv("TANDEM_BLAS_CORRECTED"));
+        else
+            snprintf(why, sizeof why,
+                     "tandem set OPENBLAS_CORETYPE=%s, but this OpenBLAS runs %s: a build "
+                     "without DYNAMIC_ARCH?",
+                     best, core);
+        break;
+    case SRC_USER:
+        snprintf(why, sizeof why, "OPENBLAS_CORETYPE=%.40s set by the user%s%s", user,
+                 below ? "; this CPU supports " : "", below ? best : "");
+        break;
+    case SRC_USER_BAD:
+        snprintf(why, sizeof why,
+                 "OPENBLAS_CORETYPE=\"%.40s\" set by the user is not a core this OpenBLAS "
+                 "runs; it fell back to %s",
+                 user, core);
+        break;
+    default:
+        snprintf(why, sizeof why, "chosen by OpenBLAS%s%s", below ? "; this CPU supports " : "",
+                 below ? best : "");
+    }
     snprintf(buf, n, "fp32: %s core %s (%s); bf16: oneDNN %s; CPU: %s%s%s", version, core, why,
              td_bf16_dnnl_isa(),
              f.avx512 ? "AVX-512"
@@ -123,21 +217,44 @@ const char *td_cpu_kernels_describe(char *buf, size_t n) {
     return buf;
 }
 
-void td_cpu_kernels_log(void) {
+void td_cpu_kernels_log(const char *rank_cores, size_t stride, int nranks, int quiet) {
     static int said;
     if (said || td_log_rank() != 0) return;
     said = 1;
-    char line[512];
-    td_cpu_kernels_describe(line, sizeof line);
-    TD_LOG_INFO("kernels: %s", line);
-    const char *user = getenv("OPENBLAS_CORETYPE");
+    if (!quiet) {
+        char line[512];
+        td_cpu_kernels_describe(line, sizeof line);
+        TD_LOG_INFO("kernels: %s", line);
+    }
+    /* warnings, even when quiet: kernels slower than the CPU allows, or differing ranks */
     td_cpu_features f;
     td_cpu_features_detect(&f);
     const char *best = td_blas_core_for_cpu(&f);
-    if (user && user[0] && !getenv("TANDEM_BLAS_CORRECTED") && best &&
-        td_blas_core_rank(openblas_get_corename()) >= 0 &&
-        td_blas_core_rank(openblas_get_corename()) < td_blas_core_rank(best))
+    const char *core = openblas_get_corename();
+    const char *user = getenv("OPENBLAS_CORETYPE");
+    core_source src = core_source_get(best);
+    if (src == SRC_USER_BAD)
+        TD_LOG_WARN("OPENBLAS_CORETYPE=\"%s\" is not a core type this OpenBLAS runs (it fell "
+                    "back to %s): check its spelling, e.g. SkylakeX, Haswell, Zen",
+                    user, core);
+    else if (src == SRC_USER && best && td_blas_core_rank(core) >= 0 &&
+             td_blas_core_rank(core) < td_blas_core_rank(best))
         TD_LOG_WARN("OPENBLAS_CORETYPE=%s runs fp32 products on kernels older than this CPU "
                     "supports (%s): unset it unless it is set on purpose",
                     user, best);
+    int differ = 0;
+    for (int r = 1; r < nranks; r++)
+        if (strcmp(rank_cores + (size_t)r * stride, rank_cores)) differ++;
+    if (differ) {
+        char list[512] = "";
+        size_t len = 0;
+        for (int r = 0; r < nranks && len < sizeof list - 64; r++)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s rank %d %s", r ? "," : "", r,
+                                    rank_cores + (size_t)r * stride);
+        TD_LOG_WARN("ranks run different OpenBLAS kernels:%s (hosts with different CPUs or "
+                    "environments); the slowest sets the pace",
+                    list);
+    } else if (nranks > 1 && !quiet) {
+        TD_LOG_INFO("kernels: the same core (%s) on all %d ranks", rank_cores, nranks);
+    }
 }

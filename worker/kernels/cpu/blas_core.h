@@ -10,10 +10,13 @@
  * (some machines set one on purpose to avoid kernels that fail there) and reported.
  *
  * Environment, read by td_blas_core_check():
- *   OPENBLAS_CORETYPE          the user's choice (kept) or tandem's correction
- *   TANDEM_BLAS_CHECK=0        no check, no correction: OpenBLAS's own choice stands
- *   TANDEM_BLAS_CORRECTED=X    set by tandem on re-execution: the core OpenBLAS chose itself
- *   TANDEM_TEST_BLAS_DETECTED  test hook: treat OPENBLAS_CORETYPE as the library's own
+ *   OPENBLAS_CORETYPE          the user's choice (kept; set, even empty, means chosen) or
+ *                              tandem's correction
+ *   TANDEM_BLAS_CHECK=0        no check, no correction: OpenBLAS's own choice stands (also
+ *                              "off", "no", "false")
+ *   TANDEM_BLAS_CORRECTED=X    set by tandem on re-execution: the core OpenBLAS chose itself;
+ *                              counts only beside OPENBLAS_CORETYPE = the CPU's core
+ *   TANDEM_TEST_BLAS_DETECTED=1  test hook: treat OPENBLAS_CORETYPE as the library's own
  *                              choice, as on a CPU it does not know (tests force "Prescott") */
 #ifndef TD_BLAS_CORE_H
 #define TD_BLAS_CORE_H
@@ -45,8 +48,12 @@ int td_blas_core_rank(const char *name);
 /* Call first in main(), before any thread, MPI or file is opened. When OpenBLAS chose a core
  * ranked below what the CPU supports and the user did not set OPENBLAS_CORETYPE, re-executes
  * the program (/proc/self/exe, same argv, same pid) with OPENBLAS_CORETYPE set; returns when
- * nothing needs correcting, or, after a warning, when the re-execution failed. */
+ * nothing needs correcting, or, after a warning (rank 0's only), when it cannot re-execute:
+ * exec failed, or /proc/self/exe is another program (started as `ld.so tandem ...`). */
 void td_blas_core_check(char **argv);
+
+/* The core type OpenBLAS runs in this process ("SkylakeX", "Prescott", ...). */
+const char *td_blas_core_name(void);
 
 /* One line naming the kernels of this process's products, e.g. "fp32: OpenBLAS 0.3.21 core
  * SkylakeX (set by tandem: OpenBLAS chose Prescott on this CPU); bf16: oneDNN
@@ -54,7 +61,10 @@ void td_blas_core_check(char **argv);
 const char *td_cpu_kernels_describe(char *buf, size_t n);
 
 /* Logs td_cpu_kernels_describe() as an INFO line, once per process, on rank 0 only (the
- * rank td_log_set_rank() was given; a process without one counts as rank 0). */
-void td_cpu_kernels_log(void);
+ * rank td_log_set_rank() was given; a process without one counts as rank 0), and warns when
+ * the user's OPENBLAS_CORETYPE is unknown to OpenBLAS or below the CPU's core, or when ranks
+ * run different cores. rank_cores: nranks NUL-terminated core names (td_blas_core_name() of
+ * each rank, rank 0 first), stride bytes apart. quiet: warnings only. */
+void td_cpu_kernels_log(const char *rank_cores, size_t stride, int nranks, int quiet);
 
 #endif
