@@ -34,6 +34,9 @@ static void help(FILE *f) {
             "  --name NAME           model name clients use (default: the checkpoint's\n"
             "                        directory, or its parent's for step_* directories)\n"
             "  --api-key KEY         with --http: require Authorization: Bearer KEY\n"
+            "  --heartbeat-ms N      replica <-> router heartbeats (default 1000; a replica\n"
+            "                        silent for three is lost); with --router, the router's\n"
+            "                        --heartbeat-ms\n"
             "  --tp T                tensor-parallel degree (divides the ranks; default 1)\n"
             "  --prompts-file F      prompts, one per line\n"
             "  --max-tokens N        tokens to generate per prompt (default 64)\n"
@@ -100,7 +103,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_CSEQS,
         O_CLEN,
         O_CMB,
-        O_OLDHEAD
+        O_OLDHEAD,
+        O_HB
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tp", required_argument, 0, O_TP},
@@ -130,6 +134,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"api-key", required_argument, 0, O_KEY},
                                          {"bf16", no_argument, 0, O_BF16},
                                          {"device", required_argument, 0, O_DEV},
+                                         {"heartbeat-ms", required_argument, 0, O_HB},
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -232,6 +237,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             break;
         case O_ROUTER:
             o.router = optarg;
+            break;
+        case O_HB:
+            o.heartbeat_ms = (int)strtol(optarg, &end, 10);
+            bad = *end || o.heartbeat_ms < 10 || o.heartbeat_ms > 600000;
             break;
         case O_NAME:
             o.name = optarg;

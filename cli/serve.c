@@ -45,6 +45,7 @@ void td_serve_opts_default(td_serve_opts *o) {
     o->top_p = 1.0f;
     o->seed = 1;
     o->max_seqs = 16;
+    o->heartbeat_ms = 1000;
 }
 
 /* Splits the prompts file into lines, unescaping \n and \\. */
@@ -281,8 +282,9 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                             "and give the replicas --router tcp://ROUTER_HOST:PORT");
     if (o->http && world->rank == 0) {
         zctx = zmq_ctx_new();
-        td_router_opts ro = {"inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, 1000, zctx,
-                             "inproc://tandem-back"};
+        td_router_opts ro = {
+            "inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, o->heartbeat_ms, zctx,
+            "inproc://tandem-back"};
         td_status s = td_router_new(&ro, &rt.r);
         if (s == TD_OK) {
             snprintf(back, sizeof back, "%s", td_router_back_endpoint(rt.r));
@@ -323,9 +325,15 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             snprintf(id, sizeof id, "%s:%d:%d", host, (int)getpid(), group);
             char *details = replica_details(full, o, tp->size);
             const td_model_config *c = td_model_config_of(full);
-            td_replica_opts ro = {back,    o->name,     id,
-                                  details, o->max_seqs, c->max_position_embeddings,
-                                  1000,    o->no_chat,  NULL};
+            td_replica_opts ro = {back,
+                                  o->name,
+                                  id,
+                                  details,
+                                  o->max_seqs,
+                                  c->max_position_embeddings,
+                                  o->heartbeat_ms,
+                                  o->no_chat,
+                                  NULL};
             if (zctx) { /* the router is in this process: skip the TCP hop */
                 ro.router = "inproc://tandem-back";
                 ro.zctx = zctx;

@@ -38,6 +38,7 @@ typedef struct {
     const char *name;            /* model name clients ask for */
     const char *const *api_keys; /* with http: NULL-terminated, or NULL */
     const char *no_chat;         /* non-NULL: why chat requests are refused */
+    int heartbeat_ms;            /* replica <-> router heartbeats (router too with http) */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

@@ -2,6 +2,7 @@
 #include "worker/infer/replica.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -32,8 +33,11 @@ typedef struct {
     int32_t *ids;
     size_t ids_cap;
     /* the socket is shared with the heartbeat thread, every use under this (recursive)
-     * mutex; the engine is the main thread's alone (the thread reads a cached count) */
+     * mutex, held only for calls that do not block: the main loop waits for messages on
+     * the socket's file descriptor (ZMQ_FD) without it, so the heartbeat thread always gets
+     * its turn. The engine is the main thread's alone (the thread reads a cached count). */
     pthread_mutex_t mu;
+    int sock_fd;
     atomic_int hb_stop;
     _Atomic uint32_t free_blocks;
     _Atomic uint64_t loop_ns; /* the main loop's last pass: a stuck loop stops heartbeats */
@@ -125,6 +129,9 @@ static td_status connect_router(rep *r) {
         if (zmq_connect(r->sock, r->o->router) != 0)
             s = td_error_set(TD_ERR_IO, "replica: cannot connect to the router at %s: %s",
                              r->o->router, zmq_strerror(errno));
+        size_t fl = sizeof r->sock_fd;
+        if (s == TD_OK && zmq_getsockopt(r->sock, ZMQ_FD, &r->sock_fd, &fl) != 0)
+            s = td_error_set(TD_ERR_IO, "replica: zmq_getsockopt(ZMQ_FD): %s", zmq_strerror(errno));
     }
     r->last_heard = td_wire_now_ns();
     if (s == TD_OK) s = send_register(r); /* the mutex is recursive */
@@ -332,8 +339,18 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
         /* everything that arrived; wait a little only when there is nothing to compute */
         for (int k = 0; s == TD_OK && k < 1024; k++) {
             pthread_mutex_lock(&r.mu);
-            s = td_wire_recv(r.sock, NULL, NULL, k == 0 && !busy ? 20 : 0, &env);
+            s = td_wire_recv(r.sock, NULL, NULL, 0, &env);
             pthread_mutex_unlock(&r.mu);
+            if (!env && k == 0 && !busy && s == TD_OK) {
+                /* idle: sleep on the socket's descriptor, not holding the lock. It is
+                 * edge-triggered and the heartbeat thread's sends may consume its edge, so
+                 * the wait is short and the socket is read again after it either way. */
+                struct pollfd pfd = {r.sock_fd, POLLIN, 0};
+                poll(&pfd, 1, 20);
+                pthread_mutex_lock(&r.mu);
+                s = td_wire_recv(r.sock, NULL, NULL, 0, &env);
+                pthread_mutex_unlock(&r.mu);
+            }
             if (!env) break;
             s = on_message(&r, env);
         }
