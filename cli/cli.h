@@ -19,8 +19,15 @@ struct td_model;
 int td_serve_main(int argc, char **argv, const char *cmd, struct td_model *given,
                   const char *tok_json);
 
-/* Prints "tandem CMD: <message>" for the recorded error and returns its exit code. */
+/* Prints "tandem CMD: error: <message>" for the recorded error and returns its exit code.
+ * Under a launcher (mpirun, srun), ranks other than 0 pause 2 s first and prefix their rank:
+ * an error every rank meets is then printed once, by rank 0, whose abort ends the others. */
 int td_cli_fail(const char *cmd, int status);
+/* For an error found before MPI starts that every rank finds alike (the job file): printed
+ * by rank 0 only. */
+int td_cli_fail_same_on_all_ranks(const char *cmd, int status);
+/* This process's rank from the launcher's environment, before MPI starts (-1: none). */
+int td_cli_launcher_rank(void);
 
 struct td_comm;
 /* Collective over comm (NULL: this process alone): gathers each rank's OpenBLAS core and

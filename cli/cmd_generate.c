@@ -34,6 +34,7 @@ static void help(FILE *f) {
             "  --top-p P             nucleus sampling mass (default 1.0 = off)\n"
             "  --seed N              sampling seed (default 1)\n"
             "  --logits-out FILE     write the prompt's tokens and logits (T x V) as safetensors\n"
+            "  --no-verify           load the checkpoint without checking its SHA256SUMS\n"
             "  -h, --help            this text\n");
 }
 
@@ -76,12 +77,13 @@ int td_cmd_generate(int argc, char **argv) {
                                          {"top-p", required_argument, 0, 'P'},
                                          {"seed", required_argument, 0, 's'},
                                          {"logits-out", required_argument, 0, 'l'},
+                                         {"no-verify", no_argument, 0, 'V'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model_dir = NULL, *prompt = NULL, *tok_arg = NULL, *logits_out = NULL;
     long max_new = 200, top_k = 0, seed = 1;
     double temp = 0.8, top_p = 1.0;
-    int c;
+    int c, no_verify = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         char *end = NULL;
@@ -97,6 +99,9 @@ int td_cmd_generate(int argc, char **argv) {
             break;
         case 'l':
             logits_out = optarg;
+            break;
+        case 'V':
+            no_verify = 1;
             break;
         case 'n':
             max_new = strtol(optarg, &end, 10);
@@ -130,8 +135,9 @@ int td_cmd_generate(int argc, char **argv) {
         help(stderr);
         return 2;
     }
-    td_model *m;
-    td_status s = td_checkpoint_load_model(model_dir, &m);
+    td_model *m = NULL;
+    td_status s = td_checkpoint_check(model_dir, no_verify);
+    if (s == TD_OK) s = td_checkpoint_load_model(model_dir, &m);
     if (s != TD_OK) return td_cli_fail("generate", s);
     const td_model_config *cfg = td_model_config_of(m);
     int V = cfg->vocab_size, maxT = cfg->max_position_embeddings;

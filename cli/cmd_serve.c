@@ -34,6 +34,8 @@ static void help(FILE *f) {
             "  --name NAME           model name clients use (default: the checkpoint's\n"
             "                        directory, or its parent's for step_* directories)\n"
             "  --api-key KEY         with --http: require Authorization: Bearer KEY\n"
+            "  --no-verify           load the checkpoint without checking its files against\n"
+            "                        its SHA256SUMS\n"
             "  --heartbeat-ms N      replica <-> router heartbeats (default 1000; a replica\n"
             "                        silent for three is lost); with --router, the router's\n"
             "                        --heartbeat-ms\n"
@@ -104,7 +106,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_CLEN,
         O_CMB,
         O_OLDHEAD,
-        O_HB
+        O_HB,
+        O_NOVERIFY
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tp", required_argument, 0, O_TP},
@@ -135,10 +138,12 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"bf16", no_argument, 0, O_BF16},
                                          {"device", required_argument, 0, O_DEV},
                                          {"heartbeat-ms", required_argument, 0, O_HB},
+                                         {"no-verify", no_argument, 0, O_NOVERIFY},
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
     const char *model_dir = NULL;
+    int no_verify = 0;
     const char **stops = calloc((size_t)argc + 1, sizeof *stops);
     const char **keys = calloc((size_t)argc + 1, sizeof *keys);
     int nk = 0;
@@ -237,6 +242,9 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             break;
         case O_ROUTER:
             o.router = optarg;
+            break;
+        case O_NOVERIFY:
+            no_verify = 1;
             break;
         case O_HB:
             o.heartbeat_ms = (int)strtol(optarg, &end, 10);
@@ -347,6 +355,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     if (s == TD_OK) td_cli_log_kernels(world, 0);
     td_model *m = given;
     td_bpe *tok = NULL;
+    if (s == TD_OK && !m) s = td_checkpoint_check(model_dir, no_verify);
     if (s == TD_OK && !m) s = td_checkpoint_load_model(model_dir, &m);
     if (s == TD_OK) {
         if (tok_json) {

@@ -1,6 +1,7 @@
 /* `tandem train JOB.json [--resume] [--stop-at STEP]`, alone or under mpirun. */
 #include <getopt.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,14 +32,36 @@ static void help(FILE *f) {
                "                   parallel replicas and serve from the weights in memory;\n"
                "                   with --tp T, --prompts-file F, --max-tokens N (see\n"
                "                   tandem serve --help)\n"
-               "  --quiet          print only errors\n"
+               "  --quiet          print only errors and warnings\n"
+               "  --no-verify      resume without checking the checkpoint's files against\n"
+               "                   its SHA256SUMS\n"
                "  -h, --help       this text\n");
+}
+
+/* SIGTERM (a scheduler's stop), SIGUSR1 (Slurm's warning before a time limit; mpirun
+ * forwards it) and SIGINT: finish the step, save it, exit 0. A second one ends at once. */
+static volatile int g_stop;
+
+static void on_stop_signal(int sig) {
+    g_stop = sig;
+    signal(sig, SIG_DFL);
+}
+
+static void watch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 }
 
 int td_cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"resume", no_argument, 0, 'r'},
                                          {"stop-at", required_argument, 0, 's'},
                                          {"quiet", no_argument, 0, 'q'},
+                                         {"no-verify", no_argument, 0, 'V'},
                                          {"bucket-mb", required_argument, 0, 'b'},
                                          {"serve", no_argument, 0, 'S'},
                                          {"tp", required_argument, 0, 'T'},
@@ -69,6 +92,9 @@ int td_cmd_train(int argc, char **argv) {
         }
         case 'q':
             o.quiet = 1;
+            break;
+        case 'V':
+            o.no_verify = 1;
             break;
         case 'S':
             serve = 1;
@@ -119,7 +145,7 @@ int td_cmd_train(int argc, char **argv) {
     }
     td_job job;
     td_status s = td_job_load(argv[optind], &job);
-    if (s != TD_OK) return td_cli_fail("train", s);
+    if (s != TD_OK) return td_cli_fail_same_on_all_ranks("train", s);
     /* device: cpu; cuda (this rank's GPU; an error saying why where none is usable);
      * auto: the GPU when one is usable, else the CPU with one line saying why */
     char why[256] = "no usable GPU: this build has no CUDA backend (TANDEM_CUDA=OFF)";
@@ -190,11 +216,18 @@ int td_cmd_train(int argc, char **argv) {
         o.keep_tokenizer = &tok_json;
     }
     td_train_result r;
+    watch_stop_signals();
+    o.stop = &g_stop;
     s = td_train_run(&job, &o, &r);
     td_job_deinit(&job);
     int rc = 0;
     if (s != TD_OK) rc = td_cli_fail("train", s);
     td_comm_free(&comm);
+    if (rc == 0 && serve && r.stopped) { /* stopped early: no serving */
+        td_model_free(&trained);
+        free(tok_json);
+        serve = 0;
+    }
     if (rc == 0 && serve) { /* same ranks, same weights in memory: serve them */
         rc = td_serve_main(nsa, (char **)serve_args, "train --serve", trained, tok_json);
         td_model_free(&trained);

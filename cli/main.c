@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "common/status.h"
@@ -26,10 +28,32 @@ static const command g_cmds[] = {
     {"gateway", td_cmd_gateway, "HTTP front door: OpenAI and Ollama APIs, /metrics"},
 };
 
+int td_cli_launcher_rank(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i])) return atoi(getenv(vars[i]));
+    return -1;
+}
+
 int td_cli_fail(const char *cmd, int status) {
+    int rank = td_cli_launcher_rank();
+    if (rank > 0) {
+        /* rank 0 speaks for the job: an error that every rank meets (bad input is the same
+         * on all of them) is printed by rank 0, whose abort then ends this rank during the
+         * pause; an error of this rank alone is still printed, after it */
+        struct timespec pause = {2, 0};
+        if (nanosleep(&pause, NULL) != 0) /* a signal: the job is being ended, rank 0 spoke */
+            return td_status_exit_code(status);
+        fprintf(stderr, "[rank %d] ", rank);
+    }
     fprintf(stderr, "tandem %s: error: %s\n", cmd,
             td_error_message()[0] ? td_error_message() : td_status_to_string(status));
     return td_status_exit_code(status);
+}
+
+int td_cli_fail_same_on_all_ranks(const char *cmd, int status) {
+    if (td_cli_launcher_rank() > 0) return td_status_exit_code(status);
+    return td_cli_fail(cmd, status);
 }
 
 void td_cli_log_kernels(td_comm *comm, int quiet) {

@@ -12,6 +12,14 @@
 #include <unistd.h>
 
 td_status td_fs_read_file(const char *path, char **data, size_t *len) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return td_error_set(TD_ERR_INVALID, "%s is a directory; a file is expected there", path);
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s is not a regular file (a FIFO, device or socket); a file is "
+                            "expected there",
+                            path);
     FILE *f = fopen(path, "rb");
     if (!f)
         return td_error_set(errno == ENOENT ? TD_ERR_NOTFOUND : TD_ERR_IO, "cannot open %s: %s",

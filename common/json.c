@@ -2,6 +2,7 @@
 #include "common/json.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,61 @@ td_status td_json_get_string(const cJSON *obj, const char *where, const char *ke
     if (!cJSON_IsString(it))
         return td_error_set(TD_ERR_INVALID, "%s.%s: expected a string", where, key);
     *out = it->valuestring;
+    return TD_OK;
+}
+
+int td_edit_distance(const char *a, const char *b) {
+    int la = (int)strnlen(a, 63), lb = (int)strnlen(b, 63);
+    int d[64][64];
+    for (int i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (int j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (int i = 1; i <= la; i++)
+        for (int j = 1; j <= lb; j++) {
+            int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
+            d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+            /* a swap of two neighbours ("stpes") counts as one edit */
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < d[i][j])
+                d[i][j] = d[i - 2][j - 2] + 1;
+        }
+    return d[la][lb];
+}
+
+td_status td_json_check_keys(const cJSON *obj, const char *where, const char *const *allowed,
+                             const char *const *elsewhere) {
+    if (!cJSON_IsObject(obj)) return TD_OK; /* the type is checked where the block is read */
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        const char *k = it->string ? it->string : "";
+        int known = 0, best = 3;
+        const char *near = NULL;
+        for (int i = 0; allowed[i] && !known; i++) {
+            if (!strcmp(k, allowed[i])) known = 1;
+            int d = td_edit_distance(k, allowed[i]);
+            if (d < best) best = d, near = allowed[i];
+        }
+        if (known) continue;
+        if (near)
+            return td_error_set(TD_ERR_INVALID, "%s: unknown key \"%s\": did you mean \"%s\"?",
+                                where, k, near);
+        for (int i = 0; elsewhere && elsewhere[i]; i++) {
+            const char *dot = strrchr(elsewhere[i], '.');
+            if (dot && td_edit_distance(k, dot + 1) <= 1)
+                return td_error_set(TD_ERR_INVALID,
+                                    "%s: unknown key \"%s\": did you mean \"%s\" (in another "
+                                    "block)?",
+                                    where, k, elsewhere[i]);
+        }
+        char list[512] = "";
+        size_t len = 0;
+        for (int i = 0; allowed[i] && len < sizeof list - 40; i++)
+            len +=
+                (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", allowed[i]);
+        return td_error_set(TD_ERR_INVALID, "%s: unknown key \"%s\" (known here: %s)", where, k,
+                            list);
+    }
     return TD_OK;
 }
 

@@ -23,6 +23,16 @@ td_status td_json_get_bool(const cJSON *obj, const char *where, const char *key,
 td_status td_json_get_string(const cJSON *obj, const char *where, const char *key, int required,
                              const char **out);
 
+/* Every key of object `obj` (at `where`) must be in `allowed` (NULL-terminated): an unknown
+ * one is TD_ERR_INVALID naming it, with the nearest allowed key ("did you mean") when one is
+ * within two edits, or else a key of `elsewhere` (NULL-terminated "block.key" strings, may be
+ * NULL) that matches it, so that a key put in the wrong block is pointed to its place. */
+td_status td_json_check_keys(const cJSON *obj, const char *where, const char *const *allowed,
+                             const char *const *elsewhere);
+
+/* The edit (Levenshtein) distance between two short strings (at most 63 bytes are read). */
+int td_edit_distance(const char *a, const char *b);
+
 /* Writes `json` (pretty-printed) to `path` atomically: a temp file, fsync, rename. */
 td_status td_json_save_file(const char *path, const cJSON *json);
 

@@ -117,6 +117,8 @@ import json, sys
 c = json.load(open(sys.argv[1])); c["chat_template"] = "{{ messages[0]['content'] }}"
 json.dump(c, open(sys.argv[1], "w"))
 PY
+# a file edited on purpose: its new sha256 goes into SHA256SUMS (docs/formats.md)
+(cd other && sha256sum $(awk '{ print $2 }' SHA256SUMS) > SHA256SUMS.new && mv SHA256SUMS.new SHA256SUMS)
 "$TANDEM" serve --model other --http 127.0.0.1:0 2> serve2.log &
 SRV=$!
 for _ in $(seq 100); do grep -q "listening on http" serve2.log && break; sleep 0.1; done

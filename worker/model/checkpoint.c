@@ -11,6 +11,7 @@
 #include "common/fsutil.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/sha256.h"
 #include "worker/model/safetensors.h"
 
 static td_status write_tensors(const td_model *m, const float *base, const char *suffix,
@@ -78,6 +79,89 @@ const char td_chatml_template[] =
     "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/* The files SHA256SUMS covers, in the order written; those absent are skipped. */
+static const char *const k_sum_files[] = {"config.json",
+                                          "model.safetensors",
+                                          "optimizer.safetensors",
+                                          "tokenizer.json",
+                                          "tokenizer_config.json",
+                                          "trainer_state.json",
+                                          NULL};
+
+/* SHA256SUMS in `sha256sum` format ("<64 hex>  <name>"), so `sha256sum -c` checks it too. */
+static td_status write_sums(const char *dir) {
+    char text[2048] = "", p[4200], hex[65];
+    size_t len = 0;
+    for (int i = 0; k_sum_files[i]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, k_sum_files[i]);
+        if (!td_fs_exists(p)) continue;
+        TD_TRY(td_sha256_file(p, hex));
+        len += (size_t)snprintf(text + len, sizeof text - len, "%s  %s\n", hex, k_sum_files[i]);
+    }
+    snprintf(p, sizeof p, "%s/SHA256SUMS", dir);
+    return td_fs_write_file_atomic(p, text, len);
+}
+
+td_status td_checkpoint_verify(const char *dir, int *verified) {
+    char p[4200], want[65], got[65], name[256];
+    if (verified) *verified = 0;
+    snprintf(p, sizeof p, "%s/SHA256SUMS", dir);
+    if (!td_fs_exists(p)) return TD_OK; /* written before checksums, or by another tool */
+    char *text;
+    TD_TRY(td_fs_read_file(p, &text, NULL));
+    td_status s = TD_OK;
+    int n = 0;
+    for (char *line = text; s == TD_OK && line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        if (!*line) {
+            line = next;
+            continue;
+        }
+        if (sscanf(line, "%64[0-9a-f]  %255[^/\n]", want, name) != 2 || strlen(want) != 64) {
+            s = td_error_set(TD_ERR_FORMAT, "%s: line \"%.80s\" is not \"<sha256>  <file>\"", p,
+                             line);
+            break;
+        }
+        snprintf(p, sizeof p, "%s/%s", dir, name);
+        if (!td_fs_exists(p)) {
+            s = td_error_set(TD_ERR_FORMAT,
+                             "checkpoint %s: %s is listed in SHA256SUMS but missing: the "
+                             "checkpoint is incomplete",
+                             dir, name);
+            break;
+        }
+        s = td_sha256_file(p, got);
+        if (s == TD_OK && strcmp(want, got))
+            s = td_error_set(TD_ERR_FORMAT,
+                             "checkpoint %s: %s does not match its sha256 in SHA256SUMS (the "
+                             "file changed or was corrupted after it was written); restore it "
+                             "from a copy, or pass --no-verify to load it as it is",
+                             dir, name);
+        n++;
+        line = next;
+    }
+    free(text);
+    if (s == TD_OK && verified) *verified = n;
+    return s;
+}
+
+td_status td_checkpoint_check(const char *dir, int skip) {
+    if (skip) {
+        TD_LOG_WARN("checkpoint %s: checksums not verified (--no-verify)", dir);
+        return TD_OK;
+    }
+    int n = 0;
+    TD_TRY(td_checkpoint_verify(dir, &n));
+    if (n)
+        TD_LOG_INFO("checkpoint %s: %d files match SHA256SUMS", dir, n);
+    else
+        TD_LOG_WARN("checkpoint %s has no SHA256SUMS (written before checksums, or by another "
+                    "tool): its files are not verified",
+                    dir);
+    return TD_OK;
+}
+
 td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, size_t out_len) {
     TD_TRY(td_fs_mkdirs(a->root));
     char tmp[4096], fin[4096], p[4200];
@@ -136,6 +220,8 @@ td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, si
         s = td_json_save_file(p, a->trainer_state);
         if (s != TD_OK) goto fail;
     }
+    s = write_sums(tmp);
+    if (s != TD_OK) goto fail;
     td_fs_sync_dir(tmp);
     s = td_fs_remove_tree(fin);
     if (s != TD_OK) goto fail;

@@ -6,6 +6,7 @@
  *     optimizer.safetensors  AdamW moments: "<name>.exp_avg", "<name>.exp_avg_sq"
  *     trainer_state.json     step, RNG, data position, lineage (written by the trainer)
  *     tokenizer.json         Hugging Face tokenizer
+ *     SHA256SUMS             sha256 of each file above (`sha256sum -c SHA256SUMS` checks it)
  *
  * A checkpoint is written under ROOT/.tmp-step_... and renamed into place only when every
  * file is complete, so a crash never leaves a directory that looks whole. Loading checks
@@ -47,6 +48,15 @@ td_status td_checkpoint_load_model(const char *dir, td_model **out);
  * and on unexpected tensors. */
 td_status td_checkpoint_read_tensors(const td_model *m, const char *path, int nsets,
                                      const char *const *suffixes, float *const *bases);
+
+/* Checks every file SHA256SUMS in `dir` lists against its sha256: TD_ERR_FORMAT naming the
+ * first file that differs or is missing. A checkpoint without SHA256SUMS (older, or made by
+ * another tool) passes with *verified = 0; otherwise *verified = the files checked. */
+td_status td_checkpoint_verify(const char *dir, int *verified);
+
+/* td_checkpoint_verify for a command that loads `dir`, saying in the log what was checked:
+ * skip (the user's --no-verify) logs that nothing was. */
+td_status td_checkpoint_check(const char *dir, int skip);
 
 /* Finds the newest complete checkpoint under `root`; TD_ERR_NOTFOUND when there is none. */
 td_status td_checkpoint_latest(const char *root, char *out, size_t out_len);

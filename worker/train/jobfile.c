@@ -38,6 +38,72 @@ static td_status copy_str(const cJSON *o, const char *where, const char *key, in
     return TD_OK;
 }
 
+/* The keys each block may hold. A key tandem does not know is an error, not ignored: a
+ * typo ("stpes") would otherwise train with a default the user did not choose. */
+static const char *const k_root[] = {"model",  "data",      "train", "checkpoint",
+                                     "device", "precision", NULL};
+static const char *const k_data[] = {"train", "val", "seq_len", NULL};
+static const char *const k_train[] = {
+    "batch_size",   "grad_accum", "steps",        "warmup",    "lr",  "lr_min_ratio",
+    "weight_decay", "clip",       "beta1",        "beta2",     "eps", "seed",
+    "zero",         "eval_every", "eval_batches", "log_every", NULL};
+static const char *const k_ckpt[] = {"dir", "every", "keep", NULL};
+/* the model block: the Hugging Face config.json keys tandem reads, and those of a
+ * config.json that describe nothing tandem computes differently (ids, versions, dtype) */
+static const char *const k_model[] = {"arch",
+                                      "architectures",
+                                      "model_type",
+                                      "hidden_size",
+                                      "intermediate_size",
+                                      "num_hidden_layers",
+                                      "num_attention_heads",
+                                      "num_key_value_heads",
+                                      "vocab_size",
+                                      "max_position_embeddings",
+                                      "rms_norm_eps",
+                                      "rope_theta",
+                                      "tie_word_embeddings",
+                                      "hidden_act",
+                                      "activation_function",
+                                      "layer_norm_epsilon",
+                                      "n_embd",
+                                      "n_head",
+                                      "n_inner",
+                                      "n_layer",
+                                      "n_positions",
+                                      "torch_dtype",
+                                      "transformers_version",
+                                      "bos_token_id",
+                                      "eos_token_id",
+                                      "pad_token_id",
+                                      "use_cache",
+                                      "initializer_range",
+                                      "_name_or_path",
+                                      NULL};
+static const char *const k_all[] = {"data.train",
+                                    "data.val",
+                                    "data.seq_len",
+                                    "train.batch_size",
+                                    "train.grad_accum",
+                                    "train.steps",
+                                    "train.warmup",
+                                    "train.lr",
+                                    "train.lr_min_ratio",
+                                    "train.weight_decay",
+                                    "train.clip",
+                                    "train.beta1",
+                                    "train.beta2",
+                                    "train.eps",
+                                    "train.seed",
+                                    "train.zero",
+                                    "train.eval_every",
+                                    "train.eval_batches",
+                                    "train.log_every",
+                                    "checkpoint.dir",
+                                    "checkpoint.every",
+                                    "checkpoint.keep",
+                                    NULL};
+
 static td_status parse(td_job *j) {
     const char *p = j->path;
     char where[1100];
@@ -47,6 +113,15 @@ static td_status parse(td_job *j) {
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
     const cJSON *train = cJSON_GetObjectItemCaseSensitive(root, "train");
     const cJSON *ckpt = cJSON_GetObjectItemCaseSensitive(root, "checkpoint");
+    TD_TRY(td_json_check_keys(root, p, k_root, k_all));
+    snprintf(where, sizeof where, "%s: model", p);
+    TD_TRY(td_json_check_keys(model, where, k_model, k_all));
+    snprintf(where, sizeof where, "%s: data", p);
+    TD_TRY(td_json_check_keys(data, where, k_data, k_all));
+    snprintf(where, sizeof where, "%s: train", p);
+    TD_TRY(td_json_check_keys(train, where, k_train, k_all));
+    snprintf(where, sizeof where, "%s: checkpoint", p);
+    TD_TRY(td_json_check_keys(ckpt, where, k_ckpt, k_all));
     if (!model) return td_error_set(TD_ERR_INVALID, "%s: missing the \"model\" block", p);
     if (!data) return td_error_set(TD_ERR_INVALID, "%s: missing the \"data\" block", p);
     snprintf(where, sizeof where, "%s: model", p);

@@ -138,7 +138,7 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     return s;
 }
 
-static td_status resume(trainer *t, long *start_step) {
+static td_status resume(trainer *t, int no_verify, long *start_step) {
     char dir[1024] = "", p[1200];
     /* rank 0 chooses the checkpoint; every rank loads that one */
     int64_t found = 0;
@@ -149,6 +149,7 @@ static td_status resume(trainer *t, long *start_step) {
         return t->rank == 0 ? TD_ERR_NOTFOUND
                             : td_error_set(TD_ERR_NOTFOUND, "no complete checkpoint under %s",
                                            t->job->ckpt_dir);
+    TD_TRY(td_checkpoint_check(dir, no_verify));
     td_model *m;
     TD_TRY(td_checkpoint_load_model(dir, &m));
     const td_model_config *a = td_model_config_of(m), *b = &t->job->model;
@@ -295,7 +296,28 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     char p[1200];
     snprintf(p, sizeof p, "%s/tokenizer.json", td_fs_is_dir(j->train_data) ? j->train_data : ".");
     if (td_fs_is_dir(j->train_data) && td_fs_exists(p)) {
-        TD_TRY(td_fs_read_file(p, &t->tokenizer_json, NULL));
+        size_t len = 0;
+        TD_TRY(td_fs_read_file(p, &t->tokenizer_json, &len));
+        /* checked now, not when the checkpoint is first served: it must be a tokenizer
+         * tandem reads (byte-level BPE) whose ids fit the model */
+        td_bpe *tok = NULL;
+        td_status s = td_bpe_from_json(t->tokenizer_json, len, p, &tok);
+        if (s != TD_OK) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", td_error_message());
+            return td_error_set(TD_ERR_FORMAT,
+                                "%s: the tokenizer beside the training shards cannot be used "
+                                "(%s); tandem reads byte-level BPE tokenizer.json files as "
+                                "`tandem prep` writes them",
+                                p, why);
+        }
+        int nv = td_bpe_vocab_size(tok);
+        td_bpe_free(&tok);
+        if (nv > j->model.vocab_size)
+            return td_error_set(TD_ERR_INVALID,
+                                "%s: the tokenizer has %d tokens, but model.vocab_size in %s is "
+                                "%d: raise vocab_size to at least %d",
+                                p, nv, j->path, j->model.vocab_size, nv);
     } else {
         if (t->rank == 0)
             TD_LOG_WARN("no tokenizer.json beside the training shards; checkpoints will carry "
@@ -348,7 +370,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     res->first_val_loss = res->last_val_loss = NAN;
     td_status s = setup(&t, j, opts);
     long step0 = 0;
-    if (s == TD_OK && opts->resume) s = resume(&t, &step0);
+    if (s == TD_OK && opts->resume) s = resume(&t, opts->no_verify, &step0);
     /* one set of weights everywhere: rank 0's (initialised or resumed) */
     if (s == TD_OK)
         s = t.comm->ops->bcast(t.comm, td_model_params(t.model), td_model_num_params(t.model),
@@ -562,13 +584,22 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                 fflush(stdout);
             }
         }
-        int save = (j->ckpt_every > 0 && (step + 1) % j->ckpt_every == 0) || step + 1 == last;
+        /* a stop signal (SIGTERM from a scheduler, SIGUSR1 before a time limit): every rank
+         * stops after the same step, which is saved so that --resume continues exactly */
+        int stop_sig = opts->stop && *opts->stop;
+        if (opts->stop && t.size > 1) stop_sig = sum_ranks(&t, stop_sig) > 0;
+        int save =
+            (j->ckpt_every > 0 && (step + 1) % j->ckpt_every == 0) || step + 1 == last || stop_sig;
         if (save) {
             s = save_checkpoint(&t, step + 1, loss, res->last_checkpoint,
                                 sizeof res->last_checkpoint);
             if (s != TD_OK) break;
         }
         res->steps_done = step + 1;
+        if (stop_sig) {
+            res->stopped = 1;
+            break;
+        }
     }
     if (!quiet) td_progress_done();
     double wall = td_time_now() - t_start;
@@ -576,6 +607,11 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK && !quiet)
         printf("train: %ld steps in %.1f s (%.0f tokens/s), last loss %.4f, checkpoint %s\n",
                steps_run, wall, res->tokens_per_s, res->last_loss, res->last_checkpoint);
+    if (s == TD_OK && res->stopped && t.rank == 0) /* said even when quiet */
+        fprintf(stderr,
+                "tandem train: stopped by a signal after step %ld; checkpoint %s written; "
+                "continue with --resume\n",
+                res->steps_done, res->last_checkpoint);
 #ifdef TD_HAVE_CUDA
     if (s == TD_OK && t.gm) s = td_gpu_model_to_host(t.gm, t.model, NULL, NULL);
 #endif

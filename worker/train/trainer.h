@@ -19,6 +19,7 @@ typedef struct {
     int resume;          /* continue from the newest complete checkpoint in ckpt_dir */
     long stop_at;        /* stop after this step (with a checkpoint); 0 = run to train.steps */
     int quiet;           /* no per-evaluation lines on stdout */
+    int no_verify;       /* resume without checking the checkpoint's SHA256SUMS */
     td_comm *comm;       /* NULL: one process */
     size_t bucket_bytes; /* gradient all-reduce bucket size (0: 25 MiB) */
     /* train → serve: when not NULL, the trained model and the tokenizer.json text are
@@ -26,6 +27,9 @@ typedef struct {
     struct td_model **keep_model;
     char **keep_tokenizer;
     int gpu; /* train on this rank's GPU (CUDA builds; the caller checked one is usable) */
+    /* set non-zero by a signal handler: the ranks agree on it after each step, finish that
+     * step, write its checkpoint and return TD_OK (res->stopped); NULL: not watched */
+    volatile int *stop;
 } td_train_opts;
 
 typedef struct {
@@ -34,6 +38,7 @@ typedef struct {
     double first_val_loss, last_val_loss; /* NAN when there is no validation data */
     double tokens_per_s;                  /* over the whole run */
     char last_checkpoint[1024];
+    int stopped; /* a stop signal ended training early (after steps_done, saved) */
 } td_train_result;
 
 td_status td_train_run(const td_job *job, const td_train_opts *opts, td_train_result *res);
