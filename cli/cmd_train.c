@@ -35,6 +35,8 @@ static void help(FILE *f) {
                "  --quiet          print only errors and warnings\n"
                "  --no-verify      resume without checking the checkpoint's files against\n"
                "                   its SHA256SUMS\n"
+               "  --verify-data    check every shard's sha256 against manifest.json (sizes,\n"
+               "                   the listing and the tokenizer's sha256 are always checked)\n"
                "  -h, --help       this text\n");
 }
 
@@ -62,6 +64,7 @@ int td_cmd_train(int argc, char **argv) {
                                          {"stop-at", required_argument, 0, 's'},
                                          {"quiet", no_argument, 0, 'q'},
                                          {"no-verify", no_argument, 0, 'V'},
+                                         {"verify-data", no_argument, 0, 'D'},
                                          {"bucket-mb", required_argument, 0, 'b'},
                                          {"serve", no_argument, 0, 'S'},
                                          {"tp", required_argument, 0, 'T'},
@@ -95,6 +98,9 @@ int td_cmd_train(int argc, char **argv) {
             break;
         case 'V':
             o.no_verify = 1;
+            break;
+        case 'D':
+            o.verify_data = 1;
             break;
         case 'S':
             serve = 1;

@@ -5,7 +5,9 @@
 #      "did you mean"; a key in the wrong block is pointed to its block; a directory or a
 #      FIFO where the job file should be is exit 2 naming the path
 #   2. a tokenizer.json beside the shards that tandem cannot use (WordPiece) is refused when
-#      training starts, not when the checkpoint is first served
+#      training starts, not when the checkpoint is first served; the shards are checked
+#      against manifest.json (sizes, listing, the tokenizer's sha256; with --verify-data
+#      every shard's sha256)
 #   3. checkpoints carry SHA256SUMS (`sha256sum -c` agrees); one flipped bit in
 #      model.safetensors is refused on --resume, by serve and by generate (exit 2, naming the
 #      file); --no-verify loads it and says so
@@ -74,6 +76,7 @@ once_per_job 'did you mean "steps"?'
 
 echo "== 2. a tokenizer tandem cannot use beside the shards"
 cp -r data wp
+rm wp/manifest.json # shards from another tool, with its tokenizer (no manifest to compare)
 cat > wp/tokenizer.json <<'TOK'
 {"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
  "normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
@@ -88,6 +91,23 @@ expect "WordPiece tokenizer.json" 2 'wp/tokenizer.json: the tokenizer beside the
 expect "WordPiece under mpirun -np 2" 2 'the tokenizer beside the training shards cannot be used' \
     mpirun -np 2 "$TANDEM" train wordpiece.json
 once_per_job 'the tokenizer beside the training shards cannot be used'
+
+echo "== 2b. shards checked against manifest.json"
+cp -r data dm
+DATA=dm job manifest 2
+expect "intact data: sizes and tokenizer checked" 0 'match manifest.json (sizes;' "$TANDEM" train manifest.json
+rm -rf manifest
+off=$(($(stat -c %s dm/train_000000.bin) / 2))
+printf '\377' | dd of=dm/train_000000.bin bs=1 seek=$off conv=notrunc status=none
+expect "a changed shard byte, --verify-data" 2 'dm/train_000000.bin: the shard does not match its sha256' \
+    "$TANDEM" train manifest.json --verify-data
+cp data/train_000000.bin dm/ && truncate -s -2 dm/train_000000.bin
+expect "a truncated shard" 2 'manifest.json lists' "$TANDEM" train manifest.json
+cp data/train_000000.bin dm/ && cp data/val_000000.bin dm/stray.bin
+expect "a .bin the manifest does not list" 2 'dm/stray.bin is not listed in dm/manifest.json' \
+    "$TANDEM" train manifest.json
+rm dm/stray.bin && cp data/tokenizer.json dm/tokenizer.json && sed -i 's/"<|endoftext|>"/"<|end|>"/' dm/tokenizer.json
+expect "a swapped tokenizer" 2 'the tokenizer does not match its sha256' "$TANDEM" train manifest.json
 
 echo "== 3. checksums"
 job sums 4 && sed -i 's/"every": 100000/"every": 2/' sums.json

@@ -13,6 +13,7 @@
 #include "common/timeutil.h"
 #include "data/bpe.h"
 #include "data/loader.h"
+#include "data/manifest.h"
 #include "worker/kernels/cpu/bf16.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
@@ -232,6 +233,17 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
                             "%d ranks",
                             j->path, j->batch_size, t->size);
     t->local_B = j->batch_size / t->size;
+    if (t->rank == 0) { /* the data as `tandem prep` left it (rank 0 speaks for the job) */
+        td_manifest_report mr;
+        TD_TRY(td_manifest_check(j->train_data, opts->verify_data, &mr));
+        if (mr.has_manifest && mr.hashed)
+            TD_LOG_INFO("data %s: %d shards (%.1f MB) match manifest.json, sha256 too (%.1f s)",
+                        j->train_data, mr.shards, mr.bytes / 1e6, mr.hash_s);
+        else if (mr.has_manifest)
+            TD_LOG_INFO("data %s: %d shards (%.1f MB) and the tokenizer match manifest.json "
+                        "(sizes; --verify-data checks every shard's sha256)",
+                        j->train_data, mr.shards, mr.bytes / 1e6);
+    }
     TD_TRY(td_loader_open(j->train_data, "train", t->local_B, j->seq_len, (uint64_t)j->seed, 1,
                           &t->train));
     TD_TRY(td_dp_share_plan(t->comm, t->train, (uint64_t)j->seed, j->seq_len, j->batch_size));

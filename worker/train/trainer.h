@@ -20,6 +20,7 @@ typedef struct {
     long stop_at;        /* stop after this step (with a checkpoint); 0 = run to train.steps */
     int quiet;           /* no per-evaluation lines on stdout */
     int no_verify;       /* resume without checking the checkpoint's SHA256SUMS */
+    int verify_data;     /* check every shard's sha256 against manifest.json (not sizes only) */
     td_comm *comm;       /* NULL: one process */
     size_t bucket_bytes; /* gradient all-reduce bucket size (0: 25 MiB) */
     /* train → serve: when not NULL, the trained model and the tokenizer.json text are
