@@ -118,11 +118,19 @@ static void gateway_help(FILE *f) {
             "                        no key; also TANDEM_API_KEY)\n"
             "  --max-body BYTES      largest request body (default 1048576)\n"
             "  --timeout S           longest wait for a request's next answer (default 120)\n"
+            "  --header-timeout S    close a connection silent this long before its request\n"
+            "                        is complete, or between requests (default 10)\n"
+            "  --max-connections N   open connections at most (default 4096)\n"
+            "  --public-metrics      /metrics without a key (every route but /health needs\n"
+            "                        one when keys are set)\n"
             "  -h, --help            this text\n");
 }
 
 int td_cmd_gateway(int argc, char **argv) {
-    td_gateway_opts o = {"127.0.0.1:8080", "tcp://127.0.0.1:5555", NULL, 1u << 20, 120, NULL};
+    td_gateway_opts o = {.listen = "127.0.0.1:8080",
+                         .router = "tcp://127.0.0.1:5555",
+                         .max_body = 1u << 20,
+                         .timeout_s = 120};
     const char **keys = calloc((size_t)argc + 2, sizeof *keys);
     int nk = 0, c, bad = 0;
     static const struct option opts[] = {{"listen", required_argument, 0, 'l'},
@@ -130,6 +138,9 @@ int td_cmd_gateway(int argc, char **argv) {
                                          {"api-key", required_argument, 0, 'k'},
                                          {"max-body", required_argument, 0, 'm'},
                                          {"timeout", required_argument, 0, 't'},
+                                         {"header-timeout", required_argument, 0, 'H'},
+                                         {"max-connections", required_argument, 0, 'C'},
+                                         {"public-metrics", no_argument, 0, 'P'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -153,6 +164,19 @@ int td_cmd_gateway(int argc, char **argv) {
         case 't':
             o.timeout_s = strtod(optarg, &end);
             bad = o.timeout_s <= 0;
+            break;
+        case 'H':
+            o.header_timeout_s = strtod(optarg, &end);
+            bad = o.header_timeout_s < 1 || o.header_timeout_s > 3600;
+            break;
+        case 'C': {
+            long v = strtol(optarg, &end, 10);
+            bad = v < 16 || v > 1000000;
+            o.max_connections = (unsigned)v;
+            break;
+        }
+        case 'P':
+            o.public_metrics = 1;
             break;
         case 'h':
             gateway_help(stdout);

@@ -33,7 +33,9 @@ static void help(FILE *f) {
             "                        (e.g. tcp://127.0.0.1:5556)\n"
             "  --name NAME           model name clients use (default: the checkpoint's\n"
             "                        directory, or its parent's for step_* directories)\n"
-            "  --api-key KEY         with --http: require Authorization: Bearer KEY\n"
+            "  --api-key KEY         with --http: require Authorization: Bearer KEY on every\n"
+            "                        route but /health (repeatable; also TANDEM_API_KEY)\n"
+            "  --public-metrics      with --http: /metrics without a key\n"
             "  --no-verify           load the checkpoint without checking its files against\n"
             "                        its SHA256SUMS\n"
             "  --heartbeat-ms N      replica <-> router heartbeats (default 1000; a replica\n"
@@ -107,7 +109,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_CMB,
         O_OLDHEAD,
         O_HB,
-        O_NOVERIFY
+        O_NOVERIFY,
+        O_PUBMET
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tp", required_argument, 0, O_TP},
@@ -139,6 +142,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"device", required_argument, 0, O_DEV},
                                          {"heartbeat-ms", required_argument, 0, O_HB},
                                          {"no-verify", no_argument, 0, O_NOVERIFY},
+                                         {"public-metrics", no_argument, 0, O_PUBMET},
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -246,6 +250,9 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_NOVERIFY:
             no_verify = 1;
             break;
+        case O_PUBMET:
+            o.public_metrics = 1;
+            break;
         case O_HB:
             o.heartbeat_ms = (int)strtol(optarg, &end, 10);
             bad = *end || o.heartbeat_ms < 10 || o.heartbeat_ms > 600000;
@@ -308,6 +315,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         fprintf(stderr, "tandem %s: --int8-rtn rounds to nearest: it takes no --calib-*\n", cmd);
         bad = 1;
     }
+    if (!bad && !nk && o.http && getenv("TANDEM_API_KEY") && getenv("TANDEM_API_KEY")[0])
+        keys[nk++] = getenv("TANDEM_API_KEY");
     if (!bad && nk && !o.http) {
         fprintf(stderr, "tandem %s: --api-key goes with --http (or give it to tandem gateway)\n",
                 cmd);

@@ -292,8 +292,13 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             if (!have_thread) s = td_error_set(TD_ERR_RUNTIME, "cannot start the router thread");
         }
         if (s == TD_OK) {
-            td_gateway_opts go = {o->http, "inproc://tandem-front", o->api_keys, 1u << 20, 120,
-                                  zctx};
+            td_gateway_opts go = {.listen = o->http,
+                                  .router = "inproc://tandem-front",
+                                  .api_keys = o->api_keys,
+                                  .max_body = 1u << 20,
+                                  .timeout_s = 120,
+                                  .zctx = zctx,
+                                  .public_metrics = o->public_metrics};
             s = td_gateway_new(&go, &g);
         }
         /* the gateway's and router's threads answer fastest with a core of their own: the

@@ -39,6 +39,7 @@ typedef struct {
     const char *const *api_keys; /* with http: NULL-terminated, or NULL */
     const char *no_chat;         /* non-NULL: why chat requests are refused */
     int heartbeat_ms;            /* replica <-> router heartbeats (router too with http) */
+    int public_metrics;          /* with http: /metrics without a key */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

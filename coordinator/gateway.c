@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,6 +34,9 @@
 /* metrics */
 
 #define NBUCKET 14
+/* A body over the limit but at most this large is read and dropped before the 413. */
+static const unsigned long long k_drain_max = 64ull << 20;
+
 static const double bucket_le[NBUCKET] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                           0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 typedef struct {
@@ -281,7 +285,17 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
     j = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!j) FAIL("malformed JSON near byte %zu", end ? (size_t)(end - body) : (size_t)0);
     if (!cJSON_IsObject(j)) FAIL("the request body must be a JSON object");
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "model");
+    for (const char *p = end; p && p < body + len; p++) /* one object, then white space */
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != 0)
+            FAIL("unexpected data after the JSON object at byte %zu", (size_t)(p - body));
+    /* asked for and not computed: refused, never silently ignored */
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, "logprobs");
+    if (x && !cJSON_IsNull(x) && !cJSON_IsFalse(x) && !(cJSON_IsNumber(x) && x->valuedouble == 0))
+        FAIL("'logprobs' is not supported by this server");
+    x = cJSON_GetObjectItemCaseSensitive(j, "top_logprobs");
+    if (x && !cJSON_IsNull(x) && !(cJSON_IsNumber(x) && x->valuedouble == 0))
+        FAIL("'top_logprobs' is not supported by this server");
+    x = cJSON_GetObjectItemCaseSensitive(j, "model");
     if (!x) FAIL("missing field 'model'");
     if (!cJSON_IsString(x) || !x->valuestring[0]) FAIL("'model' must be a non-empty string");
     q->model = strdup(x->valuestring);
@@ -319,7 +333,15 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
                 cJSON_ArrayForEach(part, c)
                     strcat(text, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
             }
-            q->roles[q->nmsg] = strdup(r->valuestring);
+            const char *role = r->valuestring;
+            if (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant") &&
+                strcmp(role, "developer")) {
+                free(text);
+                FAIL("messages[%d].role: \"%.40s\" is not one of system, developer, user, "
+                     "assistant",
+                     q->nmsg, role);
+            }
+            q->roles[q->nmsg] = strdup(strcmp(role, "developer") ? role : "system");
             q->contents[q->nmsg++] = text;
         }
     } else {
@@ -493,7 +515,9 @@ typedef struct {
     int route;
     char *body;
     size_t len, cap;
-    int too_big, done;
+    int too_big, done, body_done;
+    int early_status;      /* an error known from the headers (404, 405, 401) */
+    const char *early_msg; /* its message (a literal) */
 } conn;
 
 static enum MHD_Result respond(td_gateway *g, struct MHD_Connection *c, int route, int status,
@@ -1138,13 +1162,37 @@ static int route_of(const char *method, const char *url, int *method_ok) {
     return R_UNKNOWN;
 }
 
+/* 1 when a and b are equal; the time taken does not depend on where they differ */
+static int same_secret(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char d = (unsigned char)(la != lb);
+    for (size_t i = 0; i < la; i++)
+        d |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+    return d == 0;
+}
+
+/* "Authorization: Bearer KEY": the scheme in any case (RFC 7235), spaces around KEY */
 static int authorized(td_gateway *g, struct MHD_Connection *c) {
     if (g->nkeys == 0) return 1;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    if (!h || strncmp(h, "Bearer ", 7)) return 0;
+    if (!h) return 0;
+    while (*h == ' ')
+        h++;
+    if (strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) return 0;
+    h += 6;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    char key[512];
+    size_t n = strlen(h);
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+        n--;
+    if (n >= sizeof key) return 0;
+    memcpy(key, h, n);
+    key[n] = 0;
+    int ok = 0;
     for (int i = 0; i < g->nkeys; i++)
-        if (!strcmp(h + 7, g->keys[i])) return 1;
-    return 0;
+        ok |= same_secret(key, g->keys[i]);
+    return ok;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -1159,29 +1207,48 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = k;
         int ok;
         k->route = route_of(method, url, &ok);
-        if (k->route == R_UNKNOWN) {
-            k->done = 1;
-            return respond_error(g, c, k->route, 404, "no such route");
-        }
-        if (!ok) {
-            k->done = 1;
-            return respond_error(g, c, k->route, 405, "method not allowed on this route");
-        }
-        if (k->route != R_HEALTH && k->route != R_METRICS && k->route != R_VERSION &&
-            !authorized(g, c)) {
-            k->done = 1;
-            return respond_error(g, c, k->route, 401,
-                                 "missing or wrong API key (Authorization: Bearer KEY)");
-        }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > g->o.max_body) {
+        unsigned long long clen = cl ? strtoull(cl, NULL, 10) : 0;
+        if (k->route == R_UNKNOWN)
+            k->early_status = 404, k->early_msg = "no such route";
+        else if (!ok)
+            k->early_status = 405, k->early_msg = "method not allowed on this route";
+        else if (k->route != R_HEALTH && !(k->route == R_METRICS && g->o.public_metrics) &&
+                 !authorized(g, c))
+            k->early_status = 401,
+            k->early_msg = "missing or wrong API key (Authorization: Bearer KEY)";
+        else if (cl && clen > g->o.max_body)
+            k->too_big = 1;
+        /* An answer known from the headers waits until the body is read and dropped, so
+         * that a client that sends its whole body before reading (most do) gets it rather
+         * than a broken connection; a body too large to read through is not waited for. */
+        int body = (cl && clen > 0) ||
+                   MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+        if ((k->early_status || k->too_big) && (!body || (cl && clen > k_drain_max))) {
             k->done = 1;
-            char msg[128];
+            char msg[160];
+            if (k->early_status)
+                return respond_error(g, c, k->route, k->early_status, k->early_msg);
             snprintf(msg, sizeof msg, "request body of %s bytes exceeds the limit of %zu bytes", cl,
                      g->o.max_body);
             return respond_error(g, c, k->route, 413, msg);
         }
         return MHD_YES;
+    }
+    if (*upload_size == 0 && !k->body_done) {
+        /* the request is complete: its generation may take longer than the header
+         * timeout, which now no longer applies */
+        k->body_done = 1;
+        MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+                                  (unsigned)(g->o.timeout_s * 2 + 60));
+    }
+    if (k->early_status && *upload_size) { /* dropped; answered once the body is read */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (k->early_status && !k->done) {
+        k->done = 1;
+        return respond_error(g, c, k->route, k->early_status, k->early_msg);
     }
     if (k->done) { /* an answer is queued already: swallow any body */
         *upload_size = 0;
@@ -1206,6 +1273,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     k->done = 1;
     if (k->too_big) {
+        MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)1);
         char msg[128];
         snprintf(msg, sizeof msg, "request body exceeds the limit of %zu bytes", g->o.max_body);
         return respond_error(g, c, k->route, 413, msg);
@@ -1280,6 +1348,9 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
     g->o = *o;
     if (!g->o.max_body) g->o.max_body = 1u << 20;
     if (g->o.timeout_s <= 0) g->o.timeout_s = 120;
+    if (g->o.header_timeout_s <= 0) g->o.header_timeout_s = 10;
+    if (g->o.header_timeout_s < 1) g->o.header_timeout_s = 1;
+    if (g->o.max_connections == 0) g->o.max_connections = 4096;
     for (int i = 0; o->api_keys && o->api_keys[i]; i++)
         g->nkeys++;
     g->keys = calloc((size_t)g->nkeys + 1, sizeof *g->keys);
@@ -1292,13 +1363,14 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
         g->ctx = zmq_ctx_new();
         g->own_ctx = 1;
     }
-    g->d =
-        MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                             MHD_USE_POLL | MHD_USE_ERROR_LOG,
-                         (uint16_t)port, NULL, NULL, on_request, g, MHD_OPTION_SOCK_ADDR, &sa,
-                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, g,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_CONNECTION_LIMIT,
-                         (unsigned)1000, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, g, MHD_OPTION_END);
+    g->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                                MHD_USE_POLL | MHD_USE_ERROR_LOG,
+                            (uint16_t)port, NULL, NULL, on_request, g, MHD_OPTION_SOCK_ADDR, &sa,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, g,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)g->o.header_timeout_s,
+                            MHD_OPTION_CONNECTION_LIMIT, g->o.max_connections,
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20),
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, g, MHD_OPTION_END);
     if (!g->d) {
         int e = errno;
         td_gateway_free(&g);

@@ -18,6 +18,12 @@ typedef struct {
     size_t max_body;             /* request bodies larger than this answer 413 (1 MiB) */
     double timeout_s;            /* longest wait for a request's next answer (default 120) */
     void *zctx;                  /* ZeroMQ context (NULL: the gateway makes its own) */
+    int public_metrics;          /* /metrics without a key (default: a key like every route
+                                  * but /health) */
+    double header_timeout_s;     /* a connection silent this long while its request is
+                                  * incomplete (headers, body) or between requests is closed
+                                  * (default 10) */
+    unsigned max_connections;    /* open connections at most, one thread each (4096) */
 } td_gateway_opts;
 
 typedef struct td_gateway td_gateway;

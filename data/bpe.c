@@ -295,12 +295,13 @@ static size_t find_special(const td_bpe *t, const char *text, size_t len, size_t
     return len;
 }
 
-size_t td_bpe_encode(td_bpe *t, const char *text, size_t len, int32_t **ids, size_t *cap) {
-    enc_ctx c = {t, ids, cap, 0, NULL, 0};
+size_t td_bpe_encode_append(td_bpe *t, const char *text, size_t len, int specials, int32_t **ids,
+                            size_t *cap, size_t n) {
+    enc_ctx c = {t, ids, cap, n, NULL, 0};
     size_t i = 0;
     while (i <= len) {
         int which = -1;
-        size_t s = t->n_special ? find_special(t, text, len, i, &which) : len;
+        size_t s = t->n_special && specials ? find_special(t, text, len, i, &which) : len;
         if (s > i) td_pretok_split(text + i, s - i, encode_piece, &c);
         if (s >= len) break;
         reserve(ids, cap, c.n + 1);
@@ -309,6 +310,10 @@ size_t td_bpe_encode(td_bpe *t, const char *text, size_t len, int32_t **ids, siz
     }
     free(c.tmp);
     return c.n;
+}
+
+size_t td_bpe_encode(td_bpe *t, const char *text, size_t len, int32_t **ids, size_t *cap) {
+    return td_bpe_encode_append(t, text, len, 1, ids, cap, 0);
 }
 
 size_t td_bpe_decode(const td_bpe *t, const int32_t *ids, size_t n, char **out, size_t *cap) {

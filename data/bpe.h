@@ -61,6 +61,10 @@ int td_bpe_special_id(const td_bpe *t, const char *content);
 /* Encodes len bytes; ids grows as needed (*ids, *cap owned by caller, realloc'd).
  * Returns the number of ids written. Not thread-safe (uses a per-tokenizer cache). */
 size_t td_bpe_encode(td_bpe *t, const char *text, size_t len, int32_t **ids, size_t *cap);
+/* The same, appending after the first n ids of *ids; specials 0: special-token text
+ * ("<|im_start|>" typed by a user) is encoded as ordinary bytes. Returns the new count. */
+size_t td_bpe_encode_append(td_bpe *t, const char *text, size_t len, int specials, int32_t **ids,
+                            size_t *cap, size_t n);
 /* Decodes ids into bytes; *out (realloc'd, NUL-terminated) owned by caller. Returns the
  * byte count; ids outside the vocabulary are skipped. */
 size_t td_bpe_decode(const td_bpe *t, const int32_t *ids, size_t n, char **out, size_t *cap);

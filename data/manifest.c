@@ -12,8 +12,7 @@
 #include "common/timeutil.h"
 #include "data/shard.h"
 
-static td_status check_hash(const char *dir, const char *file, const char *want,
-                            const char *what) {
+static td_status check_hash(const char *dir, const char *file, const char *want, const char *what) {
     char p[4200], got[65];
     snprintf(p, sizeof p, "%s/%s", dir, file);
     TD_TRY(td_sha256_file(p, got));
@@ -37,8 +36,7 @@ td_status td_manifest_check(const char *dir, int hashes, td_manifest_report *rep
     td_status s = TD_OK;
     const cJSON *shards = cJSON_GetObjectItemCaseSensitive(m, "shards");
     const cJSON *tok = cJSON_GetObjectItemCaseSensitive(m, "tokenizer");
-    if (!cJSON_IsArray(shards))
-        s = td_error_set(TD_ERR_INVALID, "%s: no \"shards\" list", p);
+    if (!cJSON_IsArray(shards)) s = td_error_set(TD_ERR_INVALID, "%s: no \"shards\" list", p);
     /* the tokenizer the shards were made with: a swapped one would decode other text */
     const char *tfile = NULL, *tsha = NULL;
     if (s == TD_OK && tok) {

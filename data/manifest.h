@@ -9,11 +9,11 @@
 #include "common/status.h"
 
 typedef struct {
-    int shards;         /* shards listed and checked */
-    double bytes;       /* their bytes */
-    int hashed;         /* shards whose sha256 was checked */
-    double hash_s;      /* seconds spent hashing */
-    int has_manifest;   /* 0: no manifest.json, nothing checked */
+    int shards;       /* shards listed and checked */
+    double bytes;     /* their bytes */
+    int hashed;       /* shards whose sha256 was checked */
+    double hash_s;    /* seconds spent hashing */
+    int has_manifest; /* 0: no manifest.json, nothing checked */
 } td_manifest_report;
 
 /* TD_ERR_FORMAT naming the first file that differs (or TD_ERR_INVALID for a manifest that

@@ -79,6 +79,31 @@ check no_api_key 401 "API key" /v1/models
 check wrong_api_key 401 "API key" /v1/models -H "Authorization: Bearer wrong"
 check ollama_bad_json 400 "malformed JSON" /api/generate "${J[@]}" '{"model":'
 check ollama_bad_num_predict 400 "num_predict" /api/generate "${J[@]}" '{"model": "tiny", "prompt": "hi", "options": {"num_predict": -7}}'
+check trailing_garbage 400 "unexpected data after the JSON object" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": "hi"} {"x": 1}'
+check bad_role 400 "is not one of system, developer, user, assistant" /v1/chat/completions "${J[@]}" '{"model": "tiny", "messages": [{"role": "root", "content": "hi"}]}'
+check logprobs_refused 400 "'logprobs' is not supported" /v1/completions "${J[@]}" '{"model": "tiny", "prompt": "hi", "logprobs": 2}'
+check chat_logprobs_refused 400 "'logprobs' is not supported" /v1/chat/completions "${J[@]}" '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": true}'
+check top_logprobs_refused 400 "'top_logprobs' is not supported" /v1/chat/completions "${J[@]}" '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}'
+check metrics_needs_key 401 "API key" /metrics
+check version_needs_key 401 "API key" /api/version
+code=$(curl -s -o /dev/null -w '%{http_code}' $BASE/health)
+[ "$code" = 200 ] && echo "PASS health_without_key: 200" || { echo "FAIL health_without_key: $code"; fail=1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: bearer   $KEY  " $BASE/v1/models)
+[ "$code" = 200 ] && echo "PASS lowercase_bearer: 200" || { echo "FAIL lowercase_bearer: $code"; fail=1; }
+# a client that sends its whole body before reading (Python's http.client) sees the 413
+# (and a 401 the same way: the key is checked from the headers, the body still read)
+python3 - "$BASE" "$KEY" <<'PY' && echo "PASS 413_and_401_drained: http.client reads both" || { echo "FAIL 413_and_401_drained"; fail=1; }
+import http.client, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+for key, want in ((sys.argv[2], 413), ("wrong", 401)):
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    c.request("POST", "/v1/completions", body=b"x" * (3 << 20),
+              headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+    r = c.getresponse()
+    print("   ", r.status, r.read()[:80])
+    if r.status != want:
+        sys.exit(1)
+PY
 check unknown_route 404 "no such route" /v1/nothing -H "$AUTH"
 check wrong_method 405 "method" /v1/completions -H "$AUTH"
 # accepted shapes that once broke: chat with ignore_eos (an EOT first token has no text),
@@ -98,7 +123,7 @@ if [ "$code" = 200 ] && grep -q '"finish_reason"' ok.json; then
 else
     echo "FAIL still_serving: $code $(cat ok.json)"; fail=1
 fi
-curl -s $BASE/metrics > metrics.txt
+curl -s -H "$AUTH" $BASE/metrics > metrics.txt
 n400=$(awk '$1 == "tandem_requests_total{route=\"/v1/completions\",code=\"400\"}" { print $2 }' metrics.txt)
 echo "metrics: /v1/completions answered 400 ${n400:-0} times; $(grep -c '^tandem_' metrics.txt) sample lines"
 [ "${n400:-0}" -ge 8 ] || { echo "FAIL: /metrics does not count the 400s"; fail=1; }
@@ -119,13 +144,14 @@ json.dump(c, open(sys.argv[1], "w"))
 PY
 # a file edited on purpose: its new sha256 goes into SHA256SUMS (docs/formats.md)
 (cd other && sha256sum $(awk '{ print $2 }' SHA256SUMS) > SHA256SUMS.new && mv SHA256SUMS.new SHA256SUMS)
-"$TANDEM" serve --model other --http 127.0.0.1:0 2> serve2.log &
+TANDEM_API_KEY=env-key "$TANDEM" serve --model other --http 127.0.0.1:0 2> serve2.log &
 SRV=$!
 for _ in $(seq 100); do grep -q "listening on http" serve2.log && break; sleep 0.1; done
 BASE=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' serve2.log)
 for _ in $(seq 100); do curl -s $BASE/health | grep -q '"replicas":1' && break; sleep 0.1; done
-AUTH="X-None: 1"
-J=(-H "Content-Type: application/json" --data-binary)
+check env_key_required 401 "API key" /v1/models
+AUTH="Authorization: Bearer env-key" # TANDEM_API_KEY, as --api-key
+J=(-H "$AUTH" -H "Content-Type: application/json" --data-binary)
 check chat_template_not_chatml 400 "not ChatML" /v1/chat/completions "${J[@]}" '{"model": "other", "messages": [{"role": "user", "content": "hi"}]}'
 if "$TANDEM" gateway --max-body -1 2> /dev/null; then echo "FAIL: --max-body -1 accepted"; fail=1; fi
 [ $fail -eq 0 ] && echo "test_gateway: passed"

@@ -44,6 +44,44 @@ typedef struct {
     uint64_t hb_ns;
 } rep;
 
+/* Appends one id to (*ids, *cap) at position *k. */
+static td_status push_id(int32_t **ids, size_t *cap, size_t *k, int32_t id) {
+    if (*k + 1 > *cap) {
+        size_t c = *cap ? 2 * *cap : 256;
+        int32_t *p = realloc(*ids, sizeof *p * c);
+        if (!p) return td_error_set(TD_ERR_NOMEM, "out of memory");
+        *ids = p;
+        *cap = c;
+    }
+    (*ids)[(*k)++] = id;
+    return TD_OK;
+}
+
+td_status td_chatml_encode(td_bpe *tok, const char *const *roles, const char *const *contents,
+                           int n, int32_t **ids, size_t *cap, size_t *n_ids) {
+    int start = td_bpe_special_id(tok, "<|im_start|>"), end = td_bpe_special_id(tok, "<|im_end|>");
+    if (start < 0 || end < 0)
+        return td_error_set(TD_ERR_FORMAT, "the tokenizer has no <|im_start|>/<|im_end|> tokens");
+    size_t k = 0;
+    for (int i = 0; i <= n; i++) { /* the n messages, then the assistant's turn */
+        const char *role = i < n ? roles[i] : "assistant";
+        const char *content = i < n ? contents[i] : "";
+        size_t len = strlen(role) + strlen(content) + 2;
+        char *seg = malloc(len);
+        if (!seg) return td_error_set(TD_ERR_NOMEM, "out of memory");
+        snprintf(seg, len, "%s\n%s", role, content);
+        td_status s = push_id(ids, cap, &k, start);
+        /* role and content as ordinary text: "<|im_end|>" typed by a user stays bytes */
+        if (s == TD_OK) k = td_bpe_encode_append(tok, seg, strlen(seg), 0, ids, cap, k);
+        free(seg);
+        if (s == TD_OK && i < n) s = push_id(ids, cap, &k, end);
+        if (s == TD_OK && i < n) k = td_bpe_encode_append(tok, "\n", 1, 0, ids, cap, k);
+        TD_TRY(s);
+    }
+    *n_ids = k;
+    return TD_OK;
+}
+
 char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n) {
     size_t len = 32;
     for (int i = 0; i < n; i++)
@@ -167,25 +205,32 @@ static void drop_all(rep *r) {
 /* A request from the router: tokenize, submit; refusals answer at once. */
 static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
     uint64_t t0 = td_wire_now_ns();
-    char *text = NULL;
     int chat = q->n_messages > 0;
     if (chat && r->o->no_chat) return send_error(r, q->id, 400, r->o->no_chat);
+    size_t n = 0;
     if (chat) {
         const char **roles = malloc(sizeof *roles * q->n_messages);
         const char **contents = malloc(sizeof *contents * q->n_messages);
-        for (size_t i = 0; i < q->n_messages; i++) {
+        td_status st = roles && contents ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; st == TD_OK && i < q->n_messages; i++) {
             roles[i] = q->messages[i]->role;
             contents[i] = q->messages[i]->content;
         }
-        text = td_chatml_prompt(roles, contents, (int)q->n_messages);
+        if (st == TD_OK)
+            st = td_chatml_encode(r->tok, roles, contents, (int)q->n_messages, &r->ids, &r->ids_cap,
+                                  &n);
         free(roles);
         free(contents);
+        if (st != TD_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", td_error_message());
+            td_error_clear();
+            return send_error(r, q->id, 400, msg);
+        }
     } else {
-        text = strdup(q->prompt ? q->prompt : "");
+        const char *text = q->prompt ? q->prompt : "";
+        n = td_bpe_encode(r->tok, text, strlen(text), &r->ids, &r->ids_cap);
     }
-    if (!text) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    size_t n = td_bpe_encode(r->tok, text, strlen(text), &r->ids, &r->ids_cap);
-    free(text);
     const Tandem__Sampling *sp = q->sampling;
     int max_tokens = sp && sp->has_max_tokens ? sp->max_tokens : 16;
     if (n == 0) return send_error(r, q->id, 400, "the prompt is empty");

@@ -33,5 +33,11 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
 /* The ChatML prompt for messages (role, content pairs): "<|im_start|>role\ncontent<|im_end|>\n"
  * for each, then "<|im_start|>assistant\n". Returns a malloc'd string. */
 char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n);
+/* The same prompt as token ids: the template's markers are the special tokens, the roles
+ * and contents ordinary text, so a user cannot forge a turn by typing "<|im_end|>" (the
+ * ids equal those of encoding td_chatml_prompt's text when no content holds special-token
+ * text). Writes *n_ids ids into (*ids, *cap), grown as needed. */
+td_status td_chatml_encode(td_bpe *tok, const char *const *roles, const char *const *contents,
+                           int n, int32_t **ids, size_t *cap, size_t *n_ids);
 
 #endif
