@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1351,6 +1352,19 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
     if (g->o.header_timeout_s <= 0) g->o.header_timeout_s = 10;
     if (g->o.header_timeout_s < 1) g->o.header_timeout_s = 1;
     if (g->o.max_connections == 0) g->o.max_connections = 4096;
+    /* a descriptor per connection: raise the soft limit (often 1024) toward the hard one */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t want = (rlim_t)g->o.max_connections + 256;
+        if (rl.rlim_cur < want) {
+            rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)g->o.max_connections + 64)
+            TD_LOG_WARN("gateway: the open-file limit is %llu, below --max-connections %u: "
+                        "connections beyond it are refused (raise it with ulimit -n)",
+                        (unsigned long long)rl.rlim_cur, g->o.max_connections);
+    }
     for (int i = 0; o->api_keys && o->api_keys[i]; i++)
         g->nkeys++;
     g->keys = calloc((size_t)g->nkeys + 1, sizeof *g->keys);

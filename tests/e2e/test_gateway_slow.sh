@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Slow and silent clients (ctest labels e2e, slow-ish: about 40 s):
+#   1. 1,000 connections that send nothing or half a request line, held open while 16
+#      normal clients make completions: every normal request answered 200 (median and p95
+#      latency with and without them printed: a figure, not a check); the server closes the
+#      silent ones after its 10 s header timeout (tests/e2e/slow_clients.py)
+#   2. a request whose generation takes longer than the header timeout (12 s here, by a
+#      test pause after each engine step) is still answered
+# Usage: test_gateway_slow.sh TANDEM_BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TANDEM=$(realpath "$1")
+W=$(mktemp -d)
+SRV=
+cleanup() { [ -n "$SRV" ] && kill "$SRV" 2> /dev/null; wait 2> /dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+cd "$W"
+export OMP_NUM_THREADS=1
+"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 \
+    /usr/share/games/fortunes/fortunes
+cat > job.json <<'JOB'
+{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
+           "max_position_embeddings": 64},
+ "data": {"train": "data", "seq_len": 32},
+ "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
+ "checkpoint": {"dir": "run", "every": 2, "keep": 1}, "device": "cpu"}
+JOB
+"$TANDEM" train job.json --quiet 2> /dev/null
+start() { # LOG [env...]: serve --http on a free port; sets SRV and BASE
+    local log=$1
+    shift
+    env "$@" "$TANDEM" serve --model run/step_00000002 --name tiny --http 127.0.0.1:0 2> "$log" &
+    SRV=$!
+    for _ in $(seq 100); do grep -q "listening on http" "$log" && break; sleep 0.1; done
+    BASE=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log")
+    for _ in $(seq 100); do curl -s "$BASE/health" | grep -q '"replicas":1' && break; sleep 0.1; done
+}
+fail=0
+echo "== 1. 1,000 silent connections and 16 normal clients"
+start serve.log
+python3 "$HERE/slow_clients.py" "$BASE" tiny --silent 1000 --clients 16 --requests 6 || fail=1
+kill $SRV; wait $SRV 2> /dev/null || true
+
+echo "== 2. a generation longer than the header timeout"
+start slow.log TANDEM_TEST_STEP_DELAY_MS=1500
+t0=$(date +%s)
+code=$(curl -s -o answer.json -w '%{http_code}' "$BASE/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"model": "tiny", "prompt": "A fool", "max_tokens": 8, "temperature": 0, "ignore_eos": true}')
+dt=$(($(date +%s) - t0))
+if [ "$code" = 200 ] && [ "$dt" -gt 10 ] && grep -q '"completion_tokens":8' answer.json; then
+    echo "PASS answered 200 after $dt s (header timeout 10 s): $(head -c 100 answer.json)"
+else
+    echo "FAIL: $code after $dt s: $(head -c 300 answer.json)"
+    fail=1
+fi
+exit $fail
