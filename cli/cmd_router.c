@@ -123,6 +123,8 @@ static void gateway_help(FILE *f) {
             "  --max-connections N   open connections at most (default 4096)\n"
             "  --public-metrics      /metrics without a key (every route but /health needs\n"
             "                        one when keys are set)\n"
+            "  --router-heartbeat-ms N  the router's --heartbeat-ms (default 1000): three\n"
+            "                        missed end the requests it holds with an error\n"
             "  -h, --help            this text\n");
 }
 
@@ -141,6 +143,7 @@ int td_cmd_gateway(int argc, char **argv) {
                                          {"header-timeout", required_argument, 0, 'H'},
                                          {"max-connections", required_argument, 0, 'C'},
                                          {"public-metrics", no_argument, 0, 'P'},
+                                         {"router-heartbeat-ms", required_argument, 0, 'B'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -177,6 +180,10 @@ int td_cmd_gateway(int argc, char **argv) {
         }
         case 'P':
             o.public_metrics = 1;
+            break;
+        case 'B':
+            o.router_heartbeat_ms = (int)strtol(optarg, &end, 10);
+            bad = o.router_heartbeat_ms < 10;
             break;
         case 'h':
             gateway_help(stdout);

@@ -298,7 +298,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                                   .max_body = 1u << 20,
                                   .timeout_s = 120,
                                   .zctx = zctx,
-                                  .public_metrics = o->public_metrics};
+                                  .public_metrics = o->public_metrics,
+                                  .router_heartbeat_ms = o->heartbeat_ms};
             s = td_gateway_new(&go, &g);
         }
         /* the gateway's and router's threads answer fastest with a core of their own: the

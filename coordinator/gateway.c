@@ -401,7 +401,7 @@ int td_gateway_check_request(const char *route, const char *body, size_t len, ch
 /* ---------------------------------------------------------------------------------------- */
 /* talking to the router */
 
-typedef enum { W_CHUNK, W_TIMEOUT, W_GONE, W_IO } wait_result;
+typedef enum { W_CHUNK, W_TIMEOUT, W_GONE, W_IO, W_LOST } wait_result;
 
 /* Has the HTTP client hung up? */
 static int client_gone(int fd) {
@@ -411,8 +411,15 @@ static int client_gone(int fd) {
 }
 
 /* Waits for the next chunk of request `id` (others are stale and skipped). */
-static wait_result next_chunk(td_gateway *g, void *sock, uint64_t id, int fd, td_env **out) {
+/* Waits for the next chunk of request id. *heard: when the router last spoke about it (a
+ * chunk, or the heartbeat it sends every heartbeat_ms for each request it holds); 0 until
+ * it first does. Once it has, silence for three heartbeats means the router is gone
+ * (W_LOST); before, the request may sit in the socket's queue while the router restarts,
+ * so only the request timeout applies. */
+static wait_result next_chunk(td_gateway *g, void *sock, uint64_t id, int fd, uint64_t *heard,
+                              td_env **out) {
     uint64_t start = td_wire_now_ns(), limit = (uint64_t)(g->o.timeout_s * 1e9);
+    uint64_t lost = 3ull * (uint64_t)g->o.router_heartbeat_ms * 1000000ull;
     static _Thread_local uint64_t last_check;
     *out = NULL;
     for (;;) {
@@ -422,15 +429,27 @@ static wait_result next_chunk(td_gateway *g, void *sock, uint64_t id, int fd, td
             if (client_gone(fd)) return W_GONE;
         }
         if (now - start > limit) return W_TIMEOUT;
+        if (*heard && now - *heard > lost) return W_LOST;
         td_env *env = NULL;
         if (td_wire_recv(sock, NULL, NULL, 100, &env) != TD_OK) return W_IO;
         if (!env) continue;
-        if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK && env->chunk->id == id) {
+        if (env->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT &&
+            (!env->heartbeat->has_request_id || env->heartbeat->request_id == id)) {
+            *heard = td_wire_now_ns();
+        } else if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK && env->chunk->id == id) {
+            *heard = td_wire_now_ns();
             *out = env;
             return W_CHUNK;
         }
-        td_wire_free(env); /* a stale answer to an earlier request of this thread */
+        td_wire_free(env); /* a heartbeat, or a stale answer to an earlier request */
     }
+}
+
+static const char *wait_message(wait_result w) {
+    return w == W_TIMEOUT ? "no answer from the router in time"
+           : w == W_LOST  ? "lost the router: no word from it for three heartbeats (it died "
+                            "or is stuck); the request may be retried"
+                          : "lost the connection to the router";
 }
 
 static void send_cancel(void *sock, uint64_t id) {
@@ -603,6 +622,7 @@ typedef struct {
     gen_req q;
     void *sock;
     uint64_t id;
+    uint64_t heard; /* when the router last spoke about this request (next_chunk) */
     int fd, route;
     char obj_id[64];
     long created;
@@ -818,16 +838,14 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         if (x->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         td_env *env = NULL;
-        wait_result w = next_chunk(x->g, x->sock, x->id, x->fd, &env);
+        wait_result w = next_chunk(x->g, x->sock, x->id, x->fd, &x->heard, &env);
         if (w == W_GONE) { /* the client hung up: cancel (gen_close) and stop */
             TD_LOG_INFO("gateway: client of %s went away; cancelling", x->obj_id);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         int ollama = x->q.k == K_OGENERATE || x->q.k == K_OCHAT;
         if (w != W_CHUNK) {
-            stream_error(x, 503,
-                         w == W_TIMEOUT ? "no answer from the router in time"
-                                        : "lost the connection to the router");
+            stream_error(x, 503, wait_message(w));
             abandon(x);
             continue;
         }
@@ -876,12 +894,10 @@ static void stream_free(void *cls) {
  * of the error with msg set. *accepted (when not NULL): the chunk was the replica's. */
 static int gen_step(gen *x, char *msg, size_t msg_len, int *accepted) {
     td_env *env = NULL;
-    wait_result w = next_chunk(x->g, x->sock, x->id, x->fd, &env);
+    wait_result w = next_chunk(x->g, x->sock, x->id, x->fd, &x->heard, &env);
     if (w != W_CHUNK) {
         if (w != W_GONE) abandon(x);
-        snprintf(msg, msg_len, "%s",
-                 w == W_TIMEOUT ? "no answer from the router in time"
-                                : "lost the connection to the router");
+        snprintf(msg, msg_len, "%s", wait_message(w));
         gen_close(x);
         return w == W_GONE ? -1 : 503;
     }
@@ -1350,6 +1366,7 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
     if (!g->o.max_body) g->o.max_body = 1u << 20;
     if (g->o.timeout_s <= 0) g->o.timeout_s = 120;
     if (g->o.header_timeout_s <= 0) g->o.header_timeout_s = 10;
+    if (g->o.router_heartbeat_ms <= 0) g->o.router_heartbeat_ms = 1000;
     if (g->o.header_timeout_s < 1) g->o.header_timeout_s = 1;
     if (g->o.max_connections == 0) g->o.max_connections = 4096;
     /* a descriptor per connection: raise the soft limit (often 1024) toward the hard one */

@@ -24,6 +24,8 @@ typedef struct {
                                   * incomplete (headers, body) or between requests is closed
                                   * (default 10) */
     unsigned max_connections;    /* open connections at most, one thread each (4096) */
+    int router_heartbeat_ms;     /* the router's heartbeats (1000): three missed while a
+                                  * request is in its hands end the request with an error */
 } td_gateway_opts;
 
 typedef struct td_gateway td_gateway;

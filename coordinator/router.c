@@ -57,6 +57,7 @@ struct td_router {
     job *jobs;
     int njobs, capjobs;
     uint64_t next_rid;
+    uint64_t grace_end_ns; /* until then, requests for models with no replica up wait */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -308,8 +309,9 @@ static void status_reply(td_router *r, const uint8_t *client, size_t client_len)
     Tandem__ModelStatus **mp = calloc((size_t)r->nmod + 1, sizeof *mp);
     char **ids = calloc((size_t)r->nrep + 1, sizeof *ids);
     uint64_t *served = calloc((size_t)r->nrep + 1, sizeof *served);
-    size_t used = 0;
+    size_t used = 0, nm = 0;
     for (int m = 0; m < r->nmod; m++) {
+        if (!r->mod[m].context) continue; /* only asked for (start-up grace), never served */
         Tandem__ModelStatus x = TANDEM__MODEL_STATUS__INIT;
         x.name = r->mod[m].name;
         x.replicas_up = (uint32_t)replicas_up(r, m);
@@ -327,10 +329,11 @@ static void status_reply(td_router *r, const uint8_t *client, size_t client_len)
             x.n_replica_ids++;
             x.n_served++;
         }
-        ms[m] = x;
-        mp[m] = &ms[m];
+        ms[nm] = x;
+        mp[nm] = &ms[nm];
+        nm++;
     }
-    st.n_models = (size_t)r->nmod;
+    st.n_models = nm;
     st.models = mp;
     td_env e = TANDEM__ENVELOPE__INIT;
     e.body_case = TANDEM__ENVELOPE__BODY_STATUS;
@@ -370,13 +373,18 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
     }
     Tandem__GenerateRequest *q = env->request;
     int m = find_model(r, q->model);
-    if (m < 0 || replicas_up(r, m) == 0) {
+    /* just started (a restart, say): replicas are still registering, and requests that
+     * waited in clients' sockets during the outage arrive first; they wait for the grace */
+    int young = td_wire_now_ns() < r->grace_end_ns;
+    if (young && m < 0) m = add_model(r, q->model);
+    int known = m >= 0 && r->mod[m].context; /* a replica registered it at some point */
+    if (!young && (!known || replicas_up(r, m) == 0)) {
         char msg[512];
-        if (m < 0)
+        if (!known)
             snprintf(msg, sizeof msg, "model '%.200s' not found (no replica serves it)", q->model);
         else
             snprintf(msg, sizeof msg, "no replica of model '%.200s' is up", q->model);
-        client_error(r, client, client_len, q->id, m < 0 ? 404 : 503, msg);
+        client_error(r, client, client_len, q->id, known ? 503 : 404, msg);
         td_wire_free(env);
         return;
     }
@@ -514,9 +522,32 @@ static void on_back(td_router *r, const uint8_t *id, size_t n, td_env *env) {
 
 /* ---------------------------------------------------------------------------------------- */
 
+/* To each client with a request here, queued or running: "still alive, still on it", so
+ * that a client notices a dead router within three heartbeats. */
+static void heartbeat_clients(td_router *r) {
+    for (int k = 0; k < r->njobs; k++) {
+        job *j = &r->jobs[k];
+        if (!j->used) continue;
+        Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
+        h.has_request_id = 1;
+        h.request_id = j->client_id;
+        td_env e = TANDEM__ENVELOPE__INIT;
+        e.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
+        e.heartbeat = &h;
+        if (td_wire_send(r->front, j->client, j->client_len, &e) != TD_OK) {
+            td_error_clear(); /* the client is gone: stop its work */
+            int m = j->model, ran = j->replica >= 0;
+            if (ran) send_cancel(r, &r->rep[j->replica], j->rid);
+            end_job(r, j);
+            if (ran) drain_queue(r, m);
+        }
+    }
+}
+
 static void housekeeping(td_router *r, uint64_t now, uint64_t *next_hb) {
     uint64_t hb = (uint64_t)r->o.heartbeat_ms * 1000000ull;
     if (now >= *next_hb) {
+        heartbeat_clients(r);
         for (int i = 0; i < r->nrep; i++) {
             if (!r->rep[i].alive) continue;
             if (now - r->rep[i].last_ns > 3 * hb) {
@@ -533,7 +564,20 @@ static void housekeeping(td_router *r, uint64_t now, uint64_t *next_hb) {
     uint64_t limit = (uint64_t)(r->o.queue_timeout_s * 1e9);
     for (int k = 0; k < r->njobs; k++) {
         job *j = &r->jobs[k];
-        if (!j->used || j->replica >= 0 || now - j->queued_ns < limit) continue;
+        if (!j->used || j->replica >= 0) continue;
+        if (now >= r->grace_end_ns && replicas_up(r, j->model) == 0) {
+            /* held through the start-up grace for a model no replica has registered */
+            char msg[512];
+            snprintf(msg, sizeof msg,
+                     r->mod[j->model].context ? "no replica of model '%.200s' is up"
+                                              : "model '%.200s' not found (no replica serves it)",
+                     r->mod[j->model].name);
+            client_error(r, j->client, j->client_len, j->client_id,
+                         r->mod[j->model].context ? 503 : 404, msg);
+            end_job(r, j);
+            continue;
+        }
+        if (now - j->queued_ns < limit) continue;
         char msg[256];
         snprintf(msg, sizeof msg,
                  "waited %.1f s in the queue of model '%.100s' without a free "
@@ -547,6 +591,8 @@ static void housekeeping(td_router *r, uint64_t now, uint64_t *next_hb) {
 td_status td_router_run(td_router *r, volatile int *stop) {
     TD_LOG_INFO("router: front %s, back %s", r->front_ep, r->back_ep);
     uint64_t next_hb = td_wire_now_ns();
+    /* replicas of a router that restarted register again after three silent heartbeats */
+    r->grace_end_ns = next_hb + 5ull * (uint64_t)r->o.heartbeat_ms * 1000000ull;
     uint8_t id[MAX_IDENT];
     while (!*stop) {
         zmq_pollitem_t it[2] = {{r->front, 0, ZMQ_POLLIN, 0}, {r->back, 0, ZMQ_POLLIN, 0}};
