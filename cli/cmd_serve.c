@@ -38,6 +38,9 @@ static void help(FILE *f) {
             "  --public-metrics      with --http: /metrics without a key\n"
             "  --no-verify           load the checkpoint without checking its files against\n"
             "                        its SHA256SUMS\n"
+            "  --tp-timeout S        online, with --tp > 1: a collective of the group that takes\n"
+            "                        longer than S seconds (a member stuck or dead) fails the\n"
+            "                        replica's requests and ends the job (default 3)\n"
             "  --heartbeat-ms N      replica <-> router heartbeats (default 1000; a replica\n"
             "                        silent for three is lost); with --router, the router's\n"
             "                        --heartbeat-ms\n"
@@ -110,7 +113,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_OLDHEAD,
         O_HB,
         O_NOVERIFY,
-        O_PUBMET
+        O_PUBMET,
+        O_TPTIMEOUT
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tp", required_argument, 0, O_TP},
@@ -143,6 +147,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"heartbeat-ms", required_argument, 0, O_HB},
                                          {"no-verify", no_argument, 0, O_NOVERIFY},
                                          {"public-metrics", no_argument, 0, O_PUBMET},
+                                         {"tp-timeout", required_argument, 0, O_TPTIMEOUT},
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -252,6 +257,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             break;
         case O_PUBMET:
             o.public_metrics = 1;
+            break;
+        case O_TPTIMEOUT:
+            o.tp_timeout_s = strtod(optarg, &end);
+            bad = *end || o.tp_timeout_s < 0.1 || o.tp_timeout_s > 3600;
             break;
         case O_HB:
             o.heartbeat_ms = (int)strtol(optarg, &end, 10);

@@ -344,11 +344,21 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                 ro.router = "inproc://tandem-back";
                 ro.zctx = zctx;
             }
+            if (tp->size > 1) { /* a stuck member fails the replica instead of hanging it */
+                tp->timeout_s = o->tp_timeout_s > 0 ? o->tp_timeout_s : 3;
+                tp->idle_wait = 1;
+            }
             s = td_replica_run(e, tok, &ro, stop);
             free(details);
+            if (s != TD_OK && tp->size > 1) { /* members may sit inside a collective */
+                fprintf(stderr, "tandem serve: error: %s; ending the job\n", td_error_message());
+                td_comm_mpi_abort(1);
+            }
             td_status st = td_engine_stop_members(e);
             if (s == TD_OK) s = st;
         } else {
+            tp->idle_wait = 1; /* waiting for the leader's next step uses no core */
+            tp->timeout_s = o->tp_timeout_s > 0 ? o->tp_timeout_s : 3;
             s = td_engine_member_loop(e);
         }
     }

@@ -40,6 +40,8 @@ typedef struct {
     const char *no_chat;         /* non-NULL: why chat requests are refused */
     int heartbeat_ms;            /* replica <-> router heartbeats (router too with http) */
     int public_metrics;          /* with http: /metrics without a key */
+    double tp_timeout_s;         /* a TP group's collective that takes longer fails the
+                                  * replica (default 3) */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

@@ -4,7 +4,7 @@
 #      normal clients make completions: every normal request answered 200 (median and p95
 #      latency with and without them printed: a figure, not a check); the server closes the
 #      silent ones after its 10 s header timeout (tests/e2e/slow_clients.py)
-#   2. a request whose generation takes longer than the header timeout (12 s here, by a
+#   2. a request whose generation takes longer than the header timeout (13.5 s here, by a
 #      test pause after each engine step) is still answered
 # Usage: test_gateway_slow.sh TANDEM_BINARY
 set -euo pipefail
@@ -44,11 +44,11 @@ kill $SRV; wait $SRV 2> /dev/null || true
 
 echo "== 2. a generation longer than the header timeout"
 start slow.log TANDEM_TEST_STEP_DELAY_MS=1500
-t0=$(date +%s)
+t0=$(date +%s.%N)
 code=$(curl -s -o answer.json -w '%{http_code}' "$BASE/v1/completions" -H 'Content-Type: application/json' \
-    -d '{"model": "tiny", "prompt": "A fool", "max_tokens": 8, "temperature": 0, "ignore_eos": true}')
-dt=$(($(date +%s) - t0))
-if [ "$code" = 200 ] && [ "$dt" -gt 10 ] && grep -q '"completion_tokens":8' answer.json; then
+    -d '{"model": "tiny", "prompt": "A fool", "max_tokens": 9, "temperature": 0, "ignore_eos": true}')
+dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+if [ "$code" = 200 ] && awk -v d="$dt" 'BEGIN { exit !(d > 11) }' && grep -q '"completion_tokens":9' answer.json; then
     echo "PASS answered 200 after $dt s (header timeout 10 s): $(head -c 100 answer.json)"
 else
     echo "FAIL: $code after $dt s: $(head -c 300 answer.json)"

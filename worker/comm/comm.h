@@ -45,6 +45,11 @@ struct td_comm {
     int rank, size;
     int local_rank, local_size; /* within the node (for choosing a GPU) */
     int threads_ok;             /* another thread may call collectives (one at a time) */
+    /* serving groups (MPI backend): all-reduces, and broadcasts from this rank, fail after
+     * timeout_s seconds (0: wait forever) saying a rank is stuck; with idle_wait, a rank
+     * waiting in a collective sleeps between tests instead of spinning on a core */
+    double timeout_s;
+    int idle_wait;
 };
 
 /* MPI backend over MPI_COMM_WORLD; MPI must be initialised (td_comm_mpi_init). */

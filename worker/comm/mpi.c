@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "worker/comm/comm.h"
@@ -38,14 +39,55 @@ static td_status check(int rc, const char *op, const td_comm *c) {
 /* MPI counts are int: large buffers go in chunks of at most 1 Gi elements. */
 #define CHUNK ((size_t)1 << 30)
 
+/* Completes a non-blocking collective for a communicator with c->timeout_s or c->idle_wait
+ * set (a serving group): spins on MPI_Test for 200 us (a decode step's all-reduce is done
+ * by then), then tests with sleeps growing to 1 ms, so that a rank waiting for work uses
+ * no core; gives up after `timeout` seconds (0: never) with an error naming the operation. */
+static td_status wait_polled(td_comm *c, MPI_Request *r, double timeout, const char *op) {
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long sleep_ns = 0;
+    for (uint64_t it = 0;; it++) {
+        int done = 0;
+        int rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return check(rc, op, c);
+        if (done) return TD_OK;
+        if ((it & 63) != 0) continue;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double dt = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) * 1e-9;
+        if (timeout > 0 && dt > timeout)
+            return td_error_set(TD_ERR_RUNTIME,
+                                "rank %d: %s did not complete in %.0f s: a rank of this "
+                                "tensor-parallel group is stuck or dead",
+                                c->rank, op, timeout);
+        if (dt > 200e-6 && c->idle_wait) {
+            sleep_ns = sleep_ns ? (sleep_ns * 2 > 1000000 ? 1000000 : sleep_ns * 2) : 50000;
+            struct timespec ts = {0, sleep_ns};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* A serving group's communicator: collectives are waited for with wait_polled. */
+static int polled(const td_comm *c) {
+    return c->timeout_s > 0 || c->idle_wait;
+}
+
 static td_status m_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
     if (dt == TD_COMM_BYTE)
         return td_error_set(TD_ERR_INVALID, "rank %d: all-reduce of bytes is not defined", c->rank);
     MPI_Op op = MPI_SUM;
     for (size_t off = 0; off < count; off += CHUNK) {
         size_t n = count - off < CHUNK ? count - off : CHUNK;
-        TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * td_comm_dtype_size(dt), (int)n,
-                                   mpi_type(dt), op, MCOMM(c)),
+        char *p = (char *)buf + off * td_comm_dtype_size(dt);
+        if (polled(c)) {
+            MPI_Request r;
+            TD_TRY(check(MPI_Iallreduce(MPI_IN_PLACE, p, (int)n, mpi_type(dt), op, MCOMM(c), &r),
+                         "MPI_Iallreduce", c));
+            TD_TRY(wait_polled(c, &r, c->timeout_s, "the all-reduce"));
+            continue;
+        }
+        TD_TRY(check(MPI_Allreduce(MPI_IN_PLACE, p, (int)n, mpi_type(dt), op, MCOMM(c)),
                      "MPI_Allreduce", c));
     }
     return TD_OK;
@@ -93,9 +135,14 @@ static td_status m_allgather(td_comm *c, void *buf, size_t count, td_comm_dtype 
 static td_status m_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt, int root) {
     for (size_t off = 0; off < count; off += CHUNK) {
         size_t n = count - off < CHUNK ? count - off : CHUNK;
-        TD_TRY(check(MPI_Bcast((char *)buf + off * td_comm_dtype_size(dt), (int)n, mpi_type(dt),
-                               root, MCOMM(c)),
-                     "MPI_Bcast", c));
+        char *p = (char *)buf + off * td_comm_dtype_size(dt);
+        if (polled(c)) { /* the root's wait is bounded; a receiver may wait idle for work */
+            MPI_Request r;
+            TD_TRY(check(MPI_Ibcast(p, (int)n, mpi_type(dt), root, MCOMM(c), &r), "MPI_Ibcast", c));
+            TD_TRY(wait_polled(c, &r, c->rank == root ? c->timeout_s : 0, "the broadcast"));
+            continue;
+        }
+        TD_TRY(check(MPI_Bcast(p, (int)n, mpi_type(dt), root, MCOMM(c)), "MPI_Bcast", c));
     }
     return TD_OK;
 }

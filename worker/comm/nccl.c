@@ -143,7 +143,13 @@ td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
         free(x);
         return td_error_set(TD_ERR_NOMEM, "out of memory");
     }
-    *c = (td_comm){&g_nccl_ops, x, host->rank, host->size, host->local_rank, host->local_size, 1};
+    *c = (td_comm){.ops = &g_nccl_ops,
+                   .ctx = x,
+                   .rank = host->rank,
+                   .size = host->size,
+                   .local_rank = host->local_rank,
+                   .local_size = host->local_size,
+                   .threads_ok = 1};
     int dev = host->local_rank % ndev;
     ncclUniqueId id;
     memset(&id, 0, sizeof id);

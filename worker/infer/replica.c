@@ -421,6 +421,13 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
             if (s != TD_OK) break;
         }
     }
+    if (s != TD_OK && r.sock) { /* this replica fails: its requests end now, saying why */
+        char why[600];
+        snprintf(why, sizeof why, "the replica failed: %s", td_error_message());
+        for (int i = 0; i < r.nl; i++)
+            if (r.l[i].used) send_error(&r, r.l[i].rid, 503, why);
+        td_error_set(s, "%s", why + strlen("the replica failed: "));
+    }
     if (have_hbt) {
         r.hb_stop = 1;
         pthread_join(hbt, NULL);
