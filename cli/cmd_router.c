@@ -42,16 +42,27 @@ static void router_help(FILE *f) {
                "  --queue-max N         requests waiting per model (default 256)\n"
                "  --queue-timeout S     longest wait in a queue, seconds (default 30)\n"
                "  --heartbeat-ms N      heartbeat interval (default 1000)\n"
+               "  --insecure            plain text: no CURVE keys (anyone who reaches the ports\n"
+               "                        can register replicas or send requests)\n"
+               "\n"
+               "Both sockets are CURVE servers: only replicas and gateways whose public key is in\n"
+               "the key directory's allowed/ connect ($TANDEM_KEYS, else ~/.config/tandem/keys;\n"
+               "made on first start with this host's key allowed). See docs/router.md.\n"
                "  -h, --help            this text\n");
 }
 
 int td_cmd_router(int argc, char **argv) {
-    td_router_opts o = {"tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 256, 30, 1000, NULL, NULL};
+    td_router_opts o = {.front = "tcp://127.0.0.1:5555",
+                        .back = "tcp://127.0.0.1:5556",
+                        .queue_max = 256,
+                        .queue_timeout_s = 30,
+                        .heartbeat_ms = 1000};
     static const struct option opts[] = {{"front", required_argument, 0, 'f'},
                                          {"back", required_argument, 0, 'b'},
                                          {"queue-max", required_argument, 0, 'q'},
                                          {"queue-timeout", required_argument, 0, 't'},
                                          {"heartbeat-ms", required_argument, 0, 'H'},
+                                         {"insecure", no_argument, 0, 'I'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c, bad = 0;
@@ -76,6 +87,9 @@ int td_cmd_router(int argc, char **argv) {
         case 'H':
             o.heartbeat_ms = (int)strtol(optarg, &end, 10);
             bad = o.heartbeat_ms < 10;
+            break;
+        case 'I':
+            o.insecure = 1;
             break;
         case 'h':
             router_help(stdout);
@@ -125,6 +139,8 @@ static void gateway_help(FILE *f) {
             "                        one when keys are set)\n"
             "  --router-heartbeat-ms N  the router's --heartbeat-ms (default 1000): three\n"
             "                        missed end the requests it holds with an error\n"
+            "  --insecure            plain text to the router (a router run with --insecure);\n"
+            "                        by default CURVE with this host's client key\n"
             "  -h, --help            this text\n");
 }
 
@@ -144,6 +160,7 @@ int td_cmd_gateway(int argc, char **argv) {
                                          {"max-connections", required_argument, 0, 'C'},
                                          {"public-metrics", no_argument, 0, 'P'},
                                          {"router-heartbeat-ms", required_argument, 0, 'B'},
+                                         {"insecure", no_argument, 0, 'I'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -184,6 +201,9 @@ int td_cmd_gateway(int argc, char **argv) {
         case 'B':
             o.router_heartbeat_ms = (int)strtol(optarg, &end, 10);
             bad = o.router_heartbeat_ms < 10;
+            break;
+        case 'I':
+            o.insecure = 1;
             break;
         case 'h':
             gateway_help(stdout);

@@ -36,6 +36,8 @@ static void help(FILE *f) {
             "  --api-key KEY         with --http: require Authorization: Bearer KEY on every\n"
             "                        route but /health (repeatable; also TANDEM_API_KEY)\n"
             "  --public-metrics      with --http: /metrics without a key\n"
+            "  --insecure            the control plane in plain text (no CURVE keys): with\n"
+            "                        --router, for a router run with --insecure\n"
             "  --no-verify           load the checkpoint without checking its files against\n"
             "                        its SHA256SUMS\n"
             "  --tp-timeout S        online, with --tp > 1: a collective of the group that takes\n"
@@ -114,7 +116,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_HB,
         O_NOVERIFY,
         O_PUBMET,
-        O_TPTIMEOUT
+        O_TPTIMEOUT,
+        O_INSECURE
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tp", required_argument, 0, O_TP},
@@ -148,6 +151,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"no-verify", no_argument, 0, O_NOVERIFY},
                                          {"public-metrics", no_argument, 0, O_PUBMET},
                                          {"tp-timeout", required_argument, 0, O_TPTIMEOUT},
+                                         {"insecure", no_argument, 0, O_INSECURE},
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -257,6 +261,9 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             break;
         case O_PUBMET:
             o.public_metrics = 1;
+            break;
+        case O_INSECURE:
+            o.insecure = 1;
             break;
         case O_TPTIMEOUT:
             o.tp_timeout_s = strtod(optarg, &end);

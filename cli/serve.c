@@ -282,9 +282,14 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                             "and give the replicas --router tcp://ROUTER_HOST:PORT");
     if (o->http && world->rank == 0) {
         zctx = zmq_ctx_new();
-        td_router_opts ro = {
-            "inproc://tandem-front", "tcp://127.0.0.1:*", 256, 30, o->heartbeat_ms, zctx,
-            "inproc://tandem-back"};
+        td_router_opts ro = {.front = "inproc://tandem-front",
+                             .back = "tcp://127.0.0.1:*",
+                             .queue_max = 256,
+                             .queue_timeout_s = 30,
+                             .heartbeat_ms = o->heartbeat_ms,
+                             .zctx = zctx,
+                             .back_local = "inproc://tandem-back",
+                             .insecure = o->insecure};
         td_status s = td_router_new(&ro, &rt.r);
         if (s == TD_OK) {
             snprintf(back, sizeof back, "%s", td_router_back_endpoint(rt.r));
@@ -339,7 +344,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                                   c->max_position_embeddings,
                                   o->heartbeat_ms,
                                   o->no_chat,
-                                  NULL};
+                                  NULL,
+                                  o->insecure};
             if (zctx) { /* the router is in this process: skip the TCP hop */
                 ro.router = "inproc://tandem-back";
                 ro.zctx = zctx;

@@ -42,6 +42,7 @@ typedef struct {
     int public_metrics;          /* with http: /metrics without a key */
     double tp_timeout_s;         /* a TP group's collective that takes longer fails the
                                   * replica (default 3) */
+    int insecure;                /* control plane without CURVE (router and replicas) */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);

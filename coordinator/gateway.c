@@ -27,6 +27,7 @@
 #include <zmq.h>
 
 #include "common/log.h"
+#include "coordinator/keys.h"
 #include "coordinator/wire.h"
 
 #define TD_GATEWAY_VERSION "0.1.0"
@@ -99,6 +100,8 @@ struct td_gateway {
     metrics m;
     pthread_key_t sock_key;
     uint64_t next_id;
+    int curve;                 /* connect to the router with CURVE (not inproc, not --insecure) */
+    td_client_keys keys_curve; /* this host's client pair and the router's public key */
 };
 
 typedef struct { /* a thread's socket to the router */
@@ -124,6 +127,12 @@ static void *router_sock(td_gateway *g) {
     if (!t->sock) return NULL;
     int zero = 0;
     zmq_setsockopt(t->sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (g->curve && td_keys_client_apply(t->sock, &g->keys_curve) != TD_OK) {
+        TD_LOG_ERROR("gateway: %s", td_error_message());
+        zmq_close(t->sock);
+        t->sock = NULL;
+        return NULL;
+    }
     if (zmq_connect(t->sock, g->o.router) != 0) {
         TD_LOG_ERROR("gateway: cannot connect to the router at %s: %s", g->o.router,
                      zmq_strerror(errno));
@@ -1367,6 +1376,16 @@ td_status td_gateway_new(const td_gateway_opts *o, td_gateway **out) {
     if (g->o.timeout_s <= 0) g->o.timeout_s = 120;
     if (g->o.header_timeout_s <= 0) g->o.header_timeout_s = 10;
     if (g->o.router_heartbeat_ms <= 0) g->o.router_heartbeat_ms = 1000;
+    if (g->o.insecure)
+        td_keys_warn_insecure("gateway");
+    else if (strncmp(g->o.router, "inproc://", 9)) {
+        td_status ks = td_keys_client_load(&g->keys_curve);
+        if (ks != TD_OK) {
+            free(g);
+            return ks;
+        }
+        g->curve = 1;
+    }
     if (g->o.header_timeout_s < 1) g->o.header_timeout_s = 1;
     if (g->o.max_connections == 0) g->o.max_connections = 4096;
     /* a descriptor per connection: raise the soft limit (often 1024) toward the hard one */

@@ -26,6 +26,7 @@ typedef struct {
     unsigned max_connections;    /* open connections at most, one thread each (4096) */
     int router_heartbeat_ms;     /* the router's heartbeats (1000): three missed while a
                                   * request is in its hands end the request with an error */
+    int insecure;                /* talk to the router in plain text (no CURVE) */
 } td_gateway_opts;
 
 typedef struct td_gateway td_gateway;

@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "common/log.h"
+#include "coordinator/keys.h"
 #include "coordinator/wire.h"
 
 #define MAX_IDENT 256
@@ -58,6 +59,7 @@ struct td_router {
     int njobs, capjobs;
     uint64_t next_rid;
     uint64_t grace_end_ns; /* until then, requests for models with no replica up wait */
+    td_zap *zap;           /* the key check of CURVE clients (NULL: --insecure) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -95,6 +97,10 @@ td_status td_router_new(const td_router_opts *o, td_router **out) {
     td_status s = !r->front || !r->back
                       ? td_error_set(TD_ERR_IO, "router: zmq_socket: %s", zmq_strerror(errno))
                       : TD_OK;
+    if (s == TD_OK && o->insecure) td_keys_warn_insecure("router");
+    if (s == TD_OK && !o->insecure) s = td_zap_start(r->ctx, &r->zap);
+    if (s == TD_OK && !o->insecure) s = td_keys_server(r->front);
+    if (s == TD_OK && !o->insecure) s = td_keys_server(r->back);
     if (s == TD_OK) s = bind_socket(r, r->front, o->front, r->front_ep, sizeof r->front_ep);
     if (s == TD_OK) s = bind_socket(r, r->back, o->back, r->back_ep, sizeof r->back_ep);
     if (s == TD_OK && o->back_local && zmq_bind(r->back, o->back_local) != 0)
@@ -120,6 +126,7 @@ void td_router_free(td_router **rp) {
     td_router *r = *rp;
     if (r->front) zmq_close(r->front);
     if (r->back) zmq_close(r->back);
+    td_zap_stop(&r->zap);
     if (r->own_ctx) zmq_ctx_term(r->ctx);
     for (int i = 0; i < r->nrep; i++) {
         free(r->rep[i].replica_id);

@@ -11,6 +11,8 @@
 
 #include "common/status.h"
 
+/* Both sockets are CURVE servers unless opts.insecure: only clients whose public key is in
+ * the key directory's allowed/ connect over TCP (coordinator/keys.h). */
 typedef struct {
     const char *front, *back; /* endpoints to bind, e.g. tcp://127.0.0.1:5555, inproc://x */
     int queue_max;            /* requests waiting per model (default 256) */
@@ -19,6 +21,7 @@ typedef struct {
     void *zctx;               /* ZeroMQ context to use (NULL: the router makes its own) */
     const char *back_local;   /* optional second back endpoint (e.g. inproc:// for a
                                * replica in the same process), or NULL */
+    int insecure;             /* plain text: no CURVE, no allowed keys (a warning says so) */
 } td_router_opts;
 
 typedef struct td_router td_router;

@@ -3,7 +3,9 @@
 function(td_e2e name labels timeout)
     add_test(NAME ${name} COMMAND bash ${CMAKE_SOURCE_DIR}/tests/e2e/${name}.sh
              $<TARGET_FILE:tandem>)
-    set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT ${timeout})
+    # the control plane's CURVE keys of the tests, apart from the user's own
+    set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT ${timeout}
+                         ENVIRONMENT "TANDEM_KEYS=${CMAKE_BINARY_DIR}/test-keys")
 endfunction()
 td_test(test_model_reference tests/unit/test_model_reference.c unit)
 td_test(test_bf16_reference tests/unit/test_bf16_reference.c unit)
@@ -54,3 +56,9 @@ if(TANDEM_CUDA)
     set_tests_properties(test_gpu_parity PROPERTIES LABELS "gpu" TIMEOUT 300
         SKIP_RETURN_CODE 77)
 endif()
+
+# the control plane's CURVE keys and ZAP check against rogue ZeroMQ clients
+add_executable(test_control_auth tests/unit/test_control_auth.c)
+target_link_libraries(test_control_auth PRIVATE td_coord)
+add_test(NAME test_control_auth COMMAND test_control_auth WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_control_auth PROPERTIES LABELS "unit" TIMEOUT 60)

@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "common/log.h"
+#include "coordinator/keys.h"
 #include "coordinator/wire.h"
 
 typedef struct {
@@ -164,7 +165,11 @@ static td_status connect_router(rep *r) {
         int zero = 0, hwm = 100000;
         zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero);
         zmq_setsockopt(r->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
-        if (zmq_connect(r->sock, r->o->router) != 0)
+        if (r->o->insecure)
+            td_keys_warn_insecure("replica");
+        else if (strncmp(r->o->router, "inproc://", 9))
+            s = td_keys_client(r->sock);
+        if (s == TD_OK && zmq_connect(r->sock, r->o->router) != 0)
             s = td_error_set(TD_ERR_IO, "replica: cannot connect to the router at %s: %s",
                              r->o->router, zmq_strerror(errno));
         size_t fl = sizeof r->sock_fd;
