@@ -19,7 +19,7 @@ build: deps
 
 test: build
 	@scripts/install-deps.sh --clients
-	cd $(BUILD) && ctest --output-on-failure --timeout 900
+	cd $(BUILD) && ctest --output-on-failure --timeout 900 -LE slow
 
 demo: build
 	@scripts/demo.sh $(BUILD)

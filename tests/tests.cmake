@@ -62,3 +62,6 @@ add_executable(test_control_auth tests/unit/test_control_auth.c)
 target_link_libraries(test_control_auth PRIVATE td_coord)
 add_test(NAME test_control_auth COMMAND test_control_auth WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_control_auth PROPERTIES LABELS "unit" TIMEOUT 60)
+
+# minutes of faults under load: `cd build && ctest -L slow` (make test leaves it out)
+td_e2e(test_chaos "slow" 3600)

@@ -233,8 +233,9 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
             return send_error(r, q->id, 400, msg);
         }
     } else {
+        /* a raw prompt is the client's text too: special-token text in it stays text */
         const char *text = q->prompt ? q->prompt : "";
-        n = td_bpe_encode(r->tok, text, strlen(text), &r->ids, &r->ids_cap);
+        n = td_bpe_encode_append(r->tok, text, strlen(text), 0, &r->ids, &r->ids_cap, 0);
     }
     const Tandem__Sampling *sp = q->sampling;
     int max_tokens = sp && sp->has_max_tokens ? sp->max_tokens : 16;
