@@ -1,6 +1,6 @@
 # Thin wrapper over CMake. The two commands of the README:
 #   make demo   install what is missing, build, train the demo model, print a sample
-#   make test   install what is missing, build, run every test (ctest)
+#   make test   install what is missing, build, run every test (ctest) but those labelled slow
 BUILD ?= build
 JOBS ?= 2
 
