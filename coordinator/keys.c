@@ -39,8 +39,8 @@ static td_status read_key(const char *dir, const char *name, char key[41]) {
     snprintf(p, sizeof p, "%s/%s", dir, name);
     FILE *f = fopen(p, "r");
     if (!f)
-        return td_error_set(TD_ERR_NOTFOUND, "cannot read the key %s: %s (keys: docs/router.md)",
-                            p, strerror(errno));
+        return td_error_set(TD_ERR_NOTFOUND, "cannot read the key %s: %s (keys: docs/router.md)", p,
+                            strerror(errno));
     size_t k = fread(key, 1, 40, f);
     fclose(f);
     key[k] = 0;
@@ -92,8 +92,7 @@ static td_status ensure_keys(char *dir, size_t n) {
             snprintf(file, sizeof file, "%s.public", host);
             if (s == TD_OK) s = write_key(allowed, file, pub, 0);
         }
-        if (s == TD_OK)
-            TD_LOG_INFO("keys: made the %s key pair in %s", who[i], dir);
+        if (s == TD_OK) TD_LOG_INFO("keys: made the %s key pair in %s", who[i], dir);
     }
     flock(fd, LOCK_UN);
     close(fd);
@@ -189,7 +188,8 @@ static void *zap_thread(void *arg) {
             zmq_msg_size(&f[6]) == 32) {
             char key[41];
             zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
-            size_t al = zmq_msg_size(&f[3]) < sizeof addr - 1 ? zmq_msg_size(&f[3]) : sizeof addr - 1;
+            size_t al =
+                zmq_msg_size(&f[3]) < sizeof addr - 1 ? zmq_msg_size(&f[3]) : sizeof addr - 1;
             memcpy(addr, zmq_msg_data(&f[3]), al);
             addr[al] = 0;
             if (allowed(z->dir, key)) {
