@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
         for (int it = -1; it < iters; it++) { /* alternate, first round is warm-up */
             MPI_Barrier(MPI_COMM_WORLD);
             double t0 = td_time_now();
-            c->ops->allreduce(c, buf, cnt, TD_COMM_F32);
+            td_comm_allreduce(c, buf, cnt, TD_COMM_F32);
             double t1 = td_time_now();
             MPI_Barrier(MPI_COMM_WORLD);
             double t2 = td_time_now();
@@ -174,7 +174,7 @@ int main(int argc, char **argv) {
         td_model_forward(m, x, y, B, T, &loss);
         td_model_backward(m, 1.0);
         double t3 = td_time_now();
-        c->ops->allreduce(c, td_model_grads(m), np, TD_COMM_F32);
+        td_comm_allreduce(c, td_model_grads(m), np, TD_COMM_F32);
         double t4 = td_time_now();
         if (it >= 0) {
             st_ov[it] = t1 - t0;

@@ -3,9 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef TD_HAVE_MPI
-#include <mpi.h>
-#endif
 
 #include "cli/cli.h"
 #include "common/log.h"
@@ -235,28 +232,23 @@ int td_cmd_prep(int argc, char **argv) {
         all_sp[k] = NULL;
         o.specials = all_sp;
     }
-    int rank = 0, size = 1;
-#ifdef TD_HAVE_MPI
-    int mpi = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMI_SIZE") != NULL;
-    if (mpi) {
-        MPI_Init(&argc, &argv);
-        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-        MPI_Comm_size(MPI_COMM_WORLD, &size);
-        td_log_set_rank(rank);
-        if (rank != 0) o.quiet = 1;
+    td_comm *comm = NULL;
+    int mpi = td_comm_mpi_init(&argc, &argv, 0);
+    td_status s = mpi ? td_comm_mpi_new(&comm) : td_comm_self_new(&comm);
+    if (s == TD_OK && comm->rank != 0) {
+        td_log_set_rank(comm->rank);
+        o.quiet = 1;
     }
-#endif
-    td_status s = td_prep_run(&o, rank, size);
+    if (s == TD_OK) s = td_prep_run(&o, comm);
     int rc = 0;
     if (s != TD_OK) {
-        if (size == 1 || !strstr(td_error_message(), "another rank failed"))
+        if (!comm || comm->size == 1 || !strstr(td_error_message(), "another rank failed"))
             rc = td_cli_fail("prep", s);
         else
             rc = td_status_exit_code(s);
     }
-#ifdef TD_HAVE_MPI
-    if (mpi) MPI_Finalize();
-#endif
+    td_comm_free(&comm);
+    if (mpi) td_comm_mpi_finalize();
     free(inputs);
     free(specials);
     free(all_sp);

@@ -62,7 +62,7 @@ void td_cli_log_kernels(td_comm *comm, int quiet) {
     char *all = calloc((size_t)n, STRIDE);
     if (!all) return;
     snprintf(all + (size_t)rank * STRIDE, STRIDE, "%s", td_blas_core_name());
-    if (n > 1 && comm->ops->allgather(comm, all, STRIDE, TD_COMM_BYTE) != TD_OK) n = 1;
+    if (n > 1 && td_comm_allgather(comm, all, STRIDE, TD_COMM_BYTE) != TD_OK) n = 1;
     td_cpu_kernels_log(all, STRIDE, n, quiet);
     free(all);
 }

@@ -178,13 +178,13 @@ static int cmp_line(const void *a, const void *b) {
 static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
     int64_t *lens = calloc((size_t)w->size, sizeof *lens);
     lens[w->rank] = (int64_t)len;
-    TD_TRY(w->ops->allgather(w, lens, 1, TD_COMM_I64));
+    TD_TRY(td_comm_allgather(w, lens, 1, TD_COMM_I64));
     int64_t mx = 1;
     for (int r = 0; r < w->size; r++)
         mx = lens[r] > mx ? lens[r] : mx;
     char *all = calloc((size_t)mx * (size_t)w->size + 1, 1);
     if (len) memcpy(all + (size_t)mx * (size_t)w->rank, blob, len);
-    td_status s = w->ops->allgather(w, all, (size_t)mx, TD_COMM_BYTE);
+    td_status s = td_comm_allgather(w, all, (size_t)mx, TD_COMM_BYTE);
     if (s == TD_OK && w->rank == 0) {
         size_t nl = 0, cap = 64;
         char **lines = malloc(sizeof *lines * cap);
@@ -324,8 +324,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
     } else if (o->router) {
         snprintf(back, sizeof back, "%s", o->router);
     }
-    td_status s = world->ops->bcast(world, &ok, 1, TD_COMM_I64, 0);
-    if (s == TD_OK) s = world->ops->bcast(world, back, sizeof back, TD_COMM_BYTE, 0);
+    td_status s = td_comm_bcast(world, &ok, 1, TD_COMM_I64, 0);
+    if (s == TD_OK) s = td_comm_bcast(world, back, sizeof back, TD_COMM_BYTE, 0);
     if (s == TD_OK && !ok)
         s = td_error_set(TD_ERR_RUNTIME, "rank 0 could not start the router "
                                          "and gateway (see its message)");
@@ -410,16 +410,15 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
         failed = s != TD_OK;
     }
     if (world->size == 1) return s;
-    TD_TRY(world->ops->bcast(world, &failed, 1, TD_COMM_F64, 0));
+    TD_TRY(td_comm_bcast(world, &failed, 1, TD_COMM_F64, 0));
     if (failed)
         return world->rank == 0 ? s
                                 : td_error_set(TD_ERR_RUNTIME, "int8 calibration failed on "
                                                                "rank 0 (see its message)");
     float *grid = td_model_int8_grid(full, 1);
     if (!grid) return td_error_set(TD_ERR_NOMEM, "out of memory for the int8 grid");
-    TD_TRY(
-        world->ops->bcast(world, td_model_params(full), td_model_num_params(full), TD_COMM_F32, 0));
-    return world->ops->bcast(world, grid, td_model_int8_grid_len(full), TD_COMM_F32, 0);
+    TD_TRY(td_comm_bcast(world, td_model_params(full), td_model_num_params(full), TD_COMM_F32, 0));
+    return td_comm_bcast(world, grid, td_model_int8_grid_len(full), TD_COMM_F32, 0);
 }
 
 td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
@@ -590,7 +589,7 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
 gather : {
     /* all ranks agree on success, then rank 0 prints every replica's lines in order */
     int64_t failed = s == TD_OK ? 0 : 1;
-    td_status sa = world->ops->allreduce(world, &failed, 1, TD_COMM_I64);
+    td_status sa = td_comm_allreduce(world, &failed, 1, TD_COMM_I64);
     if (s == TD_OK && sa != TD_OK) s = sa;
     if (s == TD_OK && failed)
         s = td_error_set(TD_ERR_RUNTIME, "serve: another rank failed (see its message)");

@@ -27,8 +27,8 @@
 #include <zmq.h>
 
 #include "common/log.h"
-#include "coordinator/keys.h"
-#include "coordinator/wire.h"
+#include "proto/keys.h"
+#include "proto/wire.h"
 
 #define TD_GATEWAY_VERSION "0.1.0"
 

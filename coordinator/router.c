@@ -13,8 +13,8 @@
 #include <zmq.h>
 
 #include "common/log.h"
-#include "coordinator/keys.h"
-#include "coordinator/wire.h"
+#include "proto/keys.h"
+#include "proto/wire.h"
 
 #define MAX_IDENT 256
 

@@ -12,7 +12,7 @@
 #include "common/status.h"
 
 /* Both sockets are CURVE servers unless opts.insecure: only clients whose public key is in
- * the key directory's allowed/ connect over TCP (coordinator/keys.h). */
+ * the key directory's allowed/ connect over TCP (proto/keys.h). */
 typedef struct {
     const char *front, *back; /* endpoints to bind, e.g. tcp://127.0.0.1:5555, inproc://x */
     int queue_max;            /* requests waiting per model (default 256) */

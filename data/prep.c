@@ -12,9 +12,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
-#ifdef TD_HAVE_MPI
-#include <mpi.h>
-#endif
 
 #include "common/fsutil.h"
 #include "common/json.h"
@@ -25,6 +22,7 @@
 #include "data/bpe.h"
 #include "data/dedup.h"
 #include "data/shard.h"
+#include "worker/comm/comm.h"
 
 void td_prep_opts_default(td_prep_opts *o) {
     memset(o, 0, sizeof *o);
@@ -102,101 +100,80 @@ static void bb_free(bbuf *b) {
 }
 
 /* Concatenates every rank's `local` on rank 0 (rank order). */
-static td_status gather(bbuf *local, bbuf *all, int rank, int size) {
-    if (size == 1) {
+static td_status gather(td_comm *c, bbuf *local, bbuf *all) {
+    if (c->size == 1) {
         bb_put(all, local->p, local->n);
         return TD_OK;
     }
-#ifdef TD_HAVE_MPI
-    long long n = (long long)local->n;
-    long long *ns = rank == 0 ? calloc((size_t)size, sizeof *ns) : NULL;
-    MPI_Gather(&n, 1, MPI_LONG_LONG, ns, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    int *cnt = NULL, *disp = NULL;
-    long long total = 0;
-    int ok = 1;
-    if (rank == 0) {
-        cnt = calloc((size_t)size, sizeof *cnt);
-        disp = calloc((size_t)size, sizeof *disp);
-        for (int r = 0; r < size; r++) {
-            if (ns[r] > INT32_MAX || total + ns[r] > INT32_MAX) ok = 0;
-            cnt[r] = ok ? (int)ns[r] : 0;
-            disp[r] = ok ? (int)total : 0;
-            total += ns[r];
-        }
-    }
-    /* every rank learns whether the gather fits one MPI call before anyone starts it */
-    MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    if (!ok) {
-        free(ns);
-        free(cnt);
-        free(disp);
-        return td_error_set(TD_ERR_RUNTIME,
-                            "prep: the ranks' %s for rank 0 exceed 2 GiB (one MPI call); split "
-                            "the corpus into several prep runs",
-                            "data");
-    }
-    if (rank == 0) {
+    size_t *ns = calloc((size_t)c->size, sizeof *ns);
+    if (!ns) return td_error_set(TD_ERR_NOMEM, "prep: out of memory");
+    ns[c->rank] = local->n;
+    td_status s = td_comm_allgather(c, ns, sizeof *ns, TD_COMM_BYTE);
+    size_t total = 0;
+    for (int r = 0; r < c->size; r++)
+        total += ns[r];
+    /* every rank knows the sizes, so every rank takes the same branch */
+    if (s == TD_OK && total > INT32_MAX)
+        s = td_error_set(TD_ERR_RUNTIME,
+                         "prep: the ranks' data for rank 0 exceed 2 GiB (one gather); split "
+                         "the corpus into several prep runs");
+    if (s == TD_OK && c->rank == 0) {
         bb_put(all, NULL, 0);
-        if ((size_t)total > all->cap) {
-            all->p = realloc(all->p, (size_t)total + 1);
-            all->cap = (size_t)total + 1;
+        if (total + 1 > all->cap) {
+            uint8_t *p = realloc(all->p, total + 1);
+            if (!p)
+                s = td_error_set(TD_ERR_NOMEM, "prep: out of memory gathering %zu bytes", total);
+            else {
+                all->p = p;
+                all->cap = total + 1;
+            }
         }
-        all->n = (size_t)total;
+        if (s == TD_OK) all->n = total;
     }
-    MPI_Gatherv(local->p, (int)n, MPI_BYTE, rank == 0 ? all->p : NULL, cnt, disp, MPI_BYTE, 0,
-                MPI_COMM_WORLD);
+    if (s == TD_OK) s = td_comm_gatherv(c, local->p, local->n, all->p, ns, 0);
     free(ns);
-    free(cnt);
-    free(disp);
-    return TD_OK;
-#else
-    (void)rank;
-    return td_error_set(TD_ERR_RUNTIME, "prep: built without MPI");
-#endif
+    return s;
 }
 
 /* Broadcasts rank 0's buffer to every rank. */
-static void bcast(bbuf *b, int rank, int size) {
-    if (size == 1) return;
-#ifdef TD_HAVE_MPI
-    long long n = (long long)b->n;
-    MPI_Bcast(&n, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    if (rank != 0) {
+static td_status bcast(td_comm *c, bbuf *b) {
+    if (c->size == 1) return TD_OK;
+    int64_t n = (int64_t)b->n;
+    TD_TRY(td_comm_bcast(c, &n, 1, TD_COMM_I64, 0));
+    if (c->rank != 0) {
         b->n = 0;
         bb_put(b, NULL, 0);
-        if ((size_t)n > b->cap) {
-            b->p = realloc(b->p, (size_t)n + 1);
+        if ((size_t)n + 1 > b->cap) {
+            uint8_t *p = realloc(b->p, (size_t)n + 1);
+            if (!p) return td_error_set(TD_ERR_NOMEM, "prep: out of memory");
+            b->p = p;
             b->cap = (size_t)n + 1;
         }
         b->n = (size_t)n;
     }
-    MPI_Bcast(b->p, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
-#else
-    (void)rank;
-#endif
+    return td_comm_bcast(c, b->p, (size_t)n, TD_COMM_BYTE, 0);
 }
 
-static void sum_stats(int64_t *st, int rank, int size) {
-    (void)rank;
-    if (size == 1) return;
-#ifdef TD_HAVE_MPI
-    MPI_Allreduce(MPI_IN_PLACE, st, ST_COUNT, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
-#endif
+static td_status sum_stats(td_comm *c, int64_t *st) {
+    return td_comm_allreduce(c, st, ST_COUNT, TD_COMM_I64);
 }
 
 /* Every rank must agree on success; returns the first failing rank's status (its message is
  * printed by that rank). */
-static td_status agree(td_status s, int size) {
-    if (size == 1) return s;
-#ifdef TD_HAVE_MPI
-    int mine = (int)s, worst = 0;
-    MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+static td_status agree(td_comm *c, td_status s) {
+    if (c->size == 1) return s;
+    int64_t *all = calloc((size_t)c->size, sizeof *all);
+    if (!all) return s != TD_OK ? s : td_error_set(TD_ERR_NOMEM, "prep: out of memory");
+    all[c->rank] = (int64_t)s;
+    td_status sc = td_comm_allgather(c, all, 1, TD_COMM_I64);
+    int64_t worst = 0;
+    for (int r = 0; r < c->size; r++)
+        if (all[r] < worst) worst = all[r];
+    free(all);
+    if (sc != TD_OK) return s != TD_OK ? s : sc;
     if (worst != TD_OK && s == TD_OK)
         return td_error_set((td_status)worst, "prep: another rank failed (see its message)");
-    return (td_status)worst == TD_OK ? TD_OK : s;
-#else
     return s;
-#endif
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -525,7 +502,8 @@ static void print_report(const td_prep_opts *o, const int64_t *st, double secs, 
 
 /* ---------------------------------------------------------------------------------------- */
 
-td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
+td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
+    int rank = comm->rank, size = comm->size;
     double t0 = td_time_now();
     int64_t st[ST_COUNT] = {0};
     file_list fl = {0};
@@ -567,13 +545,13 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         if (removed && !o->quiet)
             TD_LOG_WARN("prep: removed %d shards of an earlier run from %s", removed, o->out_dir);
     }
-    s = agree(s, size);
+    s = agree(comm, s);
     if (s != TD_OK) goto out;
 
     /* 1-3. list, read, clean, sign */
     for (int i = 0; i < o->n_inputs && s == TD_OK; i++)
         s = walk(&fl, o->inputs[i], st);
-    s = agree(s, size);
+    s = agree(comm, s);
     if (s != TD_OK) goto out;
     if (rank != 0) st[ST_FILES_LINKED] = 0; /* every rank walks; count once */
     reader rd = {o, &docs, st, 0, 0};
@@ -589,7 +567,7 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         }
     }
     if (rank == 0) td_progress_done();
-    s = agree(s, size);
+    s = agree(comm, s);
     if (s != TD_OK) goto out;
 
     /* 4. dedup on rank 0, in global key order */
@@ -597,7 +575,7 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         bb_u64(&local, docs.d[i].key);
         bb_put(&local, &docs.d[i].sig, sizeof(td_doc_sig));
     }
-    s = gather(&local, &all, rank, size);
+    s = gather(comm, &local, &all);
     bb_free(&local);
     bbuf verdicts = {0};
     if (s != TD_OK) goto out;
@@ -626,7 +604,11 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
         free(v);
     }
     bb_free(&all);
-    bcast(&verdicts, rank, size);
+    s = bcast(comm, &verdicts);
+    if (s != TD_OK) {
+        bb_free(&verdicts);
+        goto out;
+    }
     {
         /* apply: verdict records are sorted by key; this rank's docs are sorted too */
         size_t nv = verdicts.n / 9, j = 0;
@@ -668,7 +650,7 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
             bb_u64(&local, sl->val);
         }
         td_bpe_counts_deinit(&c);
-        s = gather(&local, &all, rank, size);
+        s = gather(comm, &local, &all);
         bb_free(&local);
         if (s != TD_OK) goto out;
         bbuf tj = {0};
@@ -692,13 +674,13 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
             }
         }
         bb_free(&all);
-        s = agree(s, size);
+        s = agree(comm, s);
         if (s != TD_OK) goto out;
-        bcast(&tj, rank, size);
-        s = td_bpe_from_json((const char *)tj.p, tj.n, "trained tokenizer", &tok);
+        s = bcast(comm, &tj);
+        if (s == TD_OK) s = td_bpe_from_json((const char *)tj.p, tj.n, "trained tokenizer", &tok);
         bb_free(&tj);
     }
-    s = agree(s, size);
+    s = agree(comm, s);
     if (s != TD_OK) goto out;
     int eot = td_bpe_special_id(tok, "<|endoftext|>");
     if (eot < 0) {
@@ -735,10 +717,11 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
     }
     if (rank == 0) td_progress_done();
     free(ids);
-    s = gather(&local, &all, rank, size);
+    s = gather(comm, &local, &all);
     bb_free(&local);
     if (s != TD_OK) goto out;
-    sum_stats(st, rank, size);
+    s = sum_stats(comm, st);
+    if (s != TD_OK) goto out;
     if (rank == 0) {
         /* index the records, sort by key, write */
         size_t nrec = 0, capr = 1024;
@@ -865,7 +848,7 @@ td_status td_prep_run(const td_prep_opts *o, int rank, int size) {
             print_report(o, st, td_time_now() - t0, td_bpe_vocab_size(tok), w.nshards);
     }
     bb_free(&all);
-    s = agree(s, size);
+    s = agree(comm, s);
 out:
     for (int i = 0; i < fl.n; i++)
         free(fl.path[i]);

@@ -20,6 +20,7 @@
 
 #include "common/status.h"
 #include "data/clean.h"
+#include "worker/comm/comm.h"
 
 typedef struct {
     const char *const *inputs;
@@ -41,8 +42,8 @@ typedef struct {
 
 void td_prep_opts_default(td_prep_opts *o);
 
-/* Runs the pipeline; rank/size describe the MPI job (0/1 without MPI). On rank 0 prints
+/* Runs the pipeline on every rank of comm (one rank: td_comm_self_new). On rank 0 prints
  * the summary table unless quiet. */
-td_status td_prep_run(const td_prep_opts *o, int rank, int size);
+td_status td_prep_run(const td_prep_opts *o, td_comm *comm);
 
 #endif

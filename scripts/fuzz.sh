@@ -55,7 +55,7 @@ fi
 declare -A SRCS=(
     [tokenizer]="data/bpe.c data/pretok.c"
     [clean]="data/clean.c data/dedup.c"
-    [gateway]="coordinator/gateway.c coordinator/wire.c $OUT/proto/tandem.pb-c.c"
+    [gateway]="coordinator/gateway.c proto/wire.c $OUT/proto/tandem.pb-c.c"
 )
 declare -A XLIBS=([gateway]="-lmicrohttpd -lzmq -lprotobuf-c -lpthread")
 for t in $TARGETS; do

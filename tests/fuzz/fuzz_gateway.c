@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "coordinator/gateway.h"
-#include "coordinator/wire.h"
+#include "proto/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

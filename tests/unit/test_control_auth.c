@@ -1,4 +1,4 @@
-/* The control plane admits only allowed keys (coordinator/keys.h): a router (in a thread of
+/* The control plane admits only allowed keys (proto/keys.h): a router (in a thread of
  * this test, on loopback TCP, keys in a fresh directory) and rogue ZeroMQ clients —
  *   - one in plain text and one with a CURVE key pair of its own (not in allowed/) try to
  *     register as a replica of model "demo" on the back socket, and to send a request on the
@@ -16,9 +16,9 @@
 #include <zmq.h>
 
 #include "common/fsutil.h"
-#include "coordinator/keys.h"
 #include "coordinator/router.h"
-#include "coordinator/wire.h"
+#include "proto/keys.h"
+#include "proto/wire.h"
 #include "tests/test.h"
 
 typedef struct {

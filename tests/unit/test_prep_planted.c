@@ -172,7 +172,10 @@ int main(void) {
     o.vocab_size = 512;
     o.val_fraction = 0.1;
     o.quiet = 1;
-    td_status s = td_prep_run(&o, 0, 1);
+    td_comm *self = NULL;
+    td_status s = td_comm_self_new(&self);
+    if (s == TD_OK) s = td_prep_run(&o, self);
+    td_comm_free(&self);
     REQUIRE(s == TD_OK, "prep failed: %s", td_error_message());
     char mp[512];
     snprintf(mp, sizeof mp, "%s/manifest.json", out);

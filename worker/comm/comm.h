@@ -37,6 +37,10 @@ typedef struct {
     /* lets queued non-blocking work advance (MPI's progress engine); cheap */
     void (*progress)(td_comm *c);
     void (*free)(td_comm *c);
+    /* bytes: rank r's n bytes of send land at recv + sum(counts[0..r)) on root (counts:
+     * every rank's n, known to all; recv used on root only) */
+    td_status (*gatherv)(td_comm *c, const void *send, size_t n, void *recv, const size_t *counts,
+                         int root);
 } td_comm_ops;
 
 struct td_comm {
@@ -76,6 +80,39 @@ void td_comm_free(td_comm **c);
 
 static inline size_t td_comm_dtype_size(td_comm_dtype dt) {
     return dt == TD_COMM_BYTE ? 1 : (dt == TD_COMM_F32 ? 4 : 8);
+}
+
+/* The collectives. Code outside worker/comm/ calls these, never the table directly. */
+static inline td_status td_comm_allreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
+    return c->ops->allreduce(c, buf, count, dt);
+}
+static inline td_status td_comm_iallreduce(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
+                                           td_comm_req **req) {
+    return c->ops->iallreduce(c, buf, count, dt, req);
+}
+static inline td_status td_comm_reduce_scatter(td_comm *c, void *buf, size_t count,
+                                               td_comm_dtype dt) {
+    return c->ops->reduce_scatter(c, buf, count, dt);
+}
+static inline td_status td_comm_allgather(td_comm *c, void *buf, size_t count, td_comm_dtype dt) {
+    return c->ops->allgather(c, buf, count, dt);
+}
+static inline td_status td_comm_bcast(td_comm *c, void *buf, size_t count, td_comm_dtype dt,
+                                      int root) {
+    return c->ops->bcast(c, buf, count, dt, root);
+}
+static inline td_status td_comm_gatherv(td_comm *c, const void *send, size_t n, void *recv,
+                                        const size_t *counts, int root) {
+    return c->ops->gatherv(c, send, n, recv, counts, root);
+}
+static inline td_status td_comm_barrier(td_comm *c) {
+    return c->ops->barrier(c);
+}
+static inline td_status td_comm_wait(td_comm *c, td_comm_req *req) {
+    return c->ops->wait(c, req);
+}
+static inline void td_comm_progress(td_comm *c) {
+    c->ops->progress(c);
 }
 
 #endif

@@ -1,5 +1,6 @@
 /* MPI backend of td_comm (see comm.h), and the one-rank "self" backend. */
 #include <mpi.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,9 +173,37 @@ static void s_free(td_comm *c) {
     (void)c;
 }
 
+static td_status m_gatherv(td_comm *c, const void *send, size_t n, void *recv, const size_t *counts,
+                           int root) {
+    int *cnt = calloc((size_t)c->size, sizeof *cnt), *disp = calloc((size_t)c->size, sizeof *disp);
+    if (!cnt || !disp) {
+        free(cnt);
+        free(disp);
+        return td_error_set(TD_ERR_NOMEM, "rank %d: out of memory in a gather", c->rank);
+    }
+    size_t total = 0;
+    for (int r = 0; r < c->size; r++) {
+        cnt[r] = (int)counts[r];
+        disp[r] = (int)total;
+        total += counts[r];
+    }
+    td_status s = TD_OK;
+    if (total > INT32_MAX || n != counts[c->rank])
+        s = td_error_set(TD_ERR_INVALID,
+                         "rank %d: a gather of %zu bytes exceeds one MPI call (2 GiB)%s", c->rank,
+                         total, n != counts[c->rank] ? " or disagrees with counts" : "");
+    else
+        s = check(MPI_Gatherv(send, (int)n, MPI_BYTE, c->rank == root ? recv : NULL, cnt, disp,
+                              MPI_BYTE, root, MCOMM(c)),
+                  "MPI_Gatherv", c);
+    free(cnt);
+    free(disp);
+    return s;
+}
+
 static const td_comm_ops g_mpi_ops = {"mpi",       m_allreduce, m_iallreduce, m_reduce_scatter,
                                       m_allgather, m_bcast,     m_barrier,    m_wait,
-                                      m_progress,  m_free};
+                                      m_progress,  m_free,      m_gatherv};
 
 int td_comm_mpi_init(int *argc, char ***argv, int force) {
     int inited = 0;
@@ -269,8 +298,15 @@ static void s_progress(td_comm *c) {
     (void)c;
 }
 
-static const td_comm_ops g_self_ops = {"self",  s_noop,    s_inoop, s_noop,     s_noop,
-                                       s_bcast, s_barrier, s_wait,  s_progress, s_free};
+static td_status s_gatherv(td_comm *c, const void *send, size_t n, void *recv, const size_t *counts,
+                           int root) {
+    (void)c, (void)counts, (void)root;
+    if (n && recv != send) memmove(recv, send, n);
+    return TD_OK;
+}
+
+static const td_comm_ops g_self_ops = {"self",    s_noop, s_inoop,    s_noop, s_noop,   s_bcast,
+                                       s_barrier, s_wait, s_progress, s_free, s_gatherv};
 
 td_status td_comm_self_new(td_comm **out) {
     td_comm *c = calloc(1, sizeof *c);

@@ -126,9 +126,16 @@ static void n_free(td_comm *c) {
     free(x);
 }
 
+static td_status n_gatherv(td_comm *c, const void *send, size_t n, void *recv, const size_t *counts,
+                           int root) {
+    (void)send, (void)n, (void)recv, (void)counts, (void)root;
+    return td_error_set(TD_ERR_INVALID, "rank %d: gathers of bytes go over the host communicator",
+                        c->rank);
+}
+
 static const td_comm_ops g_nccl_ops = {"nccl",      n_allreduce, n_iallreduce, n_reduce_scatter,
                                        n_allgather, n_bcast,     n_barrier,    n_wait,
-                                       n_progress,  n_free};
+                                       n_progress,  n_free,      n_gatherv};
 
 td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
     *out = NULL;
@@ -164,10 +171,10 @@ td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
         s = td_error_set(TD_ERR_RUNTIME, "rank 0: ncclGetUniqueId failed");
     /* every rank joins the broadcast and the vote, so a failure on one cannot strand the
      * others inside ncclCommInitRank */
-    td_status sb = host->ops->bcast(host, &id, sizeof id, TD_COMM_BYTE, 0);
+    td_status sb = td_comm_bcast(host, &id, sizeof id, TD_COMM_BYTE, 0);
     if (s == TD_OK) s = sb;
     int64_t failed = s != TD_OK;
-    if (host->ops->allreduce(host, &failed, 1, TD_COMM_I64) != TD_OK) failed = 1;
+    if (td_comm_allreduce(host, &failed, 1, TD_COMM_I64) != TD_OK) failed = 1;
     if (s == TD_OK && failed)
         s = td_error_set(TD_ERR_RUNTIME, "rank %d: another rank could not set up NCCL", host->rank);
     if (s == TD_OK) {

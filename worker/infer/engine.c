@@ -72,7 +72,7 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
     }
     if (e->tp) { /* kv_bytes is per rank; the leader's block count rules the group */
         int64_t nb = (int64_t)e->n_blocks;
-        td_status sb = e->tp->ops->bcast(e->tp, &nb, 1, TD_COMM_I64, 0);
+        td_status sb = td_comm_bcast(e->tp, &nb, 1, TD_COMM_I64, 0);
         if (sb != TD_OK) {
             free(e);
             return sb;
@@ -301,13 +301,13 @@ static void plan_put(td_engine *e, size_t *k, int64_t v) {
 
 static td_status plan_bcast(td_engine *e, size_t *n) {
     int64_t len = (int64_t)*n;
-    TD_TRY(e->tp->ops->bcast(e->tp, &len, 1, TD_COMM_I64, 0));
+    TD_TRY(td_comm_bcast(e->tp, &len, 1, TD_COMM_I64, 0));
     if ((size_t)len > e->plan_cap) {
         e->plan_cap = (size_t)len;
         e->plan = realloc(e->plan, e->plan_cap * sizeof *e->plan);
     }
     *n = (size_t)len;
-    return e->tp->ops->bcast(e->tp, e->plan, (size_t)len, TD_COMM_I64, 0);
+    return td_comm_bcast(e->tp, e->plan, (size_t)len, TD_COMM_I64, 0);
 }
 
 static td_status send_plan(td_engine *e, int nseg) {

@@ -12,8 +12,8 @@
 #include <zmq.h>
 
 #include "common/log.h"
-#include "coordinator/keys.h"
-#include "coordinator/wire.h"
+#include "proto/keys.h"
+#include "proto/wire.h"
 
 typedef struct {
     int used;

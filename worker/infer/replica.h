@@ -24,7 +24,7 @@ typedef struct {
     int heartbeat_ms;    /* default 1000 */
     const char *no_chat; /* non-NULL: chat requests are refused with this reason */
     void *zctx;          /* ZeroMQ context (NULL: the replica makes its own) */
-    int insecure;        /* plain text to the router (no CURVE; coordinator/keys.h) */
+    int insecure;        /* plain text to the router (no CURVE; proto/keys.h) */
 } td_replica_opts;
 
 /* Serves requests from the router with engine e (the group leader's) until *stop becomes

@@ -1487,7 +1487,7 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
             }
         linear_infer(m, 1, l, m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
         if (m->tp_comm && m->tp_comm->size > 1)
-            TD_TRY(m->tp_comm->ops->allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
+            TD_TRY(td_comm_allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
         norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm2_w, w->norm2_b, N);
         linear_infer(m, 2, l, m->ifc, m->in, w->wfc, w->bfc, N, C, m->FC);
@@ -1497,7 +1497,7 @@ td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_se
             td_op_gelu_fwd_f32(m->ih, m->ifc, (size_t)N * m->F);
         linear_infer(m, 3, l, m->in, m->ih, w->wproj, w->bproj, N, m->F, C);
         if (m->tp_comm && m->tp_comm->size > 1)
-            TD_TRY(m->tp_comm->ops->allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
+            TD_TRY(td_comm_allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
     }
     if (!logits) return TD_OK; /* tensor-parallel members: the leader samples */

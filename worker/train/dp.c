@@ -56,9 +56,9 @@ td_status td_dp_share_plan(td_comm *c, td_loader *l, uint64_t seed, int seq_len,
         free(fp);
         free(rb);
     }
-    TD_TRY(c->ops->bcast(c, &len, 1, TD_COMM_I64, 0));
+    TD_TRY(td_comm_bcast(c, &len, 1, TD_COMM_I64, 0));
     if (c->rank != 0) buf = malloc(len ? len : 1);
-    td_status s = c->ops->bcast(c, buf, len, TD_COMM_BYTE, 0);
+    td_status s = td_comm_bcast(c, buf, len, TD_COMM_BYTE, 0);
     if (s != TD_OK) {
         free(buf);
         return s;
@@ -128,7 +128,7 @@ static void *comm_main(void *arg) {
         pthread_mutex_unlock(&g->mu);
         double t0 = td_time_now();
         bucket *b = &g->b[k];
-        td_status s = g->c->ops->allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32);
+        td_status s = td_comm_allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32);
         for (size_t i = b->lo; i < b->hi; i++)
             grads[i] *= inv;
         double dt = td_time_now() - t0;
@@ -226,7 +226,7 @@ td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms,
         float *grads = td_model_grads(g->m), inv = 1.0f / (float)g->c->size;
         for (int k = 0; k < g->nb; k++) {
             bucket *b = &g->b[k];
-            TD_TRY(g->c->ops->allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32));
+            TD_TRY(td_comm_allreduce(g->c, grads + b->lo, b->hi - b->lo, TD_COMM_F32));
             for (size_t i = b->lo; i < b->hi; i++)
                 grads[i] *= inv;
         }
@@ -262,8 +262,8 @@ td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms,
         double t1 = td_time_now();
         memcpy(g->rows_tok + (size_t)g->c->rank * n, tok, (size_t)n * sizeof *tok);
         memcpy(g->rows + (size_t)g->c->rank * n * C, rows, (size_t)n * C * sizeof *rows);
-        s = g->c->ops->allgather(g->c, g->rows_tok, (size_t)n * sizeof *tok, TD_COMM_BYTE);
-        if (s == TD_OK) s = g->c->ops->allgather(g->c, g->rows, (size_t)n * C, TD_COMM_F32);
+        s = td_comm_allgather(g->c, g->rows_tok, (size_t)n * sizeof *tok, TD_COMM_BYTE);
+        if (s == TD_OK) s = td_comm_allgather(g->c, g->rows, (size_t)n * C, TD_COMM_F32);
         *comm_ms += (td_time_now() - t1) * 1e3;
         if (s == TD_OK) td_model_add_embed_rows(g->m, g->rows_tok, g->rows, (int)need, 1.0f / N);
         bytes_rows = need * ((size_t)C * 4 + 4);
@@ -324,7 +324,7 @@ td_status td_zero1_step(td_zero1 *z, td_model *m, float *adam_m, float *adam_v,
     double t0 = td_time_now();
     memcpy(z->stage, g, z->n * sizeof(float));
     memset(z->stage + z->n, 0, (z->padded - z->n) * sizeof(float));
-    TD_TRY(c->ops->reduce_scatter(c, z->stage, per, TD_COMM_F32));
+    TD_TRY(td_comm_reduce_scatter(c, z->stage, per, TD_COMM_F32));
     double tc = td_time_now() - t0;
     float *gs = z->stage + z->lo;
     float inv = 1.0f / (float)c->size;
@@ -334,7 +334,7 @@ td_status td_zero1_step(td_zero1 *z, td_model *m, float *adam_m, float *adam_v,
         ss += (double)gs[i] * gs[i];
     }
     double t1 = td_time_now();
-    TD_TRY(c->ops->allreduce(c, &ss, 1, TD_COMM_F64));
+    TD_TRY(td_comm_allreduce(c, &ss, 1, TD_COMM_F64));
     tc += td_time_now() - t1;
     double norm = sqrt(ss);
     if (clip > 0 && norm > clip) {
@@ -348,7 +348,7 @@ td_status td_zero1_step(td_zero1 *z, td_model *m, float *adam_m, float *adam_v,
     td_adamw_step_range(m, adam_m, adam_v, z->lo, hi, hp, lr, t);
     memcpy(z->stage + z->lo, p + z->lo, (hi > z->lo ? hi - z->lo : 0) * sizeof(float));
     double t2 = td_time_now();
-    TD_TRY(c->ops->allgather(c, z->stage, per, TD_COMM_F32));
+    TD_TRY(td_comm_allgather(c, z->stage, per, TD_COMM_F32));
     tc += td_time_now() - t2;
     memcpy(p, z->stage, z->n * sizeof(float));
     *grad_norm = norm;
@@ -367,7 +367,7 @@ td_status td_zero1_gather_moments(td_zero1 *z, const float *m_slice, const float
         memset(z->stage, 0, z->padded * sizeof(float));
         size_t hi = z->hi < z->n ? z->hi : z->n;
         if (hi > z->lo) memcpy(z->stage + z->lo, src[k], (hi - z->lo) * sizeof(float));
-        TD_TRY(c->ops->allgather(c, z->stage, per, TD_COMM_F32));
+        TD_TRY(td_comm_allgather(c, z->stage, per, TD_COMM_F32));
         memcpy(dst[k], z->stage, z->n * sizeof(float));
     }
     return TD_OK;

@@ -67,7 +67,7 @@ static double evaluate(trainer *t) {
         fwd(t, t->tokens, t->targets, &loss);
         sum += loss;
     }
-    t->comm->ops->allreduce(t->comm, &sum, 1, TD_COMM_F64);
+    td_comm_allreduce(t->comm, &sum, 1, TD_COMM_F64);
     return nb ? sum / (double)nb / t->size : NAN;
 }
 
@@ -129,8 +129,8 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_Delete(st);
     /* every rank learns whether rank 0 saved, and where */
     int64_t okv = ok;
-    t->comm->ops->bcast(t->comm, &okv, 1, TD_COMM_I64, 0);
-    t->comm->ops->bcast(t->comm, out, outn, TD_COMM_BYTE, 0);
+    td_comm_bcast(t->comm, &okv, 1, TD_COMM_I64, 0);
+    td_comm_bcast(t->comm, out, outn, TD_COMM_BYTE, 0);
     if (!okv && s == TD_OK) s = td_error_set(TD_ERR_IO, "rank 0 failed to save the checkpoint");
     free(t->full_m);
     free(t->full_v);
@@ -144,8 +144,8 @@ static td_status resume(trainer *t, int no_verify, long *start_step) {
     /* rank 0 chooses the checkpoint; every rank loads that one */
     int64_t found = 0;
     if (t->rank == 0) found = td_checkpoint_latest(t->job->ckpt_dir, dir, sizeof dir) == TD_OK;
-    TD_TRY(t->comm->ops->bcast(t->comm, &found, 1, TD_COMM_I64, 0));
-    TD_TRY(t->comm->ops->bcast(t->comm, dir, sizeof dir, TD_COMM_BYTE, 0));
+    TD_TRY(td_comm_bcast(t->comm, &found, 1, TD_COMM_I64, 0));
+    TD_TRY(td_comm_bcast(t->comm, dir, sizeof dir, TD_COMM_BYTE, 0));
     if (!found)
         return t->rank == 0 ? TD_ERR_NOTFOUND
                             : td_error_set(TD_ERR_NOTFOUND, "no complete checkpoint under %s",
@@ -262,12 +262,12 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
                          "%s: the validation shards hold token id %d, but model.vocab_size is %d",
                          j->path, td_loader_max_token(t->val), j->model.vocab_size);
     int64_t failed = s != TD_OK, any_fatal = s != TD_OK && fatal;
-    TD_TRY(t->comm->ops->allreduce(t->comm, &failed, 1, TD_COMM_I64));
-    TD_TRY(t->comm->ops->allreduce(t->comm, &any_fatal, 1, TD_COMM_I64));
+    TD_TRY(td_comm_allreduce(t->comm, &failed, 1, TD_COMM_I64));
+    TD_TRY(td_comm_allreduce(t->comm, &any_fatal, 1, TD_COMM_I64));
     if (!failed) {
         s = td_dp_share_plan(t->comm, t->val, 0, j->seq_len, j->batch_size);
         failed = s != TD_OK;
-        TD_TRY(t->comm->ops->allreduce(t->comm, &failed, 1, TD_COMM_I64));
+        TD_TRY(td_comm_allreduce(t->comm, &failed, 1, TD_COMM_I64));
     }
     if (failed) {
         if (fatal || any_fatal) {
@@ -372,7 +372,7 @@ static void teardown(trainer *t) {
 
 /* Sums a double over ranks. */
 static double sum_ranks(trainer *t, double v) {
-    t->comm->ops->allreduce(t->comm, &v, 1, TD_COMM_F64);
+    td_comm_allreduce(t->comm, &v, 1, TD_COMM_F64);
     return v;
 }
 
@@ -385,14 +385,14 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK && opts->resume) s = resume(&t, opts->no_verify, &step0);
     /* one set of weights everywhere: rank 0's (initialised or resumed) */
     if (s == TD_OK)
-        s = t.comm->ops->bcast(t.comm, td_model_params(t.model), td_model_num_params(t.model),
-                               TD_COMM_F32, 0);
+        s = td_comm_bcast(t.comm, td_model_params(t.model), td_model_num_params(t.model),
+                          TD_COMM_F32, 0);
     if (s == TD_OK && !opts->resume) { /* never mix two runs in one checkpoint directory */
         char latest[1200];
         int64_t taken =
             t.rank == 0 && td_checkpoint_latest(j->ckpt_dir, latest, sizeof latest) == TD_OK;
         td_error_clear();
-        t.comm->ops->bcast(t.comm, &taken, 1, TD_COMM_I64, 0);
+        td_comm_bcast(t.comm, &taken, 1, TD_COMM_I64, 0);
         if (taken)
             s = td_error_set(TD_ERR_INVALID,
                              "%s: checkpoint.dir %s already holds checkpoints of a run; pass "
@@ -525,7 +525,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             size_t ng;
             td_gpu_model_grad_buffer(t.gm, &dg, &ng);
             double tc = td_time_now();
-            if (t.nccl) s = t.nccl->ops->allreduce(t.nccl, dg, ng, TD_COMM_F32);
+            if (t.nccl) s = td_comm_allreduce(t.nccl, dg, ng, TD_COMM_F32);
             comm_ms = (td_time_now() - tc) * 1e3;
             if (s == TD_OK)
                 s = td_gpu_model_step(t.gm, (float)lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay,

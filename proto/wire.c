@@ -1,5 +1,5 @@
 /* Envelope framing over ZeroMQ (see wire.h). */
-#include "coordinator/wire.h"
+#include "proto/wire.h"
 
 #include <errno.h>
 #include <stdlib.h>

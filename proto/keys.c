@@ -1,5 +1,5 @@
 /* CURVE keys and the ZAP handler (see keys.h). */
-#include "coordinator/keys.h"
+#include "proto/keys.h"
 
 #include <dirent.h>
 #include <errno.h>
