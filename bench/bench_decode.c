@@ -17,6 +17,8 @@
 
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include "worker/infer/infer_model.h"
+#include "worker/infer/kv_cache.h"
 #include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/model.h"
 
@@ -46,12 +48,12 @@ static double triad_gbs(void) {
 }
 
 /* Prefill 16 tokens per sequence, then time `steps` decode steps; returns tokens/s. */
-static double decode(td_model *m, int B, int steps) {
+static double decode(td_infer_model *m, int B, int steps) {
     int bt = 16, per = (16 + steps + bt) / bt;
     td_kv_cache *kv;
     if (td_kv_cache_new(m, bt, (size_t)(per * B), &kv) != TD_OK) return 0;
-    td_model_plan_infer(m, 16 * B, B);
-    const td_model_config *c = td_model_config_of(m);
+    td_infer_plan(m, 16 * B, B);
+    const td_model_config *c = td_infer_model_config(m);
     int32_t *blocks = malloc(sizeof(int32_t) * (size_t)(per * B));
     for (int i = 0; i < per * B; i++)
         blocks[i] = i;
@@ -64,12 +66,12 @@ static double decode(td_model *m, int B, int steps) {
     float *logits = malloc(sizeof(float) * (size_t)B * c->vocab_size);
     for (int b = 0; b < B; b++)
         sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b};
-    td_model_forward_infer(m, kv, sg, B, logits);
+    td_infer_forward(m, kv, sg, B, logits);
     double t0 = td_time_now();
     for (int s = 0; s < steps; s++) {
         for (int b = 0; b < B; b++)
             sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b};
-        td_model_forward_infer(m, kv, sg, B, logits);
+        td_infer_forward(m, kv, sg, B, logits);
     }
     double dt = td_time_now() - t0;
     free(blocks);
@@ -103,31 +105,35 @@ int main(int argc, char **argv) {
                          .max_position_embeddings = 512,
                          .norm_eps = 1e-5,
                          .rope_theta = 10000};
-    td_model *m;
-    if (td_model_new(&c, &m) != TD_OK) return 1;
-    td_model_init_random(m, 1);
+    td_model *w;
+    td_infer_model *m;
+    if (td_model_new(&c, &w) != TD_OK) return 1;
+    td_model_init_random(w, 1);
+    if (td_infer_model_new(w, &m) != TD_OK) return 1;
     double bw = triad_gbs();
     size_t f32, i8, rf, ri;
-    td_model_weight_bytes(m, 1, &f32, &i8, &rf, &ri);
+    td_infer_weight_bytes(w, 1, &f32, &i8, &rf, &ri);
     char kernels[512];
     td_cpu_kernels_describe(kernels, sizeof kernels);
     fprintf(json ? stderr : stdout, "kernels: %s\n", kernels);
     if (!json)
         printf("decode, llama 768x8 (%.1f M params, %.0f MB fp32), %d threads, %d steps after a "
                "16-token prefill\ntriad bandwidth %.1f GB/s\n\n%-6s %6s %12s %14s %10s\n",
-               td_model_num_params(m) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw, "weights",
+               td_model_num_params(w) / 1e6, f32 / 1e6, omp_get_max_threads(), steps, bw, "weights",
                "batch", "tokens/s", "MB read/token", "roofline");
     static const char *names[4] = {"fp32", "bf16", "int8", "int8v"};
-    td_model *mb; /* bf16 weights: a second copy of the same model */
-    if (td_model_new(&c, &mb) != TD_OK) return 1;
-    td_model_init_random(mb, 1);
-    if (td_model_quantize_bf16(mb) != TD_OK) return 1;
-    size_t rb = td_model_read_bytes_bf16(mb);
+    td_model *wb;
+    td_infer_model *mb; /* bf16 weights: a second copy of the same model */
+    if (td_model_new(&c, &wb) != TD_OK) return 1;
+    td_model_init_random(wb, 1);
+    if (td_infer_model_new(wb, &mb) != TD_OK) return 1;
+    if (td_infer_quantize_bf16(mb) != TD_OK) return 1;
+    size_t rb = td_infer_read_bytes_bf16(wb);
     double fp32_b1 = 0;
     for (int q = 0; q < 4; q++) {
-        td_model *mm = q == 1 ? mb : m;
-        if (q == 2) td_model_quantize_int8(m, 1);
-        if (q == 3) td_model_set_int8_vnni(m, 1);
+        td_infer_model *mm = q == 1 ? mb : m;
+        if (q == 2) td_infer_quantize_int8(m, 1);
+        if (q == 3) td_infer_set_int8_vnni(m, 1);
         size_t rd = q == 0 ? rf : q == 1 ? rb : ri;
         for (int B = 1; B <= 16; B *= 16) {
             double tps = decode(mm, B, steps);
@@ -145,7 +151,7 @@ int main(int argc, char **argv) {
                 printf("%-6s %6d %12.1f %14s %10s\n", names[q], B, tps, "", "");
         }
     }
-    td_model_free(&m);
-    td_model_free(&mb);
+    td_infer_model_free(&m);
+    td_infer_model_free(&mb);
     return 0;
 }

@@ -17,14 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "data/bpe.h"
 #include "worker/infer/calib.h"
+#include "worker/infer/kv_cache.h"
 #include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
 
 typedef struct {
-    td_model *m;
+    td_infer_model *m;
     td_kv_cache *kv;
     int32_t *blocks;
     float *logits;
@@ -48,19 +50,24 @@ enum { NVARIANTS = sizeof variants / sizeof variants[0] };
 
 static int runner_init(runner *r, const char *dir, const variant *v, const td_calib_opts *co) {
     memset(r, 0, sizeof *r);
-    if (td_checkpoint_load_model(dir, &r->m) != TD_OK) return -1;
-    const td_model_config *c = td_model_config_of(r->m);
+    td_model *w;
+    if (td_checkpoint_load_model(dir, &w) != TD_OK) return -1;
+    if (td_infer_model_new(w, &r->m) != TD_OK) {
+        td_model_free(&w);
+        return -1;
+    }
+    const td_model_config *c = td_model_config_of(w);
     int T = c->max_position_embeddings, bt = 16, nb = (T + bt - 1) / bt;
-    if (v && v->bf16 && td_model_quantize_bf16(r->m) != TD_OK) return -1;
+    if (v && v->bf16 && td_infer_quantize_bf16(r->m) != TD_OK) return -1;
     if (v && v->gptq) {
         td_calib_opts o = *co;
         o.skip_head = !v->head8;
         if (td_int8_calibrate(r->m, &o) != TD_OK) return -1;
     }
-    if (v && v->q8 && td_model_quantize_int8(r->m, v->head8) != TD_OK) return -1;
-    if (v && v->int32) td_model_set_int8_vnni(r->m, 1);
+    if (v && v->q8 && td_infer_quantize_int8(r->m, v->head8) != TD_OK) return -1;
+    if (v && v->int32) td_infer_set_int8_vnni(r->m, 1);
     if (td_kv_cache_new(r->m, bt, (size_t)nb, &r->kv) != TD_OK) return -1;
-    if (td_model_plan_infer(r->m, T, 1) != TD_OK) return -1;
+    if (td_infer_plan(r->m, T, 1) != TD_OK) return -1;
     r->blocks = malloc(sizeof(int32_t) * (size_t)nb);
     for (int i = 0; i < nb; i++)
         r->blocks[i] = i;
@@ -71,7 +78,7 @@ static int runner_init(runner *r, const char *dir, const variant *v, const td_ca
 
 static int feed(runner *r, const int32_t *t, int n, int pos) {
     td_infer_seg sg = {t, n, pos, r->blocks};
-    return td_model_forward_infer(r->m, r->kv, &sg, 1, r->logits) == TD_OK ? 0 : -1;
+    return td_infer_forward(r->m, r->kv, &sg, 1, r->logits) == TD_OK ? 0 : -1;
 }
 
 static int argmax(const float *x, int n, float *margin) {
@@ -90,7 +97,7 @@ static int argmax(const float *x, int n, float *margin) {
 
 static void runner_free(runner *r) {
     td_kv_cache_free(&r->kv);
-    td_model_free(&r->m);
+    td_infer_model_free(&r->m);
     free(r->blocks);
     free(r->logits);
 }
@@ -103,7 +110,7 @@ typedef struct {
 /* Runs every prompt of `prompts` (n of them) through fp32 (a) and the quantized model (b). */
 static int measure(runner *a, runner *b, td_bpe *tok, char **prompts, int np, int maxt, int verbose,
                    agreement *g) {
-    int T = td_model_config_of(a->m)->max_position_embeddings, V = a->V;
+    int T = td_infer_model_config(a->m)->max_position_embeddings, V = a->V;
     int eot = td_bpe_special_id(tok, "<|endoftext|>");
     int32_t *ids = NULL, *seq = malloc(sizeof(int32_t) * (size_t)T);
     size_t cap = 0;
@@ -212,10 +219,15 @@ int main(int argc, char **argv) {
     }
     char line[8192], **prompts = NULL;
     int np = 0;
+    size_t prompts_cap = 0;
     while (fgets(line, sizeof line, f)) {
         line[strcspn(line, "\n")] = 0;
         if (!*line) continue;
-        prompts = realloc(prompts, sizeof *prompts * (size_t)(np + 1));
+        if (TD_GROW(prompts, prompts_cap, (size_t)np + 1) != TD_OK) {
+            fprintf(stderr, "bench_quant: %s\n", td_error_message());
+            fclose(f);
+            return 1;
+        }
         prompts[np++] = strdup(line);
     }
     fclose(f);

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "common/fsutil.h"
+#include "common/grow.h"
 #include "common/timeutil.h"
 #include "data/bpe.h"
 
@@ -45,12 +46,14 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Regular files of the fortune directory, except *.dat, sorted; returns the count. */
+/* Regular files of the fortune directory, except *.dat, sorted; returns the count, or -1 when
+ * out of memory (message printed). */
 static int default_corpus(char ***out) {
     DIR *d = opendir(FORTUNE_DIR);
     if (!d) return 0;
     char **names = NULL;
     int n = 0;
+    size_t cap = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         size_t l = strlen(e->d_name);
@@ -59,7 +62,14 @@ static int default_corpus(char ***out) {
         snprintf(path, sizeof path, "%s/%s", FORTUNE_DIR, e->d_name);
         struct stat st;
         if (lstat(path, &st) || !S_ISREG(st.st_mode)) continue; /* *.u8 are symlinks */
-        names = realloc(names, sizeof *names * (size_t)(n + 1));
+        if (TD_GROW(names, cap, (size_t)n + 1) != TD_OK) {
+            fprintf(stderr, "%s\n", td_error_message());
+            closedir(d);
+            for (int i = 0; i < n; i++)
+                free(names[i]);
+            free(names);
+            return -1;
+        }
         names[n++] = strdup(path);
     }
     closedir(d);
@@ -68,8 +78,8 @@ static int default_corpus(char ***out) {
     return n;
 }
 
-/* Documents of text: the spans between lines that are exactly "%". */
-static size_t split_documents(const char *text, size_t len, doc **out) {
+/* Documents of text: the spans between lines that are exactly "%"; *count of them. */
+static td_status split_documents(const char *text, size_t len, doc **out, size_t *count) {
     size_t n = 0, cap = 0, start = 0, i = 0;
     doc *d = NULL;
     for (;;) {
@@ -77,9 +87,10 @@ static size_t split_documents(const char *text, size_t len, doc **out) {
                   (i + 1 == len || text[i + 1] == '\n');
         if (i == len || sep) {
             if (i > start) {
-                if (n == cap) {
-                    cap = cap ? 2 * cap : 1024;
-                    d = realloc(d, cap * sizeof *d);
+                td_status s = TD_GROW(d, cap, n + 1);
+                if (s != TD_OK) {
+                    free(d);
+                    return s;
                 }
                 d[n++] = (doc){start, i - start};
             }
@@ -91,7 +102,8 @@ static size_t split_documents(const char *text, size_t len, doc **out) {
         i++;
     }
     *out = d;
-    return n;
+    *count = n;
+    return TD_OK;
 }
 
 int main(int argc, char **argv) {
@@ -99,6 +111,7 @@ int main(int argc, char **argv) {
     int json = 0, runs = 3, hf = 1;
     char **files = NULL;
     int nfiles = 0;
+    size_t files_cap = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
             tok_path = argv[++i];
@@ -115,12 +128,16 @@ int main(int argc, char **argv) {
                     argv[0]);
             return 2;
         } else {
-            files = realloc(files, sizeof *files * (size_t)(nfiles + 1));
+            if (TD_GROW(files, files_cap, (size_t)nfiles + 1) != TD_OK) {
+                fprintf(stderr, "%s\n", td_error_message());
+                return 1;
+            }
             files[nfiles++] = strdup(argv[i]);
         }
     }
     if (runs < 1) runs = 1;
-    if (!nfiles && !(nfiles = default_corpus(&files))) {
+    if (!nfiles && (nfiles = default_corpus(&files)) < 0) return 1;
+    if (!nfiles) {
         fprintf(stderr,
                 "no corpus: %s has no fortune files (apt-get install fortunes "
                 "fortunes-zh) and none were named\n",
@@ -140,7 +157,7 @@ int main(int argc, char **argv) {
 
     /* corpus: the files, each followed by a "%" line */
     char *corpus = NULL;
-    size_t clen = 0;
+    size_t clen = 0, corpus_cap = 0;
     for (int f = 0; f < nfiles; f++) {
         char *text;
         size_t len;
@@ -148,7 +165,10 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s\n", td_error_message());
             return 1;
         }
-        corpus = realloc(corpus, clen + len + 3);
+        if (TD_GROW(corpus, corpus_cap, clen + len + 3) != TD_OK) {
+            fprintf(stderr, "%s\n", td_error_message());
+            return 1;
+        }
         memcpy(corpus + clen, text, len);
         clen += len;
         if (len && text[len - 1] != '\n') corpus[clen++] = '\n';
@@ -156,8 +176,12 @@ int main(int argc, char **argv) {
         corpus[clen++] = '\n';
         free(text);
     }
-    doc *docs;
-    size_t ndocs = split_documents(corpus, clen, &docs), nbytes = 0;
+    doc *docs = NULL;
+    size_t ndocs = 0, nbytes = 0;
+    if (split_documents(corpus, clen, &docs, &ndocs) != TD_OK) {
+        fprintf(stderr, "%s\n", td_error_message());
+        return 1;
+    }
     for (size_t i = 0; i < ndocs; i++)
         nbytes += docs[i].len;
 
@@ -181,9 +205,9 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < ndocs; i++) {
             size_t k = td_bpe_encode(t, corpus + docs[i].off, docs[i].len, &ids, &cap);
             if (last) { /* keep the ids of the last run for the comparison */
-                if (ntok + k > all_cap) {
-                    all_cap = (ntok + k) * 2;
-                    all = realloc(all, all_cap * sizeof *all);
+                if (TD_GROW(all, all_cap, ntok + k) != TD_OK) {
+                    fprintf(stderr, "%s\n", td_error_message());
+                    return 1;
                 }
                 memcpy(all + ntok, ids, k * sizeof *ids);
             }

@@ -15,7 +15,7 @@ void td_cli_catch_stop_signals(volatile int **flag);
 
 struct td_model;
 /* serve's option parsing and run, shared with train --serve (given: a model in memory,
- * tok_json: its tokenizer.json text; both NULL to load --model). Finalizes MPI. */
+ * taken; tok_json: its tokenizer.json text; both NULL to load --model). Finalizes MPI. */
 int td_serve_main(int argc, char **argv, const char *cmd, struct td_model *given,
                   const char *tok_json);
 
@@ -33,5 +33,11 @@ struct td_comm;
 /* Collective over comm (NULL: this process alone): gathers each rank's OpenBLAS core and
  * has rank 0 log the kernels line, and warn where ranks differ (td_cpu_kernels_log). */
 void td_cli_log_kernels(struct td_comm *comm, int quiet);
+
+#include "worker/infer/runtime.h"
+/* td_serve with this process's control plane for --http (the router and gateway in
+ * threads, serve_http.c) and, when serving online, SIGINT/SIGTERM ending it cleanly. Takes
+ * full, like td_serve. */
+td_status td_cli_serve(td_model *full, td_bpe *tok, td_comm *world, td_serve_opts *o);
 
 #endif

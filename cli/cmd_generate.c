@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "common/fsutil.h"
+#include "common/grow.h"
 #include "data/bpe.h"
 #include "worker/infer/engine.h"
 #include "worker/model/checkpoint.h"
@@ -38,18 +39,25 @@ static void help(FILE *f) {
             "  -h, --help            this text\n");
 }
 
-static int parse_tokens(const char *s, int32_t **out, int *n) {
-    int cap = 16, k = 0;
-    int32_t *ids = malloc(sizeof *ids * (size_t)cap);
+/* TD_ERR_INVALID (no message: the caller explains the form) when s is not comma-separated
+ * ids; TD_ERR_NOMEM with its message. */
+static td_status parse_tokens(const char *s, int32_t **out, int *n) {
+    int k = 0;
+    size_t cap = 0;
+    int32_t *ids = NULL;
     const char *p = s;
     while (*p) {
         char *end;
         long v = strtol(p, &end, 10);
         if (end == p || v < 0 || v > INT32_MAX) {
             free(ids);
-            return -1;
+            return TD_ERR_INVALID;
         }
-        if (k == cap) ids = realloc(ids, sizeof *ids * (size_t)(cap *= 2));
+        td_status st = TD_GROW(ids, cap, (size_t)k + 1);
+        if (st != TD_OK) {
+            free(ids);
+            return st;
+        }
         ids[k++] = (int32_t)v;
         p = end;
         while (*p == ',' || *p == ' ')
@@ -57,17 +65,15 @@ static int parse_tokens(const char *s, int32_t **out, int *n) {
     }
     *out = ids;
     *n = k;
-    return 0;
+    return TD_OK;
 }
 
 int td_cmd_generate(int argc, char **argv) {
-    /* many prompts from a file: the batched engine of `tandem serve` */
+    /* many prompts from a file: the serving runtime's batched engine, with serve's options
+     * (which take --max-new-tokens as --max-tokens) */
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--prompts-file") || !strncmp(argv[i], "--prompts-file=", 15)) {
-            for (int k = 1; k < argc; k++)
-                if (!strcmp(argv[k], "--max-new-tokens")) argv[k] = "--max-tokens";
+        if (!strcmp(argv[i], "--prompts-file") || !strncmp(argv[i], "--prompts-file=", 15))
             return td_serve_main(argc, argv, "generate", NULL, NULL);
-        }
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"tokens", required_argument, 0, 't'},
@@ -148,7 +154,12 @@ int td_cmd_generate(int argc, char **argv) {
     size_t printed = 0;
 
     if (tok_arg) {
-        if (parse_tokens(tok_arg, &ctx, &n) != 0 || n == 0) {
+        s = parse_tokens(tok_arg, &ctx, &n);
+        if (s == TD_ERR_NOMEM) {
+            td_model_free(&m);
+            return td_cli_fail("generate", s);
+        }
+        if (s != TD_OK || n == 0) {
             fprintf(stderr, "tandem generate: --tokens wants comma-separated ids, got '%s'\n",
                     tok_arg);
             td_model_free(&m);
@@ -166,7 +177,8 @@ int td_cmd_generate(int argc, char **argv) {
         n = (int)td_bpe_encode(tok, prompt, strlen(prompt), &ctx, &cap);
         if (n == 0) {
             int eot = td_bpe_special_id(tok, "<|endoftext|>");
-            ctx = realloc(ctx, sizeof *ctx);
+            s = TD_GROW(ctx, cap, 1);
+            if (s != TD_OK) goto out;
             ctx[n++] = eot >= 0 && eot < V ? eot : 0;
         }
     }
@@ -210,7 +222,10 @@ int td_cmd_generate(int argc, char **argv) {
                           0};
         int id, active = 1, k = 0;
         int start = n < maxT ? 0 : n - maxT + 1; /* keep the newest tokens of a long prompt */
-        s = td_engine_new(m, tok, &eo, &e);
+        td_infer_model *im = NULL;
+        s = td_infer_model_new(m, &im);
+        if (s == TD_OK) m = NULL; /* the serving model has it */
+        if (s == TD_OK) s = td_engine_new(im, tok, &eo, &e);
         if (s == TD_OK) s = td_engine_submit(e, ctx + start, n - start, &sp, &id);
         while (s == TD_OK && active) {
             s = td_engine_step(e, &active);
@@ -228,6 +243,7 @@ int td_cmd_generate(int argc, char **argv) {
             fflush(stdout);
         }
         td_engine_free(&e);
+        td_infer_model_free(&im);
     }
     if (max_new > 0) printf("\n");
 out:

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "cli/serve.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "worker/kernels/cpu/blas_core.h"
@@ -123,6 +122,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"tp", required_argument, 0, O_TP},
                                          {"prompts-file", required_argument, 0, O_PROMPTS},
                                          {"max-tokens", required_argument, 0, O_MAX},
+                                         {"max-new-tokens", required_argument, 0, O_MAX},
                                          {"temperature", required_argument, 0, O_TEMP},
                                          {"top-k", required_argument, 0, O_TOPK},
                                          {"top-p", required_argument, 0, O_TOPP},
@@ -285,6 +285,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             help(stdout);
             free(stops);
             free(keys);
+            td_model_free(&given);
             return 0;
         default:
             bad = 1;
@@ -342,6 +343,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         help(stderr);
         free(stops);
         free(keys);
+        td_model_free(&given);
         td_comm_mpi_finalize(); /* when train --serve started MPI */
         return 2;
     }
@@ -412,10 +414,13 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         }
         td_error_clear();
     }
-    if (s == TD_OK) s = td_serve(m, tok, world, &o);
+    if (s == TD_OK) {
+        s = td_cli_serve(m, tok, world, &o);
+        m = NULL; /* taken */
+    }
     int rc = s == TD_OK ? 0 : td_cli_fail(cmd, s);
     td_bpe_free(&tok);
-    if (!given) td_model_free(&m);
+    td_model_free(&m);
     td_comm_free(&world);
     free(stops);
     free(keys);

@@ -8,12 +8,10 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "worker/kernels/cpu/blas_core.h"
-#ifdef TD_HAVE_CUDA
-#include "worker/kernels/cuda/cuda_ops.h"
-#endif
 #include "common/log.h"
+#include "worker/backend/backend.h"
 #include "worker/comm/comm.h"
+#include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/model.h"
 #include "worker/train/trainer.h"
 
@@ -157,19 +155,16 @@ int td_cmd_train(int argc, char **argv) {
     char why[256] = "no usable GPU: this build has no CUDA backend (TANDEM_CUDA=OFF)";
     int say_cpu = 0; /* device auto without a GPU: said once, by rank 0, below */
     if (strcmp(job.device, "cpu")) {
-        int ngpu = 0;
-#ifdef TD_HAVE_CUDA
         char err[200] = "";
-        ngpu = td_cuda_device_count(err, sizeof err);
+        int ngpu = td_backend_devices("cuda", err, sizeof err);
         if (ngpu == 0) snprintf(why, sizeof why, "no usable GPU: %s", err);
-#endif
         int cuda = !strcmp(job.device, "cuda");
         if (ngpu > 0 && !cuda && job.zero) { /* auto: what the GPU path lacks stays on the CPU */
             snprintf(why, sizeof why, "train.zero 1 is CPU-only for now");
             ngpu = 0;
         }
         if (ngpu > 0) {
-            o.gpu = 1;
+            o.device = "cuda";
         } else if (cuda) {
             td_job_deinit(&job);
             fprintf(stderr,
@@ -208,10 +203,10 @@ int td_cmd_train(int argc, char **argv) {
         }
     }
     o.comm = comm;
-    if (!o.gpu) td_cli_log_kernels(comm, o.quiet);
+    if (!o.device) td_cli_log_kernels(comm, o.quiet);
     if (say_cpu) /* ranks other than 0 log errors only */
         TD_LOG_INFO("device auto: training on the CPU (%s)", why);
-    if (o.gpu && !job.bf16)
+    if (o.device && !job.bf16)
         TD_LOG_INFO("device %s: matrix products on the GPU are bf16 with fp32 accumulation "
                     "(fp32 products are the CPU reference)",
                     job.device);
@@ -236,7 +231,6 @@ int td_cmd_train(int argc, char **argv) {
     }
     if (rc == 0 && serve) { /* same ranks, same weights in memory: serve them */
         rc = td_serve_main(nsa, (char **)serve_args, "train --serve", trained, tok_json);
-        td_model_free(&trained);
         free(tok_json);
         return rc; /* td_serve_main finalized MPI */
     }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/log.h"
 
 void td_map64_init(td_map64 *m) {
@@ -89,14 +90,8 @@ uint64_t *td_strmap_get(td_strmap *m, const char *key, size_t len, int insert) {
         i = (i + 1) & mask;
     }
     if (!insert) return NULL;
-    if (m->arena_len + len + 1 > m->arena_cap) {
-        size_t nc = m->arena_cap ? m->arena_cap * 2 : 1 << 16;
-        while (nc < m->arena_len + len + 1)
-            nc *= 2;
-        m->arena = realloc(m->arena, nc);
-        TD_ASSERT(m->arena);
-        m->arena_cap = nc;
-    }
+    /* this interface returns a slot, not a status: out of memory here ends the process */
+    TD_GROW_OR_DIE(m->arena, m->arena_cap, m->arena_len + len + 1);
     memcpy(m->arena + m->arena_len, key, len);
     m->arena[m->arena_len + len] = 0;
     td_strmap_slot *s = &m->slots[i];

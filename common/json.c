@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/fsutil.h"
+#include "common/grow.h"
 
 td_status td_json_load_file(const char *path, cJSON **out) {
     char *text = NULL;
@@ -146,11 +147,15 @@ td_status td_json_check_keys(const cJSON *obj, const char *where, const char *co
 td_status td_json_save_file(const char *path, const cJSON *json) {
     char *text = cJSON_Print(json);
     if (!text) return td_error_set(TD_ERR_NOMEM, "out of memory printing JSON for %s", path);
-    size_t n = strlen(text);
-    text = realloc(text, n + 2);
+    size_t n = strlen(text), cap = n + 1;
+    td_status s = TD_GROW_EXACT(text, cap, n + 2); /* room for the final newline */
+    if (s != TD_OK) {
+        free(text);
+        return td_error_wrap(s, "writing %s: ", path);
+    }
     text[n] = '\n';
     text[n + 1] = 0;
-    td_status s = td_fs_write_file_atomic(path, text, n + 1);
+    s = td_fs_write_file_atomic(path, text, n + 1);
     free(text);
     return s;
 }

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/grow.h"
 #include "common/log.h"
 #include "proto/keys.h"
 #include "proto/wire.h"
@@ -648,12 +649,9 @@ typedef struct {
 
 /* Appends s, with every byte that is not part of valid UTF-8 (a character cut by the token
  * limit, or bytes the model produced) replaced by U+FFFD, so the JSON we send is UTF-8. */
-static void gen_append_text(gen *x, const char *s) {
+static td_status gen_append_text(gen *x, const char *s) {
     size_t n = strlen(s);
-    if (x->text_len + 3 * n + 1 > x->text_cap) {
-        x->text_cap = (x->text_len + 3 * n + 1) * 2;
-        x->text = realloc(x->text, x->text_cap);
-    }
+    TD_TRY(TD_GROW(x->text, x->text_cap, x->text_len + 3 * n + 1));
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < n) {
@@ -674,6 +672,7 @@ static void gen_append_text(gen *x, const char *s) {
         }
     }
     x->text[x->text_len] = 0;
+    return TD_OK;
 }
 
 static void gen_record(gen *x) {
@@ -690,7 +689,8 @@ static void gen_record(gen *x) {
     pthread_mutex_unlock(&g->m.mu);
 }
 
-/* Folds one chunk into x. Returns 0, or an HTTP status with msg for an error chunk. */
+/* Folds one chunk into x. Returns 0, or an HTTP status with msg for an error chunk (500 when
+ * the gateway runs out of memory keeping the text). */
 static int gen_take(gen *x, const Tandem__GenerateChunk *c, char *msg, size_t msg_len) {
     if (c->error) {
         snprintf(msg, msg_len, "%s", c->error);
@@ -699,7 +699,14 @@ static int gen_take(gen *x, const Tandem__GenerateChunk *c, char *msg, size_t ms
     uint64_t now = td_wire_now_ns();
     if (c->text && c->text[0]) {
         if (!x->t_first) x->t_first = now;
-        gen_append_text(x, c->text);
+        if (gen_append_text(x, c->text) != TD_OK) {
+            /* the answer cannot be kept: stop the replica's work too, as callers take an error
+             * return for the end of the request and cancel nothing */
+            TD_LOG_ERROR("gateway: %s: %s", x->obj_id, td_error_message());
+            if (x->sock) send_cancel(x->sock, x->id);
+            snprintf(msg, msg_len, "gateway: %s", td_error_message());
+            return 500;
+        }
     }
     if (c->has_prompt_tokens) x->prompt_tokens = c->prompt_tokens;
     if (c->has_replica_ns) x->replica_ns = c->replica_ns;
@@ -1282,12 +1289,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (*upload_size) {
         if (!k->too_big && k->len + *upload_size <= g->o.max_body) {
-            if (k->len + *upload_size + 1 > k->cap) {
-                k->cap = (k->len + *upload_size + 1) * 2;
-                if (k->cap > g->o.max_body + 1) k->cap = g->o.max_body + 1;
-                char *b = realloc(k->body, k->cap);
-                if (!b) return MHD_NO;
-                k->body = b;
+            size_t need = k->len + *upload_size + 1;
+            if (need > k->cap) { /* doubled, but never past the limit */
+                size_t want = need * 2 < g->o.max_body + 1 ? need * 2 : g->o.max_body + 1;
+                if (TD_GROW_EXACT(k->body, k->cap, want) != TD_OK) {
+                    TD_LOG_WARN("gateway: %s; dropping the connection", td_error_message());
+                    return MHD_NO;
+                }
             }
             memcpy(k->body + k->len, upload, *upload_size);
             k->len += *upload_size;

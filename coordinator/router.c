@@ -12,6 +12,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/grow.h"
 #include "common/log.h"
 #include "proto/keys.h"
 #include "proto/wire.h"
@@ -52,11 +53,14 @@ struct td_router {
     td_router_opts o;
     char front_ep[256], back_ep[256];
     replica *rep;
-    int nrep, caprep;
+    int nrep;
+    size_t caprep;
     model *mod;
-    int nmod, capmod;
+    int nmod;
+    size_t capmod;
     job *jobs;
-    int njobs, capjobs;
+    int njobs;
+    size_t capjobs;
     uint64_t next_rid;
     uint64_t grace_end_ns; /* until then, requests for models with no replica up wait */
     td_zap *zap;           /* the key check of CURVE clients (NULL: --insecure) */
@@ -154,13 +158,11 @@ static int find_model(const td_router *r, const char *name) {
     return -1;
 }
 
+/* The index of model `name`, added when new; -1 when out of memory (message set). */
 static int add_model(td_router *r, const char *name) {
     int i = find_model(r, name);
     if (i >= 0) return i;
-    if (r->nmod == r->capmod) {
-        r->capmod = r->capmod ? 2 * r->capmod : 8;
-        r->mod = realloc(r->mod, sizeof *r->mod * (size_t)r->capmod);
-    }
+    if (TD_GROW(r->mod, r->capmod, (size_t)r->nmod + 1) != TD_OK) return -1;
     r->mod[r->nmod] = (model){strdup(name), 0, NULL};
     return r->nmod++;
 }
@@ -172,13 +174,11 @@ static int find_replica(const td_router *r, const uint8_t *id, size_t n) {
     return -1;
 }
 
+/* A free job slot; NULL when out of memory (message set). */
 static job *new_job(td_router *r) {
     for (int i = 0; i < r->njobs; i++)
         if (!r->jobs[i].used) return &r->jobs[i];
-    if (r->njobs == r->capjobs) {
-        r->capjobs = r->capjobs ? 2 * r->capjobs : 64;
-        r->jobs = realloc(r->jobs, sizeof *r->jobs * (size_t)r->capjobs);
-    }
+    if (TD_GROW(r->jobs, r->capjobs, (size_t)r->njobs + 1) != TD_OK) return NULL;
     return &r->jobs[r->njobs++];
 }
 
@@ -217,6 +217,15 @@ static void client_error(td_router *r, const uint8_t *client, size_t client_len,
     e.chunk = &c;
     if (td_wire_send(r->front, client, client_len, &e) != TD_OK)
         TD_LOG_DEBUG("router: error answer not delivered: %s", td_error_message());
+}
+
+/* A request the router has no memory to take: refused (503), the router itself goes on. */
+static void refuse_out_of_memory(td_router *r, const uint8_t *client, size_t client_len,
+                                 uint64_t id) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "router: %s", td_error_message());
+    TD_LOG_ERROR("%s", msg);
+    client_error(r, client, client_len, id, 503, msg);
 }
 
 static void send_cancel(td_router *r, const replica *p, uint64_t rid) {
@@ -383,7 +392,11 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
     /* just started (a restart, say): replicas are still registering, and requests that
      * waited in clients' sockets during the outage arrive first; they wait for the grace */
     int young = td_wire_now_ns() < r->grace_end_ns;
-    if (young && m < 0) m = add_model(r, q->model);
+    if (young && m < 0 && (m = add_model(r, q->model)) < 0) {
+        refuse_out_of_memory(r, client, client_len, q->id);
+        td_wire_free(env);
+        return;
+    }
     int known = m >= 0 && r->mod[m].context; /* a replica registered it at some point */
     if (!young && (!known || replicas_up(r, m) == 0)) {
         char msg[512];
@@ -396,6 +409,11 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
         return;
     }
     job *j = new_job(r);
+    if (!j) {
+        refuse_out_of_memory(r, client, client_len, q->id);
+        td_wire_free(env);
+        return;
+    }
     memset(j, 0, sizeof *j);
     j->used = 1;
     j->rid = r->next_rid++;
@@ -443,17 +461,25 @@ static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem_
         if (r->rep[i].alive && !strcmp(r->rep[i].replica_id, g->replica_id) &&
             (r->rep[i].ident_len != n || memcmp(r->rep[i].ident, id, n)))
             replica_lost(r, i, "it registered again");
-    int i = find_replica(r, id, n);
-    if (i < 0) {
+    /* the model first, so that running out of memory leaves the replica table as it was (an
+     * unanswered replica registers again when the router stays silent) */
+    int mi = add_model(r, g->model);
+    int i = find_replica(r, id, n), fresh = i < 0;
+    if (mi >= 0 && fresh) {
         for (i = 0; i < r->nrep && r->rep[i].alive; i++) {
         }
         if (i == r->nrep) {
-            if (r->nrep == r->caprep) {
-                r->caprep = r->caprep ? 2 * r->caprep : 8;
-                r->rep = realloc(r->rep, sizeof *r->rep * (size_t)r->caprep);
-            }
-            memset(&r->rep[r->nrep++], 0, sizeof *r->rep);
+            if (TD_GROW(r->rep, r->caprep, (size_t)r->nrep + 1) != TD_OK)
+                mi = -1;
+            else
+                memset(&r->rep[r->nrep++], 0, sizeof *r->rep);
         }
+    }
+    if (mi < 0) {
+        TD_LOG_ERROR("router: replica %s not registered: %s", g->replica_id, td_error_message());
+        return;
+    }
+    if (fresh) {
         replica *p = &r->rep[i];
         free(p->replica_id);
         free(p->details);
@@ -466,7 +492,7 @@ static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem_
     free(p->details);
     p->replica_id = strdup(g->replica_id);
     p->details = g->details ? strdup(g->details) : NULL;
-    p->model = add_model(r, g->model);
+    p->model = mi;
     p->slots = g->slots ? g->slots : 1;
     p->free_blocks = g->free_blocks;
     p->context = g->context_length;

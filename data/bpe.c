@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/fsutil.h"
+#include "common/grow.h"
 #include "common/log.h"
 #include "data/pretok.h"
 
@@ -21,9 +22,11 @@ struct td_bpe {
     td_map64 merges; /* pair key -> (rank << 32) | merged id */
     int n_merges;
     int32_t *ma, *mb; /* merges in rank order */
+    size_t ma_cap, mb_cap;
     int n_special;
     char **special;
     int *special_id;
+    size_t special_cap, special_id_cap;
     int ignore_merges;
     td_strmap vocab; /* token bytes -> id + 1 (only needed with ignore_merges) */
     /* encode cache: piece bytes -> (offset << 24 | count) into pool */
@@ -137,25 +140,25 @@ static void set_tok(td_bpe *t, int id, const char *b, size_t n) {
     t->tok_len[id] = (uint32_t)n;
 }
 
-static void add_special(td_bpe *t, const char *content, int id) {
-    t->special = realloc(t->special, sizeof *t->special * (size_t)(t->n_special + 1));
-    t->special_id = realloc(t->special_id, sizeof *t->special_id * (size_t)(t->n_special + 1));
+static td_status add_special(td_bpe *t, const char *content, int id) {
+    TD_TRY(TD_GROW(t->special, t->special_cap, (size_t)t->n_special + 1));
+    TD_TRY(TD_GROW(t->special_id, t->special_id_cap, (size_t)t->n_special + 1));
     t->special[t->n_special] = strdup(content);
     t->special_id[t->n_special] = id;
     t->n_special++;
     set_tok(t, id, content, strlen(content));
+    return TD_OK;
 }
 
-static void add_merge(td_bpe *t, int32_t a, int32_t b, int32_t id) {
-    if ((t->n_merges & 1023) == 0) {
-        t->ma = realloc(t->ma, sizeof *t->ma * (size_t)(t->n_merges + 1024));
-        t->mb = realloc(t->mb, sizeof *t->mb * (size_t)(t->n_merges + 1024));
-    }
+static td_status add_merge(td_bpe *t, int32_t a, int32_t b, int32_t id) {
+    TD_TRY(TD_GROW(t->ma, t->ma_cap, (size_t)t->n_merges + 1));
+    TD_TRY(TD_GROW(t->mb, t->mb_cap, (size_t)t->n_merges + 1));
     t->ma[t->n_merges] = a;
     t->mb[t->n_merges] = b;
     uint64_t *slot = td_map64_get(&t->merges, pair_key(a, b), 1);
     *slot = ((uint64_t)t->n_merges << 32) | (uint32_t)id;
     t->n_merges++;
+    return TD_OK;
 }
 
 int td_bpe_vocab_size(const td_bpe *t) {
@@ -184,7 +187,11 @@ td_status td_bpe_new_bytes(const char *const *specials, td_bpe **out) {
             td_bpe_free(&t);
             return td_error_set(TD_ERR_INVALID, "special tokens must not be empty");
         }
-        add_special(t, specials[i], 256 + i);
+        td_status s = add_special(t, specials[i], 256 + i);
+        if (s != TD_OK) {
+            td_bpe_free(&t);
+            return s;
+        }
     }
     *out = t;
     return TD_OK;
@@ -225,14 +232,9 @@ typedef struct {
     size_t tmp_cap;
 } enc_ctx;
 
+/* td_bpe_encode returns a count, not a status: out of memory here ends the process. */
 static void reserve(int32_t **ids, size_t *cap, size_t need) {
-    if (need <= *cap) return;
-    size_t c = *cap ? *cap : 256;
-    while (c < need)
-        c *= 2;
-    *ids = realloc(*ids, sizeof **ids * c);
-    TD_ASSERT(*ids);
-    *cap = c;
+    TD_GROW_OR_DIE(*ids, *cap, need);
 }
 
 static void encode_piece(const char *p, size_t n, void *vctx) {
@@ -260,14 +262,10 @@ static void encode_piece(const char *p, size_t n, void *vctx) {
     reserve(c->ids, c->cap, c->n + (size_t)cnt);
     memcpy(*c->ids + c->n, c->tmp, (size_t)cnt * sizeof(int32_t));
     c->n += (size_t)cnt;
-    /* cache pieces up to 256 bytes while the pool stays under 64 M ids */
-    if (n <= 256 && t->pool_len + (size_t)cnt < (64u << 20)) {
-        if (t->pool_len + (size_t)cnt > t->pool_cap) {
-            size_t nc = t->pool_cap ? t->pool_cap * 2 : 1 << 16;
-            t->pool = realloc(t->pool, nc * sizeof *t->pool);
-            TD_ASSERT(t->pool);
-            t->pool_cap = nc;
-        }
+    /* cache pieces up to 256 bytes while the pool stays under 64 M ids; the cache only saves
+     * time, so a pool that cannot grow just leaves this piece uncached */
+    if (n <= 256 && t->pool_len + (size_t)cnt < (64u << 20) &&
+        TD_GROW(t->pool, t->pool_cap, t->pool_len + (size_t)cnt) == TD_OK) {
         memcpy(t->pool + t->pool_len, c->tmp, (size_t)cnt * sizeof(int32_t));
         *td_strmap_get(&t->cache, p, n, 1) = ((uint64_t)t->pool_len << 24) | (uint64_t)cnt;
         t->pool_len += (size_t)cnt;
@@ -321,21 +319,12 @@ size_t td_bpe_decode(const td_bpe *t, const int32_t *ids, size_t n, char **out, 
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= t->vocab_size || !t->tok[ids[i]]) continue;
         size_t l = t->tok_len[ids[i]];
-        if (k + l + 1 > *cap) {
-            size_t c = *cap ? *cap : 256;
-            while (c < k + l + 1)
-                c *= 2;
-            *out = realloc(*out, c);
-            TD_ASSERT(*out);
-            *cap = c;
-        }
+        /* a count is returned, not a status: out of memory here ends the process */
+        TD_GROW_OR_DIE(*out, *cap, k + l + 1);
         memcpy(*out + k, t->tok[ids[i]], l);
         k += l;
     }
-    if (*cap == 0) {
-        *out = malloc(1);
-        *cap = 1;
-    }
+    TD_GROW_OR_DIE(*out, *cap, k + 1); /* the terminator, when nothing was decoded */
     (*out)[k] = 0;
     return k;
 }
@@ -389,12 +378,8 @@ typedef struct {
     size_t n, cap;
 } heap;
 
-static void hpush(heap *h, uint64_t count, uint64_t key) {
-    if (h->n == h->cap) {
-        h->cap = h->cap ? 2 * h->cap : 1024;
-        h->v = realloc(h->v, h->cap * sizeof *h->v);
-        TD_ASSERT(h->v);
-    }
+static td_status hpush(heap *h, uint64_t count, uint64_t key) {
+    TD_TRY(TD_GROW(h->v, h->cap, h->n + 1));
     size_t i = h->n++;
     h->v[i] = (hent){count, key};
     while (i > 0) {
@@ -405,6 +390,7 @@ static void hpush(heap *h, uint64_t count, uint64_t key) {
         h->v[i] = t;
         i = p;
     }
+    return TD_OK;
 }
 
 static hent hpop(heap *h) {
@@ -437,20 +423,17 @@ typedef struct {
     heap h;
 } pairs;
 
-static void pair_add(pairs *P, int32_t a, int32_t b, int64_t delta, int32_t word) {
+static td_status pair_add(pairs *P, int32_t a, int32_t b, int64_t delta, int32_t word) {
     uint64_t k = pair_key(a, b);
     uint64_t *c = td_map64_get(&P->counts, k, 1);
     *c = (uint64_t)((int64_t)*c + delta);
     if (delta > 0) {
-        if (P->no == P->co) {
-            P->co = P->co ? 2 * P->co : 1 << 16;
-            P->o = realloc(P->o, P->co * sizeof *P->o);
-            TD_ASSERT(P->o);
-        }
+        TD_TRY(TD_GROW(P->o, P->co, P->no + 1));
         uint64_t *hd = td_map64_get(&P->head, k, 1);
         P->o[P->no] = (occ){word, (int32_t)*hd - 1};
         *hd = ++P->no;
     }
+    return TD_OK;
 }
 
 td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opts, td_bpe **out) {
@@ -484,30 +467,33 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
     pairs P = {0};
     td_map64_init(&P.counts);
     td_map64_init(&P.head);
-    for (size_t w = 0; w < nw; w++)
-        for (int j = 0; j + 1 < words[w].n; j++)
-            pair_add(&P, words[w].sym[j], words[w].sym[j + 1], (int64_t)words[w].count, (int32_t)w);
-    for (size_t i = 0; i < P.counts.cap; i++)
-        if (P.counts.keys[i]) hpush(&P.h, P.counts.vals[i], P.counts.keys[i]);
+    td_status st = TD_OK;
+    for (size_t w = 0; w < nw && st == TD_OK; w++)
+        for (int j = 0; j + 1 < words[w].n && st == TD_OK; j++)
+            st = pair_add(&P, words[w].sym[j], words[w].sym[j + 1], (int64_t)words[w].count,
+                          (int32_t)w);
+    for (size_t i = 0; i < P.counts.cap && st == TD_OK; i++)
+        if (P.counts.keys[i]) st = hpush(&P.h, P.counts.vals[i], P.counts.keys[i]);
 
     td_bpe *t = NULL;
-    TD_TRY(td_bpe_new_bytes(specials, &t));
     int next_id = base, target = opts->vocab_size;
+    int32_t *buf = NULL;
+    size_t bufcap = 0, tok_cap = (size_t)base, tok_len_cap = (size_t)base;
+    if (st == TD_OK) st = td_bpe_new_bytes(specials, &t);
     /* grow the token table as merges arrive */
-    t->tok = realloc(t->tok, sizeof *t->tok * (size_t)target);
-    t->tok_len = realloc(t->tok_len, sizeof *t->tok_len * (size_t)target);
+    if (st == TD_OK) st = TD_GROW_EXACT(t->tok, tok_cap, (size_t)target);
+    if (st == TD_OK) st = TD_GROW_EXACT(t->tok_len, tok_len_cap, (size_t)target);
+    if (st != TD_OK) goto done;
     for (int i = base; i < target; i++) {
         t->tok[i] = NULL;
         t->tok_len[i] = 0;
     }
-    int32_t *buf = NULL;
-    size_t bufcap = 0;
-    while (next_id < target && P.h.n > 0) {
+    while (st == TD_OK && next_id < target && P.h.n > 0) {
         hent top = hpop(&P.h);
         uint64_t *cur = td_map64_get(&P.counts, top.key, 0);
         uint64_t now = cur ? *cur : 0;
         if (now != top.count) { /* stale entry: requeue with the current count */
-            if (now > 0) hpush(&P.h, now, top.key);
+            if (now > 0) st = hpush(&P.h, now, top.key);
             continue;
         }
         if ((int64_t)now < min_freq) break;
@@ -519,10 +505,11 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
         memcpy(nb + la, t->tok[b], lb);
         set_tok(t, id, nb, la + lb);
         free(nb);
-        add_merge(t, a, b, id);
+        st = add_merge(t, a, b, id);
+        if (st != TD_OK) break;
         /* apply in every word that had the pair */
         uint64_t *hd = td_map64_get(&P.head, top.key, 0);
-        for (int32_t o = hd ? (int32_t)*hd - 1 : -1; o >= 0; o = P.o[o].next) {
+        for (int32_t o = hd ? (int32_t)*hd - 1 : -1; o >= 0 && st == TD_OK; o = P.o[o].next) {
             tword *w = &words[P.o[o].word];
             if (w->stamp == id) continue;
             w->stamp = id;
@@ -530,10 +517,8 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
             for (int j = 0; j + 1 < w->n && !has; j++)
                 has = w->sym[j] == a && w->sym[j + 1] == b;
             if (!has) continue;
-            if ((size_t)w->n > bufcap) {
-                bufcap = (size_t)w->n * 2;
-                buf = realloc(buf, bufcap * sizeof *buf);
-            }
+            st = TD_GROW(buf, bufcap, (size_t)w->n);
+            if (st != TD_OK) break;
             int m = 0;
             for (int j = 0; j < w->n;) {
                 if (j + 1 < w->n && w->sym[j] == a && w->sym[j + 1] == b) {
@@ -545,21 +530,24 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
             }
             int64_t c = (int64_t)w->count;
             int32_t wi = P.o[o].word;
-            for (int j = 0; j + 1 < w->n; j++)
-                pair_add(&P, w->sym[j], w->sym[j + 1], -c, wi);
-            for (int j = 0; j + 1 < m; j++) {
-                pair_add(&P, buf[j], buf[j + 1], c, wi);
-                if (buf[j] == id || buf[j + 1] == id) {
+            for (int j = 0; j + 1 < w->n && st == TD_OK; j++)
+                st = pair_add(&P, w->sym[j], w->sym[j + 1], -c, wi);
+            for (int j = 0; j + 1 < m && st == TD_OK; j++) {
+                st = pair_add(&P, buf[j], buf[j + 1], c, wi);
+                if (st == TD_OK && (buf[j] == id || buf[j + 1] == id)) {
                     uint64_t *cc = td_map64_get(&P.counts, pair_key(buf[j], buf[j + 1]), 0);
-                    hpush(&P.h, *cc, pair_key(buf[j], buf[j + 1]));
+                    st = hpush(&P.h, *cc, pair_key(buf[j], buf[j + 1]));
                 }
             }
+            if (st != TD_OK) break;
             memcpy(w->sym, buf, (size_t)m * sizeof *buf);
             w->n = m;
         }
+        if (st != TD_OK) break;
         /* the merged pair no longer occurs anywhere */
         *td_map64_get(&P.counts, top.key, 1) = 0;
     }
+done:
     free(buf);
     for (size_t w = 0; w < nw; w++)
         free(words[w].sym);
@@ -568,7 +556,12 @@ td_status td_bpe_train(const td_bpe_counts *counts, const td_bpe_train_opts *opt
     td_map64_deinit(&P.head);
     free(P.o);
     free(P.h.v);
-    t->vocab_size = next_id;
+    /* ids up to next_id hold tokens (td_bpe_free frees that many), also on failure */
+    if (t) t->vocab_size = next_id;
+    if (st != TD_OK) {
+        td_bpe_free(&t);
+        return st;
+    }
     *out = t;
     return TD_OK;
 }
@@ -787,7 +780,8 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
                              l, r);
             goto done;
         }
-        add_merge(t, (int32_t)(*ia - 1), (int32_t)(*ib - 1), (int32_t)(*ic - 1));
+        s = add_merge(t, (int32_t)(*ia - 1), (int32_t)(*ib - 1), (int32_t)(*ic - 1));
+        if (s != TD_OK) goto done;
     }
     cJSON_ArrayForEach(it, added) { /* ids and contents checked above */
         int id = json_id(cJSON_GetObjectItemCaseSensitive(it, "id"));
@@ -799,7 +793,8 @@ td_status td_bpe_from_json(const char *json, size_t len, const char *where, td_b
                                  where, t->special[k], content, id);
                 goto done;
             }
-        add_special(t, content, id);
+        s = add_special(t, content, id);
+        if (s != TD_OK) goto done;
     }
 done:
     free(buf);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "common/grow.h"
 #include "common/hashmap.h"
 
 const char *td_clean_reason_name(td_clean_reason r) {
@@ -133,8 +134,8 @@ static double dup_line_frac(const char *s, size_t n) {
 /* Share of characters covered by the most frequent word 3-gram (counted with
  * repetitions); 0 for documents under 12 words. */
 static double top_ngram_frac(const char *s, size_t n) {
-    size_t cap = 64, nw = 0;
-    size_t *ws = malloc(cap * sizeof *ws), *we = malloc(cap * sizeof *we);
+    size_t nw = 0, ws_cap = 0, we_cap = 0;
+    size_t *ws = NULL, *we = NULL;
     for (size_t i = 0; i < n;) {
         while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n'))
             i++;
@@ -142,11 +143,9 @@ static double top_ngram_frac(const char *s, size_t n) {
         while (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\n')
             i++;
         if (i > a) {
-            if (nw == cap) {
-                cap *= 2;
-                ws = realloc(ws, cap * sizeof *ws);
-                we = realloc(we, cap * sizeof *we);
-            }
+            /* td_clean_doc returns a verdict and "never fails": out of memory ends the process */
+            TD_GROW_OR_DIE(ws, ws_cap, nw + 1);
+            TD_GROW_OR_DIE(we, we_cap, nw + 1);
             ws[nw] = a;
             we[nw++] = i;
         }

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "common/grow.h"
 #include "common/hashmap.h"
 
 /* Normalised form for hashing: white-space runs -> one space, trimmed, ASCII lower-case.
@@ -84,11 +85,11 @@ void td_dedup_decide(const td_doc_sig *sigs, size_t n, int exact, double near_th
     td_map64_init(&exact_seen);
     td_map64_init(&band_head);
     /* bucket chains: next[j] links kept documents sharing a band bucket */
-    size_t cap = 1024, used = 0;
+    size_t cap = 0, used = 0;
     struct link {
         uint32_t doc;
         int64_t next;
-    } *links = malloc(cap * sizeof *links);
+    } *links = NULL;
     for (size_t d = 0; d < n; d++) {
         const td_doc_sig *s = &sigs[d];
         verdict[d] = TD_DEDUP_KEEP;
@@ -116,10 +117,8 @@ void td_dedup_decide(const td_doc_sig *sigs, size_t n, int exact, double near_th
             continue;
         }
         for (int b = 0; b < TD_LSH_BANDS; b++) {
-            if (used == cap) {
-                cap *= 2;
-                links = realloc(links, cap * sizeof *links);
-            }
+            /* td_dedup_decide returns no status: out of memory here ends the process */
+            TD_GROW_OR_DIE(links, cap, used + 1);
             uint64_t *h = td_map64_get(&band_head, keys[b], 1);
             links[used] = (struct link){(uint32_t)d, (int64_t)*h - 1};
             *h = ++used;

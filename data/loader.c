@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/fsutil.h"
+#include "common/grow.h"
 #include "common/log.h"
 #include "common/rng.h"
 
@@ -53,14 +54,18 @@ td_status td_loader_open(const char *source, const char *split, int B, int T, ui
         DIR *d = opendir(source);
         if (!d) return td_error_set(TD_ERR_IO, "cannot open data directory %s", source);
         struct dirent *e;
-        int cap = 0;
+        size_t cap = 0;
         while ((e = readdir(d))) {
             size_t len = strlen(e->d_name);
             if (len < 4 || strcmp(e->d_name + len - 4, ".bin")) continue;
             if (split && !strstr(e->d_name, split)) continue;
-            if (n == cap) {
-                cap = cap ? 2 * cap : 16;
-                names = realloc(names, sizeof *names * (size_t)cap);
+            td_status s = TD_GROW(names, cap, (size_t)n + 1);
+            if (s != TD_OK) {
+                closedir(d);
+                for (int i = 0; i < n; i++)
+                    free(names[i]);
+                free(names);
+                return td_error_wrap(s, "listing %s: ", source);
             }
             names[n] = malloc(strlen(source) + len + 2);
             sprintf(names[n], "%s/%s", source, e->d_name);

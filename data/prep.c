@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include "common/fsutil.h"
+#include "common/grow.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/progress.h"
@@ -68,20 +69,14 @@ typedef struct {
     size_t n, cap, pos;
 } bbuf;
 
-static void bb_put(bbuf *b, const void *d, size_t n) {
-    if (b->n + n > b->cap) {
-        size_t c = b->cap ? b->cap : 1 << 16;
-        while (c < b->n + n)
-            c *= 2;
-        b->p = realloc(b->p, c);
-        TD_ASSERT(b->p);
-        b->cap = c;
-    }
+static td_status bb_put(bbuf *b, const void *d, size_t n) {
+    TD_TRY(TD_GROW(b->p, b->cap, b->n + n));
     if (n) memcpy(b->p + b->n, d, n);
     b->n += n;
+    return TD_OK;
 }
-static void bb_u64(bbuf *b, uint64_t v) {
-    bb_put(b, &v, 8);
+static td_status bb_u64(bbuf *b, uint64_t v) {
+    return bb_put(b, &v, 8);
 }
 static uint64_t bb_get_u64(bbuf *b) {
     uint64_t v;
@@ -101,10 +96,7 @@ static void bb_free(bbuf *b) {
 
 /* Concatenates every rank's `local` on rank 0 (rank order). */
 static td_status gather(td_comm *c, bbuf *local, bbuf *all) {
-    if (c->size == 1) {
-        bb_put(all, local->p, local->n);
-        return TD_OK;
-    }
+    if (c->size == 1) return bb_put(all, local->p, local->n);
     size_t *ns = calloc((size_t)c->size, sizeof *ns);
     if (!ns) return td_error_set(TD_ERR_NOMEM, "prep: out of memory");
     ns[c->rank] = local->n;
@@ -118,17 +110,12 @@ static td_status gather(td_comm *c, bbuf *local, bbuf *all) {
                          "prep: the ranks' data for rank 0 exceed 2 GiB (one gather); split "
                          "the corpus into several prep runs");
     if (s == TD_OK && c->rank == 0) {
-        bb_put(all, NULL, 0);
-        if (total + 1 > all->cap) {
-            uint8_t *p = realloc(all->p, total + 1);
-            if (!p)
-                s = td_error_set(TD_ERR_NOMEM, "prep: out of memory gathering %zu bytes", total);
-            else {
-                all->p = p;
-                all->cap = total + 1;
-            }
-        }
-        if (s == TD_OK) all->n = total;
+        /* exact: the buffer is sized once, and total + 1 keeps it allocated when total is 0 */
+        s = TD_GROW_EXACT(all->p, all->cap, total + 1);
+        if (s != TD_OK)
+            td_error_wrap(s, "prep: gathering %zu bytes: ", total);
+        else
+            all->n = total;
     }
     if (s == TD_OK) s = td_comm_gatherv(c, local->p, local->n, all->p, ns, 0);
     free(ns);
@@ -142,13 +129,8 @@ static td_status bcast(td_comm *c, bbuf *b) {
     TD_TRY(td_comm_bcast(c, &n, 1, TD_COMM_I64, 0));
     if (c->rank != 0) {
         b->n = 0;
-        bb_put(b, NULL, 0);
-        if ((size_t)n + 1 > b->cap) {
-            uint8_t *p = realloc(b->p, (size_t)n + 1);
-            if (!p) return td_error_set(TD_ERR_NOMEM, "prep: out of memory");
-            b->p = p;
-            b->cap = (size_t)n + 1;
-        }
+        td_status s = TD_GROW_EXACT(b->p, b->cap, (size_t)n + 1);
+        if (s != TD_OK) return td_error_wrap(s, "prep: ");
         b->n = (size_t)n;
     }
     return td_comm_bcast(c, b->p, (size_t)n, TD_COMM_BYTE, 0);
@@ -181,34 +163,34 @@ static td_status agree(td_comm *c, td_status s) {
 
 typedef struct {
     char **path;
-    int n, cap;
+    int n;
     dev_t *dev;
     ino_t *ino;
+    size_t path_cap, dev_cap, ino_cap;
     dev_t *ddev; /* directories walked */
     ino_t *dino;
     int ndirs;
+    size_t ddev_cap, dino_cap;
 } file_list;
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void fl_add(file_list *fl, const char *p, const struct stat *st, int64_t *stats) {
+static td_status fl_add(file_list *fl, const char *p, const struct stat *st, int64_t *stats) {
     for (int i = 0; i < fl->n; i++)
         if (fl->dev[i] == st->st_dev && fl->ino[i] == st->st_ino) {
             stats[ST_FILES_LINKED]++; /* same file reached again (a link): read once */
-            return;
+            return TD_OK;
         }
-    if (fl->n == fl->cap) {
-        fl->cap = fl->cap ? 2 * fl->cap : 64;
-        fl->path = realloc(fl->path, sizeof *fl->path * (size_t)fl->cap);
-        fl->dev = realloc(fl->dev, sizeof *fl->dev * (size_t)fl->cap);
-        fl->ino = realloc(fl->ino, sizeof *fl->ino * (size_t)fl->cap);
-    }
+    TD_TRY(TD_GROW(fl->path, fl->path_cap, (size_t)fl->n + 1));
+    TD_TRY(TD_GROW(fl->dev, fl->dev_cap, (size_t)fl->n + 1));
+    TD_TRY(TD_GROW(fl->ino, fl->ino_cap, (size_t)fl->n + 1));
     fl->path[fl->n] = strdup(p);
     fl->dev[fl->n] = st->st_dev;
     fl->ino[fl->n] = st->st_ino;
     fl->n++;
+    return TD_OK;
 }
 
 static td_status walk(file_list *fl, const char *path, int64_t *stats) {
@@ -219,31 +201,34 @@ static td_status walk(file_list *fl, const char *path, int64_t *stats) {
     if (!S_ISDIR(st.st_mode)) {
         if (!S_ISREG(st.st_mode))
             return td_error_set(TD_ERR_INVALID, "input %s is not a regular file", path);
-        fl_add(fl, path, &st, stats);
-        return TD_OK;
+        return fl_add(fl, path, &st, stats);
     }
     /* a directory reached again (a link, possibly a cycle) is walked once */
     for (int i = 0; i < fl->ndirs; i++)
         if (fl->ddev[i] == st.st_dev && fl->dino[i] == st.st_ino) return TD_OK;
-    fl->ddev = realloc(fl->ddev, sizeof *fl->ddev * (size_t)(fl->ndirs + 1));
-    fl->dino = realloc(fl->dino, sizeof *fl->dino * (size_t)(fl->ndirs + 1));
+    TD_TRY(TD_GROW(fl->ddev, fl->ddev_cap, (size_t)fl->ndirs + 1));
+    TD_TRY(TD_GROW(fl->dino, fl->dino_cap, (size_t)fl->ndirs + 1));
     fl->ddev[fl->ndirs] = st.st_dev;
     fl->dino[fl->ndirs++] = st.st_ino;
     DIR *d = opendir(path);
     if (!d) return td_error_set(TD_ERR_IO, "cannot read directory %s: %s", path, strerror(errno));
     char **names = NULL;
-    size_t n = 0;
+    size_t n = 0, cap = 0;
+    td_status s = TD_OK;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        names = realloc(names, sizeof *names * (n + 1));
+        s = TD_GROW(names, cap, n + 1);
+        if (s != TD_OK) {
+            td_error_wrap(s, "listing %s: ", path);
+            break;
+        }
         names[n] = malloc(strlen(path) + strlen(e->d_name) + 2);
         sprintf(names[n], "%s/%s", path, e->d_name);
         n++;
     }
     closedir(d);
-    qsort(names, n, sizeof *names, cmp_str);
-    td_status s = TD_OK;
+    if (s == TD_OK) qsort(names, n, sizeof *names, cmp_str);
     for (size_t i = 0; i < n; i++) {
         if (s == TD_OK) s = walk(fl, names[i], stats);
         free(names[i]);
@@ -259,12 +244,14 @@ static td_status read_file(const char *path, char **out, size_t *len) {
         return td_error_set(TD_ERR_IO, "cannot open %s: %s", path,
                             errno ? strerror(errno) : "out of memory");
     gzbuffer(g, 1 << 17);
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
+    size_t cap = 0, n = 0;
+    char *buf = NULL;
     for (;;) {
-        if (n + (1 << 16) > cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
+        td_status s = TD_GROW(buf, cap, n + (1 << 16)); /* room for one more read */
+        if (s != TD_OK) {
+            gzclose(g);
+            free(buf);
+            return td_error_wrap(s, "reading %s: ", path);
         }
         int k = gzread(g, buf + n, 1 << 16);
         if (k < 0) {
@@ -328,7 +315,7 @@ typedef struct {
     uint32_t doc_idx;
 } reader;
 
-static void take_doc(reader *r, const char *text, size_t len) {
+static td_status take_doc(reader *r, const char *text, size_t len) {
     uint64_t key = (r->file_idx << 32) | r->doc_idx++;
     r->st[ST_DOCS_IN]++;
     r->st[ST_BYTES_IN] += (int64_t)len;
@@ -339,18 +326,19 @@ static void take_doc(reader *r, const char *text, size_t len) {
     r->st[ST_FIX_OVERSTRIKE] += co.fixed_overstrikes;
     r->st[ST_FIX_CONTROL] += co.fixed_controls;
     if (co.fixed_escapes || co.fixed_overstrikes || co.fixed_controls) r->st[ST_DOCS_FIXED]++;
-    if (why != TD_CLEAN_KEEP) return;
+    if (why != TD_CLEAN_KEEP) return TD_OK;
     doc_list *L = r->docs;
-    if (L->n == L->cap) {
-        L->cap = L->cap ? 2 * L->cap : 1024;
-        L->d = realloc(L->d, sizeof *L->d * L->cap);
-        TD_ASSERT(L->d);
+    td_status s = TD_GROW(L->d, L->cap, L->n + 1);
+    if (s != TD_OK) {
+        free(co.text);
+        return s;
     }
     doc *d = &L->d[L->n++];
     d->key = key;
     d->text = co.text;
     d->len = co.len;
     td_dedup_signature(co.text, co.len, &d->sig);
+    return TD_OK;
 }
 
 static td_status read_docs(reader *r, const char *path) {
@@ -366,13 +354,14 @@ static td_status read_docs(reader *r, const char *path) {
     int jsonl = ends_with(path, ".jsonl") || ends_with(path, ".jsonl.gz");
     const char *delim = r->o->delimiter;
     size_t dl = delim ? strlen(delim) : 0;
+    td_status s = TD_OK;
     if (!jsonl && !delim) {
-        if (len > 0) take_doc(r, buf, len); /* an empty file holds no document */
+        if (len > 0) s = take_doc(r, buf, len); /* an empty file holds no document */
         free(buf);
-        return TD_OK;
+        return s;
     }
     size_t start = 0, i = 0;
-    while (i <= len) {
+    while (i <= len && s == TD_OK) {
         size_t e = i;
         while (e < len && buf[e] != '\n')
             e++;
@@ -384,7 +373,7 @@ static td_status read_docs(reader *r, const char *path) {
                 cJSON *j = cJSON_ParseWithLength(buf + i, e - i);
                 const cJSON *f = cJSON_GetObjectItemCaseSensitive(j, r->o->text_field);
                 if (cJSON_IsString(f))
-                    take_doc(r, f->valuestring, strlen(f->valuestring));
+                    s = take_doc(r, f->valuestring, strlen(f->valuestring));
                 else
                     r->st[ST_BAD_JSON]++; /* documented skip: malformed line or no text field */
                 cJSON_Delete(j);
@@ -395,14 +384,14 @@ static td_status read_docs(reader *r, const char *path) {
             int sep = ll == dl && !memcmp(buf + i, delim, dl);
             if (sep || e >= len) {
                 size_t end = sep ? i : len;
-                if (end > start) take_doc(r, buf + start, end - start);
+                if (end > start) s = take_doc(r, buf + start, end - start);
                 start = e + 1;
             }
         }
         i = e + 1;
     }
     free(buf);
-    return TD_OK;
+    return s;
 }
 
 static int cmp_key(const void *a, const void *b) {
@@ -428,13 +417,14 @@ typedef struct {
     int next_idx[2];
     shard_info *shards;
     int nshards;
+    size_t shards_cap;
 } writer;
 
 static td_status flush_shard(writer *w, int split) {
     if (w->n[split] == 0) return TD_OK;
     const char *nm = split ? "val" : "train";
     shard_info *si;
-    w->shards = realloc(w->shards, sizeof *w->shards * (size_t)(w->nshards + 1));
+    TD_TRY(TD_GROW(w->shards, w->shards_cap, (size_t)w->nshards + 1));
     si = &w->shards[w->nshards++];
     snprintf(si->name, sizeof si->name, "%s_%06d.bin", nm, w->next_idx[split]++);
     si->split = nm;
@@ -451,14 +441,7 @@ static td_status write_tokens(writer *w, int split, const int32_t *t, size_t n) 
     while (n > 0) {
         size_t room = (size_t)w->o->shard_tokens - w->n[split];
         size_t k = n < room ? n : room;
-        if (w->n[split] + k > w->cap[split]) {
-            size_t c = w->cap[split] ? w->cap[split] : 1 << 20;
-            while (c < w->n[split] + k)
-                c *= 2;
-            w->buf[split] = realloc(w->buf[split], c * sizeof(int32_t));
-            TD_ASSERT(w->buf[split]);
-            w->cap[split] = c;
-        }
+        TD_TRY(TD_GROW(w->buf[split], w->cap[split], w->n[split] + k));
         memcpy(w->buf[split] + w->n[split], t, k * sizeof(int32_t));
         w->n[split] += k;
         t += k;
@@ -571,11 +554,12 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
     if (s != TD_OK) goto out;
 
     /* 4. dedup on rank 0, in global key order */
-    for (size_t i = 0; i < docs.n; i++) {
-        bb_u64(&local, docs.d[i].key);
-        bb_put(&local, &docs.d[i].sig, sizeof(td_doc_sig));
+    for (size_t i = 0; i < docs.n && s == TD_OK; i++) {
+        s = bb_u64(&local, docs.d[i].key);
+        if (s == TD_OK) s = bb_put(&local, &docs.d[i].sig, sizeof(td_doc_sig));
     }
-    s = gather(comm, &local, &all);
+    s = agree(comm, s); /* before a collective, every rank learns of any failure */
+    if (s == TD_OK) s = gather(comm, &local, &all);
     bb_free(&local);
     bbuf verdicts = {0};
     if (s != TD_OK) goto out;
@@ -595,16 +579,17 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
         for (size_t i = 0; i < n; i++)
             sigs[i] = recs[i].sig;
         td_dedup_decide(sigs, n, o->exact_dedup, o->near_threshold, v);
-        for (size_t i = 0; i < n; i++) {
-            bb_u64(&verdicts, recs[i].key);
-            bb_put(&verdicts, &v[i], 1);
+        for (size_t i = 0; i < n && s == TD_OK; i++) {
+            s = bb_u64(&verdicts, recs[i].key);
+            if (s == TD_OK) s = bb_put(&verdicts, &v[i], 1);
         }
         free(recs);
         free(sigs);
         free(v);
     }
     bb_free(&all);
-    s = bcast(comm, &verdicts);
+    s = agree(comm, s);
+    if (s == TD_OK) s = bcast(comm, &verdicts);
     if (s != TD_OK) {
         bb_free(&verdicts);
         goto out;
@@ -642,15 +627,16 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
         for (size_t i = 0; i < docs.n; i++)
             if (docs.d[i].text) td_bpe_counts_add_text(&c, sp, docs.d[i].text, docs.d[i].len);
         td_bpe_free(&sp);
-        for (size_t i = 0; i < c.words.cap; i++) {
+        for (size_t i = 0; i < c.words.cap && s == TD_OK; i++) {
             const td_strmap_slot *sl = &c.words.slots[i];
             if (sl->len == UINT32_MAX) continue;
-            bb_u64(&local, sl->len);
-            bb_put(&local, td_strmap_key(&c.words, sl), sl->len);
-            bb_u64(&local, sl->val);
+            s = bb_u64(&local, sl->len);
+            if (s == TD_OK) s = bb_put(&local, td_strmap_key(&c.words, sl), sl->len);
+            if (s == TD_OK) s = bb_u64(&local, sl->val);
         }
         td_bpe_counts_deinit(&c);
-        s = gather(comm, &local, &all);
+        s = agree(comm, s);
+        if (s == TD_OK) s = gather(comm, &local, &all);
         bb_free(&local);
         if (s != TD_OK) goto out;
         bbuf tj = {0};
@@ -668,14 +654,17 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
             td_bpe_counts_deinit(&sum);
             if (s == TD_OK) {
                 char *j = td_bpe_to_json(t);
-                bb_put(&tj, j, strlen(j));
+                s = bb_put(&tj, j, strlen(j));
                 free(j);
                 td_bpe_free(&t);
             }
         }
         bb_free(&all);
         s = agree(comm, s);
-        if (s != TD_OK) goto out;
+        if (s != TD_OK) {
+            bb_free(&tj);
+            goto out;
+        }
         s = bcast(comm, &tj);
         if (s == TD_OK) s = td_bpe_from_json((const char *)tj.p, tj.n, "trained tokenizer", &tok);
         bb_free(&tj);
@@ -692,21 +681,19 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
     /* 6. encode this rank's documents; rank 0 writes them in key order */
     int32_t *ids = NULL;
     size_t idcap = 0;
-    for (size_t i = 0; i < docs.n; i++) {
+    for (size_t i = 0; i < docs.n && s == TD_OK; i++) {
         doc *d = &docs.d[i];
         if (!d->text) continue;
         size_t n = td_bpe_encode(tok, d->text, d->len, &ids, &idcap);
-        if (n + 1 > idcap) {
-            ids = realloc(ids, (n + 1) * sizeof *ids);
-            idcap = n + 1;
-        }
+        s = TD_GROW(ids, idcap, n + 1);
+        if (s != TD_OK) break;
         ids[n++] = eot;
         uint64_t val = (d->sig.exact[0] % 1000000) < (uint64_t)(o->val_fraction * 1000000.0);
-        bb_u64(&local, d->key);
-        bb_u64(&local, val);
-        bb_u64(&local, d->len);
-        bb_u64(&local, n);
-        bb_put(&local, ids, n * sizeof *ids);
+        s = bb_u64(&local, d->key);
+        if (s == TD_OK) s = bb_u64(&local, val);
+        if (s == TD_OK) s = bb_u64(&local, d->len);
+        if (s == TD_OK) s = bb_u64(&local, n);
+        if (s == TD_OK) s = bb_put(&local, ids, n * sizeof *ids);
         free(d->text);
         d->text = NULL;
         if (rank == 0 && !o->quiet && td_progress_is_tty() && (i % 2048 == 0 || i + 1 == docs.n)) {
@@ -717,20 +704,22 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
     }
     if (rank == 0) td_progress_done();
     free(ids);
-    s = gather(comm, &local, &all);
+    s = agree(comm, s);
+    if (s == TD_OK) s = gather(comm, &local, &all);
     bb_free(&local);
     if (s != TD_OK) goto out;
     s = sum_stats(comm, st);
     if (s != TD_OK) goto out;
     if (rank == 0) {
         /* index the records, sort by key, write */
-        size_t nrec = 0, capr = 1024;
+        size_t nrec = 0, capr = 0;
         struct rr {
             uint64_t key;
             size_t off;
-        } *recs = malloc(capr * sizeof *recs);
-        while (all.pos < all.n) {
-            if (nrec == capr) recs = realloc(recs, (capr *= 2) * sizeof *recs);
+        } *recs = NULL;
+        while (s == TD_OK && all.pos < all.n) {
+            s = TD_GROW(recs, capr, nrec + 1);
+            if (s != TD_OK) break;
             recs[nrec].key = bb_get_u64(&all);
             recs[nrec].off = all.pos;
             nrec++;
@@ -738,7 +727,7 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
             size_t n = bb_get_u64(&all);
             all.pos += n * sizeof(int32_t);
         }
-        qsort(recs, nrec, sizeof *recs, cmp_key);
+        if (nrec) qsort(recs, nrec, sizeof *recs, cmp_key); /* recs is NULL without records */
         w.o = o;
         w.token_bytes = td_bpe_vocab_size(tok) <= 65536 ? 2 : 4;
         for (size_t i = 0; i < nrec && s == TD_OK; i++) {

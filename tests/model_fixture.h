@@ -5,6 +5,7 @@
 #define TD_TESTS_MODEL_FIXTURE_H
 
 #include "tests/test.h"
+#include "worker/infer/infer_model.h"
 #include "worker/model/model.h"
 
 static inline td_model *test_random_model(td_arch arch, int hidden, int inter, int vocab,
@@ -27,6 +28,14 @@ static inline td_model *test_random_model(td_arch arch, int hidden, int inter, i
     for (size_t i = 0; i < td_model_num_params(m); i++)
         p[i] *= 8.0f;
     return m;
+}
+
+/* The serving form of m, which takes m: m stays usable as the serving model's weights
+ * until the serving model is freed. */
+static inline td_infer_model *test_serving(td_model *m) {
+    td_infer_model *im = NULL;
+    REQUIRE(td_infer_model_new(m, &im) == TD_OK, "%s", td_error_message());
+    return im;
 }
 
 #endif

@@ -41,6 +41,7 @@ set_tests_properties(test_tp_logits PROPERTIES LABELS "mpi" TIMEOUT 300 ENVIRONM
     "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OMPI_MCA_btl=self,vader;OMPI_MCA_pml=ob1;OMP_NUM_THREADS=1")
 td_e2e(test_serve "mpi;e2e" 600)
 td_test(test_clean tests/unit/test_clean.c unit)
+td_test(test_grow tests/unit/test_grow.c unit)
 td_e2e(test_router "e2e" 600)
 td_e2e(test_gateway "e2e" 600)
 # the same bf16 checks on a CPU oneDNN treats as having no bf16 matrix product (AVX2 only)

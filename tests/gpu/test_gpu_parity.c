@@ -14,13 +14,17 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "worker/backend/backend.h"
+#include "worker/infer/infer_model.h"
+#include "worker/infer/kv_cache.h"
 #include "worker/kernels/cpu/bf16.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cuda/cuda_ops.h"
-#include "worker/model/model_cuda.h"
+#include "worker/model/model.h"
 #include "worker/train/adamw.h"
 
 static td_cuda *G;
+static td_backend *GB; /* the CUDA backend: the model on the GPU */
 static int g_fail, g_json;
 static td_rng g_rng;
 
@@ -350,10 +354,14 @@ static void test_step(td_arch arch) {
         tok[i] = (int32_t)td_rng_below(&g_rng, (uint64_t)V);
         tgt[i] = (int32_t)td_rng_below(&g_rng, (uint64_t)V);
     }
-    td_gpu_model *g;
-    CK(td_gpu_model_new(G, m, B, T, &g)); /* before the CPU step changes the weights */
     float *p0 = malloc(4 * np);
     memcpy(p0, td_model_params(m), 4 * np);
+    /* the same model on the CUDA backend (before the CPU step changes the weights) */
+    td_model *g;
+    CK(td_model_new(&c, &g));
+    memcpy(td_model_params(g), p0, 4 * np);
+    CK(td_model_plan(g, B, T, 1));
+    CK(td_model_to_backend(g, GB));
     CK(td_model_set_bf16(m, 1));
     CK(td_model_plan(m, B, T, 1));
     double loss = 0, gloss = 0, gnorm = 0, ggnorm = 0;
@@ -369,12 +377,21 @@ static void test_step(td_arch arch) {
     td_adamw_params hp = {0.9f, 0.95f, 1e-8f, 0.1f};
     gnorm = td_grad_norm(td_model_grads(m), np);
     td_adamw_step_fused(m, am, av, &hp, 1e-3, 1, td_clip_scale(gnorm, 1.0));
-    CK(td_gpu_model_forward(g, tok, tgt, B, T, &gloss));
-    CK(td_gpu_model_logits(g, glogits));
-    CK(td_gpu_model_backward(g, 1.0));
-    CK(td_gpu_model_grads(g, ggrads));
-    CK(td_gpu_model_step(g, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.0, 1.0, &ggnorm));
-    CK(td_gpu_model_params(g, gparams));
+    CK(td_model_forward(g, tok, tgt, B, T, &gloss));
+    CK(td_backend_download(GB, glogits, td_model_logits(g), sizeof(float) * (size_t)N * V));
+    td_model_zero_grad(g);
+    CK(td_model_backward(g, 1.0));
+    CK(td_backend_download(GB, ggrads, td_model_grads(g), 4 * np));
+    CK(td_model_grad_norm(g, &ggnorm));
+    void *gm = NULL, *gv = NULL;
+    CK(td_backend_alloc(GB, &gm, 4 * np));
+    CK(td_backend_alloc(GB, &gv, 4 * np));
+    CK(td_model_adamw(g, gm, gv, 0, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1,
+                      td_clip_scale(ggnorm, 1.0), 1));
+    CK(td_model_sync_host(g));
+    memcpy(gparams, td_model_params(g), 4 * np);
+    td_backend_release(GB, gm);
+    td_backend_release(GB, gv);
     const char *an = arch == TD_ARCH_LLAMA ? "llama" : "gpt2";
     char name[64];
     snprintf(name, sizeof name, "step %s: logits", an);
@@ -402,12 +419,12 @@ static void test_step(td_arch arch) {
     free(p0);
     free(tok), free(tgt), free(logits), free(glogits), free(grads), free(ggrads), free(gparams);
     free(am), free(av);
-    td_gpu_model_free(&g);
+    td_model_free(&g);
     td_model_free(&m);
 }
 
 /* inference with the paged KV cache: two sequences, chunked prefill then decode steps, on
- * the GPU (bf16 products) against td_model_forward_infer on the CPU (fp32) */
+ * the GPU (bf16 products) against td_infer_forward on the CPU (fp32) */
 static void test_infer(td_arch arch) {
     td_model_config c = {.arch = arch,
                          .hidden_size = 128,
@@ -421,16 +438,20 @@ static void test_infer(td_arch arch) {
                          .rope_theta = 10000,
                          .tie_word_embeddings = arch == TD_ARCH_GPT2};
     int V = c.vocab_size, bt = 16;
-    td_model *m;
-    CK(td_model_new(&c, &m));
-    td_model_init_random(m, 9);
-    td_kv_cache *ckv;
+    td_model *w, *gw;
+    CK(td_model_new(&c, &w));
+    td_model_init_random(w, 9);
+    CK(td_model_new(&c, &gw));
+    memcpy(td_model_params(gw), td_model_params(w), 4 * td_model_num_params(w));
+    CK(td_model_to_backend(gw, GB));
+    td_infer_model *m, *g;
+    CK(td_infer_model_new(w, &m));
+    CK(td_infer_model_new(gw, &g));
+    td_kv_cache *ckv, *gkv;
     CK(td_kv_cache_new(m, bt, 8, &ckv));
-    CK(td_model_plan_infer(m, 32, 2));
-    td_gpu_model *g;
-    td_gpu_kv *gkv;
-    CK(td_gpu_model_new(G, m, 1, 32, &g));
-    CK(td_gpu_kv_new(g, bt, 8, &gkv));
+    CK(td_infer_plan(m, 32, 2));
+    CK(td_kv_cache_new(g, bt, 8, &gkv));
+    CK(td_infer_plan(g, 32, 2));
     int32_t toks[2][40], blocks[2][4] = {{0, 2, 4, 6}, {1, 3, 5, 7}};
     for (int s = 0; s < 2; s++)
         for (int i = 0; i < 40; i++)
@@ -444,8 +465,8 @@ static void test_infer(td_arch arch) {
         td_infer_seg sg[2];
         for (int s = 0; s < 2; s++)
             sg[s] = (td_infer_seg){toks[s] + done[s], plan[st][s], done[s], blocks[s]};
-        CK(td_model_forward_infer(m, ckv, sg, 2, cl));
-        CK(td_gpu_model_forward_infer(g, gkv, sg, 2, gl));
+        CK(td_infer_forward(m, ckv, sg, 2, cl));
+        CK(td_infer_forward(g, gkv, sg, 2, gl));
         double d = 0, rr = 0;
         for (int i = 0; i < 2 * V; i++) {
             d = fmax(d, fabs((double)gl[i] - cl[i]));
@@ -461,10 +482,10 @@ static void test_infer(td_arch arch) {
     row(name, worst, 2e-2);
     free(cl);
     free(gl);
-    td_gpu_kv_free(&gkv);
-    td_gpu_model_free(&g);
+    td_kv_cache_free(&gkv);
     td_kv_cache_free(&ckv);
-    td_model_free(&m);
+    td_infer_model_free(&g);
+    td_infer_model_free(&m);
 }
 
 int main(int argc, char **argv) {
@@ -475,7 +496,7 @@ int main(int argc, char **argv) {
         printf("test_gpu_parity: skipped: no usable GPU (%s)\n", why);
         return 77;
     }
-    if (td_cuda_new(0, &G) != TD_OK) {
+    if (td_cuda_new(0, &G) != TD_OK || td_backend_new("cuda", 0, &GB) != TD_OK) {
         fprintf(stderr, "test_gpu_parity: %s\n", td_error_message());
         return 1;
     }
@@ -497,6 +518,7 @@ int main(int argc, char **argv) {
     test_step(TD_ARCH_GPT2);
     test_infer(TD_ARCH_LLAMA);
     test_infer(TD_ARCH_GPT2);
+    td_backend_free(&GB);
     td_cuda_free(&G);
     printf("test_gpu_parity: %s (%d failed)\n", g_fail ? "FAILED" : "passed", g_fail);
     return g_fail ? 1 : 0;

@@ -3,7 +3,7 @@
  * fixture model, and the group runs a 15-token prompt through the paged-KV forward in
  * chunks; its logits must match the unsliced model's within 1e-4 relative (max |diff| /
  * max |ref|). Then the same with int8 weights rounded to nearest on the whole model's grid
- * (td_model_int8_grid_rtn, as `serve --int8 --int8-rtn` does): every TP degree's int8
+ * (td_infer_int8_grid_rtn, as `serve --int8 --int8-rtn` does): every TP degree's int8
  * logits must match the whole int8 model's within 1e-4 too (slices that chose their own
  * scales for the row-parallel matrices would not). Fixtures: llama_tied (4 heads, 4 KV
  * heads) and gpt2 (biases, learned positions, tied embeddings). */
@@ -13,14 +13,16 @@
 #include "common/rng.h"
 #include "tests/test.h"
 #include "worker/comm/comm.h"
+#include "worker/infer/infer_model.h"
+#include "worker/infer/kv_cache.h"
 #include "worker/model/checkpoint.h"
 
-static double run(td_model *m, td_kv_cache *kv, const int32_t *prompt, int n, float *logits) {
+static double run(td_infer_model *m, td_kv_cache *kv, const int32_t *prompt, int n, float *logits) {
     int32_t blocks[4] = {3, 0, 2, 1};
     for (int pos = 0; pos < n; pos += 6) {
         int k = n - pos < 6 ? n - pos : 6;
         td_infer_seg sg = {prompt + pos, k, pos, blocks};
-        REQUIRE(td_model_forward_infer(m, kv, &sg, 1, logits) == TD_OK, "%s", td_error_message());
+        REQUIRE(td_infer_forward(m, kv, &sg, 1, logits) == TD_OK, "%s", td_error_message());
     }
     return 0;
 }
@@ -32,9 +34,11 @@ int main(int argc, char **argv) {
     REQUIRE(world->size == 4, "run with mpirun -np 4");
     const char *fx[2] = {"tests/reference/fixtures/llama_tied", "tests/reference/fixtures/gpt2"};
     for (int f = 0; f < 2; f++) {
-        td_model *full;
-        REQUIRE(td_checkpoint_load_model(fx[f], &full) == TD_OK, "%s", td_error_message());
-        int V = td_model_config_of(full)->vocab_size;
+        td_model *fw;
+        REQUIRE(td_checkpoint_load_model(fx[f], &fw) == TD_OK, "%s", td_error_message());
+        td_infer_model *full;
+        REQUIRE(td_infer_model_new(fw, &full) == TD_OK, "%s", td_error_message());
+        int V = td_model_config_of(fw)->vocab_size;
         int32_t prompt[15];
         td_rng r;
         td_rng_seed(&r, 17);
@@ -43,29 +47,28 @@ int main(int argc, char **argv) {
         float *ref = malloc(sizeof(float) * (size_t)V), *got = malloc(sizeof(float) * (size_t)V);
         for (int q = 0; q < 2; q++) {
             td_kv_cache *kv;
-            td_model *whole = full;
+            td_infer_model *whole = full;
             if (q) { /* int8 on the whole model's grid; the reference is the whole int8 model */
-                REQUIRE(td_model_int8_grid_rtn(full, 1) == TD_OK, "%s", td_error_message());
-                REQUIRE(td_model_tp_slice(full, 0, 1, &whole) == TD_OK &&
-                            td_model_quantize_int8(whole, 1) == TD_OK,
+                REQUIRE(td_infer_int8_grid_rtn(full, 1) == TD_OK, "%s", td_error_message());
+                REQUIRE(td_infer_tp_slice(full, 0, 1, &whole) == TD_OK &&
+                            td_infer_quantize_int8(whole, 1) == TD_OK,
                         "%s", td_error_message());
             }
             REQUIRE(td_kv_cache_new(whole, 8, 4, &kv) == TD_OK &&
-                        td_model_plan_infer(whole, 8, 1) == TD_OK,
+                        td_infer_plan(whole, 8, 1) == TD_OK,
                     "kv");
             run(whole, kv, prompt, 15, ref);
             td_kv_cache_free(&kv);
-            if (q) td_model_free(&whole);
+            if (q) td_infer_model_free(&whole);
             for (int T = 1; T <= 4; T *= 2) {
                 td_comm *tp;
                 REQUIRE(td_comm_split(world, world->rank / T, world->rank, &tp) == TD_OK, "split");
-                td_model *m;
-                REQUIRE(td_model_tp_slice(full, tp->rank, T, &m) == TD_OK, "%s",
+                td_infer_model *m;
+                REQUIRE(td_infer_tp_slice(full, tp->rank, T, &m) == TD_OK, "%s",
                         td_error_message());
-                if (q) REQUIRE(td_model_quantize_int8(m, 1) == TD_OK, "%s", td_error_message());
-                td_model_set_tp_comm(m, tp);
-                REQUIRE(td_kv_cache_new(m, 8, 4, &kv) == TD_OK &&
-                            td_model_plan_infer(m, 8, 1) == TD_OK,
+                if (q) REQUIRE(td_infer_quantize_int8(m, 1) == TD_OK, "%s", td_error_message());
+                td_infer_set_tp_comm(m, tp);
+                REQUIRE(td_kv_cache_new(m, 8, 4, &kv) == TD_OK && td_infer_plan(m, 8, 1) == TD_OK,
                         "kv");
                 run(m, kv, prompt, 15, got);
                 double md = 0, mr = 0;
@@ -80,13 +83,13 @@ int main(int argc, char **argv) {
                 CHECK(rel <= 1e-4, "%s %s TP=%d rank %d: rel diff %.3e", fx[f], q ? "int8" : "fp32",
                       T, world->rank, rel);
                 td_kv_cache_free(&kv);
-                td_model_free(&m);
+                td_infer_model_free(&m);
                 td_comm_free(&tp);
             }
         }
         free(ref);
         free(got);
-        td_model_free(&full);
+        td_infer_model_free(&full);
     }
     int rc = world->rank == 0 ? test_done("test_tp_logits") : (g_test_failures ? 1 : 0);
     td_comm_free(&world);

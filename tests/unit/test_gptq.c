@@ -7,7 +7,7 @@
  *   3. with H a multiple of the identity (uncorrelated inputs) nothing moves between columns:
  *      GPTQ equals rounding to nearest, bit for bit; an always-zero input is rounded to
  *      nearest; H NULL is rounding to nearest; an indefinite H is refused, W untouched;
- *   4. a calibrated model, for llama and gpt2 (tied): td_model_quantize_int8 stores exactly
+ *   4. a calibrated model, for llama and gpt2 (tied): td_infer_quantize_int8 stores exactly
  *      the grid values GPTQ left in the fp32 weights (its int8 logits equal the fp32 path's on
  *      those weights); a tensor-parallel slice carries the matching rows of the grid (its
  *      heads' q/k/v rows, every output row of wo); the calibration is deterministic for a
@@ -15,7 +15,7 @@
  *      -- tandem serve under mpirun calibrates with fewer threads than alone; with a memory budget
  * of one layer's statistics the layers go in one pass each (same exactness), and a budget under one
  *      layer is refused with the size it needs;
- *   5. td_model_release: logits unchanged after the fp32 copies of quantized matrices are
+ *   5. td_infer_release_quantized: logits unchanged after the fp32 copies of quantized matrices are
  *      released; a wholly released model refuses to be sliced or run. */
 #include <math.h>
 #include <omp.h>
@@ -26,7 +26,8 @@
 #include "tests/model_fixture.h"
 #include "tests/test.h"
 #include "worker/infer/calib.h"
-#include "worker/model/gptq.h"
+#include "worker/infer/gptq.h"
+#include "worker/infer/kv_cache.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
 
@@ -161,6 +162,7 @@ static void thread_count(void) {
             td_error_message());
     td_model_init_random(a, 5);
     td_model_init_random(b, 5);
+    td_infer_model *ia = test_serving(a), *ib = test_serving(b);
     td_calib_opts co;
     td_calib_opts_default(&co);
     co.seqs = 32;
@@ -168,27 +170,27 @@ static void thread_count(void) {
     co.start = 0;
     co.quiet = 1;
     int threads = omp_get_max_threads();
-    REQUIRE(td_int8_calibrate(a, &co) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_int8_calibrate(ia, &co) == TD_OK, "%s", td_error_message());
     omp_set_num_threads(1);
-    REQUIRE(td_int8_calibrate(b, &co) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_int8_calibrate(ib, &co) == TD_OK, "%s", td_error_message());
     omp_set_num_threads(threads);
     size_t n = td_model_num_params(a), diff = 0;
     for (size_t i = 0; i < n; i++)
         diff += td_model_params(a)[i] != td_model_params(b)[i];
     printf("calibration on %d threads vs 1: %zu of %zu weights differ\n", threads, diff, n);
     CHECK(threads < 2 || diff == 0, "calibration depends on the thread count (%zu weights)", diff);
-    td_model_free(&a);
-    td_model_free(&b);
+    td_infer_model_free(&ia);
+    td_infer_model_free(&ib);
 }
 
 /* logits (V) after feeding toks (n) to m */
-static void logits_of(td_model *m, const int32_t *toks, int n, float *out) {
+static void logits_of(td_infer_model *m, const int32_t *toks, int n, float *out) {
     td_kv_cache *kv;
     int32_t blocks[4] = {0, 1, 2, 3};
     REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
-    REQUIRE(td_model_plan_infer(m, n, 1) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_infer_plan(m, n, 1) == TD_OK, "%s", td_error_message());
     td_infer_seg sg = {toks, n, 0, blocks};
-    REQUIRE(td_model_forward_infer(m, kv, &sg, 1, out) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_infer_forward(m, kv, &sg, 1, out) == TD_OK, "%s", td_error_message());
     td_kv_cache_free(&kv);
 }
 
@@ -196,7 +198,8 @@ static void calibrated_model(td_arch arch, int layer_passes) {
     char name[64];
     snprintf(name, sizeof name, "%s, %s", arch == TD_ARCH_LLAMA ? "llama" : "gpt2 (tied)",
              layer_passes ? "a pass per layer" : "one pass");
-    td_model *m = make_model(arch), *again = make_model(arch);
+    td_model *mw = make_model(arch), *aw = make_model(arch);
+    td_infer_model *m = test_serving(mw), *again = test_serving(aw);
     td_calib_opts co;
     td_calib_opts_default(&co);
     co.seqs = 8;
@@ -204,7 +207,7 @@ static void calibrated_model(td_arch arch, int layer_passes) {
     co.start = 1;
     co.quiet = 1;
     if (layer_passes) {
-        co.max_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / 2; /* 2 layers */
+        co.max_bytes = td_infer_calib_bytes(mw, TD_CALIB_LAYERS) / 2; /* 2 layers */
         td_calib_opts small = co;
         small.max_bytes = co.max_bytes - 1;
         CHECK(td_int8_calibrate(again, &small) == TD_ERR_NOMEM && strstr(td_error_message(), "MiB"),
@@ -214,14 +217,14 @@ static void calibrated_model(td_arch arch, int layer_passes) {
     REQUIRE(td_int8_calibrate(m, &co) == TD_OK, "%s", td_error_message());
     REQUIRE(td_int8_calibrate(again, &co) == TD_OK, "%s", td_error_message());
     CHECK(
-        !memcmp(td_model_params(m), td_model_params(again), sizeof(float) * td_model_num_params(m)),
+        !memcmp(td_model_params(mw), td_model_params(aw), sizeof(float) * td_model_num_params(mw)),
         "%s: calibration not deterministic for a seed", name);
-    CHECK(td_model_int8_grid(m, 0) != NULL, "%s: no grid after calibration", name);
-    td_model *q = NULL, *slice = NULL;
-    REQUIRE(td_model_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
-    REQUIRE(td_model_tp_slice(m, 1, 2, &slice) == TD_OK, "%s", td_error_message());
-    REQUIRE(td_model_quantize_int8(q, 1) == TD_OK, "%s", td_error_message());
-    REQUIRE(td_model_quantize_int8(slice, 1) == TD_OK, "%s", td_error_message());
+    CHECK(td_infer_int8_grid(m, 0) != NULL, "%s: no grid after calibration", name);
+    td_infer_model *q = NULL, *slice = NULL;
+    REQUIRE(td_infer_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_infer_tp_slice(m, 1, 2, &slice) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_infer_quantize_int8(q, 1) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_infer_quantize_int8(slice, 1) == TD_OK, "%s", td_error_message());
     int32_t toks[40];
     for (int i = 0; i < 40; i++)
         toks[i] = (int32_t)((i * 37 + 11) % 300);
@@ -238,10 +241,10 @@ static void calibrated_model(td_arch arch, int layer_passes) {
            name, mx / ref);
     CHECK(mx / ref < 1e-5, "%s: int8 weights are not the grid values (%.2e)", name, mx / ref);
     /* the slice's rows carry the same grid: its int8 values are the full model's */
-    const float *gs = td_model_int8_grid(slice, 0), *gf = td_model_int8_grid(m, 0);
+    const float *gs = td_infer_int8_grid(slice, 0), *gf = td_infer_int8_grid(m, 0);
     REQUIRE(gs != NULL, "%s: slice lost the grid", name);
     /* layer 0 of rank 1 of 2: its q heads, k and v heads, then every row of wo */
-    const td_model_config *c = td_model_config_of(m);
+    const td_model_config *c = td_model_config_of(mw);
     int hd = c->hidden_size / c->num_attention_heads, NH = c->num_attention_heads;
     int NKV = c->num_key_value_heads, qn = NH / 2 * hd, kn = NKV / 2 * hd;
     int same =
@@ -250,50 +253,48 @@ static void calibrated_model(td_arch arch, int layer_passes) {
         !memcmp(gs + qn + kn, gf + (NH + NKV) * hd + kn, sizeof(float) * (size_t)kn) &&
         !memcmp(gs + qn + 2 * kn, gf + (NH + 2 * NKV) * hd, sizeof(float) * (size_t)c->hidden_size);
     CHECK(same, "%s: the slice's grid rows are not the full model's", name);
-    td_model_free(&q);
-    td_model_free(&slice);
-    td_model_free(&m);
-    td_model_free(&again);
+    td_infer_model_free(&q);
+    td_infer_model_free(&slice);
+    td_infer_model_free(&m);
+    td_infer_model_free(&again);
 }
 
-/* td_model_release: int8 and bf16 logits are the same after the fp32 copies of their
+/* td_infer_release_quantized: int8 and bf16 logits are the same after the fp32 copies of their
  * matrices are released (forward_infer reads none of them), the model frees cleanly, and a
  * wholly released model refuses to be sliced or run instead of reading released pages. */
 static void release(void) {
-    td_model *m = make_model(TD_ARCH_LLAMA);
+    td_infer_model *m = test_serving(make_model(TD_ARCH_LLAMA));
     int32_t toks[40];
     for (int i = 0; i < 40; i++)
         toks[i] = (int32_t)((i * 29 + 5) % 300);
     float before[300], after[300];
     for (int bf = 0; bf < 2; bf++) {
-        td_model *q = NULL;
-        REQUIRE(td_model_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
-        REQUIRE((bf ? td_model_quantize_bf16(q) : td_model_quantize_int8(q, 1)) == TD_OK, "%s",
+        td_infer_model *q = NULL;
+        REQUIRE(td_infer_tp_slice(m, 0, 1, &q) == TD_OK, "%s", td_error_message());
+        REQUIRE((bf ? td_infer_quantize_bf16(q) : td_infer_quantize_int8(q, 1)) == TD_OK, "%s",
                 td_error_message());
         logits_of(q, toks, 40, before);
-        CHECK(td_model_release(q, TD_RELEASE_QUANTIZED) == TD_OK, "%s", td_error_message());
+        CHECK(td_infer_release_quantized(q) == TD_OK, "%s", td_error_message());
         logits_of(q, toks, 40, after);
         CHECK(!memcmp(before, after, sizeof before), "%s logits changed by the release",
               bf ? "bf16" : "int8");
-        td_model_free(&q);
+        td_infer_model_free(&q);
     }
-    CHECK(td_model_release(m, 3) == TD_ERR_INVALID, "a bad `what` was taken");
-    td_error_clear();
-    CHECK(td_model_release(m, TD_RELEASE_QUANTIZED) == TD_ERR_INVALID,
+    CHECK(td_infer_release_quantized(m) == TD_ERR_INVALID,
           "an unquantized model released its matrices");
     td_error_clear();
-    CHECK(td_model_release(m, TD_RELEASE_ALL) == TD_OK, "%s", td_error_message());
-    td_model *s = NULL;
-    CHECK(td_model_tp_slice(m, 0, 1, &s) == TD_ERR_INVALID && !s, "a released model was sliced");
+    CHECK(td_model_release_all(td_infer_model_weights(m)) == TD_OK, "%s", td_error_message());
+    td_infer_model *s = NULL;
+    CHECK(td_infer_tp_slice(m, 0, 1, &s) == TD_ERR_INVALID && !s, "a released model was sliced");
     td_error_clear();
     td_kv_cache *kv;
     int32_t blocks[4] = {0, 1, 2, 3};
     REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
     td_infer_seg sg = {toks, 4, 0, blocks};
-    CHECK(td_model_forward_infer(m, kv, &sg, 1, after) == TD_ERR_INVALID, "a released model ran");
+    CHECK(td_infer_forward(m, kv, &sg, 1, after) == TD_ERR_INVALID, "a released model ran");
     td_error_clear();
     td_kv_cache_free(&kv);
-    td_model_free(&m);
+    td_infer_model_free(&m);
     printf("release: int8 and bf16 logits unchanged after releasing their fp32 matrices\n");
 }
 

@@ -18,6 +18,7 @@
 #include "tests/model_fixture.h"
 #include "tests/test.h"
 #include "worker/infer/engine.h"
+#include "worker/infer/kv_cache.h"
 
 enum { V = 300, MAXT = 96 };
 
@@ -27,6 +28,7 @@ static td_model *make_model(td_arch arch) {
 
 static void test_kv_logits(td_arch arch) {
     td_model *m = make_model(arch);
+    td_infer_model *im = test_serving(m);
     int32_t prompt[41];
     td_rng r;
     td_rng_seed(&r, 3);
@@ -36,14 +38,14 @@ static void test_kv_logits(td_arch arch) {
     REQUIRE(td_model_forward(m, prompt, NULL, 1, 41, NULL) == TD_OK, "%s", td_error_message());
     const float *ref = td_model_logits(m) + 40 * V;
     td_kv_cache *kv;
-    REQUIRE(td_kv_cache_new(m, 16, 8, &kv) == TD_OK, "kv");
-    REQUIRE(td_model_plan_infer(m, 16, 4) == TD_OK, "plan infer");
+    REQUIRE(td_kv_cache_new(im, 16, 8, &kv) == TD_OK, "kv");
+    REQUIRE(td_infer_plan(im, 16, 4) == TD_OK, "plan infer");
     int32_t blocks[3] = {5, 2, 7}; /* deliberately out of order */
     float logits[V];
     for (int pos = 0; pos < 41; pos += 7) {
         int n = 41 - pos < 7 ? 41 - pos : 7;
         td_infer_seg sg = {prompt + pos, n, pos, blocks};
-        REQUIRE(td_model_forward_infer(m, kv, &sg, 1, logits) == TD_OK, "%s", td_error_message());
+        REQUIRE(td_infer_forward(im, kv, &sg, 1, logits) == TD_OK, "%s", td_error_message());
     }
     double md = 0, mr = 0;
     for (int j = 0; j < V; j++) {
@@ -54,7 +56,7 @@ static void test_kv_logits(td_arch arch) {
            arch == TD_ARCH_LLAMA ? "llama" : "gpt2", md / mr);
     CHECK(md / mr <= 1e-4, "KV logits differ: %.3e", md / mr);
     td_kv_cache_free(&kv);
-    td_model_free(&m);
+    td_infer_model_free(&im);
 }
 
 /* greedy continuation by full recomputation */
@@ -72,10 +74,11 @@ static void greedy_full(td_model *m, const int32_t *prompt, int n, int steps, in
     }
 }
 
-static int run_solo(td_model *m, const int32_t *prompt, int n, int max_tokens, int32_t *out) {
+static int run_solo(td_infer_model *im, const int32_t *prompt, int n, int max_tokens,
+                    int32_t *out) {
     td_engine_opts o = {.max_seqs = 4};
     td_engine *e;
-    REQUIRE(td_engine_new(m, NULL, &o, &e) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_engine_new(im, NULL, &o, &e) == TD_OK, "%s", td_error_message());
     td_sampling s = {.max_tokens = max_tokens};
     int id, active = 1, cnt;
     REQUIRE(td_engine_submit(e, prompt, n, &s, &id) == TD_OK, "%s", td_error_message());
@@ -91,10 +94,10 @@ enum { NP = 32 };
 static int32_t g_prompts[NP][48], g_solo[NP][40];
 static int g_plen[NP], g_max[NP], g_solo_n[NP];
 
-static void test_batched(td_model *m, size_t kv_bytes, int nreq, const char *label) {
+static void test_batched(td_infer_model *im, size_t kv_bytes, int nreq, const char *label) {
     td_engine_opts o = {.max_seqs = 8, .prefill_chunk = 16, .kv_bytes = kv_bytes};
     td_engine *e;
-    REQUIRE(td_engine_new(m, NULL, &o, &e) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_engine_new(im, NULL, &o, &e) == TD_OK, "%s", td_error_message());
     size_t total = td_engine_total_blocks(e);
     int ids[NP], submitted = 0, active = 1, steps = 0;
     while (active || submitted < nreq) {
@@ -158,7 +161,7 @@ static td_model *small_model(void) {
 }
 
 static void test_int8_logits(void) {
-    td_model *m = small_model();
+    td_infer_model *im = test_serving(small_model());
     int32_t prompt[20];
     for (int i = 0; i < 20; i++)
         prompt[i] = (int32_t)((i * 37) % V);
@@ -169,19 +172,19 @@ static void test_int8_logits(void) {
                             "int8 x int8 (int32 accumulation)", "all int8, lm_head too",
                             "bf16 weights"};
     for (int q = -1; q < 4; q++) {
-        if (q == 0) REQUIRE(td_model_quantize_int8(m, 0) == TD_OK, "%s", td_error_message());
-        if (q == 1) td_model_set_int8_vnni(m, 1);
+        if (q == 0) REQUIRE(td_infer_quantize_int8(im, 0) == TD_OK, "%s", td_error_message());
+        if (q == 1) td_infer_set_int8_vnni(im, 1);
         if (q >= 2) {
-            td_model_free(&m);
-            m = small_model();
-            REQUIRE((q == 2 ? td_model_quantize_int8(m, 1) : td_model_quantize_bf16(m)) == TD_OK,
+            td_infer_model_free(&im);
+            im = test_serving(small_model());
+            REQUIRE((q == 2 ? td_infer_quantize_int8(im, 1) : td_infer_quantize_bf16(im)) == TD_OK,
                     "%s", td_error_message());
         }
         td_kv_cache *kv;
-        REQUIRE(td_kv_cache_new(m, 16, 2, &kv) == TD_OK && td_model_plan_infer(m, 20, 1) == TD_OK,
+        REQUIRE(td_kv_cache_new(im, 16, 2, &kv) == TD_OK && td_infer_plan(im, 20, 1) == TD_OK,
                 "kv");
         td_infer_seg sg = {prompt, 20, 0, blocks};
-        REQUIRE(td_model_forward_infer(m, kv, &sg, 1, q < 0 ? ref : got) == TD_OK, "%s",
+        REQUIRE(td_infer_forward(im, kv, &sg, 1, q < 0 ? ref : got) == TD_OK, "%s",
                 td_error_message());
         td_kv_cache_free(&kv);
         if (q < 0) continue;
@@ -200,7 +203,7 @@ static void test_int8_logits(void) {
     CHECK(l2[0] < l2[2], "lm_head int16 (%.2e) not closer to fp32 than all int8 (%.2e)", l2[0],
           l2[2]);
     CHECK(l2[3] < l2[0], "bf16 weights (%.2e) not closer to fp32 than int8 (%.2e)", l2[3], l2[0]);
-    td_model_free(&m);
+    td_infer_model_free(&im);
 }
 
 /* Quantized products on widths that are not multiples of 16 (tails), at batch 1 and 4:
@@ -226,18 +229,19 @@ static void test_odd_widths(void) {
         td_model *m;
         REQUIRE(td_model_new(&c, &m) == TD_OK, "%s", td_error_message());
         td_model_init_random(m, 5);
-        if (mode == 0) REQUIRE(td_model_quantize_bf16(m) == TD_OK, "%s", td_error_message());
-        if (mode == 1) REQUIRE(td_model_quantize_int8(m, 0) == TD_OK, "%s", td_error_message());
+        td_infer_model *im = test_serving(m);
+        if (mode == 0) REQUIRE(td_infer_quantize_bf16(im) == TD_OK, "%s", td_error_message());
+        if (mode == 1) REQUIRE(td_infer_quantize_int8(im, 0) == TD_OK, "%s", td_error_message());
         for (int nb = 1; nb <= 4; nb += 3) {
             td_kv_cache *kv;
-            REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK &&
-                        td_model_plan_infer(m, 12 * nb, nb) == TD_OK,
+            REQUIRE(td_kv_cache_new(im, 16, 4, &kv) == TD_OK &&
+                        td_infer_plan(im, 12 * nb, nb) == TD_OK,
                     "kv");
             td_infer_seg sg[4];
             for (int b = 0; b < nb; b++)
                 sg[b] = (td_infer_seg){prompt[b], 12, 0, blocks + b};
             float *dst = mode >= 0 ? got : nb == 1 ? ref1 : ref;
-            REQUIRE(td_model_forward_infer(m, kv, sg, nb, dst) == TD_OK, "%s", td_error_message());
+            REQUIRE(td_infer_forward(im, kv, sg, nb, dst) == TD_OK, "%s", td_error_message());
             td_kv_cache_free(&kv);
             if (mode < 0) continue;
             double d = 0, r = 0;
@@ -251,25 +255,26 @@ static void test_odd_widths(void) {
             CHECK(d / r < (mode == 0 ? 1e-2 : 5e-2), "%s batch %d off by %.2e",
                   mode == 0 ? "bf16" : "int8", nb, d / r);
         }
-        td_model_free(&m);
+        td_infer_model_free(&im);
     }
 }
 
 int main(void) {
     test_odd_widths();
     {
-        td_model *m = make_model(TD_ARCH_LLAMA), *sl = NULL;
-        td_status s = td_model_tp_slice(m, 0, 3, &sl);
+        td_infer_model *im = test_serving(make_model(TD_ARCH_LLAMA)), *sl = NULL;
+        td_status s = td_infer_tp_slice(im, 0, 3, &sl);
         CHECK(s == TD_ERR_INVALID && sl == NULL && strstr(td_error_message(), "--tp 3 must divide"),
               "a tp that does not divide the heads is refused: %s", td_error_message());
         td_error_clear();
-        td_model_free(&m);
+        td_infer_model_free(&im);
     }
     test_int8_logits();
     test_kv_logits(TD_ARCH_LLAMA);
     test_kv_logits(TD_ARCH_GPT2);
 
     td_model *m = make_model(TD_ARCH_LLAMA);
+    td_infer_model *im = test_serving(m);
     td_rng r;
     td_rng_seed(&r, 5);
     for (int i = 0; i < NP; i++) {
@@ -281,15 +286,15 @@ int main(void) {
     int32_t full[40];
     greedy_full(m, g_prompts[0], g_plen[0], g_max[0], full);
     for (int i = 0; i < NP; i++)
-        g_solo_n[i] = run_solo(m, g_prompts[i], g_plen[i], g_max[i], g_solo[i]);
+        g_solo_n[i] = run_solo(im, g_prompts[i], g_plen[i], g_max[i], g_solo[i]);
     int agree = g_solo_n[0] == g_max[0] && !memcmp(full, g_solo[0], sizeof(int32_t) * g_max[0]);
     printf("engine greedy vs full recomputation: %s (%d tokens)\n", agree ? "identical" : "DIFFER",
            g_max[0]);
     CHECK(agree, "engine greedy differs from full recomputation");
 
-    test_batched(m, 0, NP, "batched, 32 prompts in 3 waves");
-    size_t three = 3 * td_model_kv_bytes_per_token(m) * MAXT;
-    test_batched(m, three, 12, "KV cache for ~3 sequences, 12 requests");
+    test_batched(im, 0, NP, "batched, 32 prompts in 3 waves");
+    size_t three = 3 * td_kv_bytes_per_token(m) * MAXT;
+    test_batched(im, three, 12, "KV cache for ~3 sequences, 12 requests");
 
     /* streaming rule: Chinese, emoji and accents streamed one byte at a time never show a
      * partial character, and hold back at most 3 bytes */
@@ -309,7 +314,7 @@ int main(void) {
     REQUIRE(td_bpe_new_bytes(NULL, &tok) == TD_OK, "tok");
     td_engine_opts o = {.max_seqs = 4};
     td_engine *e;
-    REQUIRE(td_engine_new(m, tok, &o, &e) == TD_OK, "%s", td_error_message());
+    REQUIRE(td_engine_new(im, tok, &o, &e) == TD_OK, "%s", td_error_message());
     int32_t pr[6];
     for (int i = 0; i < 6; i++)
         pr[i] = (unsigned char)txt[i];
@@ -346,7 +351,7 @@ int main(void) {
     {
         td_sampling g = {.max_tokens = 40};
         td_engine *e1;
-        REQUIRE(td_engine_new(m, tok, &o, &e1) == TD_OK, "%s", td_error_message());
+        REQUIRE(td_engine_new(im, tok, &o, &e1) == TD_OK, "%s", td_error_message());
         int id1, act = 1;
         td_engine_submit(e1, pr, 6, &g, &id1);
         while (act)
@@ -363,7 +368,7 @@ int main(void) {
         const char *stops[2] = {stop, NULL};
         td_sampling gs = {.max_tokens = 40, .stop = stops};
         td_engine *e2;
-        REQUIRE(td_engine_new(m, tok, &o, &e2) == TD_OK, "%s", td_error_message());
+        REQUIRE(td_engine_new(im, tok, &o, &e2) == TD_OK, "%s", td_error_message());
         int id2;
         act = 1;
         td_engine_submit(e2, pr, 6, &gs, &id2);
@@ -392,8 +397,8 @@ int main(void) {
     {
         td_model *g = make_model(TD_ARCH_GPT2);
         size_t f32, i8, rf, ri, i8a, ria;
-        td_model_weight_bytes(g, 0, &f32, &i8, &rf, &ri);
-        td_model_weight_bytes(g, 1, &f32, &i8a, &rf, &ria);
+        td_infer_weight_bytes(g, 0, &f32, &i8, &rf, &ri);
+        td_infer_weight_bytes(g, 1, &f32, &i8a, &rf, &ria);
         printf("gpt2 (tied) plan: fp32 %zu, int8 %zu (all int8 %zu), read fp32 %zu, read int8 %zu "
                "(all int8 %zu) bytes\n",
                f32, i8, i8a, rf, ri, ria);
@@ -402,6 +407,6 @@ int main(void) {
         td_model_free(&g);
     }
     td_bpe_free(&tok);
-    td_model_free(&m);
+    td_infer_model_free(&im);
     return test_done("test_infer_engine");
 }

@@ -70,11 +70,9 @@ td_status td_comm_split(td_comm *parent, int color, int key, td_comm **out);
 /* A one-rank communicator for single-process runs (every collective is a no-op). */
 td_status td_comm_self_new(td_comm **out);
 
-#ifdef TD_HAVE_NCCL
-/* NCCL backend for device buffers: bootstraps over `host` (ncclGetUniqueId on rank 0,
- * broadcast), selects GPU local_rank. */
-td_status td_comm_nccl_new(td_comm *host, td_comm **out);
-#endif
+/* A communicator for device buffers (NCCL): bootstraps over `host` (ncclGetUniqueId on
+ * rank 0, broadcast), selects GPU local_rank. Fails saying so in a build without NCCL. */
+td_status td_comm_device_new(td_comm *host, td_comm **out);
 
 void td_comm_free(td_comm **c);
 

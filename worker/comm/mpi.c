@@ -318,6 +318,16 @@ td_status td_comm_self_new(td_comm **out) {
     return TD_OK;
 }
 
+#ifndef TD_HAVE_NCCL
+td_status td_comm_device_new(td_comm *host, td_comm **out) {
+    *out = NULL;
+    return td_error_set(TD_ERR_RUNTIME,
+                        "rank %d: data-parallel training on GPUs needs NCCL, which this build "
+                        "lacks",
+                        host->rank);
+}
+#endif
+
 void td_comm_free(td_comm **c) {
     if (!c || !*c) return;
     (*c)->ops->free(*c);

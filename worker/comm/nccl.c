@@ -137,7 +137,7 @@ static const td_comm_ops g_nccl_ops = {"nccl",      n_allreduce, n_iallreduce, n
                                        n_allgather, n_bcast,     n_barrier,    n_wait,
                                        n_progress,  n_free,      n_gatherv};
 
-td_status td_comm_nccl_new(td_comm *host, td_comm **out) {
+td_status td_comm_device_new(td_comm *host, td_comm **out) {
     *out = NULL;
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0)

@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include "worker/infer/kv_cache.h"
 
 void td_calib_opts_default(td_calib_opts *o) {
     memset(o, 0, sizeof *o);
@@ -40,7 +41,7 @@ td_status td_calib_read_text(td_bpe *tok, const char *path, int32_t **ids, size_
 
 int td_calib_layers_per_pass(const td_model *m, size_t max_bytes) {
     int L = td_model_config_of(m)->num_hidden_layers;
-    size_t layer = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
+    size_t layer = td_infer_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
     size_t budget = max_bytes ? max_bytes : TD_CALIB_DEFAULT_BYTES;
     return budget / layer > (size_t)L ? L : (int)(budget / layer);
 }
@@ -67,7 +68,8 @@ static void gptq_progress(void *ctx, int done, int total) {
         TD_LOG_INFO("int8 calibration: GPTQ %d of %d matrices", done, total);
 }
 
-td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
+td_status td_int8_calibrate(td_infer_model *im, const td_calib_opts *o) {
+    td_model *m = td_infer_model_weights(im);
     const td_model_config *c = td_model_config_of(m);
     int T = c->max_position_embeddings, V = c->vocab_size;
     int len = o->len > 0 ? o->len : (T < 128 ? T : 128), S = o->seqs > 0 ? o->seqs : 32;
@@ -96,8 +98,8 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     td_kv_cache *kv = NULL;
     td_status s =
         seq && blocks && logits && segs ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
-    if (s == TD_OK) s = td_kv_cache_new(m, bt, (size_t)S * (size_t)nbs, &kv);
-    if (s == TD_OK) s = td_model_plan_infer(m, S, S);
+    if (s == TD_OK) s = td_kv_cache_new(im, bt, (size_t)S * (size_t)nbs, &kv);
+    if (s == TD_OK) s = td_infer_plan(im, S, S);
     if (s != TD_OK) goto out;
     for (int i = 0; i < S * nbs; i++)
         blocks[i] = i;
@@ -111,7 +113,7 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
     double t0 = td_time_now();
     /* the layers in groups that fit the budget, then lm_head (calib.h) */
     int L = c->num_hidden_layers;
-    size_t layer_bytes = td_model_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
+    size_t layer_bytes = td_infer_calib_bytes(m, TD_CALIB_LAYERS) / (size_t)L;
     int per = td_calib_layers_per_pass(m, o->max_bytes);
     if (per < 1) {
         s = td_error_set(TD_ERR_NOMEM,
@@ -140,13 +142,13 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
                 o->tokens  ? "of the calibration text"
                 : sampling ? "sampled from the model"
                            : "again",
-                (head ? td_model_calib_bytes(m, TD_CALIB_HEAD) : layer_bytes * (size_t)(hi - lo)) /
+                (head ? td_infer_calib_bytes(m, TD_CALIB_HEAD) : layer_bytes * (size_t)(hi - lo)) /
                     1048576.0);
-        s = td_model_calib_start(m, what, lo, hi);
+        s = td_infer_calib_start(im, what, lo, hi);
         for (int t = 0; t < len && s == TD_OK; t++) {
             for (int i = 0; i < S; i++)
                 segs[i] = (td_infer_seg){&seq[(size_t)i * len + t], 1, t, &blocks[(size_t)i * nbs]};
-            s = td_model_forward_infer(m, kv, segs, S, logits);
+            s = td_infer_forward(im, kv, segs, S, logits);
             if (s == TD_OK && sampling && t + 1 < len)
                 for (int i = 0; i < S; i++)
                     seq[(size_t)i * len + t + 1] = sample(logits + (size_t)i * V, V, &rng);
@@ -155,12 +157,12 @@ td_status td_int8_calibrate(td_model *m, const td_calib_opts *o) {
                             td_time_now() - t0);
         }
         if (s == TD_OK)
-            s = td_model_calib_gptq(m, o->damp > 0 ? o->damp : 0.01f, gptq_progress, (void *)o);
+            s = td_infer_calib_gptq(im, o->damp > 0 ? o->damp : 0.01f, gptq_progress, (void *)o);
     }
     if (s == TD_OK && !o->quiet)
         TD_LOG_INFO("int8 calibration: done in %.1f s (%d tokens)", td_time_now() - t0, S * len);
 out:
-    if (s != TD_OK) td_model_calib_cancel(m); /* no statistics left behind */
+    if (s != TD_OK) td_infer_calib_cancel(im); /* no statistics left behind */
     td_kv_cache_free(&kv);
     free(seq);
     free(blocks);

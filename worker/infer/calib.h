@@ -19,7 +19,7 @@
 
 #include "common/status.h"
 #include "data/bpe.h"
-#include "worker/model/model.h"
+#include "worker/infer/infer_model.h"
 
 /* A fixed default, not one read from free memory: the passes change the result, which must
  * not depend on what else the machine holds (or on how many ranks loaded the model). */
@@ -50,7 +50,7 @@ td_status td_calib_read_text(td_bpe *tok, const char *path, int32_t **ids, size_
 int td_calib_layers_per_pass(const td_model *m, size_t max_bytes);
 /* Runs the calibration text through m (the whole fp32 model; its inference buffers are
  * planned here) and replaces its weights by their GPTQ int8-grid values
- * (td_model_calib_gptq); td_model_quantize_int8 afterwards stores them. */
-td_status td_int8_calibrate(td_model *m, const td_calib_opts *o);
+ * (td_infer_calib_gptq); td_infer_quantize_int8 afterwards stores them. */
+td_status td_int8_calibrate(td_infer_model *m, const td_calib_opts *o);
 
 #endif

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/rng.h"
+#include "worker/infer/kv_cache.h"
 
 typedef struct {
     int id;
@@ -25,7 +26,7 @@ typedef struct {
 } req;
 
 struct td_engine {
-    td_model *m;
+    td_infer_model *m;
     td_bpe *tok;
     td_engine_opts o;
     td_kv_cache *kv;
@@ -47,11 +48,11 @@ struct td_engine {
     size_t plan_cap;
 };
 
-td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out) {
+td_status td_engine_new(td_infer_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out) {
     *out = NULL;
     td_engine *e = calloc(1, sizeof *e);
     if (!e) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    const td_model_config *cfg = td_model_config_of(m);
+    const td_model_config *cfg = td_infer_model_config(m);
     e->m = m;
     e->tok = tok;
     e->o = *o;
@@ -61,15 +62,10 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
     if (e->o.max_step_tokens <= 0) e->o.max_step_tokens = e->o.max_seqs + e->o.prefill_chunk;
     e->V = cfg->vocab_size;
     e->maxT = cfg->max_position_embeddings;
-    size_t per_block = td_model_kv_bytes_per_token(m) * (size_t)e->o.block_tokens;
+    size_t per_block = td_kv_bytes_per_token(td_infer_model_weights(m)) * (size_t)e->o.block_tokens;
     size_t full = (size_t)((e->maxT + e->o.block_tokens - 1) / e->o.block_tokens);
     e->n_blocks = e->o.kv_bytes ? e->o.kv_bytes / per_block : full * (size_t)e->o.max_seqs;
     e->tp = o->tp && o->tp->size > 1 ? o->tp : NULL;
-    if (e->tp && o->forward) {
-        free(e);
-        return td_error_set(TD_ERR_INVALID, "a replaced forward (GPU) cannot serve a "
-                                            "tensor-parallel group yet");
-    }
     if (e->tp) { /* kv_bytes is per rank; the leader's block count rules the group */
         int64_t nb = (int64_t)e->n_blocks;
         td_status sb = td_comm_bcast(e->tp, &nb, 1, TD_COMM_I64, 0);
@@ -78,7 +74,7 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
             return sb;
         }
         e->n_blocks = (size_t)nb;
-        td_model_set_tp_comm(m, e->tp);
+        td_infer_set_tp_comm(m, e->tp);
     }
     if (e->n_blocks == 0) {
         size_t budget = e->o.kv_bytes;
@@ -87,7 +83,7 @@ td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_en
                             budget, per_block);
     }
     td_status s = td_kv_cache_new(m, e->o.block_tokens, e->n_blocks, &e->kv);
-    if (s == TD_OK) s = td_model_plan_infer(m, e->o.max_step_tokens, e->o.max_seqs);
+    if (s == TD_OK) s = td_infer_plan(m, e->o.max_step_tokens, e->o.max_seqs);
     e->free_list = malloc(sizeof *e->free_list * e->n_blocks);
     e->logits = malloc(sizeof(float) * (size_t)e->o.max_seqs * e->V);
     e->segs = calloc((size_t)e->o.max_seqs, sizeof *e->segs);
@@ -363,7 +359,7 @@ td_status td_engine_member_loop(td_engine *e) {
                 buf[w++] = (int32_t)e->plan[k++];
             e->segs[g] = (td_infer_seg){toks, len, pos, blocks};
         }
-        s = td_model_forward_infer(e->m, e->kv, e->segs, nseg, NULL);
+        s = td_infer_forward(e->m, e->kv, e->segs, nseg, NULL);
         if (s != TD_OK) break;
     }
     free(buf);
@@ -406,9 +402,7 @@ td_status td_engine_step(td_engine *e, int *active) {
             budget -= take;
         }
     if (nseg > 0 && e->tp) TD_TRY(send_plan(e, nseg));
-    if (nseg > 0)
-        TD_TRY(e->o.forward ? e->o.forward(e->o.forward_ctx, e->segs, nseg, e->logits)
-                            : td_model_forward_infer(e->m, e->kv, e->segs, nseg, e->logits));
+    if (nseg > 0) TD_TRY(td_infer_forward(e->m, e->kv, e->segs, nseg, e->logits));
     for (int k = 0; k < nseg; k++) {
         req *q = &e->r[e->seg_req[k]];
         q->done_pos += e->segs[k].n;

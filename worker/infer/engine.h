@@ -19,7 +19,8 @@
 
 #include "common/status.h"
 #include "data/bpe.h"
-#include "worker/model/model.h"
+#include "worker/comm/comm.h"
+#include "worker/infer/infer_model.h"
 
 typedef struct {
     int block_tokens;    /* default 16 */
@@ -30,10 +31,6 @@ typedef struct {
     td_comm *tp;         /* tensor-parallel group (the model is this rank's slice), or NULL;
                           * rank 0 of the group leads, the others run
                           * td_engine_member_loop */
-    /* replaces td_model_forward_infer for each step (e.g. the model on a GPU with its own
-     * KV cache of td_engine_total_blocks blocks); not with a tensor-parallel group */
-    td_status (*forward)(void *ctx, const td_infer_seg *segs, int nseg, float *logits);
-    void *forward_ctx;
 } td_engine_opts;
 
 typedef struct {
@@ -59,7 +56,7 @@ typedef struct td_engine td_engine;
 
 /* tok may be NULL (no stop strings or text then). The engine borrows model and tok. With
  * a tensor-parallel group every rank of it calls td_engine_new (collective). */
-td_status td_engine_new(td_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out);
+td_status td_engine_new(td_infer_model *m, td_bpe *tok, const td_engine_opts *o, td_engine **out);
 void td_engine_free(td_engine **e);
 
 /* Queues a request; *id identifies it (ids of released requests are reused). Waiting

@@ -11,7 +11,15 @@
  * Internally every linear weight is (out, in) like torch.nn.Linear; q/k/v projections of a
  * layer are stored back to back as one (NH+2*NKV)*hd x C matrix, and llama's gate and up
  * projections as one 2F x C matrix, so each takes one matrix product. The checkpoint code
- * maps these to Hugging Face names and layouts through td_model_tensors(). */
+ * maps these to Hugging Face names and layouts through td_model_tensors().
+ *
+ * The model owns weights, configuration, forward and backward, and nothing about serving
+ * (worker/infer keeps the KV cache, quantized forms and tensor-parallel slices) or
+ * networking (data parallelism's all-reduce is the trainer's, through the backward hook).
+ * Its tensors live on a compute backend (worker/backend): a new model is on the CPU;
+ * td_model_to_backend moves it (e.g. to a GPU). The parameters also stay in host memory
+ * (td_model_params) for loading, saving and slicing; td_model_sync_host and
+ * td_model_sync_backend copy between the two where they differ. */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
 
@@ -19,7 +27,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
-#include "worker/comm/comm.h"
+#include "worker/backend/backend.h"
 #include "worker/model/config.h"
 
 /* A parameter tensor as Hugging Face names and shapes it. */
@@ -61,9 +69,21 @@ void td_model_free(td_model **m);
 
 const td_model_config *td_model_config_of(const td_model *m);
 size_t td_model_num_params(const td_model *m);
+/* The parameters in host memory (after a change there, td_model_sync_backend). */
 float *td_model_params(td_model *m);
-/* NULL until td_model_plan(..., with_grads=1). */
+/* The parameters and gradients in backend memory (the same as host memory on the CPU); the
+ * gradients are NULL until td_model_plan(..., with_grads=1). */
+float *td_model_backend_params(td_model *m);
 float *td_model_grads(td_model *m);
+td_backend *td_model_backend(const td_model *m);
+/* Moves the model's tensors to backend be (borrowed; it must outlive the model or the next
+ * move; NULL: back to the model's own CPU backend), keeping its plan and bf16 setting; a
+ * backend that multiplies only in bf16 turns bf16 on. */
+td_status td_model_to_backend(td_model *m, td_backend *be);
+/* Host parameters <- backend parameters (before saving); and the reverse (after loading),
+ * which also refreshes the bf16 working copy. No copies on a host backend. */
+td_status td_model_sync_host(td_model *m);
+td_status td_model_sync_backend(td_model *m);
 const td_param_tensor *td_model_tensors(const td_model *m, int *count);
 const td_param_ptrs *td_model_param_ptrs(const td_model *m);
 
@@ -80,7 +100,8 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads);
  * available through td_model_logits until the next call. */
 td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                            double *loss);
-/* (B*T, V) logits of the last forward (overwritten by backward with their gradient). */
+/* (B*T, V) logits of the last forward, backend memory (overwritten by backward with their
+ * gradient). */
 const float *td_model_logits(const td_model *m);
 
 /* Backward pass of the last forward (which must have had targets); ACCUMULATES into the
@@ -136,114 +157,6 @@ void td_model_profile_enable(td_model *m, int on);
 /* Seconds spent per td_prof_op since profiling was enabled (TD_PROF_COUNT entries). */
 const double *td_model_profile(const td_model *m);
 
-/* ---------------------------------------------------------------------------------------- */
-/* Inference with a paged KV cache (worker/infer/ builds the engine on this).
- *
- * The cache holds K and V for every layer in fixed blocks of block_tokens positions:
- * layer l, block b, slot s, kv head h is at ((l * nblocks + b) * block_tokens + s) * kv_dim.
- * A sequence owns a block table: position p lives in block table[p / block_tokens]. */
-typedef struct td_kv_cache td_kv_cache;
-
-td_status td_kv_cache_new(const td_model *m, int block_tokens, size_t num_blocks,
-                          td_kv_cache **out);
-void td_kv_cache_free(td_kv_cache **kv);
-int td_kv_cache_block_tokens(const td_kv_cache *kv);
-size_t td_kv_cache_num_blocks(const td_kv_cache *kv);
-/* Bytes of K and V per token position, all layers (float32). */
-size_t td_model_kv_bytes_per_token(const td_model *m);
-
-/* One sequence's share of an inference step: n new tokens at positions pos .. pos+n-1;
- * blocks covers positions [0, pos + n). */
-typedef struct {
-    const int32_t *tokens;
-    int n, pos;
-    const int32_t *blocks;
-} td_infer_seg;
-
-/* Plans inference buffers for up to max_tokens new tokens and max_segs sequences a step. */
-td_status td_model_plan_infer(td_model *m, int max_tokens, int max_segs);
-/* Runs the new tokens of every segment through the model, writing their K and V into the
- * cache and attending over each sequence's cached positions; logits receives (nseg, V):
- * the next-token logits after each segment's last token (NULL: skip lm_head). */
-td_status td_model_forward_infer(td_model *m, td_kv_cache *kv, const td_infer_seg *segs, int nseg,
-                                 float *logits);
-
-/* Tensor parallelism (Megatron): this rank's slice of a full model for a group of T —
- * attention heads and KV heads split (q/k/v column-parallel, output projection
- * row-parallel), MLP gate/up (c_fc) column-parallel and down (c_proj) row-parallel;
- * embeddings, norms and lm_head replicated; row-parallel biases kept on rank 0 only.
- * *out is a new model with the slice's dims (config.tp_size = T). */
-td_status td_model_tp_slice(const td_model *full, int rank, int T, td_model **out);
-/* With a communicator of the group, td_model_forward_infer all-reduces after each
- * row-parallel product. The model borrows c. */
-void td_model_set_tp_comm(td_model *m, td_comm *c);
-
-/* int8 weight-only quantization for inference: every linear weight of the layers and an
- * untied input embedding get an int8 copy with one fp32 scale per output channel
- * (max |w| / 127, round to nearest -- or the grid GPTQ left, below); lm_head gets int16
- * (max |w| / 32767), or int8 too with head_int8. td_model_forward_infer then multiplies with those,
- * converting to float on the fly (fp32 accumulation). Norms and biases stay fp32. lm_head is kept
- * wider because its rounding decides near-tied greedy choices (docs/serve.md gives the
- * measurement). */
-td_status td_model_quantize_int8(td_model *m, int head_int8);
-
-/* GPTQ calibration for int8 (worker/model/gptq.h; worker/infer/calib.h drives it).
- * td_model_calib_start makes every td_model_forward_infer from then on add x x^T of each
- * matrix product's input rows into a statistic per matrix: with TD_CALIB_LAYERS those of
- * layers [layer_lo, layer_hi) (per layer: q/k/v, output projection, gate/up or c_fc,
- * down), with TD_CALIB_HEAD lm_head's. td_model_calib_bytes: their size for all layers
- * (a layer's share is 1/num_hidden_layers of it). The whole fp32 model only (no slice, not
- * quantized). */
-enum { TD_CALIB_LAYERS = 1, TD_CALIB_HEAD = 2 };
-td_status td_model_calib_start(td_model *m, int what, int layer_lo, int layer_hi);
-size_t td_model_calib_bytes(const td_model *m, int what);
-/* The most working memory GPTQ takes for one matrix of this model (td_gptq_work_bytes; an
- * untied embedding with its H), lm_head left out with skip_head. */
-size_t td_model_calib_work_bytes(const td_model *m, int skip_head);
-/* Drops the statistics (the weights are untouched). */
-void td_model_calib_cancel(td_model *m);
-/* Ends the collection and rounds each matrix that has statistics with GPTQ (damp: see
- * td_gptq_quantize) -- with layer 0, an untied input embedding too, to nearest: the
- * fp32 weights are REPLACED by their int8-grid values, so that a later calibration (of
- * lm_head, on the layers' outputs) sees the quantized model, and the grid (one scale per
- * row) is kept, so td_model_quantize_int8 of this model or of its tensor-parallel slices
- * (td_model_tp_slice carries the grid) stores exactly those int8 values. progress (may be
- * NULL) after each matrix. On failure some matrices may already be replaced: discard the
- * model. */
-td_status td_model_calib_gptq(td_model *m, float damp,
-                              void (*progress)(void *ctx, int done, int total), void *ctx);
-/* The int8 grid: one scale per output row of the quantized matrices, in quantization order
- * (td_model_int8_grid_len of them; 0 = none, round to nearest). NULL when there is none
- * unless create (then zeros) -- to receive a grid broadcast with the replaced weights. */
-size_t td_model_int8_grid_len(const td_model *m);
-float *td_model_int8_grid(td_model *m, int create);
-/* The round-to-nearest grid of the whole model (max |w| / 127 per row; lm_head's rows left
- * out unless head_int8), weights untouched: slices cut afterwards share one scale per row,
- * so int8 outputs do not depend on the tensor-parallel degree. */
-td_status td_model_int8_grid_rtn(td_model *m, int head_int8);
-
-/* Gives memory back for serving. TD_RELEASE_QUANTIZED: the fp32 copies of the matrices
- * that have int8/bf16 copies (forward_infer reads only those; norms and biases stay).
- * TD_RELEASE_ALL: every parameter, gradient and training buffer; the model's configuration
- * and sizes stay readable (to slice it again, load it again). Released pages are made
- * inaccessible, so a stray read faults instead of reading zeros; td_model_free restores
- * them. */
-enum { TD_RELEASE_QUANTIZED = 1, TD_RELEASE_ALL = 2 };
-td_status td_model_release(td_model *m, int what);
-/* bf16 weights for inference: every matrix product's weight (and an untied input
- * embedding) rounded to bf16 (half of fp32's bytes), converted to float on the fly, fp32
- * accumulation. Exclusive with td_model_quantize_int8 (the first one applied stays). */
-td_status td_model_quantize_bf16(td_model *m);
-/* Bytes one decode step reads (batch 1) with bf16 weights. */
-size_t td_model_read_bytes_bf16(const td_model *m);
-/* Alternative int8 path (AVX-512 VNNI): activations are quantized per row too and the
- * products accumulate int8 x int8 in int32 (matrices whose width is a multiple of 64). */
-void td_model_set_int8_vnni(td_model *m, int on);
-/* Weight memory in fp32 and with int8 quantization (int8 + scales + what stays fp32), and
- * the bytes one decode step reads (batch 1) in each form. */
-void td_model_weight_bytes(const td_model *m, int head_int8, size_t *fp32, size_t *int8,
-                           size_t *read_fp32, size_t *read_int8);
-
 /* bf16 mixed precision for training: matrix products take bf16 operands (a bf16 working copy
  * of the weights, activations and gradients rounded on the way in) and accumulate in fp32
  * (oneDNN; worker/kernels/cpu/bf16.h); parameters, gradients, optimizer state and every
@@ -257,5 +170,24 @@ uint16_t *td_model_bf16_params(td_model *m);
 
 /* Bytes of activation and gradient buffers planned. */
 size_t td_model_activation_bytes(const td_model *m);
+
+/* The optimizer's operations on the backend: the gradients' global L2 norm; and AdamW
+ * (decoupled weight decay where the tensor's `decay` flag is set) on parameters [lo, hi),
+ * with moments adam_m, adam_v in backend memory holding that range (m[0] is parameter lo),
+ * gradients multiplied by gscale as read and, with zero_grads, cleared -- which also
+ * refreshes the bf16 working copy in the same pass. */
+td_status td_model_grad_norm(td_model *m, double *norm);
+td_status td_model_adamw(td_model *m, float *adam_m, float *adam_v, size_t lo, size_t hi, float lr,
+                         float b1, float b2, float eps, float weight_decay, long step, float gscale,
+                         int zero_grads);
+
+/* Memory given back for serving: the whole pages of host parameters in [from, from + count)
+ * are returned to the system and made inaccessible, so that a stray read faults instead of
+ * reading zeros (td_model_free restores them). td_model_release_all: every parameter,
+ * gradient and training buffer; the configuration and sizes stay readable (to slice it
+ * again, load it again). */
+void td_model_release_range(td_model *m, const float *from, size_t count);
+td_status td_model_release_all(td_model *m);
+int td_model_is_released(const td_model *m);
 
 #endif

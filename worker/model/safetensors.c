@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/grow.h"
+
 static const struct {
     const char *name;
     size_t size;
@@ -264,7 +266,8 @@ typedef struct {
 
 struct td_st_writer {
     w_entry *items;
-    int n, cap;
+    int n;
+    size_t cap;
     cJSON *meta;
 };
 
@@ -284,13 +287,7 @@ void td_st_writer_free(td_st_writer **wp) {
 
 td_status td_st_writer_add(td_st_writer *w, const char *name, td_dtype dtype, int ndim,
                            const int64_t *shape, const void *data, int transpose) {
-    if (w->n == w->cap) {
-        int cap = w->cap ? 2 * w->cap : 64;
-        w_entry *it = realloc(w->items, sizeof *it * (size_t)cap);
-        if (!it) return td_error_set(TD_ERR_NOMEM, "out of memory");
-        w->items = it;
-        w->cap = cap;
-    }
+    TD_TRY(TD_GROW(w->items, w->cap, (size_t)w->n + 1));
     if (transpose && (ndim != 2 || dtype != TD_DT_F32))
         return td_error_set(TD_ERR_INVALID, "safetensors: transpose needs a 2-D F32 tensor (%s)",
                             name);
@@ -357,6 +354,8 @@ td_status td_st_writer_save(td_st_writer *w, const char *path) {
         ok = fputc(' ', fp) != EOF;
     free(text);
     float *tbuf = NULL;
+    size_t tcap = 0;
+    td_status s = TD_OK;
     for (int i = 0; ok && i < w->n; i++) {
         const w_entry *it = &w->items[i];
         size_t nbytes = it->e.end - it->e.begin;
@@ -366,12 +365,12 @@ td_status td_st_writer_save(td_st_writer *w, const char *path) {
         }
         /* data is (cols, rows) internally; HF wants (rows, cols) = shape */
         int64_t rows = it->e.shape[0], cols = it->e.shape[1];
-        float *nb = realloc(tbuf, nbytes);
-        if (!nb) {
+        /* kept between tensors, so it only grows to the largest */
+        s = TD_GROW_EXACT(tbuf, tcap, (size_t)rows * (size_t)cols);
+        if (s != TD_OK) {
             ok = 0;
             break;
         }
-        tbuf = nb;
         const float *src = it->data;
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = 0; c < cols; c++)
@@ -383,6 +382,7 @@ td_status td_st_writer_save(td_st_writer *w, const char *path) {
     if (fclose(fp) != 0) ok = 0;
     if (!ok) {
         unlink(tmp);
+        if (s != TD_OK) return td_error_wrap(s, "writing %s: ", path);
         return td_error_set(TD_ERR_IO, "cannot write %s: %s", path, strerror(errno));
     }
     if (rename(tmp, path) != 0) {

@@ -109,6 +109,7 @@ struct td_grad_sync {
     td_status err;
     double comm_s;
     int started, rows_mode;
+    int device; /* the gradients are in device memory: one sum after backward, no thread */
     /* embedding rows of all ranks (finish) */
     int32_t *rows_tok;
     float *rows;
@@ -157,7 +158,9 @@ td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, size_t 
     if (!g) return td_error_set(TD_ERR_NOMEM, "out of memory");
     g->c = c;
     g->m = m;
-    g->rows_mode = local_tokens * (size_t)c->size < (size_t)td_model_config_of(m)->vocab_size;
+    g->device = !td_model_backend(m)->host_memory;
+    g->rows_mode =
+        !g->device && local_tokens * (size_t)c->size < (size_t)td_model_config_of(m)->vocab_size;
     int L = td_model_config_of(m)->num_hidden_layers;
     g->b = calloc((size_t)L + 4, sizeof *g->b);
     size_t per = bucket_bytes / sizeof(float);
@@ -194,7 +197,7 @@ td_status td_grad_sync_new(td_comm *c, td_model *m, size_t bucket_bytes, size_t 
     g->rows_tok = NULL;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
-    if (c->size > 1 && c->threads_ok) {
+    if (c->size > 1 && c->threads_ok && !g->device) {
         if (pthread_create(&g->thread, NULL, comm_main, g) != 0) {
             free(g->b);
             free(g);
@@ -210,6 +213,10 @@ int td_grad_sync_num_buckets(const td_grad_sync *gs) {
     return gs->nb;
 }
 
+double td_grad_sync_divisor(const td_grad_sync *gs) {
+    return gs->device ? (double)gs->c->size : 1.0;
+}
+
 void td_grad_sync_arm(td_grad_sync *g) {
     if (g->c->size == 1) return;
     if (g->started) td_model_set_backward_hook(g->m, on_stage, g);
@@ -222,6 +229,13 @@ td_status td_grad_sync_finish(td_grad_sync *g, double *wait_ms, double *comm_ms,
     *bytes = 0;
     if (g->c->size == 1) return TD_OK;
     double t0 = td_time_now();
+    if (g->device) { /* one sum over the whole buffer, on the device's communicator */
+        TD_TRY(
+            td_comm_allreduce(g->c, td_model_grads(g->m), td_model_num_params(g->m), TD_COMM_F32));
+        *comm_ms = *wait_ms = (td_time_now() - t0) * 1e3;
+        *bytes = td_model_num_params(g->m) * sizeof(float);
+        return TD_OK;
+    }
     if (!g->started) { /* no communication thread allowed: reduce here, after backward */
         float *grads = td_model_grads(g->m), inv = 1.0f / (float)g->c->size;
         for (int k = 0; k < g->nb; k++) {

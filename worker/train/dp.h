@@ -45,6 +45,10 @@ void td_grad_sync_arm(td_grad_sync *gs);
  * all-reduce calls, and the bytes reduced. */
 td_status td_grad_sync_finish(td_grad_sync *gs, double *wait_ms, double *comm_ms, size_t *bytes);
 int td_grad_sync_num_buckets(const td_grad_sync *gs);
+/* What the gradients still need dividing by after finish: 1 on a host backend (averaged in
+ * place), the rank count on a device backend (summed by one all-reduce of the whole buffer
+ * after backward; the optimizer step divides). */
+double td_grad_sync_divisor(const td_grad_sync *gs);
 
 /* ZeRO-1 state: this rank's slice [lo, hi) of the flat parameter vector, padded staging. */
 typedef struct {

@@ -14,14 +14,10 @@
 #include "data/bpe.h"
 #include "data/loader.h"
 #include "data/manifest.h"
-#include "worker/kernels/cpu/bf16.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
 #include "worker/train/adamw.h"
 #include "worker/train/dp.h"
-#ifdef TD_HAVE_CUDA
-#include "worker/model/model_cuda.h"
-#endif
 
 typedef struct {
     const td_job *job;
@@ -37,19 +33,20 @@ typedef struct {
     char *tokenizer_json;
     char parent[1024];
     FILE *metrics, *trace;
-#ifdef TD_HAVE_CUDA
-    td_cuda *cx; /* device: cuda — the model on this rank's GPU */
-    td_gpu_model *gm;
-    td_comm *nccl; /* gradient all-reduce between the ranks' GPUs */
-#endif
+    td_backend *be; /* where the model trains (the CPU, or this rank's GPU) */
+    td_comm *dev;   /* gradient all-reduce between device memories (NCCL), or NULL */
+    int moved;      /* the moments live in backend memory (a device backend) */
 } trainer;
 
-/* forward on the GPU model when there is one, else the CPU model */
 static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, double *loss) {
-#ifdef TD_HAVE_CUDA
-    if (t->gm) return td_gpu_model_forward(t->gm, tok, tgt, t->local_B, t->job->seq_len, loss);
-#endif
     return td_model_forward(t->model, tok, tgt, t->local_B, t->job->seq_len, loss);
+}
+
+/* Copies n floats of backend memory to a new host buffer (*out NULL: failed, status set). */
+static td_status to_host(trainer *t, const float *src, size_t n, float **out) {
+    *out = malloc(n * sizeof(float));
+    if (!*out) return td_error_set(TD_ERR_NOMEM, "out of memory copying the optimizer state");
+    return td_backend_download(t->be, *out, src, n * sizeof(float));
 }
 
 /* Mean validation loss over eval_batches global batches (each rank its slice). */
@@ -97,11 +94,14 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
         cJSON_AddNullToObject(lin, "parent");
     cJSON_AddStringToObject(lin, "job_file", t->job->path);
     cJSON_AddItemToObject(lin, "job", cJSON_Duplicate(t->job->json, 1));
-    td_status s = TD_OK;
-#ifdef TD_HAVE_CUDA
-    if (t->gm) s = td_gpu_model_to_host(t->gm, t->model, t->adam_m, t->adam_v);
-#endif
+    td_status s = td_model_sync_host(t->model);
     const float *mm = t->adam_m, *vv = t->adam_v;
+    if (s == TD_OK && t->moved) { /* the moments of a device backend, copied for saving */
+        s = to_host(t, t->adam_m, td_model_num_params(t->model), &t->full_m);
+        if (s == TD_OK) s = to_host(t, t->adam_v, td_model_num_params(t->model), &t->full_v);
+        mm = t->full_m;
+        vv = t->full_v;
+    }
     if (t->job->zero) { /* the checkpoint holds full moments, whatever the world size;
                          * the full buffers exist only while saving */
         size_t np = td_model_num_params(t->model);
@@ -348,11 +348,6 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
 }
 
 static void teardown(trainer *t) {
-#ifdef TD_HAVE_CUDA
-    td_gpu_model_free(&t->gm);
-    td_comm_free(&t->nccl);
-    td_cuda_free(&t->cx);
-#endif
     td_grad_sync_free(&t->sync);
     if (t->job && t->job->zero) td_zero1_deinit(&t->zero);
     free(t->full_m);
@@ -362,12 +357,69 @@ static void teardown(trainer *t) {
     td_model_free(&t->model);
     td_loader_free(&t->train);
     td_loader_free(&t->val);
-    free(t->adam_m);
-    free(t->adam_v);
+    if (t->moved) {
+        td_backend_release(t->be, t->adam_m);
+        td_backend_release(t->be, t->adam_v);
+    } else {
+        free(t->adam_m);
+        free(t->adam_v);
+    }
+    td_comm_free(&t->dev);
+    td_backend_free(&t->be);
     free(t->tokens);
     free(t->targets);
     free(t->tokenizer_json);
     if (t->metrics) fclose(t->metrics);
+}
+
+/* Moves the model (and the optimizer's moments) to the job's backend, sets up the device
+ * all-reduce and bf16 products. */
+static td_status to_backend(trainer *t, const td_train_opts *opts, long step0, int quiet) {
+    const td_job *j = t->job;
+    const char *device = opts->device ? opts->device : "cpu";
+    TD_TRY(td_backend_new(device, t->comm->local_rank, &t->be));
+    int host = t->be->host_memory;
+    if (!host && j->zero)
+        return td_error_set(TD_ERR_INVALID,
+                            "train.zero with device %s is not built yet; use "
+                            "zero 0",
+                            device);
+    TD_TRY(td_model_to_backend(t->model, t->be));
+    if (!host) { /* the moments move too (from a resumed checkpoint, or zeros) */
+        size_t np = td_model_num_params(t->model);
+        void *dm = NULL, *dv = NULL;
+        td_status s = td_backend_alloc(t->be, &dm, np * sizeof(float));
+        if (s == TD_OK) s = td_backend_alloc(t->be, &dv, np * sizeof(float));
+        if (s == TD_OK && step0 > 0)
+            s = td_backend_upload(t->be, dm, t->adam_m, np * sizeof(float));
+        if (s == TD_OK && step0 > 0)
+            s = td_backend_upload(t->be, dv, t->adam_v, np * sizeof(float));
+        if (s != TD_OK) {
+            td_backend_release(t->be, dm);
+            td_backend_release(t->be, dv);
+            return s;
+        }
+        free(t->adam_m);
+        free(t->adam_v);
+        t->adam_m = dm;
+        t->adam_v = dv;
+        t->moved = 1;
+        if (t->size > 1) TD_TRY(td_comm_device_new(t->comm, &t->dev));
+        td_grad_sync_free(&t->sync); /* again, on the device's communicator */
+        TD_TRY(td_grad_sync_new(t->dev ? t->dev : t->comm, t->model,
+                                opts->bucket_bytes ? opts->bucket_bytes : 25u << 20,
+                                (size_t)t->local_B * j->seq_len, &t->sync));
+        if (!quiet)
+            printf("train: on %s%s\n", t->be->ops->describe(t->be),
+                   t->dev ? " (gradients all-reduced over NCCL)" : "");
+    }
+    if (j->bf16) {
+        const char *how = "";
+        TD_TRY(t->be->ops->bf16_prepare(t->be, &how));
+        TD_TRY(td_model_set_bf16(t->model, 1));
+        if (!quiet) printf("train: bf16 matrix products (%s), fp32 master weights\n", how);
+    }
+    return TD_OK;
 }
 
 /* Sums a double over ranks. */
@@ -378,6 +430,7 @@ static double sum_ranks(trainer *t, double v) {
 
 td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_result *res) {
     trainer t;
+    int quiet = 1;
     memset(res, 0, sizeof *res);
     res->first_val_loss = res->last_val_loss = NAN;
     td_status s = setup(&t, j, opts);
@@ -428,7 +481,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         teardown(&t);
         return s;
     }
-    int quiet = opts->quiet || t.rank != 0;
+    quiet = opts->quiet || t.rank != 0;
     long last = opts->stop_at > 0 && opts->stop_at < j->steps ? opts->stop_at : j->steps;
     size_t np = td_model_num_params(t.model);
     double tok_per_step = (double)j->batch_size * j->seq_len * j->grad_accum;
@@ -438,44 +491,10 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step, t.size,
                t.size > 1 ? "s" : "", j->zero ? " (ZeRO-1)" : "", td_loader_num_tokens(t.train));
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
-    if (opts->gpu) {
-#ifdef TD_HAVE_CUDA
-        char why[256] = "";
-        int ngpu = td_cuda_device_count(why, sizeof why);
-        s = ngpu == 0 ? td_error_set(TD_ERR_RUNTIME, "rank %d: no usable GPU: %s", t.rank, why)
-            : j->zero ? td_error_set(TD_ERR_INVALID, "train.zero with device cuda is not built "
-                                                     "yet; use zero 0")
-                      : td_cuda_new(t.comm->local_rank % ngpu, &t.cx);
-        if (s == TD_OK) s = td_gpu_model_new(t.cx, t.model, t.local_B, j->seq_len, &t.gm);
-        if (s == TD_OK && step0 > 0) s = td_gpu_model_set_moments(t.gm, t.adam_m, t.adam_v);
-        if (s == TD_OK && t.size > 1) {
-#ifdef TD_HAVE_NCCL
-            s = td_comm_nccl_new(t.comm, &t.nccl);
-#else
-            s = td_error_set(TD_ERR_RUNTIME, "data-parallel GPU training needs NCCL, which this "
-                                             "build lacks");
-#endif
-        }
-        if (s == TD_OK && !quiet)
-            printf("train: on %s%s\n", td_cuda_device_name(t.cx),
-                   t.nccl ? " (gradients all-reduced over NCCL)" : "");
-#else
-        s = td_error_set(TD_ERR_RUNTIME, "this build has no CUDA backend");
-#endif
-        if (s != TD_OK) {
-            teardown(&t);
-            return s;
-        }
-    }
-    if (j->bf16 && !opts->gpu) {
-        s = td_model_set_bf16(t.model, 1);
-        if (s != TD_OK) {
-            teardown(&t);
-            return s;
-        }
-        if (!quiet)
-            printf("train: bf16 matrix products (oneDNN on %s), fp32 master weights\n",
-                   td_bf16_isa());
+    if (s == TD_OK) s = to_backend(&t, opts, step0, quiet);
+    if (s != TD_OK) {
+        teardown(&t);
+        return s;
     }
     if (step0 == 0 && t.val) {
         res->first_val_loss = evaluate(&t);
@@ -500,14 +519,6 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                     fprintf(t.trace, "%ld %d %llu\n", step + 1, micro, (unsigned long long)w[b]);
             }
             s = fwd(&t, t.tokens, t.targets, &l);
-#ifdef TD_HAVE_CUDA
-            if (t.gm) {
-                if (s == TD_OK) s = td_gpu_model_backward(t.gm, 1.0 / j->grad_accum);
-                if (s != TD_OK) break;
-                local += l / j->grad_accum;
-                continue;
-            }
-#endif
             /* gradients are synchronised on the last micro-step only */
             if (s == TD_OK && t.sync && micro == j->grad_accum - 1) td_grad_sync_arm(t.sync);
             if (s == TD_OK) s = td_model_backward(t.model, 1.0 / j->grad_accum);
@@ -519,30 +530,20 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         double wait_ms = 0, comm_ms = 0, gnorm = 0;
         size_t bytes = 0;
         double lr = td_lr_schedule(step, j->steps, j->warmup, j->lr, j->lr_min_ratio);
-#ifdef TD_HAVE_CUDA
-        if (t.gm) { /* sum the ranks' gradients on the GPUs, then clip + AdamW there */
-            float *dg;
-            size_t ng;
-            td_gpu_model_grad_buffer(t.gm, &dg, &ng);
-            double tc = td_time_now();
-            if (t.nccl) s = td_comm_allreduce(t.nccl, dg, ng, TD_COMM_F32);
-            comm_ms = (td_time_now() - tc) * 1e3;
-            if (s == TD_OK)
-                s = td_gpu_model_step(t.gm, (float)lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay,
-                                      step + 1, j->clip, (double)t.size, &gnorm);
-        } else
-#endif
-            if (j->zero) {
+        if (j->zero) {
             s = td_zero1_step(&t.zero, t.model, t.adam_m, t.adam_v, &hp, lr, step + 1, j->clip,
                               &gnorm, &comm_ms, &bytes);
             wait_ms = comm_ms;
         } else {
             s = td_grad_sync_finish(t.sync, &wait_ms, &comm_ms, &bytes);
-            if (s == TD_OK) {
-                gnorm = td_grad_norm(td_model_grads(t.model), np);
-                td_adamw_step_fused(t.model, t.adam_m, t.adam_v, &hp, lr, step + 1,
-                                    td_clip_scale(gnorm, j->clip));
-            }
+            /* a device's gradients are summed, not averaged, by the sync: the step divides */
+            double div = td_grad_sync_divisor(t.sync);
+            if (s == TD_OK) s = td_model_grad_norm(t.model, &gnorm);
+            gnorm /= div;
+            if (s == TD_OK)
+                s = td_model_adamw(t.model, t.adam_m, t.adam_v, 0, np, (float)lr, hp.beta1,
+                                   hp.beta2, hp.eps, hp.weight_decay, step + 1,
+                                   td_clip_scale(gnorm, j->clip) / (float)div, 1);
         }
         if (s != TD_OK) break;
         /* the fused AdamW step refreshed the bf16 working copy; ZeRO-1 gathers parameters
@@ -624,10 +625,10 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                 "tandem train: stopped by a signal after step %ld; checkpoint %s written; "
                 "continue with --resume\n",
                 res->steps_done, res->last_checkpoint);
-#ifdef TD_HAVE_CUDA
-    if (s == TD_OK && t.gm) s = td_gpu_model_to_host(t.gm, t.model, NULL, NULL);
-#endif
-    if (s == TD_OK && opts->keep_model) { /* the weights stay in memory for serving */
+    if (s == TD_OK) s = td_model_sync_host(t.model);
+    /* the weights stay in memory for serving, on the CPU (the trainer's backend goes) */
+    if (s == TD_OK && opts->keep_model) s = td_model_to_backend(t.model, NULL);
+    if (s == TD_OK && opts->keep_model) {
         *opts->keep_model = t.model;
         t.model = NULL;
         *opts->keep_tokenizer = t.tokenizer_json;

@@ -27,7 +27,8 @@ typedef struct {
      * handed over (caller frees with td_model_free / free) instead of freed */
     struct td_model **keep_model;
     char **keep_tokenizer;
-    int gpu; /* train on this rank's GPU (CUDA builds; the caller checked one is usable) */
+    const char *device; /* compute backend: "cpu" (NULL) or "cuda" (this node-local rank's
+                         * GPU; the caller checked one is usable) */
     /* set non-zero by a signal handler: the ranks agree on it after each step, finish that
      * step, write its checkpoint and return TD_OK (res->stopped); NULL: not watched */
     volatile int *stop;

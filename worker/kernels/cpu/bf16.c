@@ -10,6 +10,7 @@
 #include <oneapi/dnnl/dnnl.h>
 #endif
 
+#include "common/grow.h"
 #include "common/log.h"
 
 /* ---------------------------------------------------------------------------------------- */
@@ -68,7 +69,8 @@ static struct {
     dnnl_engine_t eng;
     dnnl_stream_t st;
     entry *e;
-    int n, cap;
+    int n;
+    size_t cap;
     char isa[64];
     float *wa, *wb; /* fallback scratch */
     size_t wa_n, wb_n;
@@ -223,13 +225,7 @@ td_status td_bf16_gemm(float *C, const uint16_t *A, const uint16_t *B, const flo
             x = e;
     }
     if (!x) {
-        if (g.n == g.cap) {
-            int cap = g.cap ? 2 * g.cap : 32;
-            entry *e = realloc(g.e, sizeof *e * (size_t)cap);
-            if (!e) return td_error_set(TD_ERR_NOMEM, "out of memory");
-            g.e = e;
-            g.cap = cap;
-        }
+        TD_TRY(TD_GROW(g.e, g.cap, (size_t)g.n + 1));
         x = &g.e[g.n];
         memset(x, 0, sizeof *x);
         *x = (entry){M, N, K, transA, transB, accumulate, hb, NULL, NULL, NULL, NULL, NULL};

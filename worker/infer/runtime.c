@@ -1,5 +1,5 @@
-/* Serving from memory (see serve.h). */
-#include "cli/serve.h"
+/* The serving runtime (see runtime.h). */
+#include "worker/infer/runtime.h"
 
 #include <stdio.h>
 #ifdef __GLIBC__
@@ -10,33 +10,15 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
-#include <omp.h>
-#include <pthread.h>
-#include <zmq.h>
-
-#include "cli/cli.h"
 #include "common/fsutil.h"
 #include "common/log.h"
 #include "common/timeutil.h"
-#include "coordinator/gateway.h"
-#include "coordinator/router.h"
+#include "worker/backend/backend.h"
 #include "worker/infer/calib.h"
 #include "worker/infer/engine.h"
+#include "worker/infer/infer_model.h"
+#include "worker/infer/kv_cache.h"
 #include "worker/infer/replica.h"
-#include "worker/model/gptq.h"
-#ifdef TD_HAVE_CUDA
-#include "worker/model/model_cuda.h"
-
-typedef struct {
-    td_gpu_model *gm;
-    td_gpu_kv *kv;
-} gpu_fwd;
-
-static td_status gpu_forward(void *ctx, const td_infer_seg *segs, int nseg, float *logits) {
-    gpu_fwd *g = ctx;
-    return td_gpu_model_forward_infer(g->gm, g->kv, segs, nseg, logits);
-}
-#endif
 
 void td_serve_opts_default(td_serve_opts *o) {
     memset(o, 0, sizeof *o);
@@ -123,9 +105,9 @@ static void json_str(FILE *f, const char *s, size_t n) {
 static void memory_plan(const td_model *full, const td_model *slice, const td_serve_opts *o,
                         int world, size_t kv_blocks, int block_tokens) {
     size_t np = td_model_num_params(slice), npf = td_model_num_params(full);
-    size_t kvt = td_model_kv_bytes_per_token(slice), f32, i8, rf, ri, i16h, ri16h;
-    td_model_weight_bytes(slice, 1, &f32, &i8, &rf, &ri);
-    td_model_weight_bytes(slice, 0, &f32, &i16h, &rf, &ri16h);
+    size_t kvt = td_kv_bytes_per_token(slice), f32, i8, rf, ri, i16h, ri16h;
+    td_infer_weight_bytes(slice, 1, &f32, &i8, &rf, &ri);
+    td_infer_weight_bytes(slice, 0, &f32, &i16h, &rf, &ri16h);
     int q = o->int8 || o->int8_int32;
     printf("memory plan per rank (tp %d, %d replica%s), serving %s%s%s:\n", o->tp, world / o->tp,
            world / o->tp > 1 ? "s" : "",
@@ -147,11 +129,11 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
            i16h / 1048576.0, (double)i16h / (double)f32);
     printf("  read per token    %12.2f MiB fp32, %.2f MiB bf16, %.2f MiB int8, %.2f MiB int8/i16 "
            "(batch 1)\n",
-           rf / 1048576.0, td_model_read_bytes_bf16(slice) / 1048576.0, ri / 1048576.0,
+           rf / 1048576.0, td_infer_read_bytes_bf16(slice) / 1048576.0, ri / 1048576.0,
            ri16h / 1048576.0);
     if (q && !o->int8_rtn) {
         int L = td_model_config_of(full)->num_hidden_layers;
-        size_t layer = td_model_calib_bytes(full, TD_CALIB_LAYERS) / (size_t)L;
+        size_t layer = td_infer_calib_bytes(full, TD_CALIB_LAYERS) / (size_t)L;
         int per = td_calib_layers_per_pass(full, (size_t)(o->calib_mb * 1048576.0));
         printf("  GPTQ at load      %12.2f MiB statistics (%.2f MiB a layer; %s), + %.2f MiB "
                "working memory for the largest matrix (rank 0)\n",
@@ -159,7 +141,7 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
                per < 1    ? "over --calib-mb: refused"
                : per >= L ? "all layers in one pass"
                           : "several passes, by --calib-mb",
-               td_model_calib_work_bytes(full, o->lm_head_int16) / 1048576.0);
+               td_infer_calib_work_bytes(full, o->lm_head_int16) / 1048576.0);
     }
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n", kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
@@ -213,26 +195,10 @@ static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
 /* ---------------------------------------------------------------------------------------- */
 /* online serving: replicas registered with a router (ours in-process with --http) */
 
-typedef struct {
-    td_router *r;
-    volatile int *stop;
-    td_status s;
-} router_thread;
-
-static void *run_router(void *p) {
-    router_thread *t = p;
-    t->s = td_router_run(t->r, t->stop);
-    if (t->s != TD_OK) { /* without its router the server is useless: stop everything */
-        TD_LOG_ERROR("router stopped: %s; shutting down", td_error_message());
-        *t->stop = 1;
-    }
-    return NULL;
-}
-
 /* Bytes of a model's weights in the form served, as the memory plan counts them. */
 static size_t served_weight_bytes(const td_model *m, const td_serve_opts *o) {
     size_t f32, i8, rf, ri;
-    td_model_weight_bytes(m, !o->lm_head_int16, &f32, &i8, &rf, &ri);
+    td_infer_weight_bytes(m, !o->lm_head_int16, &f32, &i8, &rf, &ri);
     if (o->int8 || o->int8_int32) return i8;
     return o->bf16 ? td_model_num_params(m) * 2 : f32;
 }
@@ -266,14 +232,10 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
 
 static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, td_comm *world,
                               td_comm *tp, int group, const td_serve_opts *o) {
-    volatile int *stop;
-    td_cli_catch_stop_signals(&stop);
-    char back[256] = {0};
+    volatile int never = 0, *stop = o->stop_flag ? o->stop_flag : &never;
+    char back[256] = {0}, local[256] = {0};
     void *zctx = NULL;
-    td_gateway *g = NULL;
-    router_thread rt = {NULL, stop, TD_OK};
-    pthread_t th;
-    int have_thread = 0;
+    int started = 0;
     int64_t ok = 1;
     if (o->http && world->local_size != world->size)
         return td_error_set(TD_ERR_INVALID,
@@ -281,46 +243,12 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                             "job spans several hosts; start `tandem router` and `tandem gateway` "
                             "and give the replicas --router tcp://ROUTER_HOST:PORT");
     if (o->http && world->rank == 0) {
-        zctx = zmq_ctx_new();
-        td_router_opts ro = {.front = "inproc://tandem-front",
-                             .back = "tcp://127.0.0.1:*",
-                             .queue_max = 256,
-                             .queue_timeout_s = 30,
-                             .heartbeat_ms = o->heartbeat_ms,
-                             .zctx = zctx,
-                             .back_local = "inproc://tandem-back",
-                             .insecure = o->insecure};
-        td_status s = td_router_new(&ro, &rt.r);
-        if (s == TD_OK) {
-            snprintf(back, sizeof back, "%s", td_router_back_endpoint(rt.r));
-            have_thread = pthread_create(&th, NULL, run_router, &rt) == 0;
-            if (!have_thread) s = td_error_set(TD_ERR_RUNTIME, "cannot start the router thread");
-        }
-        if (s == TD_OK) {
-            td_gateway_opts go = {.listen = o->http,
-                                  .router = "inproc://tandem-front",
-                                  .api_keys = o->api_keys,
-                                  .max_body = 1u << 20,
-                                  .timeout_s = 120,
-                                  .zctx = zctx,
-                                  .public_metrics = o->public_metrics,
-                                  .router_heartbeat_ms = o->heartbeat_ms};
-            s = td_gateway_new(&go, &g);
-        }
-        /* the gateway's and router's threads answer fastest with a core of their own: the
-         * replica on this rank leaves one (unless OMP_NUM_THREADS says otherwise) */
-        if (s == TD_OK && !getenv("OMP_NUM_THREADS") && omp_get_max_threads() > 1) {
-            omp_set_num_threads(omp_get_max_threads() - 1);
-            TD_LOG_INFO("serve: the replica on rank 0 computes with %d OpenMP thread%s, leaving "
-                        "a core to the gateway and router (set OMP_NUM_THREADS to override)",
-                        omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s");
-        }
-        if (s == TD_OK)
-            fprintf(stderr, "tandem serve: listening on http://%.*s:%d (model %s)\n",
-                    (int)(strrchr(o->http, ':') - o->http), o->http, td_gateway_port(g), o->name);
-        else
-            TD_LOG_ERROR("%s", td_error_message());
-        ok = s == TD_OK;
+        td_status s = o->control ? o->control->start(o->control->ctx, back, sizeof back, local,
+                                                     sizeof local, &zctx)
+                                 : td_error_set(TD_ERR_INVALID, "--http without a control plane");
+        if (s != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+        started = s == TD_OK;
+        ok = started;
     } else if (o->router) {
         snprintf(back, sizeof back, "%s", o->router);
     }
@@ -347,7 +275,7 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                                   NULL,
                                   o->insecure};
             if (zctx) { /* the router is in this process: skip the TCP hop */
-                ro.router = "inproc://tandem-back";
+                ro.router = local;
                 ro.zctx = zctx;
             }
             if (tp->size > 1) { /* a stuck member fails the replica instead of hanging it */
@@ -369,16 +297,15 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
         }
     }
     *stop = 1;
-    td_gateway_free(&g);
-    if (have_thread) pthread_join(th, NULL);
-    td_router_free(&rt.r);
-    if (zctx) zmq_ctx_term(zctx);
+    if (started) o->control->stop(o->control->ctx);
     return s;
 }
 
 /* GPTQ for --int8: rank 0 calibrates the whole model, every other rank receives the
  * replaced weights and the grid (so all slices are cut from the same int8 values). */
-static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
+static td_status calibrate(td_infer_model *fim, td_bpe *tok, td_comm *world,
+                           const td_serve_opts *o) {
+    td_model *full = td_infer_model_weights(fim);
     td_status s = TD_OK;
     double failed = 0;
     if (world->rank == 0) {
@@ -400,7 +327,7 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
                              "...), and this tokenizer has none: give --calib-file F (or "
                              "--int8-rtn)");
         }
-        if (s == TD_OK) s = td_int8_calibrate(full, &co);
+        if (s == TD_OK) s = td_int8_calibrate(fim, &co);
         if (s != TD_OK && o->calib_file) {
             char why[512];
             snprintf(why, sizeof why, "%s", td_error_message());
@@ -415,52 +342,56 @@ static td_status calibrate(td_model *full, td_bpe *tok, td_comm *world, const td
         return world->rank == 0 ? s
                                 : td_error_set(TD_ERR_RUNTIME, "int8 calibration failed on "
                                                                "rank 0 (see its message)");
-    float *grid = td_model_int8_grid(full, 1);
+    float *grid = td_infer_int8_grid(fim, 1);
     if (!grid) return td_error_set(TD_ERR_NOMEM, "out of memory for the int8 grid");
     TD_TRY(td_comm_bcast(world, td_model_params(full), td_model_num_params(full), TD_COMM_F32, 0));
-    return td_comm_bcast(world, grid, td_model_int8_grid_len(full), TD_COMM_F32, 0);
+    return td_comm_bcast(world, grid, td_infer_int8_grid_len(full), TD_COMM_F32, 0);
 }
 
-td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
+td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve_opts *o) {
     char *blob = NULL;
     size_t blob_len = 0;
     int T = o->tp > 0 ? o->tp : 1;
-    if (world->size % T != 0)
+    td_infer_model *full = NULL, *im = NULL;
+    if (world->size % T != 0) {
+        td_model_free(&full_w);
         return td_error_set(TD_ERR_INVALID, "--tp %d must divide the %d ranks", T, world->size);
+    }
+    td_status s = td_infer_model_new(full_w, &full);
+    if (s != TD_OK) {
+        td_model_free(&full_w);
+        return s;
+    }
     int group = world->rank / T, R = world->size / T;
     td_comm *tp = NULL;
-    TD_TRY(td_comm_split(world, group, world->rank, &tp));
-    td_model *m = NULL;
-    td_status s = TD_OK;
-    if ((o->int8 || o->int8_int32) && !o->int8_rtn && !o->dry_run)
+    td_backend *be = NULL;
+    td_engine *e = NULL;
+    s = td_comm_split(world, group, world->rank, &tp);
+    int q = o->int8 || o->int8_int32;
+    if (s == TD_OK && q && !o->int8_rtn && !o->dry_run)
         s = calibrate(full, tok, world, o);
-    else if ((o->int8 || o->int8_int32) && !o->dry_run) /* one scale per row of the whole */
-        s = td_model_int8_grid_rtn(full, !o->lm_head_int16);
-    if (s == TD_OK) s = td_model_tp_slice(full, tp->rank, T, &m);
-    if (s == TD_OK && o->bf16) s = td_model_quantize_bf16(m);
-    if (s == TD_OK && (o->int8 || o->int8_int32)) s = td_model_quantize_int8(m, !o->lm_head_int16);
+    else if (s == TD_OK && q && !o->dry_run) /* one scale per row of the whole */
+        s = td_infer_int8_grid_rtn(full, !o->lm_head_int16);
+    if (s == TD_OK) s = td_infer_tp_slice(full, tp->rank, T, &im);
+    td_model *m = im ? td_infer_model_weights(im) : NULL;
+    if (s == TD_OK && o->bf16) s = td_infer_quantize_bf16(im);
+    if (s == TD_OK && q) s = td_infer_quantize_int8(im, !o->lm_head_int16);
     /* serving memory: the whole model is no longer needed once sliced, nor the fp32 copies
      * of quantized matrices (the plan's figures are then what stays resident) */
-    if (s == TD_OK && !o->dry_run) s = td_model_release(full, TD_RELEASE_ALL);
-    if (s == TD_OK && !o->dry_run && (o->int8 || o->int8_int32 || o->bf16))
-        s = td_model_release(m, TD_RELEASE_QUANTIZED);
+    if (s == TD_OK && !o->dry_run) s = td_model_release_all(td_infer_model_weights(full));
+    if (s == TD_OK && !o->dry_run && (q || o->bf16)) s = td_infer_release_quantized(im);
 #ifdef __GLIBC__
     malloc_trim(0); /* and the heap the load and calibration freed */
 #endif
-    if (s == TD_OK && o->int8_int32) td_model_set_int8_vnni(m, 1);
-    td_engine *e = NULL;
+    if (s == TD_OK && o->int8_int32) td_infer_set_int8_vnni(im, 1);
     td_engine_opts eo = {
         .max_seqs = o->max_seqs, .kv_bytes = (size_t)(o->kv_mb * 1048576.0), .tp = tp};
-    /* device: the replica's steps on a GPU (the model on the device, a KV cache there) */
+    /* device: the replica's steps on a GPU (the weights on the device, a KV cache there) */
     int want_gpu = o->device && strcmp(o->device, "cpu");
-#ifdef TD_HAVE_CUDA
-    td_cuda *cx = NULL;
-    gpu_fwd gf = {NULL, NULL};
-    char why[256] = "";
-    char err[200] = "";
-    int ngpu = want_gpu ? td_cuda_device_count(err, sizeof err) : 0;
+    char why[256] = "", err[200] = "";
+    int ngpu = want_gpu ? td_backend_devices("cuda", err, sizeof err) : 0;
     if (want_gpu && ngpu == 0) snprintf(why, sizeof why, "no usable GPU: %s", err);
-    int gpu_ok = T == 1 && !o->int8 && !o->int8_int32 && !o->bf16;
+    int gpu_ok = T == 1 && !q && !o->bf16;
     if (want_gpu && ngpu > 0 && !gpu_ok && strcmp(o->device, "cuda")) { /* auto: stay on CPU */
         snprintf(why, sizeof why, "the GPU path takes --tp 1 and no --int8/--bf16 for now");
         ngpu = 0;
@@ -469,27 +400,16 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
         if (!gpu_ok)
             s = td_error_set(TD_ERR_INVALID, "serving on a GPU takes --tp 1 and no --int8/--bf16 "
                                              "(products are bf16 there) for now");
-        if (s == TD_OK) s = td_cuda_new(world->local_rank % ngpu, &cx);
-        if (s == TD_OK) s = td_gpu_model_new(cx, m, 1, o->max_seqs + 64, &gf.gm);
-        eo.forward = gpu_forward;
-        eo.forward_ctx = &gf;
+        if (s == TD_OK) s = td_backend_new("cuda", world->local_rank, &be);
+        if (s == TD_OK) s = td_model_to_backend(m, be);
+        if (s == TD_OK && world->rank == 0)
+            TD_LOG_INFO("serve: replica steps on %s", be->ops->describe(be));
     } else if (s == TD_OK && want_gpu && !strcmp(o->device, "cuda")) {
         s = td_error_set(TD_ERR_INVALID, "--device cuda: %s", why);
     } else if (s == TD_OK && want_gpu && world->rank == 0) {
         TD_LOG_INFO("device auto: serving on the CPU (%s)", why);
     }
-#else
-    if (s == TD_OK && want_gpu && !strcmp(o->device, "cuda"))
-        s = td_error_set(TD_ERR_INVALID, "--device cuda: this build has no CUDA backend");
-    else if (s == TD_OK && want_gpu && world->rank == 0)
-        TD_LOG_INFO("device auto: serving on the CPU (this build has no CUDA backend)");
-#endif
-    if (s == TD_OK) s = td_engine_new(m, tok, &eo, &e);
-#ifdef TD_HAVE_CUDA
-    if (s == TD_OK && gf.gm) s = td_gpu_kv_new(gf.gm, 16, td_engine_total_blocks(e), &gf.kv);
-    if (s == TD_OK && gf.gm && world->rank == 0)
-        TD_LOG_INFO("serve: replica steps on %s", td_cuda_device_name(cx));
-#endif
+    if (s == TD_OK) s = td_engine_new(im, tok, &eo, &e);
     if (s == TD_OK && !o->dry_run && world->rank == 0)
         TD_LOG_INFO("serve: rank 0 holds %.1f MiB resident after loading (%s weights of this "
                     "rank: %.1f MiB)",
@@ -499,12 +419,14 @@ td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_o
                                                : "fp32",
                     served_weight_bytes(m, o) / 1048576.0);
     if (s == TD_OK && o->dry_run) {
-        if (world->rank == 0) memory_plan(full, m, o, world->size, td_engine_total_blocks(e), 16);
+        if (world->rank == 0)
+            memory_plan(td_infer_model_weights(full), m, o, world->size, td_engine_total_blocks(e),
+                        16);
         goto out;
     }
     if (s != TD_OK) goto out;
     if (o->router || o->http) {
-        s = serve_online(full, e, tok, world, tp, group, o);
+        s = serve_online(td_infer_model_weights(full), e, tok, world, tp, group, o);
         goto out;
     }
     if (tp->rank != 0) { /* a member of a group: follow the leader */
@@ -596,14 +518,11 @@ gather : {
     if (s == TD_OK) s = print_gathered(world, blob, blob_len);
 }
 out:
-#ifdef TD_HAVE_CUDA
-    td_gpu_kv_free(&gf.kv);
-    td_gpu_model_free(&gf.gm);
-    td_cuda_free(&cx);
-#endif
     free(blob);
     td_engine_free(&e);
-    td_model_free(&m);
+    td_infer_model_free(&im);
+    td_infer_model_free(&full);
+    td_backend_free(&be);
     td_comm_free(&tp);
     return s;
 }

@@ -2,7 +2,7 @@
  * factor U (H^-1 = U^T U), columns in act order, errors of a block of columns applied to
  * the block at once and to the rest of the matrix with one sgemm. Rows are independent
  * inside a block, so threads take rows. */
-#include "worker/model/gptq.h"
+#include "worker/infer/gptq.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -1,0 +1,69 @@
+/* The serving runtime: a model from memory served by tensor-parallel groups over the job's
+ * ranks, each group one replica running the inference engine — the memory plan, int8
+ * calibration and quantization, slicing, the device, and either a prompts file (results to
+ * stdout as JSON lines) or online serving, each replica registered with a router. The CLI
+ * parses options and calls td_serve (`tandem serve`, `tandem generate --prompts-file`,
+ * `tandem train --serve`); where the router and gateway run in the same process (--http),
+ * the caller supplies them (td_serve_control), so that workers never link the
+ * coordinator. */
+#ifndef TD_INFER_RUNTIME_H
+#define TD_INFER_RUNTIME_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "data/bpe.h"
+#include "worker/comm/comm.h"
+#include "worker/model/model.h"
+
+/* The control plane in this process, for --http: start runs on rank 0 before the replicas
+ * register and fills `back` (the router's back end, for every rank) and `local` plus *zctx
+ * (an inproc endpoint and the ZeroMQ context for this process's replica); stop ends it. */
+typedef struct {
+    td_status (*start)(void *ctx, char *back, size_t back_len, char *local, size_t local_len,
+                       void **zctx);
+    void (*stop)(void *ctx);
+    void *ctx;
+} td_serve_control;
+
+typedef struct {
+    const char *prompts_file; /* one prompt per line ("\n" and "\\" escapes) */
+    int tp;                   /* tensor-parallel degree (divides the world size) */
+    int max_tokens;
+    float temperature, top_p;
+    int top_k;
+    uint64_t seed;
+    const char *const *stop; /* NULL-terminated */
+    int max_seqs;
+    double kv_mb;              /* KV cache per rank; 0 = room for max_seqs full contexts */
+    int dry_run;               /* print the memory plan only */
+    int int8;                  /* int8 weight-only quantization */
+    int int8_int32;            /* int8 products accumulated in int32 (activations quantized) */
+    int lm_head_int16;         /* with int8: lm_head in int16, rounded to nearest */
+    int int8_rtn;              /* with int8: round to nearest (no GPTQ calibration) */
+    const char *calib_file;    /* GPTQ calibration text; NULL: sampled by the model */
+    int calib_seqs, calib_len; /* 0: defaults (worker/infer/calib.h) */
+    double calib_mb;           /* GPTQ statistics at a time, MiB (0: default) */
+    int bf16;                  /* bf16 weights (half of fp32's bytes) */
+    const char *device;        /* "cpu" (default), "cuda", "auto" */
+    /* online serving instead of a prompts file */
+    const char *router;              /* each replica's leader registers with this router back end */
+    const char *http;                /* HOST:PORT: router and gateway in-process on rank 0 */
+    const char *name;                /* model name clients ask for */
+    const char *const *api_keys;     /* with http: NULL-terminated, or NULL */
+    const char *no_chat;             /* non-NULL: why chat requests are refused */
+    int heartbeat_ms;                /* replica <-> router heartbeats (router too with http) */
+    int public_metrics;              /* with http: /metrics without a key */
+    double tp_timeout_s;             /* a TP group's collective that takes longer fails the
+                                      * replica (default 3) */
+    int insecure;                    /* control plane without CURVE (router and replicas) */
+    const td_serve_control *control; /* with http (required then) */
+    volatile int *stop_flag;         /* online serving ends when it turns non-zero */
+} td_serve_opts;
+
+void td_serve_opts_default(td_serve_opts *o);
+/* Runs on every rank of world (collective). full: the whole model (every rank has it),
+ * taken (freed by td_serve, as soon as the slices are cut). */
+td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o);
+
+#endif
