@@ -27,7 +27,11 @@
  *
  * usage: bench_serving --url http://HOST:PORT --model NAME [--num-prompts N] [--rate R|inf]
  *          [--seed S] [--concurrency C] [--max-tokens M] [--prompts-file F] [--temperature T]
- *          [--json] */
+ *          [--json]
+ *
+ * Why one file of this length: a benchmark that a user copies or reads alone is easier to
+ * trust in one piece (the HTTP client, the load generator, the statistics and the report),
+ * and nothing else links it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif

@@ -40,13 +40,16 @@ for f in ops attention; do
     PIDS+=($!)
 done
 C_SRC=(common/status.c common/log.c common/rng.c common/timeutil.c common/json.c common/fsutil.c
-       worker/kernels/cpu/ops_f32.c worker/kernels/cpu/bf16.c worker/model/config.c
-       worker/model/model.c worker/model/model_cuda.c worker/train/adamw.c
+       worker/kernels/cpu/ops_f32.c worker/kernels/cpu/bf16.c worker/kernels/cpu/blas_core.c
+       worker/backend/cpu.c worker/backend/cuda.c worker/backend/registry.c
+       worker/model/config.c worker/model/model.c worker/train/adamw.c
+       worker/infer/infer_model.c worker/infer/infer_device.c worker/infer/tp_slice.c
+       worker/infer/kv_cache.c worker/infer/gptq.c
        bench/gpu/cblas_naive.c)
 OBJS=()
 for s in "${C_SRC[@]}"; do
     o=$B/$(echo "$s" | tr '/' '_').o
-    gcc -std=c11 -O2 -march=native -fopenmp -fno-math-errno -D_GNU_SOURCE -DTD_NO_DNNL \
+    gcc -std=c11 -O2 -march=native -fopenmp -fno-math-errno -D_GNU_SOURCE -DTD_NO_DNNL -DTD_HAVE_CUDA=1 \
         "${INC[@]}" -I"$CUDA/include" -c "$s" -o "$o" &
     PIDS+=($!)
     OBJS+=("$o")

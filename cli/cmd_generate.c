@@ -13,6 +13,7 @@
 #include "common/grow.h"
 #include "data/bpe.h"
 #include "worker/infer/engine.h"
+#include "worker/infer/replica.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/safetensors.h"
 
@@ -213,13 +214,16 @@ int td_cmd_generate(int argc, char **argv) {
     if (max_new > 0) { /* the inference engine: KV cache, the serving sampler */
         td_engine *e = NULL;
         td_engine_opts eo = {.max_seqs = 1};
-        td_sampling sp = {(float)temp,
-                          (int)top_k,
-                          (float)top_p,
-                          (uint64_t)seed,
-                          max_new > maxT ? maxT : (int)max_new,
-                          NULL,
-                          0};
+        /* the options as a request, through the defaults every request takes */
+        Tandem__Sampling rq = TANDEM__SAMPLING__INIT;
+        rq.has_temperature = rq.has_top_k = rq.has_top_p = rq.has_seed = 1;
+        rq.temperature = (float)temp;
+        rq.top_k = (int32_t)top_k;
+        rq.top_p = (float)top_p;
+        rq.seed = (uint64_t)seed;
+        rq.has_max_tokens = 1;
+        rq.max_tokens = max_new > maxT ? maxT : (int32_t)max_new;
+        td_sampling sp = td_sampling_of(&rq, TD_API_OPENAI, 0, NULL, (uint64_t)seed);
         int id, active = 1, k = 0;
         int start = n < maxT ? 0 : n - maxT + 1; /* keep the newest tokens of a long prompt */
         td_infer_model *im = NULL;

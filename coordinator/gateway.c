@@ -5,7 +5,11 @@
  * connection's later requests, closed by a thread-key destructor), and, while streaming,
  * the reader that turns chunks into SSE or NDJSON. Shared state is only the metrics,
  * under a mutex. A wait for the router polls the client's socket too, so a client that
- * hangs up cancels its request within 100 ms. */
+ * hangs up cancels its request within 100 ms.
+ *
+ * Why one file of this length: the routes (OpenAI and Ollama, streaming and not) share the
+ * per-connection state, the request validation and the error shapes above them, and split
+ * apart they would need that state in a header of its own for no reader's benefit. */
 #include "coordinator/gateway.h"
 
 #include <arpa/inet.h>
@@ -29,6 +33,7 @@
 #include "common/grow.h"
 #include "common/log.h"
 #include "proto/keys.h"
+#include "proto/request.h"
 #include "proto/wire.h"
 
 #define TD_GATEWAY_VERSION "0.1.0"
@@ -168,7 +173,8 @@ typedef struct {
     double temperature, top_p;
     int top_k;
     uint64_t seed;
-    int max_tokens; /* 0 = to the end of the context */
+    int max_tokens; /* 0 = to the end of the context (TD_MAX_TOKENS_CONTEXT) */
+    int has_max_tokens;
     int ignore_eos; /* vLLM's extension: do not stop at <|endoftext|> */
     int nstop;
     char *stop[16];
@@ -255,10 +261,11 @@ static int parse_sampling(const cJSON *o, gen_req *q, int ollama, char *msg, siz
         if (!is_int(x)) FAIL("'%s' must be an integer", mt_key);
         double v = x->valuedouble;
         if (ollama && (v == -1 || v == -2))
-            v = 0; /* Ollama: until the context is full */
+            v = TD_MAX_TOKENS_CONTEXT; /* Ollama: until the context is full */
         else if (v < 1 || v > 1e6)
             FAIL("'%s' must be from 1 to 1000000 (got %.0f)", mt_key, v);
         q->max_tokens = (int)v;
+        q->has_max_tokens = 1;
     }
     if ((x = cJSON_GetObjectItemCaseSensitive(o, "stop")) && !cJSON_IsNull(x)) {
         if (cJSON_IsString(x)) {
@@ -374,7 +381,6 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
         x = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
         if (x && cJSON_IsObject(x))
             q->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "include_usage"));
-        q->max_tokens = k == K_COMPLETION ? 16 : 0; /* OpenAI's defaults */
         x = cJSON_GetObjectItemCaseSensitive(j, "ignore_eos");
         if (x && !cJSON_IsNull(x)) {
             if (!cJSON_IsBool(x)) FAIL("'ignore_eos' must be true or false");
@@ -488,18 +494,20 @@ static td_status send_request(void *sock, uint64_t id, const gen_req *q) {
     }
     r.n_messages = (size_t)q->nmsg;
     r.messages = mp;
-    s.has_temperature = 1;
-    s.temperature = q->has_temp ? (float)q->temperature : (q->k >= K_OGENERATE ? 0.8f : 1.0f);
+    s.has_temperature = q->has_temp;
+    s.temperature = (float)q->temperature;
     s.has_top_k = q->has_topk;
     s.top_k = q->top_k;
     s.has_top_p = q->has_topp;
     s.top_p = (float)q->top_p;
     s.has_seed = q->has_seed;
     s.seed = q->seed;
-    s.has_max_tokens = 1;
+    s.has_max_tokens = q->has_max_tokens;
     s.max_tokens = q->max_tokens;
     s.has_ignore_eot = q->ignore_eos;
     s.ignore_eot = q->ignore_eos;
+    td_request_defaults(&s, q->k >= K_OGENERATE ? TD_API_OLLAMA : TD_API_OPENAI,
+                        q->k == K_CHAT || q->k == K_OCHAT);
     s.n_stop = (size_t)q->nstop;
     s.stop = (char **)q->stop;
     r.sampling = &s;

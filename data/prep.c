@@ -620,8 +620,12 @@ td_status td_prep_run(const td_prep_opts *o, td_comm *comm) {
         s = td_bpe_load(o->tokenizer, &tok);
     } else {
         td_bpe *sp = NULL;
-        s = td_bpe_new_bytes(o->specials, &sp);
-        if (s != TD_OK) goto out;
+        /* out of memory can fail it on one rank alone: every rank must leave together */
+        s = agree(comm, td_bpe_new_bytes(o->specials, &sp));
+        if (s != TD_OK) {
+            td_bpe_free(&sp);
+            goto out;
+        }
         td_bpe_counts c;
         td_bpe_counts_init(&c);
         for (size_t i = 0; i < docs.n; i++)

@@ -42,6 +42,7 @@ set_tests_properties(test_tp_logits PROPERTIES LABELS "mpi" TIMEOUT 300 ENVIRONM
 td_e2e(test_serve "mpi;e2e" 600)
 td_test(test_clean tests/unit/test_clean.c unit)
 td_test(test_grow tests/unit/test_grow.c unit)
+td_test(test_request_defaults tests/unit/test_request_defaults.c unit)
 td_e2e(test_router "e2e" 600)
 td_e2e(test_gateway "e2e" 600)
 # the same bf16 checks on a CPU oneDNN treats as having no bf16 matrix product (AVX2 only)
@@ -66,3 +67,8 @@ set_tests_properties(test_control_auth PROPERTIES LABELS "unit" TIMEOUT 60)
 
 # minutes of faults under load: `cd build && ctest -L slow` (make test leaves it out)
 td_e2e(test_chaos "slow" 3600)
+
+# the include-layer check itself (scripts/check-layers.sh) on a planted forbidden include
+add_test(NAME test_check_layers COMMAND bash ${CMAKE_SOURCE_DIR}/tests/check_layers_test.sh
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_check_layers PROPERTIES LABELS "unit" TIMEOUT 60)

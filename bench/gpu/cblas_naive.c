@@ -1,6 +1,7 @@
 /* The two CBLAS routines tandem's CPU reference calls (sgemm, sgemv), written plainly with
  * OpenMP, for bench/gpu_check.sh on a GPU machine that has no OpenBLAS: the CPU side there
- * only serves as the reference for small parity shapes. Row-major only, as tandem uses. */
+ * only serves as the reference for small parity shapes. Row-major only, as tandem uses. The
+ * two OpenBLAS queries the kernels line makes answer "naive". */
 #include <cblas.h>
 #include <stddef.h>
 
@@ -36,4 +37,12 @@ void cblas_sgemv(const CBLAS_LAYOUT layout, const CBLAS_TRANSPOSE ta, const blas
                    x[(size_t)k * incx];
         y[(size_t)i * incy] = (float)(alpha * acc + (beta != 0 ? beta * y[(size_t)i * incy] : 0));
     }
+}
+
+char *openblas_get_corename(void) {
+    return "naive";
+}
+
+char *openblas_get_config(void) {
+    return "naive-cblas (gpu_check)";
 }

@@ -16,55 +16,14 @@
 
 #include "common/log.h"
 #include "worker/infer/gptq.h"
+#include "worker/infer/infer_model_impl.h"
 #include "worker/infer/kv_cache.h"
 #include "worker/infer/kv_cache_impl.h"
 #include "worker/kernels/cpu/bf16.h"
 #include "worker/kernels/cpu/ops.h"
 #include "worker/kernels/cpu/vec_f32.h"
 
-struct td_infer_model {
-    td_model *w; /* the weights (owned) */
-    td_model_config cfg;
-    int C, F, L, NH, NKV, hd, V, QKV, FC;
-    size_t num_params;
-    td_param_ptrs p;  /* host parameters */
-    td_comm *tp_comm; /* tensor-parallel group: all-reduce after row-parallel products */
-    /* int8 weights (td_infer_quantize_int8): per layer wqkv, wo, wfc, wproj, then lm_head */
-    int8_t *q8;
-    float *q8s;
-    int16_t *q16;  /* lm_head in int16 (unless quantized with head_int8) */
-    uint16_t *qbf; /* bf16 serving weights (td_infer_quantize_bf16) */
-    struct q8mat {
-        const int8_t *w;
-        const int16_t *w16; /* instead of w: int16 weights (lm_head) */
-        const uint16_t *wb; /* instead of w: bf16 weights (td_infer_quantize_bf16; s = 1) */
-        const float *s;
-        const int32_t *wsum; /* row sums, for the u8 x s8 (VNNI) path */
-    } * q8l;                 /* 4 per layer + 1 */
-    int32_t *q8sum;
-    /* GPTQ (td_infer_calib_*): per q8l matrix, the sum of x x^T of its inputs while
-     * collecting; afterwards the int8 grid, one scale per q8l row (0: none, round to
-     * nearest), which td_infer_quantize_int8 and td_infer_tp_slice follow */
-    float **calH;
-    float *grid;
-    int int8_vnni; /* 1: int8 x int8 products accumulated in int32 (activations quantized) */
-    uint8_t *iq8;  /* activation scratch for the VNNI path: (N, max width) */
-    float *iq8s;   /* (N) activation scales */
-    /* inference buffers (td_infer_plan) */
-    int inf_tokens, inf_segs;
-    float *inf;
-    float *ix, *in, *im, *ir, *iqkv, *iatt, *ifc, *ih, *ilast;
-    int32_t *itok, *ipos, *iseg;
-    /* on a device backend: the same buffers in its memory, index arrays, host staging */
-    td_backend *be;
-    float *dinf;
-    int32_t *didx, *hidx;
-    size_t didx_n;
-};
-
-/* A read-only view of a model's sizes and weights, for the functions that take a
- * td_model. */
-static td_infer_model *view_of(const td_model *wm, td_infer_model *v) {
+td_infer_model *td_infer_view_of(const td_model *wm, td_infer_model *v) {
     memset(v, 0, sizeof *v);
     const td_model_config *c = td_model_config_of(wm);
     v->w = (td_model *)wm;
@@ -87,7 +46,7 @@ td_status td_infer_model_new(td_model *w, td_infer_model **out) {
     *out = NULL;
     td_infer_model *m = malloc(sizeof *m);
     if (!m) return td_error_set(TD_ERR_NOMEM, "out of memory");
-    view_of(w, m);
+    td_infer_view_of(w, m);
     m->be = td_model_backend(w);
     *out = m;
     return TD_OK;
@@ -143,8 +102,6 @@ static void norm_fwd(const td_infer_model *m, float *out, float *mean, float *rs
 /* ---------------------------------------------------------------------------------------- */
 /* inference with a paged KV cache */
 
-static td_status dev_plan(td_infer_model *m, int max_tokens, int max_segs);
-
 td_status td_infer_plan(td_infer_model *m, int max_tokens, int max_segs) {
     td_backend *be = td_model_backend(m->w);
     if (be != m->be) { /* the weights moved: device buffers go with them */
@@ -194,7 +151,7 @@ td_status td_infer_plan(td_infer_model *m, int max_tokens, int max_segs) {
         return td_error_set(TD_ERR_NOMEM, "out of memory for inference buffers");
     m->inf_tokens = max_tokens;
     m->inf_segs = max_segs;
-    if (!m->be->host_memory) return dev_plan(m, max_tokens, max_segs);
+    if (!m->be->host_memory) return td_infer_dev_plan(m, max_tokens, max_segs);
     return TD_OK;
 }
 
@@ -538,7 +495,7 @@ td_status td_infer_calib_start(td_infer_model *m, int what, int layer_lo, int la
 }
 
 size_t td_infer_calib_work_bytes(const td_model *wm, int skip_head) {
-    td_infer_model v, *m = view_of(wm, &v);
+    td_infer_model v, *m = td_infer_view_of(wm, &v);
     qmat *mats = malloc(sizeof *mats * (size_t)(4 * m->L + 2));
     if (!mats) return 0;
     int nm = infer_mats(m, mats);
@@ -559,7 +516,7 @@ void td_infer_calib_cancel(td_infer_model *m) {
 }
 
 size_t td_infer_calib_bytes(const td_model *wm, int what) {
-    td_infer_model v, *m = view_of(wm, &v);
+    td_infer_model v, *m = td_infer_view_of(wm, &v);
     size_t C = (size_t)m->C, A = (size_t)m->NH * m->hd, F = (size_t)m->F;
     size_t layers = (2 * C * C + A * A + F * F) * (size_t)m->L;
     return ((what & TD_CALIB_LAYERS ? layers : 0) + (what & TD_CALIB_HEAD ? C * C : 0)) *
@@ -618,7 +575,7 @@ td_status td_infer_calib_gptq(td_infer_model *m, float damp,
 }
 
 size_t td_infer_int8_grid_len(const td_model *wm) {
-    td_infer_model v, *m = view_of(wm, &v);
+    td_infer_model v, *m = td_infer_view_of(wm, &v);
     weight_parts w = weight_parts_of(m);
     return w.rows;
 }
@@ -659,7 +616,7 @@ td_status td_infer_int8_grid_rtn(td_infer_model *m, int head_int8) {
 
 void td_infer_weight_bytes(const td_model *wm, int head_int8, size_t *fp32, size_t *int8,
                            size_t *read_fp32, size_t *read_int8) {
-    td_infer_model v, *m = view_of(wm, &v);
+    td_infer_model v, *m = td_infer_view_of(wm, &v);
     weight_parts w = weight_parts_of(m);
     /* int8 keeps fp32 only for norms, biases and learned positions; embeddings are read as
      * int8 rows (tied: the lm_head copy, int16 unless head_int8; untied: their own) */
@@ -671,7 +628,7 @@ void td_infer_weight_bytes(const td_model *wm, int head_int8, size_t *fp32, size
 }
 
 size_t td_infer_read_bytes_bf16(const td_model *wm) {
-    td_infer_model v, *m = view_of(wm, &v);
+    td_infer_model v, *m = td_infer_view_of(wm, &v);
     weight_parts w = weight_parts_of(m); /* products' weights at 2 bytes, the rest at 4 */
     return w.lin_read * 2 + w.small_read * 4;
 }
@@ -702,175 +659,6 @@ static void rope_rows(const td_infer_model *m, float *qkv, const int32_t *pos, i
     }
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* the forward on a device backend: dense bf16 products, the backend's paged attention */
-
-/* offsets of the device buffers in dinf, for N tokens and S sequences */
-typedef struct {
-    size_t x, n, mean, rstd, qkv, att, res2, fc, h, rows, out, total;
-} dev_layout;
-
-static dev_layout dev_layout_of(const td_infer_model *m, size_t N, size_t S) {
-    dev_layout d;
-    size_t at = 0, C = (size_t)m->C;
-#define PUT(f, n) (d.f = at, at += (((n) + 63) / 64) * 64)
-    PUT(x, N * C);
-    PUT(n, N * C);
-    PUT(mean, N);
-    PUT(rstd, N);
-    PUT(qkv, N * m->QKV);
-    PUT(att, N * (size_t)m->NH * m->hd);
-    PUT(res2, N * C);
-    PUT(fc, N * m->FC);
-    PUT(h, N * m->F);
-    PUT(rows, S * C);
-    PUT(out, S * (size_t)m->V);
-#undef PUT
-    d.total = at;
-    return d;
-}
-
-static td_status dev_plan(td_infer_model *m, int max_tokens, int max_segs) {
-    dev_layout d = dev_layout_of(m, (size_t)max_tokens, (size_t)max_segs);
-    td_backend_release(m->be, m->dinf);
-    m->dinf = NULL;
-    void *p = NULL;
-    TD_TRY(td_backend_alloc(m->be, &p, d.total * sizeof(float)));
-    m->dinf = p;
-    if (!td_model_bf16_params(m->w)) TD_TRY(td_model_set_bf16(m->w, 1));
-    return TD_OK;
-}
-
-static td_status dev_norm(td_infer_model *m, float *out, float *mean, float *rstd, const float *x,
-                          const float *w, const float *b, int N) {
-    td_backend *be = m->be;
-    if (m->cfg.arch == TD_ARCH_LLAMA)
-        return be->ops->rmsnorm_fwd(be, out, rstd, x, w, N, m->C, (float)m->cfg.norm_eps);
-    return be->ops->layernorm_fwd(be, out, mean, rstd, x, w, b, N, m->C, (float)m->cfg.norm_eps);
-}
-
-/* the backend address of host parameter x (NULL stays NULL) */
-static inline const float *dev_addr(const float *dbase, const float *hbase, const float *x) {
-    return x ? dbase + (x - hbase) : NULL;
-}
-
-static td_status dev_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_seg *segs, int nseg,
-                             float *logits) {
-    td_backend *be = m->be;
-    int N = 0, C = m->C, V = m->V, bt = kv->bt, ntab = 0;
-    for (int s = 0; s < nseg; s++) {
-        if (segs[s].n <= 0 || segs[s].pos + segs[s].n > m->cfg.max_position_embeddings)
-            return td_error_set(TD_ERR_INVALID,
-                                "sequence segment at position %d + %d exceeds "
-                                "max_position_embeddings %d",
-                                segs[s].pos, segs[s].n, m->cfg.max_position_embeddings);
-        N += segs[s].n;
-        ntab += (segs[s].pos + segs[s].n + bt - 1) / bt;
-    }
-    if (!m->dinf || N > m->inf_tokens || nseg > m->inf_segs)
-        return td_error_set(TD_ERR_INVALID,
-                            "inference step of %d tokens / %d sequences exceeds "
-                            "the plan (%d / %d)",
-                            N, nseg, m->inf_tokens, m->inf_segs);
-    /* host index arrays: tok, pos, slot, len, first (N each), last (nseg), tables */
-    size_t need = 5 * (size_t)N + (size_t)nseg + (size_t)ntab;
-    if (need > m->didx_n) {
-        TD_TRY(td_backend_sync(be)); /* queued work may still read the old arrays */
-        td_backend_release(be, m->didx);
-        m->didx = NULL;
-        free(m->hidx);
-        m->hidx = malloc(need * sizeof(int32_t));
-        void *p = NULL;
-        td_status s = m->hidx ? td_backend_alloc(be, &p, need * sizeof(int32_t))
-                              : td_error_set(TD_ERR_NOMEM, "out of memory");
-        m->didx = p;
-        m->didx_n = s == TD_OK ? need : 0;
-        TD_TRY(s);
-    }
-    int32_t *tok = m->hidx, *pos = tok + N, *slot = pos + N, *len = slot + N, *first = len + N;
-    int32_t *last = first + N, *tab = last + nseg;
-    int r = 0, t0 = 0;
-    for (int s = 0; s < nseg; s++) {
-        int nb = (segs[s].pos + segs[s].n + bt - 1) / bt;
-        for (int b = 0; b < nb; b++) {
-            if (segs[s].blocks[b] < 0 || (size_t)segs[s].blocks[b] >= kv->nblocks)
-                return td_error_set(TD_ERR_INVALID, "KV block %d outside the cache of %zu",
-                                    segs[s].blocks[b], kv->nblocks);
-            tab[t0 + b] = segs[s].blocks[b];
-        }
-        for (int i = 0; i < segs[s].n; i++, r++) {
-            int p = segs[s].pos + i;
-            if (segs[s].tokens[i] < 0 || segs[s].tokens[i] >= V)
-                return td_error_set(TD_ERR_INVALID, "token id %d is outside [0, %d)",
-                                    segs[s].tokens[i], V);
-            tok[r] = segs[s].tokens[i];
-            pos[r] = p;
-            slot[r] = segs[s].blocks[p / bt] * bt + p % bt;
-            len[r] = p + 1;
-            first[r] = t0;
-        }
-        last[s] = r - 1;
-        t0 += nb;
-    }
-    TD_TRY(td_backend_upload(be, m->didx, m->hidx, need * sizeof(int32_t)));
-    int32_t *dtok = m->didx, *dpos = dtok + N, *dslot = dpos + N, *dlen = dslot + N;
-    int32_t *dfirst = dlen + N, *dlast = dfirst + N, *dtab = dlast + nseg;
-    dev_layout d = dev_layout_of(m, (size_t)m->inf_tokens, (size_t)m->inf_segs);
-    float *x = m->dinf + d.x, *nrm = m->dinf + d.n, *mean = m->dinf + d.mean;
-    float *rstd = m->dinf + d.rstd, *qkv = m->dinf + d.qkv, *att = m->dinf + d.att;
-    float *res2 = m->dinf + d.res2, *fc = m->dinf + d.fc, *h = m->dinf + d.h;
-    float *rows = m->dinf + d.rows, *out = m->dinf + d.out;
-    /* device addresses of the weights: same offsets as the host parameters */
-    const float *hbase = td_model_params(m->w), *dbase = td_model_backend_params(m->w);
-    const uint16_t *bbase = td_model_bf16_params(m->w);
-#define DP(x) dev_addr(dbase, hbase, x)
-#define DB(x) (bbase + ((x)-hbase))
-#define MM(out, inp, W, bias, n, c, oc)                                                            \
-    TD_TRY(be->ops->matmul_fwd(be, out, inp, DP(W), DB(W), DP(bias), n, c, oc))
-    const td_param_ptrs *P = &m->p;
-    int llama = m->cfg.arch == TD_ARCH_LLAMA;
-    size_t layer_rows = kv->nblocks * (size_t)bt * kv->kvdim;
-    TD_TRY(be->ops->embed_pos(be, x, dtok, dpos, DP(P->wte), DP(P->wpe), N, C));
-    for (int l = 0; l < m->L; l++) {
-        const td_layer_params *w = &P->layers[l];
-        float *K = kv->k + (size_t)l * layer_rows, *Vc = kv->v + (size_t)l * layer_rows;
-        TD_TRY(dev_norm(m, nrm, mean, rstd, x, DP(w->norm1_w), DP(w->norm1_b), N));
-        MM(qkv, nrm, w->wqkv, w->bqkv, N, C, m->QKV);
-        if (llama)
-            TD_TRY(be->ops->rope_pos(be, qkv, dpos, N, m->QKV, m->NH + m->NKV, m->hd,
-                                     (float)m->cfg.rope_theta));
-        TD_TRY(be->ops->kv_write(be, K, Vc, qkv, dslot, N, m->NH, m->NKV, m->hd));
-        TD_TRY(be->ops->paged_attention(be, att, qkv, K, Vc, dlen, dfirst, dtab, bt, N, m->NH,
-                                        m->NKV, m->hd));
-        MM(res2, att, w->wo, w->bo, N, m->NH * m->hd, C);
-        if (m->tp_comm && m->tp_comm->size > 1) {
-            TD_TRY(td_backend_sync(be));
-            TD_TRY(td_comm_allreduce(m->tp_comm, res2, (size_t)N * C, TD_COMM_F32));
-        }
-        TD_TRY(be->ops->add(be, res2, res2, x, (size_t)N * C));
-        TD_TRY(dev_norm(m, nrm, mean, rstd, res2, DP(w->norm2_w), DP(w->norm2_b), N));
-        MM(fc, nrm, w->wfc, w->bfc, N, C, m->FC);
-        if (llama)
-            TD_TRY(be->ops->swiglu_fwd(be, h, fc, N, m->F));
-        else
-            TD_TRY(be->ops->gelu_fwd(be, h, fc, (size_t)N * m->F));
-        MM(x, h, w->wproj, w->bproj, N, m->F, C);
-        if (m->tp_comm && m->tp_comm->size > 1) {
-            TD_TRY(td_backend_sync(be));
-            TD_TRY(td_comm_allreduce(m->tp_comm, x, (size_t)N * C, TD_COMM_F32));
-        }
-        TD_TRY(be->ops->add(be, x, x, res2, (size_t)N * C));
-    }
-    if (!logits) return td_backend_sync(be);
-    TD_TRY(be->ops->gather_rows(be, rows, x, dlast, nseg, C));
-    TD_TRY(dev_norm(m, nrm, mean, rstd, rows, DP(P->normf_w), DP(P->normf_b), nseg));
-    MM(out, nrm, P->lm_head, NULL, nseg, C, V);
-#undef MM
-#undef DB
-#undef DP
-    return td_backend_download(be, logits, out, sizeof(float) * (size_t)nseg * V);
-}
-
 td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_seg *segs, int nseg,
                            float *logits) {
     if (td_model_is_released(m->w))
@@ -878,7 +666,7 @@ td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_se
     if (m->be != td_model_backend(m->w))
         return td_error_set(TD_ERR_INVALID, "the weights moved to another backend since "
                                             "td_infer_plan: plan again");
-    if (!m->be->host_memory) return dev_forward(m, kv, segs, nseg, logits);
+    if (!m->be->host_memory) return td_infer_dev_forward(m, kv, segs, nseg, logits);
     int N = 0, C = m->C, V = m->V, hd = m->hd, kvdim = m->NKV * hd, bt = kv->bt;
     for (int s = 0; s < nseg; s++)
         N += segs[s].n;
@@ -1009,137 +797,5 @@ td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_se
     }
     norm_fwd(m, lastn, lm, lm + nseg, last, m->p.normf_w, m->p.normf_b, nseg);
     linear_infer(m, 0, -1, logits, lastn, m->p.lm_head, NULL, nseg, C, V);
-    return TD_OK;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* tensor parallelism (Megatron layout) */
-
-void td_infer_set_tp_comm(td_infer_model *m, td_comm *c) {
-    m->tp_comm = c;
-}
-
-/* Copies rows [r0, r0 + nr) of a (rows, cols) matrix to dst. */
-static void copy_rows(float *dst, const float *src, size_t r0, size_t nr, size_t cols) {
-    memcpy(dst, src + r0 * cols, sizeof(float) * nr * cols);
-}
-
-/* Copies columns [c0, c0 + nc) of a (rows, cols) matrix to dst (rows, nc). */
-static void copy_cols(float *dst, const float *src, size_t rows, size_t cols, size_t c0,
-                      size_t nc) {
-    for (size_t i = 0; i < rows; i++)
-        memcpy(dst + i * nc, src + i * cols + c0, sizeof(float) * nc);
-}
-
-td_status td_infer_tp_slice(const td_infer_model *f, int r, int T, td_infer_model **out) {
-    *out = NULL;
-    if (td_model_is_released(f->w))
-        return td_error_set(TD_ERR_INVALID, "the model's weights were released: load it again");
-    const td_model_config *fc = &f->cfg;
-    if (T < 1 || r < 0 || r >= T)
-        return td_error_set(TD_ERR_INVALID, "tensor-parallel rank %d of %d", r, T);
-    if (fc->num_attention_heads % T || fc->num_key_value_heads % T || fc->intermediate_size % T)
-        return td_error_set(TD_ERR_INVALID,
-                            "--tp %d must divide num_attention_heads (%d), num_key_value_heads "
-                            "(%d) and intermediate_size (%d)",
-                            T, fc->num_attention_heads, fc->num_key_value_heads,
-                            fc->intermediate_size);
-    td_model_config c = *fc;
-    c.num_attention_heads /= T;
-    c.num_key_value_heads /= T;
-    c.intermediate_size /= T;
-    c.tp_size = T;
-    td_model *wm;
-    TD_TRY(td_model_new(&c, &wm));
-    td_infer_model *m;
-    td_status st = td_infer_model_new(wm, &m);
-    if (st != TD_OK) {
-        td_model_free(&wm);
-        return st;
-    }
-    size_t C = (size_t)f->C, hd = (size_t)f->hd, NHl = (size_t)m->NH, NKVl = (size_t)m->NKV;
-    size_t Fl = (size_t)m->F;
-    memcpy(m->p.wte, f->p.wte, sizeof(float) * (size_t)f->V * C);
-    if (f->p.wpe)
-        memcpy(m->p.wpe, f->p.wpe, sizeof(float) * (size_t)fc->max_position_embeddings * C);
-    memcpy(m->p.normf_w, f->p.normf_w, sizeof(float) * C);
-    if (f->p.normf_b) memcpy(m->p.normf_b, f->p.normf_b, sizeof(float) * C);
-    if (!fc->tie_word_embeddings)
-        memcpy(m->p.lm_head, f->p.lm_head, sizeof(float) * (size_t)f->V * C);
-    for (int l = 0; l < f->L; l++) {
-        const td_layer_params *a = &f->p.layers[l];
-        td_layer_params *b = &m->p.layers[l];
-        memcpy(b->norm1_w, a->norm1_w, sizeof(float) * C);
-        memcpy(b->norm2_w, a->norm2_w, sizeof(float) * C);
-        if (a->norm1_b) memcpy(b->norm1_b, a->norm1_b, sizeof(float) * C);
-        if (a->norm2_b) memcpy(b->norm2_b, a->norm2_b, sizeof(float) * C);
-        /* q, k, v: this rank's heads (column-parallel) */
-        size_t qo = (size_t)r * NHl * hd, ko = (size_t)f->NH * hd + (size_t)r * NKVl * hd,
-               vo = (size_t)(f->NH + f->NKV) * hd + (size_t)r * NKVl * hd;
-        copy_rows(b->wqkv, a->wqkv, qo, NHl * hd, C);
-        copy_rows(b->wqkv + NHl * hd * C, a->wqkv, ko, NKVl * hd, C);
-        copy_rows(b->wqkv + (NHl + NKVl) * hd * C, a->wqkv, vo, NKVl * hd, C);
-        if (a->bqkv) {
-            memcpy(b->bqkv, a->bqkv + qo, sizeof(float) * NHl * hd);
-            memcpy(b->bqkv + NHl * hd, a->bqkv + ko, sizeof(float) * NKVl * hd);
-            memcpy(b->bqkv + (NHl + NKVl) * hd, a->bqkv + vo, sizeof(float) * NKVl * hd);
-        }
-        /* output projection: row-parallel (this rank's input columns); bias once */
-        copy_cols(b->wo, a->wo, C, (size_t)f->NH * hd, qo, NHl * hd);
-        if (a->bo) {
-            if (r == 0)
-                memcpy(b->bo, a->bo, sizeof(float) * C);
-            else
-                memset(b->bo, 0, sizeof(float) * C);
-        }
-        /* MLP: gate/up (or c_fc) column-parallel, down (c_proj) row-parallel */
-        if (fc->arch == TD_ARCH_LLAMA) {
-            copy_rows(b->wfc, a->wfc, (size_t)r * Fl, Fl, C);
-            copy_rows(b->wfc + Fl * C, a->wfc, (size_t)f->F + (size_t)r * Fl, Fl, C);
-        } else {
-            copy_rows(b->wfc, a->wfc, (size_t)r * Fl, Fl, C);
-            memcpy(b->bfc, a->bfc + (size_t)r * Fl, sizeof(float) * Fl);
-        }
-        copy_cols(b->wproj, a->wproj, C, (size_t)f->F, (size_t)r * Fl, Fl);
-        if (a->bproj) {
-            if (r == 0)
-                memcpy(b->bproj, a->bproj, sizeof(float) * C);
-            else
-                memset(b->bproj, 0, sizeof(float) * C);
-        }
-    }
-    if (f->grid && !td_infer_int8_grid(m, 1)) {
-        td_infer_model_free(&m);
-        return td_error_set(TD_ERR_NOMEM, "out of memory for the int8 grid");
-    }
-    if (f->grid) { /* the same rows of the grid (q8l order) */
-        size_t QKVf = (size_t)f->QKV, FCf = (size_t)f->FC, QKVl = (size_t)m->QKV;
-        size_t FCl = (size_t)m->FC, hdn = (size_t)f->hd;
-        const float *a = f->grid;
-        float *b = m->grid;
-        for (int l = 0; l < f->L; l++) {
-            size_t qo = (size_t)r * NHl * hdn, ko = (size_t)f->NH * hdn + (size_t)r * NKVl * hdn,
-                   vo = (size_t)(f->NH + f->NKV) * hdn + (size_t)r * NKVl * hdn;
-            memcpy(b, a + qo, sizeof(float) * NHl * hdn);
-            memcpy(b + NHl * hdn, a + ko, sizeof(float) * NKVl * hdn);
-            memcpy(b + (NHl + NKVl) * hdn, a + vo, sizeof(float) * NKVl * hdn);
-            a += QKVf;
-            b += QKVl;
-            memcpy(b, a, sizeof(float) * C); /* wo: every output row */
-            a += C;
-            b += C;
-            memcpy(b, a + (size_t)r * Fl, sizeof(float) * Fl);
-            if (fc->arch == TD_ARCH_LLAMA)
-                memcpy(b + Fl, a + (size_t)f->F + (size_t)r * Fl, sizeof(float) * Fl);
-            a += FCf;
-            b += FCl;
-            memcpy(b, a, sizeof(float) * C); /* wproj: every output row */
-            a += C;
-            b += C;
-        }
-        size_t rest = td_infer_int8_grid_len(f->w) - (size_t)(a - f->grid); /* lm_head, wte */
-        memcpy(b, a, sizeof(float) * rest);
-    }
-    *out = m;
     return TD_OK;
 }

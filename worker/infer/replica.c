@@ -238,7 +238,6 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
         n = td_bpe_encode_append(r->tok, text, strlen(text), 0, &r->ids, &r->ids_cap, 0);
     }
     const Tandem__Sampling *sp = q->sampling;
-    int max_tokens = sp && sp->has_max_tokens ? sp->max_tokens : 16;
     if (n == 0) return send_error(r, q->id, 400, "the prompt is empty");
     if ((int)n >= r->o->context_length) {
         char msg[256];
@@ -254,15 +253,9 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
     for (size_t i = 0; i < ns; i++)
         stop[i] = sp->stop[i];
     if (chat) stop[ns++] = "<|im_end|>";
-    td_sampling s = {
-        .temperature = sp && sp->has_temperature ? sp->temperature : 1.0f,
-        .top_k = sp && sp->has_top_k ? sp->top_k : 0,
-        .top_p = sp && sp->has_top_p ? sp->top_p : 1.0f,
-        .seed = sp && sp->has_seed ? sp->seed : t0,
-        .max_tokens = max_tokens,
-        .stop = ns ? stop : NULL,
-        .ignore_eot = sp && sp->has_ignore_eot && sp->ignore_eot,
-    };
+    /* a request that came without sampling fields (another client of the router) gets the
+     * OpenAI defaults; the gateway sends them filled */
+    td_sampling s = td_sampling_of(sp, TD_API_OPENAI, chat, ns ? stop : NULL, t0);
     int eid = -1;
     td_status st = td_engine_submit(r->e, r->ids, (int)n, &s, &eid);
     free(stop);
@@ -356,6 +349,20 @@ static td_status report(rep *r) {
         if (s != TD_OK) return s;
     }
     return TD_OK;
+}
+
+td_sampling td_sampling_of(const Tandem__Sampling *s, td_request_api api, int chat,
+                           const char *const *stop, uint64_t seed_default) {
+    Tandem__Sampling d = TANDEM__SAMPLING__INIT;
+    if (s) d = *s;
+    td_request_defaults(&d, api, chat);
+    return (td_sampling){.temperature = d.temperature,
+                         .top_k = d.top_k,
+                         .top_p = d.top_p,
+                         .seed = d.has_seed ? d.seed : seed_default,
+                         .max_tokens = d.max_tokens,
+                         .stop = stop,
+                         .ignore_eot = d.ignore_eot};
 }
 
 td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, volatile int *stop) {

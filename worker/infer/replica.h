@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "data/bpe.h"
+#include "proto/request.h"
 #include "worker/infer/engine.h"
 
 typedef struct {
@@ -29,6 +30,11 @@ typedef struct {
 
 /* Serves requests from the router with engine e (the group leader's) until *stop becomes
  * non-zero; tok must be the model's tokenizer. */
+/* The engine's sampling for a request: s's fields after td_request_defaults (seed unset:
+ * seed_default), with stop (NULL-terminated, borrowed) as the stop strings. */
+td_sampling td_sampling_of(const Tandem__Sampling *s, td_request_api api, int chat,
+                           const char *const *stop, uint64_t seed_default);
+
 td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, volatile int *stop);
 
 /* The ChatML prompt for messages (role, content pairs): "<|im_start|>role\ncontent<|im_end|>\n"

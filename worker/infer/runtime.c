@@ -445,8 +445,15 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
             ids[i] = -1;
             if (i % R != group) continue; /* another replica's prompt */
             size_t n = td_bpe_encode(tok, prompts[i], strlen(prompts[i]), &pt, &pcap);
-            td_sampling sp = {o->temperature, o->top_k, o->top_p, o->seed + (uint64_t)i,
-                              o->max_tokens,  o->stop,  0};
+            Tandem__Sampling rq = TANDEM__SAMPLING__INIT;
+            rq.has_temperature = rq.has_top_k = rq.has_top_p = rq.has_seed = 1;
+            rq.temperature = o->temperature;
+            rq.top_k = o->top_k;
+            rq.top_p = o->top_p;
+            rq.seed = o->seed + (uint64_t)i;
+            rq.has_max_tokens = 1;
+            rq.max_tokens = o->max_tokens;
+            td_sampling sp = td_sampling_of(&rq, TD_API_OPENAI, 0, o->stop, rq.seed);
             td_status rs = td_engine_submit(e, pt, (int)n, &sp, &ids[i]);
             if (rs != TD_OK) { /* this request is refused; the others go on */
                 errs[i] = strdup(td_error_message());
