@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # Before/after speed of two builds, side by side in one run: bench_train (tandem's rows only,
-# fp32 and bf16) and bench_decode from build directory A and build directory B, run in
-# alternation (A B A B ...) so that both see the same machine, and a table of each row's
-# median tokens/s with the ratio B / A.
+# fp32 and bf16, one model shape at a time) and bench_decode from build directory A and build
+# directory B, each measurement run for A and B back to back (in the order A B, then B A in
+# the next round) so that both see the same machine, and a table of each row's median
+# tokens/s over the rounds with the ratio B / A.
 # Usage: bench/ab.sh BUILD_A BUILD_B [--rounds N] [--train-steps N] [--decode-steps N]
+#                    [--threads N]
 #   e.g. git worktree add /tmp/before <commit>; build it there; then
-#        bench/ab.sh /tmp/before/build build
+#        bench/ab.sh /tmp/before/build build --threads 1
 set -euo pipefail
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 [ "${1:-}" = -h ] || [ "${1:-}" = --help ] && { usage; exit 0; }
 [ $# -ge 2 ] || { usage >&2; exit 2; }
 A=$1 B=$2
 shift 2
-rounds=3 tsteps=6 dsteps=32
+rounds=3 tsteps=6 dsteps=32 threads=
 while [ $# -gt 0 ]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --train-steps) tsteps=$2; shift 2 ;;
     --decode-steps) dsteps=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     *) echo "ab.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -29,20 +32,37 @@ for d in "$A" "$B"; do
 done
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+run() { # side build-dir program args...
+    local side=$1 d=$2 prog=$3
+    shift 3
+    if [ -n "$threads" ]; then
+        OMP_NUM_THREADS=$threads "$d/$prog" "$@" 2> /dev/null | sed "s/^/$side /" >> "$out/rows"
+    else
+        "$d/$prog" "$@" 2> /dev/null | sed "s/^/$side /" >> "$out/rows"
+    fi
+}
+shapes="gpt2-L4-C256 gpt2-L12-C768 llama-L4-C256 llama-L12-C768"
 for r in $(seq 1 "$rounds"); do
-    for side in A B; do
-        d=$A
-        [ $side = B ] && d=$B
-        echo "round $r/$rounds, build $side ($d)" >&2
-        "$d/bench_train" --no-torch --precision both --steps "$tsteps" --json 2> /dev/null \
-            | sed "s/^/$side /" >> "$out/rows"
-        "$d/bench_decode" --steps "$dsteps" --json 2> /dev/null | sed "s/^/$side /" >> "$out/rows"
+    order="A B"
+    [ $((r % 2)) -eq 0 ] && order="B A"
+    echo "round $r/$rounds ($order)" >&2
+    for what in $shapes decode; do
+        for side in $order; do
+            d=$A
+            [ $side = B ] && d=$B
+            if [ $what = decode ]; then
+                run $side "$d" bench_decode --steps "$dsteps" --json
+            else
+                run $side "$d" bench_train --no-torch --precision both --steps "$tsteps" \
+                    --only $what --json ${threads:+--threads $threads}
+            fi
+        done
     done
 done
 kernels=$("$B/bench_decode" --steps 1 --json 2>&1 >/dev/null | grep -m1 '^kernels:' || true)
-python3 - "$out/rows" "$rounds" "$kernels" <<'EOF'
+python3 - "$out/rows" "$rounds" "$kernels" "$threads" <<'EOF'
 import json, statistics, sys
-rows, rounds, kernels = sys.argv[1], sys.argv[2], sys.argv[3]
+rows, rounds, kernels, threads = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 vals = {}
 order = []
 for line in open(rows):
@@ -56,7 +76,8 @@ for line in open(rows):
         vals[key] = {'A': [], 'B': []}
         order.append(key)
     vals[key][side].append(j['tokens_per_s'])
-print('%s; medians of %s rounds, tokens/s' % (kernels or 'kernels: ?', rounds))
+print('%s; medians of %s rounds, tokens/s%s' % (kernels or 'kernels: ?', rounds,
+      ', %s OpenMP thread(s)' % threads if threads else ''))
 print()
 print('| row | A | B | B / A |')
 print('|---|---:|---:|---:|')

@@ -40,6 +40,7 @@ for f in ops attention; do
     PIDS+=($!)
 done
 C_SRC=(common/status.c common/log.c common/rng.c common/timeutil.c common/json.c common/fsutil.c
+       common/grow.c
        worker/kernels/cpu/ops_f32.c worker/kernels/cpu/bf16.c worker/kernels/cpu/blas_core.c
        worker/backend/cpu.c worker/backend/cuda.c worker/backend/registry.c
        worker/model/config.c worker/model/model.c worker/train/adamw.c

@@ -94,6 +94,8 @@ static void bb_free(bbuf *b) {
     memset(b, 0, sizeof *b);
 }
 
+static td_status agree(td_comm *c, td_status s);
+
 /* Concatenates every rank's `local` on rank 0 (rank order). */
 static td_status gather(td_comm *c, bbuf *local, bbuf *all) {
     if (c->size == 1) return bb_put(all, local->p, local->n);
@@ -101,6 +103,10 @@ static td_status gather(td_comm *c, bbuf *local, bbuf *all) {
     if (!ns) return td_error_set(TD_ERR_NOMEM, "prep: out of memory");
     ns[c->rank] = local->n;
     td_status s = td_comm_allgather(c, ns, sizeof *ns, TD_COMM_BYTE);
+    if (s != TD_OK) { /* the communicator itself failed: no later collective would work */
+        free(ns);
+        return s;
+    }
     size_t total = 0;
     for (int r = 0; r < c->size; r++)
         total += ns[r];
@@ -117,6 +123,8 @@ static td_status gather(td_comm *c, bbuf *local, bbuf *all) {
         else
             all->n = total;
     }
+    /* rank 0's allocation decides for everyone: no rank enters the gather alone */
+    s = agree(c, s);
     if (s == TD_OK) s = td_comm_gatherv(c, local->p, local->n, all->p, ns, 0);
     free(ns);
     return s;
@@ -127,12 +135,17 @@ static td_status bcast(td_comm *c, bbuf *b) {
     if (c->size == 1) return TD_OK;
     int64_t n = (int64_t)b->n;
     TD_TRY(td_comm_bcast(c, &n, 1, TD_COMM_I64, 0));
+    td_status s = TD_OK;
     if (c->rank != 0) {
         b->n = 0;
-        td_status s = TD_GROW_EXACT(b->p, b->cap, (size_t)n + 1);
-        if (s != TD_OK) return td_error_wrap(s, "prep: ");
-        b->n = (size_t)n;
+        s = TD_GROW_EXACT(b->p, b->cap, (size_t)n + 1);
+        if (s != TD_OK)
+            td_error_wrap(s, "prep: ");
+        else
+            b->n = (size_t)n;
     }
+    /* every rank's allocation decides: no rank enters the broadcast alone */
+    TD_TRY(agree(c, s));
     return td_comm_bcast(c, b->p, (size_t)n, TD_COMM_BYTE, 0);
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/rng.h"
 #include "worker/infer/kv_cache.h"
 
@@ -167,13 +168,9 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
     while (slot < e->nr && e->r[slot].state != TD_REQ_FREE)
         slot++;
     if (slot == e->nr) {
-        if (e->nr == e->cap) {
-            int cap = e->cap ? 2 * e->cap : 64;
-            req *r = realloc(e->r, sizeof *e->r * (size_t)cap);
-            if (!r) return td_error_set(TD_ERR_NOMEM, "out of memory for requests");
-            e->r = r;
-            e->cap = cap;
-        }
+        size_t cap = (size_t)e->cap;
+        TD_TRY(TD_GROW(e->r, cap, (size_t)e->nr + 1));
+        e->cap = (int)cap;
         e->nr++;
     }
     req *q = &e->r[slot];
@@ -252,13 +249,14 @@ size_t td_utf8_stream_len(const char *s, size_t n) {
     return (lead >= 0xC0 && back + 1 < need) ? i - 1 : n;
 }
 
-static void append_text(td_engine *e, req *q, int32_t t) {
-    if (!e->tok || t == e->eot) return;
+static td_status append_text(td_engine *e, req *q, int32_t t) {
+    if (!e->tok || t == e->eot) return TD_OK;
     char *b = NULL;
     size_t cap = 0, k = td_bpe_decode(e->tok, &t, 1, &b, &cap);
-    if (q->text_len + k + 1 > q->text_cap) {
-        q->text_cap = (q->text_len + k + 1) * 2;
-        q->text = realloc(q->text, q->text_cap);
+    td_status s = TD_GROW(q->text, q->text_cap, q->text_len + k + 1);
+    if (s != TD_OK) {
+        free(b);
+        return s;
     }
     memcpy(q->text + q->text_len, b, k);
     q->text_len += k;
@@ -275,6 +273,7 @@ static void append_text(td_engine *e, req *q, int32_t t) {
             }
     }
     if (safe > q->safe_len || q->state == TD_REQ_DONE) q->safe_len = safe;
+    return TD_OK;
 }
 
 static void finish(td_engine *e, req *q, td_finish why) {
@@ -287,38 +286,33 @@ static void finish(td_engine *e, req *q, td_finish why) {
 /* tensor-parallel groups: the leader broadcasts each step's plan as int64s:
  * nseg, then per segment n, pos, nblocks, tokens[n], blocks[nblocks]; nseg < 0 stops */
 
-static void plan_put(td_engine *e, size_t *k, int64_t v) {
-    if (*k == e->plan_cap) {
-        e->plan_cap = e->plan_cap ? 2 * e->plan_cap : 1024;
-        e->plan = realloc(e->plan, e->plan_cap * sizeof *e->plan);
-    }
+static td_status plan_put(td_engine *e, size_t *k, int64_t v) {
+    TD_TRY(TD_GROW(e->plan, e->plan_cap, *k + 1));
     e->plan[(*k)++] = v;
+    return TD_OK;
 }
 
 static td_status plan_bcast(td_engine *e, size_t *n) {
     int64_t len = (int64_t)*n;
     TD_TRY(td_comm_bcast(e->tp, &len, 1, TD_COMM_I64, 0));
-    if ((size_t)len > e->plan_cap) {
-        e->plan_cap = (size_t)len;
-        e->plan = realloc(e->plan, e->plan_cap * sizeof *e->plan);
-    }
+    TD_TRY(TD_GROW_EXACT(e->plan, e->plan_cap, (size_t)len));
     *n = (size_t)len;
     return td_comm_bcast(e->tp, e->plan, (size_t)len, TD_COMM_I64, 0);
 }
 
 static td_status send_plan(td_engine *e, int nseg) {
     size_t k = 0;
-    plan_put(e, &k, nseg);
+    TD_TRY(plan_put(e, &k, nseg));
     for (int s = 0; s < nseg; s++) {
         const td_infer_seg *g = &e->segs[s];
         int nb = blocks_for(e, g->pos + g->n);
-        plan_put(e, &k, g->n);
-        plan_put(e, &k, g->pos);
-        plan_put(e, &k, nb);
+        TD_TRY(plan_put(e, &k, g->n));
+        TD_TRY(plan_put(e, &k, g->pos));
+        TD_TRY(plan_put(e, &k, nb));
         for (int i = 0; i < g->n; i++)
-            plan_put(e, &k, g->tokens[i]);
+            TD_TRY(plan_put(e, &k, g->tokens[i]));
         for (int i = 0; i < nb; i++)
-            plan_put(e, &k, g->blocks[i]);
+            TD_TRY(plan_put(e, &k, g->blocks[i]));
     }
     return plan_bcast(e, &k);
 }
@@ -326,7 +320,7 @@ static td_status send_plan(td_engine *e, int nseg) {
 td_status td_engine_stop_members(td_engine *e) {
     if (!e->tp) return TD_OK;
     size_t k = 0;
-    plan_put(e, &k, -1);
+    TD_TRY(plan_put(e, &k, -1));
     return plan_bcast(e, &k);
 }
 
@@ -344,10 +338,8 @@ td_status td_engine_member_loop(td_engine *e) {
             s = td_error_set(TD_ERR_RUNTIME, "tensor-parallel plan of %d sequences", nseg);
             break;
         }
-        if (n > cap) {
-            cap = n;
-            buf = realloc(buf, cap * sizeof *buf);
-        }
+        s = TD_GROW_EXACT(buf, cap, n);
+        if (s != TD_OK) break;
         size_t k = 1, w = 0;
         for (int g = 0; g < nseg; g++) {
             int len = (int)e->plan[k++], pos = (int)e->plan[k++], nb = (int)e->plan[k++];
@@ -414,7 +406,7 @@ td_status td_engine_step(td_engine *e, int *active) {
             finish(e, q, TD_FINISH_EOT);
             continue;
         }
-        append_text(e, q, t);
+        TD_TRY(append_text(e, q, t));
         int stopped = 0;
         for (int s = 0; q->text && q->stop[s] && !stopped; s++) { /* no text: EOT ignored */
             char *hit = strstr(q->text, q->stop[s]);

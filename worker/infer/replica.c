@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/grow.h"
 #include "common/log.h"
 #include "proto/keys.h"
 #include "proto/wire.h"
@@ -29,7 +30,8 @@ typedef struct {
     const td_replica_opts *o;
     void *ctx, *sock;
     live *l;
-    int nl, capl;
+    int nl;
+    size_t capl;
     uint64_t last_heard;
     int32_t *ids;
     size_t ids_cap;
@@ -47,13 +49,7 @@ typedef struct {
 
 /* Appends one id to (*ids, *cap) at position *k. */
 static td_status push_id(int32_t **ids, size_t *cap, size_t *k, int32_t id) {
-    if (*k + 1 > *cap) {
-        size_t c = *cap ? 2 * *cap : 256;
-        int32_t *p = realloc(*ids, sizeof *p * c);
-        if (!p) return td_error_set(TD_ERR_NOMEM, "out of memory");
-        *ids = p;
-        *cap = c;
-    }
+    TD_TRY(td_grow((void **)ids, cap, *k + 1, sizeof **ids));
     (*ids)[(*k)++] = id;
     return TD_OK;
 }
@@ -188,13 +184,11 @@ static live *find_live(rep *r, uint64_t rid) {
     return NULL;
 }
 
+/* A free slot for a live request (NULL: out of memory, message set). */
 static live *new_live(rep *r) {
     for (int i = 0; i < r->nl; i++)
         if (!r->l[i].used) return &r->l[i];
-    if (r->nl == r->capl) {
-        r->capl = r->capl ? 2 * r->capl : 32;
-        r->l = realloc(r->l, sizeof *r->l * (size_t)r->capl);
-    }
+    if (TD_GROW(r->l, r->capl, (size_t)r->nl + 1) != TD_OK) return NULL;
     return &r->l[r->nl++];
 }
 
@@ -266,6 +260,10 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
         return send_error(r, q->id, 400, msg);
     }
     live *l = new_live(r);
+    if (!l) { /* the engine has it: take it back, and refuse the request */
+        td_engine_cancel(r->e, eid);
+        return send_error(r, q->id, 503, "the replica is out of memory");
+    }
     *l = (live){1, q->id, eid, 0, t0, 0};
     Tandem__GenerateChunk c = TANDEM__GENERATE_CHUNK__INIT;
     c.id = q->id;

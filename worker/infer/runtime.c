@@ -11,6 +11,7 @@
 #include <utf8proc.h>
 
 #include "common/fsutil.h"
+#include "common/grow.h"
 #include "common/log.h"
 #include "common/timeutil.h"
 #include "worker/backend/backend.h"
@@ -35,14 +36,19 @@ static td_status read_prompts(const char *path, char ***out, int *n) {
     char *text;
     size_t len;
     TD_TRY(td_fs_read_file(path, &text, &len));
-    int cap = 16, k = 0;
-    char **p = malloc(sizeof *p * (size_t)cap);
-    for (char *line = text; line && *line;) {
+    size_t cap = 0, k = 0;
+    char **p = NULL;
+    td_status st = TD_OK;
+    for (char *line = text; st == TD_OK && line && *line;) {
         char *nl = strchr(line, '\n');
         if (nl) *nl = 0;
         if (*line) {
-            if (k == cap) p = realloc(p, sizeof *p * (size_t)(cap *= 2));
-            char *d = p[k++] = malloc(strlen(line) + 1), *s = line;
+            st = TD_GROW(p, cap, k + 1);
+            char *d = st == TD_OK ? malloc(strlen(line) + 1) : NULL, *s = line;
+            if (st == TD_OK && !d)
+                st = td_error_set(TD_ERR_NOMEM, "out of memory reading %s", path);
+            if (st != TD_OK) break;
+            p[k++] = d;
             while (*s) {
                 if (s[0] == '\\' && s[1] == 'n') {
                     *d++ = '\n';
@@ -59,12 +65,16 @@ static td_status read_prompts(const char *path, char ***out, int *n) {
         line = nl ? nl + 1 : NULL;
     }
     free(text);
-    if (k == 0) {
+    if (st == TD_OK && k == 0)
+        st = td_error_set(TD_ERR_INVALID, "%s holds no prompt (one per line)", path);
+    if (st != TD_OK) {
+        for (size_t i = 0; i < k; i++)
+            free(p[i]);
         free(p);
-        return td_error_set(TD_ERR_INVALID, "%s holds no prompt (one per line)", path);
+        return st;
     }
     *out = p;
-    *n = k;
+    *n = (int)k;
     return TD_OK;
 }
 
@@ -158,31 +168,38 @@ static int cmp_line(const void *a, const void *b) {
 /* Every rank's blob to rank 0 (all-gather of lengths, then of blobs padded to the longest);
  * rank 0 prints the JSON lines sorted by their "index". */
 static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
+    /* a failure here returns an error, and the CLI then ends every rank of the job */
     int64_t *lens = calloc((size_t)w->size, sizeof *lens);
+    if (!lens) return td_error_set(TD_ERR_NOMEM, "out of memory gathering the results");
     lens[w->rank] = (int64_t)len;
     TD_TRY(td_comm_allgather(w, lens, 1, TD_COMM_I64));
     int64_t mx = 1;
     for (int r = 0; r < w->size; r++)
         mx = lens[r] > mx ? lens[r] : mx;
     char *all = calloc((size_t)mx * (size_t)w->size + 1, 1);
+    if (!all) {
+        free(lens);
+        return td_error_set(TD_ERR_NOMEM, "out of memory gathering the results");
+    }
     if (len) memcpy(all + (size_t)mx * (size_t)w->rank, blob, len);
     td_status s = td_comm_allgather(w, all, (size_t)mx, TD_COMM_BYTE);
     if (s == TD_OK && w->rank == 0) {
-        size_t nl = 0, cap = 64;
-        char **lines = malloc(sizeof *lines * cap);
-        for (int r = 0; r < w->size; r++) {
+        size_t nl = 0, cap = 0;
+        char **lines = NULL;
+        for (int r = 0; s == TD_OK && r < w->size; r++) {
             char *p = all + (size_t)mx * (size_t)r, *end = p + lens[r];
             while (p < end) {
                 char *e = memchr(p, '\n', (size_t)(end - p));
                 if (!e) break;
                 *e = 0;
-                if (nl == cap) lines = realloc(lines, sizeof *lines * (cap *= 2));
+                s = TD_GROW(lines, cap, nl + 1);
+                if (s != TD_OK) break;
                 lines[nl++] = p;
                 p = e + 1;
             }
         }
-        qsort(lines, nl, sizeof *lines, cmp_line);
-        for (size_t i = 0; i < nl; i++)
+        if (nl) qsort(lines, nl, sizeof *lines, cmp_line);
+        for (size_t i = 0; s == TD_OK && i < nl; i++)
             puts(lines[i]);
         fflush(stdout);
         free(lines);
