@@ -15,6 +15,7 @@
 
 typedef struct {
     const td_serve_opts *o;
+    volatile int *stop;
     void *zctx;
     td_router *r;
     td_gateway *g;
@@ -25,17 +26,17 @@ typedef struct {
 
 static void *run_router(void *p) {
     control *c = p;
-    c->s = td_router_run(c->r, c->o->stop_flag);
+    c->s = td_router_run(c->r, c->stop);
     if (c->s != TD_OK) { /* without its router the server is useless: stop everything */
         TD_LOG_ERROR("router stopped: %s; shutting down", td_error_message());
-        *c->o->stop_flag = 1;
+        *c->stop = 1;
     }
     return NULL;
 }
 
 static void control_stop(void *ctx) {
     control *c = ctx;
-    *c->o->stop_flag = 1;
+    *c->stop = 1;
     td_gateway_free(&c->g);
     if (c->have_thread) pthread_join(c->th, NULL);
     c->have_thread = 0;
@@ -44,9 +45,16 @@ static void control_stop(void *ctx) {
     c->zctx = NULL;
 }
 
-static td_status control_start(void *ctx, char *back, size_t back_len, char *local,
-                               size_t local_len, void **zctx) {
+static volatile int *control_catch_stop(void *ctx) {
     control *c = ctx;
+    td_cli_catch_stop_signals(&c->stop);
+    return c->stop;
+}
+
+static td_status control_start(void *ctx, volatile int *stop, char *back, size_t back_len,
+                               char *local, size_t local_len, void **zctx) {
+    control *c = ctx;
+    c->stop = stop;
     const td_serve_opts *o = c->o;
     c->zctx = zmq_ctx_new();
     if (!c->zctx) return td_error_set(TD_ERR_RUNTIME, "cannot create a ZeroMQ context");
@@ -96,12 +104,9 @@ static td_status control_start(void *ctx, char *back, size_t back_len, char *loc
 
 td_status td_cli_serve(td_model *full, td_bpe *tok, td_comm *world, td_serve_opts *o) {
     control c = {.o = o};
-    td_serve_control sc = {control_start, control_stop, &c};
-    volatile int *stop = NULL;
-    if (o->router || o->http) { /* online: a signal ends serving cleanly */
-        td_cli_catch_stop_signals(&stop);
-        o->stop_flag = stop;
-    }
+    /* online, a signal ends serving cleanly (caught once serving begins: while loading and
+     * calibrating, it still ends the process) */
+    td_serve_control sc = {control_catch_stop, control_start, control_stop, &c};
     o->control = &sc;
     td_status s = td_serve(full, tok, world, o);
     o->control = NULL;

@@ -157,15 +157,14 @@ static td_status sum_stats(td_comm *c, int64_t *st) {
  * printed by that rank). */
 static td_status agree(td_comm *c, td_status s) {
     if (c->size == 1) return s;
-    int64_t *all = calloc((size_t)c->size, sizeof *all);
-    if (!all) return s != TD_OK ? s : td_error_set(TD_ERR_NOMEM, "prep: out of memory");
-    all[c->rank] = (int64_t)s;
-    td_status sc = td_comm_allgather(c, all, 1, TD_COMM_I64);
-    int64_t worst = 0;
-    for (int r = 0; r < c->size; r++)
-        if (all[r] < worst) worst = all[r];
-    free(all);
+    /* allocation-free: how many ranks failed with each status (codes 0 .. -15) */
+    int64_t count[16] = {0};
+    count[s < 0 && s > -16 ? -s : s < 0 ? 15 : 0] = 1;
+    td_status sc = td_comm_allreduce(c, count, 16, TD_COMM_I64);
     if (sc != TD_OK) return s != TD_OK ? s : sc;
+    int64_t worst = 0;
+    for (int k = 15; k > 0 && !worst; k--)
+        if (count[k]) worst = -k;
     if (worst != TD_OK && s == TD_OK)
         return td_error_set((td_status)worst, "prep: another rank failed (see its message)");
     return s;

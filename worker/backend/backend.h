@@ -25,7 +25,8 @@ typedef struct td_backend td_backend;
 
 typedef struct {
     const char *name; /* "cpu", "cuda" */
-    /* memory: zeroed, aligned for the backend's kernels (64 bytes on the CPU) */
+    /* memory: contents undefined (zero it where it matters: untouched pages of a big
+     * plan then stay virtual), aligned for the backend's kernels (64 bytes on the CPU) */
     td_status (*alloc)(td_backend *b, void **p, size_t bytes);
     void (*release)(td_backend *b, void *p);
     td_status (*upload)(td_backend *b, void *dst, const void *src_host, size_t bytes);

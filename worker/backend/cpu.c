@@ -28,7 +28,6 @@ static td_status c_alloc(td_backend *b, void **p, size_t bytes) {
     if (!*p)
         return td_error_set(TD_ERR_NOMEM, "out of memory allocating %.1f MiB",
                             (double)bytes / 1048576.0);
-    memset(*p, 0, bytes);
     return TD_OK;
 }
 static void c_release(td_backend *b, void *p) {

@@ -175,27 +175,33 @@ static void s_free(td_comm *c) {
 
 static td_status m_gatherv(td_comm *c, const void *send, size_t n, void *recv, const size_t *counts,
                            int root) {
-    int *cnt = calloc((size_t)c->size, sizeof *cnt), *disp = calloc((size_t)c->size, sizeof *disp);
-    if (!cnt || !disp) {
-        free(cnt);
-        free(disp);
-        return td_error_set(TD_ERR_NOMEM, "rank %d: out of memory in a gather", c->rank);
-    }
+    /* every rank checks the same sizes, so every rank takes the same branch; only the root
+     * needs the int counts and displacements */
     size_t total = 0;
-    for (int r = 0; r < c->size; r++) {
-        cnt[r] = (int)counts[r];
-        disp[r] = (int)total;
+    for (int r = 0; r < c->size; r++)
         total += counts[r];
+    if (total > INT32_MAX)
+        return td_error_set(TD_ERR_INVALID,
+                            "rank %d: a gather of %zu bytes exceeds one MPI call "
+                            "(2 GiB)",
+                            c->rank, total);
+    int *cnt = NULL, *disp = NULL;
+    if (c->rank == root) {
+        cnt = calloc((size_t)c->size, sizeof *cnt);
+        disp = calloc((size_t)c->size, sizeof *disp);
+        if (!cnt || !disp) { /* the others are about to wait on us: end the job */
+            TD_LOG_ERROR("rank %d: out of memory starting a gather", c->rank);
+            td_comm_mpi_abort(1);
+        }
+        for (int r = 0, at = 0; r < c->size; r++) {
+            cnt[r] = (int)counts[r];
+            disp[r] = at;
+            at += cnt[r];
+        }
     }
-    td_status s = TD_OK;
-    if (total > INT32_MAX || n != counts[c->rank])
-        s = td_error_set(TD_ERR_INVALID,
-                         "rank %d: a gather of %zu bytes exceeds one MPI call (2 GiB)%s", c->rank,
-                         total, n != counts[c->rank] ? " or disagrees with counts" : "");
-    else
-        s = check(MPI_Gatherv(send, (int)n, MPI_BYTE, c->rank == root ? recv : NULL, cnt, disp,
-                              MPI_BYTE, root, MCOMM(c)),
-                  "MPI_Gatherv", c);
+    td_status s =
+        check(MPI_Gatherv(send, (int)n, MPI_BYTE, recv, cnt, disp, MPI_BYTE, root, MCOMM(c)),
+              "MPI_Gatherv", c);
     free(cnt);
     free(disp);
     return s;

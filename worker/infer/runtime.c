@@ -172,7 +172,11 @@ static td_status print_gathered(td_comm *w, const char *blob, size_t len) {
     int64_t *lens = calloc((size_t)w->size, sizeof *lens);
     if (!lens) return td_error_set(TD_ERR_NOMEM, "out of memory gathering the results");
     lens[w->rank] = (int64_t)len;
-    TD_TRY(td_comm_allgather(w, lens, 1, TD_COMM_I64));
+    td_status sl = td_comm_allgather(w, lens, 1, TD_COMM_I64);
+    if (sl != TD_OK) {
+        free(lens);
+        return sl;
+    }
     int64_t mx = 1;
     for (int r = 0; r < w->size; r++)
         mx = lens[r] > mx ? lens[r] : mx;
@@ -249,7 +253,8 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
 
 static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, td_comm *world,
                               td_comm *tp, int group, const td_serve_opts *o) {
-    volatile int never = 0, *stop = o->stop_flag ? o->stop_flag : &never;
+    volatile int never = 0, *stop = &never;
+    if (o->control && o->control->catch_stop) stop = o->control->catch_stop(o->control->ctx);
     char back[256] = {0}, local[256] = {0};
     void *zctx = NULL;
     int started = 0;
@@ -260,8 +265,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                             "job spans several hosts; start `tandem router` and `tandem gateway` "
                             "and give the replicas --router tcp://ROUTER_HOST:PORT");
     if (o->http && world->rank == 0) {
-        td_status s = o->control ? o->control->start(o->control->ctx, back, sizeof back, local,
-                                                     sizeof local, &zctx)
+        td_status s = o->control ? o->control->start(o->control->ctx, stop, back, sizeof back,
+                                                     local, sizeof local, &zctx)
                                  : td_error_set(TD_ERR_INVALID, "--http without a control plane");
         if (s != TD_OK) TD_LOG_ERROR("%s", td_error_message());
         started = s == TD_OK;

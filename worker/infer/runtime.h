@@ -16,12 +16,15 @@
 #include "worker/comm/comm.h"
 #include "worker/model/model.h"
 
-/* The control plane in this process, for --http: start runs on rank 0 before the replicas
- * register and fills `back` (the router's back end, for every rank) and `local` plus *zctx
- * (an inproc endpoint and the ZeroMQ context for this process's replica); stop ends it. */
+/* What the caller provides for online serving. catch_stop (may be NULL) is called when
+ * online serving begins, on every rank: it makes the stop signals set the flag it returns,
+ * which ends serving. For --http, start runs on rank 0 before the replicas register and
+ * fills `back` (the router's back end, for every rank) and `local` plus *zctx (an inproc
+ * endpoint and the ZeroMQ context for this process's replica); stop ends it. */
 typedef struct {
-    td_status (*start)(void *ctx, char *back, size_t back_len, char *local, size_t local_len,
-                       void **zctx);
+    volatile int *(*catch_stop)(void *ctx);
+    td_status (*start)(void *ctx, volatile int *stop, char *back, size_t back_len, char *local,
+                       size_t local_len, void **zctx);
     void (*stop)(void *ctx);
     void *ctx;
 } td_serve_control;
@@ -57,13 +60,12 @@ typedef struct {
     double tp_timeout_s;             /* a TP group's collective that takes longer fails the
                                       * replica (default 3) */
     int insecure;                    /* control plane without CURVE (router and replicas) */
-    const td_serve_control *control; /* with http (required then) */
-    volatile int *stop_flag;         /* online serving ends when it turns non-zero */
+    const td_serve_control *control; /* online serving (required with http) */
 } td_serve_opts;
 
 void td_serve_opts_default(td_serve_opts *o);
 /* Runs on every rank of world (collective). full: the whole model (every rank has it),
- * taken (freed by td_serve, as soon as the slices are cut). */
+ * taken (freed by td_serve; its weights are released as soon as the slices are cut). */
 td_status td_serve(td_model *full, td_bpe *tok, td_comm *world, const td_serve_opts *o);
 
 #endif

@@ -432,6 +432,8 @@ td_status td_model_to_backend(td_model *m, td_backend *be) {
     if (m->released_all)
         return td_error_set(TD_ERR_INVALID, "the model's weights were released: load it again");
     int B = m->planB, T = m->planT, grads = m->plan_grads, bf16 = m->bf16;
+    if (!m->be->host_memory && be->host_memory) /* leaving a device: back as loaded */
+        B = T = grads = bf16 = 0;
     TD_TRY(td_model_sync_host(m)); /* the parameters, as the old backend left them */
     free_backend_buffers(m);
     m->be = be;
@@ -549,6 +551,7 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
         void *g = NULL;
         TD_TRY(td_backend_alloc(m->be, &g, m->num_params * sizeof(float)));
         m->grads = g;
+        TD_TRY(m->be->ops->zero(m->be, m->grads, m->num_params * sizeof(float)));
         bind_ptrs(m, m->grads, &m->g, m->g_layers);
     }
     return TD_OK;

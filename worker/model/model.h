@@ -78,7 +78,8 @@ float *td_model_grads(td_model *m);
 td_backend *td_model_backend(const td_model *m);
 /* Moves the model's tensors to backend be (borrowed; it must outlive the model or the next
  * move; NULL: back to the model's own CPU backend), keeping its plan and bf16 setting; a
- * backend that multiplies only in bf16 turns bf16 on. */
+ * backend that multiplies only in bf16 turns bf16 on. Leaving a device for the host, the
+ * model comes back as loaded: parameters only, no plan, no bf16 copy. */
 td_status td_model_to_backend(td_model *m, td_backend *be);
 /* Host parameters <- backend parameters (before saving); and the reverse (after loading),
  * which also refreshes the bf16 working copy. No copies on a host backend. */

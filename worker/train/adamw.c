@@ -23,22 +23,22 @@ double td_grad_clip(float *g, size_t n, double clip) {
 }
 
 /* The update itself runs on the model's backend (td_model_adamw). */
-void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
-                         const td_adamw_params *hp, double lr, long t) {
-    td_model_adamw(model, m, v, lo, hi, (float)lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay,
-                   t, 1.0f, 0);
+td_status td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
+                              const td_adamw_params *hp, double lr, long t) {
+    return td_model_adamw(model, m, v, lo, hi, (float)lr, hp->beta1, hp->beta2, hp->eps,
+                          hp->weight_decay, t, 1.0f, 0);
 }
 
-void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
-                         long t, float gscale) {
-    td_model_adamw(model, m, v, 0, td_model_num_params(model), (float)lr, hp->beta1, hp->beta2,
-                   hp->eps, hp->weight_decay, t, gscale, 1);
+td_status td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp,
+                              double lr, long t, float gscale) {
+    return td_model_adamw(model, m, v, 0, td_model_num_params(model), (float)lr, hp->beta1,
+                          hp->beta2, hp->eps, hp->weight_decay, t, gscale, 1);
 }
 
-void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
-                   long t) {
-    td_model_adamw(model, m, v, 0, td_model_num_params(model), (float)lr, hp->beta1, hp->beta2,
-                   hp->eps, hp->weight_decay, t, 1.0f, 0);
+td_status td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
+                        long t) {
+    return td_model_adamw(model, m, v, 0, td_model_num_params(model), (float)lr, hp->beta1,
+                          hp->beta2, hp->eps, hp->weight_decay, t, 1.0f, 0);
 }
 
 double td_lr_schedule(long step, long total, long warmup, double lr, double min_ratio) {

@@ -20,19 +20,19 @@ double td_grad_clip(float *grads, size_t n, double clip);
  * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  * p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p), wd only where the tensor's
  * `decay` flag is set. */
-void td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
-                   long t);
+td_status td_adamw_step(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
+                        long t);
 
 /* The same update restricted to parameters [lo, hi) of the flat vector; m and v hold only
  * that range (hi - lo floats, m[0] belongs to parameter lo). For ZeRO-1 slices. */
-void td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
-                         const td_adamw_params *hp, double lr, long t);
+td_status td_adamw_step_range(td_model *model, float *m, float *v, size_t lo, size_t hi,
+                              const td_adamw_params *hp, double lr, long t);
 
 /* The training step's fused form: the gradients are multiplied by gscale (clipping) as
  * they are read, and set to zero as they are consumed, so one pass over p, g, m, v replaces
  * the clip pass, the update and the next step's zeroing. */
-void td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp, double lr,
-                         long t, float gscale);
+td_status td_adamw_step_fused(td_model *model, float *m, float *v, const td_adamw_params *hp,
+                              double lr, long t, float gscale);
 /* Global L2 norm of the gradients (no change to them). */
 double td_grad_norm(const float *grads, size_t n);
 /* The factor that brings a gradient of norm `norm` down to `clip` (1 when under it). */

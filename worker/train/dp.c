@@ -359,7 +359,7 @@ td_status td_zero1_step(td_zero1 *z, td_model *m, float *adam_m, float *adam_v,
     /* the slice's gradients go back into the model's gradient buffer for AdamW */
     size_t hi = z->hi < z->n ? z->hi : z->n;
     if (hi > z->lo) memcpy(g + z->lo, gs, (hi - z->lo) * sizeof(float));
-    td_adamw_step_range(m, adam_m, adam_v, z->lo, hi, hp, lr, t);
+    TD_TRY(td_adamw_step_range(m, adam_m, adam_v, z->lo, hi, hp, lr, t));
     memcpy(z->stage + z->lo, p + z->lo, (hi > z->lo ? hi - z->lo : 0) * sizeof(float));
     double t2 = td_time_now();
     TD_TRY(td_comm_allgather(c, z->stage, per, TD_COMM_F32));

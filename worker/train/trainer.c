@@ -287,7 +287,9 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     }
     TD_TRY(td_model_new(&j->model, &t->model));
     td_model_init_random(t->model, (uint64_t)j->seed);
-    TD_TRY(td_model_plan(t->model, t->local_B, j->seq_len, 1));
+    /* a device run plans after the move (to_backend): no host plan it would not use */
+    if (!opts->device || !strcmp(opts->device, "cpu"))
+        TD_TRY(td_model_plan(t->model, t->local_B, j->seq_len, 1));
     size_t np = td_model_num_params(t->model), nm = np;
     if (j->zero) {
         TD_TRY(td_zero1_init(&t->zero, t->comm, np));
@@ -374,7 +376,7 @@ static void teardown(trainer *t) {
 
 /* Moves the model (and the optimizer's moments) to the job's backend, sets up the device
  * all-reduce and bf16 products. */
-static td_status to_backend(trainer *t, const td_train_opts *opts, long step0, int quiet) {
+static td_status to_backend(trainer *t, const td_train_opts *opts, int quiet) {
     const td_job *j = t->job;
     const char *device = opts->device ? opts->device : "cpu";
     TD_TRY(td_backend_new(device, t->comm->local_rank, &t->be));
@@ -386,14 +388,14 @@ static td_status to_backend(trainer *t, const td_train_opts *opts, long step0, i
                             device);
     TD_TRY(td_model_to_backend(t->model, t->be));
     if (!host) { /* the moments move too (from a resumed checkpoint, or zeros) */
+        TD_TRY(td_model_plan(t->model, t->local_B, j->seq_len, 1));
         size_t np = td_model_num_params(t->model);
         void *dm = NULL, *dv = NULL;
         td_status s = td_backend_alloc(t->be, &dm, np * sizeof(float));
         if (s == TD_OK) s = td_backend_alloc(t->be, &dv, np * sizeof(float));
-        if (s == TD_OK && step0 > 0)
-            s = td_backend_upload(t->be, dm, t->adam_m, np * sizeof(float));
-        if (s == TD_OK && step0 > 0)
-            s = td_backend_upload(t->be, dv, t->adam_v, np * sizeof(float));
+        /* the host moments: the resumed ones, or calloc's zeros */
+        if (s == TD_OK) s = td_backend_upload(t->be, dm, t->adam_m, np * sizeof(float));
+        if (s == TD_OK) s = td_backend_upload(t->be, dv, t->adam_v, np * sizeof(float));
         if (s != TD_OK) {
             td_backend_release(t->be, dm);
             td_backend_release(t->be, dv);
@@ -491,7 +493,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step, t.size,
                t.size > 1 ? "s" : "", j->zero ? " (ZeRO-1)" : "", td_loader_num_tokens(t.train));
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
-    if (s == TD_OK) s = to_backend(&t, opts, step0, quiet);
+    if (s == TD_OK) s = to_backend(&t, opts, quiet);
     if (s != TD_OK) {
         teardown(&t);
         return s;
