@@ -5,7 +5,7 @@
 # the next round) so that both see the same machine, and a table of each row's median
 # tokens/s over the rounds with the ratio B / A.
 # Usage: bench/ab.sh BUILD_A BUILD_B [--rounds N] [--train-steps N] [--decode-steps N]
-#                    [--threads N]
+#                    [--threads N] [--only train|decode]
 #   e.g. git worktree add /tmp/before <commit>; build it there; then
 #        bench/ab.sh /tmp/before/build build --threads 1
 set -euo pipefail
@@ -15,13 +15,14 @@ usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 [ $# -ge 2 ] || { usage >&2; exit 2; }
 A=$1 B=$2
 shift 2
-rounds=3 tsteps=6 dsteps=32 threads=
+rounds=3 tsteps=6 dsteps=32 threads= only=
 while [ $# -gt 0 ]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --train-steps) tsteps=$2; shift 2 ;;
     --decode-steps) dsteps=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "ab.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -42,11 +43,14 @@ run() { # side build-dir program args...
     fi
 }
 shapes="gpt2-L4-C256 gpt2-L12-C768 llama-L4-C256 llama-L12-C768"
+what_list="$shapes decode"
+[ "$only" = train ] && what_list=$shapes
+[ "$only" = decode ] && what_list=decode
 for r in $(seq 1 "$rounds"); do
     order="A B"
     [ $((r % 2)) -eq 0 ] && order="B A"
     echo "round $r/$rounds ($order)" >&2
-    for what in $shapes decode; do
+    for what in $what_list; do
         for side in $order; do
             d=$A
             [ $side = B ] && d=$B

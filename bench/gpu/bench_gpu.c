@@ -72,7 +72,8 @@ int main(int argc, char **argv) {
     size_t np = td_model_num_params(m);
     void *am = NULL, *av = NULL;
     if (td_model_plan(m, B, T, 1) != TD_OK || td_model_to_backend(m, be) != TD_OK ||
-        td_backend_alloc(be, &am, np * 4) != TD_OK || td_backend_alloc(be, &av, np * 4) != TD_OK) {
+        td_backend_alloc(be, &am, np * 4) != TD_OK || td_backend_alloc(be, &av, np * 4) != TD_OK ||
+        be->ops->zero(be, am, np * 4) != TD_OK || be->ops->zero(be, av, np * 4) != TD_OK) {
         fprintf(stderr, "bench_gpu: %s\n", td_error_message());
         return 1;
     }

@@ -9,6 +9,7 @@
 #      TP = 1 and 2, with GPTQ and rounded to nearest (the slices share one int8 grid); the free-running agreement (tokens
 #      equal up to a prompt's first difference) is printed, not checked: it measures this
 #      tiny model's near-tied choices more than the rounding (docs/serve.md)
+#      and `tandem generate --prompts-file --max-new-tokens` gives serve's tokens
 #   3. train -> serve handoff: `mpirun -np 2 tandem train job --serve --tp 2` prints the
 #      same greedy tokens as `tandem serve` on the checkpoint it saved
 #   4. memory (resident, as serve logs it): serving a 44 MB model in fp32 holds at most 1.5x
@@ -53,6 +54,13 @@ for f in tp2 tp4 tp2x2 handoff; do
     fi
 done
 grep -q '"replica": 1' tp2x2.jsonl || { echo "FAIL: the second replica served nothing"; fail=1; }
+# generate --prompts-file is the same runtime with generate's option name for the length
+"$TANDEM" generate --model $CK --prompts-file prompts.txt --max-new-tokens 24 > gen.jsonl 2> /dev/null
+if cmp -s <(tokens tp1.jsonl) <(tokens gen.jsonl) && [ "$(wc -l < gen.jsonl)" -eq 32 ]; then
+    echo "generate --prompts-file --max-new-tokens 24: identical to serve --max-tokens 24"
+else
+    echo "FAIL: generate --prompts-file differs from serve"; fail=1
+fi
 # 2. int8
 "$TANDEM" serve --model $CK --int8 --dry-run > plan.txt
 grep -E "weights (fp32|int8)" plan.txt

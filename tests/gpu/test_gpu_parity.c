@@ -386,6 +386,8 @@ static void test_step(td_arch arch) {
     void *gm = NULL, *gv = NULL;
     CK(td_backend_alloc(GB, &gm, 4 * np));
     CK(td_backend_alloc(GB, &gv, 4 * np));
+    CK(GB->ops->zero(GB, gm, 4 * np)); /* backend memory comes uninitialised */
+    CK(GB->ops->zero(GB, gv, 4 * np));
     CK(td_model_adamw(g, gm, gv, 0, np, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1,
                       td_clip_scale(ggnorm, 1.0), 1));
     CK(td_model_sync_host(g));

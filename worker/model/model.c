@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/grow.h"
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/timeutil.h"
@@ -69,7 +70,8 @@ struct td_model {
         void *p;
         size_t n;
     } * rel;
-    int nrel, released_all;
+    size_t nrel, rel_cap;
+    int released_all;
     td_backward_hook hook;
     void *hook_ctx;
     int embed_rows_mode, rows_n;
@@ -337,7 +339,7 @@ static void free_backend_buffers(td_model *m) {
 void td_model_free(td_model **mp) {
     if (!mp || !*mp) return;
     td_model *m = *mp;
-    for (int i = 0; i < m->nrel; i++)
+    for (size_t i = 0; i < m->nrel; i++)
         mprotect(m->rel[i].p, m->rel[i].n, PROT_READ | PROT_WRITE);
     free(m->rel);
     if (m->be) free_backend_buffers(m);
@@ -788,9 +790,10 @@ void td_model_release_range(td_model *m, const float *from, size_t count) {
     uintptr_t b = (uintptr_t)(from + count) & ~(pg - 1);
     if (b <= a) return;
     if ((const float *)a < m->hparams || (const float *)b > m->hparams + m->num_params) return;
-    struct released *r = realloc(m->rel, sizeof *r * (size_t)(m->nrel + 1));
-    if (!r) return; /* kept resident: nothing lost but memory */
-    m->rel = r;
+    if (TD_GROW(m->rel, m->rel_cap, m->nrel + 1) != TD_OK) { /* kept resident */
+        td_error_clear();
+        return;
+    }
     if (madvise((void *)a, b - a, MADV_DONTNEED) != 0) {
         TD_LOG_WARN("could not release %.1f MiB of weights (kept)", (b - a) / 1048576.0);
         return;
