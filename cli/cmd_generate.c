@@ -72,9 +72,18 @@ static td_status parse_tokens(const char *s, int32_t **out, int *n) {
 int td_cmd_generate(int argc, char **argv) {
     /* many prompts from a file: the serving runtime's batched engine, with serve's options
      * (which take --max-new-tokens as --max-tokens) */
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--prompts-file") || !strncmp(argv[i], "--prompts-file=", 15))
-            return td_serve_main(argc, argv, "generate", NULL, NULL);
+    int files = 0, single = 0;
+    for (int i = 1; i < argc; i++) {
+        files += !strcmp(argv[i], "--prompts-file") || !strncmp(argv[i], "--prompts-file=", 15);
+        single += !strcmp(argv[i], "--prompt") || !strncmp(argv[i], "--prompt=", 9) ||
+                  !strcmp(argv[i], "--tokens") || !strncmp(argv[i], "--tokens=", 9);
+    }
+    if (files && single) {
+        fprintf(stderr, "tandem generate: --prompts-file and --prompt/--tokens exclude each "
+                        "other\n");
+        return 2;
+    }
+    if (files) return td_serve_main(argc, argv, "generate", NULL, NULL);
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"tokens", required_argument, 0, 't'},

@@ -247,8 +247,6 @@ int td_cmd_prep(int argc, char **argv) {
         else
             rc = td_status_exit_code(s);
     }
-    /* a rank that failed where the others could not learn of it must not leave them waiting */
-    if (rc && comm && comm->size > 1) td_comm_mpi_abort(rc);
     td_comm_free(&comm);
     if (mpi) td_comm_mpi_finalize();
     free(inputs);

@@ -1,5 +1,7 @@
 /* `tandem serve --model DIR [--tp T] --prompts-file F`, alone or under mpirun. */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,8 +49,9 @@ static void help(FILE *f) {
             "                        --heartbeat-ms\n"
             "  --tp T                tensor-parallel degree (divides the ranks; default 1)\n"
             "  --prompts-file F      prompts, one per line\n"
-            "  --max-tokens N        tokens to generate per prompt (default 64)\n"
-            "  --temperature T       0 = greedy (default 0)\n"
+            "  --max-tokens N        tokens to generate per prompt (default 64; generate:\n"
+            "                        --max-new-tokens, default 200)\n"
+            "  --temperature T       0 = greedy (default 0; generate: 0.8)\n"
             "  --top-k K, --top-p P  sampling filters\n"
             "  --seed N              sampling seed (prompt i uses N + i)\n"
             "  --stop STR            stop string (repeatable)\n"
@@ -78,6 +81,17 @@ static void help(FILE *f) {
 
 int td_cmd_serve(int argc, char **argv) {
     return td_serve_main(argc, argv, "serve", NULL, NULL);
+}
+
+/* s as a whole decimal integer in [lo, hi] (a value past int, or with trailing text, is
+ * refused rather than wrapped) */
+static int int_in(const char *s, long lo, long hi, int *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return 0;
+    *out = (int)v;
+    return 1;
 }
 
 /* Shared by serve and train --serve: parses serve options from argv (unknown options are
@@ -155,6 +169,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
+    if (!strcmp(cmd, "generate")) { /* generate's own defaults (docs/generate.md) */
+        o.max_tokens = 200;
+        o.temperature = 0.8f;
+    }
     const char *model_dir = NULL;
     int no_verify = 0;
     const char **stops = calloc((size_t)argc + 1, sizeof *stops);
@@ -169,23 +187,20 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             model_dir = optarg;
             break;
         case O_TP:
-            o.tp = (int)strtol(optarg, &end, 10);
-            bad = o.tp < 1;
+            bad = !int_in(optarg, 1, 1 << 16, &o.tp);
             break;
         case O_PROMPTS:
             o.prompts_file = optarg;
             break;
         case O_MAX:
-            o.max_tokens = (int)strtol(optarg, &end, 10);
-            bad = o.max_tokens < 1;
+            bad = !int_in(optarg, 1, INT_MAX, &o.max_tokens);
             break;
         case O_TEMP:
             o.temperature = strtof(optarg, &end);
             bad = o.temperature < 0;
             break;
         case O_TOPK:
-            o.top_k = (int)strtol(optarg, &end, 10);
-            bad = o.top_k < 0;
+            bad = !int_in(optarg, 0, INT_MAX, &o.top_k);
             break;
         case O_TOPP:
             o.top_p = strtof(optarg, &end);
@@ -199,8 +214,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             bad = !optarg[0];
             break;
         case O_SEQS:
-            o.max_seqs = (int)strtol(optarg, &end, 10);
-            bad = o.max_seqs < 1;
+            bad = !int_in(optarg, 1, 1 << 20, &o.max_seqs);
             break;
         case O_KV:
             o.kv_mb = strtod(optarg, &end);
@@ -232,12 +246,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             o.calib_file = optarg;
             break;
         case O_CSEQS:
-            o.calib_seqs = (int)strtol(optarg, &end, 10);
-            bad = o.calib_seqs < 1;
+            bad = !int_in(optarg, 1, 1 << 20, &o.calib_seqs);
             break;
         case O_CLEN:
-            o.calib_len = (int)strtol(optarg, &end, 10);
-            bad = o.calib_len < 2;
+            bad = !int_in(optarg, 2, 1 << 24, &o.calib_len);
             break;
         case O_CMB:
             o.calib_mb = strtod(optarg, &end);
@@ -270,8 +282,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             bad = *end || o.tp_timeout_s < 0.1 || o.tp_timeout_s > 3600;
             break;
         case O_HB:
-            o.heartbeat_ms = (int)strtol(optarg, &end, 10);
-            bad = *end || o.heartbeat_ms < 10 || o.heartbeat_ms > 600000;
+            bad = !int_in(optarg, 10, 600000, &o.heartbeat_ms);
             break;
         case O_NAME:
             o.name = optarg;

@@ -107,6 +107,10 @@ expect "serve: no prompts" "need --model" -- "$TANDEM" serve --model run/step_00
 expect "serve: device cuda, no GPU" "--device cuda: " -- "$TANDEM" serve --model run/step_00000002 --device cuda --prompts-file prompts.txt
 expect "serve: empty stop string" "bad value" -- "$TANDEM" serve --model run/step_00000002 --stop "" --prompts-file prompts.txt
 expect "train --serve without prompts" "--serve needs --prompts-file" -- "$TANDEM" train good.json --serve
+expect "serve: --max-tokens past int" "bad value for an option: '4294967297'" -- "$TANDEM" serve --model run/step_00000002 --prompts-file prompts.txt --max-tokens 4294967297
+printf 'abc\0def\nghi\n' > nul.txt
+expect "generate: NUL in prompts file" "line 1 holds a NUL byte" -- "$TANDEM" generate --model run/step_00000002 --prompts-file nul.txt
+expect "generate: prompt and file" "exclude each other" -- "$TANDEM" generate --model run/step_00000002 --prompts-file prompts.txt --prompt hi
 "$TANDEM" serve --model run/step_00000002 --prompts-file prompts.txt --max-tokens 2147483647 > big.jsonl 2>&1 &&
     grep -q '"finish"' big.jsonl && { pass=$((pass + 1)); echo "  ok    serve: --max-tokens 2147483647 clamps to the context"; } ||
     { fail=$((fail + 1)); echo "  FAIL  serve: huge --max-tokens: $(cat big.jsonl)"; }

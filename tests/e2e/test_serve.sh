@@ -55,7 +55,7 @@ for f in tp2 tp4 tp2x2 handoff; do
 done
 grep -q '"replica": 1' tp2x2.jsonl || { echo "FAIL: the second replica served nothing"; fail=1; }
 # generate --prompts-file is the same runtime with generate's option name for the length
-"$TANDEM" generate --model $CK --prompts-file prompts.txt --max-new-tokens 24 > gen.jsonl 2> /dev/null
+"$TANDEM" generate --model $CK --prompts-file prompts.txt --max-new-tokens 24 --temperature 0 > gen.jsonl 2> /dev/null
 if cmp -s <(tokens tp1.jsonl) <(tokens gen.jsonl) && [ "$(wc -l < gen.jsonl)" -eq 32 ]; then
     echo "generate --prompts-file --max-new-tokens 24: identical to serve --max-tokens 24"
 else

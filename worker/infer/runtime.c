@@ -36,12 +36,25 @@ static td_status read_prompts(const char *path, char ***out, int *n) {
     char *text;
     size_t len;
     TD_TRY(td_fs_read_file(path, &text, &len));
+    const char *nul = memchr(text, 0, len);
+    if (nul) {
+        size_t line = 1;
+        for (const char *c = text; c < nul; c++)
+            line += *c == '\n';
+        free(text);
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: line %zu holds a NUL byte: a prompts file is UTF-8 text, one "
+                            "prompt per line",
+                            path, line);
+    }
     size_t cap = 0, k = 0;
     char **p = NULL;
     td_status st = TD_OK;
     for (char *line = text; st == TD_OK && line && *line;) {
         char *nl = strchr(line, '\n');
         if (nl) *nl = 0;
+        size_t ll = strlen(line);
+        if (ll && line[ll - 1] == '\r') line[ll - 1] = 0; /* CRLF files */
         if (*line) {
             st = TD_GROW(p, cap, k + 1);
             char *d = st == TD_OK ? malloc(strlen(line) + 1) : NULL, *s = line;
