@@ -5,7 +5,8 @@
 #   --root DIR  the repository to check (default: the one holding this script)
 #   -h, --help  this text
 # The files are the *.c *.h *.cu *.cuh *.inc files that git tracks or would track (untracked
-# files that are not ignored count too) under a folder of the table. A file's folder is the
+# files that are not ignored count too) under a folder of the table; outside a git checkout
+# (or without git), every such file under those folders. A file's folder is the
 # longest folder of the table its path starts with (worker/kernels/cpu/x.c is in
 # worker/kernels). An included path is repository-relative ("worker/model/model.h") and
 # its folder is found the same way; a name without a slash is the includer's own folder,
@@ -56,16 +57,20 @@ done
 [ -n "$root" ] || root="$(dirname "$0")/.."
 [ -d "$root" ] || { echo "layers: no such directory: $root" >&2; exit 2; }
 cd "$root"
-top=$(git rev-parse --show-toplevel 2> /dev/null) || {
-    echo "layers: $root is not a git checkout: the files checked are the ones git lists" >&2
-    exit 2
-}
-cd "$top"
-list=$(git ls-files --cached --others --exclude-standard -- \
-    '*.c' '*.h' '*.cu' '*.cuh' '*.inc' 2> /dev/null) || {
-    echo "layers: $root is not a git checkout: the files checked are the ones git lists" >&2
-    exit 2
-}
+# The files: what git tracks or would track in a checkout; without git (a source tarball, a
+# machine without git), every such file under the table's folders.
+if command -v git > /dev/null && top=$(git rev-parse --show-toplevel 2> /dev/null); then
+    cd "$top"
+    list=$(git ls-files --cached --others --exclude-standard -- \
+        '*.c' '*.h' '*.cu' '*.cuh' '*.inc')
+else
+    dirs=$(printf '%s\n' "$RULES" | awk 'NF >= 2 && $2 != "-" { print $1 }' | sort -u)
+    existing=""
+    for d in $dirs; do [ -d "$d" ] && existing="$existing $d"; done
+    list=""
+    [ -z "$existing" ] || list=$(find $existing -type f \( -name '*.c' -o -name '*.h' \
+        -o -name '*.cu' -o -name '*.cuh' -o -name '*.inc' \) | sort)
+fi
 
 printf '%s\n' "$list" | LAYER_RULES=$RULES LAYER_BARE=$BARE awk '
 function folder_of(path,    r, best) {
