@@ -11,16 +11,7 @@ TANDEM=$(realpath "$1")
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cd "$W"
+. "$HERE/tiny_model.sh"
 export OMP_NUM_THREADS=1
-"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 \
-    /usr/share/games/fortunes/fortunes
-cat > job.json <<JOB
-{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
-           "max_position_embeddings": 128},
- "data": {"train": "data", "seq_len": 32},
- "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
- "checkpoint": {"dir": "$W/run", "every": 2, "keep": 1}, "device": "cpu"}
-JOB
-"$TANDEM" train job.json --quiet 2> /dev/null
-python3 "$HERE/chaos.py" "$TANDEM" "$W/run/step_00000002" --minutes "${CHAOS_MINUTES:-2}"
+tiny_model "$TANDEM" 128
+python3 "$HERE/chaos.py" "$TANDEM" "$TINY_CK" --minutes "${CHAOS_MINUTES:-2}"

@@ -15,22 +15,13 @@ SRV=
 cleanup() { [ -n "$SRV" ] && kill "$SRV" 2> /dev/null; wait 2> /dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 cd "$W"
+. "$HERE/tiny_model.sh"
 export OMP_NUM_THREADS=1
-"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 \
-    /usr/share/games/fortunes/fortunes
-cat > job.json <<'JOB'
-{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
-           "max_position_embeddings": 64},
- "data": {"train": "data", "seq_len": 32},
- "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
- "checkpoint": {"dir": "run", "every": 2, "keep": 1}, "device": "cpu"}
-JOB
-"$TANDEM" train job.json --quiet 2> /dev/null
+tiny_model "$TANDEM" 64
 start() { # LOG [env...]: serve --http on a free port; sets SRV and BASE
     local log=$1
     shift
-    env "$@" "$TANDEM" serve --model run/step_00000002 --name tiny --http 127.0.0.1:0 2> "$log" &
+    env "$@" "$TANDEM" serve --model "$TINY_CK" --name tiny --http 127.0.0.1:0 2> "$log" &
     SRV=$!
     for _ in $(seq 100); do grep -q "listening on http" "$log" && break; sleep 0.1; done
     BASE=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log")

@@ -10,6 +10,7 @@
 #      start-up grace instead of answering 404)
 # Usage: test_router_restart.sh TANDEM_BINARY
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
 W=$(mktemp -d)
 PIDS=()
@@ -20,19 +21,10 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$W"
+. "$HERE/tiny_model.sh"
 export OMP_NUM_THREADS=1
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 \
-    /usr/share/games/fortunes/fortunes
-cat > job.json <<'JOB'
-{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
-           "max_position_embeddings": 256},
- "data": {"train": "data", "seq_len": 32},
- "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
- "checkpoint": {"dir": "run", "every": 2, "keep": 1}, "device": "cpu"}
-JOB
-"$TANDEM" train job.json --quiet 2> /dev/null
+tiny_model "$TANDEM" 256
 PF=$(free_port)
 PB=$(free_port)
 router() {
@@ -43,7 +35,7 @@ router() {
 router
 "$TANDEM" gateway --listen 127.0.0.1:0 --router tcp://127.0.0.1:$PF 2> gateway.log &
 PIDS+=($!)
-TANDEM_TEST_STEP_DELAY_MS=100 "$TANDEM" serve --model run/step_00000002 --name tiny \
+TANDEM_TEST_STEP_DELAY_MS=100 "$TANDEM" serve --model "$TINY_CK" --name tiny \
     --max-seqs 16 --router tcp://127.0.0.1:$PB 2> replica.log &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q "listening on port" gateway.log && break; sleep 0.1; done

@@ -7,6 +7,7 @@
 # socket's lock while waiting for requests, and was dropped and re-registered over and over).
 # Usage: test_serve_idle.sh TANDEM_BINARY [REQUESTS (30)] [GAP_S (1.0)] [HEARTBEAT_MS (250)]
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
 N=${2:-30}
 GAP=${3:-1.0}
@@ -21,19 +22,10 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$W"
+. "$HERE/tiny_model.sh"
 export OMP_NUM_THREADS=1
-"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 \
-    /usr/share/games/fortunes/fortunes
-cat > job.json <<'JOB'
-{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
-           "max_position_embeddings": 64},
- "data": {"train": "data", "seq_len": 32},
- "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
- "checkpoint": {"dir": "run", "every": 2, "keep": 1}, "device": "cpu"}
-JOB
-"$TANDEM" train job.json --quiet 2> /dev/null
-"$TANDEM" serve --model run/step_00000002 --name tiny --http 127.0.0.1:0 --heartbeat-ms "$HB" \
+tiny_model "$TANDEM" 64
+"$TANDEM" serve --model "$TINY_CK" --name tiny --http 127.0.0.1:0 --heartbeat-ms "$HB" \
     2> serve.log &
 SRV=$!
 for _ in $(seq 100); do grep -q "listening on http" serve.log && break; sleep 0.1; done

@@ -20,20 +20,11 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$W"
+. "$HERE/tiny_model.sh"
 . "$HERE/mpi_env.sh"
 export OMP_NUM_THREADS=1
-"$TANDEM" prep --out data --quiet --vocab-size 300 --delimiter % --val-fraction 0.05 \
-    /usr/share/games/fortunes/fortunes
-cat > job.json <<JOB
-{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
-           "max_position_embeddings": 256},
- "data": {"train": "data", "seq_len": 32},
- "train": {"batch_size": 4, "steps": 2, "lr": 1e-3, "seed": 1},
- "checkpoint": {"dir": "$W/run", "every": 2, "keep": 1}, "device": "cpu"}
-JOB
-"$TANDEM" train job.json --quiet 2> /dev/null
-TANDEM_TEST_STEP_DELAY_MS=50 mpirun -np 2 "$TANDEM" serve --model "$W/run/step_00000002" --name tiny \
+tiny_model "$TANDEM" 256
+TANDEM_TEST_STEP_DELAY_MS=50 mpirun -np 2 "$TANDEM" serve --model "$TINY_CK" --name tiny \
     --tp 2 --http 127.0.0.1:0 2> serve.log &
 MPI=$!
 for _ in $(seq 150); do grep -q "listening on http" serve.log && break; sleep 0.1; done

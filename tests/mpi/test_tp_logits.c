@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
                 REQUIRE(td_infer_tp_slice(full, tp->rank, T, &m) == TD_OK, "%s",
                         td_error_message());
                 if (q) REQUIRE(td_infer_quantize_int8(m, 1) == TD_OK, "%s", td_error_message());
-                td_infer_set_tp_comm(m, tp);
+                REQUIRE(td_infer_set_tp_comm(m, tp) == TD_OK, "%s", td_error_message());
                 REQUIRE(td_kv_cache_new(m, 8, 4, &kv) == TD_OK && td_infer_plan(m, 8, 1) == TD_OK,
                         "kv");
                 run(m, kv, prompt, 15, got);

@@ -143,8 +143,6 @@ struct td_backend {
  * rank modulo their count); *out owned by the caller. Fails with a message saying why a
  * backend is unavailable. */
 td_status td_backend_new(const char *name, int device, td_backend **out);
-/* 1 when `name` names a backend this build has (a GPU may still be missing at run time). */
-int td_backend_available(const char *name);
 /* How many devices backend `name` can use on this machine ("cpu": 1; "cuda": the usable
  * GPUs, 0 with *why saying why, e.g. a build without CUDA or no driver). */
 int td_backend_devices(const char *name, char *why, size_t why_len);

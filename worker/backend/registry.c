@@ -12,14 +12,6 @@ td_status td_backend_cuda_new(int device, td_backend **out);
 int td_backend_cuda_count(char *why, size_t why_len);
 #endif
 
-int td_backend_available(const char *name) {
-    if (!strcmp(name, "cpu") || !strcmp(name, "auto")) return 1;
-#ifdef TD_HAVE_CUDA
-    if (!strcmp(name, "cuda")) return 1;
-#endif
-    return 0;
-}
-
 int td_backend_devices(const char *name, char *why, size_t why_len) {
     if (!strcmp(name, "cpu")) return 1;
     if (strcmp(name, "cuda")) {

@@ -67,11 +67,6 @@ td_status td_engine_new(td_infer_model *m, td_bpe *tok, const td_engine_opts *o,
     size_t full = (size_t)((e->maxT + e->o.block_tokens - 1) / e->o.block_tokens);
     e->n_blocks = e->o.kv_bytes ? e->o.kv_bytes / per_block : full * (size_t)e->o.max_seqs;
     e->tp = o->tp && o->tp->size > 1 ? o->tp : NULL;
-    if (e->tp && !td_model_backend(td_infer_model_weights(m))->host_memory) {
-        free(e);
-        return td_error_set(TD_ERR_INVALID, "a tensor-parallel group on a device backend is not "
-                                            "built yet (its all-reduce is on host memory)");
-    }
     if (e->tp) { /* kv_bytes is per rank; the leader's block count rules the group */
         int64_t nb = (int64_t)e->n_blocks;
         td_status sb = td_comm_bcast(e->tp, &nb, 1, TD_COMM_I64, 0);
@@ -80,7 +75,11 @@ td_status td_engine_new(td_infer_model *m, td_bpe *tok, const td_engine_opts *o,
             return sb;
         }
         e->n_blocks = (size_t)nb;
-        td_infer_set_tp_comm(m, e->tp);
+        sb = td_infer_set_tp_comm(m, e->tp);
+        if (sb != TD_OK) {
+            free(e);
+            return sb;
+        }
     }
     if (e->n_blocks == 0) {
         size_t budget = e->o.kv_bytes;

@@ -50,8 +50,9 @@ td_status td_infer_forward(td_infer_model *im, td_kv_cache *kv, const td_infer_s
  * grid. Host memory. */
 td_status td_infer_tp_slice(const td_infer_model *full, int rank, int T, td_infer_model **out);
 /* The slice's group: td_infer_forward all-reduces after each row-parallel product. The
- * serving model borrows c. */
-void td_infer_set_tp_comm(td_infer_model *im, td_comm *c);
+ * serving model borrows c. Refused (TD_ERR_INVALID) for a group of several ranks on a device
+ * backend: the all-reduce works on host memory. */
+td_status td_infer_set_tp_comm(td_infer_model *im, td_comm *c);
 
 /* int8 weight-only quantization: every linear weight of the layers and an untied input
  * embedding get an int8 copy with one fp32 scale per output channel (max |w| / 127, round

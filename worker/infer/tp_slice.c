@@ -7,8 +7,12 @@
 /* ---------------------------------------------------------------------------------------- */
 /* tensor parallelism (Megatron layout) */
 
-void td_infer_set_tp_comm(td_infer_model *m, td_comm *c) {
+td_status td_infer_set_tp_comm(td_infer_model *m, td_comm *c) {
+    if (c && c->size > 1 && !td_model_backend(m->w)->host_memory)
+        return td_error_set(TD_ERR_INVALID, "a tensor-parallel group on a device backend is not "
+                                            "built yet (its all-reduce is on host memory)");
     m->tp_comm = c;
+    return TD_OK;
 }
 
 /* Copies rows [r0, r0 + nr) of a (rows, cols) matrix to dst. */

@@ -456,12 +456,6 @@ td_status td_model_sync_host(td_model *m) {
     return td_backend_download(m->be, m->hparams, m->params, m->num_params * sizeof(float));
 }
 
-td_status td_model_sync_backend(td_model *m) {
-    if (m->params != m->hparams)
-        TD_TRY(td_backend_upload(m->be, m->params, m->hparams, m->num_params * sizeof(float)));
-    return td_model_refresh_bf16(m);
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* activation planning */
 

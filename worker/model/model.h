@@ -18,8 +18,8 @@
  * networking (data parallelism's all-reduce is the trainer's, through the backward hook).
  * Its tensors live on a compute backend (worker/backend): a new model is on the CPU;
  * td_model_to_backend moves it (e.g. to a GPU). The parameters also stay in host memory
- * (td_model_params) for loading, saving and slicing; td_model_sync_host and
- * td_model_sync_backend copy between the two where they differ. */
+ * (td_model_params) for loading, saving and slicing; td_model_sync_host copies the trained
+ * parameters back where the two differ. */
 #ifndef TD_MODEL_H
 #define TD_MODEL_H
 
@@ -69,7 +69,7 @@ void td_model_free(td_model **m);
 
 const td_model_config *td_model_config_of(const td_model *m);
 size_t td_model_num_params(const td_model *m);
-/* The parameters in host memory (after a change there, td_model_sync_backend). */
+/* The parameters in host memory (load them before td_model_to_backend moves the model). */
 float *td_model_params(td_model *m);
 /* The parameters and gradients in backend memory (the same as host memory on the CPU); the
  * gradients are NULL until td_model_plan(..., with_grads=1). */
@@ -81,10 +81,8 @@ td_backend *td_model_backend(const td_model *m);
  * backend that multiplies only in bf16 turns bf16 on. Leaving a device for the host, the
  * model comes back as loaded: parameters only, no plan, no bf16 copy. */
 td_status td_model_to_backend(td_model *m, td_backend *be);
-/* Host parameters <- backend parameters (before saving); and the reverse (after loading),
- * which also refreshes the bf16 working copy. No copies on a host backend. */
+/* Host parameters <- backend parameters (before saving). No copy on a host backend. */
 td_status td_model_sync_host(td_model *m);
-td_status td_model_sync_backend(td_model *m);
 const td_param_tensor *td_model_tensors(const td_model *m, int *count);
 const td_param_ptrs *td_model_param_ptrs(const td_model *m);
 
