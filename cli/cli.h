@@ -4,6 +4,9 @@
 #define TD_CLI_H
 
 int td_cmd_train(int argc, char **argv);
+int td_cmd_finetune(int argc, char **argv);
+int td_cmd_merge(int argc, char **argv);
+int td_cmd_show(int argc, char **argv);
 int td_cmd_generate(int argc, char **argv);
 int td_cmd_prep(int argc, char **argv);
 int td_cmd_serve(int argc, char **argv);

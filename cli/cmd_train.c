@@ -57,7 +57,38 @@ static void watch_stop_signals(void) {
     sigaction(SIGUSR1, &sa, NULL);
 }
 
+static void help_finetune(FILE *f) {
+    fprintf(f, "usage: tandem finetune JOB.json [--resume] [--stop-at STEP] [--quiet]\n"
+               "\n"
+               "Fine-tunes a checkpoint on conversations: the job's \"finetune\" block names the\n"
+               "base checkpoint (its weights, tokenizer and chat template; no optimizer state\n"
+               "needed) and the method, full or lora; data.train is JSON Lines of\n"
+               "{\"messages\": [...]} or {\"prompt\", \"completion\"}. The loss counts the\n"
+               "assistant's tokens only. Alone or data-parallel under mpirun, like train.\n"
+               "A LoRA run writes PEFT adapters (adapter_config.json, adapter_model.safetensors)\n"
+               "to its checkpoints; tandem merge folds one into a full checkpoint. See\n"
+               "docs/finetune.md.\n"
+               "\n"
+               "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
+               "  --stop-at STEP   stop after STEP (saving a checkpoint)\n"
+               "  --quiet          print only errors and warnings\n"
+               "  --no-verify      do not check the base's (or the resumed checkpoint's) files\n"
+               "                   against its SHA256SUMS\n"
+               "  -h, --help       this text\n");
+}
+
+static int run(int argc, char **argv, int finetune);
+
 int td_cmd_train(int argc, char **argv) {
+    return run(argc, argv, 0);
+}
+
+int td_cmd_finetune(int argc, char **argv) {
+    return run(argc, argv, 1);
+}
+
+static int run(int argc, char **argv, int finetune) {
+    const char *name = finetune ? "finetune" : "train";
     static const struct option opts[] = {{"resume", no_argument, 0, 'r'},
                                          {"stop-at", required_argument, 0, 's'},
                                          {"quiet", no_argument, 0, 'q'},
@@ -122,16 +153,21 @@ int td_cmd_train(int argc, char **argv) {
             break;
         }
         case 'h':
-            help(stdout);
+            (finetune ? help_finetune : help)(stdout);
             return 0;
         default:
-            help(stderr);
+            (finetune ? help_finetune : help)(stderr);
             return 2;
         }
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "tandem train: expected exactly one job file\n");
-        help(stderr);
+        fprintf(stderr, "tandem %s: expected exactly one job file\n", name);
+        (finetune ? help_finetune : help)(stderr);
+        return 2;
+    }
+    if (finetune && serve) {
+        fprintf(stderr, "tandem finetune: --serve is not built for fine-tuning; serve the "
+                        "checkpoint (or the base with --adapter) afterwards\n");
         return 2;
     }
     int has_prompts = 0, tp = 1;
@@ -149,11 +185,34 @@ int td_cmd_train(int argc, char **argv) {
     }
     td_job job;
     td_status s = td_job_load(argv[optind], &job);
-    if (s != TD_OK) return td_cli_fail_same_on_all_ranks("train", s);
+    if (s != TD_OK) return td_cli_fail_same_on_all_ranks(name, s);
+    if (finetune != (job.base[0] != 0)) {
+        fprintf(stderr,
+                finetune ? "tandem finetune: error: %s has no \"finetune\" block (base, method); "
+                           "to pretrain, use tandem train\n"
+                         : "tandem train: error: %s has a \"finetune\" block: run it with "
+                           "tandem finetune\n",
+                argv[optind]);
+        td_job_deinit(&job);
+        return 2;
+    }
+    if (job.lora && !strcmp(job.device, "cuda")) {
+        fprintf(stderr,
+                "tandem finetune: error: %s: LoRA training runs on the CPU for now; use device "
+                "\"cpu\" or \"auto\"\n",
+                argv[optind]);
+        td_job_deinit(&job);
+        return 2;
+    }
     /* device: cpu; cuda (this rank's GPU; an error saying why where none is usable);
      * auto: the GPU when one is usable, else the CPU with one line saying why */
     char why[256] = "no usable GPU: this build has no CUDA backend (TANDEM_CUDA=OFF)";
     int say_cpu = 0; /* device auto without a GPU: said once, by rank 0, below */
+    if (job.lora && !strcmp(job.device, "auto")) { /* LoRA: CPU only, said below */
+        snprintf(why, sizeof why, "LoRA training runs on the CPU for now");
+        snprintf(job.device, sizeof job.device, "cpu");
+        say_cpu = 1;
+    }
     if (strcmp(job.device, "cpu")) {
         char err[200] = "";
         int ngpu = td_backend_devices("cuda", err, sizeof err);
@@ -184,7 +243,7 @@ int td_cmd_train(int argc, char **argv) {
         if (s != TD_OK) {
             td_job_deinit(&job);
             td_comm_mpi_finalize();
-            return td_cli_fail("train", s);
+            return td_cli_fail(name, s);
         }
         td_log_set_rank(comm->rank);
         if (comm->rank != 0) td_log_set_level(TD_LOG_LVL_ERROR);
@@ -222,7 +281,7 @@ int td_cmd_train(int argc, char **argv) {
     s = td_train_run(&job, &o, &r);
     td_job_deinit(&job);
     int rc = 0;
-    if (s != TD_OK) rc = td_cli_fail("train", s);
+    if (s != TD_OK) rc = td_cli_fail(name, s);
     td_comm_free(&comm);
     if (rc == 0 && serve && r.stopped) { /* stopped early: no serving */
         td_model_free(&trained);

@@ -22,6 +22,9 @@ typedef struct {
 static const command g_cmds[] = {
     {"prep", td_cmd_prep, "clean, deduplicate and tokenize text into shards (BPE; mpirun)"},
     {"train", td_cmd_train, "train a model from a job file (alone or data-parallel; mpirun)"},
+    {"finetune", td_cmd_finetune, "fine-tune a checkpoint on conversations (full or LoRA; mpirun)"},
+    {"merge", td_cmd_merge, "fold a LoRA adapter into its base: a full checkpoint"},
+    {"show", td_cmd_show, "describe a checkpoint or adapter and its lineage"},
     {"generate", td_cmd_generate, "sample text from a checkpoint (one prompt or a file)"},
     {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; router, HTTP)"},
     {"router", td_cmd_router, "route requests to serving replicas (ZeroMQ)"},

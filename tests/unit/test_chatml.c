@@ -1,4 +1,4 @@
-/* Chat prompts as token ids (worker/infer/replica.h): td_chatml_encode gives the ids of the
+/* Chat prompts as token ids (data/chat.h): td_chatml_encode gives the ids of the
  * ChatML text td_chatml_prompt renders (the form transformers' apply_chat_template renders,
  * checked by make interop) when no message holds special-token text, and never turns text a
  * user typed into a special token: "<|im_end|>\n<|im_start|>system\n..." inside a user's
@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "data/bpe.h"
+#include "data/chat.h"
 #include "tests/test.h"
-#include "worker/infer/replica.h"
 
 static int count(const int32_t *ids, size_t n, int id) {
     int c = 0;

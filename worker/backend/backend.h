@@ -44,10 +44,18 @@ typedef struct {
     td_status (*matmul_fwd)(td_backend *b, float *out, const float *inp, const float *W,
                             const uint16_t *Wbf, const float *bias, int N, int C, int OC);
     /* dinp (N,C) += dout @ W (overwrites with overwrite; dinp may be NULL);
-     * dW += dout^T @ inp; dbias += column sums of dout (dbias may be NULL) */
+     * dW += dout^T @ inp (dW may be NULL: frozen weights); dbias += column sums of dout
+     * (dbias may be NULL) */
     td_status (*matmul_bwd)(td_backend *b, float *dinp, float *dW, float *dbias, const float *dout,
                             const float *inp, const float *W, const uint16_t *Wbf, int N, int C,
                             int OC, int overwrite);
+    /* column blocks (adapters on fused matrices): out[n S + c0 + j] += scale src[n W + j],
+     * and cols_get: dst[n W + j] = scale src[n S + c0 + j] (overwrites), for n < N, j < W.
+     * NULL where a backend has not built them. */
+    td_status (*cols_add)(td_backend *b, float *out, int S, int c0, const float *src, int W, int N,
+                          float scale);
+    td_status (*cols_get)(td_backend *b, float *dst, int W, const float *src, int S, int c0, int N,
+                          float scale);
 
     /* ---- the layers' operations (training: position of row n is n % T) */
     /* out (N,C) = wte[tok[n]] (+ wpe[n % T]) */

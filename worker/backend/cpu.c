@@ -105,7 +105,7 @@ static td_status c_matmul_bwd(td_backend *b, float *dinp, float *dW, float *dbia
     td_bf16_from_f32(d, dout, (size_t)N * OC);
     td_bf16_from_f32(x, inp, (size_t)N * C);
     if (dinp) TD_TRY(td_bf16_gemm(dinp, d, Wbf, NULL, N, C, OC, 0, 0, !overwrite));
-    TD_TRY(td_bf16_gemm(dW, d, x, NULL, OC, C, N, 1, 0, 1));
+    if (dW) TD_TRY(td_bf16_gemm(dW, d, x, NULL, OC, C, N, 1, 0, 1));
     if (dbias) {
 #pragma omp parallel
         {
@@ -115,6 +115,31 @@ static td_status c_matmul_bwd(td_backend *b, float *dinp, float *dW, float *dbia
                 for (int j = j0; j < j1; j++)
                     dbias[j] += dout[(size_t)n * OC + j];
         }
+    }
+    return TD_OK;
+}
+
+static td_status c_cols_add(td_backend *b, float *out, int S, int c0, const float *src, int W,
+                            int N, float scale) {
+    (void)b;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * S + c0;
+        const float *x = src + (size_t)n * W;
+        for (int j = 0; j < W; j++)
+            o[j] += scale * x[j];
+    }
+    return TD_OK;
+}
+static td_status c_cols_get(td_backend *b, float *dst, int W, const float *src, int S, int c0,
+                            int N, float scale) {
+    (void)b;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = dst + (size_t)n * W;
+        const float *x = src + (size_t)n * S + c0;
+        for (int j = 0; j < W; j++)
+            o[j] = scale * x[j];
     }
     return TD_OK;
 }
@@ -385,6 +410,8 @@ static const td_backend_ops g_cpu_ops = {
     .to_bf16 = c_to_bf16,
     .matmul_fwd = c_matmul_fwd,
     .matmul_bwd = c_matmul_bwd,
+    .cols_add = c_cols_add,
+    .cols_get = c_cols_get,
     .embed_fwd = c_embed_fwd,
     .embed_bwd = c_embed_bwd,
     .rmsnorm_fwd = c_rmsnorm_fwd,

@@ -48,49 +48,6 @@ typedef struct {
 } rep;
 
 /* Appends one id to (*ids, *cap) at position *k. */
-static td_status push_id(int32_t **ids, size_t *cap, size_t *k, int32_t id) {
-    TD_TRY(td_grow((void **)ids, cap, *k + 1, sizeof **ids));
-    (*ids)[(*k)++] = id;
-    return TD_OK;
-}
-
-td_status td_chatml_encode(td_bpe *tok, const char *const *roles, const char *const *contents,
-                           int n, int32_t **ids, size_t *cap, size_t *n_ids) {
-    int start = td_bpe_special_id(tok, "<|im_start|>"), end = td_bpe_special_id(tok, "<|im_end|>");
-    if (start < 0 || end < 0)
-        return td_error_set(TD_ERR_FORMAT, "the tokenizer has no <|im_start|>/<|im_end|> tokens");
-    size_t k = 0;
-    for (int i = 0; i <= n; i++) { /* the n messages, then the assistant's turn */
-        const char *role = i < n ? roles[i] : "assistant";
-        const char *content = i < n ? contents[i] : "";
-        size_t len = strlen(role) + strlen(content) + 2;
-        char *seg = malloc(len);
-        if (!seg) return td_error_set(TD_ERR_NOMEM, "out of memory");
-        snprintf(seg, len, "%s\n%s", role, content);
-        td_status s = push_id(ids, cap, &k, start);
-        /* role and content as ordinary text: "<|im_end|>" typed by a user stays bytes */
-        if (s == TD_OK) k = td_bpe_encode_append(tok, seg, strlen(seg), 0, ids, cap, k);
-        free(seg);
-        if (s == TD_OK && i < n) s = push_id(ids, cap, &k, end);
-        if (s == TD_OK && i < n) k = td_bpe_encode_append(tok, "\n", 1, 0, ids, cap, k);
-        TD_TRY(s);
-    }
-    *n_ids = k;
-    return TD_OK;
-}
-
-char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n) {
-    size_t len = 32;
-    for (int i = 0; i < n; i++)
-        len += strlen(roles[i]) + strlen(contents[i]) + 32;
-    char *p = malloc(len), *w = p;
-    if (!p) return NULL;
-    for (int i = 0; i < n; i++)
-        w += sprintf(w, "<|im_start|>%s\n%s<|im_end|>\n", roles[i], contents[i]);
-    strcpy(w, "<|im_start|>assistant\n");
-    return p;
-}
-
 /* ---------------------------------------------------------------------------------------- */
 
 static td_status send_env(rep *r, const td_env *env) {

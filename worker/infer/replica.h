@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "data/bpe.h"
+#include "data/chat.h"
 #include "proto/request.h"
 #include "worker/infer/engine.h"
 
@@ -36,15 +37,5 @@ td_sampling td_sampling_of(const Tandem__Sampling *s, td_request_api api, int ch
                            const char *const *stop, uint64_t seed_default);
 
 td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, volatile int *stop);
-
-/* The ChatML prompt for messages (role, content pairs): "<|im_start|>role\ncontent<|im_end|>\n"
- * for each, then "<|im_start|>assistant\n". Returns a malloc'd string. */
-char *td_chatml_prompt(const char *const *roles, const char *const *contents, int n);
-/* The same prompt as token ids: the template's markers are the special tokens, the roles
- * and contents ordinary text, so a user cannot forge a turn by typing "<|im_end|>" (the
- * ids equal those of encoding td_chatml_prompt's text when no content holds special-token
- * text). Writes *n_ids ids into (*ids, *cap), grown as needed. */
-td_status td_chatml_encode(td_bpe *tok, const char *const *roles, const char *const *contents,
-                           int n, int32_t **ids, size_t *cap, size_t *n_ids);
 
 #endif

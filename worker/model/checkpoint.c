@@ -12,6 +12,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/sha256.h"
+#include "worker/model/lora.h"
 #include "worker/model/safetensors.h"
 
 static td_status write_tensors(const td_model *m, const float *base, const char *suffix,
@@ -80,13 +81,10 @@ const char td_chatml_template[] =
     "{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /* The files SHA256SUMS covers, in the order written; those absent are skipped. */
-static const char *const k_sum_files[] = {"config.json",
-                                          "model.safetensors",
-                                          "optimizer.safetensors",
-                                          "tokenizer.json",
-                                          "tokenizer_config.json",
-                                          "trainer_state.json",
-                                          NULL};
+static const char *const k_sum_files[] = {
+    "config.json",           "adapter_config.json",   "adapter_model.safetensors",
+    "model.safetensors",     "optimizer.safetensors", "tokenizer.json",
+    "tokenizer_config.json", "trainer_state.json",    NULL};
 
 /* SHA256SUMS in `sha256sum` format ("<64 hex>  <name>"), so `sha256sum -c` checks it too. */
 static td_status write_sums(const char *dir) {
@@ -162,23 +160,81 @@ td_status td_checkpoint_check(const char *dir, int skip) {
     return TD_OK;
 }
 
+/* The adapter's AdamW moments: "<adapter tensor>.exp_avg", ".exp_avg_sq". */
+static td_status write_lora_moments(const td_checkpoint_save_args *a, const char *dir) {
+    int nt;
+    const td_lora_tensor *t = td_lora_tensors(a->lora, &nt);
+    td_st_writer *w = td_st_writer_new();
+    if (!w) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    char name[200], p[4200];
+    td_status s = TD_OK;
+    for (int i = 0; i < nt && s == TD_OK; i++) {
+        snprintf(name, sizeof name, "%s.exp_avg", t[i].name);
+        s = td_st_writer_add(w, name, TD_DT_F32, 2, t[i].shape, a->adam_m + t[i].offset, 0);
+        snprintf(name, sizeof name, "%s.exp_avg_sq", t[i].name);
+        if (s == TD_OK)
+            s = td_st_writer_add(w, name, TD_DT_F32, 2, t[i].shape, a->adam_v + t[i].offset, 0);
+    }
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    if (s == TD_OK) s = td_st_writer_save(w, p);
+    td_st_writer_free(&w);
+    return s;
+}
+
+td_status td_checkpoint_file_sha256(const char *dir, const char *file, char hex[65]) {
+    char p[4200], *text = NULL;
+    size_t len = 0;
+    snprintf(p, sizeof p, "%s/SHA256SUMS", dir);
+    if (td_fs_exists(p) && td_fs_read_file(p, &text, &len) == TD_OK) {
+        for (char *line = text; line && *line;) {
+            char *nl = strchr(line, '\n');
+            if (nl) *nl = 0;
+            if (strlen(line) > 66 && !strcmp(line + 66, file)) {
+                memcpy(hex, line, 64);
+                hex[64] = 0;
+                free(text);
+                return TD_OK;
+            }
+            line = nl ? nl + 1 : NULL;
+        }
+    }
+    free(text);
+    td_error_clear();
+    snprintf(p, sizeof p, "%s/%s", dir, file);
+    return td_sha256_file(p, hex);
+}
+
 td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, size_t out_len) {
-    TD_TRY(td_fs_mkdirs(a->root));
     char tmp[4096], fin[4096], p[4200];
-    snprintf(tmp, sizeof tmp, "%s/.tmp-step_%08ld-%d", a->root, a->step, (int)getpid());
-    snprintf(fin, sizeof fin, "%s/step_%08ld", a->root, a->step);
+    if (a->dir) {
+        if (td_fs_exists(a->dir))
+            return td_error_set(TD_ERR_INVALID, "%s already exists: choose a new directory",
+                                a->dir);
+        snprintf(tmp, sizeof tmp, "%s.tmp-%d", a->dir, (int)getpid());
+        snprintf(fin, sizeof fin, "%s", a->dir);
+    } else {
+        TD_TRY(td_fs_mkdirs(a->root));
+        snprintf(tmp, sizeof tmp, "%s/.tmp-step_%08ld-%d", a->root, a->step, (int)getpid());
+        snprintf(fin, sizeof fin, "%s/step_%08ld", a->root, a->step);
+    }
     TD_TRY(td_fs_remove_tree(tmp));
     TD_TRY(td_fs_mkdirs(tmp));
     td_status s;
-    cJSON *cfg = td_model_config_to_hf_json(td_model_config_of(a->model));
-    snprintf(p, sizeof p, "%s/config.json", tmp);
-    s = td_json_save_file(p, cfg);
-    cJSON_Delete(cfg);
-    if (s != TD_OK) goto fail;
-    snprintf(p, sizeof p, "%s/model.safetensors", tmp);
-    s = write_tensors(a->model, td_model_params((td_model *)a->model), "", p);
-    if (s != TD_OK) goto fail;
-    if (a->adam_m && a->adam_v) {
+    if (a->lora) {
+        s = td_lora_save(a->lora, tmp, a->base);
+        if (s == TD_OK && a->adam_m && a->adam_v) s = write_lora_moments(a, tmp);
+        if (s != TD_OK) goto fail;
+    } else {
+        cJSON *cfg = td_model_config_to_hf_json(td_model_config_of(a->model));
+        snprintf(p, sizeof p, "%s/config.json", tmp);
+        s = td_json_save_file(p, cfg);
+        cJSON_Delete(cfg);
+        if (s != TD_OK) goto fail;
+        snprintf(p, sizeof p, "%s/model.safetensors", tmp);
+        s = write_tensors(a->model, td_model_params((td_model *)a->model), "", p);
+        if (s != TD_OK) goto fail;
+    }
+    if (!a->lora && a->adam_m && a->adam_v) {
         /* both moments in one file: "<name>.exp_avg" then "<name>.exp_avg_sq" */
         int nt;
         const td_param_tensor *t = td_model_tensors(a->model, &nt);
@@ -229,8 +285,10 @@ td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, si
         s = td_error_set(TD_ERR_IO, "cannot rename %s to %s: %s", tmp, fin, strerror(errno));
         goto fail;
     }
-    td_fs_sync_dir(a->root);
-    prune(a->root, a->keep, a->step);
+    if (!a->dir) {
+        td_fs_sync_dir(a->root);
+        prune(a->root, a->keep, a->step);
+    }
     if (out_dir) snprintf(out_dir, out_len, "%s", fin);
     return TD_OK;
 fail:

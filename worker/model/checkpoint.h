@@ -28,6 +28,14 @@ typedef struct {
     const cJSON *trainer_state; /* written as trainer_state.json; borrowed */
     const char *tokenizer_json; /* contents of tokenizer.json, or NULL for none */
     int keep;                   /* keep the newest `keep` checkpoints (0 = all) */
+    /* an adapter checkpoint: adapter_config.json and adapter_model.safetensors (PEFT's
+     * files) instead of config.json and model.safetensors; adam_m/adam_v then hold the
+     * adapter's moments. base: the base checkpoint, recorded in adapter_config.json */
+    const struct td_lora *lora;
+    const char *base;
+    /* not NULL: write exactly this directory (which must not exist) instead of
+     * ROOT/step_NNNNNNNN; root and keep are then unused */
+    const char *dir;
 } td_checkpoint_save_args;
 
 /* The chat template tandem writes into tokenizer_config.json ("chat_template", the Jinja
@@ -58,6 +66,9 @@ td_status td_checkpoint_verify(const char *dir, int *verified);
  * skip (the user's --no-verify) logs that nothing was. */
 td_status td_checkpoint_check(const char *dir, int skip);
 
+/* The sha256 of `file` in checkpoint `dir` (hex): from SHA256SUMS where it lists the file,
+ * else computed. */
+td_status td_checkpoint_file_sha256(const char *dir, const char *file, char hex[65]);
 /* Finds the newest complete checkpoint under `root`; TD_ERR_NOTFOUND when there is none. */
 td_status td_checkpoint_latest(const char *root, char *out, size_t out_len);
 

@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/timeutil.h"
+#include "worker/model/lora.h"
 
 typedef struct {
     float *res;            /* (N, C) residual stream entering the layer */
@@ -74,6 +75,7 @@ struct td_model {
     int released_all;
     td_backward_hook hook;
     void *hook_ctx;
+    td_lora *lora; /* adapters (borrowed): the base weights are frozen, no gradients */
     int embed_rows_mode, rows_n;
     /* profiling */
     int prof_on;
@@ -543,6 +545,7 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
     m->planB = B;
     m->planT = T;
     m->plan_grads = with_grads;
+    if (with_grads && m->lora) return td_lora_plan(m->lora, m->be, B * T);
     if (with_grads && !m->grads) {
         void *g = NULL;
         TD_TRY(td_backend_alloc(m->be, &g, m->num_params * sizeof(float)));
@@ -611,6 +614,11 @@ uint16_t *td_model_bf16_params(td_model *m) {
 #define MM_FWD(out, inp, W, bias, N, C, OC) OP(matmul_fwd, out, inp, W, WBF(W), bias, N, C, OC)
 #define MM_BWD(dinp, dW, dbias, dout, inp, W, N, C, OC, ow)                                        \
     OP(matmul_bwd, dinp, dW, dbias, dout, inp, W, WBF(W), N, C, OC, ow)
+/* the adapters' part of a product (a model without adapters skips it) */
+#define LORA_FWD(l, mat, out, S, x)                                                                \
+    if (m->lora) PROF(TD_PROF_MATMUL_FWD, TD_TRY(td_lora_fwd(m->lora, l, mat, out, S, x, N)))
+#define LORA_BWD(l, mat, dx, dout, S, x)                                                           \
+    if (m->lora) PROF(TD_PROF_MATMUL_BWD, TD_TRY(td_lora_bwd(m->lora, l, mat, dx, dout, S, x, N)))
 
 td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                            double *loss) {
@@ -646,21 +654,25 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
         PROF(TD_PROF_NORM,
              TD_TRY(norm_fwd(m, a->n1, a->n1m, a->n1r, a->res, w->norm1_w, w->norm1_b, N)));
         PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->qkv, a->n1, w->wqkv, w->bqkv, N, C, m->QKV));
+        LORA_FWD(l, TD_LORA_QKV, a->qkv, m->QKV, a->n1);
         if (llama)
             PROF(TD_PROF_ROPE, OP(rope, a->qkv, N, T, m->QKV, m->NH + m->NKV, m->hd,
                                   (float)m->cfg.rope_theta, 0));
         PROF(TD_PROF_ATTN_FWD,
              OP(attention_fwd, a->atty, a->att, a->qkv, B, T, m->NH, m->NKV, m->hd));
         PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->res2, a->atty, w->wo, w->bo, N, m->NH * m->hd, C));
+        LORA_FWD(l, TD_LORA_O, a->res2, C, a->atty);
         PROF(TD_PROF_RESIDUAL, OP(add, a->res2, a->res2, a->res, (size_t)N * C));
         PROF(TD_PROF_NORM,
              TD_TRY(norm_fwd(m, a->n2, a->n2m, a->n2r, a->res2, w->norm2_w, w->norm2_b, N)));
         PROF(TD_PROF_MATMUL_FWD, MM_FWD(a->fc, a->n2, w->wfc, w->bfc, N, C, m->FC));
+        LORA_FWD(l, TD_LORA_FC, a->fc, m->FC, a->n2);
         if (llama)
             PROF(TD_PROF_ACT, OP(swiglu_fwd, a->h, a->fc, N, m->F));
         else
             PROF(TD_PROF_ACT, OP(gelu_fwd, a->h, a->fc, (size_t)N * m->F));
         PROF(TD_PROF_MATMUL_FWD, MM_FWD(res_out, a->h, w->wproj, w->bproj, N, m->F, C));
+        LORA_FWD(l, TD_LORA_PROJ, res_out, C, a->h);
         PROF(TD_PROF_RESIDUAL, OP(add, res_out, res_out, a->res2, (size_t)N * C));
     }
     PROF(TD_PROF_NORM,
@@ -682,13 +694,17 @@ void td_model_zero_grad(td_model *m) {
 }
 
 td_status td_model_backward(td_model *m, double dscale) {
-    if (!m->grads || !m->dres)
+    if ((!m->grads && !m->lora) || !m->dres)
         return td_error_set(TD_ERR_INVALID, "backward needs td_model_plan(..., with_grads=1)");
     if (!m->has_targets)
         return td_error_set(TD_ERR_INVALID, "backward needs a forward pass with targets");
     int B = m->lastB, T = m->lastT, N = B * T, C = m->C, V = m->V;
     int llama = m->cfg.arch == TD_ARCH_LLAMA;
     const td_param_ptrs *P = &m->p, *G = &m->g;
+    /* frozen base weights (adapters): no gradient for any of them */
+    td_layer_params none = {0};
+    td_param_ptrs frozen = {.layers = NULL};
+    if (!m->grads) G = &frozen;
     /* a hook hands ranges of gradients to another thread: they must be complete in memory */
     int hook = m->hook != NULL;
 
@@ -708,21 +724,24 @@ td_status td_model_backward(td_model *m, double dscale) {
     for (int l = m->L - 1; l >= 0; l--) {
         layer_acts *a = &m->la[l];
         const td_layer_params *w = &P->layers[l];
-        const td_layer_params *g = &G->layers[l];
+        const td_layer_params *g = G->layers ? &G->layers[l] : &none;
         /* dres holds d(residual leaving the layer); the residual add passes it through */
         PROF(TD_PROF_MATMUL_BWD,
              MM_BWD(m->dh, g->wproj, g->bproj, m->dres, a->h, w->wproj, N, m->F, C, 1));
+        LORA_BWD(l, TD_LORA_PROJ, m->dh, m->dres, C, a->h);
         if (llama)
             PROF(TD_PROF_ACT, OP(swiglu_bwd, m->dfc, m->dh, a->fc, N, m->F));
         else
             PROF(TD_PROF_ACT, OP(gelu_bwd, m->dfc, m->dh, a->fc, (size_t)N * m->F));
         PROF(TD_PROF_MATMUL_BWD,
              MM_BWD(m->dn, g->wfc, g->bfc, m->dfc, a->n2, w->wfc, N, C, m->FC, 1));
+        LORA_BWD(l, TD_LORA_FC, m->dn, m->dfc, m->FC, a->n2);
         PROF(TD_PROF_NORM, TD_TRY(norm_bwd(m, m->dres, g->norm2_w, g->norm2_b, m->dn, a->res2,
                                            w->norm2_w, a->n2m, a->n2r, N)));
         /* dres is now d(res2) */
         PROF(TD_PROF_MATMUL_BWD,
              MM_BWD(m->datty, g->wo, g->bo, m->dres, a->atty, w->wo, N, m->NH * m->hd, C, 1));
+        LORA_BWD(l, TD_LORA_O, m->datty, m->dres, C, a->atty);
         PROF(TD_PROF_ATTN_BWD, OP(attention_bwd, m->dqkv, m->datty, a->atty, a->att, a->qkv, B, T,
                                   m->NH, m->NKV, m->hd));
         if (llama)
@@ -730,6 +749,7 @@ td_status td_model_backward(td_model *m, double dscale) {
                                   (float)m->cfg.rope_theta, 1));
         PROF(TD_PROF_MATMUL_BWD,
              MM_BWD(m->dn, g->wqkv, g->bqkv, m->dqkv, a->n1, w->wqkv, N, C, m->QKV, 1));
+        LORA_BWD(l, TD_LORA_QKV, m->dn, m->dqkv, m->QKV, a->n1);
         PROF(TD_PROF_NORM, TD_TRY(norm_bwd(m, m->dres, g->norm1_w, g->norm1_b, m->dn, a->res,
                                            w->norm1_w, a->n1m, a->n1r, N)));
         if (hook) {
@@ -810,4 +830,35 @@ td_status td_model_release_all(td_model *m) {
 
 int td_model_is_released(const td_model *m) {
     return m->released_all;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* adapters */
+
+td_status td_model_set_lora(td_model *m, td_lora *lo) {
+    if (m->grads)
+        return td_error_set(TD_ERR_INVALID,
+                            "adapters go on a model before it is planned for training");
+    m->lora = lo;
+    if (lo && m->plan_grads) return td_lora_plan(lo, m->be, m->planB * m->planT);
+    return TD_OK;
+}
+
+td_lora *td_model_lora(const td_model *m) {
+    return m->lora;
+}
+
+static float *host_matrix(void *ctx, int layer, td_lora_matrix mat) {
+    td_layer_params *w = &((td_model *)ctx)->hp.layers[layer];
+    return mat == TD_LORA_QKV  ? w->wqkv
+           : mat == TD_LORA_O  ? w->wo
+           : mat == TD_LORA_FC ? w->wfc
+                               : w->wproj;
+}
+
+td_status td_model_merge_lora(td_model *m, const td_lora *lo) {
+    if (!m->be->host_memory)
+        return td_error_set(TD_ERR_INVALID, "merging an adapter runs on a model in host memory");
+    TD_TRY(td_lora_merge(lo, host_matrix, m));
+    return td_model_refresh_bf16(m);
 }

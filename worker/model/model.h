@@ -189,4 +189,14 @@ void td_model_release_range(td_model *m, const float *from, size_t count);
 td_status td_model_release_all(td_model *m);
 int td_model_is_released(const td_model *m);
 
+/* Adapters (worker/model/lora.h): with lo set (borrowed; it must outlive its use), the
+ * forward adds the adapters' products and the backward computes gradients for the adapters
+ * only: the base weights are frozen and get no gradient buffer (set adapters before planning
+ * with gradients). NULL removes them. */
+struct td_lora;
+td_status td_model_set_lora(td_model *m, struct td_lora *lo);
+struct td_lora *td_model_lora(const td_model *m);
+/* Folds adapter lo into the host parameters: W += (alpha / r) B A. */
+td_status td_model_merge_lora(td_model *m, const struct td_lora *lo);
+
 #endif

@@ -40,9 +40,11 @@ static td_status copy_str(const cJSON *o, const char *where, const char *key, in
 
 /* The keys each block may hold. A key tandem does not know is an error, not ignored: a
  * typo ("stpes") would otherwise train with a default the user did not choose. */
-static const char *const k_root[] = {"model",  "data",      "train", "checkpoint",
-                                     "device", "precision", NULL};
-static const char *const k_data[] = {"train", "val", "seq_len", NULL};
+static const char *const k_root[] = {"model",  "data",      "train",    "checkpoint",
+                                     "device", "precision", "finetune", NULL};
+static const char *const k_data[] = {"train", "val", "seq_len", "overlong", NULL};
+static const char *const k_ft[] = {"base", "method", "lora", NULL};
+static const char *const k_lora[] = {"r", "alpha", "dropout", "target_modules", NULL};
 static const char *const k_train[] = {
     "batch_size",   "grad_accum", "steps",        "warmup",    "lr",  "lr_min_ratio",
     "weight_decay", "clip",       "beta1",        "beta2",     "eps", "seed",
@@ -80,7 +82,15 @@ static const char *const k_model[] = {"arch",
                                       "initializer_range",
                                       "_name_or_path",
                                       NULL};
-static const char *const k_all[] = {"data.train",
+static const char *const k_all[] = {"finetune.base",
+                                    "finetune.method",
+                                    "finetune.lora",
+                                    "lora.r",
+                                    "lora.alpha",
+                                    "lora.dropout",
+                                    "lora.target_modules",
+                                    "data.overlong",
+                                    "data.train",
                                     "data.val",
                                     "data.seq_len",
                                     "train.batch_size",
@@ -104,6 +114,68 @@ static const char *const k_all[] = {"data.train",
                                     "checkpoint.keep",
                                     NULL};
 
+/* The "finetune" block: base checkpoint (its config.json is the model), method, LoRA. */
+static td_status parse_finetune(td_job *j, const cJSON *ft) {
+    char where[1100], p[1200];
+    snprintf(where, sizeof where, "%s: finetune", j->path);
+    TD_TRY(td_json_check_keys(ft, where, k_ft, k_all));
+    TD_TRY(copy_str(ft, where, "base", 1, j->base, sizeof j->base));
+    char method[16] = "full";
+    TD_TRY(copy_str(ft, where, "method", 0, method, sizeof method));
+    if (strcmp(method, "full") && strcmp(method, "lora"))
+        return td_error_set(TD_ERR_INVALID, "%s.method: \"%s\" is not one of full, lora", where,
+                            method);
+    j->lora = !strcmp(method, "lora");
+    const cJSON *lo = cJSON_GetObjectItemCaseSensitive(ft, "lora");
+    if (lo && !j->lora)
+        return td_error_set(TD_ERR_INVALID, "%s.lora: goes with \"method\": \"lora\"", where);
+    snprintf(p, sizeof p, "%s/config.json", j->base);
+    cJSON *cfg;
+    td_status s = td_json_load_file(p, &cfg);
+    if (s != TD_OK)
+        return td_error_wrap(s, "%s.base: %s is not a checkpoint directory: ", where, j->base);
+    s = td_model_config_from_json(cfg, p, &j->model);
+    cJSON_Delete(cfg);
+    TD_TRY(s);
+    if (!j->lora) return TD_OK;
+    td_lora_config *c = &j->lora_cfg;
+    c->r = 8;
+    c->alpha = 16;
+    c->dropout = 0;
+    snprintf(where, sizeof where, "%s: finetune.lora", j->path);
+    if (lo) TD_TRY(td_json_check_keys(lo, where, k_lora, k_all));
+    long r = c->r;
+    if (lo) {
+        TD_TRY(get_long(lo, where, "r", 0, 0, &r));
+        TD_TRY(get_num(lo, where, "alpha", 1e-9, 1e9, &c->alpha));
+        TD_TRY(get_num(lo, where, "dropout", 0, 0.99, &c->dropout));
+    }
+    c->r = (int)r;
+    const cJSON *tm = lo ? cJSON_GetObjectItemCaseSensitive(lo, "target_modules") : NULL;
+    if (tm && !cJSON_IsArray(tm))
+        return td_error_set(TD_ERR_INVALID, "%s.target_modules: expected a list of names", where);
+    if (tm) {
+        for (int i = 0; i < cJSON_GetArraySize(tm); i++) {
+            const cJSON *e = cJSON_GetArrayItem(tm, i);
+            if (!cJSON_IsString(e) || strlen(e->valuestring) >= sizeof c->targets[0] ||
+                c->n_targets == TD_LORA_MAX_TARGETS)
+                return td_error_set(TD_ERR_INVALID,
+                                    "%s.target_modules: entry %d is not a module name", where,
+                                    i + 1);
+            snprintf(c->targets[c->n_targets++], sizeof c->targets[0], "%s", e->valuestring);
+        }
+    } else { /* PEFT's usual choice: the attention's query and value projections */
+        int llama = j->model.arch == TD_ARCH_LLAMA;
+        snprintf(c->targets[c->n_targets++], sizeof c->targets[0], llama ? "q_proj" : "c_attn");
+        if (llama) snprintf(c->targets[c->n_targets++], sizeof c->targets[0], "v_proj");
+    }
+    /* checked against the model now, so a bad target or rank fails before any work */
+    td_lora *probe = NULL;
+    TD_TRY(td_lora_new(&j->model, c, where, 0, &probe));
+    td_lora_free(&probe);
+    return TD_OK;
+}
+
 static td_status parse(td_job *j) {
     const char *p = j->path;
     char where[1100];
@@ -122,10 +194,20 @@ static td_status parse(td_job *j) {
     TD_TRY(td_json_check_keys(train, where, k_train, k_all));
     snprintf(where, sizeof where, "%s: checkpoint", p);
     TD_TRY(td_json_check_keys(ckpt, where, k_ckpt, k_all));
-    if (!model) return td_error_set(TD_ERR_INVALID, "%s: missing the \"model\" block", p);
+    const cJSON *ft = cJSON_GetObjectItemCaseSensitive(root, "finetune");
+    if (ft) {
+        TD_TRY(parse_finetune(j, ft));
+        if (model)
+            return td_error_set(TD_ERR_INVALID,
+                                "%s: a fine-tune's model is its base's (%s/config.json): remove "
+                                "the \"model\" block",
+                                p, j->base);
+    } else {
+        if (!model) return td_error_set(TD_ERR_INVALID, "%s: missing the \"model\" block", p);
+        snprintf(where, sizeof where, "%s: model", p);
+        TD_TRY(td_model_config_from_json(model, where, &j->model));
+    }
     if (!data) return td_error_set(TD_ERR_INVALID, "%s: missing the \"data\" block", p);
-    snprintf(where, sizeof where, "%s: model", p);
-    TD_TRY(td_model_config_from_json(model, where, &j->model));
 
     snprintf(where, sizeof where, "%s: data", p);
     TD_TRY(copy_str(data, where, "train", 1, j->train_data, sizeof j->train_data));
@@ -137,6 +219,17 @@ static td_status parse(td_job *j) {
                             "%s.seq_len: %ld exceeds model.max_position_embeddings %d", where, seq,
                             j->model.max_position_embeddings);
     j->seq_len = (int)seq;
+    char overlong[16] = "drop";
+    TD_TRY(copy_str(data, where, "overlong", 0, overlong, sizeof overlong));
+    if (strcmp(overlong, "drop") && strcmp(overlong, "truncate"))
+        return td_error_set(TD_ERR_INVALID, "%s.overlong: \"%s\" is not one of drop, truncate",
+                            where, overlong);
+    j->overlong_truncate = !strcmp(overlong, "truncate");
+    if (!ft && cJSON_GetObjectItemCaseSensitive(data, "overlong"))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.overlong: applies to fine-tuning data (conversations), not to "
+                            "pretraining shards",
+                            where);
 
     long bs = 8, ga = 1;
     j->steps = 100;

@@ -7,6 +7,7 @@
 
 #include "common/status.h"
 #include "worker/model/config.h"
+#include "worker/model/lora.h"
 
 typedef struct {
     char path[1024];
@@ -27,8 +28,13 @@ typedef struct {
     long ckpt_every;
     int ckpt_keep;
     char device[32];
-    int bf16;    /* "precision": "bf16": bf16 matrix products, fp32 master weights */
-    cJSON *json; /* the parsed file, kept for lineage; owned */
+    int bf16; /* "precision": "bf16": bf16 matrix products, fp32 master weights */
+    /* fine-tuning (a "finetune" block): the model is base's, the data conversations */
+    char base[1024]; /* checkpoint directory of the starting weights; "" = pretraining */
+    int lora;        /* method "lora": adapters train, the base is frozen */
+    td_lora_config lora_cfg;
+    int overlong_truncate; /* data.overlong "truncate" (default "drop") */
+    cJSON *json;           /* the parsed file, kept for lineage; owned */
 } td_job;
 
 /* Loads and validates a job file. Relative data and checkpoint paths are taken as given

@@ -10,12 +10,16 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/sha256.h"
 #include "common/timeutil.h"
 #include "data/bpe.h"
+#include "data/chat.h"
 #include "data/loader.h"
 #include "data/manifest.h"
 #include "worker/model/checkpoint.h"
+#include "worker/model/lora.h"
 #include "worker/model/model.h"
+#include "worker/model/safetensors.h"
 #include "worker/train/adamw.h"
 #include "worker/train/dp.h"
 
@@ -36,10 +40,38 @@ typedef struct {
     td_backend *be; /* where the model trains (the CPU, or this rank's GPU) */
     td_comm *dev;   /* gradient all-reduce between device memories (NCCL), or NULL */
     int moved;      /* the moments live in backend memory (a device backend) */
+    /* fine-tuning: conversations instead of token windows, and what the weights came from */
+    td_sft_set sft_set, sft_val_set;
+    td_sft_loader *sft, *sft_val;
+    td_lora *lora;       /* adapters train; the base is frozen */
+    cJSON *base_lineage; /* the entries a fine-tune's lineage lists: its ancestors */
+    char data_sha[65];
 } trainer;
 
-static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, double *loss) {
-    return td_model_forward(t->model, tok, tgt, t->local_B, t->job->seq_len, loss);
+static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, int T, double *loss) {
+    return td_model_forward(t->model, tok, tgt, t->local_B, T, loss);
+}
+
+/* The next batch of this rank: token windows (T = seq_len) or padded examples. */
+static void data_next(trainer *t, td_loader *l, td_sft_loader *sl, int *T) {
+    if (sl) {
+        td_sft_loader_next(sl, t->tokens, t->targets, T);
+    } else {
+        td_loader_next(l, t->tokens, t->targets);
+        *T = t->job->seq_len;
+    }
+}
+
+static long count_targets(const int32_t *tgt, size_t n) {
+    long c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += tgt[i] >= 0;
+    return c;
+}
+
+/* What the optimizer updates: all parameters, or the adapters' only. */
+static size_t n_trained(const trainer *t) {
+    return t->lora ? td_lora_num_params(t->lora) : td_model_num_params(t->model);
 }
 
 /* Copies n floats of backend memory to a new host buffer (*out NULL: failed, status set). */
@@ -51,6 +83,23 @@ static td_status to_host(trainer *t, const float *src, size_t n, float **out) {
 
 /* Mean validation loss over eval_batches global batches (each rank its slice). */
 static double evaluate(trainer *t) {
+    if (t->sft_val) { /* the mean over every counted token of the first eval_batches batches */
+        td_sft_loader_reset(t->sft_val);
+        long nb = t->job->eval_batches, avail = td_sft_loader_batches(t->sft_val);
+        if (nb > avail) nb = avail;
+        double sums[2] = {0, 0};
+        for (long b = 0; b < nb; b++) {
+            double loss = 0;
+            int T;
+            data_next(t, NULL, t->sft_val, &T);
+            fwd(t, t->tokens, t->targets, T, &loss);
+            long c = count_targets(t->targets, (size_t)t->local_B * T);
+            sums[0] += loss * (double)c;
+            sums[1] += (double)c;
+        }
+        td_comm_allreduce(t->comm, sums, 2, TD_COMM_F64);
+        return sums[1] > 0 ? sums[0] / sums[1] : NAN;
+    }
     if (!t->val) return NAN;
     const td_job *j = t->job;
     td_loader_reset(t->val);
@@ -61,7 +110,7 @@ static double evaluate(trainer *t) {
     for (long b = 0; b < nb; b++) {
         double loss = 0;
         td_loader_next(t->val, t->tokens, t->targets);
-        fwd(t, t->tokens, t->targets, &loss);
+        fwd(t, t->tokens, t->targets, t->job->seq_len, &loss);
         sum += loss;
     }
     td_comm_allreduce(t->comm, &sum, 1, TD_COMM_F64);
@@ -73,7 +122,10 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddNumberToObject(st, "step", (double)step);
     cJSON_AddNumberToObject(st, "loss", loss);
     int64_t epoch, cursor;
-    td_loader_get_pos(t->train, &epoch, &cursor);
+    if (t->sft)
+        td_sft_loader_get_pos(t->sft, &epoch, &cursor);
+    else
+        td_loader_get_pos(t->train, &epoch, &cursor);
     cJSON *data = cJSON_AddObjectToObject(st, "data");
     cJSON_AddNumberToObject(data, "epoch", (double)epoch);
     cJSON_AddNumberToObject(data, "cursor", (double)cursor);
@@ -87,7 +139,15 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddStringToObject(rng, "kind", "xoshiro256**");
     cJSON_AddNumberToObject(rng, "seed", (double)t->job->seed);
     cJSON *lin = cJSON_AddObjectToObject(st, "lineage");
-    cJSON_AddStringToObject(lin, "produced_by", "tandem train");
+    cJSON_AddStringToObject(lin, "produced_by",
+                            t->job->base[0] ? "tandem finetune" : "tandem train");
+    if (t->job->base[0]) cJSON_AddStringToObject(lin, "method", t->lora ? "lora" : "full");
+    cJSON_AddStringToObject(lin, "kind", t->lora ? "adapter" : "model");
+    cJSON *ld = cJSON_AddObjectToObject(lin, "data");
+    cJSON_AddStringToObject(ld, "path", t->job->train_data);
+    cJSON_AddStringToObject(ld, t->sft ? "sha256" : "manifest_sha256", t->data_sha);
+    if (t->base_lineage)
+        cJSON_AddItemToObject(lin, "ancestors", cJSON_Duplicate(t->base_lineage, 1));
     if (t->parent[0])
         cJSON_AddStringToObject(lin, "parent", t->parent);
     else
@@ -97,8 +157,8 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     td_status s = td_model_sync_host(t->model);
     const float *mm = t->adam_m, *vv = t->adam_v;
     if (s == TD_OK && t->moved) { /* the moments of a device backend, copied for saving */
-        s = to_host(t, t->adam_m, td_model_num_params(t->model), &t->full_m);
-        if (s == TD_OK) s = to_host(t, t->adam_v, td_model_num_params(t->model), &t->full_v);
+        s = to_host(t, t->adam_m, n_trained(t), &t->full_m);
+        if (s == TD_OK) s = to_host(t, t->adam_v, n_trained(t), &t->full_v);
         mm = t->full_m;
         vv = t->full_v;
     }
@@ -122,7 +182,9 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
                                      .adam_v = vv,
                                      .trainer_state = st,
                                      .tokenizer_json = t->tokenizer_json,
-                                     .keep = t->job->ckpt_keep};
+                                     .keep = t->job->ckpt_keep,
+                                     .lora = t->lora,
+                                     .base = t->job->base};
         s = td_checkpoint_save(&a, out, outn);
         ok = s == TD_OK;
     }
@@ -139,6 +201,9 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     return s;
 }
 
+static td_status resume_adapter(trainer *t, const char *dir, long *start_step);
+static td_status resume_state(trainer *t, const char *dir, long *start_step);
+
 static td_status resume(trainer *t, int no_verify, long *start_step) {
     char dir[1024] = "", p[1200];
     /* rank 0 chooses the checkpoint; every rank loads that one */
@@ -151,6 +216,7 @@ static td_status resume(trainer *t, int no_verify, long *start_step) {
                             : td_error_set(TD_ERR_NOTFOUND, "no complete checkpoint under %s",
                                            t->job->ckpt_dir);
     TD_TRY(td_checkpoint_check(dir, no_verify));
+    if (t->lora) return resume_adapter(t, dir, start_step);
     td_model *m;
     TD_TRY(td_checkpoint_load_model(dir, &m));
     const td_model_config *a = td_model_config_of(m), *b = &t->job->model;
@@ -186,6 +252,47 @@ static td_status resume(trainer *t, int no_verify, long *start_step) {
         free(t->full_v);
         t->full_m = t->full_v = NULL;
     }
+    return resume_state(t, dir, start_step);
+}
+
+/* An adapter run's checkpoint: the adapter, its moments (by PEFT's tensor names). */
+static td_status resume_adapter(trainer *t, const char *dir, long *start_step) {
+    td_lora *lo;
+    TD_TRY(td_lora_load(dir, &t->job->model, &lo));
+    if (td_lora_num_params(lo) != td_lora_num_params(t->lora)) {
+        td_lora_free(&lo);
+        return td_error_set(TD_ERR_INVALID,
+                            "cannot resume from %s: its adapter's rank or targets differ from "
+                            "the job's finetune.lora",
+                            dir);
+    }
+    memcpy(td_lora_params(t->lora), td_lora_params(lo), td_lora_num_params(lo) * sizeof(float));
+    td_lora_free(&lo);
+    char p[1200];
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    td_st_file *f = NULL;
+    TD_TRY(td_st_open(p, &f));
+    int nt;
+    const td_lora_tensor *tt = td_lora_tensors(t->lora, &nt);
+    td_status s = TD_OK;
+    for (int i = 0; s == TD_OK && i < 2 * nt; i++) {
+        const td_lora_tensor *x = &tt[i / 2];
+        char name[200];
+        snprintf(name, sizeof name, "%s%s", x->name, i % 2 ? ".exp_avg_sq" : ".exp_avg");
+        const td_st_entry *e = td_st_find(f, name);
+        if (!e || e->numel != x->numel)
+            s = td_error_set(TD_ERR_FORMAT, "%s: %s is missing or mis-shaped", p, name);
+        else
+            s = td_st_read_f32(f, e, (i % 2 ? t->adam_v : t->adam_m) + x->offset, 0);
+    }
+    td_st_close(&f);
+    TD_TRY(s);
+    return resume_state(t, dir, start_step);
+}
+
+/* trainer_state.json: the step and data position, checked against the job. */
+static td_status resume_state(trainer *t, const char *dir, long *start_step) {
+    char p[1200];
     snprintf(p, sizeof p, "%s/trainer_state.json", dir);
     cJSON *st;
     TD_TRY(td_json_load_file(p, &st));
@@ -209,30 +316,18 @@ static td_status resume(trainer *t, int no_verify, long *start_step) {
                          t->job->seed, t->job->seq_len, t->job->batch_size, t->job->grad_accum);
     cJSON_Delete(st);
     TD_TRY(s);
-    td_loader_set_pos(t->train, epoch, cursor);
+    if (t->sft)
+        td_sft_loader_set_pos(t->sft, epoch, cursor);
+    else
+        td_loader_set_pos(t->train, epoch, cursor);
     *start_step = (long)step;
     snprintf(t->parent, sizeof t->parent, "%s", dir);
     if (t->rank == 0) TD_LOG_INFO("resuming from %s (step %ld)", dir, (long)step);
     return TD_OK;
 }
 
-static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
-    memset(t, 0, sizeof *t);
-    t->job = j;
-    if (opts->comm) {
-        t->comm = opts->comm;
-    } else {
-        TD_TRY(td_comm_self_new(&t->self));
-        t->comm = t->self;
-    }
-    t->rank = t->comm->rank;
-    t->size = t->comm->size;
-    if (j->batch_size % t->size != 0)
-        return td_error_set(TD_ERR_INVALID,
-                            "%s: train.batch_size %d is the global batch and must divide by the "
-                            "%d ranks",
-                            j->path, j->batch_size, t->size);
-    t->local_B = j->batch_size / t->size;
+/* Pretraining: token shards as `tandem prep` wrote them, a randomly initialized model. */
+static td_status setup_pretrain(trainer *t, const td_job *j, const td_train_opts *opts) {
     if (t->rank == 0) { /* the data as `tandem prep` left it (rank 0 speaks for the job) */
         td_manifest_report mr;
         TD_TRY(td_manifest_check(j->train_data, opts->verify_data, &mr));
@@ -287,11 +382,128 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     }
     TD_TRY(td_model_new(&j->model, &t->model));
     td_model_init_random(t->model, (uint64_t)j->seed);
+    char p[1200];
+    snprintf(p, sizeof p, "%s/manifest.json", j->train_data);
+    if (td_fs_exists(p) && td_sha256_file(p, t->data_sha) != TD_OK) td_error_clear();
+    return TD_OK;
+}
+
+/* Fine-tuning: the base checkpoint's weights and tokenizer, conversations (JSONL) as data. */
+static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts *opts) {
+    char p[1200];
+    TD_TRY(td_checkpoint_check(j->base, opts->no_verify));
+    snprintf(p, sizeof p, "%s/tokenizer.json", j->base);
+    size_t len = 0;
+    TD_TRY(td_fs_read_file(p, &t->tokenizer_json, &len));
+    td_bpe *tok = NULL;
+    TD_TRY(td_bpe_from_json(t->tokenizer_json, len, p, &tok));
+    td_sft_overlong pol = j->overlong_truncate ? TD_SFT_TRUNCATE : TD_SFT_DROP;
+    /* every rank reads the same files the same way: the same examples everywhere */
+    td_status s = td_sft_load_jsonl(j->train_data, tok, j->seq_len + 1, pol, &t->sft_set);
+    if (s == TD_OK && j->val_data[0])
+        s = td_sft_load_jsonl(j->val_data, tok, j->seq_len + 1, pol, &t->sft_val_set);
+    td_bpe_free(&tok);
+    TD_TRY(s);
+    const td_sft_set *sets[2] = {&t->sft_set, &t->sft_val_set};
+    for (int k = 0; k < 2; k++) {
+        const td_sft_set *st = sets[k];
+        const char *path = k ? j->val_data : j->train_data;
+        if (k && !path[0]) break;
+        if (t->rank == 0 && (st->dropped_long || st->truncated))
+            TD_LOG_WARN("%s: %ld conversation%s longer than data.seq_len + 1 = %d tokens %s "
+                        "(data.overlong \"%s\")",
+                        path, st->dropped_long + st->truncated,
+                        st->dropped_long + st->truncated == 1 ? "" : "s", j->seq_len + 1,
+                        j->overlong_truncate ? "truncated" : "dropped",
+                        j->overlong_truncate ? "truncate" : "drop");
+        if (st->n > 0 && st->max_id >= j->model.vocab_size)
+            return td_error_set(TD_ERR_INVALID,
+                                "%s: token id %d is outside the base's vocabulary (%d)", path,
+                                st->max_id, j->model.vocab_size);
+        if (t->rank == 0)
+            TD_LOG_INFO("%s: %d examples, %ld tokens, %ld of them trained on (%.0f%%), longest %d",
+                        path, st->n, st->tokens, st->counted,
+                        st->tokens ? 100.0 * st->counted / st->tokens : 0.0, st->max_tokens);
+    }
+    int b0 = t->rank * t->local_B;
+    TD_TRY(td_sft_loader_new(&t->sft_set, j->batch_size, b0, b0 + t->local_B, (uint64_t)j->seed, 1,
+                             &t->sft));
+    if (j->val_data[0])
+        TD_TRY(td_sft_loader_new(&t->sft_val_set, j->batch_size, b0, b0 + t->local_B, 0, 0,
+                                 &t->sft_val));
+    TD_TRY(td_sha256_file(j->train_data, t->data_sha));
+    TD_TRY(td_checkpoint_load_model(j->base, &t->model));
+    if (j->lora) {
+        char where[1100];
+        snprintf(where, sizeof where, "%s: finetune.lora", j->path);
+        TD_TRY(td_lora_new(&j->model, &j->lora_cfg, where, (uint64_t)j->seed, &t->lora));
+        TD_TRY(td_model_set_lora(t->model, t->lora));
+    }
+    /* lineage: the base's ancestors, then the base itself */
+    cJSON *anc = NULL, *st = NULL;
+    snprintf(p, sizeof p, "%s/trainer_state.json", j->base);
+    if (td_fs_exists(p) && td_json_load_file(p, &st) == TD_OK) {
+        const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(lin, "ancestors");
+        if (cJSON_IsArray(a)) anc = cJSON_Duplicate(a, 1);
+    }
+    td_error_clear();
+    if (!anc) anc = cJSON_CreateArray();
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "path", j->base);
+    const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(st, "step")) && cJSON_IsNumber(v))
+        cJSON_AddNumberToObject(e, "step", v->valuedouble);
+    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "produced_by")) && cJSON_IsString(v))
+        cJSON_AddStringToObject(e, "produced_by", v->valuestring);
+    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "method")) && cJSON_IsString(v))
+        cJSON_AddStringToObject(e, "method", v->valuestring);
+    char hex[65];
+    if (td_checkpoint_file_sha256(j->base, "model.safetensors", hex) == TD_OK)
+        cJSON_AddStringToObject(e, "weights_sha256", hex);
+    td_error_clear();
+    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "data")) && cJSON_IsObject(v))
+        cJSON_AddItemToObject(e, "data", cJSON_Duplicate(v, 1));
+    cJSON_AddItemToArray(anc, e);
+    cJSON_Delete(st);
+    t->base_lineage = anc;
+    return TD_OK;
+}
+
+static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
+    memset(t, 0, sizeof *t);
+    t->job = j;
+    if (opts->comm) {
+        t->comm = opts->comm;
+    } else {
+        TD_TRY(td_comm_self_new(&t->self));
+        t->comm = t->self;
+    }
+    t->rank = t->comm->rank;
+    t->size = t->comm->size;
+    if (j->batch_size % t->size != 0)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: train.batch_size %d is the global batch and must divide by the "
+                            "%d ranks",
+                            j->path, j->batch_size, t->size);
+    t->local_B = j->batch_size / t->size;
+    if (j->base[0])
+        TD_TRY(setup_finetune(t, j, opts));
+    else
+        TD_TRY(setup_pretrain(t, j, opts));
     /* a device run plans after the move (to_backend): no host plan it would not use */
     if (!opts->device || !strcmp(opts->device, "cpu"))
         TD_TRY(td_model_plan(t->model, t->local_B, j->seq_len, 1));
-    size_t np = td_model_num_params(t->model), nm = np;
-    if (j->zero) {
+    size_t np = td_model_num_params(t->model), nm = n_trained(t);
+    if (t->lora && j->zero)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: train.zero 1 shards the optimizer state of all parameters; a "
+                            "LoRA fine-tune's is small: use zero 0",
+                            j->path);
+    if (t->lora) {
+        /* adapters: one all-reduce of their gradients after backward (no buckets) */
+    } else if (j->zero) {
         TD_TRY(td_zero1_init(&t->zero, t->comm, np));
         nm = t->zero.hi - t->zero.lo;
     } else {
@@ -306,10 +518,12 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     if (!t->adam_m || !t->adam_v || !t->tokens || !t->targets)
         return td_error_set(TD_ERR_NOMEM, "out of memory for optimizer state (%zu params)", np);
     /* The tokenizer travels with the data (tandem prep writes tokenizer.json beside the
-     * shards) and is copied into every checkpoint. */
+     * shards; a fine-tune's is its base's) and is copied into every checkpoint. */
     char p[1200];
     snprintf(p, sizeof p, "%s/tokenizer.json", td_fs_is_dir(j->train_data) ? j->train_data : ".");
-    if (td_fs_is_dir(j->train_data) && td_fs_exists(p)) {
+    if (t->tokenizer_json) {
+        /* read with the base */
+    } else if (td_fs_is_dir(j->train_data) && td_fs_exists(p)) {
         size_t len = 0;
         TD_TRY(td_fs_read_file(p, &t->tokenizer_json, &len));
         /* checked now, not when the checkpoint is first served: it must be a tokenizer
@@ -356,9 +570,15 @@ static void teardown(trainer *t) {
     free(t->full_v);
     if (t->trace) fclose(t->trace);
     td_comm_free(&t->self);
+    td_lora_free(&t->lora); /* before the model: it uses the model's backend */
     td_model_free(&t->model);
     td_loader_free(&t->train);
     td_loader_free(&t->val);
+    td_sft_loader_free(&t->sft);
+    td_sft_loader_free(&t->sft_val);
+    td_sft_set_free(&t->sft_set);
+    td_sft_set_free(&t->sft_val_set);
+    cJSON_Delete(t->base_lineage);
     if (t->moved) {
         td_backend_release(t->be, t->adam_m);
         td_backend_release(t->be, t->adam_v);
@@ -424,6 +644,26 @@ static td_status to_backend(trainer *t, const td_train_opts *opts, int quiet) {
     return TD_OK;
 }
 
+/* The adapters' optimizer step: their gradients summed over ranks (one all-reduce; they are
+ * small), clipped by the global norm, AdamW. */
+static td_status lora_step(trainer *t, double lr, long step, double *gnorm, double *comm_ms,
+                           size_t *bytes) {
+    const td_job *j = t->job;
+    size_t n = td_lora_num_params(t->lora);
+    float *g = td_lora_grads(t->lora);
+    double t0 = td_time_now();
+    if (t->size > 1) TD_TRY(td_comm_allreduce(t->comm, g, n, TD_COMM_F32));
+    *comm_ms = (td_time_now() - t0) * 1e3;
+    *bytes = t->size > 1 ? n * sizeof(float) : 0;
+    TD_TRY(t->be->ops->norm2(t->be, g, n, gnorm));
+    *gnorm /= t->size;
+    float gs = td_clip_scale(*gnorm, j->clip) / (float)t->size;
+    TD_TRY(t->be->ops->adamw(t->be, td_lora_params(t->lora), NULL, g, t->adam_m, t->adam_v, n,
+                             (float)lr, (float)j->beta1, (float)j->beta2, (float)j->eps,
+                             (float)j->weight_decay, step, gs, 1));
+    return td_backend_sync(t->be);
+}
+
 /* Sums a double over ranks. */
 static double sum_ranks(trainer *t, double v) {
     td_comm_allreduce(t->comm, &v, 1, TD_COMM_F64);
@@ -442,6 +682,9 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     if (s == TD_OK)
         s = td_comm_bcast(t.comm, td_model_params(t.model), td_model_num_params(t.model),
                           TD_COMM_F32, 0);
+    if (s == TD_OK && t.lora)
+        s = td_comm_bcast(t.comm, td_lora_params(t.lora), td_lora_num_params(t.lora), TD_COMM_F32,
+                          0);
     if (s == TD_OK && !opts->resume) { /* never mix two runs in one checkpoint directory */
         char latest[1200];
         int64_t taken =
@@ -487,18 +730,24 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     long last = opts->stop_at > 0 && opts->stop_at < j->steps ? opts->stop_at : j->steps;
     size_t np = td_model_num_params(t.model);
     double tok_per_step = (double)j->batch_size * j->seq_len * j->grad_accum;
-    if (!quiet)
+    if (!quiet && !t.sft)
         printf("train: %s %zu parameters (%.2f M), %ld steps of %.0f tokens on %d rank%s%s, "
                "data %zu tokens\n",
                td_arch_name(j->model.arch), np, np / 1e6, j->steps, tok_per_step, t.size,
                t.size > 1 ? "s" : "", j->zero ? " (ZeRO-1)" : "", td_loader_num_tokens(t.train));
+    if (!quiet && t.sft)
+        printf("finetune: %s %zu parameters (%.2f M), %s: %zu trained (%.2f%%), %ld steps of %d "
+               "examples on %d rank%s, data %d examples\n",
+               td_arch_name(j->model.arch), np, np / 1e6, t.lora ? "LoRA" : "full", n_trained(&t),
+               100.0 * n_trained(&t) / np, j->steps, j->batch_size * j->grad_accum, t.size,
+               t.size > 1 ? "s" : "", t.sft_set.n);
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
     if (s == TD_OK) s = to_backend(&t, opts, quiet);
     if (s != TD_OK) {
         teardown(&t);
         return s;
     }
-    if (step0 == 0 && t.val) {
+    if (step0 == 0 && (t.val || t.sft_val)) {
         res->first_val_loss = evaluate(&t);
         if (t.metrics)
             fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
@@ -512,27 +761,38 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         /* the fused optimizer step leaves the gradients zeroed; ZeRO-1 does not */
         if (j->zero) td_model_zero_grad(t.model);
         double local = 0;
+        /* examples: the step's loss is the mean over all its counted tokens, on any number
+         * of ranks (each micro-batch weighs by its share of them) */
+        long step_counted = t.sft ? td_sft_loader_peek_counted(t.sft, j->grad_accum) : 0;
+        if (t.lora) td_lora_zero_grad(t.lora);
         for (int micro = 0; micro < j->grad_accum; micro++) {
-            double l = 0;
-            td_loader_next(t.train, t.tokens, t.targets);
-            if (t.trace) {
+            double l = 0, w = 1.0 / j->grad_accum;
+            int T;
+            data_next(&t, t.train, t.sft, &T);
+            if (t.sft)
+                w = (double)count_targets(t.targets, (size_t)t.local_B * T) * t.size /
+                    (double)step_counted;
+            if (t.trace && !t.sft) {
                 const uint64_t *w = td_loader_last_windows(t.train);
                 for (int b = 0; b < t.local_B; b++)
                     fprintf(t.trace, "%ld %d %llu\n", step + 1, micro, (unsigned long long)w[b]);
             }
-            s = fwd(&t, t.tokens, t.targets, &l);
+            s = fwd(&t, t.tokens, t.targets, T, &l);
             /* gradients are synchronised on the last micro-step only */
             if (s == TD_OK && t.sync && micro == j->grad_accum - 1) td_grad_sync_arm(t.sync);
-            if (s == TD_OK) s = td_model_backward(t.model, 1.0 / j->grad_accum);
+            if (s == TD_OK) s = td_model_backward(t.model, w);
             if (s != TD_OK) break;
-            local += l / j->grad_accum;
+            local += l * w;
         }
         if (s != TD_OK) break;
         double t_bwd = td_time_now();
         double wait_ms = 0, comm_ms = 0, gnorm = 0;
         size_t bytes = 0;
         double lr = td_lr_schedule(step, j->steps, j->warmup, j->lr, j->lr_min_ratio);
-        if (j->zero) {
+        if (t.lora) {
+            s = lora_step(&t, lr, step + 1, &gnorm, &comm_ms, &bytes);
+            wait_ms = comm_ms;
+        } else if (j->zero) {
             s = td_zero1_step(&t.zero, t.model, t.adam_m, t.adam_v, &hp, lr, step + 1, j->clip,
                               &gnorm, &comm_ms, &bytes);
             wait_ms = comm_ms;
@@ -572,8 +832,9 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                     "\"ranks\": %d, \"rss_bytes\": %lld",
                     step + 1, loss, lr, gnorm, tps, dt * 1e3, (t_bwd - t0) * 1e3, wait_ms, comm_ms,
                     bytes, t.size, (long long)td_rss_bytes());
-        int do_eval = t.val && ((j->eval_every > 0 && (step + 1) % j->eval_every == 0) ||
-                                step + 1 == j->steps);
+        int do_eval =
+            (t.val || t.sft_val) &&
+            ((j->eval_every > 0 && (step + 1) % j->eval_every == 0) || step + 1 == j->steps);
         if (do_eval) {
             double vl = evaluate(&t);
             res->last_val_loss = vl;
