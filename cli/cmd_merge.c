@@ -14,27 +14,29 @@
 #include "worker/model/model.h"
 
 static void merge_help(FILE *f) {
-    fprintf(f, "usage: tandem merge ADAPTER_DIR --out DIR [--base CKPT] [--no-verify]\n"
-               "\n"
-               "Folds a LoRA adapter (a tandem finetune checkpoint, or any PEFT LoRA adapter of a\n"
-               "tandem model) into its base's weights, W += (alpha/r) B A, and writes a full\n"
-               "checkpoint to DIR (which must not exist): config.json, model.safetensors, the\n"
-               "base's tokenizer, a trainer_state.json whose lineage adds the adapter, SHA256SUMS.\n"
-               "The merged checkpoint can be served, fine-tuned again (full or LoRA) or merged\n"
-               "into again. See docs/finetune.md.\n"
-               "\n"
-               "  --out DIR      the new checkpoint directory\n"
-               "  --base CKPT    the base checkpoint (default: the adapter's\n"
-               "                 base_model_name_or_path)\n"
-               "  --no-verify    do not check the base's and the adapter's SHA256SUMS\n"
-               "  -h, --help     this text\n");
+    fprintf(f,
+            "usage: tandem merge ADAPTER_DIR --out DIR [--base CKPT] [--no-verify]\n"
+            "\n"
+            "Folds a LoRA adapter (a tandem finetune checkpoint, or any PEFT LoRA adapter of a\n"
+            "tandem model) into its base's weights, W += (alpha/r) B A, and writes a full\n"
+            "checkpoint to DIR (which must not exist): config.json, model.safetensors, the\n"
+            "base's tokenizer, a trainer_state.json whose lineage adds the adapter, SHA256SUMS.\n"
+            "The merged checkpoint can be served, fine-tuned again (full or LoRA) or merged\n"
+            "into again. See docs/finetune.md.\n"
+            "\n"
+            "  --out DIR      the new checkpoint directory\n"
+            "  --base CKPT    the base checkpoint (default: the adapter's\n"
+            "                 base_model_name_or_path)\n"
+            "  --no-verify    do not check the base's and the adapter's SHA256SUMS\n"
+            "  -h, --help     this text\n");
 }
 
 /* The entry a checkpoint adds to its descendants' lineage. */
 static cJSON *lineage_entry(const char *dir, const cJSON *st, const char *weights) {
     const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage"), *v;
     cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "path", dir);
+    char abs[4096];
+    cJSON_AddStringToObject(e, "path", realpath(dir, abs) ? abs : dir);
     if ((v = cJSON_GetObjectItemCaseSensitive(st, "step")) && cJSON_IsNumber(v))
         cJSON_AddNumberToObject(e, "step", v->valuedouble);
     static const char *const keys[] = {"produced_by", "method", NULL};
@@ -72,9 +74,12 @@ int td_cmd_merge(int argc, char **argv) {
     int no_verify = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'o') out = optarg;
-        else if (c == 'b') base = optarg;
-        else if (c == 'V') no_verify = 1;
+        if (c == 'o')
+            out = optarg;
+        else if (c == 'b')
+            base = optarg;
+        else if (c == 'V')
+            no_verify = 1;
         else if (c == 'h') {
             merge_help(stdout);
             return 0;
@@ -140,11 +145,8 @@ int td_cmd_merge(int argc, char **argv) {
         cJSON_AddItemToObject(lin, "ancestors", list);
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(alin, "data");
         if (d) cJSON_AddItemToObject(lin, "data", cJSON_Duplicate(d, 1));
-        td_checkpoint_save_args a = {.step = step,
-                                     .model = m,
-                                     .trainer_state = st,
-                                     .tokenizer_json = tok,
-                                     .dir = out};
+        td_checkpoint_save_args a = {
+            .step = step, .model = m, .trainer_state = st, .tokenizer_json = tok, .dir = out};
         char done[4096];
         s = td_checkpoint_save(&a, done, sizeof done);
         if (s == TD_OK) {
@@ -164,14 +166,15 @@ int td_cmd_merge(int argc, char **argv) {
 /* ---------------------------------------------------------------------------------------- */
 
 static void show_help(FILE *f) {
-    fprintf(f, "usage: tandem show CKPT [--json]\n"
-               "\n"
-               "Describes a checkpoint (a full model or a LoRA adapter): its model, step and loss,\n"
-               "what made it, its data, and its lineage -- every checkpoint it descends from, with\n"
-               "step, weights' sha256 and data, oldest first, ending with itself.\n"
-               "\n"
-               "  --json       print the lineage as JSON (a list, oldest first)\n"
-               "  -h, --help   this text\n");
+    fprintf(f,
+            "usage: tandem show CKPT [--json]\n"
+            "\n"
+            "Describes a checkpoint (a full model or a LoRA adapter): its model, step and loss,\n"
+            "what made it, its data, and its lineage -- every checkpoint it descends from, with\n"
+            "step, weights' sha256 and data, oldest first, ending with itself.\n"
+            "\n"
+            "  --json       print the lineage as JSON (a list, oldest first)\n"
+            "  -h, --help   this text\n");
 }
 
 static void print_entry(int i, const cJSON *e) {
@@ -205,7 +208,8 @@ int td_cmd_show(int argc, char **argv) {
     int json = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'j') json = 1;
+        if (c == 'j')
+            json = 1;
         else if (c == 'h') {
             show_help(stdout);
             return 0;
@@ -235,8 +239,8 @@ int td_cmd_show(int argc, char **argv) {
     const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
     const cJSON *anc = cJSON_GetObjectItemCaseSensitive(lin, "ancestors");
     cJSON *list = cJSON_IsArray(anc) ? cJSON_Duplicate(anc, 1) : cJSON_CreateArray();
-    cJSON_AddItemToArray(list, lineage_entry(dir, st, adapter ? "adapter_model.safetensors"
-                                                              : "model.safetensors"));
+    cJSON_AddItemToArray(
+        list, lineage_entry(dir, st, adapter ? "adapter_model.safetensors" : "model.safetensors"));
     if (json) {
         char *text = cJSON_Print(list);
         printf("%s\n", text);
@@ -249,14 +253,13 @@ int td_cmd_show(int argc, char **argv) {
             if (td_json_load_file(p, &cfg) == TD_OK) {
                 const cJSON *r = cJSON_GetObjectItemCaseSensitive(cfg, "r");
                 const cJSON *a = cJSON_GetObjectItemCaseSensitive(cfg, "lora_alpha");
-                char *t = cJSON_PrintUnformatted(
-                    cJSON_GetObjectItemCaseSensitive(cfg, "target_modules"));
+                char *t =
+                    cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(cfg, "target_modules"));
                 printf("  kind      LoRA adapter: r %d, alpha %g, targets %s\n",
                        cJSON_IsNumber(r) ? r->valueint : 0, cJSON_IsNumber(a) ? a->valuedouble : 0,
                        t ? t : "?");
-                printf("  base      %s\n",
-                       cJSON_GetStringValue(
-                           cJSON_GetObjectItemCaseSensitive(cfg, "base_model_name_or_path")));
+                printf("  base      %s\n", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
+                                               cfg, "base_model_name_or_path")));
                 free(t);
             }
         } else {

@@ -107,16 +107,15 @@ static const char *str_field(const cJSON *o, const char *key) {
 }
 
 /* One JSON line into b; errors name path:line. */
-static td_status encode_line(const char *path, long line, const cJSON *o, td_bpe *tok,
-                             builder *b, int32_t **scratch, size_t *scap) {
+static td_status encode_line(const char *path, long line, const cJSON *o, td_bpe *tok, builder *b,
+                             int32_t **scratch, size_t *scap) {
     int start = td_bpe_special_id(tok, "<|im_start|>"), end = td_bpe_special_id(tok, "<|im_end|>");
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
     if (!cJSON_IsObject(o))
         return td_error_set(TD_ERR_FORMAT, "%s:%ld: expected a JSON object", path, line);
     if (msgs) {
         if (!cJSON_IsArray(msgs))
-            return td_error_set(TD_ERR_FORMAT, "%s:%ld: \"messages\" must be an array", path,
-                                line);
+            return td_error_set(TD_ERR_FORMAT, "%s:%ld: \"messages\" must be an array", path, line);
         if (start < 0 || end < 0)
             return td_error_set(TD_ERR_FORMAT,
                                 "%s: the tokenizer has no <|im_start|>/<|im_end|> tokens, so "
@@ -334,7 +333,8 @@ void td_sft_loader_next(td_sft_loader *l, int32_t *tokens, int32_t *targets, int
     }
     for (int r = l->begin; r < l->end; r++) {
         const td_sft_example *e = &l->set->ex[l->order[l->cursor + r]];
-        int32_t *tk = tokens + (size_t)(r - l->begin) * t, *tg = targets + (size_t)(r - l->begin) * t;
+        int32_t *tk = tokens + (size_t)(r - l->begin) * t,
+                *tg = targets + (size_t)(r - l->begin) * t;
         for (int i = 0; i < t; i++) {
             int live = i + 1 < e->n;
             tk[i] = i < e->n ? e->ids[i] : 0;

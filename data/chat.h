@@ -40,11 +40,11 @@ typedef struct {
     td_sft_example *ex;
     int n;
     size_t cap;
-    long dropped_long;     /* longer than the maximum length: dropped */
-    long truncated;        /* longer than the maximum length: cut (overlong "truncate") */
-    long tokens, counted;  /* all tokens; tokens the loss counts */
-    int max_tokens;        /* the longest example kept */
-    int32_t max_id;        /* the largest token id */
+    long dropped_long;    /* longer than the maximum length: dropped */
+    long truncated;       /* longer than the maximum length: cut (overlong "truncate") */
+    long tokens, counted; /* all tokens; tokens the loss counts */
+    int max_tokens;       /* the longest example kept */
+    int32_t max_id;       /* the largest token id */
 } td_sft_set;
 
 typedef enum { TD_SFT_DROP, TD_SFT_TRUNCATE } td_sft_overlong;

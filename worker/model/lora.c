@@ -44,15 +44,14 @@ typedef struct {
     const char *module; /* printf format with the layer */
 } target_def;
 
-static const target_def k_llama[] = {
-    {"q_proj", TD_LORA_QKV, "model.layers.%d.self_attn.q_proj"},
-    {"k_proj", TD_LORA_QKV, "model.layers.%d.self_attn.k_proj"},
-    {"v_proj", TD_LORA_QKV, "model.layers.%d.self_attn.v_proj"},
-    {"o_proj", TD_LORA_O, "model.layers.%d.self_attn.o_proj"},
-    {"gate_proj", TD_LORA_FC, "model.layers.%d.mlp.gate_proj"},
-    {"up_proj", TD_LORA_FC, "model.layers.%d.mlp.up_proj"},
-    {"down_proj", TD_LORA_PROJ, "model.layers.%d.mlp.down_proj"},
-    {NULL, 0, NULL}};
+static const target_def k_llama[] = {{"q_proj", TD_LORA_QKV, "model.layers.%d.self_attn.q_proj"},
+                                     {"k_proj", TD_LORA_QKV, "model.layers.%d.self_attn.k_proj"},
+                                     {"v_proj", TD_LORA_QKV, "model.layers.%d.self_attn.v_proj"},
+                                     {"o_proj", TD_LORA_O, "model.layers.%d.self_attn.o_proj"},
+                                     {"gate_proj", TD_LORA_FC, "model.layers.%d.mlp.gate_proj"},
+                                     {"up_proj", TD_LORA_FC, "model.layers.%d.mlp.up_proj"},
+                                     {"down_proj", TD_LORA_PROJ, "model.layers.%d.mlp.down_proj"},
+                                     {NULL, 0, NULL}};
 static const target_def k_gpt2[] = {{"c_attn", TD_LORA_QKV, "transformer.h.%d.attn.c_attn"},
                                     {"c_proj", TD_LORA_O, "transformer.h.%d.attn.c_proj"},
                                     {"c_fc", TD_LORA_FC, "transformer.h.%d.mlp.c_fc"},
@@ -263,8 +262,8 @@ void td_lora_zero_grad(td_lora *lo) {
 
 #define LOP(name, ...) TD_TRY(be->ops->name(be, __VA_ARGS__))
 
-td_status td_lora_fwd(td_lora *lo, int layer, td_lora_matrix mat, float *out, int S,
-                      const float *x, int N) {
+td_status td_lora_fwd(td_lora *lo, int layer, td_lora_matrix mat, float *out, int S, const float *x,
+                      int N) {
     int key = layer * TD_LORA_NMAT + (int)mat, r = lo->cfg.r;
     if (lo->first[key] == lo->first[key + 1]) return TD_OK;
     td_backend *be = lo->be;

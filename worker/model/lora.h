@@ -65,8 +65,8 @@ td_status td_lora_plan(td_lora *lo, td_backend *be, int N);
 float *td_lora_grads(td_lora *lo);
 void td_lora_zero_grad(td_lora *lo);
 /* out (N, S) rows += the adapters' products on matrix `mat` of `layer` (input x (N, in)). */
-td_status td_lora_fwd(td_lora *lo, int layer, td_lora_matrix mat, float *out, int S,
-                      const float *x, int N);
+td_status td_lora_fwd(td_lora *lo, int layer, td_lora_matrix mat, float *out, int S, const float *x,
+                      int N);
 /* Backward of td_lora_fwd: dx (N, in) += the adapters' part, their gradients accumulate. */
 td_status td_lora_bwd(td_lora *lo, int layer, td_lora_matrix mat, float *dx, const float *dout,
                       int S, const float *x, int N);

@@ -450,7 +450,8 @@ static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts
     td_error_clear();
     if (!anc) anc = cJSON_CreateArray();
     cJSON *e = cJSON_CreateObject();
-    cJSON_AddStringToObject(e, "path", j->base);
+    char abs[4096];
+    cJSON_AddStringToObject(e, "path", realpath(j->base, abs) ? abs : j->base);
     const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
     const cJSON *v;
     if ((v = cJSON_GetObjectItemCaseSensitive(st, "step")) && cJSON_IsNumber(v))
