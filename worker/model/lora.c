@@ -388,11 +388,31 @@ td_status td_lora_load(const char *dir, const td_model_config *cfg, td_lora **ou
         else
             snprintf(lc.targets[lc.n_targets++], sizeof lc.targets[0], "%s", e->valuestring);
     }
-    for (const char *k = "use_dora"; s == TD_OK && k; k = NULL) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, k);
-        if (cJSON_IsTrue(v))
-            s = td_error_set(TD_ERR_FORMAT, "%s: DoRA adapters are not supported", p);
+    /* settings that change the product: refused rather than served wrong */
+    static const char *const flags[] = {"use_dora", "use_rslora", NULL};
+    for (int i = 0; s == TD_OK && flags[i]; i++)
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, flags[i])))
+            s = td_error_set(TD_ERR_FORMAT, "%s: %s adapters are not supported", p, flags[i]);
+    static const char *const per_module[] = {"rank_pattern", "alpha_pattern", NULL};
+    for (int i = 0; s == TD_OK && per_module[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, per_module[i]);
+        if (v && !cJSON_IsNull(v) && cJSON_GetArraySize(v) > 0)
+            s = td_error_set(TD_ERR_FORMAT, "%s: %s (per-module ranks) is not supported", p,
+                             per_module[i]);
     }
+    static const char *const layer_sel[] = {"layers_to_transform", "layers_pattern", NULL};
+    for (int i = 0; s == TD_OK && layer_sel[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, layer_sel[i]);
+        if (v && !cJSON_IsNull(v))
+            s = td_error_set(TD_ERR_FORMAT,
+                             "%s: %s (adapters on some layers only) is not supported", p,
+                             layer_sel[i]);
+    }
+    const char *bias = NULL;
+    if (s == TD_OK && td_json_get_string(c, p, "bias", 0, &bias) == TD_OK && bias &&
+        strcmp(bias, "none"))
+        s = td_error_set(TD_ERR_FORMAT, "%s: bias \"%s\" is not supported (only \"none\")", p,
+                         bias);
     cJSON_Delete(c);
     TD_TRY(s);
     lc.r = (int)r;

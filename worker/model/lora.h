@@ -59,6 +59,9 @@ size_t td_lora_num_params(const td_lora *lo);
 float *td_lora_params(td_lora *lo);
 const td_lora_tensor *td_lora_tensors(const td_lora *lo, int *count);
 
+/* An adapter planned for training holds buffers of its model's backend: free it before the
+ * model (td_lora_free, then td_model_free). */
+
 /* Training buffers for up to N rows on backend be (a host backend with the column
  * operations): gradients and the saved products x A^T. */
 td_status td_lora_plan(td_lora *lo, td_backend *be, int N);
