@@ -1,7 +1,9 @@
-/* `tandem merge ADAPTER --out DIR` and `tandem show CKPT`: folding a LoRA adapter into a full
- * checkpoint, and describing a checkpoint with its lineage. */
+/* `tandem merge ADAPTER --out DIR`, `tandem show CKPT` and `tandem eval`: folding a LoRA
+ * adapter into a full checkpoint, describing a checkpoint with its lineage, and a
+ * checkpoint's loss on token shards. */
 #include <cjson/cJSON.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 #include "cli/cli.h"
 #include "common/fsutil.h"
 #include "common/json.h"
+#include "data/loader.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/lora.h"
 #include "worker/model/model.h"
@@ -287,4 +290,128 @@ int td_cmd_show(int argc, char **argv) {
     cJSON_Delete(list);
     cJSON_Delete(st);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void eval_help(FILE *f) {
+    fprintf(f, "usage: tandem eval --model CKPT --data DIR [--split val] [--seq-len T]\n"
+               "                  [--batch B] [--batches N] [--adapter DIR] [--no-verify]\n"
+               "\n"
+               "The mean next-token loss of a checkpoint on token shards (tandem prep's output):\n"
+               "the first N batches of B windows of T+1 tokens of the split, in order, the way\n"
+               "training's validation reads them. Compare a base before and after fine-tuning\n"
+               "(forgetting), or checkpoints of one run.\n"
+               "\n"
+               "  --model CKPT   checkpoint directory\n"
+               "  --adapter DIR  a LoRA adapter on the model (not merged)\n"
+               "  --data DIR     shards directory (or one .bin file)\n"
+               "  --split NAME   shards whose names contain NAME (default val)\n"
+               "  --seq-len T    window length (default 128, at most the model's context)\n"
+               "  --batch B      windows per batch (default 8)\n"
+               "  --batches N    batches (default 16; fewer if the split is smaller)\n"
+               "  --no-verify    do not check the checkpoint's SHA256SUMS\n"
+               "  -h, --help     this text\n");
+}
+
+static int positive(const char *opt, const char *v, long *out) {
+    char *end;
+    *out = strtol(v, &end, 10);
+    if (*end || end == v || *out < 1 || *out > 1 << 20) {
+        fprintf(stderr, "tandem eval: %s needs a positive number, got '%s'\n", opt, v);
+        return 0;
+    }
+    return 1;
+}
+
+int td_cmd_eval(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"adapter", required_argument, 0, 'a'},
+        {"data", required_argument, 0, 'd'},    {"split", required_argument, 0, 's'},
+        {"seq-len", required_argument, 0, 'T'}, {"batch", required_argument, 0, 'B'},
+        {"batches", required_argument, 0, 'n'}, {"no-verify", no_argument, 0, 'V'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *model = NULL, *adapter = NULL, *data = NULL, *split = "val";
+    long T = 128, B = 8, nb = 16;
+    int no_verify = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case 'a':
+            adapter = optarg;
+            break;
+        case 'd':
+            data = optarg;
+            break;
+        case 's':
+            split = optarg;
+            break;
+        case 'T':
+            if (!positive("--seq-len", optarg, &T)) return 2;
+            break;
+        case 'B':
+            if (!positive("--batch", optarg, &B)) return 2;
+            break;
+        case 'n':
+            if (!positive("--batches", optarg, &nb)) return 2;
+            break;
+        case 'V':
+            no_verify = 1;
+            break;
+        case 'h':
+            eval_help(stdout);
+            return 0;
+        default:
+            eval_help(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc || !model || !data) {
+        fprintf(stderr, "tandem eval: --model and --data are required\n");
+        eval_help(stderr);
+        return 2;
+    }
+    td_model *m = NULL;
+    td_lora *lo = NULL;
+    td_loader *l = NULL;
+    int32_t *tok = NULL, *tgt = NULL;
+    td_status s = td_checkpoint_check(model, no_verify);
+    if (s == TD_OK && adapter) s = td_checkpoint_check(adapter, no_verify);
+    if (s == TD_OK) s = td_checkpoint_load_model(model, &m);
+    if (s == TD_OK && T > td_model_config_of(m)->max_position_embeddings)
+        s = td_error_set(TD_ERR_INVALID, "--seq-len %ld exceeds the model's context (%d)", T,
+                         td_model_config_of(m)->max_position_embeddings);
+    if (s == TD_OK && adapter) s = td_lora_load(adapter, td_model_config_of(m), &lo);
+    if (s == TD_OK && lo) s = td_model_set_lora(m, lo);
+    if (s == TD_OK) s = td_loader_open(data, split, (int)B, (int)T, 0, 0, &l);
+    if (s == TD_OK && td_loader_max_token(l) >= td_model_config_of(m)->vocab_size)
+        s = td_error_set(TD_ERR_INVALID,
+                         "%s holds token id %d, outside the model's vocabulary (%d)", data,
+                         td_loader_max_token(l), td_model_config_of(m)->vocab_size);
+    if (s == TD_OK) s = td_model_plan(m, (int)B, (int)T, 0);
+    tok = malloc(sizeof(int32_t) * (size_t)(B * T));
+    tgt = malloc(sizeof(int32_t) * (size_t)(B * T));
+    if (s == TD_OK && (!tok || !tgt)) s = td_error_set(TD_ERR_NOMEM, "out of memory");
+    double sum = 0;
+    long done = 0, avail = s == TD_OK ? (long)(td_loader_num_windows(l) / (size_t)B) : 0;
+    if (nb > avail) nb = avail;
+    for (long b = 0; s == TD_OK && b < nb; b++, done++) {
+        double loss = 0;
+        td_loader_next(l, tok, tgt);
+        s = td_model_forward(m, tok, tgt, (int)B, (int)T, &loss);
+        sum += loss;
+    }
+    if (s == TD_OK)
+        printf("eval: %s%s%s on %s (%s): loss %.6f over %ld batches of %ld x %ld tokens\n", model,
+               adapter ? " + " : "", adapter ? adapter : "", data, split,
+               done ? sum / (double)done : NAN, done, B, T);
+    free(tok);
+    free(tgt);
+    td_loader_free(&l);
+    td_model_free(&m);
+    td_lora_free(&lo);
+    return s == TD_OK ? 0 : td_cli_fail("eval", s);
 }

@@ -25,6 +25,7 @@ static const command g_cmds[] = {
     {"finetune", td_cmd_finetune, "fine-tune a checkpoint on conversations (full or LoRA; mpirun)"},
     {"merge", td_cmd_merge, "fold a LoRA adapter into its base: a full checkpoint"},
     {"show", td_cmd_show, "describe a checkpoint or adapter and its lineage"},
+    {"eval", td_cmd_eval, "a checkpoint's loss on token shards (e.g. before/after fine-tuning)"},
     {"generate", td_cmd_generate, "sample text from a checkpoint (one prompt or a file)"},
     {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; router, HTTP)"},
     {"router", td_cmd_router, "route requests to serving replicas (ZeroMQ)"},

@@ -270,6 +270,7 @@ struct td_sft_loader {
     uint64_t seed;
     int *order;
     int64_t epoch, cursor;
+    long last_real;
 };
 
 static void make_order(td_sft_loader *l) {
@@ -341,8 +342,15 @@ void td_sft_loader_next(td_sft_loader *l, int32_t *tokens, int32_t *targets, int
             tg[i] = live && e->mask[i + 1] ? e->ids[i + 1] : -1;
         }
     }
+    l->last_real = 0;
+    for (int r = l->begin; r < l->end; r++)
+        l->last_real += l->set->ex[l->order[l->cursor + r]].n - 1;
     *T = t;
     advance(l);
+}
+
+long td_sft_loader_last_real(const td_sft_loader *l) {
+    return l->last_real;
 }
 
 long td_sft_loader_peek_counted(const td_sft_loader *l, int k) {

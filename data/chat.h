@@ -69,6 +69,8 @@ void td_sft_loader_free(td_sft_loader **l);
 /* Fills tokens/targets (end-begin rows of *T each, *T <= the longest example - 1) and moves
  * to the next global batch. */
 void td_sft_loader_next(td_sft_loader *l, int32_t *tokens, int32_t *targets, int *T);
+/* Positions of the last batch that hold an example's token (the rest is padding). */
+long td_sft_loader_last_real(const td_sft_loader *l);
 /* Targets the loss counts in the next k global batches (all ranks' rows), without moving:
  * the step's normalizer, so that a step's loss is the mean over its tokens whatever the
  * number of ranks. */

@@ -754,6 +754,8 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             fprintf(t.metrics, "{\"step\": 0, \"val_loss\": %.6f}\n", res->first_val_loss);
         if (!quiet) printf("step %6d  val_loss %.4f (initial)\n", 0, res->first_val_loss);
     }
+    /* examples: tokens/s counts the examples' tokens, not the padding */
+    double real_sum = 0, computed_sum = 0, tokens_run = 0;
     double t_start = td_time_now(), train_time = 0;
     long steps_run = 0;
     double loss = NAN;
@@ -761,7 +763,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         double t0 = td_time_now();
         /* the fused optimizer step leaves the gradients zeroed; ZeRO-1 does not */
         if (j->zero) td_model_zero_grad(t.model);
-        double local = 0;
+        double local = 0, real_local = 0, computed_local = 0;
         /* examples: the step's loss is the mean over all its counted tokens, on any number
          * of ranks (each micro-batch weighs by its share of them) */
         long step_counted = t.sft ? td_sft_loader_peek_counted(t.sft, j->grad_accum) : 0;
@@ -770,9 +772,12 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             double l = 0, w = 1.0 / j->grad_accum;
             int T;
             data_next(&t, t.train, t.sft, &T);
-            if (t.sft)
+            if (t.sft) {
                 w = (double)count_targets(t.targets, (size_t)t.local_B * T) * t.size /
                     (double)step_counted;
+                real_local += (double)td_sft_loader_last_real(t.sft);
+                computed_local += (double)t.local_B * T;
+            }
             if (t.trace && !t.sft) {
                 const uint64_t *w = td_loader_last_windows(t.train);
                 for (int b = 0; b < t.local_B; b++)
@@ -824,7 +829,16 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         steps_run++;
         if (step == step0) res->first_loss = loss;
         res->last_loss = loss;
-        double tps = tok_per_step / dt;
+        double step_tokens = tok_per_step;
+        if (t.sft) {
+            double rc[2] = {real_local, computed_local};
+            td_comm_allreduce(t.comm, rc, 2, TD_COMM_F64);
+            step_tokens = rc[0];
+            real_sum += rc[0];
+            computed_sum += rc[1];
+        }
+        tokens_run += step_tokens;
+        double tps = step_tokens / dt;
         if (t.metrics)
             fprintf(t.metrics,
                     "{\"step\": %ld, \"loss\": %.7f, \"lr\": %.6g, \"grad_norm\": %.6f, "
@@ -880,7 +894,11 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
     }
     if (!quiet) td_progress_done();
     double wall = td_time_now() - t_start;
-    res->tokens_per_s = steps_run ? tok_per_step * steps_run / train_time : 0;
+    res->tokens_per_s = steps_run ? tokens_run / train_time : 0;
+    if (s == TD_OK && !quiet && t.sft && computed_sum > 0)
+        printf("finetune: examples padded to their batch's longest: %.1f %% of the computed "
+               "positions are examples' tokens\n",
+               100.0 * real_sum / computed_sum);
     if (s == TD_OK && !quiet)
         printf("train: %ld steps in %.1f s (%.0f tokens/s), last loss %.4f, checkpoint %s\n",
                steps_run, wall, res->tokens_per_s, res->last_loss, res->last_checkpoint);
