@@ -411,7 +411,7 @@ int td_cmd_eval(int argc, char **argv) {
     free(tok);
     free(tgt);
     td_loader_free(&l);
+    td_lora_free(&lo); /* before the model: it holds buffers of the model's backend */
     td_model_free(&m);
-    td_lora_free(&lo);
     return s == TD_OK ? 0 : td_cli_fail("eval", s);
 }

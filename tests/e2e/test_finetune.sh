@@ -62,6 +62,14 @@ compare "LoRA: uninterrupted  vs  stopped at 10 and resumed" lora1 res
 # 3. lineage
 before=$(sha256sum "$BASE/model.safetensors" | cut -c1-64)
 "$TANDEM" merge lora1/step_00000020 --out merged > /dev/null
+# the adapter unmerged on its base computes what the merged checkpoint does
+"$TANDEM" eval --model "$BASE" --adapter lora1/step_00000020 --data data --seq-len 32 \
+    --batches 4 2> /dev/null > e1.txt
+"$TANDEM" eval --model merged --data data --seq-len 32 --batches 4 2> /dev/null > e2.txt
+l1=$(sed 's/.*loss \([0-9.]*\).*/\1/' e1.txt) l2=$(sed 's/.*loss \([0-9.]*\).*/\1/' e2.txt)
+echo "pretraining val loss: base + adapter $l1, merged $l2"
+awk -v a="$l1" -v b="$l2" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; exit !(a != "" && d < 1e-5) }' ||
+    { echo "FAIL: base + adapter and merged differ"; fail=1; }
 BASE_OF=$W/merged job ft2 full 5
 "$TANDEM" finetune ft2.json --quiet
 "$TANDEM" show ft2/step_00000005 | tee show.txt

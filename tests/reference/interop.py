@@ -18,11 +18,27 @@ For each case (default: llama, gpt2) this
   7. checks that tokenizer.json (loaded with the `tokenizers` package) encodes
      the prompt to the same ids tandem used.
 
+The case "lora" (also run by default; needs peft, see requirements.txt)
+  1. trains a tiny llama base (vocab 260: the 256 bytes and tandem's four
+     special tokens, so ChatML fits) with `TANDEM train`, writes a few dozen
+     chat conversations (reverse a list of letters) as JSON Lines,
+  2. runs `TANDEM finetune` with method lora on all seven llama matrices,
+     checks the PEFT files and that training made lora_B non-zero,
+  3. loads the adapter with PeftModel.from_pretrained(base in float32) and
+     insists every tensor of adapter_model.safetensors is in it, unchanged,
+  4. runs `TANDEM merge`, then `TANDEM generate --tokens IDS
+     --logits-out FILE` on the merged checkpoint for a ChatML conversation,
+     and compares peft's logits on the same ids: fails if
+     max|a-b| / max|b| > --tol (also prints how far the adapter moves the
+     logits from the base's, which must be far above --tol),
+  5. compares peft's merge_and_unload() weights with the merged
+     model.safetensors (same names): fails if max|a-b| > --merge-tol (1e-6).
+
 Prints a table and a final line "interop: N passed, M failed"; exit status 1
 if anything failed (or could not run).
 
 Usage: .venv/bin/python tests/reference/interop.py [--tandem build/tandem]
-       [--cases llama gpt2 llama_tied] [--keep] [--workdir DIR]
+       [--cases llama gpt2 llama_tied lora] [--keep] [--workdir DIR]
 """
 import argparse
 import glob
@@ -442,13 +458,283 @@ def run_case(name, spec, tandem, work, data_dir, args, res):
             f"max|ref|={scale:.3f}, argmax agree {argmax_agree * 100:.0f}%")
 
 
+# --------------------------------------------------------------------------
+# LoRA: tandem finetune's adapter in peft, tandem merge vs merge_and_unload
+# --------------------------------------------------------------------------
+
+LORA_BASE = {
+    # vocab 260 = 256 bytes + tandem's <|endoftext|>, <|im_start|>, <|im_end|>, <|pad|>
+    "arch": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+    "vocab_size": 260, "max_position_embeddings": 64, "tie_word_embeddings": False,
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_R, LORA_ALPHA = 4, 8
+LORA_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def lora_module_path(layer, target):
+    part = "self_attn" if target in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+    return f"base_model.model.model.layers.{layer}.{part}.{target}"
+
+
+def reverse_conversation(letters):
+    return {"messages": [{"role": "user", "content": "Reverse: " + " ".join(letters)},
+                         {"role": "assistant", "content": " ".join(reversed(letters))}]}
+
+
+def write_chat_data(path, n, seed=3):
+    """n training conversations of the skill task (reverse 3-5 letters), and
+    one more that is not among them (returned, for scoring)."""
+    rng = random.Random(seed)
+    seen, convs = set(), []
+    while len(convs) < n + 1:
+        item = tuple(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 5)))
+        if item not in seen:
+            seen.add(item)
+            convs.append(reverse_conversation(list(item)))
+    with open(path, "w") as f:
+        for c in convs[:n]:
+            f.write(json.dumps(c) + "\n")
+    return convs[n]
+
+
+def chatml(conv):
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conv["messages"])
+
+
+def run_lora(name, tandem, work, data_dir, args, res):
+    print(f"== {name} ==", flush=True)
+    case_dir = os.path.join(work, name)
+    os.makedirs(case_dir, exist_ok=True)
+    try:
+        from peft import PeftModel
+        import peft
+    except ImportError as e:
+        res.add(name, "peft", False, f"cannot import peft ({e}); install it as requirements.txt says")
+        return
+
+    # ---- base: a tiny llama pretrained by tandem on the byte shard
+    base_run = os.path.join(case_dir, "base")
+    job = {
+        "model": dict(LORA_BASE),
+        "data": {"train": data_dir, "seq_len": 32},
+        "train": {"batch_size": 4, "steps": args.steps, "lr": 3e-3, "warmup": 2, "seed": 1},
+        "checkpoint": {"dir": base_run, "every": args.steps, "keep": 1},
+    }
+    job_path = os.path.join(case_dir, "base_job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f, indent=2)
+    log = os.path.join(case_dir, "base.log")
+    rc, dt = run_cmd(tandem + ["train", job_path], log, args.timeout)
+    base, exact = find_checkpoint(base_run, args.steps)
+    if rc != 0 or base is None or not exact:
+        res.add(name, "base", False, f"rc={rc} ({dt:.1f}s), checkpoint={base}")
+        print(tail(log))
+        return
+    res.add(name, "base", True, f"{dt:.1f}s -> {os.path.relpath(base, work)} (vocab {LORA_BASE['vocab_size']})")
+
+    # ---- tandem finetune, method lora, all seven matrices
+    chat_path = os.path.join(case_dir, "chat.jsonl")
+    held_out = write_chat_data(chat_path, args.lora_examples)
+    run_dir = os.path.join(case_dir, "lorarun")
+    job = {
+        "finetune": {"base": base, "method": "lora",
+                     "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": LORA_TARGETS}},
+        "data": {"train": chat_path, "seq_len": 48},
+        "train": {"batch_size": 8, "steps": args.steps, "lr": 3e-3, "seed": 5},
+        "checkpoint": {"dir": run_dir, "every": args.steps},
+        "device": "cpu",
+    }
+    job_path = os.path.join(case_dir, "finetune_job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f, indent=2)
+    log = os.path.join(case_dir, "finetune.log")
+    rc, dt = run_cmd(tandem + ["finetune", job_path], log, args.timeout)
+    adapter, exact = find_checkpoint(run_dir, args.steps)
+    missing = [f for f in LORA_FILES if adapter is None or not os.path.isfile(os.path.join(adapter, f))]
+    if rc != 0 or adapter is None or not exact or missing:
+        res.add(name, "finetune", False, f"rc={rc} ({dt:.1f}s), checkpoint={adapter}"
+                + (f"; missing {missing}" if missing else ""))
+        print(tail(log))
+        return
+    losses = []
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    except (OSError, ValueError, KeyError):
+        pass
+    res.add(name, "finetune", True, f"{dt:.1f}s, {args.lora_examples} conversations, "
+            + (f"loss {losses[0]:.4f} -> {losses[-1]:.4f}, " if losses else "")
+            + f"-> {os.path.relpath(adapter, work)}")
+
+    # ---- adapter files: config and tensor names/shapes as peft writes them; lora_B trained
+    L = LORA_BASE["num_hidden_layers"]
+    C, inter = LORA_BASE["hidden_size"], LORA_BASE["intermediate_size"]
+    kv = C // LORA_BASE["num_attention_heads"] * LORA_BASE["num_key_value_heads"]
+    dims = {"q_proj": (C, C), "k_proj": (C, kv), "v_proj": (C, kv), "o_proj": (C, C),
+            "gate_proj": (C, inter), "up_proj": (C, inter), "down_proj": (inter, C)}  # (in, out)
+    want = {}
+    for layer in range(L):
+        for t in LORA_TARGETS:
+            fan_in, fan_out = dims[t]
+            want[lora_module_path(layer, t) + ".lora_A.weight"] = (LORA_R, fan_in)
+            want[lora_module_path(layer, t) + ".lora_B.weight"] = (fan_out, LORA_R)
+    try:
+        with open(os.path.join(adapter, "adapter_config.json")) as f:
+            acfg = json.load(f)
+        with safe_open(os.path.join(adapter, "adapter_model.safetensors"), framework="pt") as f:
+            file_tensors = {k: f.get_tensor(k) for k in f.keys()}
+        problems = []
+        for k, v in (("peft_type", "LORA"), ("r", LORA_R), ("lora_alpha", LORA_ALPHA)):
+            if acfg.get(k) != v:
+                problems.append(f"{k}={acfg.get(k)!r} (want {v!r})")
+        if sorted(acfg.get("target_modules") or []) != sorted(LORA_TARGETS):
+            problems.append(f"target_modules={acfg.get('target_modules')}")
+        if os.path.realpath(str(acfg.get("base_model_name_or_path"))) != os.path.realpath(base):
+            problems.append(f"base_model_name_or_path={acfg.get('base_model_name_or_path')!r}")
+        got = {k: tuple(v.shape) for k, v in file_tensors.items()}
+        if got != want:
+            miss, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            bad = [k for k in set(got) & set(want) if got[k] != want[k]]
+            problems.append(f"tensors: missing {miss[:3]}, unexpected {extra[:3]}, shapes {bad[:3]}")
+        dtypes = sorted({str(v.dtype) for v in file_tensors.values()})
+        if dtypes != ["torch.float32"]:
+            problems.append(f"dtypes {dtypes}")
+        bmax = [file_tensors[k].abs().max().item() for k in want if k.endswith("lora_B.weight") and k in file_tensors]
+        if not bmax or min(bmax) == 0:
+            problems.append(f"{sum(1 for b in bmax if b == 0)} of {len(bmax)} lora_B still zero after training")
+        res.add(name, "adapter", not problems, "; ".join(problems) if problems else
+                f"{len(file_tensors)} tensors (r={LORA_R}, alpha={LORA_ALPHA}, {len(LORA_TARGETS)} targets x {L} layers), "
+                f"all {len(bmax)} lora_B non-zero, max|B| {min(bmax):.2e}..{max(bmax):.2e}")
+        if problems:
+            return
+    except Exception as e:  # noqa: BLE001
+        res.add(name, "adapter", False, f"{type(e).__name__}: {e}")
+        return
+
+    # ---- peft loads the adapter onto the HF base
+    try:
+        hf_base = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32, attn_implementation="eager")
+        pm = PeftModel.from_pretrained(hf_base, adapter)
+        pm.eval()
+        sd = pm.state_dict()
+        lora_keys = {k for k in sd if ".lora_" in k}
+        expect_keys = {k.replace(".weight", ".default.weight") for k in file_tensors}
+        differ = [k for k in file_tensors
+                  if k.replace(".weight", ".default.weight") in sd
+                  and not torch.equal(sd[k.replace(".weight", ".default.weight")], file_tensors[k])]
+        scale = pm.base_model.model.model.layers[0].self_attn.q_proj.scaling["default"]
+        problems = []
+        if lora_keys != expect_keys:
+            problems.append(f"peft has {len(lora_keys)} lora tensors, file {len(file_tensors)}: "
+                            f"missing {sorted(expect_keys - lora_keys)[:3]}, extra {sorted(lora_keys - expect_keys)[:3]}")
+        if differ:
+            problems.append(f"{len(differ)} tensors differ from the file, e.g. {differ[0]}")
+        if scale != LORA_ALPHA / LORA_R:
+            problems.append(f"scaling {scale} (want {LORA_ALPHA / LORA_R})")
+        res.add(name, "peft-load", not problems, "; ".join(problems) if problems else
+                f"peft {peft.__version__}: all {len(lora_keys)} adapter tensors loaded bit-exact, scaling {scale:g}")
+    except Exception as e:  # noqa: BLE001
+        res.add(name, "peft-load", False, f"{type(e).__name__}: {e}")
+        return
+
+    # ---- tandem merge
+    merged = os.path.join(case_dir, "merged")
+    log = os.path.join(case_dir, "merge.log")
+    rc, dt = run_cmd(tandem + ["merge", adapter, "--out", merged], log, args.timeout)
+    st_path = os.path.join(merged, "model.safetensors")
+    if rc != 0 or not os.path.isfile(st_path):
+        res.add(name, "merge", False, f"rc={rc} ({dt:.1f}s), model.safetensors "
+                f"{'present' if os.path.isfile(st_path) else 'missing'}")
+        print(tail(log))
+        return
+    res.add(name, "merge", True, f"{dt:.1f}s -> {os.path.relpath(merged, work)}")
+
+    # ---- tandem generate on the merged checkpoint vs peft on the same ids
+    try:
+        from tokenizers import Tokenizer
+        text = chatml(held_out)
+        ids = Tokenizer.from_file(os.path.join(base, "tokenizer.json")).encode(text).ids
+        logits_path = os.path.join(case_dir, "logits.safetensors")
+        glog = os.path.join(case_dir, "generate.log")
+        rc, dt = run_cmd(tandem + ["generate", "--model", merged, "--tokens", ",".join(map(str, ids)),
+                                   "--max-new-tokens", "0", "--logits-out", logits_path], glog, args.timeout)
+        if rc != 0 or not os.path.isfile(logits_path):
+            res.add(name, "logits", False, f"generate rc={rc} ({dt:.1f}s)")
+            print(tail(glog))
+        else:
+            with safe_open(logits_path, framework="pt") as f:
+                tokens, logits = f.get_tensor("tokens"), f.get_tensor("logits")
+            if tokens.tolist() != ids:
+                res.add(name, "logits", False, f"generate scored ids {tokens.tolist()[:8]}... not {ids[:8]}...")
+            else:
+                x = torch.tensor(ids, dtype=torch.long)[None]
+                with torch.no_grad():
+                    ref = pm(input_ids=x, use_cache=False).logits[0].float()
+                    with pm.disable_adapter():
+                        base_logits = pm(input_ids=x, use_cache=False).logits[0].float()
+                scale_ = ref.abs().max().item()
+                abs_diff = (logits - ref).abs().max().item()
+                rel = abs_diff / scale_ if scale_ > 0 else float("inf")
+                effect = (ref - base_logits).abs().max().item() / scale_
+                # the check means something only if the adapter moves the logits far more than tol
+                ok = rel <= args.tol and effect > 100 * args.tol
+                res.add(name, "logits", ok,
+                        f"merged (tandem generate) vs peft adapter: max_abs={abs_diff:.3e} max_rel={rel:.3e} "
+                        f"(tol {args.tol:.0e}, rel = max|a-b|/max|peft|), max|peft|={scale_:.3f}, T={len(ids)}; "
+                        f"adapter moves peft's logits from the base's by {effect:.3e} rel"
+                        + ("" if effect > 100 * args.tol else f" (must exceed {100 * args.tol:.0e})"))
+    except Exception as e:  # noqa: BLE001
+        res.add(name, "logits", False, f"{type(e).__name__}: {e}")
+
+    # ---- merge_and_unload vs tandem's merged model.safetensors
+    try:
+        with safe_open(os.path.join(base, "model.safetensors"), framework="pt") as f:
+            before = {k: f.get_tensor(k) for k in f.keys()}
+        with torch.no_grad():
+            unloaded = pm.merge_and_unload()
+        ref_sd = unloaded.state_dict()
+        with safe_open(st_path, framework="pt") as f:
+            got = {k: f.get_tensor(k) for k in f.keys()}
+        problems = []
+        if set(got) != set(ref_sd):
+            problems.append(f"names: missing {sorted(set(ref_sd) - set(got))[:3]}, "
+                            f"unexpected {sorted(set(got) - set(ref_sd))[:3]}")
+        common = sorted(set(got) & set(ref_sd))
+        shape_bad = [k for k in common if got[k].shape != ref_sd[k].shape]
+        if shape_bad:
+            problems.append(f"shapes differ: {shape_bad[:3]}")
+        common = [k for k in common if k not in shape_bad]
+        targeted = [k for k in common if any(f".{t}.weight" in k for t in LORA_TARGETS)]
+        others = [k for k in common if k not in targeted]
+        d_t = max(((got[k].double() - ref_sd[k].double()).abs().max().item() for k in targeted), default=0.0)
+        d_o = max(((got[k].double() - ref_sd[k].double()).abs().max().item() for k in others), default=0.0)
+        worst = max(targeted, key=lambda k: (got[k].double() - ref_sd[k].double()).abs().max().item(), default="-")
+        moved = max(((ref_sd[k] - before[k]).abs().max().item() for k in targeted if k in before), default=0.0)
+        if max(d_t, d_o) > args.merge_tol:
+            problems.append(f"max|tandem - peft| {max(d_t, d_o):.3e} > {args.merge_tol:.0e} (worst {worst})")
+        if len(targeted) != L * len(LORA_TARGETS):
+            problems.append(f"{len(targeted)} merged matrices, want {L * len(LORA_TARGETS)}")
+        res.add(name, "merged-weights", not problems,
+                ("; ".join(problems) + "; " if problems else "")
+                + f"{len(common)} tensors: {len(targeted)} merged max_abs={d_t:.3e}, "
+                f"{len(others)} others max_abs={d_o:.3e} (tol {args.merge_tol:.0e} abs); "
+                f"the merge moved weights by up to {moved:.3e}")
+    except Exception as e:  # noqa: BLE001
+        res.add(name, "merged-weights", False, f"{type(e).__name__}: {e}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tandem", default=os.path.join(REPO, "build", "tandem"),
                     help="tandem binary (a command line is split with shlex)")
-    ap.add_argument("--cases", nargs="+", default=["llama", "gpt2"], choices=sorted(CASES))
+    ap.add_argument("--cases", nargs="+", default=["llama", "gpt2", "lora"], choices=sorted(CASES) + ["lora"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tol", type=float, default=1e-4, help="max relative logits difference")
+    ap.add_argument("--merge-tol", type=float, default=1e-6,
+                    help="lora: max absolute difference of tandem merge vs peft merge_and_unload")
+    ap.add_argument("--lora-examples", type=int, default=48, help="lora: conversations to fine-tune on")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--timeout", type=float, default=600, help="seconds per tandem invocation")
     ap.add_argument("--workdir", help="use this directory (kept) instead of a temp dir")
@@ -477,7 +763,10 @@ def main():
         print(f"data: {ntok} tokens in {data_dir}")
         for name in args.cases:
             try:
-                run_case(name, CASES[name], tandem, work, data_dir, args, res)
+                if name == "lora":
+                    run_lora(name, tandem, work, data_dir, args, res)
+                else:
+                    run_case(name, CASES[name], tandem, work, data_dir, args, res)
             except Exception as e:  # noqa: BLE001 -- keep going with other cases
                 res.add(name, "internal", False, f"{type(e).__name__}: {e}")
     finally:

@@ -545,7 +545,8 @@ td_status td_model_plan(td_model *m, int B, int T, int with_grads) {
     m->planB = B;
     m->planT = T;
     m->plan_grads = with_grads;
-    if (with_grads && m->lora) return td_lora_plan(m->lora, m->be, B * T);
+    if (m->lora) TD_TRY(td_lora_plan(m->lora, m->be, B * T));
+    if (with_grads && m->lora) return TD_OK; /* the base is frozen: no gradient buffer */
     if (with_grads && !m->grads) {
         void *g = NULL;
         TD_TRY(td_backend_alloc(m->be, &g, m->num_params * sizeof(float)));
@@ -840,7 +841,7 @@ td_status td_model_set_lora(td_model *m, td_lora *lo) {
         return td_error_set(TD_ERR_INVALID,
                             "adapters go on a model before it is planned for training");
     m->lora = lo;
-    if (lo && m->plan_grads) return td_lora_plan(lo, m->be, m->planB * m->planT);
+    if (lo && m->acts) return td_lora_plan(lo, m->be, m->planB * m->planT);
     return TD_OK;
 }
 
