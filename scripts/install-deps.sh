@@ -67,4 +67,10 @@ if [ "${1:-}" = "--python" ]; then
         echo "install-deps: installing Python reference packages into .venv"
         .venv/bin/pip install -q -r tests/reference/requirements.txt
     fi
+    # peft (make interop's LoRA case, the LoRA fixture): --no-deps, or pip would replace
+    # Debian's torch (1.13.0a0 does not satisfy peft's torch>=1.13.0) with a CUDA build
+    if ! .venv/bin/python -c 'import peft' 2>/dev/null; then
+        echo "install-deps: installing peft into .venv"
+        .venv/bin/pip install -q --no-deps peft==0.13.2 accelerate==0.34.2
+    fi
 fi
