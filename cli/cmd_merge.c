@@ -34,27 +34,6 @@ static void merge_help(FILE *f) {
             "  -h, --help     this text\n");
 }
 
-/* The entry a checkpoint adds to its descendants' lineage. */
-static cJSON *lineage_entry(const char *dir, const cJSON *st, const char *weights) {
-    const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage"), *v;
-    cJSON *e = cJSON_CreateObject();
-    char abs[4096];
-    cJSON_AddStringToObject(e, "path", realpath(dir, abs) ? abs : dir);
-    if ((v = cJSON_GetObjectItemCaseSensitive(st, "step")) && cJSON_IsNumber(v))
-        cJSON_AddNumberToObject(e, "step", v->valuedouble);
-    static const char *const keys[] = {"produced_by", "method", NULL};
-    for (int i = 0; keys[i]; i++)
-        if ((v = cJSON_GetObjectItemCaseSensitive(lin, keys[i])) && cJSON_IsString(v))
-            cJSON_AddStringToObject(e, keys[i], v->valuestring);
-    char hex[65];
-    if (td_checkpoint_file_sha256(dir, weights, hex) == TD_OK)
-        cJSON_AddStringToObject(e, "weights_sha256", hex);
-    td_error_clear();
-    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "data")) && cJSON_IsObject(v))
-        cJSON_AddItemToObject(e, "data", cJSON_Duplicate(v, 1));
-    return e;
-}
-
 /* trainer_state.json of dir, or an empty object where it has none. */
 static cJSON *load_state(const char *dir) {
     char p[1200];
@@ -137,14 +116,14 @@ int td_cmd_merge(int argc, char **argv) {
         cJSON_AddStringToObject(lin, "method", "lora merged");
         cJSON_AddStringToObject(lin, "kind", "model");
         const cJSON *alin = cJSON_GetObjectItemCaseSensitive(ast, "lineage");
-        const cJSON *anc = cJSON_GetObjectItemCaseSensitive(alin, "ancestors");
-        cJSON *list = cJSON_IsArray(anc) ? cJSON_Duplicate(anc, 1) : cJSON_CreateArray();
-        if (!cJSON_IsArray(anc)) { /* a PEFT adapter from elsewhere: the base is its parent */
-            cJSON *bst = load_state(base);
-            cJSON_AddItemToArray(list, lineage_entry(base, bst, "model.safetensors"));
-            cJSON_Delete(bst);
+        cJSON *list = td_checkpoint_lineage(adir);
+        if (!cJSON_GetObjectItemCaseSensitive(alin, "ancestors")) {
+            /* a PEFT adapter from elsewhere: the base's lineage, then the adapter */
+            cJSON *self = cJSON_DetachItemFromArray(list, cJSON_GetArraySize(list) - 1);
+            cJSON_Delete(list);
+            list = td_checkpoint_lineage(base);
+            cJSON_AddItemToArray(list, self);
         }
-        cJSON_AddItemToArray(list, lineage_entry(adir, ast, "adapter_model.safetensors"));
         cJSON_AddItemToObject(lin, "ancestors", list);
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(alin, "data");
         if (d) cJSON_AddItemToObject(lin, "data", cJSON_Duplicate(d, 1));
@@ -239,11 +218,7 @@ int td_cmd_show(int argc, char **argv) {
         return td_cli_fail("show", s);
     }
     cJSON *st = load_state(dir);
-    const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
-    const cJSON *anc = cJSON_GetObjectItemCaseSensitive(lin, "ancestors");
-    cJSON *list = cJSON_IsArray(anc) ? cJSON_Duplicate(anc, 1) : cJSON_CreateArray();
-    cJSON_AddItemToArray(
-        list, lineage_entry(dir, st, adapter ? "adapter_model.safetensors" : "model.safetensors"));
+    cJSON *list = td_checkpoint_lineage(dir);
     if (json) {
         char *text = cJSON_Print(list);
         printf("%s\n", text);

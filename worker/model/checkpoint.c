@@ -204,6 +204,35 @@ td_status td_checkpoint_file_sha256(const char *dir, const char *file, char hex[
     return td_sha256_file(p, hex);
 }
 
+cJSON *td_checkpoint_lineage(const char *dir) {
+    char p[4200], abs[4096], hex[65];
+    cJSON *st = NULL;
+    snprintf(p, sizeof p, "%s/trainer_state.json", dir);
+    if (!td_fs_exists(p) || td_json_load_file(p, &st) != TD_OK) st = cJSON_CreateObject();
+    td_error_clear();
+    const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage"), *v;
+    const cJSON *anc = cJSON_GetObjectItemCaseSensitive(lin, "ancestors");
+    cJSON *list = cJSON_IsArray(anc) ? cJSON_Duplicate(anc, 1) : cJSON_CreateArray();
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddStringToObject(e, "path", realpath(dir, abs) ? abs : dir);
+    if ((v = cJSON_GetObjectItemCaseSensitive(st, "step")) && cJSON_IsNumber(v))
+        cJSON_AddNumberToObject(e, "step", v->valuedouble);
+    static const char *const keys[] = {"produced_by", "method", NULL};
+    for (int i = 0; keys[i]; i++)
+        if ((v = cJSON_GetObjectItemCaseSensitive(lin, keys[i])) && cJSON_IsString(v))
+            cJSON_AddStringToObject(e, keys[i], v->valuestring);
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    const char *weights = td_fs_exists(p) ? "adapter_model.safetensors" : "model.safetensors";
+    if (td_checkpoint_file_sha256(dir, weights, hex) == TD_OK)
+        cJSON_AddStringToObject(e, "weights_sha256", hex);
+    td_error_clear();
+    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "data")) && cJSON_IsObject(v))
+        cJSON_AddItemToObject(e, "data", cJSON_Duplicate(v, 1));
+    cJSON_AddItemToArray(list, e);
+    cJSON_Delete(st);
+    return list;
+}
+
 td_status td_checkpoint_save(const td_checkpoint_save_args *a, char *out_dir, size_t out_len) {
     char tmp[4096], fin[4096], p[4200];
     if (a->dir) {

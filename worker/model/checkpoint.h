@@ -69,6 +69,12 @@ td_status td_checkpoint_check(const char *dir, int skip);
 /* The sha256 of `file` in checkpoint `dir` (hex): from SHA256SUMS where it lists the file,
  * else computed. */
 td_status td_checkpoint_file_sha256(const char *dir, const char *file, char hex[65]);
+/* The lineage of checkpoint `dir` (a new cJSON array, the caller's): the ancestors its
+ * trainer_state.json lists, oldest first, then an entry for `dir` itself -- absolute path,
+ * step, produced_by, method, the sha256 of its weights file (model.safetensors, or
+ * adapter_model.safetensors for an adapter) and its data. A checkpoint without
+ * trainer_state.json is an entry with its path and weights only. */
+cJSON *td_checkpoint_lineage(const char *dir);
 /* Finds the newest complete checkpoint under `root`; TD_ERR_NOTFOUND when there is none. */
 td_status td_checkpoint_latest(const char *root, char *out, size_t out_len);
 

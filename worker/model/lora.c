@@ -318,12 +318,6 @@ td_status td_lora_merge(const td_lora *lo, td_lora_matrix_fn rows_of, void *ctx)
 /* ---------------------------------------------------------------------------------------- */
 /* PEFT files */
 
-static const char *peft_targets(const td_lora *lo, cJSON *arr) {
-    for (int i = 0; i < lo->cfg.n_targets; i++)
-        cJSON_AddItemToArray(arr, cJSON_CreateString(lo->cfg.targets[i]));
-    return NULL;
-}
-
 td_status td_lora_save(const td_lora *lo, const char *dir, const char *base_path) {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddStringToObject(c, "peft_type", "LORA");
@@ -332,7 +326,9 @@ td_status td_lora_save(const td_lora *lo, const char *dir, const char *base_path
     cJSON_AddNumberToObject(c, "r", lo->cfg.r);
     cJSON_AddNumberToObject(c, "lora_alpha", lo->cfg.alpha);
     cJSON_AddNumberToObject(c, "lora_dropout", lo->cfg.dropout);
-    peft_targets(lo, cJSON_AddArrayToObject(c, "target_modules"));
+    cJSON *targets = cJSON_AddArrayToObject(c, "target_modules");
+    for (int i = 0; i < lo->cfg.n_targets; i++)
+        cJSON_AddItemToArray(targets, cJSON_CreateString(lo->cfg.targets[i]));
     cJSON_AddStringToObject(c, "bias", "none");
     cJSON_AddBoolToObject(c, "fan_in_fan_out", lo->arch == TD_ARCH_GPT2);
     cJSON_AddBoolToObject(c, "inference_mode", 1);

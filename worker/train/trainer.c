@@ -440,35 +440,7 @@ static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts
         TD_TRY(td_model_set_lora(t->model, t->lora));
     }
     /* lineage: the base's ancestors, then the base itself */
-    cJSON *anc = NULL, *st = NULL;
-    snprintf(p, sizeof p, "%s/trainer_state.json", j->base);
-    if (td_fs_exists(p) && td_json_load_file(p, &st) == TD_OK) {
-        const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(lin, "ancestors");
-        if (cJSON_IsArray(a)) anc = cJSON_Duplicate(a, 1);
-    }
-    td_error_clear();
-    if (!anc) anc = cJSON_CreateArray();
-    cJSON *e = cJSON_CreateObject();
-    char abs[4096];
-    cJSON_AddStringToObject(e, "path", realpath(j->base, abs) ? abs : j->base);
-    const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
-    const cJSON *v;
-    if ((v = cJSON_GetObjectItemCaseSensitive(st, "step")) && cJSON_IsNumber(v))
-        cJSON_AddNumberToObject(e, "step", v->valuedouble);
-    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "produced_by")) && cJSON_IsString(v))
-        cJSON_AddStringToObject(e, "produced_by", v->valuestring);
-    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "method")) && cJSON_IsString(v))
-        cJSON_AddStringToObject(e, "method", v->valuestring);
-    char hex[65];
-    if (td_checkpoint_file_sha256(j->base, "model.safetensors", hex) == TD_OK)
-        cJSON_AddStringToObject(e, "weights_sha256", hex);
-    td_error_clear();
-    if ((v = cJSON_GetObjectItemCaseSensitive(lin, "data")) && cJSON_IsObject(v))
-        cJSON_AddItemToObject(e, "data", cJSON_Duplicate(v, 1));
-    cJSON_AddItemToArray(anc, e);
-    cJSON_Delete(st);
-    t->base_lineage = anc;
+    t->base_lineage = td_checkpoint_lineage(j->base);
     return TD_OK;
 }
 
@@ -817,7 +789,10 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         /* the fused AdamW step refreshed the bf16 working copy; ZeRO-1 gathers parameters
          * after its step, so the copy is made again from the gathered masters */
         if (j->bf16 && j->zero) td_model_refresh_bf16(t.model);
-        loss = sum_ranks(&t, local) / t.size;
+        /* one all-reduce: the loss and (examples) the step's real and computed positions */
+        double sums[3] = {local, real_local, computed_local};
+        td_comm_allreduce(t.comm, sums, t.sft ? 3 : 1, TD_COMM_F64);
+        loss = sums[0] / t.size;
         if (!isfinite(loss)) {
             s = td_error_set(TD_ERR_RUNTIME,
                              "loss became %f at step %ld; lower train.lr or raise train.warmup",
@@ -829,14 +804,9 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         steps_run++;
         if (step == step0) res->first_loss = loss;
         res->last_loss = loss;
-        double step_tokens = tok_per_step;
-        if (t.sft) {
-            double rc[2] = {real_local, computed_local};
-            td_comm_allreduce(t.comm, rc, 2, TD_COMM_F64);
-            step_tokens = rc[0];
-            real_sum += rc[0];
-            computed_sum += rc[1];
-        }
+        double step_tokens = t.sft ? sums[1] : tok_per_step;
+        real_sum += sums[1];
+        computed_sum += sums[2];
         tokens_run += step_tokens;
         double tps = step_tokens / dt;
         if (t.metrics)
