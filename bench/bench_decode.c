@@ -65,12 +65,12 @@ static double decode(td_infer_model *m, int B, int steps) {
     td_infer_seg *sg = malloc(sizeof *sg * (size_t)B);
     float *logits = malloc(sizeof(float) * (size_t)B * c->vocab_size);
     for (int b = 0; b < B; b++)
-        sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b};
+        sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b, 0};
     td_infer_forward(m, kv, sg, B, logits);
     double t0 = td_time_now();
     for (int s = 0; s < steps; s++) {
         for (int b = 0; b < B; b++)
-            sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b};
+            sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b, 0};
         td_infer_forward(m, kv, sg, B, logits);
     }
     double dt = td_time_now() - t0;

@@ -77,7 +77,7 @@ static int runner_init(runner *r, const char *dir, const variant *v, const td_ca
 }
 
 static int feed(runner *r, const int32_t *t, int n, int pos) {
-    td_infer_seg sg = {t, n, pos, r->blocks};
+    td_infer_seg sg = {t, n, pos, r->blocks, 0};
     return td_infer_forward(r->m, r->kv, &sg, 1, r->logits) == TD_OK ? 0 : -1;
 }
 

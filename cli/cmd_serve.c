@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "worker/kernels/cpu/blas_core.h"
 #include "worker/model/checkpoint.h"
+#include <cjson/cJSON.h>
 
 static void help(FILE *f) {
     fprintf(f,
@@ -34,6 +35,10 @@ static void help(FILE *f) {
             "                        (e.g. tcp://127.0.0.1:5556)\n"
             "  --name NAME           model name clients use (default: the checkpoint's\n"
             "                        directory, or its parent's for step_* directories)\n"
+            "  --adapter NAME=DIR    also serve the LoRA adapter in DIR (tandem finetune's, or\n"
+            "                        PEFT's) as model NAME, on the same base weights and slots:\n"
+            "                        requests of the base and of every adapter share each\n"
+            "                        engine step (repeatable; online serving, CPU)\n"
             "  --api-key KEY         with --http: require Authorization: Bearer KEY on every\n"
             "                        route but /health (repeatable; also TANDEM_API_KEY)\n"
             "  --public-metrics      with --http: /metrics without a key\n"
@@ -94,6 +99,49 @@ static int int_in(const char *s, long lo, long hi, int *out) {
     return 1;
 }
 
+static void free_specs(char **specs, const char **names, const char **dirs) {
+    for (int i = 0; specs && specs[i]; i++)
+        free(specs[i]);
+    free(specs);
+    free(names);
+    free(dirs);
+}
+
+/* An adapter directory for --adapter: a LoRA checkpoint whose files check out, made on this
+ * base -- where its lineage names the weights it was trained on, their sha256 must be the
+ * base's (tensor shapes are checked when it loads). */
+static td_status check_adapter(const char *model_dir, const char *name, const char *dir,
+                               int no_verify) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    if (access(p, F_OK) != 0)
+        return td_error_set(TD_ERR_NOTFOUND,
+                            "--adapter %s=%s: no adapter_config.json there: is it a LoRA "
+                            "checkpoint (finetune method \"lora\", or a PEFT save)?",
+                            name, dir);
+    TD_TRY(td_checkpoint_check(dir, no_verify));
+    if (no_verify || !model_dir) return TD_OK;
+    cJSON *lin = td_checkpoint_lineage(dir);
+    int n = cJSON_GetArraySize(lin);
+    const cJSON *parent = n >= 2 ? cJSON_GetArrayItem(lin, n - 2) : NULL;
+    const char *want =
+        cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(parent, "weights_sha256"));
+    const char *from = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(parent, "path"));
+    char have[65] = "";
+    td_status s = TD_OK;
+    if (want && *want && td_checkpoint_file_sha256(model_dir, "model.safetensors", have) == TD_OK &&
+        strcmp(want, have))
+        s = td_error_set(TD_ERR_INVALID,
+                         "--adapter %s=%s: the adapter was trained on other weights (%s, "
+                         "model.safetensors sha256 %.16s...) than --model %s (sha256 %.16s...): "
+                         "it was made for another base; serve it on that one (--no-verify skips "
+                         "this check)",
+                         name, dir, from ? from : "its parent", want, model_dir, have);
+    if (s == TD_OK) td_error_clear(); /* a base without SHA256SUMS: nothing to compare */
+    cJSON_Delete(lin);
+    return s;
+}
+
 /* Shared by serve and train --serve: parses serve options from argv (unknown options are
  * errors), sets up MPI when launched by mpirun, and serves `given` (or --model). */
 int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const char *tok_json) {
@@ -130,7 +178,8 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_NOVERIFY,
         O_PUBMET,
         O_TPTIMEOUT,
-        O_INSECURE
+        O_INSECURE,
+        O_ADAPTER
     };
     static const struct option opts[] = {{"model", required_argument, 0, O_MODEL},
                                          {"tp", required_argument, 0, O_TP},
@@ -166,6 +215,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"public-metrics", no_argument, 0, O_PUBMET},
                                          {"tp-timeout", required_argument, 0, O_TPTIMEOUT},
                                          {"insecure", no_argument, 0, O_INSECURE},
+                                         {"adapter", required_argument, 0, O_ADAPTER},
                                          {0, 0, 0, 0}};
     td_serve_opts o;
     td_serve_opts_default(&o);
@@ -177,7 +227,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
     int no_verify = 0;
     const char **stops = calloc((size_t)argc + 1, sizeof *stops);
     const char **keys = calloc((size_t)argc + 1, sizeof *keys);
-    int nk = 0;
+    const char **anames = calloc((size_t)argc + 1, sizeof *anames);
+    const char **adirs = calloc((size_t)argc + 1, sizeof *adirs);
+    char **aspecs = calloc((size_t)argc + 1, sizeof *aspecs);
+    int nk = 0, na = 0;
     int ns = 0, c, bad = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
@@ -292,10 +345,28 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
             keys[nk++] = optarg;
             bad = !optarg[0];
             break;
+        case O_ADAPTER: { /* NAME=DIR */
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg || !eq[1]) {
+                fprintf(stderr,
+                        "tandem %s: --adapter takes NAME=DIR (the model name clients ask "
+                        "for, and the adapter's directory)\n",
+                        cmd);
+                bad = 1;
+                break;
+            }
+            aspecs[na] = strdup(optarg);
+            aspecs[na][eq - optarg] = 0;
+            anames[na] = aspecs[na];
+            adirs[na] = aspecs[na] + (eq - optarg) + 1;
+            na++;
+            break;
+        }
         case O_HELP:
             help(stdout);
             free(stops);
             free(keys);
+            free_specs(aspecs, anames, adirs);
             td_model_free(&given);
             return 0;
         default:
@@ -350,10 +421,23 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                 cmd);
         bad = 1;
     }
+    if (!bad && na && o.prompts_file) {
+        fprintf(stderr,
+                "tandem %s: --adapter serves online (--http or --router) or shows the "
+                "memory plan (--dry-run); a prompts file goes to the base\n",
+                cmd);
+        bad = 1;
+    }
+    if (!bad && na && o.device && !strcmp(o.device, "cuda")) {
+        fprintf(stderr, "tandem %s: adapters are served on the CPU for now (not --device cuda)\n",
+                cmd);
+        bad = 1;
+    }
     if (bad) {
         help(stderr);
         free(stops);
         free(keys);
+        free_specs(aspecs, anames, adirs);
         td_model_free(&given);
         td_comm_mpi_finalize(); /* when train --serve started MPI */
         return 2;
@@ -380,6 +464,31 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         }
         o.name = name;
     }
+    int rc = 0;
+    for (int i = 0; i < na && !rc; i++) { /* names unique; each an adapter of this base */
+        for (int j = 0; j <= i && !rc; j++)
+            if (!strcmp(anames[i], j < i ? anames[j] : o.name)) {
+                fprintf(stderr,
+                        "tandem %s: --adapter %s=%s: the name %s is taken (by %s); each model "
+                        "name must be unique\n",
+                        cmd, anames[i], adirs[i], anames[i],
+                        j < i ? "another --adapter" : "the base model, --name");
+                rc = 2;
+            }
+        td_status sc = rc ? TD_OK : check_adapter(model_dir, anames[i], adirs[i], no_verify);
+        if (sc != TD_OK) rc = td_cli_fail(cmd, sc);
+    }
+    if (rc) {
+        free(stops);
+        free(keys);
+        free_specs(aspecs, anames, adirs);
+        td_model_free(&given);
+        td_comm_mpi_finalize();
+        return rc;
+    }
+    o.adapter_names = anames;
+    o.adapter_dirs = adirs;
+    o.n_adapters = na;
     int mpi = td_comm_mpi_init(&argc, &argv, 0);
     td_comm *world = NULL;
     td_status s = mpi ? td_comm_mpi_new(&world) : td_comm_self_new(&world);
@@ -429,12 +538,13 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         s = td_cli_serve(m, tok, world, &o);
         m = NULL; /* taken */
     }
-    int rc = s == TD_OK ? 0 : td_cli_fail(cmd, s);
+    rc = s == TD_OK ? 0 : td_cli_fail(cmd, s);
     td_bpe_free(&tok);
     td_model_free(&m);
     td_comm_free(&world);
     free(stops);
     free(keys);
+    free_specs(aspecs, anames, adirs);
     if (mpi) {
         if (rc) td_comm_mpi_abort(rc);
         td_comm_mpi_finalize();

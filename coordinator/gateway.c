@@ -1158,13 +1158,34 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
                              : ms->in_flight);
         }
     }
-    fprintf(f, "# HELP tandem_replica_requests_total Requests completed per replica.\n"
-               "# TYPE tandem_replica_requests_total counter\n");
-    for (size_t i = 0; st && i < st->n_models; i++)
-        for (size_t k = 0; k < st->models[i]->n_replica_ids && k < st->models[i]->n_served; k++)
-            fprintf(f, "tandem_replica_requests_total{model=\"%s\",replica=\"%s\"} %llu\n",
-                    st->models[i]->name, st->models[i]->replica_ids[k],
-                    (unsigned long long)st->models[i]->served[k]);
+    /* per replica, once (a replica serving a base and its adapters is listed under each;
+     * the first listing is its base) */
+    static const struct {
+        const char *name, *help;
+    } counters[3] = {
+        {"tandem_replica_requests_total", "Requests completed per replica (all its models)."},
+        {"tandem_engine_steps_total", "Engine steps (batched forwards) per replica."},
+        {"tandem_engine_mixed_steps_total",
+         "Engine steps whose batch held requests of different models of the replica (its base "
+         "and LoRA adapters)."}};
+    for (int c = 0; c < 3; c++) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s counter\n", counters[c].name, counters[c].help,
+                counters[c].name);
+        for (size_t i = 0; st && i < st->n_models; i++) {
+            const Tandem__ModelStatus *ms = st->models[i];
+            for (size_t k = 0; k < ms->n_replica_ids; k++) {
+                int seen = 0;
+                for (size_t i2 = 0; i2 < i && !seen; i2++)
+                    for (size_t k2 = 0; k2 < st->models[i2]->n_replica_ids && !seen; k2++)
+                        seen = !strcmp(st->models[i2]->replica_ids[k2], ms->replica_ids[k]);
+                const uint64_t *v = c == 0 ? ms->served : c == 1 ? ms->steps : ms->mixed_steps;
+                size_t nv = c == 0 ? ms->n_served : c == 1 ? ms->n_steps : ms->n_mixed_steps;
+                if (seen || k >= nv) continue;
+                fprintf(f, "%s{model=\"%s\",replica=\"%s\"} %llu\n", counters[c].name, ms->name,
+                        ms->replica_ids[k], (unsigned long long)v[k]);
+            }
+        }
+    }
     metric_hist(f, "tandem_ttft_seconds", "Time to first token, at the gateway.", &m.ttft);
     metric_hist(f, "tandem_time_per_output_token_seconds", "Time per output token after the first.",
                 &m.tpot);

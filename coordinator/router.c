@@ -1,6 +1,7 @@
 /* Request router (see router.h).
  *
- * State: replicas (identity, model, slots, in-flight count, last heard), models (name,
+ * State: replicas (identity, models -- a base and the adapters served on it share the
+ * replica's slots --, slots, in-flight count, last heard), models (name,
  * FIFO queue of waiting jobs), jobs (one per request: the client's identity and id, the
  * router's id the replica sees, where it runs). Tables are small arrays scanned linearly:
  * a router handles hundreds of requests in flight, not millions. */
@@ -23,10 +24,11 @@ typedef struct {
     uint8_t ident[MAX_IDENT];
     size_t ident_len;
     char *replica_id, *details;
-    int model;
+    int *models; /* models[0]: the base; then its adapters */
+    int nmodels;
     uint32_t slots, free_blocks, context;
     int in_flight;
-    uint64_t last_ns, served;
+    uint64_t last_ns, served, steps, mixed_steps;
     int alive;
 } replica;
 
@@ -135,6 +137,7 @@ void td_router_free(td_router **rp) {
     for (int i = 0; i < r->nrep; i++) {
         free(r->rep[i].replica_id);
         free(r->rep[i].details);
+        free(r->rep[i].models);
     }
     for (int i = 0; i < r->nmod; i++) {
         free(r->mod[i].name);
@@ -198,10 +201,16 @@ static int queue_length(const td_router *r, int m) {
     return n;
 }
 
+static int serves(const replica *p, int m) {
+    for (int k = 0; k < p->nmodels; k++)
+        if (p->models[k] == m) return 1;
+    return 0;
+}
+
 static int replicas_up(const td_router *r, int m) {
     int n = 0;
     for (int i = 0; i < r->nrep; i++)
-        n += r->rep[i].alive && r->rep[i].model == m;
+        n += r->rep[i].alive && serves(&r->rep[i], m);
     return n;
 }
 
@@ -244,11 +253,11 @@ static void replica_lost(td_router *r, int i, const char *why) {
     if (!p->alive) return;
     p->alive = 0;
     TD_LOG_WARN("router: replica %s (model %s) lost: %s; %d request%s in flight fail",
-                p->replica_id, r->mod[p->model].name, why, p->in_flight,
+                p->replica_id, r->mod[p->models[0]].name, why, p->in_flight,
                 p->in_flight == 1 ? "" : "s");
     char msg[512];
     snprintf(msg, sizeof msg, "replica %s of model %s was lost (%s) while serving this request",
-             p->replica_id, r->mod[p->model].name, why);
+             p->replica_id, r->mod[p->models[0]].name, why);
     for (int k = 0; k < r->njobs; k++) {
         job *j = &r->jobs[k];
         if (!j->used || j->replica != i) continue;
@@ -256,15 +265,15 @@ static void replica_lost(td_router *r, int i, const char *why) {
         end_job(r, j);
     }
     p->in_flight = 0;
-    if (replicas_up(r, p->model) == 0) /* nothing left to wait for: fail the queue now */
-        for (int k = 0; k < r->njobs; k++) {
-            job *j = &r->jobs[k];
-            if (!j->used || j->model != p->model || j->replica >= 0) continue;
-            snprintf(msg, sizeof msg, "no replica of model %s is up (the last one was lost)",
-                     r->mod[p->model].name);
-            client_error(r, j->client, j->client_len, j->client_id, 503, msg);
-            end_job(r, j);
-        }
+    for (int k = 0; k < r->njobs; k++) { /* nothing left to wait for: fail the queue now */
+        job *j = &r->jobs[k];
+        if (!j->used || j->replica >= 0 || !serves(p, j->model) || replicas_up(r, j->model))
+            continue;
+        snprintf(msg, sizeof msg, "no replica of model %s is up (the last one was lost)",
+                 r->mod[j->model].name);
+        client_error(r, j->client, j->client_len, j->client_id, 503, msg);
+        end_job(r, j);
+    }
 }
 
 /* Sends j to replica i; 0 on success. */
@@ -289,7 +298,7 @@ static int pick_replica(const td_router *r, int m) {
     double load = 2;
     for (int i = 0; i < r->nrep; i++) {
         const replica *p = &r->rep[i];
-        if (!p->alive || p->model != m || p->in_flight >= (int)p->slots) continue;
+        if (!p->alive || !serves(p, m) || p->in_flight >= (int)p->slots) continue;
         double l = (double)p->in_flight / (double)(p->slots ? p->slots : 1);
         if (l < load) {
             load = l;
@@ -299,20 +308,23 @@ static int pick_replica(const td_router *r, int m) {
     return best;
 }
 
-/* Moves waiting jobs of model m to replicas with room, oldest first. */
-static void drain_queue(td_router *r, int m) {
+/* Moves waiting jobs to replicas with room, oldest first (of any model: a replica's slots
+ * are shared by its base and adapters). */
+static void drain_queue(td_router *r) {
     for (;;) {
         job *oldest = NULL;
+        int at = -1;
         for (int k = 0; k < r->njobs; k++) {
             job *j = &r->jobs[k];
-            if (j->used && j->model == m && j->replica < 0 &&
-                (!oldest || j->queued_ns < oldest->queued_ns))
-                oldest = j;
+            if (!j->used || j->replica >= 0 || (oldest && j->queued_ns >= oldest->queued_ns))
+                continue;
+            int i = pick_replica(r, j->model);
+            if (i < 0) continue;
+            oldest = j;
+            at = i;
         }
         if (!oldest) return;
-        int i = pick_replica(r, m);
-        if (i < 0) return;
-        dispatch(r, oldest, i);
+        dispatch(r, oldest, at);
     }
 }
 
@@ -323,8 +335,13 @@ static void status_reply(td_router *r, const uint8_t *client, size_t client_len)
     Tandem__StatusReply st = TANDEM__STATUS_REPLY__INIT;
     Tandem__ModelStatus *ms = calloc((size_t)r->nmod + 1, sizeof *ms);
     Tandem__ModelStatus **mp = calloc((size_t)r->nmod + 1, sizeof *mp);
-    char **ids = calloc((size_t)r->nrep + 1, sizeof *ids);
-    uint64_t *served = calloc((size_t)r->nrep + 1, sizeof *served);
+    /* a replica is listed under each of its models */
+    size_t slots = 1;
+    for (int i = 0; i < r->nrep; i++)
+        slots += r->rep[i].alive ? (size_t)r->rep[i].nmodels : 0;
+    char **ids = calloc(slots, sizeof *ids);
+    uint64_t *served = calloc(slots, sizeof *served), *steps = calloc(slots, sizeof *steps),
+             *mixed = calloc(slots, sizeof *mixed);
     size_t used = 0, nm = 0;
     for (int m = 0; m < r->nmod; m++) {
         if (!r->mod[m].context) continue; /* only asked for (start-up grace), never served */
@@ -332,18 +349,25 @@ static void status_reply(td_router *r, const uint8_t *client, size_t client_len)
         x.name = r->mod[m].name;
         x.replicas_up = (uint32_t)replicas_up(r, m);
         x.queue_length = (uint32_t)queue_length(r, m);
+        for (int k = 0; k < r->njobs; k++)
+            x.in_flight += r->jobs[k].used && r->jobs[k].model == m && r->jobs[k].replica >= 0;
         x.has_context_length = 1;
         x.context_length = r->mod[m].context;
         x.details = r->mod[m].details;
         x.replica_ids = ids + used;
         x.served = served + used;
+        x.steps = steps + used;
+        x.mixed_steps = mixed + used;
         for (int i = 0; i < r->nrep; i++) {
-            if (!r->rep[i].alive || r->rep[i].model != m) continue;
-            x.in_flight += (uint32_t)r->rep[i].in_flight;
+            if (!r->rep[i].alive || !serves(&r->rep[i], m)) continue;
             ids[used] = r->rep[i].replica_id;
+            steps[used] = r->rep[i].steps;
+            mixed[used] = r->rep[i].mixed_steps;
             served[used++] = r->rep[i].served;
             x.n_replica_ids++;
             x.n_served++;
+            x.n_steps++;
+            x.n_mixed_steps++;
         }
         ms[nm] = x;
         mp[nm] = &ms[nm];
@@ -360,6 +384,8 @@ static void status_reply(td_router *r, const uint8_t *client, size_t client_len)
     free(mp);
     free(ids);
     free(served);
+    free(steps);
+    free(mixed);
 }
 
 static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_env *env) {
@@ -374,10 +400,10 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
             if (!j->used || j->client_id != env->cancel->id || j->client_len != client_len ||
                 memcmp(j->client, client, client_len))
                 continue;
-            int m = j->model, ran = j->replica >= 0;
+            int ran = j->replica >= 0;
             if (ran) send_cancel(r, &r->rep[j->replica], j->rid);
             end_job(r, j);
-            if (ran) drain_queue(r, m); /* its slot is free again */
+            if (ran) drain_queue(r); /* its slot is free again */
         }
         td_wire_free(env);
         return;
@@ -461,53 +487,67 @@ static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem_
         if (r->rep[i].alive && !strcmp(r->rep[i].replica_id, g->replica_id) &&
             (r->rep[i].ident_len != n || memcmp(r->rep[i].ident, id, n)))
             replica_lost(r, i, "it registered again");
-    /* the model first, so that running out of memory leaves the replica table as it was (an
+    /* the models first, so that running out of memory leaves the replica table as it was (an
      * unanswered replica registers again when the router stays silent) */
-    int mi = add_model(r, g->model);
+    int nm = 1 + (int)g->n_adapters, ok = 1;
+    int *mods = malloc(sizeof *mods * (size_t)nm);
+    if (!mods) ok = td_error_set(TD_ERR_NOMEM, "out of memory") == TD_OK;
+    for (int k = 0; ok && k < nm; k++)
+        ok = (mods[k] = add_model(r, k ? g->adapters[k - 1] : g->model)) >= 0;
     int i = find_replica(r, id, n), fresh = i < 0;
-    if (mi >= 0 && fresh) {
+    if (ok && fresh) {
         for (i = 0; i < r->nrep && r->rep[i].alive; i++) {
         }
         if (i == r->nrep) {
             if (TD_GROW(r->rep, r->caprep, (size_t)r->nrep + 1) != TD_OK)
-                mi = -1;
+                ok = 0;
             else
                 memset(&r->rep[r->nrep++], 0, sizeof *r->rep);
         }
     }
-    if (mi < 0) {
+    if (!ok) {
         TD_LOG_ERROR("router: replica %s not registered: %s", g->replica_id, td_error_message());
+        free(mods);
         return;
     }
+    replica *p = &r->rep[i];
     if (fresh) {
-        replica *p = &r->rep[i];
         free(p->replica_id);
         free(p->details);
+        free(p->models);
         memset(p, 0, sizeof *p);
         memcpy(p->ident, id, n);
         p->ident_len = n;
     }
-    replica *p = &r->rep[i];
     free(p->replica_id);
     free(p->details);
+    free(p->models);
     p->replica_id = strdup(g->replica_id);
     p->details = g->details ? strdup(g->details) : NULL;
-    p->model = mi;
+    p->models = mods;
+    p->nmodels = nm;
     p->slots = g->slots ? g->slots : 1;
     p->free_blocks = g->free_blocks;
     p->context = g->context_length;
     p->alive = 1;
     p->last_ns = td_wire_now_ns();
-    model *m = &r->mod[p->model];
-    m->context = g->context_length;
-    if (g->details) {
-        free(m->details);
-        m->details = strdup(g->details);
+    for (int k = 0; k < nm; k++) {
+        model *m = &r->mod[mods[k]];
+        const char *det = k == 0                                   ? g->details
+                          : (size_t)(k - 1) < g->n_adapter_details ? g->adapter_details[k - 1]
+                                                                   : g->details;
+        m->context = g->context_length;
+        if (det) {
+            free(m->details);
+            m->details = strdup(det);
+        }
     }
-    TD_LOG_INFO("router: replica %s registered (model %s, %u slots, %u KV blocks, context %u)",
-                p->replica_id, m->name, p->slots, p->free_blocks, p->context);
+    TD_LOG_INFO("router: replica %s registered (model %s, %d adapter%s, %u slots, %u KV blocks, "
+                "context %u)",
+                p->replica_id, r->mod[mods[0]].name, nm - 1, nm == 2 ? "" : "s", p->slots,
+                p->free_blocks, p->context);
     heartbeat_to(r, i);
-    drain_queue(r, p->model);
+    drain_queue(r);
 }
 
 static void on_back(td_router *r, const uint8_t *id, size_t n, td_env *env) {
@@ -525,6 +565,8 @@ static void on_back(td_router *r, const uint8_t *id, size_t n, td_env *env) {
     p->last_ns = td_wire_now_ns();
     if (env->body_case == TANDEM__ENVELOPE__BODY_HEARTBEAT) {
         if (env->heartbeat->has_free_blocks) p->free_blocks = env->heartbeat->free_blocks;
+        if (env->heartbeat->has_steps) p->steps = env->heartbeat->steps;
+        if (env->heartbeat->has_mixed_steps) p->mixed_steps = env->heartbeat->mixed_steps;
         heartbeat_to(r, i);
     } else if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK) {
         Tandem__GenerateChunk *c = env->chunk;
@@ -544,9 +586,8 @@ static void on_back(td_router *r, const uint8_t *id, size_t n, td_env *env) {
             }
             if (last) {
                 p->served++;
-                int m = j->model;
                 end_job(r, j);
-                drain_queue(r, m);
+                drain_queue(r);
             }
         }
     }
@@ -569,10 +610,10 @@ static void heartbeat_clients(td_router *r) {
         e.heartbeat = &h;
         if (td_wire_send(r->front, j->client, j->client_len, &e) != TD_OK) {
             td_error_clear(); /* the client is gone: stop its work */
-            int m = j->model, ran = j->replica >= 0;
+            int ran = j->replica >= 0;
             if (ran) send_cancel(r, &r->rep[j->replica], j->rid);
             end_job(r, j);
-            if (ran) drain_queue(r, m);
+            if (ran) drain_queue(r);
         }
     }
 }

@@ -35,6 +35,7 @@ td_e2e(test_router_restart "e2e" 120)
 td_e2e(test_serve_tp_faults "mpi;e2e" 120)
 td_e2e(test_train_kill "mpi;e2e" 300)
 td_test(test_infer_engine tests/unit/test_infer_engine.c unit)
+td_test(test_infer_adapters tests/unit/test_infer_adapters.c unit)
 add_executable(test_tp_logits tests/mpi/test_tp_logits.c)
 target_link_libraries(test_tp_logits PRIVATE td_train)
 add_test(NAME test_tp_logits COMMAND mpirun -np 4 $<TARGET_FILE:test_tp_logits>

@@ -142,13 +142,13 @@ int main(int argc, char **argv) {
         float *lg = malloc(sizeof(float) * (size_t)nb * 50257);
         int32_t *next = malloc(sizeof(int32_t) * (size_t)nb);
         for (int s = 0; s < nb; s++)
-            sg[s] = (td_infer_seg){tok + 16 * s, 16, 0, blocks + per * s};
+            sg[s] = (td_infer_seg){tok + 16 * s, 16, 0, blocks + per * s, 0};
         td_status st = td_infer_forward(im, kv, sg, nb, lg);
         double t0 = now();
         for (int k = 0; st == TD_OK && k < 64; k++) {
             for (int s = 0; s < nb; s++) {
                 next[s] = (int32_t)((k * 31 + s) % 50257);
-                sg[s] = (td_infer_seg){&next[s], 1, 16 + k, blocks + per * s};
+                sg[s] = (td_infer_seg){&next[s], 1, 16 + k, blocks + per * s, 0};
             }
             st = td_infer_forward(im, kv, sg, nb, lg);
         }

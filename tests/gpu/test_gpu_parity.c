@@ -466,7 +466,7 @@ static void test_infer(td_arch arch) {
     for (int st = 0; st < 6; st++) {
         td_infer_seg sg[2];
         for (int s = 0; s < 2; s++)
-            sg[s] = (td_infer_seg){toks[s] + done[s], plan[st][s], done[s], blocks[s]};
+            sg[s] = (td_infer_seg){toks[s] + done[s], plan[st][s], done[s], blocks[s], 0};
         CK(td_infer_forward(m, ckv, sg, 2, cl));
         CK(td_infer_forward(g, gkv, sg, 2, gl));
         double d = 0, rr = 0;

@@ -131,7 +131,7 @@ static void paged_forward(td_arch arch, td_backend *dev) {
     for (int st = 0; st < 6; st++) {
         td_infer_seg sg[2];
         for (int s = 0; s < 2; s++)
-            sg[s] = (td_infer_seg){toks[s] + done[s], plan[st][s], done[s], blocks[s]};
+            sg[s] = (td_infer_seg){toks[s] + done[s], plan[st][s], done[s], blocks[s], 0};
         REQUIRE(td_infer_forward(c, ckv, sg, 2, cl) == TD_OK, "%s", td_error_message());
         REQUIRE(td_infer_forward(d, dkv, sg, 2, dl) == TD_OK, "%s", td_error_message());
         double md = 0, mr = 0;

@@ -189,7 +189,7 @@ static void logits_of(td_infer_model *m, const int32_t *toks, int n, float *out)
     int32_t blocks[4] = {0, 1, 2, 3};
     REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
     REQUIRE(td_infer_plan(m, n, 1) == TD_OK, "%s", td_error_message());
-    td_infer_seg sg = {toks, n, 0, blocks};
+    td_infer_seg sg = {toks, n, 0, blocks, 0};
     REQUIRE(td_infer_forward(m, kv, &sg, 1, out) == TD_OK, "%s", td_error_message());
     td_kv_cache_free(&kv);
 }
@@ -290,7 +290,7 @@ static void release(void) {
     td_kv_cache *kv;
     int32_t blocks[4] = {0, 1, 2, 3};
     REQUIRE(td_kv_cache_new(m, 16, 4, &kv) == TD_OK, "%s", td_error_message());
-    td_infer_seg sg = {toks, 4, 0, blocks};
+    td_infer_seg sg = {toks, 4, 0, blocks, 0};
     CHECK(td_infer_forward(m, kv, &sg, 1, after) == TD_ERR_INVALID, "a released model ran");
     td_error_clear();
     td_kv_cache_free(&kv);

@@ -44,7 +44,7 @@ static void test_kv_logits(td_arch arch) {
     float logits[V];
     for (int pos = 0; pos < 41; pos += 7) {
         int n = 41 - pos < 7 ? 41 - pos : 7;
-        td_infer_seg sg = {prompt + pos, n, pos, blocks};
+        td_infer_seg sg = {prompt + pos, n, pos, blocks, 0};
         REQUIRE(td_infer_forward(im, kv, &sg, 1, logits) == TD_OK, "%s", td_error_message());
     }
     double md = 0, mr = 0;
@@ -183,7 +183,7 @@ static void test_int8_logits(void) {
         td_kv_cache *kv;
         REQUIRE(td_kv_cache_new(im, 16, 2, &kv) == TD_OK && td_infer_plan(im, 20, 1) == TD_OK,
                 "kv");
-        td_infer_seg sg = {prompt, 20, 0, blocks};
+        td_infer_seg sg = {prompt, 20, 0, blocks, 0};
         REQUIRE(td_infer_forward(im, kv, &sg, 1, q < 0 ? ref : got) == TD_OK, "%s",
                 td_error_message());
         td_kv_cache_free(&kv);
@@ -239,7 +239,7 @@ static void test_odd_widths(void) {
                     "kv");
             td_infer_seg sg[4];
             for (int b = 0; b < nb; b++)
-                sg[b] = (td_infer_seg){prompt[b], 12, 0, blocks + b};
+                sg[b] = (td_infer_seg){prompt[b], 12, 0, blocks + b, 0};
             float *dst = mode >= 0 ? got : nb == 1 ? ref1 : ref;
             REQUIRE(td_infer_forward(im, kv, sg, nb, dst) == TD_OK, "%s", td_error_message());
             td_kv_cache_free(&kv);

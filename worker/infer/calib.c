@@ -147,7 +147,8 @@ td_status td_int8_calibrate(td_infer_model *im, const td_calib_opts *o) {
         s = td_infer_calib_start(im, what, lo, hi);
         for (int t = 0; t < len && s == TD_OK; t++) {
             for (int i = 0; i < S; i++)
-                segs[i] = (td_infer_seg){&seq[(size_t)i * len + t], 1, t, &blocks[(size_t)i * nbs]};
+                segs[i] =
+                    (td_infer_seg){&seq[(size_t)i * len + t], 1, t, &blocks[(size_t)i * nbs], 0};
             s = td_infer_forward(im, kv, segs, S, logits);
             if (s == TD_OK && sampling && t + 1 < len)
                 for (int i = 0; i < S; i++)

@@ -20,6 +20,7 @@ typedef struct {
     int32_t *blocks;
     int n_blocks, reserved;
     td_sampling s;
+    int adapter; /* 0: the base model; k: the serving model's adapter k */
     char **stop;
     td_rng rng;
     char *text; /* decoded bytes of generated tokens */
@@ -44,7 +45,8 @@ struct td_engine {
         int id;
         float p;
     } * cand;
-    td_comm *tp; /* size > 1 only */
+    uint64_t steps, mixed_steps; /* forwards; those whose rows asked for different adapters */
+    td_comm *tp;                 /* size > 1 only */
     int64_t *plan;
     size_t plan_cap;
 };
@@ -148,6 +150,14 @@ static int blocks_for(const td_engine *e, int positions) {
 
 td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_sampling *s,
                            int *id) {
+    return td_engine_submit_adapter(e, 0, prompt, n, s, id);
+}
+
+td_status td_engine_submit_adapter(td_engine *e, int adapter, const int32_t *prompt, int n,
+                                   const td_sampling *s, int *id) {
+    if (adapter < 0 || adapter > td_infer_num_adapters(e->m))
+        return td_error_set(TD_ERR_INVALID, "adapter %d: the model serves %d", adapter,
+                            td_infer_num_adapters(e->m));
     if (n <= 0) return td_error_set(TD_ERR_INVALID, "empty prompt");
     if (n >= e->maxT)
         return td_error_set(TD_ERR_INVALID,
@@ -188,6 +198,7 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
     q->blocks = malloc(sizeof *q->blocks * (size_t)blocks_for(e, total));
     q->s = *s;
     q->s.max_tokens = mt;
+    q->adapter = adapter;
     int ns = 0;
     while (s->stop && s->stop[ns])
         ns++;
@@ -288,7 +299,8 @@ static void finish(td_engine *e, req *q, td_finish why) {
 
 /* ---------------------------------------------------------------------------------------- */
 /* tensor-parallel groups: the leader broadcasts each step's plan as int64s:
- * nseg, then per segment n, pos, nblocks, tokens[n], blocks[nblocks]; nseg < 0 stops */
+ * nseg, then per segment n, pos, adapter, nblocks, tokens[n], blocks[nblocks]; nseg < 0
+ * stops */
 
 static td_status plan_put(td_engine *e, size_t *k, int64_t v) {
     TD_TRY(TD_GROW(e->plan, e->plan_cap, *k + 1));
@@ -312,6 +324,7 @@ static td_status send_plan(td_engine *e, int nseg) {
         int nb = blocks_for(e, g->pos + g->n);
         TD_TRY(plan_put(e, &k, g->n));
         TD_TRY(plan_put(e, &k, g->pos));
+        TD_TRY(plan_put(e, &k, g->adapter));
         TD_TRY(plan_put(e, &k, nb));
         for (int i = 0; i < g->n; i++)
             TD_TRY(plan_put(e, &k, g->tokens[i]));
@@ -346,14 +359,15 @@ td_status td_engine_member_loop(td_engine *e) {
         if (s != TD_OK) break;
         size_t k = 1, w = 0;
         for (int g = 0; g < nseg; g++) {
-            int len = (int)e->plan[k++], pos = (int)e->plan[k++], nb = (int)e->plan[k++];
+            int len = (int)e->plan[k++], pos = (int)e->plan[k++];
+            int adapter = (int)e->plan[k++], nb = (int)e->plan[k++];
             int32_t *toks = buf + w;
             for (int i = 0; i < len; i++)
                 buf[w++] = (int32_t)e->plan[k++];
             int32_t *blocks = buf + w;
             for (int i = 0; i < nb; i++)
                 buf[w++] = (int32_t)e->plan[k++];
-            e->segs[g] = (td_infer_seg){toks, len, pos, blocks};
+            e->segs[g] = (td_infer_seg){toks, len, pos, blocks, adapter};
         }
         s = td_infer_forward(e->m, e->kv, e->segs, nseg, NULL);
         if (s != TD_OK) break;
@@ -393,12 +407,21 @@ td_status td_engine_step(td_engine *e, int *active) {
             if (take > budget) take = budget;
             while (q->n_blocks < blocks_for(e, q->done_pos + take))
                 q->blocks[q->n_blocks++] = e->free_list[--e->n_free];
-            e->segs[nseg] = (td_infer_seg){q->toks + q->done_pos, take, q->done_pos, q->blocks};
+            e->segs[nseg] =
+                (td_infer_seg){q->toks + q->done_pos, take, q->done_pos, q->blocks, q->adapter};
             e->seg_req[nseg++] = i;
             budget -= take;
         }
     if (nseg > 0 && e->tp) TD_TRY(send_plan(e, nseg));
     if (nseg > 0) TD_TRY(td_infer_forward(e->m, e->kv, e->segs, nseg, e->logits));
+    if (nseg > 0) {
+        e->steps++;
+        for (int k = 1; k < nseg; k++)
+            if (e->segs[k].adapter != e->segs[0].adapter) {
+                e->mixed_steps++;
+                break;
+            }
+    }
     for (int k = 0; k < nseg; k++) {
         req *q = &e->r[e->seg_req[k]];
         q->done_pos += e->segs[k].n;
@@ -467,6 +490,10 @@ const char *td_engine_text(const td_engine *e, int id, size_t *len) {
     size_t n = q->state == TD_REQ_DONE ? q->text_len : q->safe_len;
     *len = n;
     return q->text ? q->text : "";
+}
+void td_engine_counters(const td_engine *e, uint64_t *steps, uint64_t *mixed_steps) {
+    *steps = e->steps;
+    *mixed_steps = e->mixed_steps;
 }
 size_t td_engine_free_blocks(const td_engine *e) {
     return e->n_free;

@@ -65,6 +65,13 @@ td_status td_engine_submit(td_engine *e, const int32_t *prompt, int n, const td_
                            int *id);
 /* One scheduling step + forward + sampling. *active = requests not yet done. */
 td_status td_engine_step(td_engine *e, int *active);
+/* The same for adapter `adapter` of the serving model (0: the base; td_infer_add_adapter):
+ * requests of different adapters share steps, each row with its own adapter. */
+td_status td_engine_submit_adapter(td_engine *e, int adapter, const int32_t *prompt, int n,
+                                   const td_sampling *s, int *id);
+/* Forward steps run so far, and those among them whose rows asked for different adapters
+ * (the base counting as one). */
+void td_engine_counters(const td_engine *e, uint64_t *steps, uint64_t *mixed_steps);
 td_req_state td_engine_state(const td_engine *e, int id);
 /* Tensor-parallel members: run the leader's steps until it calls td_engine_stop_members. */
 td_status td_engine_member_loop(td_engine *e);

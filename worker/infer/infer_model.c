@@ -79,6 +79,9 @@ void td_infer_model_free(td_infer_model **mp) {
         td_backend_release(m->be, m->didx);
     }
     free(m->hidx);
+    for (int k = 0; k < m->n_ad; k++)
+        td_infer_adapter_free(&m->ad[k]);
+    free(m->ad);
     td_model_free(&m->w);
     free(m);
     *mp = NULL;
@@ -666,7 +669,17 @@ td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_se
     if (m->be != td_model_backend(m->w))
         return td_error_set(TD_ERR_INVALID, "the weights moved to another backend since "
                                             "td_infer_plan: plan again");
-    if (!m->be->host_memory) return td_infer_dev_forward(m, kv, segs, nseg, logits);
+    for (int s = 0; s < nseg; s++)
+        if (segs[s].adapter < 0 || segs[s].adapter > m->n_ad)
+            return td_error_set(TD_ERR_INVALID, "adapter %d: the model serves %d", segs[s].adapter,
+                                m->n_ad);
+    if (!m->be->host_memory) {
+        for (int s = 0; s < nseg; s++)
+            if (segs[s].adapter)
+                return td_error_set(TD_ERR_INVALID, "adapters on a device backend are not built "
+                                                    "yet");
+        return td_infer_dev_forward(m, kv, segs, nseg, logits);
+    }
     int N = 0, C = m->C, V = m->V, hd = m->hd, kvdim = m->NKV * hd, bt = kv->bt;
     for (int s = 0; s < nseg; s++)
         N += segs[s].n;
@@ -675,8 +688,9 @@ td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_se
                             "inference step of %d tokens / %d sequences exceeds "
                             "the plan (%d / %d)",
                             N, nseg, m->inf_tokens, m->inf_segs);
-    int r = 0;
+    int r = 0, row0[nseg > 0 ? nseg : 1];
     for (int s = 0; s < nseg; s++) {
+        row0[s] = r;
         if (segs[s].n <= 0 || segs[s].pos + segs[s].n > m->cfg.max_position_embeddings)
             return td_error_set(TD_ERR_INVALID,
                                 "sequence segment at position %d + %d exceeds "
@@ -726,6 +740,7 @@ td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_se
         const td_layer_params *w = &m->p.layers[l];
         norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm1_w, w->norm1_b, N);
         linear_infer(m, 0, l, m->iqkv, m->in, w->wqkv, w->bqkv, N, C, m->QKV);
+        if (m->n_ad) td_infer_adapters_apply(m, segs, nseg, row0, l, 0, m->iqkv, m->QKV, m->in, C);
         if (llama) rope_rows(m, m->iqkv, m->ipos, N);
         float *K = kv->k + (size_t)l * kv->nblocks * (size_t)bt * kvdim;
         float *Vc = kv->v + (size_t)l * kv->nblocks * (size_t)bt * kvdim;
@@ -773,16 +788,20 @@ td_status td_infer_forward(td_infer_model *m, td_kv_cache *kv, const td_infer_se
                 }
             }
         linear_infer(m, 1, l, m->in, m->iatt, w->wo, w->bo, N, m->NH * hd, C);
+        if (m->n_ad)
+            td_infer_adapters_apply(m, segs, nseg, row0, l, 1, m->in, C, m->iatt, m->NH * hd);
         if (m->tp_comm && m->tp_comm->size > 1)
             TD_TRY(td_comm_allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);
         norm_fwd(m, m->in, m->im, m->ir, m->ix, w->norm2_w, w->norm2_b, N);
         linear_infer(m, 2, l, m->ifc, m->in, w->wfc, w->bfc, N, C, m->FC);
+        if (m->n_ad) td_infer_adapters_apply(m, segs, nseg, row0, l, 2, m->ifc, m->FC, m->in, C);
         if (llama)
             td_op_swiglu_fwd_f32(m->ih, m->ifc, N, m->F);
         else
             td_op_gelu_fwd_f32(m->ih, m->ifc, (size_t)N * m->F);
         linear_infer(m, 3, l, m->in, m->ih, w->wproj, w->bproj, N, m->F, C);
+        if (m->n_ad) td_infer_adapters_apply(m, segs, nseg, row0, l, 3, m->in, C, m->ih, m->F);
         if (m->tp_comm && m->tp_comm->size > 1)
             TD_TRY(td_comm_allreduce(m->tp_comm, m->in, (size_t)N * C, TD_COMM_F32));
         td_op_add_f32(m->ix, m->ix, m->in, (size_t)N * C);

@@ -14,6 +14,7 @@
 
 #include "common/status.h"
 #include "worker/comm/comm.h"
+#include "worker/model/lora.h"
 #include "worker/model/model.h"
 
 typedef struct td_infer_model td_infer_model;
@@ -32,6 +33,7 @@ typedef struct {
     const int32_t *tokens;
     int n, pos;
     const int32_t *blocks;
+    int adapter; /* 0: the base model; k: adapter k (td_infer_add_adapter) */
 } td_infer_seg;
 
 /* Plans inference buffers for up to max_tokens new tokens and max_segs sequences a step. */
@@ -42,10 +44,21 @@ td_status td_infer_plan(td_infer_model *im, int max_tokens, int max_segs);
 td_status td_infer_forward(td_infer_model *im, td_kv_cache *kv, const td_infer_seg *segs, int nseg,
                            float *logits);
 
+/* Many adapters on one base (multi-LoRA serving): adapter k adds (alpha / r) (x A^T) B^T to
+ * its matrices' outputs for the rows of the segments that ask for it, after the base product
+ * that all rows of a step share. The adapter's sites are copied (lo may be freed); *index
+ * receives k (1, 2, ...). The whole model (not a slice: td_infer_tp_slice cuts the adapters
+ * with the matrices), on a host backend; quantized base weights keep fp32 adapters. */
+td_status td_infer_add_adapter(td_infer_model *im, const td_lora *lo, int *index);
+int td_infer_num_adapters(const td_infer_model *im);
+/* Bytes of adapter k's serving copy. */
+size_t td_infer_adapter_bytes(const td_infer_model *im, int k);
+
 /* Tensor parallelism (Megatron): this rank's slice of a full model for a group of T —
  * attention heads and KV heads split (q/k/v column-parallel, output projection
  * row-parallel), MLP gate/up (c_fc) column-parallel and down (c_proj) row-parallel;
- * embeddings, norms and lm_head replicated; row-parallel biases kept on rank 0 only. *out
+ * embeddings, norms and lm_head replicated; row-parallel biases kept on rank 0 only; each
+ * adapter's B rows follow their matrix's rows, its A columns a row-parallel input. *out
  * is a new serving model with the slice's dims (config.tp_size = T), carrying the int8
  * grid. Host memory. */
 td_status td_infer_tp_slice(const td_infer_model *full, int rank, int T, td_infer_model **out);

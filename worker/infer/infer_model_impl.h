@@ -6,6 +6,25 @@
 
 #include "worker/infer/infer_model.h"
 
+/* A LoRA adapter served beside the base weights (td_infer_add_adapter): its sites in the
+ * model's fused layout -- cut with the matrices in a tensor-parallel slice. */
+typedef struct {
+    int layer, mat; /* mat: linear_infer's `which` (0 qkv, 1 o, 2 fc / gate+up, 3 proj) */
+    int row0, out;  /* rows [row0, row0 + out) of the (sliced) matrix */
+    int in;         /* input width (a row-parallel slice's share) */
+    float *A;       /* (r, in) */
+    float *Bt;      /* (r, out): B transposed, so that a row's update is r axpys */
+} td_infer_site;
+
+typedef struct {
+    int r;
+    float scale; /* alpha / r */
+    td_infer_site *sites;
+    int n_sites;
+    int *first; /* sites of (layer, mat): first[4 * layer + mat] .. first[4 * layer + mat + 1] */
+    size_t bytes;
+} td_infer_adapter;
+
 struct td_infer_model {
     td_model *w; /* the weights (owned) */
     td_model_config cfg;
@@ -31,9 +50,11 @@ struct td_infer_model {
      * nearest), which td_infer_quantize_int8 and td_infer_tp_slice follow */
     float **calH;
     float *grid;
-    int int8_vnni; /* 1: int8 x int8 products accumulated in int32 (activations quantized) */
-    uint8_t *iq8;  /* activation scratch for the VNNI path: (N, max width) */
-    float *iq8s;   /* (N) activation scales */
+    int int8_vnni;        /* 1: int8 x int8 products accumulated in int32 (activations quantized) */
+    uint8_t *iq8;         /* activation scratch for the VNNI path: (N, max width) */
+    float *iq8s;          /* (N) activation scales */
+    td_infer_adapter *ad; /* adapters 1 .. n_ad (ad[k - 1]) */
+    int n_ad;
     /* inference buffers (td_infer_plan) */
     int inf_tokens, inf_segs;
     float *inf;
@@ -45,6 +66,15 @@ struct td_infer_model {
     int32_t *didx, *hidx;
     size_t didx_n;
 };
+
+/* Fills a's `first` index from its sites (sorted by layer, then matrix) for L layers. */
+td_status td_infer_adapter_index(td_infer_adapter *a, int L);
+void td_infer_adapter_free(td_infer_adapter *a);
+/* out (N, OC) rows += each row's adapter product on matrix `mat` of `layer` (input x (N, in));
+ * the rows of segment s start at row0[s]. */
+void td_infer_adapters_apply(const td_infer_model *m, const td_infer_seg *segs, int nseg,
+                             const int *row0, int layer, int mat, float *out, int OC,
+                             const float *x, int in);
 
 /* A read-only view of a model's sizes and weights (v), for the functions that take a
  * td_model. */

@@ -43,6 +43,7 @@ typedef struct {
     int sock_fd;
     atomic_int hb_stop;
     _Atomic uint32_t free_blocks;
+    _Atomic uint64_t steps, mixed_steps;
     _Atomic uint64_t loop_ns; /* the main loop's last pass: a stuck loop stops heartbeats */
     uint64_t hb_ns;
 } rep;
@@ -72,6 +73,9 @@ static void *heartbeat_thread(void *p) {
         Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
         h.has_free_blocks = 1;
         h.free_blocks = r->free_blocks;
+        h.has_steps = h.has_mixed_steps = 1;
+        h.steps = r->steps;
+        h.mixed_steps = r->mixed_steps;
         td_env env = TANDEM__ENVELOPE__INIT;
         env.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
         env.heartbeat = &h;
@@ -101,6 +105,9 @@ static td_status send_register(rep *r) {
     g.free_blocks = (uint32_t)td_engine_free_blocks(r->e);
     g.context_length = (uint32_t)r->o->context_length;
     g.details = (char *)r->o->details;
+    g.n_adapters = g.n_adapter_details = (size_t)r->o->n_adapters;
+    g.adapters = (char **)r->o->adapters;
+    g.adapter_details = (char **)r->o->adapter_details;
     td_env env = TANDEM__ENVELOPE__INIT;
     env.body_case = TANDEM__ENVELOPE__BODY_REGISTER;
     env.register_ = &g;
@@ -161,6 +168,16 @@ static void drop_all(rep *r) {
 /* A request from the router: tokenize, submit; refusals answer at once. */
 static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
     uint64_t t0 = td_wire_now_ns();
+    int adapter = -1; /* which of this replica's models: 0 the base, k adapter k */
+    if (!strcmp(q->model, r->o->model_name)) adapter = 0;
+    for (int k = 0; k < r->o->n_adapters && adapter < 0; k++)
+        if (!strcmp(q->model, r->o->adapters[k])) adapter = k + 1;
+    if (adapter < 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "model '%.200s' is not served by replica %s", q->model,
+                 r->o->replica_id);
+        return send_error(r, q->id, 404, msg);
+    }
     int chat = q->n_messages > 0;
     if (chat && r->o->no_chat) return send_error(r, q->id, 400, r->o->no_chat);
     size_t n = 0;
@@ -208,7 +225,7 @@ static td_status on_request(rep *r, const Tandem__GenerateRequest *q) {
      * OpenAI defaults; the gateway sends them filled */
     td_sampling s = td_sampling_of(sp, TD_API_OPENAI, chat, ns ? stop : NULL, t0);
     int eid = -1;
-    td_status st = td_engine_submit(r->e, r->ids, (int)n, &s, &eid);
+    td_status st = td_engine_submit_adapter(r->e, adapter, r->ids, (int)n, &s, &eid);
     free(stop);
     if (st != TD_OK) {
         char msg[512];
@@ -334,9 +351,14 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
     r.free_blocks = (uint32_t)td_engine_free_blocks(e);
     r.loop_ns = td_wire_now_ns();
     td_status s = connect_router(&r);
-    if (s == TD_OK)
-        TD_LOG_INFO("replica %s (model %s): registering with the router at %s", o->replica_id,
-                    o->model_name, o->router);
+    if (s == TD_OK) {
+        char with[64] = "";
+        if (o->n_adapters)
+            snprintf(with, sizeof with, " (with %d adapter%s)", o->n_adapters,
+                     o->n_adapters == 1 ? "" : "s");
+        TD_LOG_INFO("replica %s (model %s): registering with the router at %s%s", o->replica_id,
+                    o->model_name, o->router, with);
+    }
     pthread_t hbt;
     int have_hbt = s == TD_OK && pthread_create(&hbt, NULL, heartbeat_thread, &r) == 0;
     if (s == TD_OK && !have_hbt)
@@ -384,6 +406,10 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
             int active;
             s = td_engine_step(e, &active);
             if (s == TD_OK) s = report(&r);
+            uint64_t steps, mixed;
+            td_engine_counters(e, &steps, &mixed);
+            r.steps = steps;
+            r.mixed_steps = mixed;
             r.free_blocks = (uint32_t)td_engine_free_blocks(e);
             if (step_delay_ms > 0) usleep((useconds_t)step_delay_ms * 1000);
             if (s != TD_OK) break;
@@ -400,6 +426,10 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
         r.hb_stop = 1;
         pthread_join(hbt, NULL);
     }
+    if (o->n_adapters)
+        TD_LOG_INFO("replica %s: %llu engine steps, %llu of them held requests of different "
+                    "models (base and adapters)",
+                    o->replica_id, (unsigned long long)r.steps, (unsigned long long)r.mixed_steps);
     drop_all(&r);
     if (r.sock) zmq_close(r.sock);
     pthread_mutex_destroy(&r.mu);

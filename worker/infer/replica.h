@@ -1,6 +1,7 @@
 /* A serving replica's link to the request router: the leader rank of a tensor-parallel
  * group connects one ZeroMQ DEALER socket to the router's back endpoint, registers (model
- * name, replica id, slots, free KV blocks, context length), and then loops: requests from
+ * name and its adapters' names, replica id, slots, free KV blocks, context length), and then
+ * loops: requests from
  * the router are tokenized (chat messages through the ChatML template) and submitted to the
  * engine, the engine steps while anything is pending, and each request's new text goes back
  * as a chunk after every step (whole UTF-8 characters only), then a final chunk with the
@@ -21,7 +22,12 @@ typedef struct {
     const char *model_name; /* what clients ask for */
     const char *replica_id; /* unique per replica, e.g. host:pid:group */
     const char *details;    /* JSON object for /api/show (architecture, parameters, ...) */
-    int slots;              /* sequences decoded together (the engine's max_seqs) */
+    /* further model names on the same engine: adapters[k - 1] is the engine's adapter k
+     * (td_engine_submit_adapter), with adapter_details[k - 1]; n_adapters of them */
+    const char *const *adapters;
+    const char *const *adapter_details;
+    int n_adapters;
+    int slots; /* sequences decoded together (the engine's max_seqs) */
     int context_length;
     int heartbeat_ms;    /* default 1000 */
     const char *no_chat; /* non-NULL: chat requests are refused with this reason */

@@ -125,8 +125,9 @@ static void json_str(FILE *f, const char *s, size_t n) {
     fputc('"', f);
 }
 
-static void memory_plan(const td_model *full, const td_model *slice, const td_serve_opts *o,
+static void memory_plan(const td_model *full, const td_infer_model *im, const td_serve_opts *o,
                         int world, size_t kv_blocks, int block_tokens) {
+    const td_model *slice = td_infer_model_weights(im);
     size_t np = td_model_num_params(slice), npf = td_model_num_params(full);
     size_t kvt = td_kv_bytes_per_token(slice), f32, i8, rf, ri, i16h, ri16h;
     td_infer_weight_bytes(slice, 1, &f32, &i8, &rf, &ri);
@@ -165,6 +166,19 @@ static void memory_plan(const td_model *full, const td_model *slice, const td_se
                : per >= L ? "all layers in one pass"
                           : "several passes, by --calib-mb",
                td_infer_calib_work_bytes(full, o->lm_head_int16) / 1048576.0);
+    }
+    if (o->n_adapters) {
+        size_t ab = 0;
+        for (int k = 1; k <= o->n_adapters; k++)
+            ab += td_infer_adapter_bytes(im, k);
+        printf("  adapters          %12.2f MiB = %d LoRA adapter%s on the one base (fp32, %.4f of "
+               "the base's fp32 weights):",
+               ab / 1048576.0, o->n_adapters, o->n_adapters == 1 ? "" : "s",
+               (double)ab / (double)f32);
+        for (int k = 1; k <= o->n_adapters; k++)
+            printf("%s %s %.3f MiB", k > 1 ? "," : "", o->adapter_names[k - 1],
+                   td_infer_adapter_bytes(im, k) / 1048576.0);
+        printf("\n");
     }
     printf("  KV cache / token  %12zu bytes (fp32 K and V, all layers, this rank's heads)\n", kvt);
     printf("  KV cache          %12.2f MiB = %zu blocks of %d tokens = %zu tokens\n",
@@ -264,8 +278,24 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
     return d;
 }
 
+/* An adapter's details: the base's, with "adapter": {base, path, r, alpha, bytes} */
+static char *adapter_details(const char *base_details, const td_serve_opts *o,
+                             const td_infer_model *full, int k, const td_lora_config *lc) {
+    size_t n = strlen(base_details) + strlen(o->name) + strlen(o->adapter_dirs[k - 1]) + 256;
+    char *d = malloc(n);
+    if (!d) return NULL;
+    int at = (int)strlen(base_details) - 1; /* the closing brace */
+    snprintf(d, n,
+             "%.*s, \"adapter\": {\"base\": \"%s\", \"path\": \"%s\", \"r\": %d, "
+             "\"alpha\": %g, \"bytes\": %zu}}",
+             at, base_details, o->name, o->adapter_dirs[k - 1], lc->r, lc->alpha,
+             td_infer_adapter_bytes(full, k));
+    return d;
+}
+
 static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, td_comm *world,
-                              td_comm *tp, int group, const td_serve_opts *o) {
+                              td_comm *tp, int group, const td_serve_opts *o,
+                              char *const *adetails) {
     volatile int never = 0, *stop = &never;
     if (o->control && o->control->catch_stop) stop = o->control->catch_stop(o->control->ctx);
     char back[256] = {0}, local[256] = {0};
@@ -299,16 +329,18 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
             snprintf(id, sizeof id, "%s:%d:%d", host, (int)getpid(), group);
             char *details = replica_details(full, o, tp->size);
             const td_model_config *c = td_model_config_of(full);
-            td_replica_opts ro = {back,
-                                  o->name,
-                                  id,
-                                  details,
-                                  o->max_seqs,
-                                  c->max_position_embeddings,
-                                  o->heartbeat_ms,
-                                  o->no_chat,
-                                  NULL,
-                                  o->insecure};
+            td_replica_opts ro = {.router = back,
+                                  .model_name = o->name,
+                                  .replica_id = id,
+                                  .details = details,
+                                  .adapters = o->adapter_names,
+                                  .adapter_details = (const char *const *)adetails,
+                                  .n_adapters = o->n_adapters,
+                                  .slots = o->max_seqs,
+                                  .context_length = c->max_position_embeddings,
+                                  .heartbeat_ms = o->heartbeat_ms,
+                                  .no_chat = o->no_chat,
+                                  .insecure = o->insecure};
             if (zctx) { /* the router is in this process: skip the TCP hop */
                 ro.router = local;
                 ro.zctx = zctx;
@@ -397,6 +429,29 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
         td_model_free(&full_w);
         return s;
     }
+    /* adapters: each rank loads them onto the whole model; slicing cuts them */
+    char **adetails = o->n_adapters ? calloc((size_t)o->n_adapters, sizeof *adetails) : NULL;
+    char *bdet = o->n_adapters ? replica_details(full_w, o, T) : NULL;
+    if (o->n_adapters && (!adetails || !bdet))
+        s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
+    for (int k = 0; s == TD_OK && k < o->n_adapters; k++) {
+        td_lora *lo = NULL;
+        int idx = 0;
+        s = td_lora_load(o->adapter_dirs[k], td_model_config_of(full_w), &lo);
+        if (s == TD_OK) s = td_infer_add_adapter(full, lo, &idx);
+        if (s == TD_OK) {
+            adetails[k] = adapter_details(bdet, o, full, idx, td_lora_config_of(lo));
+            if (!adetails[k]) s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
+        }
+        if (s != TD_OK) {
+            char why[600];
+            snprintf(why, sizeof why, "%s", td_error_message());
+            s = td_error_set(s, "--adapter %s=%s: %s", o->adapter_names[k], o->adapter_dirs[k],
+                             why);
+        }
+        td_lora_free(&lo);
+    }
+    free(bdet);
     int group = world->rank / T, R = world->size / T;
     td_comm *tp = NULL;
     td_backend *be = NULL;
@@ -426,15 +481,17 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
     char why[256] = "", err[200] = "";
     int ngpu = want_gpu ? td_backend_devices("cuda", err, sizeof err) : 0;
     if (want_gpu && ngpu == 0) snprintf(why, sizeof why, "no usable GPU: %s", err);
-    int gpu_ok = T == 1 && !q && !o->bf16;
+    int gpu_ok = T == 1 && !q && !o->bf16 && !o->n_adapters;
     if (want_gpu && ngpu > 0 && !gpu_ok && strcmp(o->device, "cuda")) { /* auto: stay on CPU */
-        snprintf(why, sizeof why, "the GPU path takes --tp 1 and no --int8/--bf16 for now");
+        snprintf(why, sizeof why,
+                 "the GPU path takes --tp 1 and no --int8/--bf16/--adapter for now");
         ngpu = 0;
     }
     if (s == TD_OK && want_gpu && ngpu > 0) {
         if (!gpu_ok)
-            s = td_error_set(TD_ERR_INVALID, "serving on a GPU takes --tp 1 and no --int8/--bf16 "
-                                             "(products are bf16 there) for now");
+            s = td_error_set(TD_ERR_INVALID, "serving on a GPU takes --tp 1 and no "
+                                             "--int8/--bf16/--adapter (products are bf16 there) "
+                                             "for now");
         if (s == TD_OK) s = td_backend_new("cuda", world->local_rank, &be);
         if (s == TD_OK) s = td_model_to_backend(m, be);
         if (s == TD_OK && world->rank == 0)
@@ -455,13 +512,13 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
                     served_weight_bytes(m, o) / 1048576.0);
     if (s == TD_OK && o->dry_run) {
         if (world->rank == 0)
-            memory_plan(td_infer_model_weights(full), m, o, world->size, td_engine_total_blocks(e),
+            memory_plan(td_infer_model_weights(full), im, o, world->size, td_engine_total_blocks(e),
                         16);
         goto out;
     }
     if (s != TD_OK) goto out;
     if (o->router || o->http) {
-        s = serve_online(td_infer_model_weights(full), e, tok, world, tp, group, o);
+        s = serve_online(td_infer_model_weights(full), e, tok, world, tp, group, o, adetails);
         goto out;
     }
     if (tp->rank != 0) { /* a member of a group: follow the leader */
@@ -560,6 +617,9 @@ gather : {
     if (s == TD_OK) s = print_gathered(world, blob, blob_len);
 }
 out:
+    for (int k = 0; adetails && k < o->n_adapters; k++)
+        free(adetails[k]);
+    free(adetails);
     free(blob);
     td_engine_free(&e);
     td_infer_model_free(&im);

@@ -50,9 +50,14 @@ typedef struct {
     int bf16;                  /* bf16 weights (half of fp32's bytes) */
     const char *device;        /* "cpu" (default), "cuda", "auto" */
     /* online serving instead of a prompts file */
-    const char *router;              /* each replica's leader registers with this router back end */
-    const char *http;                /* HOST:PORT: router and gateway in-process on rank 0 */
-    const char *name;                /* model name clients ask for */
+    const char *router; /* each replica's leader registers with this router back end */
+    const char *http;   /* HOST:PORT: router and gateway in-process on rank 0 */
+    const char *name;   /* model name clients ask for */
+    /* LoRA adapters served on the base, each its own model name (online serving):
+     * adapter_names[i] from the PEFT directory adapter_dirs[i] */
+    const char *const *adapter_names;
+    const char *const *adapter_dirs;
+    int n_adapters;
     const char *const *api_keys;     /* with http: NULL-terminated, or NULL */
     const char *no_chat;             /* non-NULL: why chat requests are refused */
     int heartbeat_ms;                /* replica <-> router heartbeats (router too with http) */

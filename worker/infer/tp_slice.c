@@ -27,6 +27,63 @@ static void copy_cols(float *dst, const float *src, size_t rows, size_t cols, si
         memcpy(dst + i * nc, src + i * cols + c0, sizeof(float) * nc);
 }
 
+/* Rows of a column-parallel matrix that a slice keeps: full rows [from, from + len) become
+ * the slice's rows [to, to + len). */
+typedef struct {
+    int from, to, len;
+} row_block;
+
+/* Adapter a of the full model f cut for rank r of T (slice m) into b: a site on a column-
+ * parallel matrix (q/k/v, gate/up, c_fc) keeps the B rows of the slice's rows -- one site
+ * per block it meets (gpt2's c_attn site spans q, k and v) -- and all of A; a site on a
+ * row-parallel matrix (o_proj, down_proj / c_proj) keeps all of B and A's columns of the
+ * slice's inputs, so that the all-reduce that sums the base's partial products sums the
+ * adapter's too. */
+static td_status slice_adapter(const td_infer_model *f, const td_infer_model *m, int r,
+                               const td_infer_adapter *a, td_infer_adapter *b) {
+    int hd = f->hd, NHl = m->NH, NKVl = m->NKV, Fl = m->F, R = a->r;
+    row_block qkv[3] = {{r * NHl * hd, 0, NHl * hd},
+                        {f->NH * hd + r * NKVl * hd, NHl * hd, NKVl * hd},
+                        {(f->NH + f->NKV) * hd + r * NKVl * hd, (NHl + NKVl) * hd, NKVl * hd}};
+    row_block fc[2] = {{r * Fl, 0, Fl}, {f->F + r * Fl, Fl, Fl}};
+    int nfc = f->cfg.arch == TD_ARCH_LLAMA ? 2 : 1;
+    *b = (td_infer_adapter){.r = R, .scale = a->scale};
+    b->sites = calloc((size_t)a->n_sites * 3, sizeof *b->sites);
+    if (!b->sites) return td_error_set(TD_ERR_NOMEM, "out of memory for an adapter slice");
+    for (int i = 0; i < a->n_sites; i++) {
+        const td_infer_site *s = &a->sites[i];
+        if (s->mat == 1 || s->mat == 3) { /* row-parallel: the slice's input columns */
+            int c0 = s->mat == 1 ? r * NHl * hd : r * Fl, nc = s->mat == 1 ? NHl * hd : Fl;
+            td_infer_site *d = &b->sites[b->n_sites++];
+            *d = (td_infer_site){s->layer, s->mat, s->row0, s->out, nc, NULL, NULL};
+            d->A = malloc(sizeof(float) * (size_t)R * nc);
+            d->Bt = malloc(sizeof(float) * (size_t)R * s->out);
+            if (!d->A || !d->Bt) return td_error_set(TD_ERR_NOMEM, "out of memory for an adapter");
+            copy_cols(d->A, s->A, (size_t)R, (size_t)s->in, (size_t)c0, (size_t)nc);
+            memcpy(d->Bt, s->Bt, sizeof(float) * (size_t)R * s->out);
+            continue;
+        }
+        const row_block *blk = s->mat == 0 ? qkv : fc;
+        int nblk = s->mat == 0 ? 3 : nfc;
+        for (int k = 0; k < nblk; k++) { /* the site's rows that fall in block k */
+            int lo = s->row0 > blk[k].from ? s->row0 : blk[k].from;
+            int hi = s->row0 + s->out < blk[k].from + blk[k].len ? s->row0 + s->out
+                                                                 : blk[k].from + blk[k].len;
+            if (hi <= lo) continue;
+            td_infer_site *d = &b->sites[b->n_sites++];
+            *d = (td_infer_site){s->layer, s->mat, blk[k].to + (lo - blk[k].from), hi - lo, s->in,
+                                 NULL,     NULL};
+            d->A = malloc(sizeof(float) * (size_t)R * s->in);
+            d->Bt = malloc(sizeof(float) * (size_t)R * (hi - lo));
+            if (!d->A || !d->Bt) return td_error_set(TD_ERR_NOMEM, "out of memory for an adapter");
+            memcpy(d->A, s->A, sizeof(float) * (size_t)R * s->in);
+            copy_cols(d->Bt, s->Bt, (size_t)R, (size_t)s->out, (size_t)(lo - s->row0),
+                      (size_t)(hi - lo));
+        }
+    }
+    return td_infer_adapter_index(b, m->L);
+}
+
 td_status td_infer_tp_slice(const td_infer_model *f, int r, int T, td_infer_model **out) {
     *out = NULL;
     if (td_model_is_released(f->w))
@@ -135,6 +192,21 @@ td_status td_infer_tp_slice(const td_infer_model *f, int r, int T, td_infer_mode
         }
         size_t rest = td_infer_int8_grid_len(f->w) - (size_t)(a - f->grid); /* lm_head, wte */
         memcpy(b, a, sizeof(float) * rest);
+    }
+    if (f->n_ad) {
+        m->ad = calloc((size_t)f->n_ad, sizeof *m->ad);
+        if (!m->ad) {
+            td_infer_model_free(&m);
+            return td_error_set(TD_ERR_NOMEM, "out of memory for adapter slices");
+        }
+        for (int k = 0; k < f->n_ad; k++) {
+            td_status sa = slice_adapter(f, m, r, &f->ad[k], &m->ad[k]);
+            m->n_ad = k + 1; /* freed with the model, the failed one too */
+            if (sa != TD_OK) {
+                td_infer_model_free(&m);
+                return sa;
+            }
+        }
     }
     *out = m;
     return TD_OK;

@@ -227,6 +227,14 @@ const td_lora_tensor *td_lora_tensors(const td_lora *lo, int *count) {
     *count = lo->n_sites * 2;
     return lo->tensors;
 }
+int td_lora_num_sites(const td_lora *lo) {
+    return lo->n_sites;
+}
+td_lora_site td_lora_site_at(const td_lora *lo, int i) {
+    const site *s = &lo->sites[i];
+    return (td_lora_site){
+        s->layer, s->mat, s->row0, s->out, s->in, lo->params + s->a_off, lo->params + s->b_off};
+}
 float *td_lora_grads(td_lora *lo) {
     return lo->grads;
 }

@@ -59,6 +59,18 @@ size_t td_lora_num_params(const td_lora *lo);
 float *td_lora_params(td_lora *lo);
 const td_lora_tensor *td_lora_tensors(const td_lora *lo, int *count);
 
+/* One site of an adapter, read-only (serving copies them, tensor-parallel slices cut them):
+ * rows [row0, row0 + out) of matrix `mat` of `layer`, input width `in`, A (r, in) and
+ * B (out, r) in the adapter's parameters. */
+typedef struct {
+    int layer;
+    td_lora_matrix mat;
+    int row0, out, in;
+    const float *A, *B;
+} td_lora_site;
+int td_lora_num_sites(const td_lora *lo);
+td_lora_site td_lora_site_at(const td_lora *lo, int i);
+
 /* An adapter planned for training holds buffers of its model's backend: free it before the
  * model (td_lora_free, then td_model_free). */
 
