@@ -1016,7 +1016,10 @@ static cJSON *ollama_model_entry(const Tandem__ModelStatus *m, int ps) {
     cJSON_AddNumberToObject(e, "size", size);
     cJSON_AddStringToObject(e, "digest", "");
     cJSON *det = cJSON_AddObjectToObject(e, "details");
-    const cJSON *x;
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(d, "adapter");
+    /* a LoRA adapter served on a base: Ollama names the base parent_model */
+    x = cJSON_GetObjectItemCaseSensitive(x, "base");
+    cJSON_AddStringToObject(det, "parent_model", cJSON_IsString(x) ? x->valuestring : "");
     cJSON_AddStringToObject(det, "format", "safetensors");
     x = cJSON_GetObjectItemCaseSensitive(d, "architecture");
     cJSON_AddStringToObject(det, "family", cJSON_IsString(x) ? x->valuestring : "");

@@ -76,8 +76,8 @@ static td_lora *make_adapter(const td_model_config *cfg, int k) {
 
 /* Runs the sequences' prompts in two chunks, then STEPS decode tokens, all sequences in
  * one forward per step; logits[step][seg][V]. */
-static void run(td_infer_model *m, int nseg, const int *segs_of, const int32_t (*toks)[PLEN + STEPS],
-                const int *adapter, float *logits, int V) {
+static void run(td_infer_model *m, int nseg, const int *segs_of,
+                const int32_t (*toks)[PLEN + STEPS], const int *adapter, float *logits, int V) {
     td_kv_cache *kv;
     REQUIRE(td_kv_cache_new(m, 4, 4 * nseg, &kv) == TD_OK, "%s", td_error_message());
     REQUIRE(td_infer_plan(m, nseg * 4, nseg) == TD_OK, "%s", td_error_message());
@@ -174,8 +174,9 @@ int main(void) {
                 const float *w = want + (size_t)st * NS * V;
                 double rel = max_rel(g, w, V);
                 worst = fmax(worst, rel);
-                CHECK(rel <= 1e-5, "%s: sequence %d (adapter %d) step %d: logits vs the merged "
-                                   "model's, max rel diff %.3e",
+                CHECK(rel <= 1e-5,
+                      "%s: sequence %d (adapter %d) step %d: logits vs the merged "
+                      "model's, max rel diff %.3e",
                       name, s, s, st, rel);
                 if (s) least_effect = fmin(least_effect, max_rel(w, base + (size_t)st * NS * V, V));
             }
@@ -235,8 +236,8 @@ int main(void) {
         for (int i = 0; i < NREQ; i++) {
             int eq = nout[i] == nref[i] && !memcmp(out[i], out_ref[i], sizeof(int32_t) * nout[i]);
             same += eq;
-            CHECK(eq, "%s: request %d (adapter %d): tokens differ from the merged model's", name,
-                  i, ad[i]);
+            CHECK(eq, "%s: request %d (adapter %d): tokens differ from the merged model's", name, i,
+                  ad[i]);
         }
         printf("%-10s engine: %d/%d requests over 4 models give the merged models' tokens; %llu "
                "steps mixed adapters\n",

@@ -63,8 +63,8 @@ td_status td_infer_add_adapter(td_infer_model *m, const td_lora *lo, int *index)
                 d->Bt[(size_t)j * ls.out + o] = ls.B[(size_t)o * a.r + j];
     }
     if (s == TD_OK) s = td_infer_adapter_index(&a, m->L);
-    td_infer_adapter *grown = s == TD_OK ? realloc(m->ad, sizeof *m->ad * (size_t)(m->n_ad + 1))
-                                         : NULL;
+    td_infer_adapter *grown =
+        s == TD_OK ? realloc(m->ad, sizeof *m->ad * (size_t)(m->n_ad + 1)) : NULL;
     if (s == TD_OK && !grown) s = td_error_set(TD_ERR_NOMEM, "out of memory for an adapter");
     if (s != TD_OK) {
         td_infer_adapter_free(&a);
