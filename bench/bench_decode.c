@@ -9,6 +9,10 @@
  *        the speed, so the weights here are rounded to nearest), converted to float in the
  *        product (fp32 accumulation);
  * int8v = activations quantized too, int8 x int8 products accumulated in int32 (VNNI).
+ * Then multi-adapter serving at batch 16: the fp32 base alone vs the same base serving three
+ * LoRA adapters (r 16 on all seven matrices, 2.7 % of the parameters each) with the 16
+ * sequences spread over them -- the base products once for all rows, each row's low-rank
+ * product added (worker/infer/adapters.c) -- alternated, best of 3 rounds each.
  * usage: bench_decode [--steps N] [--json] */
 #include <omp.h>
 #include <stdio.h>
@@ -20,6 +24,7 @@
 #include "worker/infer/infer_model.h"
 #include "worker/infer/kv_cache.h"
 #include "worker/kernels/cpu/blas_core.h"
+#include "worker/model/lora.h"
 #include "worker/model/model.h"
 
 static double triad_gbs(void) {
@@ -47,8 +52,9 @@ static double triad_gbs(void) {
     return gbs;
 }
 
-/* Prefill 16 tokens per sequence, then time `steps` decode steps; returns tokens/s. */
-static double decode(td_infer_model *m, int B, int steps) {
+/* Prefill 16 tokens per sequence, then time `steps` decode steps; returns tokens/s. With nad
+ * adapters, sequence b asks for adapter 1 + b % nad. */
+static double decode(td_infer_model *m, int B, int steps, int nad) {
     int bt = 16, per = (16 + steps + bt) / bt;
     td_kv_cache *kv;
     if (td_kv_cache_new(m, bt, (size_t)(per * B), &kv) != TD_OK) return 0;
@@ -65,12 +71,13 @@ static double decode(td_infer_model *m, int B, int steps) {
     td_infer_seg *sg = malloc(sizeof *sg * (size_t)B);
     float *logits = malloc(sizeof(float) * (size_t)B * c->vocab_size);
     for (int b = 0; b < B; b++)
-        sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b, 0};
+        sg[b] = (td_infer_seg){tok + 16 * b, 16, 0, blocks + per * b, nad ? 1 + b % nad : 0};
     td_infer_forward(m, kv, sg, B, logits);
     double t0 = td_time_now();
     for (int s = 0; s < steps; s++) {
         for (int b = 0; b < B; b++)
-            sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b, 0};
+            sg[b] = (td_infer_seg){tok + 16 * b + s % 16, 1, 16 + s, blocks + per * b,
+                                   nad ? 1 + b % nad : 0};
         td_infer_forward(m, kv, sg, B, logits);
     }
     double dt = td_time_now() - t0;
@@ -129,6 +136,32 @@ int main(int argc, char **argv) {
     if (td_infer_model_new(wb, &mb) != TD_OK) return 1;
     if (td_infer_quantize_bf16(mb) != TD_OK) return 1;
     size_t rb = td_infer_read_bytes_bf16(wb);
+    /* multi-adapter rows first, while m is fp32 (its int8 rows come below) */
+    size_t lora_params = 0;
+    for (int k = 0; k < 3; k++) {
+        td_lora_config lc = {.r = 16, .alpha = 32, .n_targets = 7};
+        static const char *t[7] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                   "gate_proj", "up_proj", "down_proj"};
+        for (int i = 0; i < 7; i++)
+            snprintf(lc.targets[i], sizeof lc.targets[i], "%s", t[i]);
+        td_lora *lo;
+        int idx;
+        if (td_lora_new(&c, &lc, "bench", 1 + (uint64_t)k, &lo) != TD_OK) return 1;
+        td_rng r;
+        td_rng_seed(&r, 7 + (uint64_t)k);
+        float *p = td_lora_params(lo);
+        for (size_t i = 0; i < td_lora_num_params(lo); i++)
+            p[i] = (2 * td_rng_uniform(&r) - 1) * 0.01f;
+        lora_params = td_lora_num_params(lo);
+        if (td_infer_add_adapter(m, lo, &idx) != TD_OK) return 1;
+        td_lora_free(&lo);
+    }
+    double base16 = 0, lora16 = 0;
+    for (int round = 0; round < 3; round++) {
+        double a = decode(m, 16, steps, 0), b = decode(m, 16, steps, 3);
+        base16 = a > base16 ? a : base16;
+        lora16 = b > lora16 ? b : lora16;
+    }
     double fp32_b1 = 0;
     for (int q = 0; q < 4; q++) {
         td_infer_model *mm = q == 1 ? mb : m;
@@ -136,7 +169,7 @@ int main(int argc, char **argv) {
         if (q == 3) td_infer_set_int8_vnni(m, 1);
         size_t rd = q == 0 ? rf : q == 1 ? rb : ri;
         for (int B = 1; B <= 16; B *= 16) {
-            double tps = decode(mm, B, steps);
+            double tps = decode(mm, B, steps, 0);
             if (q == 0 && B == 1) fp32_b1 = tps;
             double roof = B == 1 ? (rd / (bw * 1e9)) * tps : 0; /* ideal s/token over actual */
             if (json)
@@ -150,6 +183,21 @@ int main(int argc, char **argv) {
             else
                 printf("%-6s %6d %12.1f %14s %10s\n", names[q], B, tps, "", "");
         }
+    }
+    if (json) {
+        printf("{\"bench\": \"decode\", \"weights\": \"fp32 base\", \"batch\": 16, "
+               "\"tokens_per_s\": %.2f}\n",
+               base16);
+        printf("{\"bench\": \"decode\", \"weights\": \"fp32 + 3 LoRA\", \"batch\": 16, "
+               "\"tokens_per_s\": %.2f, \"vs_base\": %.3f}\n",
+               lora16, lora16 / base16);
+    } else {
+        printf("\nmulti-adapter serving, batch 16 (alternated, best of 3 each; adapters r 16 on "
+               "all seven matrices, %zu parameters = %.1f %% of the base each)\n",
+               lora_params, 100.0 * (double)lora_params / (double)td_model_num_params(w));
+        printf("%-22s %6d %12.1f\n", "fp32 base alone", 16, base16);
+        printf("%-22s %6d %12.1f   %.2fx the base alone\n", "fp32 + 3 adapters", 16, lora16,
+               lora16 / base16);
     }
     td_infer_model_free(&m);
     td_infer_model_free(&mb);
