@@ -54,9 +54,10 @@ kill $SERVER
 wait $SERVER 2> /dev/null || true
 
 # Fine-tune: LoRA on a small chat task (scripts/skill_data.py: reverse a list of 3-5 letters;
-# 2,000 conversations, 200 held out), the adapter merged into a full checkpoint, then the
-# base and the fine-tune served side by side behind one router and one gateway and asked the
-# same questions (greedy exact match on held-out conversations through the serving engine).
+# 2,000 conversations, 200 held out), the adapter merged into a full checkpoint (its lineage
+# shown), then the base and the adapter served side by side by one replica behind one router
+# and one gateway and asked the same questions (greedy exact match on held-out conversations
+# through the serving engine).
 echo
 python3 scripts/skill_data.py demo-data/skill
 rm -rf runs/demo-lora runs/demo-lora-merged
@@ -69,9 +70,10 @@ FRONT=tcp://127.0.0.1:5575 BACK=tcp://127.0.0.1:5576
 "$TANDEM" router --front $FRONT --back $BACK 2> runs/demo/router.log &
 PIDS=$!
 trap 'kill $PIDS 2> /dev/null || true' EXIT
-"$TANDEM" serve --model runs/demo/step_00000600 --name base --router $BACK 2> runs/demo/serve-base.log &
-PIDS="$PIDS $!"
-"$TANDEM" serve --model runs/demo-lora-merged --name reverse --router $BACK 2> runs/demo/serve-lora.log &
+# one replica, one base in memory: the base and the adapter (unmerged) as two model names,
+# their requests sharing the engine's steps
+"$TANDEM" serve --model runs/demo/step_00000600 --name base --adapter reverse="$LORA" \
+    --router $BACK 2> runs/demo/serve.log &
 PIDS="$PIDS $!"
 "$TANDEM" gateway --listen 127.0.0.1:8081 --router $FRONT 2> runs/demo/gateway.log &
 PIDS="$PIDS $!"
@@ -81,7 +83,8 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 echo
-echo "one gateway (http://127.0.0.1:8081), two models: base (pretrained) and reverse (LoRA fine-tune)"
+echo "one gateway (http://127.0.0.1:8081), one replica, two models: base (pretrained) and reverse"
+echo "(its LoRA adapter, served on the same base weights)"
 for m in base reverse; do
     REQ="{\"model\": \"$m\", \"messages\": [{\"role\": \"user\", \"content\": \"Reverse: d e m o\"}], \"temperature\": 0, \"max_tokens\": 16}"
     echo "\$ curl http://127.0.0.1:8081/v1/chat/completions -d '$REQ'"
