@@ -91,32 +91,33 @@ void td_infer_adapters_apply(const td_infer_model *m, const td_infer_seg *segs, 
     for (int s = 0; s < nseg && !any; s++)
         any = segs[s].adapter > 0;
     if (!any) return;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int s = 0; s < nseg; s++) {
-        if (segs[s].adapter <= 0) continue;
-        const td_infer_adapter *a = &m->ad[segs[s].adapter - 1];
+    int N = row0[nseg - 1] + segs[nseg - 1].n;
+    /* rows, not segments, share the threads: a long prefill chunk of one sequence too */
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        int ad = segs[m->iseg[i]].adapter;
+        if (ad <= 0) continue;
+        const td_infer_adapter *a = &m->ad[ad - 1];
         int r = a->r;
         float u[r];
+        const float *xr = x + (size_t)i * in;
         for (int k = a->first[4 * layer + mat]; k < a->first[4 * layer + mat + 1]; k++) {
             const td_infer_site *st = &a->sites[k];
-            for (int i = row0[s]; i < row0[s] + segs[s].n; i++) {
-                const float *xr = x + (size_t)i * in;
-                float *orow = out + (size_t)i * OC + st->row0;
-                for (int j = 0; j < r; j++) {
-                    const float *aj = st->A + (size_t)j * st->in;
-                    float d = 0;
+            float *orow = out + (size_t)i * OC + st->row0;
+            for (int j = 0; j < r; j++) {
+                const float *aj = st->A + (size_t)j * st->in;
+                float d = 0;
 #pragma omp simd reduction(+ : d)
-                    for (int c = 0; c < st->in; c++)
-                        d += xr[c] * aj[c];
-                    u[j] = d * a->scale;
-                }
-                for (int j = 0; j < r; j++) {
-                    const float *bj = st->Bt + (size_t)j * st->out;
-                    float uj = u[j];
+                for (int c = 0; c < st->in; c++)
+                    d += xr[c] * aj[c];
+                u[j] = d * a->scale;
+            }
+            for (int j = 0; j < r; j++) {
+                const float *bj = st->Bt + (size_t)j * st->out;
+                float uj = u[j];
 #pragma omp simd
-                    for (int o = 0; o < st->out; o++)
-                        orow[o] += uj * bj[o];
-                }
+                for (int o = 0; o < st->out; o++)
+                    orow[o] += uj * bj[o];
             }
         }
     }
