@@ -35,6 +35,8 @@ static void help(FILE *f) {
             "  --top-k K             keep the K most likely tokens (default 0 = all)\n"
             "  --top-p P             nucleus sampling mass (default 1.0 = off)\n"
             "  --seed N              sampling seed (default 1)\n"
+            "  --adapter DIR         apply the LoRA adapter in DIR (tandem finetune's, or PEFT's)\n"
+            "                        unmerged, to generation and to --logits-out\n"
             "  --logits-out FILE     write the prompt's tokens and logits (T x V) as safetensors\n"
             "  --no-verify           load the checkpoint without checking its SHA256SUMS\n"
             "  -h, --help            this text\n");
@@ -93,10 +95,12 @@ int td_cmd_generate(int argc, char **argv) {
                                          {"top-p", required_argument, 0, 'P'},
                                          {"seed", required_argument, 0, 's'},
                                          {"logits-out", required_argument, 0, 'l'},
+                                         {"adapter", required_argument, 0, 'a'},
                                          {"no-verify", no_argument, 0, 'V'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model_dir = NULL, *prompt = NULL, *tok_arg = NULL, *logits_out = NULL;
+    const char *adapter = NULL;
     long max_new = 200, top_k = 0, seed = 1;
     double temp = 0.8, top_p = 1.0;
     int c, no_verify = 0;
@@ -115,6 +119,9 @@ int td_cmd_generate(int argc, char **argv) {
             break;
         case 'l':
             logits_out = optarg;
+            break;
+        case 'a':
+            adapter = optarg;
             break;
         case 'V':
             no_verify = 1;
@@ -152,9 +159,17 @@ int td_cmd_generate(int argc, char **argv) {
         return 2;
     }
     td_model *m = NULL;
+    td_lora *lo = NULL; /* freed before the model: it holds buffers of the model's backend */
     td_status s = td_checkpoint_check(model_dir, no_verify);
+    if (s == TD_OK && adapter) s = td_checkpoint_check(adapter, no_verify);
     if (s == TD_OK) s = td_checkpoint_load_model(model_dir, &m);
-    if (s != TD_OK) return td_cli_fail("generate", s);
+    if (s == TD_OK && adapter) s = td_lora_load(adapter, td_model_config_of(m), &lo);
+    if (s == TD_OK && lo) s = td_model_set_lora(m, lo);
+    if (s != TD_OK) {
+        td_lora_free(&lo);
+        td_model_free(&m);
+        return td_cli_fail("generate", s);
+    }
     const td_model_config *cfg = td_model_config_of(m);
     int V = cfg->vocab_size, maxT = cfg->max_position_embeddings;
 
@@ -238,8 +253,10 @@ int td_cmd_generate(int argc, char **argv) {
         td_infer_model *im = NULL;
         s = td_infer_model_new(m, &im);
         if (s == TD_OK) m = NULL; /* the serving model has it */
+        int aid = 0;
+        if (s == TD_OK && lo) s = td_infer_add_adapter(im, lo, &aid);
         if (s == TD_OK) s = td_engine_new(im, tok, &eo, &e);
-        if (s == TD_OK) s = td_engine_submit(e, ctx + start, n - start, &sp, &id);
+        if (s == TD_OK) s = td_engine_submit_adapter(e, aid, ctx + start, n - start, &sp, &id);
         while (s == TD_OK && active) {
             s = td_engine_step(e, &active);
             if (prompt) { /* whole characters as they complete */
@@ -256,10 +273,12 @@ int td_cmd_generate(int argc, char **argv) {
             fflush(stdout);
         }
         td_engine_free(&e);
+        td_lora_free(&lo);
         td_infer_model_free(&im);
     }
     if (max_new > 0) printf("\n");
 out:
+    td_lora_free(&lo);
     td_model_free(&m);
     td_bpe_free(&tok);
 

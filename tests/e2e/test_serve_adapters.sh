@@ -8,6 +8,7 @@
 #      merged checkpoint answer when served alone; /metrics counts engine steps that mixed
 #      requests of different adapters (> 0); the dry run lists the adapters' bytes;
 #   3. the same 48 on a tensor-parallel replica (mpirun -np 2 serve --tp 2): the same answers;
+#      `generate --adapter` continues a prompt as the merged checkpoint does;
 #   4. bad input, each exit 2 naming the problem: --adapter without NAME=, a name taken by
 #      the base, a directory that holds no adapter, an adapter trained on other weights
 #      (sha256 of its parent), --adapter with --prompts-file.
@@ -166,6 +167,17 @@ start tp.log mpirun -np 2 "$TANDEM" serve --model "$BASE" --name base --tp 2 "${
 ask "$URL" tp.json base a b c
 stop
 compare "the same on a --tp 2 replica" tp.json || fail=1
+
+# generate --adapter: the adapter unmerged gives the merged checkpoint's tokens
+g1=$("$TANDEM" generate --model "$BASE" --adapter b/step_00000040 --prompt "Reverse: a b c" \
+    --temperature 0 --max-new-tokens 16 2> /dev/null)
+g2=$("$TANDEM" generate --model b-merged --prompt "Reverse: a b c" --temperature 0 \
+    --max-new-tokens 16 2> /dev/null)
+g0=$("$TANDEM" generate --model "$BASE" --prompt "Reverse: a b c" --temperature 0 \
+    --max-new-tokens 16 2> /dev/null)
+echo "generate --adapter: $(printf %q "$g1")"
+[ "$g1" = "$g2" ] && [ "$g1" != "$g0" ] ||
+    { echo "FAIL: generate --adapter differs from the merged checkpoint (or equals the base)"; fail=1; }
 
 # 4. bad input
 bad() { # label expected-text args...
