@@ -1,4 +1,5 @@
 /* `tandem serve --model DIR [--tp T] --prompts-file F`, alone or under mpirun. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -6,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -99,6 +101,16 @@ static int int_in(const char *s, long lo, long hi, int *out) {
     return 1;
 }
 
+/* A model name clients can type and every listing can carry: 1 to 128 of letters, digits and
+ * . _ - : / + @ (Ollama's names fit: "llama3.1:8b", "team/support-bot"). */
+static int name_ok(const char *n) {
+    size_t len = strlen(n);
+    if (len < 1 || len > 128) return 0;
+    for (const char *c = n; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr("._-:/+@", *c)) return 0;
+    return 1;
+}
+
 static void free_specs(char **specs, const char **names, const char **dirs) {
     for (int i = 0; specs && specs[i]; i++)
         free(specs[i]);
@@ -113,6 +125,9 @@ static void free_specs(char **specs, const char **names, const char **dirs) {
 static td_status check_adapter(const char *model_dir, const char *name, const char *dir,
                                int no_verify) {
     char p[4200];
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return td_error_set(TD_ERR_NOTFOUND, "--adapter %s=%s: no such directory", name, dir);
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
     if (access(p, F_OK) != 0)
         return td_error_set(TD_ERR_NOTFOUND,
@@ -465,6 +480,21 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         o.name = name;
     }
     int rc = 0;
+    if (!name_ok(o.name)) {
+        fprintf(stderr,
+                "tandem %s: model name '%.200s': use 1 to 128 letters, digits and . _ - : / + @ "
+                "(--name, or the checkpoint directory's name)\n",
+                cmd, o.name);
+        rc = 2;
+    }
+    for (int i = 0; i < na && !rc; i++) /* names clients can type and listings carry */
+        if (!name_ok(anames[i])) {
+            fprintf(stderr,
+                    "tandem %s: --adapter '%.200s=%.200s': the name must be 1 to 128 letters, "
+                    "digits and . _ - : / + @\n",
+                    cmd, anames[i], adirs[i]);
+            rc = 2;
+        }
     for (int i = 0; i < na && !rc; i++) { /* names unique; each an adapter of this base */
         for (int j = 0; j <= i && !rc; j++)
             if (!strcmp(anames[i], j < i ? anames[j] : o.name)) {

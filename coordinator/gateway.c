@@ -1107,6 +1107,21 @@ static void metric_hist(FILE *f, const char *name, const char *help, const histo
             (unsigned long long)cum, name, h->sum, name, (unsigned long long)h->count);
 }
 
+/* A label value in Prometheus' text format: backslash, double quote and newline escaped
+ * (names come from replicas: one odd name must not make the whole page unreadable). */
+static void label(FILE *f, const char *key, const char *v) {
+    fprintf(f, "%s=\"", key);
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            fprintf(f, "\\%c", *v);
+        else if (*v == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*v, f);
+    }
+    fputc('"', f);
+}
+
 static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int route) {
     Tandem__StatusReply *st = router_status(g);
     int up = 0;
@@ -1155,7 +1170,9 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
                 gauges[k].name);
         for (size_t i = 0; st && i < st->n_models; i++) {
             const Tandem__ModelStatus *ms = st->models[i];
-            fprintf(f, "%s{model=\"%s\"} %u\n", gauges[k].name, ms->name,
+            fprintf(f, "%s{", gauges[k].name);
+            label(f, "model", ms->name);
+            fprintf(f, "} %u\n",
                     k == 0   ? ms->replicas_up
                     : k == 1 ? ms->queue_length
                              : ms->in_flight);
@@ -1184,8 +1201,11 @@ static enum MHD_Result handle_ops(td_gateway *g, struct MHD_Connection *c, int r
                 const uint64_t *v = c == 0 ? ms->served : c == 1 ? ms->steps : ms->mixed_steps;
                 size_t nv = c == 0 ? ms->n_served : c == 1 ? ms->n_steps : ms->n_mixed_steps;
                 if (seen || k >= nv) continue;
-                fprintf(f, "%s{model=\"%s\",replica=\"%s\"} %llu\n", counters[c].name, ms->name,
-                        ms->replica_ids[k], (unsigned long long)v[k]);
+                fprintf(f, "%s{", counters[c].name);
+                label(f, "model", ms->name);
+                fputc(',', f);
+                label(f, "replica", ms->replica_ids[k]);
+                fprintf(f, "} %llu\n", (unsigned long long)v[k]);
             }
         }
     }

@@ -36,6 +36,7 @@ typedef struct {
     char *name;
     uint32_t context;
     char *details;
+    char *sha256; /* an adapter's: the weights the replicas serving this name hold */
 } model;
 
 typedef struct {
@@ -142,6 +143,7 @@ void td_router_free(td_router **rp) {
     for (int i = 0; i < r->nmod; i++) {
         free(r->mod[i].name);
         free(r->mod[i].details);
+        free(r->mod[i].sha256);
     }
     for (int i = 0; i < r->njobs; i++)
         td_wire_free(r->jobs[i].env);
@@ -166,7 +168,7 @@ static int add_model(td_router *r, const char *name) {
     int i = find_model(r, name);
     if (i >= 0) return i;
     if (TD_GROW(r->mod, r->capmod, (size_t)r->nmod + 1) != TD_OK) return -1;
-    r->mod[r->nmod] = (model){strdup(name), 0, NULL};
+    r->mod[r->nmod] = (model){strdup(name), 0, NULL, NULL};
     return r->nmod++;
 }
 
@@ -489,11 +491,28 @@ static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem_
             replica_lost(r, i, "it registered again");
     /* the models first, so that running out of memory leaves the replica table as it was (an
      * unanswered replica registers again when the router stays silent) */
-    int nm = 1 + (int)g->n_adapters, ok = 1;
-    int *mods = malloc(sizeof *mods * (size_t)nm);
+    int nm = 0, ok = 1;
+    int *mods = malloc(sizeof *mods * (size_t)(1 + g->n_adapters) * 2), *src = mods;
     if (!mods) ok = td_error_set(TD_ERR_NOMEM, "out of memory") == TD_OK;
-    for (int k = 0; ok && k < nm; k++)
-        ok = (mods[k] = add_model(r, k ? g->adapters[k - 1] : g->model)) >= 0;
+    if (mods) src = mods + 1 + g->n_adapters; /* src[j]: 0 the base, k adapter k */
+    for (int k = 0; ok && k < 1 + (int)g->n_adapters; k++) {
+        const char *name = k ? g->adapters[k - 1] : g->model;
+        const char *sha =
+            k && (size_t)(k - 1) < g->n_adapter_sha256 ? g->adapter_sha256[k - 1] : "";
+        int m = find_model(r, name), others = 0;
+        for (int q = 0; k && m >= 0 && q < r->nrep; q++)
+            others += r->rep[q].alive && serves(&r->rep[q], m) &&
+                      (r->rep[q].ident_len != n || memcmp(r->rep[q].ident, id, n));
+        if (others && strcmp(r->mod[m].sha256 ? r->mod[m].sha256 : "", sha)) {
+            TD_LOG_WARN("router: replica %s offers adapter %s with other weights (sha256 %.16s) "
+                        "than the replica%s already serving that name (%.16s); not routed to it",
+                        g->replica_id, name, sha, others == 1 ? "" : "s",
+                        r->mod[m].sha256 ? r->mod[m].sha256 : "a base model");
+            continue;
+        }
+        ok = (mods[nm] = add_model(r, name)) >= 0;
+        src[nm++] = k;
+    }
     int i = find_replica(r, id, n), fresh = i < 0;
     if (ok && fresh) {
         for (i = 0; i < r->nrep && r->rep[i].alive; i++) {
@@ -531,16 +550,21 @@ static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem_
     p->context = g->context_length;
     p->alive = 1;
     p->last_ns = td_wire_now_ns();
-    for (int k = 0; k < nm; k++) {
-        model *m = &r->mod[mods[k]];
+    for (int j = 0; j < nm; j++) {
+        model *m = &r->mod[mods[j]];
+        int k = src[j];
         const char *det = k == 0                                   ? g->details
                           : (size_t)(k - 1) < g->n_adapter_details ? g->adapter_details[k - 1]
                                                                    : g->details;
+        const char *sha =
+            k && (size_t)(k - 1) < g->n_adapter_sha256 ? g->adapter_sha256[k - 1] : NULL;
         m->context = g->context_length;
         if (det) {
             free(m->details);
             m->details = strdup(det);
         }
+        free(m->sha256);
+        m->sha256 = sha ? strdup(sha) : NULL;
     }
     TD_LOG_INFO("router: replica %s registered (model %s, %d adapter%s, %u slots, %u KV blocks, "
                 "context %u)",

@@ -10,8 +10,12 @@
 #   3. the same 48 on a tensor-parallel replica (mpirun -np 2 serve --tp 2): the same answers;
 #      `generate --adapter` continues a prompt as the merged checkpoint does;
 #   4. bad input, each exit 2 naming the problem: --adapter without NAME=, a name taken by
-#      the base, a directory that holds no adapter, an adapter trained on other weights
-#      (sha256 of its parent), --adapter with --prompts-file.
+#      the base, a directory that holds no adapter or does not exist, a name with a quote,
+#      an adapter trained on other weights (sha256 of its parent), --adapter with
+#      --prompts-file, adapters the loader refuses (DoRA, a rank the tensors do not have)
+#      with --dry-run and online (no server starts);
+#   5. two replicas offer adapter "a" with different weights: the router keeps the name on
+#      the first (logged), and every request for "a" gets the first one's answers.
 # Usage: test_serve_adapters.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +64,7 @@ start() { # log, then the serve command line; sets URL and PIDS
     PIDS="$PIDS $!"
     for _ in $(seq 200); do grep -q "listening on http" "$log" && break; sleep 0.1; done
     URL=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$log")
+    [ -n "$URL" ] || URL=$(sed -n 's|.*listening on port \([0-9]*\).*|http://127.0.0.1:\1|p' "$log")
     [ -n "$URL" ] || { cat "$log"; echo "FAIL: no server"; exit 1; }
 }
 stop() {
@@ -201,4 +206,50 @@ bad name_twice "is taken" --model "$BASE" --adapter x=a/step_00000040 --adapter 
 bad not_adapter "no adapter_config.json" --model "$BASE" --adapter x=run --dry-run
 bad other_base "made for another base" --model a-merged --adapter b=b/step_00000040 --dry-run
 bad prompts_file "prompts file" --model "$BASE" --adapter a=a/step_00000040 --prompts-file job.json
+bad missing_dir "no such directory" --model "$BASE" --adapter x=nowhere --dry-run
+bad odd_name "the name must be" --model "$BASE" --adapter 'q"x=a/step_00000040' --dry-run
+# adapters the loader refuses: each is exit 2 with its reason, before serving anything
+mkdir -p broken
+for kind in dora rank; do
+    cp -r a/step_00000040 broken/$kind
+    python3 - broken/$kind/adapter_config.json $kind <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+if sys.argv[2] == "dora": c["use_dora"] = True
+else: c["r"] = 3  # the tensors were trained with r 4
+json.dump(c, open(sys.argv[1], "w"))
+PY
+    (cd broken/$kind && sha256sum adapter_config.json adapter_model.safetensors trainer_state.json \
+        > SHA256SUMS 2> /dev/null || true)
+done
+bad dora_dry "use_dora adapters are not supported" --model "$BASE" --adapter x=broken/dora --no-verify --dry-run
+bad dora_http "use_dora adapters are not supported" --model "$BASE" --adapter a=a/step_00000040 --adapter x=broken/dora \
+    --no-verify --http 127.0.0.1:0
+bad rank_http "lora_A" --model "$BASE" --adapter x=broken/rank --no-verify --http 127.0.0.1:0
+grep -q "listening" bad.err && { echo "FAIL: the server listened with a broken adapter"; fail=1; }
+
+# 5. two replicas offering one adapter name with different weights: the router routes the
+#    name only to the first (and says so); the second still serves its base
+FRONT=tcp://127.0.0.1:$((20000 + RANDOM % 20000))
+BACK=tcp://127.0.0.1:$((40000 + RANDOM % 20000))
+"$TANDEM" router --front $FRONT --back $BACK 2> router.log &
+PIDS="$PIDS $!"
+"$TANDEM" serve --model "$BASE" --name base --adapter a=a/step_00000040 --router $BACK 2> r1.log &
+PIDS="$PIDS $!"
+for _ in $(seq 100); do grep -q "registered" router.log && break; sleep 0.1; done
+"$TANDEM" serve --model "$BASE" --name base --adapter a=c/step_00000040 --router $BACK 2> r2.log &
+PIDS="$PIDS $!"
+start gw.log "$TANDEM" gateway --listen 127.0.0.1:0 --router $FRONT
+for _ in $(seq 100); do [ "$(grep -c registered router.log)" -ge 2 ] && break; sleep 0.1; done
+grep "other weights" router.log | sed 's/^/router log: /' | cut -c1-200
+grep -q "other weights" router.log || { echo "FAIL: the router took a different adapter a"; fail=1; }
+ask "$URL" two.json base a
+python3 - <<'PY' || fail=1
+import json
+got, want = json.load(open("two.json")), json.load(open("alone-a.json"))
+same = sum(got[k] == want[k] for k in want)
+print(f"adapter a on two replicas, one with other weights: {same}/{len(want)} answers from the right one")
+raise SystemExit(0 if same == len(want) == 12 else 1)
+PY
+stop
 exit $fail

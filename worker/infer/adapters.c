@@ -87,13 +87,18 @@ size_t td_infer_adapter_bytes(const td_infer_model *m, int k) {
 void td_infer_adapters_apply(const td_infer_model *m, const td_infer_seg *segs, int nseg,
                              const int *row0, int layer, int mat, float *out, int OC,
                              const float *x, int in) {
-    int any = 0;
-    for (int s = 0; s < nseg && !any; s++)
-        any = segs[s].adapter > 0;
-    if (!any) return;
+    size_t work = 0; /* multiply-adds of this product's adapter rows */
+    for (int s = 0; s < nseg; s++) {
+        if (segs[s].adapter <= 0) continue;
+        const td_infer_adapter *a = &m->ad[segs[s].adapter - 1];
+        for (int k = a->first[4 * layer + mat]; k < a->first[4 * layer + mat + 1]; k++)
+            work += (size_t)segs[s].n * a->r * (size_t)(a->sites[k].in + a->sites[k].out);
+    }
+    if (!work) return;
     int N = row0[nseg - 1] + segs[nseg - 1].n;
-    /* rows, not segments, share the threads: a long prefill chunk of one sequence too */
-#pragma omp parallel for schedule(static)
+    /* rows, not segments, share the threads (a long prefill chunk of one sequence too); small
+     * products stay on one thread, where a parallel region would cost more than it saves */
+#pragma omp parallel for schedule(static) if (work >= 1 << 17)
     for (int i = 0; i < N; i++) {
         int ad = segs[m->iseg[i]].adapter;
         if (ad <= 0) continue;

@@ -108,6 +108,10 @@ static td_status send_register(rep *r) {
     g.n_adapters = g.n_adapter_details = (size_t)r->o->n_adapters;
     g.adapters = (char **)r->o->adapters;
     g.adapter_details = (char **)r->o->adapter_details;
+    if (r->o->adapter_sha256) {
+        g.n_adapter_sha256 = (size_t)r->o->n_adapters;
+        g.adapter_sha256 = (char **)r->o->adapter_sha256;
+    }
     td_env env = TANDEM__ENVELOPE__INIT;
     env.body_case = TANDEM__ENVELOPE__BODY_REGISTER;
     env.register_ = &g;

@@ -26,6 +26,7 @@ typedef struct {
      * (td_engine_submit_adapter), with adapter_details[k - 1]; n_adapters of them */
     const char *const *adapters;
     const char *const *adapter_details;
+    const char *const *adapter_sha256; /* of each adapter's weights file (may be NULL) */
     int n_adapters;
     int slots; /* sequences decoded together (the engine's max_seqs) */
     int context_length;

@@ -5,6 +5,7 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include "worker/infer/infer_model.h"
 #include "worker/infer/kv_cache.h"
 #include "worker/infer/replica.h"
+#include "worker/model/checkpoint.h"
 
 void td_serve_opts_default(td_serve_opts *o) {
     memset(o, 0, sizeof *o);
@@ -278,24 +280,29 @@ static char *replica_details(const td_model *full, const td_serve_opts *o, int T
     return d;
 }
 
-/* An adapter's details: the base's, with "adapter": {base, path, r, alpha, bytes} */
+/* An adapter's details: the base's, with "adapter": {base, path, sha256 (of its weights
+ * file: replicas that serve a name must serve the same adapter), r, alpha, bytes}. */
 static char *adapter_details(const char *base_details, const td_serve_opts *o,
-                             const td_infer_model *full, int k, const td_lora_config *lc) {
-    size_t n = strlen(base_details) + strlen(o->name) + strlen(o->adapter_dirs[k - 1]) + 256;
-    char *d = malloc(n);
-    if (!d) return NULL;
-    int at = (int)strlen(base_details) - 1; /* the closing brace */
-    snprintf(d, n,
-             "%.*s, \"adapter\": {\"base\": \"%s\", \"path\": \"%s\", \"r\": %d, "
-             "\"alpha\": %g, \"bytes\": %zu}}",
-             at, base_details, o->name, o->adapter_dirs[k - 1], lc->r, lc->alpha,
-             td_infer_adapter_bytes(full, k));
-    return d;
+                             const td_infer_model *full, int k, const td_lora_config *lc,
+                             const char *sha) {
+    cJSON *d = cJSON_Parse(base_details);
+    cJSON *a = d ? cJSON_AddObjectToObject(d, "adapter") : NULL;
+    if (a) {
+        cJSON_AddStringToObject(a, "base", o->name);
+        cJSON_AddStringToObject(a, "path", o->adapter_dirs[k - 1]);
+        cJSON_AddStringToObject(a, "sha256", sha);
+        cJSON_AddNumberToObject(a, "r", lc->r);
+        cJSON_AddNumberToObject(a, "alpha", lc->alpha);
+        cJSON_AddNumberToObject(a, "bytes", (double)td_infer_adapter_bytes(full, k));
+    }
+    char *out = a ? cJSON_PrintUnformatted(d) : NULL;
+    cJSON_Delete(d);
+    return out;
 }
 
 static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, td_comm *world,
-                              td_comm *tp, int group, const td_serve_opts *o,
-                              char *const *adetails) {
+                              td_comm *tp, int group, const td_serve_opts *o, char *const *adetails,
+                              char *const *asha) {
     volatile int never = 0, *stop = &never;
     if (o->control && o->control->catch_stop) stop = o->control->catch_stop(o->control->ctx);
     char back[256] = {0}, local[256] = {0};
@@ -335,6 +342,7 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                                   .details = details,
                                   .adapters = o->adapter_names,
                                   .adapter_details = (const char *const *)adetails,
+                                  .adapter_sha256 = (const char *const *)asha,
                                   .n_adapters = o->n_adapters,
                                   .slots = o->max_seqs,
                                   .context_length = c->max_position_embeddings,
@@ -431,8 +439,9 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
     }
     /* adapters: each rank loads them onto the whole model; slicing cuts them */
     char **adetails = o->n_adapters ? calloc((size_t)o->n_adapters, sizeof *adetails) : NULL;
+    char **asha = o->n_adapters ? calloc((size_t)o->n_adapters, sizeof *asha) : NULL;
     char *bdet = o->n_adapters ? replica_details(full_w, o, T) : NULL;
-    if (o->n_adapters && (!adetails || !bdet))
+    if (o->n_adapters && (!adetails || !asha || !bdet))
         s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
     for (int k = 0; s == TD_OK && k < o->n_adapters; k++) {
         td_lora *lo = NULL;
@@ -440,8 +449,13 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
         s = td_lora_load(o->adapter_dirs[k], td_model_config_of(full_w), &lo);
         if (s == TD_OK) s = td_infer_add_adapter(full, lo, &idx);
         if (s == TD_OK) {
-            adetails[k] = adapter_details(bdet, o, full, idx, td_lora_config_of(lo));
-            if (!adetails[k]) s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
+            asha[k] = calloc(65, 1);
+            if (asha[k] && td_checkpoint_file_sha256(o->adapter_dirs[k],
+                                                     "adapter_model.safetensors", asha[k]) != TD_OK)
+                td_error_clear(); /* it loaded: an unreadable file cannot be */
+            adetails[k] = adapter_details(bdet, o, full, idx, td_lora_config_of(lo), asha[k]);
+            if (!adetails[k] || !asha[k])
+                s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
         }
         if (s != TD_OK) {
             char why[600];
@@ -456,7 +470,7 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
     td_comm *tp = NULL;
     td_backend *be = NULL;
     td_engine *e = NULL;
-    s = td_comm_split(world, group, world->rank, &tp);
+    if (s == TD_OK) s = td_comm_split(world, group, world->rank, &tp);
     int q = o->int8 || o->int8_int32;
     if (s == TD_OK && q && !o->int8_rtn && !o->dry_run)
         s = calibrate(full, tok, world, o);
@@ -518,7 +532,7 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
     }
     if (s != TD_OK) goto out;
     if (o->router || o->http) {
-        s = serve_online(td_infer_model_weights(full), e, tok, world, tp, group, o, adetails);
+        s = serve_online(td_infer_model_weights(full), e, tok, world, tp, group, o, adetails, asha);
         goto out;
     }
     if (tp->rank != 0) { /* a member of a group: follow the leader */
@@ -619,7 +633,10 @@ gather : {
 out:
     for (int k = 0; adetails && k < o->n_adapters; k++)
         free(adetails[k]);
+    for (int k = 0; asha && k < o->n_adapters; k++)
+        free(asha[k]);
     free(adetails);
+    free(asha);
     free(blob);
     td_engine_free(&e);
     td_infer_model_free(&im);
