@@ -10,6 +10,7 @@ int td_cmd_show(int argc, char **argv);
 int td_cmd_eval(int argc, char **argv);
 int td_cmd_generate(int argc, char **argv);
 int td_cmd_prep(int argc, char **argv);
+
 int td_cmd_serve(int argc, char **argv);
 int td_cmd_router(int argc, char **argv);
 int td_cmd_gateway(int argc, char **argv);
@@ -43,5 +44,10 @@ void td_cli_log_kernels(struct td_comm *comm, int quiet);
  * threads, serve_http.c) and, when serving online, SIGINT/SIGTERM ending it cleanly. Takes
  * full, like td_serve. */
 td_status td_cli_serve(td_model *full, td_bpe *tok, td_comm *world, td_serve_opts *o);
+/* tandem prep --chat (cli/cmd_prep_chat.c), collective over w: files[k] tokenized into split
+ * names[k] of out_dir with the tokenizer.json at `tokenizer` (or in that checkpoint
+ * directory). */
+td_status td_prep_chat(td_comm *w, const char *tokenizer, const char *out_dir,
+                       const char *const *names, const char *const *files, int n, int quiet);
 
 #endif

@@ -179,7 +179,7 @@ static void print_entry(int i, const cJSON *e) {
             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(d, "manifest_sha256"));
         printf("     data %s", path ? path : "?");
         if (sha && *sha) printf("  sha256 %s", sha);
-        if (man && *man) printf("  manifest.json sha256 %s", man);
+        if (man && *man) printf("  manifest sha256 %s", man); /* manifest.json, chat.json */
         printf("\n");
     }
 }

@@ -13,6 +13,8 @@ static void help(FILE *f) {
     fprintf(f,
             "usage: tandem prep --out DIR [--input PATH]... [options] [PATH...]\n"
             "       mpirun -np N tandem prep ... (same output, input files split over ranks)\n"
+            "       [mpirun -np N] tandem prep --chat --tokenizer BASE --out DIR TRAIN.jsonl\n"
+            "                      [--chat-val VAL.jsonl]  (conversations for tandem finetune)\n"
             "\n"
             "Reads text files, directories (recursively), JSON Lines (*.jsonl) and their gzip\n"
             "versions (*.gz); cleans, deduplicates, trains a byte-level BPE tokenizer (or uses\n"
@@ -45,6 +47,11 @@ static void help(FILE *f) {
             "                          <|im_start|>, <|im_end|>, <|pad|> are always reserved)\n"
             "  --val-fraction F        share of documents for validation (default 0.01)\n"
             "  --shard-tokens N        tokens per shard (default 100000000)\n"
+            "chat data (--chat): JSON Lines conversations ({\"messages\": [...]} or prompt and\n"
+            "completion) tokenized with the base's tokenizer and stored with their loss masks;\n"
+            "give DIR as a fine-tuning job's data.train (and data.val for --chat-val):\n"
+            "  --chat                  the inputs are chat data (one file: the train split)\n"
+            "  --chat-val FILE         held-out conversations: the val split\n"
             "  --quiet                 no summary table\n"
             "  -h, --help              this text\n");
 }
@@ -84,7 +91,9 @@ int td_cmd_prep(int argc, char **argv) {
         O_SHARD,
         O_QUIET,
         O_HELP,
-        O_SPECIAL
+        O_SPECIAL,
+        O_CHAT,
+        O_CHATVAL
     };
     static const struct option opts[] = {{"out", required_argument, 0, O_OUT},
                                          {"input", required_argument, 0, O_INPUT},
@@ -107,13 +116,16 @@ int td_cmd_prep(int argc, char **argv) {
                                          {"shard-tokens", required_argument, 0, O_SHARD},
                                          {"quiet", no_argument, 0, O_QUIET},
                                          {"special", required_argument, 0, O_SPECIAL},
+                                         {"chat", no_argument, 0, O_CHAT},
+                                         {"chat-val", required_argument, 0, O_CHATVAL},
                                          {"help", no_argument, 0, O_HELP},
                                          {0, 0, 0, 0}};
     td_prep_opts o;
     td_prep_opts_default(&o);
     const char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
     const char **specials = calloc((size_t)argc + 8, sizeof *specials);
-    int ni = 0, nsp = 0, c, bad = 0;
+    int ni = 0, nsp = 0, c, bad = 0, chat = 0;
+    const char *chat_val = NULL;
     double v = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && !bad) {
@@ -194,6 +206,12 @@ int td_cmd_prep(int argc, char **argv) {
             }
             specials[nsp++] = optarg;
             break;
+        case O_CHAT:
+            chat = 1;
+            break;
+        case O_CHATVAL:
+            chat_val = optarg;
+            break;
         case O_HELP:
             help(stdout);
             free(inputs);
@@ -209,11 +227,41 @@ int td_cmd_prep(int argc, char **argv) {
         fprintf(stderr, "tandem prep: need --out DIR and at least one input\n");
         bad = 1;
     }
+    if (!bad && chat_val && !chat) {
+        fprintf(stderr, "tandem prep: --chat-val goes with --chat\n");
+        bad = 1;
+    }
+    if (!bad && chat && (ni != 1 || !o.tokenizer)) {
+        fprintf(stderr, "tandem prep: --chat takes one JSON Lines file (the train split) and "
+                        "--tokenizer (the base's tokenizer.json, or its checkpoint directory)\n");
+        bad = 1;
+    }
     if (bad) {
         help(stderr);
         free(specials);
         free(inputs);
         return 2;
+    }
+    if (chat) {
+        td_comm *comm = NULL;
+        int mpi = td_comm_mpi_init(&argc, &argv, 0);
+        td_status s = mpi ? td_comm_mpi_new(&comm) : td_comm_self_new(&comm);
+        if (s == TD_OK && comm->rank != 0) td_log_set_rank(comm->rank);
+        const char *names[2] = {"train", "val"}, *files[2] = {inputs[0], chat_val};
+        if (s == TD_OK)
+            s = td_prep_chat(comm, o.tokenizer, o.out_dir, names, files, chat_val ? 2 : 1, o.quiet);
+        int rc = 0;
+        if (s != TD_OK) {
+            if (!comm || comm->size == 1 || !strstr(td_error_message(), "another rank failed"))
+                rc = td_cli_fail("prep", s);
+            else
+                rc = td_status_exit_code(s);
+        }
+        td_comm_free(&comm);
+        if (mpi) td_comm_mpi_finalize();
+        free(inputs);
+        free(specials);
+        return rc;
     }
     o.inputs = inputs;
     o.n_inputs = ni;

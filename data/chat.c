@@ -170,8 +170,53 @@ static td_status encode_line(const char *path, long line, const cJSON *o, td_bpe
     return put(b, eot, 1);
 }
 
+td_status td_sft_set_add(td_sft_set *out, const int32_t *ids, const uint8_t *mask, int n, long line,
+                         int max_tokens, td_sft_overlong policy) {
+    if (n > max_tokens) {
+        if (policy == TD_SFT_DROP) {
+            out->dropped_long++;
+            return TD_OK;
+        }
+        n = max_tokens;
+        out->truncated++;
+    }
+    long counted = 0;
+    for (int k = 1; k < n; k++)
+        counted += mask[k];
+    if (counted == 0) { /* truncation cut every answer token */
+        out->dropped_long++;
+        out->truncated--;
+        return TD_OK;
+    }
+    TD_TRY(TD_GROW(out->ex, out->cap, (size_t)out->n + 1));
+    td_sft_example *e = &out->ex[out->n];
+    e->ids = malloc((size_t)n * sizeof *e->ids);
+    e->mask = malloc((size_t)n);
+    if (!e->ids || !e->mask) {
+        free(e->ids);
+        free(e->mask);
+        return td_error_set(TD_ERR_NOMEM, "out of memory for %d examples", out->n + 1);
+    }
+    memcpy(e->ids, ids, (size_t)n * sizeof *e->ids);
+    memcpy(e->mask, mask, (size_t)n);
+    e->n = n;
+    e->line = line;
+    out->n++;
+    out->tokens += n;
+    out->counted += counted;
+    if (n > out->max_tokens) out->max_tokens = n;
+    for (int k = 0; k < n; k++)
+        if (e->ids[k] > out->max_id) out->max_id = e->ids[k];
+    return TD_OK;
+}
+
 td_status td_sft_load_jsonl(const char *path, td_bpe *tok, int max_tokens, td_sft_overlong policy,
                             td_sft_set *out) {
+    return td_sft_load_jsonl_part(path, tok, max_tokens, policy, 0, 1, out);
+}
+
+td_status td_sft_load_jsonl_part(const char *path, td_bpe *tok, int max_tokens,
+                                 td_sft_overlong policy, int part, int nparts, td_sft_set *out) {
     memset(out, 0, sizeof *out);
     FILE *f = fopen(path, "r");
     if (!f) return td_error_set(TD_ERR_IO, "cannot open %s: %s", path, strerror(errno));
@@ -185,6 +230,7 @@ td_status td_sft_load_jsonl(const char *path, td_bpe *tok, int max_tokens, td_sf
     td_status s = TD_OK;
     while (s == TD_OK && (len = getline(&buf, &bcap, f)) >= 0) {
         line++;
+        if ((line - 1) % nparts != part) continue; /* another part's line */
         size_t i = 0;
         while (i < (size_t)len && strchr(" \t\r\n", buf[i]))
             i++;
@@ -204,43 +250,8 @@ td_status td_sft_load_jsonl(const char *path, td_bpe *tok, int max_tokens, td_sf
         s = encode_line(path, line, o, tok, &b, &scratch, &scap);
         cJSON_Delete(o);
         if (s != TD_OK) break;
-        int n = (int)b.n;
-        if (n > max_tokens) {
-            if (policy == TD_SFT_DROP) {
-                out->dropped_long++;
-                continue;
-            }
-            n = max_tokens;
-            out->truncated++;
-        }
-        long counted = 0;
-        for (int k = 1; k < n; k++)
-            counted += b.mask[k];
-        if (counted == 0) { /* truncation cut every answer token */
-            out->dropped_long++;
-            out->truncated--;
-            continue;
-        }
-        if ((s = TD_GROW(out->ex, out->cap, out->n + 1)) != TD_OK) break;
-        td_sft_example *e = &out->ex[out->n];
-        e->ids = malloc((size_t)n * sizeof *e->ids);
-        e->mask = malloc((size_t)n);
-        if (!e->ids || !e->mask) {
-            free(e->ids);
-            free(e->mask);
-            s = td_error_set(TD_ERR_NOMEM, "out of memory reading %s", path);
-            break;
-        }
-        memcpy(e->ids, b.ids, (size_t)n * sizeof *e->ids);
-        memcpy(e->mask, b.mask, (size_t)n);
-        e->n = n;
-        e->line = line;
-        out->n++;
-        out->tokens += n;
-        out->counted += counted;
-        if (n > out->max_tokens) out->max_tokens = n;
-        for (int k = 0; k < n; k++)
-            if (e->ids[k] > out->max_id) out->max_id = e->ids[k];
+        s = td_sft_set_add(out, b.ids, b.mask, (int)b.n, line, max_tokens, policy);
+        if (s == TD_ERR_NOMEM) s = td_error_set(s, "out of memory reading %s", path);
     }
     if (s == TD_OK && ferror(f)) s = td_error_set(TD_ERR_IO, "error reading %s", path);
     fclose(f);

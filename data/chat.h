@@ -56,6 +56,13 @@ typedef enum { TD_SFT_DROP, TD_SFT_TRUNCATE } td_sft_overlong;
  * role, a conversation without an assistant turn, an example that trains on nothing. */
 td_status td_sft_load_jsonl(const char *path, td_bpe *tok, int max_tokens, td_sft_overlong policy,
                             td_sft_set *out);
+/* Lines part, part + nparts, ... only (0-based line numbers modulo nparts): ranks that
+ * tokenize one file together (tandem prep --chat under mpirun). */
+td_status td_sft_load_jsonl_part(const char *path, td_bpe *tok, int max_tokens,
+                                 td_sft_overlong policy, int part, int nparts, td_sft_set *out);
+/* Adds one example (copied) to a set, applying the length policy as the loaders do. */
+td_status td_sft_set_add(td_sft_set *set, const int32_t *ids, const uint8_t *mask, int n, long line,
+                         int max_tokens, td_sft_overlong policy);
 void td_sft_set_free(td_sft_set *s);
 
 /* Batches of examples for (data-parallel) training: each epoch a shuffled order of the

@@ -3,7 +3,9 @@
 #   1. data-parallel equivalence: 20 steps of full and of LoRA fine-tuning at -np 2 match
 #      one rank within 1e-5 relative at every step (examples of different lengths, so the
 #      ranks count different numbers of tokens: the loss is the mean over the step's tokens)
-#   2. resume: a LoRA run stopped at step 10 and resumed matches the uninterrupted one
+#   2. resume: a LoRA run stopped at step 10 and resumed matches the uninterrupted one;
+#      chat data prepared by `prep --chat` (-np 1 and -np 2 write the same bytes) trains
+#      exactly as the JSON Lines it came from
 #   3. lineage: pretrain -> LoRA -> merge -> full fine-tune of the merged -> show lists four
 #      checkpoints; the unmerged adapter left the base's weights' sha256 unchanged
 #   4. bad input, each exit 2 with a message naming the problem and no checkpoint written
@@ -25,7 +27,7 @@ job() { # name method steps [extra finetune json]
     [ "$2" = lora ] && lora=', "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}'
     cat > "$1.json" <<JOB
 {"finetune": {"base": "${BASE_OF:-$BASE}", "method": "$2"$lora},
- "data": {"train": "skill/train.jsonl", "val": "skill/val.jsonl", "seq_len": 48},
+ "data": {"train": "${TRAIN:-skill/train.jsonl}", "val": "${VAL:-skill/val.jsonl}", "seq_len": 48},
  "train": {"batch_size": 8, "steps": $3, "lr": 3e-3, "warmup": 2, "seed": 5, "eval_every": 10},
  "checkpoint": {"dir": "$1", "every": 10, "keep": 5}, "device": "cpu"}
 JOB
@@ -52,6 +54,18 @@ done
 first=$(losses lora1 | head -1) last=$(losses lora1 | tail -1)
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
     { echo "FAIL: LoRA loss did not fall ($first -> $last)"; fail=1; }
+
+# prepared chat data (tandem prep --chat, one process and two ranks): the same bytes, and
+# the same training as from the JSON Lines
+"$TANDEM" prep --chat --tokenizer "$BASE" --out chat1 skill/train.jsonl --chat-val skill/val.jsonl --quiet
+mpirun -np 2 "$TANDEM" prep --chat --tokenizer "$BASE/tokenizer.json" --out chat2 skill/train.jsonl \
+    --chat-val skill/val.jsonl --quiet
+for f in chat.json train.safetensors val.safetensors; do
+    cmp -s chat1/$f chat2/$f || { echo "FAIL: prep --chat -np 2 wrote another $f"; fail=1; }
+done
+echo "prep --chat: one process and -np 2 wrote the same chat.json, train and val files"
+TRAIN=chat1 VAL=chat1 job prepped lora 20 && "$TANDEM" finetune prepped.json --quiet
+compare "LoRA: data from JSON Lines  vs  prepared by prep --chat" lora1 prepped
 
 # 2. resume
 job res lora 20
@@ -117,6 +131,10 @@ else
         { echo "FAIL: adapter for another base: $(cat m.txt)"; fail=1; }
     [ ! -e bad ] || { echo "FAIL: merge wrote bad/"; fail=1; }
 fi
+# chat data prepared with another tokenizer
+"$TANDEM" prep --out other --quiet --vocab-size 270 --delimiter % /usr/share/games/fortunes/fortunes
+"$TANDEM" prep --chat --tokenizer other/tokenizer.json --out chat-other skill/train.jsonl --quiet
+badjob b7.json chat-other && bad "prepared with another tokenizer" "tokenized with another tokenizer" b7.json
 # overlong conversations are counted and said, not an error
 python3 - > long.jsonl <<'EOF'
 import json

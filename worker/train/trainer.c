@@ -22,6 +22,7 @@
 #include "worker/model/safetensors.h"
 #include "worker/train/adamw.h"
 #include "worker/train/dp.h"
+#include "worker/train/sft_data.h"
 
 typedef struct {
     const td_job *job;
@@ -46,6 +47,7 @@ typedef struct {
     td_lora *lora;       /* adapters train; the base is frozen */
     cJSON *base_lineage; /* the entries a fine-tune's lineage lists: its ancestors */
     char data_sha[65];
+    int data_prepared; /* fine-tuning data from tandem prep --chat (data_sha: its chat.json) */
 } trainer;
 
 static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, int T, double *loss) {
@@ -145,7 +147,8 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddStringToObject(lin, "kind", t->lora ? "adapter" : "model");
     cJSON *ld = cJSON_AddObjectToObject(lin, "data");
     cJSON_AddStringToObject(ld, "path", t->job->train_data);
-    cJSON_AddStringToObject(ld, t->sft ? "sha256" : "manifest_sha256", t->data_sha);
+    cJSON_AddStringToObject(ld, t->sft && !t->data_prepared ? "sha256" : "manifest_sha256",
+                            t->data_sha);
     if (t->base_lineage)
         cJSON_AddItemToObject(lin, "ancestors", cJSON_Duplicate(t->base_lineage, 1));
     if (t->parent[0])
@@ -398,10 +401,24 @@ static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts
     td_bpe *tok = NULL;
     TD_TRY(td_bpe_from_json(t->tokenizer_json, len, p, &tok));
     td_sft_overlong pol = j->overlong_truncate ? TD_SFT_TRUNCATE : TD_SFT_DROP;
-    /* every rank reads the same files the same way: the same examples everywhere */
-    td_status s = td_sft_load_jsonl(j->train_data, tok, j->seq_len + 1, pol, &t->sft_set);
+    /* every rank reads the same files the same way: the same examples everywhere; JSON Lines
+     * are tokenized here, a directory of tandem prep --chat was tokenized already (with the
+     * base's tokenizer: its sha256 must match) */
+    char tok_sha[65];
+    td_sha256 h;
+    td_sha256_init(&h);
+    td_sha256_update(&h, t->tokenizer_json, len);
+    td_sha256_final_hex(&h, tok_sha);
+    int prepared = td_sft_is_prepared(j->train_data);
+    td_status s = prepared
+                      ? td_sft_prepared_load(j->train_data, "train", tok_sha, j->seq_len + 1, pol,
+                                             &t->sft_set)
+                      : td_sft_load_jsonl(j->train_data, tok, j->seq_len + 1, pol, &t->sft_set);
     if (s == TD_OK && j->val_data[0])
-        s = td_sft_load_jsonl(j->val_data, tok, j->seq_len + 1, pol, &t->sft_val_set);
+        s = td_sft_is_prepared(j->val_data)
+                ? td_sft_prepared_load(j->val_data, "val", tok_sha, j->seq_len + 1, pol,
+                                       &t->sft_val_set)
+                : td_sft_load_jsonl(j->val_data, tok, j->seq_len + 1, pol, &t->sft_val_set);
     td_bpe_free(&tok);
     TD_TRY(s);
     const td_sft_set *sets[2] = {&t->sft_set, &t->sft_val_set};
@@ -431,7 +448,13 @@ static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts
     if (j->val_data[0])
         TD_TRY(td_sft_loader_new(&t->sft_val_set, j->batch_size, b0, b0 + t->local_B, 0, 0,
                                  &t->sft_val));
-    TD_TRY(td_sha256_file(j->train_data, t->data_sha));
+    if (prepared) { /* the data's identity: its chat.json (which holds its sources' sha256) */
+        snprintf(p, sizeof p, "%s/chat.json", j->train_data);
+        TD_TRY(td_sha256_file(p, t->data_sha));
+    } else {
+        TD_TRY(td_sha256_file(j->train_data, t->data_sha));
+    }
+    t->data_prepared = prepared;
     TD_TRY(td_checkpoint_load_model(j->base, &t->model));
     if (j->lora) {
         char where[1100];
