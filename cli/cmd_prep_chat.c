@@ -103,8 +103,7 @@ static td_status gather(td_comm *w, const td_sft_set *part, td_sft_set *all) {
 td_status td_prep_chat(td_comm *w, const char *tokenizer, const char *out_dir,
                        const char *const *names, const char *const *files, int n, int quiet) {
     char tpath[4200];
-    snprintf(tpath, sizeof tpath, td_fs_is_dir(tokenizer) ? "%s/tokenizer.json" : "%s",
-             tokenizer);
+    snprintf(tpath, sizeof tpath, td_fs_is_dir(tokenizer) ? "%s/tokenizer.json" : "%s", tokenizer);
     char *json = NULL;
     size_t jlen = 0;
     td_status s = td_fs_read_file(tpath, &json, &jlen);
@@ -125,19 +124,19 @@ td_status td_prep_chat(td_comm *w, const char *tokenizer, const char *out_dir,
     for (int k = 0; k < n && s == TD_OK; k++) {
         td_sft_set part;
         /* every size-th line; the others' errors are theirs to report */
-        td_status sl = td_sft_load_jsonl_part(files[k], tok, INT_MAX, TD_SFT_DROP, w->rank,
-                                              w->size, &part);
+        td_status sl =
+            td_sft_load_jsonl_part(files[k], tok, INT_MAX, TD_SFT_DROP, w->rank, w->size, &part);
         int64_t failed = sl != TD_OK;
         s = td_comm_allreduce(w, &failed, 1, TD_COMM_I64);
-        if (s == TD_OK && sl != TD_OK) s = sl;
+        if (s == TD_OK && sl != TD_OK)
+            s = sl;
         else if (s == TD_OK && failed)
             s = td_error_set(TD_ERR_RUNTIME, "another rank failed (see its message)");
         if (s == TD_OK) s = gather(w, &part, &sets[k]);
         td_sft_set_free(&part);
         if (s == TD_OK && w->rank == 0) s = td_sft_prepared_write(&sets[k], out_dir, names[k]);
     }
-    if (s == TD_OK && w->rank == 0)
-        s = td_sft_prepared_manifest(out_dir, sha, names, files, sp, n);
+    if (s == TD_OK && w->rank == 0) s = td_sft_prepared_manifest(out_dir, sha, names, files, sp, n);
     if (s == TD_OK && w->rank == 0 && !quiet) {
         for (int k = 0; k < n; k++)
             printf("prep --chat: %-5s %s: %d examples, %ld tokens (%ld trained on, %.0f%%), "
