@@ -117,7 +117,14 @@ td_status td_prep_chat(td_comm *w, const char *tokenizer, const char *out_dir,
         td_sha256_final_hex(&h, sha);
     }
     free(json);
-    if (s == TD_OK && w->rank == 0) s = td_fs_mkdirs(out_dir);
+    for (int k = 0; k < n && s == TD_OK; k++)
+        if (!td_fs_exists(files[k]) || td_fs_is_dir(files[k]))
+            s = td_error_set(TD_ERR_NOTFOUND,
+                             "%s: no such file (a JSON Lines file of "
+                             "conversations)",
+                             files[k]);
+    if (s == TD_OK && td_fs_exists(out_dir) && !td_fs_is_dir(out_dir))
+        s = td_error_set(TD_ERR_INVALID, "--out %s exists and is not a directory", out_dir);
     td_sft_set sets[2] = {{0}};
     const td_sft_set *sp[2] = {&sets[0], &sets[1]};
     double t0 = td_time_now();
@@ -134,8 +141,11 @@ td_status td_prep_chat(td_comm *w, const char *tokenizer, const char *out_dir,
             s = td_error_set(TD_ERR_RUNTIME, "another rank failed (see its message)");
         if (s == TD_OK) s = gather(w, &part, &sets[k]);
         td_sft_set_free(&part);
-        if (s == TD_OK && w->rank == 0) s = td_sft_prepared_write(&sets[k], out_dir, names[k]);
     }
+    /* written only once every file read well */
+    if (s == TD_OK && w->rank == 0) s = td_fs_mkdirs(out_dir);
+    for (int k = 0; k < n && s == TD_OK && w->rank == 0; k++)
+        s = td_sft_prepared_write(&sets[k], out_dir, names[k]);
     if (s == TD_OK && w->rank == 0) s = td_sft_prepared_manifest(out_dir, sha, names, files, sp, n);
     if (s == TD_OK && w->rank == 0 && !quiet) {
         for (int k = 0; k < n; k++)

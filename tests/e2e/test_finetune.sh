@@ -131,6 +131,16 @@ else
         { echo "FAIL: adapter for another base: $(cat m.txt)"; fail=1; }
     [ ! -e bad ] || { echo "FAIL: merge wrote bad/"; fail=1; }
 fi
+# prep --chat refuses what it cannot read, exit 2, writing nothing
+for c in "missing.jsonl|no such file" "broken.jsonl|broken.jsonl:4: not valid JSON"; do
+    rc=0
+    "$TANDEM" prep --chat --tokenizer "$BASE" --out chat-bad "${c%%|*}" 2> pc.err || rc=$?
+    if [ $rc -eq 2 ] && grep -q "${c#*|}" pc.err && [ ! -e chat-bad ]; then
+        echo "ok: prep --chat ${c%%|*}: $(head -1 pc.err)"
+    else
+        echo "FAIL: prep --chat ${c%%|*}: rc $rc, $(cat pc.err)"; fail=1
+    fi
+done
 # chat data prepared with another tokenizer
 "$TANDEM" prep --out other --quiet --vocab-size 270 --delimiter % /usr/share/games/fortunes/fortunes
 "$TANDEM" prep --chat --tokenizer other/tokenizer.json --out chat-other skill/train.jsonl --quiet
