@@ -31,6 +31,7 @@ The case "lora" (also run by default; needs peft, see requirements.txt)
      and compares peft's logits on the same ids: fails if
      max|a-b| / max|b| > --tol (also prints how far the adapter moves the
      logits from the base's, which must be far above --tol),
+     and the same with `TANDEM generate --adapter` on the base (unmerged),
   5. compares peft's merge_and_unload() weights with the merged
      model.safetensors (same names): fails if max|a-b| > --merge-tol (1e-6).
 
@@ -685,6 +686,21 @@ def run_lora(name, tandem, work, data_dir, args, res):
                         f"(tol {args.tol:.0e}, rel = max|a-b|/max|peft|), max|peft|={scale_:.3f}, T={len(ids)}; "
                         f"adapter moves peft's logits from the base's by {effect:.3e} rel"
                         + ("" if effect > 100 * args.tol else f" (must exceed {100 * args.tol:.0e})"))
+                # the adapter unmerged: tandem generate --adapter on the base
+                upath = os.path.join(case_dir, "logits-adapter.safetensors")
+                rc, dt = run_cmd(tandem + ["generate", "--model", base, "--adapter", adapter,
+                                           "--tokens", ",".join(map(str, ids)), "--max-new-tokens", "0",
+                                           "--logits-out", upath], glog, args.timeout)
+                if rc != 0 or not os.path.isfile(upath):
+                    res.add(name, "logits-adapter", False, f"generate --adapter rc={rc} ({dt:.1f}s)")
+                    print(tail(glog))
+                else:
+                    with safe_open(upath, framework="pt") as f:
+                        ul = f.get_tensor("logits")
+                    urel = (ul - ref).abs().max().item() / scale_
+                    res.add(name, "logits-adapter", urel <= args.tol and effect > 100 * args.tol,
+                            f"base + adapter unmerged (tandem generate --adapter) vs peft: max_rel={urel:.3e} "
+                            f"(tol {args.tol:.0e})")
     except Exception as e:  # noqa: BLE001
         res.add(name, "logits", False, f"{type(e).__name__}: {e}")
 
