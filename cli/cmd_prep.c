@@ -242,27 +242,6 @@ int td_cmd_prep(int argc, char **argv) {
         free(inputs);
         return 2;
     }
-    if (chat) {
-        td_comm *comm = NULL;
-        int mpi = td_comm_mpi_init(&argc, &argv, 0);
-        td_status s = mpi ? td_comm_mpi_new(&comm) : td_comm_self_new(&comm);
-        if (s == TD_OK && comm->rank != 0) td_log_set_rank(comm->rank);
-        const char *names[2] = {"train", "val"}, *files[2] = {inputs[0], chat_val};
-        if (s == TD_OK)
-            s = td_prep_chat(comm, o.tokenizer, o.out_dir, names, files, chat_val ? 2 : 1, o.quiet);
-        int rc = 0;
-        if (s != TD_OK) {
-            if (!comm || comm->size == 1 || !strstr(td_error_message(), "another rank failed"))
-                rc = td_cli_fail("prep", s);
-            else
-                rc = td_status_exit_code(s);
-        }
-        td_comm_free(&comm);
-        if (mpi) td_comm_mpi_finalize();
-        free(inputs);
-        free(specials);
-        return rc;
-    }
     o.inputs = inputs;
     o.n_inputs = ni;
     const char **all_sp = NULL;
@@ -287,7 +266,11 @@ int td_cmd_prep(int argc, char **argv) {
         td_log_set_rank(comm->rank);
         o.quiet = 1;
     }
-    if (s == TD_OK) s = td_prep_run(&o, comm);
+    const char *names[2] = {"train", "val"}, *files[2] = {inputs[0], chat_val};
+    if (s == TD_OK && chat)
+        s = td_prep_chat(comm, o.tokenizer, o.out_dir, names, files, chat_val ? 2 : 1, o.quiet);
+    else if (s == TD_OK)
+        s = td_prep_run(&o, comm);
     int rc = 0;
     if (s != TD_OK) {
         if (!comm || comm->size == 1 || !strstr(td_error_message(), "another rank failed"))

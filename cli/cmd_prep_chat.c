@@ -48,34 +48,35 @@ static int cmp_rec(const void *a, const void *b) {
  * set). */
 static td_status gather(td_comm *w, const td_sft_set *part, td_sft_set *all) {
     memset(all, 0, sizeof *all);
-    char *mine = NULL;
-    size_t len = 0;
-    TD_TRY(pack(part, &mine, &len));
-    int64_t *lens = calloc((size_t)w->size, sizeof *lens);
-    td_status s = lens ? TD_OK : td_error_set(TD_ERR_NOMEM, "out of memory");
-    if (s == TD_OK) lens[w->rank] = (int64_t)len;
-    if (s == TD_OK) s = td_comm_allgather(w, lens, 1, TD_COMM_I64);
-    int64_t mx = 1, total = 0;
-    for (int r = 0; s == TD_OK && r < w->size; r++) {
-        mx = lens[r] > mx ? lens[r] : mx;
-        total += lens[r];
-    }
-    char *buf = s == TD_OK ? calloc((size_t)mx * (size_t)w->size, 1) : NULL;
-    if (s == TD_OK && !buf) s = td_error_set(TD_ERR_NOMEM, "out of memory gathering examples");
-    if (s == TD_OK) memcpy(buf + (size_t)mx * (size_t)w->rank, mine, len);
-    if (s == TD_OK) s = td_comm_allgather(w, buf, (size_t)mx, TD_COMM_BYTE);
+    char *mine = NULL, *buf = NULL;
+    size_t len = 0, total = 0, *counts = NULL;
+    int64_t *lens = NULL;
     rec *rs = NULL;
+    td_status s = pack(part, &mine, &len);
+    if (s == TD_OK) {
+        lens = calloc((size_t)w->size, sizeof *lens);
+        counts = calloc((size_t)w->size, sizeof *counts);
+        if (!lens || !counts) s = td_error_set(TD_ERR_NOMEM, "out of memory");
+    }
+    if (s == TD_OK) {
+        lens[w->rank] = (int64_t)len;
+        s = td_comm_allgather(w, lens, 1, TD_COMM_I64);
+    }
+    for (int r = 0; s == TD_OK && r < w->size; r++)
+        total += counts[r] = (size_t)lens[r];
+    if (s == TD_OK && w->rank == 0 && !(buf = malloc(total ? total : 1)))
+        s = td_error_set(TD_ERR_NOMEM, "out of memory gathering examples");
+    if (s == TD_OK) s = td_comm_gatherv(w, mine, len, buf, counts, 0);
     size_t nr = 0;
     if (s == TD_OK && w->rank == 0) {
-        rs = malloc(sizeof *rs * (size_t)(total / 16 + 1));
+        rs = malloc(sizeof *rs * (total / 16 + 1));
         if (!rs) s = td_error_set(TD_ERR_NOMEM, "out of memory gathering examples");
-        for (int r = 0; s == TD_OK && r < w->size; r++)
-            for (const char *p = buf + (size_t)mx * (size_t)r, *e = p + lens[r]; p < e;) {
-                int64_t hdr[2];
-                memcpy(hdr, p, 16);
-                rs[nr++] = (rec){p + 16, hdr[0], hdr[1]};
-                p += 16 + (size_t)hdr[1] * 5;
-            }
+        for (const char *p = buf; s == TD_OK && p < buf + total;) {
+            int64_t hdr[2];
+            memcpy(hdr, p, 16);
+            rs[nr++] = (rec){p + 16, hdr[0], hdr[1]};
+            p += 16 + (size_t)hdr[1] * 5;
+        }
         if (s == TD_OK) qsort(rs, nr, sizeof *rs, cmp_rec);
         int32_t *ids = NULL;
         size_t cap = 0;
@@ -96,6 +97,7 @@ static td_status gather(td_comm *w, const td_sft_set *part, td_sft_set *all) {
     free(rs);
     free(buf);
     free(lens);
+    free(counts);
     free(mine);
     return s;
 }
@@ -110,12 +112,7 @@ td_status td_prep_chat(td_comm *w, const char *tokenizer, const char *out_dir,
     td_bpe *tok = NULL;
     if (s == TD_OK) s = td_bpe_from_json(json, jlen, tpath, &tok);
     char sha[65] = "";
-    if (s == TD_OK) {
-        td_sha256 h;
-        td_sha256_init(&h);
-        td_sha256_update(&h, json, jlen);
-        td_sha256_final_hex(&h, sha);
-    }
+    if (s == TD_OK) td_sha256_hex(json, jlen, sha);
     free(json);
     for (int k = 0; k < n && s == TD_OK; k++)
         if (!td_fs_exists(files[k]) || td_fs_is_dir(files[k]))

@@ -91,6 +91,13 @@ void td_sha256_final_hex(td_sha256 *s, char hex[65]) {
         snprintf(hex + 8 * i, 9, "%08x", s->h[i]);
 }
 
+void td_sha256_hex(const void *data, size_t n, char hex[65]) {
+    td_sha256 h;
+    td_sha256_init(&h);
+    td_sha256_update(&h, data, n);
+    td_sha256_final_hex(&h, hex);
+}
+
 td_status td_sha256_file(const char *path, char hex[65]) {
     FILE *f = fopen(path, "rb");
     if (!f) return td_error_set(TD_ERR_IO, "cannot open %s: %s", path, strerror(errno));

@@ -17,6 +17,8 @@ void td_sha256_init(td_sha256 *s);
 void td_sha256_update(td_sha256 *s, const void *data, size_t n);
 /* Writes 64 lowercase hex digits and a NUL to hex (65 bytes). */
 void td_sha256_final_hex(td_sha256 *s, char hex[65]);
+/* Hashes n bytes at data. */
+void td_sha256_hex(const void *data, size_t n, char hex[65]);
 /* Hashes a whole file. */
 td_status td_sha256_file(const char *path, char hex[65]);
 #endif

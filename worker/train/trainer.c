@@ -405,10 +405,7 @@ static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts
      * are tokenized here, a directory of tandem prep --chat was tokenized already (with the
      * base's tokenizer: its sha256 must match) */
     char tok_sha[65];
-    td_sha256 h;
-    td_sha256_init(&h);
-    td_sha256_update(&h, t->tokenizer_json, len);
-    td_sha256_final_hex(&h, tok_sha);
+    td_sha256_hex(t->tokenizer_json, len, tok_sha);
     int prepared = td_sft_is_prepared(j->train_data);
     td_status s = prepared
                       ? td_sft_prepared_load(j->train_data, "train", tok_sha, j->seq_len + 1, pol,
