@@ -453,9 +453,9 @@ td_status td_serve(td_model *full_w, td_bpe *tok, td_comm *world, const td_serve
             if (asha[k] && td_checkpoint_file_sha256(o->adapter_dirs[k],
                                                      "adapter_model.safetensors", asha[k]) != TD_OK)
                 td_error_clear(); /* it loaded: an unreadable file cannot be */
-            adetails[k] = adapter_details(bdet, o, full, idx, td_lora_config_of(lo), asha[k]);
-            if (!adetails[k] || !asha[k])
-                s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
+            if (asha[k])
+                adetails[k] = adapter_details(bdet, o, full, idx, td_lora_config_of(lo), asha[k]);
+            if (!adetails[k]) s = td_error_set(TD_ERR_NOMEM, "out of memory for adapters");
         }
         if (s != TD_OK) {
             char why[600];
