@@ -86,7 +86,7 @@ echo
 echo "one gateway (http://127.0.0.1:8081), one replica, two models: base (pretrained) and reverse"
 echo "(its LoRA adapter, served on the same base weights)"
 for m in base reverse; do
-    REQ="{\"model\": \"$m\", \"messages\": [{\"role\": \"user\", \"content\": \"Reverse: d e m o\"}], \"temperature\": 0, \"max_tokens\": 16}"
+    REQ="{\"model\": \"$m\", \"messages\": [{\"role\": \"user\", \"content\": \"Reverse:\\nd,e,m,o\"}], \"temperature\": 0, \"max_tokens\": 16}"
     echo "\$ curl http://127.0.0.1:8081/v1/chat/completions -d '$REQ'"
     curl -s --fail-with-body http://127.0.0.1:8081/v1/chat/completions -H 'Content-Type: application/json' -d "$REQ" |
         python3 -c 'import json, sys; print("  ->", repr(json.load(sys.stdin)["choices"][0]["message"]["content"]))'

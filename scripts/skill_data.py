@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The fine-tuning skill task: reverse a short list of letters.
 
-  user:      Reverse: q w e r
-  assistant: r e w q
+  user:      Reverse:\nq,w,e,r
+  assistant: r,e,w,q
 
 Every answer is exact, the rule is systematic (a held-out list is never in the training
-set), and a model pretrained on prose does not do it. Writes DIR/train.jsonl and
+set), and a model pretrained on prose does not do it. The letters are joined by commas
+without spaces so that each letter is the same token in the question and in the answer
+(with the demo's tokenizer "Reverse: q w e r" makes " r" of the input and "r" of the answer
+two different tokens, and the task becomes a 26-entry vocabulary map besides the reversal). Writes DIR/train.jsonl and
 DIR/val.jsonl in the OpenAI chat form `tandem finetune` reads.
 
 usage: scripts/skill_data.py DIR [--train N] [--val N] [--seed S]
@@ -40,8 +43,8 @@ def main():
             for item in part:
                 conv = {
                     "messages": [
-                        {"role": "user", "content": "Reverse: " + " ".join(item)},
-                        {"role": "assistant", "content": " ".join(reversed(item))},
+                        {"role": "user", "content": "Reverse:\n" + ",".join(item)},
+                        {"role": "assistant", "content": ",".join(reversed(item))},
                     ]
                 }
                 f.write(json.dumps(conv) + "\n")
