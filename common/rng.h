@@ -15,4 +15,7 @@ double td_rng_uniform_f64(td_rng *r);
 double td_rng_normal(td_rng *r);
 /* Uniform integer in [0, n). */
 uint64_t td_rng_below(td_rng *r, uint64_t n);
+/* splitmix64's output function of z (stateless: counter-based random numbers, e.g. LoRA
+ * dropout masks): z += 0x9e3779b97f4a7c15, then two xor-shift-multiply rounds. */
+uint64_t td_mix64(uint64_t z);
 #endif

@@ -2,7 +2,8 @@
 # Fine-tuning end to end on a throwaway model (ctest labels mpi, e2e):
 #   1. data-parallel equivalence: 20 steps of full and of LoRA fine-tuning at -np 2 match
 #      one rank within 1e-5 relative at every step (examples of different lengths, so the
-#      ranks count different numbers of tokens: the loss is the mean over the step's tokens)
+#      ranks count different numbers of tokens: the loss is the mean over the step's tokens);
+#      so does LoRA with dropout 0.2 (and its losses differ from those without)
 #   2. resume: a LoRA run stopped at step 10 and resumed matches the uninterrupted one;
 #      chat data prepared by `prep --chat` (-np 1 and -np 2 write the same bytes) trains
 #      exactly as the JSON Lines it came from
@@ -24,7 +25,7 @@ python3 "$HERE/../../scripts/skill_data.py" skill --train 120 --val 16 > /dev/nu
 
 job() { # name method steps [extra finetune json]
     local lora=
-    [ "$2" = lora ] && lora=', "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}'
+    [ "$2" = lora ] && lora=', "lora": {"r": 4, "alpha": 8, "dropout": '${DROPOUT:-0}', "target_modules": ["q_proj", "v_proj", "down_proj"]}'
     cat > "$1.json" <<JOB
 {"finetune": {"base": "${BASE_OF:-$BASE}", "method": "$2"$lora},
  "data": {"train": "${TRAIN:-skill/train.jsonl}", "val": "${VAL:-skill/val.jsonl}", "seq_len": 48},
@@ -51,6 +52,17 @@ for m in full lora; do
     job ${m}2 $m 20 && mpirun -np 2 "$TANDEM" finetune ${m}2.json --quiet
     compare "$m fine-tuning: np=1 batch 8  vs  np=2 batch 4+4" ${m}1 ${m}2
 done
+# LoRA dropout: the masks follow each example's place in the global batch, so two ranks
+# still match one; and they change the run
+DROPOUT=0.2 job lorad1 lora 20 && "$TANDEM" finetune lorad1.json --quiet
+DROPOUT=0.2 job lorad2 lora 20 && mpirun -np 2 "$TANDEM" finetune lorad2.json --quiet
+compare "LoRA dropout 0.2: np=1 batch 8  vs  np=2 batch 4+4" lorad1 lorad2
+if [ "$(losses lorad1 | tail -n +2 | head -1)" = "$(losses lora1 | tail -n +2 | head -1)" ]; then
+    echo "FAIL: dropout 0.2 left step 2's loss as without dropout"
+    fail=1
+fi
+grep -Eq '"lora_dropout":[[:space:]]*0.2' lorad1/step_00000020/adapter_config.json ||
+    { echo "FAIL: adapter_config.json does not record lora_dropout 0.2"; fail=1; }
 first=$(losses lora1 | head -1) last=$(losses lora1 | tail -1)
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' ||
     { echo "FAIL: LoRA loss did not fall ($first -> $last)"; fail=1; }

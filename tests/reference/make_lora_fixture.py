@@ -12,7 +12,10 @@ Writes tests/reference/fixtures/lora/:
   reference.safetensors
         tokens, targets (tandem's convention: already shifted, -1 = not counted), logits,
         loss, grad.<adapter tensor name> for every lora_A / lora_B, and
-        merged.<HF name> for every targeted matrix after merge_and_unload()
+        merged.<HF name> for every targeted matrix after merge_and_unload(), and
+        dropout.loss, dropout.grad.<adapter tensor name>: the same batch with LoRA dropout
+        p = 0.25, PEFT's lora_dropout modules given tandem's counter-based masks
+        (dropout_masks below, docs/finetune.md "LoRA dropout")
 
 As in make_fixtures.py the reference runs in float64 end to end (the same patches of the
 places where HF Llama computes in float32), starting from the exact float32 values that
@@ -34,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import make_fixtures as mf  # noqa: E402  (sets torch to 1 thread, deterministic algorithms)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -144,6 +148,71 @@ def spec_check(base_params, adapter, cfg, tokens, targets):
     return logits.detach(), loss.detach(), {n: t.grad for n, t in leaves.items()}
 
 
+DROP_P, DROP_KEY = 0.25, 0x5EED1234ABCD
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    """splitmix64's output function (common/rng.c td_mix64), on uint64 numpy arrays."""
+    z = np.asarray(z, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_masks(code, n_ex, T, width, p, key):
+    """Kept (1) or dropped (0) for each (example, position, input element) of adapter site
+    `code` (layer * 8 + the target's index in TARGETS): tandem's masks, written from its
+    documented definition."""
+    with np.errstate(over="ignore"):
+        sk = mix64(np.uint64(key) ^ np.uint64(code))
+        e = np.arange(n_ex, dtype=np.uint64)[:, None]
+        t = np.arange(T, dtype=np.uint64)[None, :]
+        row = mix64(mix64(sk ^ e) ^ t)  # (n_ex, T)
+        q = np.arange((width + 3) // 4, dtype=np.uint64)
+        w = mix64(row[..., None] + q)  # (n_ex, T, Q)
+        bits = np.stack([(w >> np.uint64(16 * i)) & np.uint64(0xFFFF) for i in range(4)], -1)
+    bits = bits.reshape(n_ex, T, -1)[..., :width]
+    return torch.from_numpy((bits >= np.uint64(int(p * 65536))).astype(np.float64))
+
+
+class FixedDropout(torch.nn.Module):
+    """Stands in for PEFT's lora_dropout: x * mask / (1 - p)."""
+
+    def __init__(self, mask, p):
+        super().__init__()
+        self.mask, self.scale = mask, 1.0 / (1.0 - p)
+
+    def forward(self, x):
+        return x * self.mask.to(x.dtype) * self.scale
+
+
+def dropout_reference(pm64, tokens, targets):
+    """Loss and adapter gradients with LoRA dropout, each PEFT lora_dropout module replaced by
+    its site's fixed masks; the modules are put back afterwards."""
+    saved, kept, total = [], 0.0, 0
+    for li, layer in enumerate(pm64.base_model.model.model.layers):
+        for k, tgt in enumerate(TARGETS):
+            sub = layer.self_attn if tgt in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
+            mod = getattr(sub, tgt)
+            width = mod.base_layer.in_features
+            mask = dropout_masks(li * 8 + k, B, T, width, DROP_P, DROP_KEY)
+            kept, total = kept + mask.sum().item(), total + mask.numel()
+            saved.append((mod, mod.lora_dropout["default"]))
+            mod.lora_dropout["default"] = FixedDropout(mask, DROP_P)
+    pm64.zero_grad(set_to_none=True)
+    with mf.float64_patches():
+        logits = mf.hf_logits(pm64.base_model.model, tokens)
+    loss = tandem_loss(logits, targets)
+    loss.backward()
+    grads = {saved_name(n): p.grad.detach().clone() for n, p in pm64.named_parameters()
+             if "lora_" in n}
+    for mod, orig in saved:
+        mod.lora_dropout["default"] = orig
+    pm64.zero_grad(set_to_none=True)
+    return loss.detach(), grads, kept / total
+
+
 def max_rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -243,6 +312,11 @@ def main():
     d_base = max_rel(base_logits32, logits.detach())
     assert d_base > 1e-2, f"the adapter hardly changes the logits ({d_base})"
 
+    # ---- LoRA dropout with tandem's masks ----
+    d_loss_ref, d_grads, kept = dropout_reference(pm64, tokens, targets)
+    assert abs(kept - (1 - DROP_P)) < 0.02, f"kept share {kept}"
+    assert abs(d_loss_ref.item() - loss.item()) > 1e-4, "dropout did not change the loss"
+
     # ---- merge_and_unload (float64), stored as float32 ----
     merged_model = pm64.merge_and_unload()
     assert isinstance(merged_model, LlamaForCausalLM)
@@ -277,6 +351,9 @@ def main():
         tensors["grad." + n] = g.float().contiguous()
     for n, w in merged.items():
         tensors["merged." + n] = w.float().contiguous()
+    tensors["dropout.loss"] = d_loss_ref.float().reshape(1).contiguous()
+    for n, g in d_grads.items():
+        tensors["dropout.grad." + n] = g.float().contiguous()
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "safetensors": safetensors.__version__}
     metadata = dict(versions)
@@ -294,6 +371,10 @@ def main():
         "grad.NAME": "d loss / d NAME for every adapter tensor NAME of adapter_model.safetensors",
         "merged.NAME": "the targeted HF weight NAME after merge_and_unload(); the other "
                        "weights are unchanged",
+        "dropout_p": str(DROP_P), "dropout_key": str(DROP_KEY),
+        "dropout.loss": "the loss with LoRA dropout p (tandem's masks for key dropout_key, "
+                        "examples 0..B-1)",
+        "dropout.grad.NAME": "d dropout.loss / d NAME",
     })
     ref_path = os.path.join(OUT, "reference.safetensors")
     save_file(tensors, ref_path, metadata=metadata)
@@ -309,6 +390,7 @@ def main():
     print(f"    spec_vs_peft64(logits={d_logits:.1e}, loss={d_loss:.1e}, grads={d_grad:.1e})  "
           f"hf_labels_loss={d_hfloss:.1e}  peft32_vs_64={d32:.1e}  merged_vs_adapter={d_merged:.1e}  "
           f"base_vs_adapter={d_base:.2f}")
+    print(f"    dropout p={DROP_P}: loss={d_loss_ref.item():.6f}  kept share={kept:.4f}")
     for root, _, files in sorted(os.walk(OUT)):
         for fn in sorted(files):
             p = os.path.join(root, fn)

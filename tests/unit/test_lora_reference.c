@@ -13,6 +13,8 @@
  *       to the base;
  *   (d) the merged model with no adapter: logits equal the adapter model's logits
  *       (max|a - b| / max|b| <= 1e-4), and the loss the reference's;
+ *   (e) LoRA dropout 0.25 with the fixture's key: loss and every gradient as (a), (b) against
+ *       PEFT with its lora_dropout modules given tandem's masks; off again, the loss exact;
  * plus: td_lora_save writes PEFT's tensor names, shapes and values back. */
 #include <math.h>
 #include <stdlib.h>
@@ -55,6 +57,39 @@ static float *read_entry(const td_st_file *f, const td_st_entry *e, int transpos
     REQUIRE(x && td_st_read_f32(f, e, x, transpose) == TD_OK, "%s: %s", e->name,
             td_error_message());
     return x;
+}
+
+/* Every adapter gradient against the reference's PREFIX<name>, a max-norm relative error per
+ * tensor (floor: the smallest denominator) <= 1e-4. */
+static void compare_grads(const td_st_file *ref, td_lora *lo, const char *prefix, double floor,
+                          const char *what) {
+    int nt;
+    const td_lora_tensor *lt = td_lora_tensors(lo, &nt);
+    const float *g = td_lora_grads(lo);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int k = 0; k < nt; k++) {
+        char gn[200];
+        snprintf(gn, sizeof gn, "%s%s", prefix, lt[k].name);
+        const td_st_entry *e = td_st_find(ref, gn);
+        CHECK(e != NULL, "no reference gradient %s", gn);
+        if (!e) continue;
+        CHECK(e->ndim == 2 && e->shape[0] == lt[k].shape[0] && e->shape[1] == lt[k].shape[1],
+              "%s: shape %lldx%lld, ours %lldx%lld", lt[k].name, (long long)e->shape[0],
+              (long long)e->shape[1], (long long)lt[k].shape[0], (long long)lt[k].shape[1]);
+        if (e->numel != lt[k].numel) continue;
+        float *r = read_entry(ref, e, 0);
+        double d = 0, rm = 0;
+        for (size_t i = 0; i < e->numel; i++) {
+            d = fmax(d, fabs((double)g[lt[k].offset + i] - r[i]));
+            rm = fmax(rm, fabs((double)r[i]));
+        }
+        double rel = d / fmax(rm, floor);
+        if (rel > worst) worst = rel, worst_name = lt[k].name;
+        CHECK(rel <= 1e-4, "%s%s max rel diff %.3e", prefix, lt[k].name, rel);
+        free(r);
+    }
+    printf("%s: %d tensors, worst max rel diff %.2e (%s)\n", what, nt, worst, worst_name);
 }
 
 int main(void) {
@@ -128,30 +163,36 @@ int main(void) {
         nref += !strncmp(td_st_entry_at(ref, i)->name, "grad.", 5);
     CHECK(nt == 2 * 7 * cfg->num_hidden_layers, "%d adapter tensors", nt);
     CHECK(nref == nt, "%d reference gradients for %d adapter tensors", nref, nt);
-    double worst = 0;
-    const char *worst_name = "";
-    for (int k = 0; k < nt; k++) {
-        char gn[200];
-        snprintf(gn, sizeof gn, "grad.%s", lt[k].name);
-        const td_st_entry *e = td_st_find(ref, gn);
-        CHECK(e != NULL, "no reference gradient %s", gn);
-        if (!e) continue;
-        CHECK(e->ndim == 2 && e->shape[0] == lt[k].shape[0] && e->shape[1] == lt[k].shape[1],
-              "%s: shape %lldx%lld, ours %lldx%lld", lt[k].name, (long long)e->shape[0],
-              (long long)e->shape[1], (long long)lt[k].shape[0], (long long)lt[k].shape[1]);
-        if (e->numel != lt[k].numel) continue;
-        float *r = read_entry(ref, e, 0);
-        double d = 0, rm = 0;
-        for (size_t i = 0; i < e->numel; i++) {
-            d = fmax(d, fabs((double)g[lt[k].offset + i] - r[i]));
-            rm = fmax(rm, fabs((double)r[i]));
-        }
-        double rel = d / fmax(rm, floor);
-        if (rel > worst) worst = rel, worst_name = lt[k].name;
-        CHECK(rel <= 1e-4, "gradient %s max rel diff %.3e", lt[k].name, rel);
-        free(r);
+    compare_grads(ref, lo, "grad.", floor, "adapter gradients");
+
+    /* ---- (e) LoRA dropout: the reference's PEFT lora_dropout modules were given tandem's
+     * masks for this key (tests/reference/make_lora_fixture.py); loss and gradients ---- */
+    {
+        const td_st_entry *eD = td_st_find(ref, "dropout.loss");
+        REQUIRE(eD, "reference has no dropout.loss (regenerate the fixture)");
+        float ref_dloss;
+        memcpy(&ref_dloss, td_st_data(ref, eD), 4);
+        REQUIRE(td_lora_set_dropout(lo, 0.25) == TD_OK, "%s", td_error_message());
+        td_lora_dropout_batch(lo, 0x5EED1234ABCDull, T, 0);
+        double dloss = 0;
+        REQUIRE(td_model_forward(m, tok, tgt, B, T, &dloss) == TD_OK, "%s", td_error_message());
+        td_lora_zero_grad(lo);
+        REQUIRE(td_model_backward(m, 1.0) == TD_OK, "%s", td_error_message());
+        double rel = fabs(dloss - ref_dloss) / fabs(ref_dloss);
+        printf("dropout 0.25: loss %.7f vs peft %.7f (rel %.2e; without dropout %.7f)\n", dloss,
+               (double)ref_dloss, rel, loss);
+        CHECK(rel <= 1e-4, "dropout loss rel diff %.3e", rel);
+        CHECK(fabs(dloss - loss) > 1e-4, "dropout left the loss at %.7f", dloss);
+        compare_grads(ref, lo, "dropout.grad.", floor, "dropout gradients");
+        /* off again (evaluation): the loss without dropout, exactly */
+        td_lora_dropout_off(lo);
+        double oloss = 0;
+        REQUIRE(td_model_forward(m, tok, tgt, B, T, &oloss) == TD_OK, "%s", td_error_message());
+        CHECK(oloss == loss, "dropout off: loss %.9f, before %.9f", oloss, loss);
+        REQUIRE(td_lora_set_dropout(lo, 0) == TD_OK, "%s", td_error_message());
+        CHECK(td_lora_set_dropout(lo, 1.0) != TD_OK, "dropout 1 accepted");
+        CHECK(td_lora_set_dropout(lo, -0.1) != TD_OK, "dropout -0.1 accepted");
     }
-    printf("adapter gradients: %d tensors, worst max rel diff %.2e (%s)\n", nt, worst, worst_name);
 
     /* ---- td_lora_save writes PEFT's file back ---- */
     char tmp[] = "/tmp/test_lora_reference.XXXXXX";

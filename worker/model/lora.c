@@ -18,6 +18,7 @@ typedef struct {
     td_lora_matrix mat;
     int row0, out, in;
     char module[96]; /* PEFT's module path, e.g. "model.layers.0.self_attn.q_proj" */
+    int code;        /* dropout masks: layer * 8 + the target's index in its table */
     size_t a_off, b_off;
     float *u; /* saved x A^T (N, r), backend memory */
 } site;
@@ -35,7 +36,14 @@ struct td_lora {
     /* training */
     td_backend *be;
     float *grads, *tmp, *du, *bufs;
-    int planN, max_out;
+    int planN, max_out, max_in;
+    /* dropout: on for the batch td_lora_dropout_batch described; xd (and dxd in backward)
+     * hold a site's dropped input, N x max_in */
+    int drop_on, drop_T;
+    uint32_t drop_thr;
+    uint64_t drop_key;
+    long drop_e0;
+    float *xd, *dxd;
 };
 
 typedef struct {
@@ -92,11 +100,9 @@ td_status td_lora_new(const td_model_config *cfg, const td_lora_config *lc, cons
     const target_def *defs = cfg->arch == TD_ARCH_LLAMA ? k_llama : k_gpt2;
     if (lc->n_targets < 1)
         return td_error_set(TD_ERR_INVALID, "%s.target_modules: name at least one matrix", where);
-    if (lc->dropout != 0)
-        return td_error_set(TD_ERR_INVALID,
-                            "%s.dropout: %g; LoRA dropout is not built yet (use 0, PEFT's "
-                            "default)",
-                            where, lc->dropout);
+    if (!(lc->dropout >= 0 && lc->dropout < 1))
+        return td_error_set(TD_ERR_INVALID, "%s.dropout: %g; must be at least 0 and below 1", where,
+                            lc->dropout);
     if (!(lc->alpha > 0))
         return td_error_set(TD_ERR_INVALID, "%s.alpha: must be positive, got %g", where, lc->alpha);
     int per_layer = 0, min_side = 1 << 30;
@@ -155,6 +161,7 @@ td_status td_lora_new(const td_model_config *cfg, const td_lora_config *lc, cons
                 s->mat = defs[k].mat;
                 geometry(cfg, &defs[k], &s->row0, &s->out, &s->in);
                 snprintf(s->module, sizeof s->module, defs[k].module, l);
+                s->code = l * 8 + k;
             }
     qsort(lo->sites, (size_t)n, sizeof *lo->sites, cmp_site);
     int r = lc->r;
@@ -172,6 +179,7 @@ td_status td_lora_new(const td_model_config *cfg, const td_lora_config *lc, cons
         tb->shape[0] = s->out, tb->shape[1] = r, tb->offset = s->b_off,
         tb->numel = (size_t)s->out * r;
         if (s->out > lo->max_out) lo->max_out = s->out;
+        if (s->in > lo->max_in) lo->max_in = s->in;
     }
     for (int i = 0, key = 0; key <= lo->L * TD_LORA_NMAT; key++) {
         while (i < n && lo->sites[i].layer * TD_LORA_NMAT + (int)lo->sites[i].mat < key)
@@ -192,6 +200,7 @@ td_status td_lora_new(const td_model_config *cfg, const td_lora_config *lc, cons
         for (size_t j = 0; j < (size_t)r * s->in; j++)
             lo->params[s->a_off + j] = (2 * td_rng_uniform(&rng) - 1) * bound;
     }
+    lo->drop_thr = (uint32_t)(lc->dropout * 65536.0);
     *out = lo;
     return TD_OK;
 }
@@ -203,6 +212,7 @@ void td_lora_free(td_lora **lp) {
         td_backend_release(lo->be, lo->grads);
         td_backend_release(lo->be, lo->bufs);
     }
+    free(lo->xd);
     free(lo->sites);
     free(lo->first);
     free(lo->tensors);
@@ -239,6 +249,66 @@ float *td_lora_grads(td_lora *lo) {
     return lo->grads;
 }
 
+/* The dropped-input buffers (host memory: adapters train on host backends), N x max_in each,
+ * when p > 0. */
+static td_status plan_dropout(td_lora *lo) {
+    free(lo->xd);
+    lo->xd = lo->dxd = NULL;
+    if (lo->cfg.dropout == 0 || !lo->be) return TD_OK;
+    size_t n = (size_t)lo->planN * lo->max_in;
+    lo->xd = malloc(2 * n * sizeof(float));
+    if (!lo->xd)
+        return td_error_set(TD_ERR_NOMEM, "out of memory for LoRA dropout (%zu floats)", 2 * n);
+    lo->dxd = lo->xd + n;
+    return TD_OK;
+}
+
+td_status td_lora_set_dropout(td_lora *lo, double p) {
+    if (!(p >= 0 && p < 1))
+        return td_error_set(TD_ERR_INVALID, "LoRA dropout %g: must be at least 0 and below 1", p);
+    lo->cfg.dropout = p;
+    lo->drop_thr = (uint32_t)(p * 65536.0);
+    return plan_dropout(lo);
+}
+
+void td_lora_dropout_batch(td_lora *lo, uint64_t key, int T, long e0) {
+    lo->drop_on = lo->cfg.dropout > 0;
+    lo->drop_key = key;
+    lo->drop_T = T > 0 ? T : 1;
+    lo->drop_e0 = e0;
+}
+
+void td_lora_dropout_off(td_lora *lo) {
+    lo->drop_on = 0;
+}
+
+/* dst (N, in) = src * keep / (1 - p) with site s's masks of the current batch; with acc,
+ * dst += instead (backward: the input gradient through the mask). */
+static void drop_apply(const td_lora *lo, const site *s, float *dst, const float *src, int N,
+                       int acc) {
+    int in = s->in;
+    uint32_t thr = lo->drop_thr;
+    float keep_scale = (float)(1.0 / (1.0 - lo->cfg.dropout));
+    uint64_t sk = td_mix64(lo->drop_key ^ (uint64_t)s->code);
+#pragma omp parallel for schedule(static) if ((size_t)N * in >= 1 << 16)
+    for (int n = 0; n < N; n++) {
+        uint64_t e = (uint64_t)(lo->drop_e0 + n / lo->drop_T), t = (uint64_t)(n % lo->drop_T);
+        uint64_t row = td_mix64(td_mix64(sk ^ e) ^ t);
+        const float *x = src + (size_t)n * in;
+        float *y = dst + (size_t)n * in;
+        for (int j0 = 0; j0 < in; j0 += 4) {
+            uint64_t w = td_mix64(row + (uint64_t)(j0 / 4));
+            for (int j = j0; j < j0 + 4 && j < in; j++, w >>= 16) {
+                float v = (uint32_t)(w & 0xffff) >= thr ? x[j] * keep_scale : 0.0f;
+                if (acc)
+                    y[j] += v;
+                else
+                    y[j] = v;
+            }
+        }
+    }
+}
+
 td_status td_lora_plan(td_lora *lo, td_backend *be, int N) {
     if (!be->host_memory || !be->ops->cols_add || !be->ops->cols_get)
         return td_error_set(TD_ERR_INVALID,
@@ -261,7 +331,7 @@ td_status td_lora_plan(td_lora *lo, td_backend *be, int N) {
     lo->tmp = lo->bufs + per * (size_t)lo->n_sites;
     lo->du = lo->tmp + (size_t)N * lo->max_out;
     lo->planN = N;
-    return TD_OK;
+    return plan_dropout(lo);
 }
 
 void td_lora_zero_grad(td_lora *lo) {
@@ -280,7 +350,12 @@ td_status td_lora_fwd(td_lora *lo, int layer, td_lora_matrix mat, float *out, in
                             lo->planN);
     for (int i = lo->first[key]; i < lo->first[key + 1]; i++) {
         site *s = &lo->sites[i];
-        LOP(matmul_fwd, s->u, x, lo->params + s->a_off, NULL, NULL, N, s->in, r);
+        const float *xs = x;
+        if (lo->drop_on) {
+            drop_apply(lo, s, lo->xd, x, N, 0);
+            xs = lo->xd;
+        }
+        LOP(matmul_fwd, s->u, xs, lo->params + s->a_off, NULL, NULL, N, s->in, r);
         LOP(matmul_fwd, lo->tmp, s->u, lo->params + s->b_off, NULL, NULL, N, r, s->out);
         LOP(cols_add, out, S, s->row0, lo->tmp, s->out, N, td_lora_scale(lo));
     }
@@ -297,8 +372,16 @@ td_status td_lora_bwd(td_lora *lo, int layer, td_lora_matrix mat, float *dx, con
         LOP(cols_get, lo->tmp, s->out, dout, S, s->row0, N, td_lora_scale(lo));
         LOP(matmul_bwd, lo->du, lo->grads + s->b_off, NULL, lo->tmp, s->u, lo->params + s->b_off,
             NULL, N, r, s->out, 1);
-        LOP(matmul_bwd, dx, lo->grads + s->a_off, NULL, lo->du, x, lo->params + s->a_off, NULL, N,
-            s->in, r, 0);
+        if (!lo->drop_on) {
+            LOP(matmul_bwd, dx, lo->grads + s->a_off, NULL, lo->du, x, lo->params + s->a_off, NULL,
+                N, s->in, r, 0);
+            continue;
+        }
+        /* dropped: dA += du^T xd, dxd = du A, dx += dxd through the same masks */
+        drop_apply(lo, s, lo->xd, x, N, 0);
+        LOP(matmul_bwd, lo->dxd, lo->grads + s->a_off, NULL, lo->du, lo->xd, lo->params + s->a_off,
+            NULL, N, s->in, r, 1);
+        if (dx) drop_apply(lo, s, dx, lo->dxd, N, 1);
     }
     return TD_OK;
 }

@@ -29,7 +29,7 @@
 typedef struct {
     int r;
     double alpha;
-    double dropout; /* only 0 is built */
+    double dropout; /* p in [0, 1): training drops adapter inputs (td_lora_dropout_batch) */
     int n_targets;
     char targets[TD_LORA_MAX_TARGETS][16];
 } td_lora_config;
@@ -85,6 +85,21 @@ td_status td_lora_fwd(td_lora *lo, int layer, td_lora_matrix mat, float *out, in
 /* Backward of td_lora_fwd: dx (N, in) += the adapters' part, their gradients accumulate. */
 td_status td_lora_bwd(td_lora *lo, int layer, td_lora_matrix mat, float *dx, const float *dout,
                       int S, const float *x, int N);
+
+/* LoRA dropout (PEFT's lora_dropout): while training, each site's input x is replaced by
+ * x * keep / (1 - p) before the A product, keep drawn per element; the base product sees x
+ * unchanged. The masks are counter-based (docs/finetune.md, "LoRA dropout"): element j of
+ * position t of example e at site c (layer * 8 + the target's index in its architecture's
+ * list) is kept when 16 bits of td_mix64(row + j / 4) are >= floor(p * 65536), where
+ * row = mix(mix(mix(key ^ c) ^ e) ^ t); so they depend on the example's place in the global
+ * batch, not on the rank that computes it, and backward regenerates them instead of
+ * storing them. td_lora_set_dropout changes p (a loaded adapter has p = 0). */
+td_status td_lora_set_dropout(td_lora *lo, double p);
+/* The next forward and backward drop with these masks: rows are T positions of examples
+ * e0, e0 + 1, ... (row n is position n % T of example e0 + n / T). Off until called, and
+ * again after td_lora_dropout_off (evaluation, serving). */
+void td_lora_dropout_batch(td_lora *lo, uint64_t key, int T, long e0);
+void td_lora_dropout_off(td_lora *lo);
 
 /* Folds the adapter into weights: W += (alpha / r) B A for every site. `rows_of` gives the
  * model matrix (out_total, in) of (layer, mat), in the model's internal layout. */

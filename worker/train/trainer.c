@@ -10,6 +10,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/rng.h"
 #include "common/sha256.h"
 #include "common/timeutil.h"
 #include "data/bpe.h"
@@ -775,6 +776,10 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                 for (int b = 0; b < t.local_B; b++)
                     fprintf(t.trace, "%ld %d %llu\n", step + 1, micro, (unsigned long long)w[b]);
             }
+            if (t.lora) /* dropout masks: by the step and each example's place in it */
+                td_lora_dropout_batch(t.lora,
+                                      td_mix64((uint64_t)j->seed ^ td_mix64((uint64_t)step)), T,
+                                      (long)micro * j->batch_size + (long)t.rank * t.local_B);
             s = fwd(&t, t.tokens, t.targets, T, &l);
             /* gradients are synchronised on the last micro-step only */
             if (s == TD_OK && t.sync && micro == j->grad_accum - 1) td_grad_sync_arm(t.sync);
@@ -782,6 +787,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
             if (s != TD_OK) break;
             local += l * w;
         }
+        if (t.lora) td_lora_dropout_off(t.lora);
         if (s != TD_OK) break;
         double t_bwd = td_time_now();
         double wait_ms = 0, comm_ms = 0, gnorm = 0;
