@@ -106,7 +106,8 @@ int td_cmd_merge(int argc, char **argv) {
         if (td_fs_exists(p)) s = td_fs_read_file(p, &tok, &len);
     }
     if (s == TD_OK) s = td_model_merge_lora(m, lo);
-    cJSON *ast = load_state(adir), *st = cJSON_CreateObject();
+    /* (only now: reading it clears the error of a failed load) */
+    cJSON *ast = s == TD_OK ? load_state(adir) : NULL, *st = cJSON_CreateObject();
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(ast, "step");
     long step = cJSON_IsNumber(v) ? (long)v->valuedouble : 0;
     if (s == TD_OK) {
@@ -233,9 +234,10 @@ int td_cmd_show(int argc, char **argv) {
                 const cJSON *a = cJSON_GetObjectItemCaseSensitive(cfg, "lora_alpha");
                 char *t =
                     cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(cfg, "target_modules"));
-                printf("  kind      LoRA adapter: r %d, alpha %g, targets %s\n",
+                const cJSON *dp = cJSON_GetObjectItemCaseSensitive(cfg, "lora_dropout");
+                printf("  kind      LoRA adapter: r %d, alpha %g, dropout %g, targets %s\n",
                        cJSON_IsNumber(r) ? r->valueint : 0, cJSON_IsNumber(a) ? a->valuedouble : 0,
-                       t ? t : "?");
+                       cJSON_IsNumber(dp) ? dp->valuedouble : 0, t ? t : "?");
                 printf("  base      %s\n", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
                                                cfg, "base_model_name_or_path")));
                 free(t);

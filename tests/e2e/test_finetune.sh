@@ -84,6 +84,18 @@ job res lora 20
 "$TANDEM" finetune res.json --quiet --stop-at 10
 "$TANDEM" finetune res.json --quiet --resume
 compare "LoRA: uninterrupted  vs  stopped at 10 and resumed" lora1 res
+# resuming with another alpha would train another function from the checkpoint: refused
+job resa lora 20
+"$TANDEM" finetune resa.json --quiet --stop-at 10
+sed -i 's/"alpha": 8/"alpha": 64/' resa.json
+rc=0
+"$TANDEM" finetune resa.json --quiet --resume > resa.txt 2>&1 || rc=$?
+if [ $rc -eq 2 ] && grep -q "its adapter has alpha 8, the job's 64" resa.txt && [ ! -e resa/step_00000020 ]; then
+    echo "ok: resume with another alpha: $(grep -m1 alpha resa.txt)"
+else
+    echo "FAIL: resume with another alpha: rc $rc: $(cat resa.txt)"
+    fail=1
+fi
 
 # 3. lineage
 before=$(sha256sum "$BASE/model.safetensors" | cut -c1-64)
@@ -143,6 +155,15 @@ else
         { echo "FAIL: adapter for another base: $(cat m.txt)"; fail=1; }
     [ ! -e bad ] || { echo "FAIL: merge wrote bad/"; fail=1; }
 fi
+mkdir -p notadapter
+if "$TANDEM" merge notadapter --out bad > m.txt 2>&1 ||
+    ! grep -q "notadapter has no adapter_config.json" m.txt || [ -e bad ]; then
+    echo "FAIL: merge of a directory that is no adapter: $(cat m.txt)"
+    fail=1
+else
+    echo "ok: merge of a directory that is no adapter: $(grep -m1 adapter_config m.txt)"
+fi
+badjob b6.json skill/train.jsonl '{"dropout": 1}' && bad "dropout 1" "dropout: 1 is outside" b6.json
 # prep --chat refuses what it cannot read, exit 2, writing nothing
 for c in "missing.jsonl|no such file" "broken.jsonl|broken.jsonl:4: not valid JSON"; do
     rc=0

@@ -141,6 +141,7 @@ td_status td_lora_new(const td_model_config *cfg, const td_lora_config *lc, cons
     td_lora *lo = calloc(1, sizeof *lo);
     if (!lo) return td_error_set(TD_ERR_NOMEM, "out of memory");
     lo->cfg = *lc;
+    lo->cfg.dropout = lc->dropout > 0 ? lc->dropout : 0; /* not -0 in adapter_config.json */
     lo->arch = cfg->arch;
     lo->L = cfg->num_hidden_layers;
     lo->n_sites = per_layer * lo->L;
@@ -504,8 +505,9 @@ td_status td_lora_load(const char *dir, const td_model_config *cfg, td_lora **ou
     TD_TRY(s);
     lc.r = (int)r;
     lc.alpha = alpha;
-    lc.dropout = 0; /* dropout is a training setting; inference ignores it */
-    (void)dropout;
+    /* dropout is a training setting: kept for a resumed run to compare and for `show`;
+     * inference never drops (td_lora_dropout_batch is a trainer's call) */
+    lc.dropout = dropout > 0 && dropout < 1 ? dropout : 0;
     td_lora *lo;
     TD_TRY(td_lora_new(cfg, &lc, p, 0, &lo));
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);

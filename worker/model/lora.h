@@ -93,7 +93,8 @@ td_status td_lora_bwd(td_lora *lo, int layer, td_lora_matrix mat, float *dx, con
  * list) is kept when 16 bits of td_mix64(row + j / 4) are >= floor(p * 65536), where
  * row = mix(mix(mix(key ^ c) ^ e) ^ t); so they depend on the example's place in the global
  * batch, not on the rank that computes it, and backward regenerates them instead of
- * storing them. td_lora_set_dropout changes p (a loaded adapter has p = 0). */
+ * storing them. td_lora_set_dropout changes p (a loaded adapter keeps its file's p; only a
+ * trainer's td_lora_dropout_batch makes it drop). */
 td_status td_lora_set_dropout(td_lora *lo, double p);
 /* The next forward and backward drop with these masks: rows are T positions of examples
  * e0, e0 + 1, ... (row n is position n % T of example e0 + n / T). Off until called, and

@@ -263,13 +263,32 @@ static td_status resume(trainer *t, int no_verify, long *start_step) {
 static td_status resume_adapter(trainer *t, const char *dir, long *start_step) {
     td_lora *lo;
     TD_TRY(td_lora_load(dir, &t->job->model, &lo));
-    if (td_lora_num_params(lo) != td_lora_num_params(t->lora)) {
+    /* the adapter's function must be the job's: rank, alpha and targets */
+    const td_lora_config *had = td_lora_config_of(lo), *want = td_lora_config_of(t->lora);
+    char what[64] = "";
+    if (had->r != want->r)
+        snprintf(what, sizeof what, "r %d, the job's %d", had->r, want->r);
+    else if (had->alpha != want->alpha)
+        snprintf(what, sizeof what, "alpha %g, the job's %g", had->alpha, want->alpha);
+    else if (td_lora_num_params(lo) != td_lora_num_params(t->lora))
+        snprintf(what, sizeof what, "other target_modules");
+    for (int i = 0; !what[0] && i < want->n_targets; i++) {
+        int found = 0;
+        for (int k = 0; k < had->n_targets; k++)
+            found |= !strcmp(had->targets[k], want->targets[i]);
+        if (!found || had->n_targets != want->n_targets)
+            snprintf(what, sizeof what, "other target_modules");
+    }
+    if (what[0]) {
         td_lora_free(&lo);
         return td_error_set(TD_ERR_INVALID,
-                            "cannot resume from %s: its adapter's rank or targets differ from "
-                            "the job's finetune.lora",
-                            dir);
+                            "cannot resume from %s: its adapter has %s (finetune.lora must stay "
+                            "as the run began)",
+                            dir, what);
     }
+    if (had->dropout != want->dropout && t->rank == 0)
+        TD_LOG_INFO("resuming %s with LoRA dropout %g (it trained with %g)", dir, want->dropout,
+                    had->dropout);
     memcpy(td_lora_params(t->lora), td_lora_params(lo), td_lora_num_params(lo) * sizeof(float));
     td_lora_free(&lo);
     char p[1200];
