@@ -29,7 +29,8 @@ worker/backend  common worker/kernels worker/backend
 worker/model    common worker/backend worker/model
 worker/train    common data proto worker/comm worker/backend worker/model worker/train
 worker/infer    common data proto worker/comm worker/backend worker/kernels worker/model worker/infer
-coordinator     common proto coordinator
+scheduler       common scheduler
+coordinator     common proto scheduler coordinator
 cli             *
 bench           -
 tests           -

@@ -64,6 +64,10 @@ if(TANDEM_CUDA)
 endif()
 
 # the control plane's CURVE keys and ZAP check against rogue ZeroMQ clients
+add_executable(test_sched tests/unit/test_sched.c)
+target_link_libraries(test_sched PRIVATE td_sched)
+add_test(NAME test_sched COMMAND test_sched WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_sched PROPERTIES LABELS "unit" TIMEOUT 60)
 add_executable(test_control_auth tests/unit/test_control_auth.c)
 target_link_libraries(test_control_auth PRIVATE td_coord)
 add_test(NAME test_control_auth COMMAND test_control_auth WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
