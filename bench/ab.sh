@@ -3,8 +3,9 @@
 # fp32 and bf16, one model shape at a time) and bench_decode from build directory A and build
 # directory B, each measurement run for A and B back to back (in the order A B, then B A in
 # the next round) so that both see the same machine, and a table of each row's median
-# tokens/s over the rounds with the ratio B / A and every round's figure (a row only one build
-# prints is shown as such).
+# tokens/s over the rounds with the ratio B / A, the ratio of the best rounds (the figure least
+# disturbed by neighbours), and every round's figure (a row only one build prints is shown as
+# such).
 # Usage: bench/ab.sh BUILD_A BUILD_B [--rounds N] [--train-steps N] [--decode-steps N]
 #                    [--threads N] [--only train|decode]
 #   e.g. git worktree add /tmp/before <commit>; build it there; then
@@ -84,17 +85,18 @@ for line in open(rows):
 print('%s; medians of %s rounds, tokens/s%s' % (kernels or 'kernels: ?', rounds,
       ', %s OpenMP thread(s)' % threads if threads else ''))
 print()
-print('| row | A | B | B / A | A rounds | B rounds |')
-print('|---|---:|---:|---:|---|---|')
+print('| row | A | B | B / A | best B / best A | A rounds | B rounds |')
+print('|---|---:|---:|---:|---:|---|---|')
 fmt = lambda xs: ' '.join('%.1f' % x for x in xs)
 for k in order:
     A, B = vals[k]['A'], vals[k]['B']
     if not A or not B:  # a row one build does not print (a benchmark added since)
-        print('| %s | %s | %s | (%s only) | %s | %s |' % (
+        print('| %s | %s | %s | (%s only) | | %s | %s |' % (
             k, '%.1f' % statistics.median(A) if A else '-',
             '%.1f' % statistics.median(B) if B else '-', 'B' if B else 'A', fmt(A), fmt(B)))
         continue
     a, b = statistics.median(A), statistics.median(B)
-    print('| %s | %.1f | %.1f | %.3f | %s | %s |' % (k, a, b, b / a if a else float('nan'),
-                                                   fmt(A), fmt(B)))
+    print('| %s | %.1f | %.1f | %.3f | %.3f | %s | %s |' % (
+        k, a, b, b / a if a else float('nan'), max(B) / max(A) if max(A) else float('nan'),
+        fmt(A), fmt(B)))
 EOF
