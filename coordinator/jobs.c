@@ -1,0 +1,210 @@
+/* The job table (see jobs.h). */
+#include "coordinator/jobs.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/grow.h"
+#include "common/json.h"
+
+struct td_jobs {
+    td_job *v;
+    size_t n, cap;
+    long next_id;
+};
+
+static const char *const k_kinds[] = {"prep",  "train", "finetune", "distill",
+                                      "serve", "bench", NULL};
+
+const char *td_job_state_name(td_job_state s) {
+    switch (s) {
+    case TD_JOB_QUEUED:
+        return "queued";
+    case TD_JOB_RUNNING:
+        return "running";
+    case TD_JOB_DONE:
+        return "done";
+    case TD_JOB_FAILED:
+        return "failed";
+    case TD_JOB_CANCELLED:
+        return "cancelled";
+    }
+    return "?";
+}
+
+int td_job_state_final(td_job_state s) {
+    return s == TD_JOB_DONE || s == TD_JOB_FAILED || s == TD_JOB_CANCELLED;
+}
+
+td_status td_jobs_new(td_jobs **out) {
+    *out = calloc(1, sizeof **out);
+    if (!*out) return td_error_set(TD_ERR_NOMEM, "out of memory");
+    (*out)->next_id = 1;
+    return TD_OK;
+}
+
+void td_jobs_free(td_jobs **tp) {
+    td_jobs *t = *tp;
+    if (!t) return;
+    free(t->v);
+    free(t);
+    *tp = NULL;
+}
+
+long td_jobs_next_id(const td_jobs *t) {
+    return t->next_id;
+}
+int td_jobs_count(const td_jobs *t) {
+    return (int)t->n;
+}
+const td_job *td_jobs_at(const td_jobs *t, int i) {
+    return i >= 0 && (size_t)i < t->n ? &t->v[i] : NULL;
+}
+const td_job *td_jobs_find(const td_jobs *t, long id) {
+    /* ids are given in order from 1: job id sits at index id - 1 */
+    return id >= 1 && (size_t)id <= t->n ? &t->v[id - 1] : NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static td_status copy_str(const cJSON *ev, const char *where, const char *key, int required,
+                          char *dst, size_t cap) {
+    const char *s = NULL;
+    TD_TRY(td_json_get_string(ev, where, key, required, &s));
+    if (!s) return TD_OK;
+    if (strlen(s) >= cap)
+        return td_error_set(TD_ERR_FORMAT, "%s.%s: longer than %zu bytes", where, key, cap - 1);
+    snprintf(dst, cap, "%s", s);
+    return TD_OK;
+}
+
+static td_status get_intv(const cJSON *ev, const char *where, const char *key, int required,
+                          long lo, long hi, long *out) {
+    int64_t v = *out;
+    TD_TRY(td_json_get_int(ev, where, key, required, &v));
+    if (v < lo || v > hi)
+        return td_error_set(TD_ERR_FORMAT, "%s.%s: %lld is outside [%ld, %ld]", where, key,
+                            (long long)v, lo, hi);
+    *out = (long)v;
+    return TD_OK;
+}
+
+static td_status submit(td_jobs *t, const cJSON *ev, const char *where, long id, double at) {
+    if (id != t->next_id)
+        return td_error_set(TD_ERR_FORMAT, "%s: submit of job %ld, but the next id is %ld", where,
+                            id, t->next_id);
+    td_job j = {.id = id, .state = TD_JOB_QUEUED, .submitted_at = at, .rc = -1};
+    long ranks = 0, prio = 0, restarts = 0;
+    TD_TRY(copy_str(ev, where, "kind", 1, j.kind, sizeof j.kind));
+    int known = 0;
+    for (int k = 0; k_kinds[k]; k++)
+        known |= !strcmp(k_kinds[k], j.kind);
+    if (!known) return td_error_set(TD_ERR_FORMAT, "%s.kind: \"%s\" is not a stage", where, j.kind);
+    TD_TRY(copy_str(ev, where, "file", 1, j.file, sizeof j.file));
+    TD_TRY(get_intv(ev, where, "ranks", 1, 1, 1 << 20, &ranks));
+    TD_TRY(get_intv(ev, where, "priority", 0, -1000000, 1000000, &prio));
+    TD_TRY(get_intv(ev, where, "max_restarts", 0, 0, 1000, &restarts));
+    TD_TRY(td_json_get_double(ev, where, "limit_s", 0, &j.limit_s));
+    if (!(j.limit_s >= 0))
+        return td_error_set(TD_ERR_FORMAT, "%s.limit_s: must not be negative", where);
+    j.ranks = (int)ranks, j.priority = (int)prio, j.max_restarts = (int)restarts;
+    TD_TRY(TD_GROW(t->v, t->cap, t->n + 1));
+    t->v[t->n++] = j;
+    t->next_id++;
+    return TD_OK;
+}
+
+td_status td_jobs_apply(td_jobs *t, const cJSON *ev) {
+    const char *kind = NULL;
+    char where[64] = "journal event";
+    TD_TRY(td_json_get_string(ev, where, "event", 1, &kind));
+    snprintf(where, sizeof where, "%s event", kind);
+    long id = 0;
+    double at = 0;
+    TD_TRY(get_intv(ev, where, "id", 1, 1, 1L << 40, &id));
+    TD_TRY(td_json_get_double(ev, where, "at", 1, &at));
+    if (!strcmp(kind, "submit")) return submit(t, ev, where, id, at);
+
+    td_job *j = id >= 1 && (size_t)id <= t->n ? &t->v[id - 1] : NULL;
+    if (!j) return td_error_set(TD_ERR_FORMAT, "%s: no job %ld", where, id);
+    if (td_job_state_final(j->state))
+        return td_error_set(TD_ERR_FORMAT, "%s: job %ld has ended (%s)", where, id,
+                            td_job_state_name(j->state));
+    if (!strcmp(kind, "start")) {
+        long attempt = 0, pid = 0;
+        TD_TRY(get_intv(ev, where, "attempt", 1, 1, 1 << 20, &attempt));
+        TD_TRY(get_intv(ev, where, "pid", 0, 0, 1L << 31, &pid));
+        char hosts[sizeof j->hosts] = "";
+        TD_TRY(copy_str(ev, where, "hosts", 0, hosts, sizeof hosts));
+        if (j->state != TD_JOB_QUEUED)
+            return td_error_set(TD_ERR_FORMAT, "%s: job %ld is %s, not queued", where, id,
+                                td_job_state_name(j->state));
+        if (attempt != j->attempt + 1)
+            return td_error_set(TD_ERR_FORMAT, "%s: attempt %ld of job %ld, expected %d", where,
+                                attempt, id, j->attempt + 1);
+        j->state = TD_JOB_RUNNING;
+        j->attempt = (int)attempt;
+        j->pid = pid;
+        j->started_at = at;
+        snprintf(j->hosts, sizeof j->hosts, "%s", hosts);
+        return TD_OK;
+    }
+    if (!strcmp(kind, "exit")) {
+        long attempt = 0, rc = 0;
+        const char *then = NULL;
+        TD_TRY(get_intv(ev, where, "attempt", 1, 1, 1 << 20, &attempt));
+        TD_TRY(get_intv(ev, where, "rc", 1, -1024, 1024, &rc));
+        TD_TRY(td_json_get_string(ev, where, "then", 1, &then));
+        char reason[sizeof j->reason] = "";
+        TD_TRY(copy_str(ev, where, "reason", 0, reason, sizeof reason));
+        if (j->state != TD_JOB_RUNNING || attempt != j->attempt)
+            return td_error_set(TD_ERR_FORMAT, "%s: job %ld attempt %ld is not running", where, id,
+                                attempt);
+        td_job_state next;
+        if (!strcmp(then, "done"))
+            next = TD_JOB_DONE;
+        else if (!strcmp(then, "failed"))
+            next = TD_JOB_FAILED;
+        else if (!strcmp(then, "cancelled"))
+            next = TD_JOB_CANCELLED;
+        else if (!strcmp(then, "queued"))
+            next = TD_JOB_QUEUED;
+        else
+            return td_error_set(TD_ERR_FORMAT,
+                                "%s.then: \"%s\" (done, failed, cancelled or queued)", where, then);
+        if (next == TD_JOB_QUEUED && j->cancel_asked)
+            return td_error_set(TD_ERR_FORMAT, "%s: job %ld was cancelled, not to be queued again",
+                                where, id);
+        if (next == TD_JOB_QUEUED && !j->preempting) {
+            if (j->restarts >= j->max_restarts)
+                return td_error_set(TD_ERR_FORMAT, "%s: job %ld has used its %d restarts", where,
+                                    id, j->max_restarts);
+            j->restarts++;
+        }
+        j->state = next;
+        j->rc = (int)rc;
+        j->pid = 0;
+        j->preempting = 0;
+        j->ended_at = at;
+        snprintf(j->reason, sizeof j->reason, "%s", reason);
+        return TD_OK;
+    }
+    if (!strcmp(kind, "cancel")) {
+        j->cancel_asked = 1;
+        if (j->state == TD_JOB_QUEUED) {
+            j->state = TD_JOB_CANCELLED;
+            j->ended_at = at;
+            snprintf(j->reason, sizeof j->reason, "cancelled while queued");
+        }
+        return TD_OK;
+    }
+    if (!strcmp(kind, "preempt")) {
+        if (j->state != TD_JOB_RUNNING)
+            return td_error_set(TD_ERR_FORMAT, "%s: job %ld is %s, not running", where, id,
+                                td_job_state_name(j->state));
+        j->preempting = 1;
+        return TD_OK;
+    }
+    return td_error_set(TD_ERR_FORMAT, "journal event \"%s\": not an event of the job table", kind);
+}

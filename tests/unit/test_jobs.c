@@ -1,0 +1,184 @@
+/* The job table: event sequences give the states they must (table-driven: each case is a
+ * list of events, one per line, the last of which may be refused, and the expected states);
+ * a table rebuilt from its journal equals the table that wrote it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "coordinator/jobs.h"
+#include "coordinator/journal.h"
+#include "tests/test.h"
+
+#define SUB(id)                                                                                    \
+    "{\"event\":\"submit\",\"id\":" #id                                                            \
+    ",\"at\":1,\"kind\":\"train\",\"file\":\"j.json\",\"ranks\":2,\"max_restarts\":1}"
+#define START(id, a)                                                                               \
+    "{\"event\":\"start\",\"id\":" #id ",\"at\":2,\"attempt\":" #a                                 \
+    ",\"pid\":4242,\"hosts\":\"a:2\"}"
+#define EXIT(id, a, rc, then)                                                                      \
+    "{\"event\":\"exit\",\"id\":" #id ",\"at\":3,\"attempt\":" #a ",\"rc\":" #rc                   \
+    ",\"then\":\"" then "\"}"
+#define CANCEL(id) "{\"event\":\"cancel\",\"id\":" #id ",\"at\":4}"
+#define PREEMPT(id) "{\"event\":\"preempt\",\"id\":" #id ",\"at\":5}"
+
+typedef struct {
+    const char *name;
+    const char *events[8];
+    int refused_last; /* 1: the last event must be refused */
+    const char *want; /* states of jobs 1, 2, ... */
+} tcase;
+
+static const tcase k_cases[] = {
+    {"submit queues", {SUB(1)}, 0, "queued"},
+    {"start runs", {SUB(1), START(1, 1)}, 0, "running"},
+    {"exit 0 is done", {SUB(1), START(1, 1), EXIT(1, 1, 0, "done")}, 0, "done"},
+    {"a failure restarts within max_restarts",
+     {SUB(1), START(1, 1), EXIT(1, 1, 1, "queued"), START(1, 2)},
+     0,
+     "running"},
+    {"beyond max_restarts is refused",
+     {SUB(1), START(1, 1), EXIT(1, 1, 1, "queued"), START(1, 2), EXIT(1, 2, 1, "queued")},
+     1,
+     "running"},
+    {"the last failure fails", {SUB(1), START(1, 1), EXIT(1, 1, 9, "failed")}, 0, "failed"},
+    {"a queued job cancels at once", {SUB(1), SUB(2), CANCEL(2)}, 0, "queued cancelled"},
+    {"a running job cancels at its exit", {SUB(1), START(1, 1), CANCEL(1)}, 0, "running"},
+    {"... and then is cancelled",
+     {SUB(1), START(1, 1), CANCEL(1), EXIT(1, 1, 143, "cancelled")},
+     0,
+     "cancelled"},
+    {"a cancelled job is not requeued",
+     {SUB(1), START(1, 1), CANCEL(1), EXIT(1, 1, 1, "queued")},
+     1,
+     "running"},
+    {"preemption requeues without using a restart",
+     {SUB(1), START(1, 1), PREEMPT(1), EXIT(1, 1, 0, "queued"), START(1, 2), PREEMPT(1),
+      EXIT(1, 2, 0, "queued")},
+     0,
+     "queued"},
+    {"ids come in order", {SUB(1), SUB(3)}, 1, "queued"},
+    {"no such job", {SUB(1), START(2, 1)}, 1, "queued"},
+    {"a running job does not start again", {SUB(1), START(1, 1), START(1, 2)}, 1, "running"},
+    {"the exit of another attempt", {SUB(1), START(1, 1), EXIT(1, 2, 0, "done")}, 1, "running"},
+    {"nothing follows the end",
+     {SUB(1), START(1, 1), EXIT(1, 1, 0, "done"), START(1, 2)},
+     1,
+     "done"},
+    {"preempting a queued job", {SUB(1), PREEMPT(1)}, 1, "queued"},
+    {"an unknown event", {SUB(1), "{\"event\":\"bogus\",\"id\":1,\"at\":1}"}, 1, "queued"},
+    {"an unknown stage",
+     {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"rm -rf\",\"file\":\"x\",\"ranks\":1}"},
+     1,
+     ""},
+    {"a submit without ranks",
+     {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"train\",\"file\":\"x\"}"},
+     1,
+     ""},
+    {"an exit without its decision",
+     {SUB(1), START(1, 1), "{\"event\":\"exit\",\"id\":1,\"at\":3,\"attempt\":1,\"rc\":0}"},
+     1,
+     "running"},
+};
+
+static int job_equal(const td_job *x, const td_job *y) {
+    return x->id == y->id && !strcmp(x->kind, y->kind) && !strcmp(x->file, y->file) &&
+           x->ranks == y->ranks && x->priority == y->priority &&
+           x->max_restarts == y->max_restarts && x->limit_s == y->limit_s && x->state == y->state &&
+           x->attempt == y->attempt && x->restarts == y->restarts &&
+           x->cancel_asked == y->cancel_asked && x->preempting == y->preempting &&
+           x->pid == y->pid && !strcmp(x->hosts, y->hosts) && x->submitted_at == y->submitted_at &&
+           x->started_at == y->started_at && x->ended_at == y->ended_at && x->rc == y->rc &&
+           !strcmp(x->reason, y->reason);
+}
+
+static void states(const td_jobs *t, char *out, size_t cap) {
+    out[0] = 0;
+    for (int i = 0; i < td_jobs_count(t); i++) {
+        size_t l = strlen(out);
+        snprintf(out + l, cap - l, "%s%s", i ? " " : "",
+                 td_job_state_name(td_jobs_at(t, i)->state));
+    }
+}
+
+typedef struct {
+    td_jobs *t;
+} replay_ctx;
+
+static td_status replay(void *ctx, const cJSON *rec, long line) {
+    (void)line;
+    return td_jobs_apply(((replay_ctx *)ctx)->t, rec);
+}
+
+int main(void) {
+    int n = (int)(sizeof k_cases / sizeof *k_cases);
+    for (int c = 0; c < n; c++) {
+        const tcase *tc = &k_cases[c];
+        td_jobs *t;
+        REQUIRE(td_jobs_new(&t) == TD_OK, "new");
+        int ne = 0;
+        while (ne < 8 && tc->events[ne])
+            ne++;
+        for (int e = 0; e < ne; e++) {
+            cJSON *ev = cJSON_Parse(tc->events[e]);
+            REQUIRE(ev, "case %s: event %d is not JSON", tc->name, e);
+            td_status s = td_jobs_apply(t, ev);
+            int last = e == ne - 1;
+            if (last && tc->refused_last)
+                CHECK(s != TD_OK, "%s: the last event was accepted", tc->name);
+            else
+                CHECK(s == TD_OK, "%s: event %d refused: %s", tc->name, e, td_error_message());
+            if (last && tc->refused_last && s != TD_OK)
+                printf("%-48s refused: %s\n", tc->name, td_error_message());
+            cJSON_Delete(ev);
+        }
+        char got[200];
+        states(t, got, sizeof got);
+        CHECK(!strcmp(got, tc->want), "%s: states \"%s\", want \"%s\"", tc->name, got, tc->want);
+        if (!tc->refused_last) printf("%-48s %s\n", tc->name, got);
+        td_jobs_free(&t);
+    }
+
+    /* ---- a table rebuilt from its journal equals the one that wrote it ---- */
+    char dir[] = "/tmp/test_jobs.XXXXXX";
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    char path[256];
+    snprintf(path, sizeof path, "%s/journal", dir);
+    td_jobs *a, *b;
+    td_journal *j;
+    REQUIRE(td_jobs_new(&a) == TD_OK && td_jobs_new(&b) == TD_OK, "new");
+    REQUIRE(td_journal_open(path, NULL, NULL, &j) == TD_OK, "%s", td_error_message());
+    const char *evs[] = {SUB(1),      SUB(2),     START(1, 1),
+                         SUB(3),      CANCEL(2),  EXIT(1, 1, 1, "queued"),
+                         START(1, 2), PREEMPT(1), EXIT(1, 2, 0, "queued"),
+                         START(3, 1)};
+    for (size_t e = 0; e < sizeof evs / sizeof *evs; e++) {
+        cJSON *ev = cJSON_Parse(evs[e]);
+        CHECK(td_journal_append(j, ev) == TD_OK && td_jobs_apply(a, ev) == TD_OK, "event %zu: %s",
+              e, td_error_message());
+        cJSON_Delete(ev);
+    }
+    td_journal_free(&j);
+    replay_ctx rc = {b};
+    REQUIRE(td_journal_open(path, replay, &rc, &j) == TD_OK, "%s", td_error_message());
+    CHECK(td_jobs_count(a) == 3 && td_jobs_count(b) == 3, "%d and %d jobs", td_jobs_count(a),
+          td_jobs_count(b));
+    CHECK(td_jobs_next_id(b) == 4, "next id %ld", td_jobs_next_id(b));
+    for (int i = 0; i < td_jobs_count(a) && i < td_jobs_count(b); i++)
+        CHECK(job_equal(td_jobs_at(a, i), td_jobs_at(b, i)), "job %d differs after the replay",
+              i + 1);
+    char got[200];
+    states(b, got, sizeof got);
+    CHECK(!strcmp(got, "queued cancelled running"), "replayed states %s", got);
+    const td_job *j1 = td_jobs_find(b, 1);
+    CHECK(j1 && j1->attempt == 2 && j1->restarts == 1 && !j1->preempting,
+          "job 1: attempt %d restarts %d", j1 ? j1->attempt : -1, j1 ? j1->restarts : -1);
+    printf("replayed %ld events: %s\n", td_journal_count(j), got);
+    td_journal_free(&j);
+    td_jobs_free(&a);
+    td_jobs_free(&b);
+    unlink(path);
+    rmdir(dir);
+    printf("%d cases\n", n);
+    return test_done("test_jobs");
+}
