@@ -15,6 +15,11 @@ int td_cmd_serve(int argc, char **argv);
 int td_cmd_router(int argc, char **argv);
 int td_cmd_gateway(int argc, char **argv);
 
+int td_cmd_coordinator(int argc, char **argv);
+int td_cmd_submit(int argc, char **argv);
+int td_cmd_ps(int argc, char **argv);
+int td_cmd_cancel(int argc, char **argv);
+
 /* SIGINT and SIGTERM set *flag (a process-wide flag) instead of killing; SIGPIPE ignored. */
 void td_cli_catch_stop_signals(volatile int **flag);
 

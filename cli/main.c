@@ -30,6 +30,10 @@ static const command g_cmds[] = {
     {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; router, HTTP)"},
     {"router", td_cmd_router, "route requests to serving replicas (ZeroMQ)"},
     {"gateway", td_cmd_gateway, "HTTP front door: OpenAI and Ollama APIs, /metrics"},
+    {"coordinator", td_cmd_coordinator, "the daemon: job queue, gang scheduling, restarts"},
+    {"submit", td_cmd_submit, "queue a train or finetune job with the coordinator"},
+    {"ps", td_cmd_ps, "the coordinator's jobs and their states"},
+    {"cancel", td_cmd_cancel, "cancel a queued or running job"},
 };
 
 int td_cli_launcher_rank(void) {
@@ -74,10 +78,10 @@ void td_cli_log_kernels(td_comm *comm, int quiet) {
 static void usage(FILE *f) {
     fprintf(f, "usage: tandem <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
-        fprintf(f, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
+        fprintf(f, "  %-11s %s\n", g_cmds[i].name, g_cmds[i].summary);
     fprintf(f, "  %-10s %s\n  %-10s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
-    fprintf(f, "\nOther commands of the design (coordinator, bench, export, ...) are not "
+    fprintf(f, "\nOther commands of the design (logs, pool, drain, bench, export, ...) are not "
                "built yet.\n");
 }
 

@@ -102,6 +102,7 @@ static td_status submit(td_jobs *t, const cJSON *ev, const char *where, long id,
         known |= !strcmp(k_kinds[k], j.kind);
     if (!known) return td_error_set(TD_ERR_FORMAT, "%s.kind: \"%s\" is not a stage", where, j.kind);
     TD_TRY(copy_str(ev, where, "file", 1, j.file, sizeof j.file));
+    TD_TRY(copy_str(ev, where, "dir", 1, j.dir, sizeof j.dir));
     TD_TRY(get_intv(ev, where, "ranks", 1, 1, 1 << 20, &ranks));
     TD_TRY(get_intv(ev, where, "priority", 0, -1000000, 1000000, &prio));
     TD_TRY(get_intv(ev, where, "max_restarts", 0, 0, 1000, &restarts));

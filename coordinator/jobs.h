@@ -7,7 +7,7 @@
  *
  * Events ("event" names the kind; every event has "id" and "at", seconds on the
  * coordinator's clock):
- *   submit   kind, file, ranks, priority, limit_s, max_restarts: a new job, queued; ids are
+ *   submit   kind, file, dir, ranks, priority, limit_s, max_restarts: a new job, queued; ids are
  *            given in order (each submit's id is the table's next id)
  *   start    attempt, pid, hosts: an attempt began (queued -> running)
  *   exit     attempt, rc, then ("done", "failed", "queued"), reason: the attempt ended; `then`
@@ -38,6 +38,7 @@ typedef struct {
     long id;
     char kind[16];   /* prep, train, finetune, distill, serve, bench */
     char file[1024]; /* the job file */
+    char dir[1024];  /* the directory it runs in */
     int ranks, priority, max_restarts;
     double limit_s;
     td_job_state state;

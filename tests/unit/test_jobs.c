@@ -11,8 +11,8 @@
 #include "tests/test.h"
 
 #define SUB(id)                                                                                    \
-    "{\"event\":\"submit\",\"id\":" #id                                                            \
-    ",\"at\":1,\"kind\":\"train\",\"file\":\"j.json\",\"ranks\":2,\"max_restarts\":1}"
+    "{\"event\":\"submit\",\"id\":" #id ",\"at\":1,\"kind\":\"train\",\"file\":\"j.json\","        \
+                                        "\"dir\":\"/tmp\",\"ranks\":2,\"max_restarts\":1}"
 #define START(id, a)                                                                               \
     "{\"event\":\"start\",\"id\":" #id ",\"at\":2,\"attempt\":" #a                                 \
     ",\"pid\":4242,\"hosts\":\"a:2\"}"
@@ -72,7 +72,7 @@ static const tcase k_cases[] = {
      1,
      ""},
     {"a submit without ranks",
-     {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"train\",\"file\":\"x\"}"},
+     {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"train\",\"file\":\"x\",\"dir\":\"/\"}"},
      1,
      ""},
     {"an exit without its decision",
@@ -83,7 +83,7 @@ static const tcase k_cases[] = {
 
 static int job_equal(const td_job *x, const td_job *y) {
     return x->id == y->id && !strcmp(x->kind, y->kind) && !strcmp(x->file, y->file) &&
-           x->ranks == y->ranks && x->priority == y->priority &&
+           !strcmp(x->dir, y->dir) && x->ranks == y->ranks && x->priority == y->priority &&
            x->max_restarts == y->max_restarts && x->limit_s == y->limit_s && x->state == y->state &&
            x->attempt == y->attempt && x->restarts == y->restarts &&
            x->cancel_asked == y->cancel_asked && x->preempting == y->preempting &&

@@ -1,0 +1,416 @@
+/* `tandem coordinator` (the daemon, coordinator/daemon.c) and its clients `tandem submit`,
+ * `tandem ps`, `tandem cancel` (docs/coordinator.md). */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "cli/cli.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "coordinator/daemon.h"
+#include "proto/keys.h"
+#include "proto/wire.h"
+
+#define DEFAULT_CONTROL "tcp://127.0.0.1:5580"
+
+static const char *default_control(void) {
+    const char *e = getenv("TANDEM_COORDINATOR");
+    return e && *e ? e : DEFAULT_CONTROL;
+}
+
+static int parse_int(const char *s, long lo, long hi, long *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || !end || *end || end == s || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void coordinator_help(FILE *f) {
+    fprintf(f,
+            "usage: tandem coordinator --state DIR [--slots N] [--control EP] [options]\n"
+            "\n"
+            "The long-lived daemon that owns this machine's worker slots: it keeps the job\n"
+            "table (DIR/journal, replayed on start: a coordinator killed and started again\n"
+            "loses no job), queues what `tandem submit` sends, places jobs with all their\n"
+            "ranks or none (gang), runs them under mpirun, restarts failures up to their\n"
+            "max_restarts (resuming their checkpoint), and cancels. See docs/coordinator.md.\n"
+            "\n"
+            "  --state DIR       journal, hostfiles and job logs (DIR/jobs/ID/log)\n"
+            "  --slots N         worker slots (ranks) of this machine (default: its cores)\n"
+            "  --control EP      control socket (default $TANDEM_COORDINATOR, else %s)\n"
+            "  --cancel-grace S  seconds between a cancel's SIGTERM and SIGKILL (default 3)\n"
+            "  --insecure        no CURVE on the control socket (anyone who reaches it can\n"
+            "                    start jobs); by default only clients whose public key is in\n"
+            "                    the key directory's allowed/ connect (docs/router.md)\n"
+            "  -h, --help        this text\n",
+            DEFAULT_CONTROL);
+}
+
+int td_cmd_coordinator(int argc, char **argv) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    td_daemon_opts o = {
+        .control = default_control(), .slots = cores > 0 ? (int)cores : 1, .cancel_grace_s = 3};
+    static const struct option opts[] = {{"state", required_argument, 0, 's'},
+                                         {"slots", required_argument, 0, 'n'},
+                                         {"control", required_argument, 0, 'c'},
+                                         {"cancel-grace", required_argument, 0, 'g'},
+                                         {"insecure", no_argument, 0, 'I'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    long v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            o.state_dir = optarg;
+            break;
+        case 'n':
+            if (!parse_int(optarg, 1, 4096, &v)) {
+                fprintf(stderr, "tandem coordinator: --slots %s: a whole number, 1..4096\n",
+                        optarg);
+                return 2;
+            }
+            o.slots = (int)v;
+            break;
+        case 'c':
+            o.control = optarg;
+            break;
+        case 'g':
+            if (!parse_int(optarg, 1, 3600, &v)) {
+                fprintf(stderr, "tandem coordinator: --cancel-grace %s: seconds, 1..3600\n",
+                        optarg);
+                return 2;
+            }
+            o.cancel_grace_s = (double)v;
+            break;
+        case 'I':
+            o.insecure = 1;
+            break;
+        case 'h':
+            coordinator_help(stdout);
+            return 0;
+        default:
+            coordinator_help(stderr);
+            return 2;
+        }
+    }
+    if (!o.state_dir || optind != argc) {
+        fprintf(stderr, "tandem coordinator: %s\n",
+                !o.state_dir ? "--state DIR is required" : "unexpected argument");
+        coordinator_help(stderr);
+        return 2;
+    }
+    static char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "tandem coordinator: cannot find its own binary: %s\n", strerror(errno));
+        return 1;
+    }
+    self[n] = 0;
+    o.tandem = self;
+    td_status s = td_daemon_run(&o);
+    return s == TD_OK ? 0 : td_cli_fail("coordinator", s);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* clients */
+
+typedef struct {
+    const char *control;
+    int insecure, json;
+} client_opts;
+
+/* Sends one request and waits for the reply (5 s). *reply is freed with td_wire_free. */
+static td_status ask(const client_opts *co, const td_env *req, td_env **reply) {
+    *reply = NULL;
+    void *ctx = zmq_ctx_new(), *sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
+    td_status s = TD_OK;
+    if (!sock) s = td_error_set(TD_ERR_RUNTIME, "zmq: %s", zmq_strerror(errno));
+    int zero = 0;
+    if (s == TD_OK) zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (s == TD_OK && !co->insecure) s = td_keys_client(sock);
+    if (s == TD_OK && zmq_connect(sock, co->control) != 0)
+        s = td_error_set(TD_ERR_INVALID, "cannot connect to %s: %s", co->control,
+                         zmq_strerror(errno));
+    if (s == TD_OK) s = td_wire_send(sock, NULL, 0, req);
+    if (s == TD_OK) s = td_wire_recv(sock, NULL, NULL, 5000, reply);
+    if (s == TD_OK && !*reply)
+        s = td_error_set(TD_ERR_RUNTIME,
+                         "no answer from the coordinator at %s within 5 s: is `tandem "
+                         "coordinator` running there (and does it know this host's key)?",
+                         co->control);
+    if (s == TD_OK && (*reply)->body_case != TANDEM__ENVELOPE__BODY_CONTROL_REPLY) {
+        td_wire_free(*reply);
+        *reply = NULL;
+        s = td_error_set(TD_ERR_RUNTIME, "%s answered something else than a coordinator reply",
+                         co->control);
+    }
+    if (s == TD_OK && (*reply)->control_reply->error) {
+        s = td_error_set(TD_ERR_INVALID, "the coordinator refused: %s",
+                         (*reply)->control_reply->error);
+        td_wire_free(*reply);
+        *reply = NULL;
+    }
+    if (sock) zmq_close(sock);
+    if (ctx) zmq_ctx_term(ctx);
+    return s;
+}
+
+/* Common options of the clients; returns 0 to go on, else an exit code. */
+static int client_args(const char *cmd, int argc, char **argv, client_opts *co,
+                       const struct option *extra, int (*on_extra)(int c, void *u), void *u,
+                       void (*help)(FILE *)) {
+    struct option opts[16];
+    int k = 0;
+    opts[k++] = (struct option){"coordinator", required_argument, 0, 'C'};
+    opts[k++] = (struct option){"insecure", no_argument, 0, 'I'};
+    opts[k++] = (struct option){"json", no_argument, 0, 'j'};
+    opts[k++] = (struct option){"help", no_argument, 0, 'h'};
+    for (int i = 0; extra && extra[i].name && k < 15; i++)
+        opts[k++] = extra[i];
+    opts[k] = (struct option){0, 0, 0, 0};
+    co->control = default_control();
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'C')
+            co->control = optarg;
+        else if (c == 'I')
+            co->insecure = 1;
+        else if (c == 'j')
+            co->json = 1;
+        else if (c == 'h') {
+            help(stdout);
+            return -1;
+        } else if (c == '?' || !on_extra || on_extra(c, u) != 0) {
+            if (c == '?') help(stderr);
+            return 2;
+        }
+    }
+    (void)cmd;
+    return 0;
+}
+
+#define CLIENT_OPTIONS                                                                             \
+    "  --coordinator EP  the coordinator's control socket (default $TANDEM_COORDINATOR,\n"         \
+    "                    else " DEFAULT_CONTROL ")\n"                                              \
+    "  --insecure        no CURVE (the coordinator runs with --insecure)\n"                        \
+    "  --json            machine-readable output\n"                                                \
+    "  -h, --help        this text\n"
+
+static void submit_help(FILE *f) {
+    fprintf(f, "usage: tandem submit JOB.json [--ranks N] [--priority P] [--limit S]\n"
+               "                    [--max-restarts N] [client options]\n"
+               "\n"
+               "Queues a job with the coordinator and prints its id. A job file with a\n"
+               "\"finetune\" section runs `tandem finetune`, any other `tandem train`; it runs in\n"
+               "the directory submit was called from (relative paths in the file resolve there).\n"
+               "\n"
+               "  --ranks N         ranks, started all together (default 1)\n"
+               "  --priority P      higher runs first; may preempt lower (default 0)\n"
+               "  --limit S         the longest it may run, seconds (lets smaller jobs start\n"
+               "                    ahead of a waiting one without delaying it)\n"
+               "  --max-restarts N  restarts after a failure, from its last checkpoint\n"
+               "                    (default 0)\n" CLIENT_OPTIONS);
+}
+
+typedef struct {
+    long ranks, priority, limit, restarts;
+    int bad;
+} submit_u;
+
+static int submit_extra(int c, void *u) {
+    submit_u *s = u;
+    const char *name = c == 'r'   ? "--ranks"
+                       : c == 'p' ? "--priority"
+                       : c == 'l' ? "--limit"
+                                  : "--max-restarts";
+    long lo = c == 'p' ? -1000000 : c == 'r' ? 1 : 0, hi = c == 'p' ? 1000000 : 1L << 30;
+    long *dst = c == 'r'   ? &s->ranks
+                : c == 'p' ? &s->priority
+                : c == 'l' ? &s->limit
+                           : &s->restarts;
+    if (!parse_int(optarg, lo, hi, dst)) {
+        fprintf(stderr, "tandem submit: %s %s: a whole number, %ld..%ld\n", name, optarg, lo, hi);
+        return 2;
+    }
+    return 0;
+}
+
+int td_cmd_submit(int argc, char **argv) {
+    static const struct option extra[] = {{"ranks", required_argument, 0, 'r'},
+                                          {"priority", required_argument, 0, 'p'},
+                                          {"limit", required_argument, 0, 'l'},
+                                          {"max-restarts", required_argument, 0, 'm'},
+                                          {0, 0, 0, 0}};
+    client_opts co = {0};
+    submit_u u = {.ranks = 1};
+    int rc = client_args("submit", argc, argv, &co, extra, submit_extra, &u, submit_help);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (optind != argc - 1) {
+        fprintf(stderr, "tandem submit: name one job file\n");
+        submit_help(stderr);
+        return 2;
+    }
+    char file[PATH_MAX], dir[PATH_MAX];
+    if (!realpath(argv[optind], file)) {
+        fprintf(stderr, "tandem submit: %s: %s\n", argv[optind], strerror(errno));
+        return 2;
+    }
+    if (!getcwd(dir, sizeof dir)) {
+        fprintf(stderr, "tandem submit: cannot read the current directory: %s\n", strerror(errno));
+        return 1;
+    }
+    cJSON *doc = NULL;
+    td_status s = td_json_load_file(file, &doc);
+    if (s != TD_OK) return td_cli_fail("submit", s);
+    const char *kind = cJSON_GetObjectItemCaseSensitive(doc, "finetune") ? "finetune" : "train";
+    cJSON_Delete(doc);
+    Tandem__JobSubmit m = TANDEM__JOB_SUBMIT__INIT;
+    m.kind = (char *)kind;
+    m.file = file;
+    m.dir = dir;
+    m.ranks = (uint32_t)u.ranks;
+    m.has_priority = 1, m.priority = (int32_t)u.priority;
+    m.has_limit_s = 1, m.limit_s = (double)u.limit;
+    m.has_max_restarts = 1, m.max_restarts = (uint32_t)u.restarts;
+    td_env req = TANDEM__ENVELOPE__INIT, *rep;
+    req.body_case = TANDEM__ENVELOPE__BODY_JOB_SUBMIT;
+    req.job_submit = &m;
+    s = ask(&co, &req, &rep);
+    if (s != TD_OK) return td_cli_fail("submit", s);
+    if (co.json)
+        printf("{\"id\": %llu}\n", (unsigned long long)rep->control_reply->id);
+    else
+        printf("%llu\n", (unsigned long long)rep->control_reply->id);
+    td_wire_free(rep);
+    return 0;
+}
+
+static void cancel_help(FILE *f) {
+    fprintf(f, "usage: tandem cancel ID [client options]\n"
+               "\n"
+               "Cancels a job: a queued one at once; a running one gets SIGTERM on every rank\n"
+               "(training writes a checkpoint and exits), then SIGKILL after the coordinator's\n"
+               "--cancel-grace.\n"
+               "\n" CLIENT_OPTIONS);
+}
+
+int td_cmd_cancel(int argc, char **argv) {
+    client_opts co = {0};
+    int rc = client_args("cancel", argc, argv, &co, NULL, NULL, NULL, cancel_help);
+    if (rc) return rc < 0 ? 0 : rc;
+    long id;
+    if (optind != argc - 1 || !parse_int(argv[optind], 1, LONG_MAX, &id)) {
+        fprintf(stderr, "tandem cancel: name one job id (a number from tandem ps)\n");
+        return 2;
+    }
+    Tandem__JobCancel m = TANDEM__JOB_CANCEL__INIT;
+    m.id = (uint64_t)id;
+    td_env req = TANDEM__ENVELOPE__INIT, *rep;
+    req.body_case = TANDEM__ENVELOPE__BODY_JOB_CANCEL;
+    req.job_cancel = &m;
+    td_status s = ask(&co, &req, &rep);
+    if (s != TD_OK) return td_cli_fail("cancel", s);
+    if (!co.json)
+        printf("job %ld: cancel sent\n", id);
+    else
+        printf("{\"id\": %ld, \"cancel\": true}\n", id);
+    td_wire_free(rep);
+    return 0;
+}
+
+static void ps_help(FILE *f) {
+    fprintf(f, "usage: tandem ps [client options]\n"
+               "\n"
+               "The coordinator's jobs, oldest first: id, state, kind, ranks, attempt, how long\n"
+               "ago it started or how long it ran, and its job file; --json gives every field.\n"
+               "\n" CLIENT_OPTIONS);
+}
+
+static void human_time(double s, char *out, size_t n) {
+    if (s < 0) s = 0;
+    if (s < 120)
+        snprintf(out, n, "%.0fs", s);
+    else if (s < 7200)
+        snprintf(out, n, "%.0fm", s / 60);
+    else
+        snprintf(out, n, "%.1fh", s / 3600);
+}
+
+int td_cmd_ps(int argc, char **argv) {
+    client_opts co = {0};
+    int rc = client_args("ps", argc, argv, &co, NULL, NULL, NULL, ps_help);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (optind != argc) {
+        fprintf(stderr, "tandem ps: takes no arguments\n");
+        return 2;
+    }
+    Tandem__JobList m = TANDEM__JOB_LIST__INIT;
+    td_env req = TANDEM__ENVELOPE__INIT, *rep;
+    req.body_case = TANDEM__ENVELOPE__BODY_JOB_LIST;
+    req.job_list = &m;
+    td_status s = ask(&co, &req, &rep);
+    if (s != TD_OK) return td_cli_fail("ps", s);
+    const Tandem__ControlReply *r = rep->control_reply;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    if (co.json) {
+        cJSON *arr = cJSON_CreateArray();
+        for (size_t i = 0; i < r->n_jobs; i++) {
+            const Tandem__JobInfo *j = r->jobs[i];
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "id", (double)j->id);
+            cJSON_AddStringToObject(o, "state", j->state);
+            cJSON_AddStringToObject(o, "kind", j->kind);
+            cJSON_AddNumberToObject(o, "ranks", j->ranks);
+            cJSON_AddNumberToObject(o, "priority", j->priority);
+            cJSON_AddNumberToObject(o, "attempt", j->attempt);
+            cJSON_AddStringToObject(o, "file", j->file);
+            cJSON_AddStringToObject(o, "hosts", j->hosts ? j->hosts : "");
+            cJSON_AddNumberToObject(o, "submitted_at", j->submitted_at);
+            if (j->has_started_at) cJSON_AddNumberToObject(o, "started_at", j->started_at);
+            if (j->has_ended_at) cJSON_AddNumberToObject(o, "ended_at", j->ended_at);
+            if (j->has_rc) cJSON_AddNumberToObject(o, "rc", j->rc);
+            if (j->has_pid) cJSON_AddNumberToObject(o, "pid", (double)j->pid);
+            cJSON_AddBoolToObject(o, "cancel_asked", j->cancel_asked);
+            cJSON_AddStringToObject(o, "reason", j->reason ? j->reason : "");
+            cJSON_AddItemToArray(arr, o);
+        }
+        char *t = cJSON_PrintUnformatted(arr);
+        printf("%s\n", t ? t : "[]");
+        free(t);
+        cJSON_Delete(arr);
+    } else {
+        printf("%-5s %-10s %-9s %5s %7s %8s  %s\n", "ID", "STATE", "KIND", "RANKS", "ATTEMPT",
+               "TIME", "FILE");
+        for (size_t i = 0; i < r->n_jobs; i++) {
+            const Tandem__JobInfo *j = r->jobs[i];
+            char t[32] = "-";
+            if (!strcmp(j->state, "running") && j->has_started_at)
+                human_time(now - j->started_at, t, sizeof t);
+            else if (j->has_ended_at && j->has_started_at)
+                human_time(j->ended_at - j->started_at, t, sizeof t);
+            char state[24];
+            snprintf(state, sizeof state, "%s%s", j->state,
+                     j->cancel_asked && !strcmp(j->state, "running") ? "*" : "");
+            printf("%-5llu %-10s %-9s %5u %7u %8s  %s\n", (unsigned long long)j->id, state, j->kind,
+                   j->ranks, j->attempt, t, j->file);
+        }
+        printf("(%u slots)\n", r->slots);
+    }
+    td_wire_free(rep);
+    return 0;
+}

@@ -1,0 +1,537 @@
+/* The coordinator daemon (see daemon.h). */
+#include "coordinator/daemon.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/fsutil.h"
+#include "common/grow.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "coordinator/jobs.h"
+#include "coordinator/journal.h"
+#include "proto/keys.h"
+#include "proto/wire.h"
+#include "scheduler/sched.h"
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+typedef struct {
+    double kill_at; /* a cancel's SIGKILL deadline (0: none) */
+    int child;      /* launched by this daemon (waitpid reaps it); else watched by its pid */
+} job_rt;
+
+typedef struct {
+    td_daemon_opts o;
+    td_journal *journal;
+    td_jobs *jobs;
+    job_rt *rt; /* by job id */
+    size_t rt_cap;
+    void *zctx, *sock;
+    td_zap *zap;
+} coord;
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static job_rt *rt_of(coord *d, long id) {
+    size_t had = d->rt_cap;
+    if (TD_GROW(d->rt, d->rt_cap, (size_t)id + 1) != TD_OK) return NULL;
+    if (d->rt_cap > had) memset(d->rt + had, 0, (d->rt_cap - had) * sizeof *d->rt);
+    return &d->rt[id];
+}
+
+/* An event: applied to the table (which refuses one that does not fit), then journaled
+ * (fsync'd); only then is it acted on. A journal that cannot be written stops the daemon. */
+static td_status record(coord *d, cJSON *ev) {
+    td_status s = td_jobs_apply(d->jobs, ev);
+    if (s == TD_OK) {
+        s = td_journal_append(d->journal, ev);
+        if (s != TD_OK) g_stop = 1; /* the table is ahead of its journal: stop acting */
+    }
+    cJSON_Delete(ev);
+    return s;
+}
+
+static cJSON *event(const char *kind, long id) {
+    cJSON *ev = cJSON_CreateObject();
+    cJSON_AddStringToObject(ev, "event", kind);
+    cJSON_AddNumberToObject(ev, "id", (double)id);
+    cJSON_AddNumberToObject(ev, "at", now_s());
+    return ev;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* launching */
+
+/* 1 when the job file names a checkpoint directory that holds a step_* already (a restart
+ * then resumes). */
+static int has_checkpoint(const td_job *j) {
+    char p[2100];
+    snprintf(p, sizeof p, "%s", j->file);
+    cJSON *doc = NULL;
+    if (td_json_load_file(p, &doc) != TD_OK) {
+        td_error_clear();
+        return 0;
+    }
+    const cJSON *ck = cJSON_GetObjectItemCaseSensitive(doc, "checkpoint");
+    const char *dir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ck, "dir"));
+    if (!dir) dir = "runs/default";
+    if (dir[0] == '/')
+        snprintf(p, sizeof p, "%s", dir);
+    else
+        snprintf(p, sizeof p, "%s/%s", j->dir, dir);
+    cJSON_Delete(doc);
+    DIR *dp = opendir(p);
+    int found = 0;
+    for (struct dirent *e; dp && (e = readdir(dp));)
+        found |= !strncmp(e->d_name, "step_", 5);
+    if (dp) closedir(dp);
+    return found;
+}
+
+static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
+    char dir[1200], hf[1300], logp[1300];
+    snprintf(dir, sizeof dir, "%s/jobs/%ld", d->o.state_dir, j->id);
+    TD_TRY(td_fs_mkdirs(dir));
+    snprintf(hf, sizeof hf, "%s/hostfile", dir);
+    snprintf(logp, sizeof logp, "%s/log", dir);
+    char hosts[64];
+    snprintf(hosts, sizeof hosts, "localhost slots=%d\n", pl->n[0]);
+    TD_TRY(td_fs_write_file_atomic(hf, hosts, strlen(hosts)));
+    int resume = j->attempt > 0 && has_checkpoint(j);
+    int logfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (logfd < 0) return td_error_set(TD_ERR_IO, "cannot open %s: %s", logp, strerror(errno));
+    char np[16];
+    snprintf(np, sizeof np, "%d", j->ranks);
+    /* a shell leads the session and records mpirun's exit code in a file, so that a
+     * coordinator started again after this one died still learns how the job ended; it
+     * outlives a SIGTERM to the session (a handler, which exec resets in mpirun: an ignored
+     * signal would stay ignored) until mpirun and its ranks are gone, so the job ends when its
+     * last process does */
+    char exitf[1300];
+    snprintf(exitf, sizeof exitf, "%s/exit.%d", dir, j->attempt + 1);
+    unlink(exitf);
+    const char *argv[] = {"/bin/sh",
+                          "-c",
+                          "trap : TERM INT; \"$@\"; rc=$?; echo $rc > \"$0.tmp\" && mv \"$0.tmp\" "
+                          "\"$0\"; exit $rc",
+                          exitf,
+                          "mpirun",
+                          "-np",
+                          np,
+                          "--hostfile",
+                          hf,
+                          d->o.tandem,
+                          j->kind,
+                          j->file,
+                          resume ? "--resume" : NULL,
+                          NULL};
+    dprintf(logfd, "== attempt %d: mpirun -np %s --hostfile %s %s %s %s%s (in %s)\n",
+            j->attempt + 1, np, hf, d->o.tandem, j->kind, j->file, resume ? " --resume" : "",
+            j->dir);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(logfd);
+        return td_error_set(TD_ERR_RUNTIME, "fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        setsid(); /* a session of its own: a cancel signals every rank through the group */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGPIPE, SIG_DFL);
+        if (chdir(j->dir) != 0) {
+            dprintf(logfd, "cannot enter %s: %s\n", j->dir, strerror(errno));
+            _exit(127);
+        }
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) dup2(nul, 0);
+        execvp(argv[0], (char *const *)argv);
+        dprintf(2, "cannot run mpirun: %s\n", strerror(errno));
+        _exit(127);
+    }
+    close(logfd);
+    cJSON *ev = event("start", j->id);
+    cJSON_AddNumberToObject(ev, "attempt", j->attempt + 1);
+    cJSON_AddNumberToObject(ev, "pid", pid);
+    char where[32];
+    snprintf(where, sizeof where, "localhost:%d", pl->n[0]);
+    cJSON_AddStringToObject(ev, "hosts", where);
+    td_status s = record(d, ev);
+    if (s != TD_OK) {
+        kill(-pid, SIGKILL);
+        return s;
+    }
+    job_rt *rt = rt_of(d, j->id);
+    if (rt) rt->child = 1, rt->kill_at = 0;
+    TD_LOG_INFO("job %ld: attempt %d started (%d ranks, pid %d)%s", j->id, j->attempt, j->ranks,
+                (int)pid, resume ? ", resuming its checkpoint" : "");
+    return TD_OK;
+}
+
+/* 1 while process pid runs. A zombie counts as ended: the launcher of a job whose
+ * coordinator died is reparented, and its new parent may not reap it at once. */
+static int alive(long pid) {
+    if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) return 0;
+    char p[64], buf[512];
+    snprintf(p, sizeof p, "/proc/%ld/stat", pid);
+    FILE *f = fopen(p, "r");
+    if (!f) return 1; /* no /proc: trust kill */
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." -- comm may hold spaces */
+    return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
+}
+
+/* What follows an attempt's end, decided once and journaled. */
+static td_status ended(coord *d, const td_job *j, int rc, const char *how) {
+    const char *then;
+    if (j->cancel_asked)
+        then = "cancelled";
+    else if (j->preempting)
+        then = "queued";
+    else if (rc == 0)
+        then = "done";
+    else if (j->restarts < j->max_restarts)
+        then = "queued";
+    else
+        then = "failed";
+    cJSON *ev = event("exit", j->id);
+    cJSON_AddNumberToObject(ev, "attempt", j->attempt);
+    cJSON_AddNumberToObject(ev, "rc", rc);
+    cJSON_AddStringToObject(ev, "then", then);
+    cJSON_AddStringToObject(ev, "reason", how);
+    long id = j->id;
+    int attempt = j->attempt;
+    TD_TRY(record(d, ev));
+    TD_LOG_INFO("job %ld: attempt %d ended (%s) -> %s", id, attempt, how, then);
+    job_rt *rt = rt_of(d, id);
+    if (rt) rt->child = 0, rt->kill_at = 0;
+    return TD_OK;
+}
+
+/* Reaps launchers that exited; watches jobs of an earlier daemon by their pid; sends SIGKILL
+ * where a cancel's grace has run out. */
+static void watch(coord *d) {
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p <= 0) break;
+        for (int i = 0; i < td_jobs_count(d->jobs); i++) {
+            const td_job *j = td_jobs_at(d->jobs, i);
+            if (j->state != TD_JOB_RUNNING || j->pid != p) continue;
+            char how[64];
+            int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            if (WIFEXITED(st))
+                snprintf(how, sizeof how, "exit code %d", rc);
+            else
+                snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(st));
+            if (ended(d, j, rc, how) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+            break;
+        }
+    }
+    double now = now_s();
+    for (int i = 0; i < td_jobs_count(d->jobs); i++) {
+        const td_job *j = td_jobs_at(d->jobs, i);
+        if (j->state != TD_JOB_RUNNING) continue;
+        job_rt *rt = rt_of(d, j->id);
+        if (!rt) continue;
+        if (!rt->child && j->pid > 0 && !alive(j->pid)) {
+            /* a job of an earlier coordinator ended: its shell left the exit code, unless
+             * it was killed */
+            char p[1300], *text = NULL;
+            size_t len = 0;
+            snprintf(p, sizeof p, "%s/jobs/%ld/exit.%d", d->o.state_dir, j->id, j->attempt);
+            int rc = -1;
+            if (td_fs_read_file(p, &text, &len) == TD_OK)
+                rc = atoi(text);
+            else
+                td_error_clear();
+            free(text);
+            char how[160];
+            if (rc >= 0)
+                snprintf(how, sizeof how,
+                         "exit code %d (recorded by its launcher while no coordinator watched)",
+                         rc);
+            else
+                snprintf(how, sizeof how,
+                         "ended while no coordinator watched, killed (no exit "
+                         "code recorded)");
+            if (ended(d, j, rc, how) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+            continue;
+        }
+        if (rt->kill_at > 0 && now >= rt->kill_at && j->pid > 0) {
+            TD_LOG_WARN("job %ld: still running %.0f s after SIGTERM: SIGKILL", j->id,
+                        d->o.cancel_grace_s);
+            kill(-(pid_t)j->pid, SIGKILL);
+            kill((pid_t)j->pid, SIGKILL);
+            rt->kill_at = 0;
+        }
+    }
+}
+
+/* One scheduling round: a snapshot of this machine's slots and the table, and the starts. */
+static void schedule(coord *d) {
+    int n = td_jobs_count(d->jobs);
+    td_sched_job *sj = calloc((size_t)n + 1, sizeof *sj);
+    if (!sj) return;
+    int ns = 0;
+    for (int i = 0; i < n; i++) {
+        const td_job *j = td_jobs_at(d->jobs, i);
+        if (j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING) continue;
+        td_sched_job *s = &sj[ns++];
+        s->id = (int)j->id;
+        s->kind = TD_SCHED_BATCH;
+        s->state = j->state == TD_JOB_RUNNING ? TD_SCHED_RUNNING : TD_SCHED_QUEUED;
+        s->priority = j->priority;
+        s->seq = j->id;
+        s->ranks = j->ranks;
+        s->limit_s = j->limit_s;
+        s->started_at = j->started_at;
+        if (j->state == TD_JOB_RUNNING) s->held.n[0] = j->ranks;
+    }
+    td_sched_host host = {"localhost", d->o.slots, 0};
+    td_sched_snapshot snap = {&host, 1, sj, ns, now_s()};
+    td_sched_action acts[32];
+    int na = td_sched_plan(&snap, acts, 32);
+    for (int a = 0; a < na; a++) {
+        if (acts[a].verb != TD_SCHED_START) continue;
+        const td_job *j = td_jobs_find(d->jobs, acts[a].job);
+        if (j && launch(d, j, &acts[a].place) != TD_OK)
+            TD_LOG_ERROR("job %ld: cannot start: %s", (long)acts[a].job, td_error_message());
+    }
+    free(sj);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* the control socket */
+
+static void reply(coord *d, const uint8_t *ident, size_t ilen, Tandem__ControlReply *r) {
+    r->has_slots = 1;
+    r->slots = (uint32_t)d->o.slots;
+    td_env env = TANDEM__ENVELOPE__INIT;
+    env.body_case = TANDEM__ENVELOPE__BODY_CONTROL_REPLY;
+    env.control_reply = r;
+    if (td_wire_send(d->sock, ident, ilen, &env) != TD_OK)
+        TD_LOG_WARN("control reply not sent: %s", td_error_message());
+}
+
+static void refuse(coord *d, const uint8_t *ident, size_t ilen, const char *msg) {
+    Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+    r.error = (char *)msg;
+    reply(d, ident, ilen, &r);
+}
+
+static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem__JobSubmit *m) {
+    char msg[1400];
+    struct stat st;
+    if (strcmp(m->kind, "train") && strcmp(m->kind, "finetune")) {
+        snprintf(msg, sizeof msg,
+                 "kind \"%s\": the coordinator runs train and finetune jobs (prep, distill, "
+                 "serve and bench are not scheduled yet)",
+                 m->kind);
+        return refuse(d, ident, ilen, msg);
+    }
+    if (m->ranks < 1 || (int)m->ranks > d->o.slots) {
+        snprintf(msg, sizeof msg, "the job needs %u ranks; the pool has %d slots", m->ranks,
+                 d->o.slots);
+        return refuse(d, ident, ilen, msg);
+    }
+    if (m->file[0] != '/' || stat(m->file, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(msg, sizeof msg, "%s: not a job file the coordinator can read (an absolute path)",
+                 m->file);
+        return refuse(d, ident, ilen, msg);
+    }
+    if (m->dir[0] != '/' || !td_fs_is_dir(m->dir)) {
+        snprintf(msg, sizeof msg, "%s: not a directory", m->dir);
+        return refuse(d, ident, ilen, msg);
+    }
+    long id = td_jobs_next_id(d->jobs);
+    cJSON *ev = event("submit", id);
+    cJSON_AddStringToObject(ev, "kind", m->kind);
+    cJSON_AddStringToObject(ev, "file", m->file);
+    cJSON_AddStringToObject(ev, "dir", m->dir);
+    cJSON_AddNumberToObject(ev, "ranks", m->ranks);
+    cJSON_AddNumberToObject(ev, "priority", m->has_priority ? m->priority : 0);
+    cJSON_AddNumberToObject(ev, "limit_s", m->has_limit_s ? m->limit_s : 0);
+    cJSON_AddNumberToObject(ev, "max_restarts", m->has_max_restarts ? m->max_restarts : 0);
+    if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
+    TD_LOG_INFO("job %ld: submitted (%s %s, %u ranks)", id, m->kind, m->file, m->ranks);
+    Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+    r.has_id = 1;
+    r.id = (uint64_t)id;
+    reply(d, ident, ilen, &r);
+}
+
+static void on_cancel(coord *d, const uint8_t *ident, size_t ilen, uint64_t id) {
+    char msg[200];
+    const td_job *j = td_jobs_find(d->jobs, (long)id);
+    if (!j) {
+        snprintf(msg, sizeof msg, "no job %llu", (unsigned long long)id);
+        return refuse(d, ident, ilen, msg);
+    }
+    if (td_job_state_final(j->state)) {
+        snprintf(msg, sizeof msg, "job %llu has ended (%s)", (unsigned long long)id,
+                 td_job_state_name(j->state));
+        return refuse(d, ident, ilen, msg);
+    }
+    if (record(d, event("cancel", (long)id)) != TD_OK)
+        return refuse(d, ident, ilen, td_error_message());
+    j = td_jobs_find(d->jobs, (long)id);
+    if (j->state == TD_JOB_RUNNING && j->pid > 0) {
+        kill(-(pid_t)j->pid, SIGTERM); /* every rank: the launcher leads the session */
+        job_rt *rt = rt_of(d, j->id);
+        if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s;
+    }
+    TD_LOG_INFO("job %llu: cancel (%s)", (unsigned long long)id, td_job_state_name(j->state));
+    Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+    r.has_id = 1;
+    r.id = id;
+    reply(d, ident, ilen, &r);
+}
+
+static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
+    int n = td_jobs_count(d->jobs);
+    Tandem__JobInfo *info = calloc((size_t)n + 1, sizeof *info);
+    Tandem__JobInfo **ptr = calloc((size_t)n + 1, sizeof *ptr);
+    if (!info || !ptr) {
+        free(info);
+        free(ptr);
+        return refuse(d, ident, ilen, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        const td_job *j = td_jobs_at(d->jobs, i);
+        Tandem__JobInfo *x = &info[i];
+        tandem__job_info__init(x);
+        x->id = (uint64_t)j->id;
+        x->kind = (char *)j->kind;
+        x->file = (char *)j->file;
+        x->ranks = (uint32_t)j->ranks;
+        x->state = (char *)td_job_state_name(j->state);
+        x->has_priority = 1, x->priority = j->priority;
+        x->has_attempt = 1, x->attempt = (uint32_t)j->attempt;
+        x->hosts = (char *)j->hosts;
+        x->has_submitted_at = 1, x->submitted_at = j->submitted_at;
+        x->has_started_at = j->attempt > 0, x->started_at = j->started_at;
+        x->has_ended_at = td_job_state_final(j->state), x->ended_at = j->ended_at;
+        x->has_rc = j->attempt > 0 && j->state != TD_JOB_RUNNING, x->rc = j->rc;
+        x->reason = (char *)j->reason;
+        x->has_pid = j->state == TD_JOB_RUNNING, x->pid = (uint64_t)j->pid;
+        x->has_cancel_asked = 1, x->cancel_asked = j->cancel_asked;
+        ptr[i] = x;
+    }
+    Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+    r.n_jobs = (size_t)n;
+    r.jobs = ptr;
+    reply(d, ident, ilen, &r);
+    free(ptr);
+    free(info);
+}
+
+static void serve_control(coord *d) {
+    uint8_t ident[256];
+    size_t ilen = 0;
+    td_env *env = NULL;
+    if (td_wire_recv(d->sock, ident, &ilen, 100, &env) != TD_OK || !env) return;
+    switch (env->body_case) {
+    case TANDEM__ENVELOPE__BODY_JOB_SUBMIT:
+        on_submit(d, ident, ilen, env->job_submit);
+        break;
+    case TANDEM__ENVELOPE__BODY_JOB_CANCEL:
+        on_cancel(d, ident, ilen, env->job_cancel->id);
+        break;
+    case TANDEM__ENVELOPE__BODY_JOB_LIST:
+        on_list(d, ident, ilen);
+        break;
+    default:
+        refuse(d, ident, ilen, "not a coordinator request (submit, cancel or list)");
+    }
+    td_wire_free(env);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static td_status replay_event(void *ctx, const cJSON *rec, long line) {
+    (void)line;
+    return td_jobs_apply(ctx, rec);
+}
+
+static td_status open_socket(coord *d) {
+    d->zctx = zmq_ctx_new();
+    if (!d->zctx) return td_error_set(TD_ERR_RUNTIME, "zmq_ctx_new: %s", zmq_strerror(errno));
+    if (!d->o.insecure) TD_TRY(td_zap_start(d->zctx, &d->zap));
+    d->sock = zmq_socket(d->zctx, ZMQ_ROUTER);
+    if (!d->sock) return td_error_set(TD_ERR_RUNTIME, "zmq_socket: %s", zmq_strerror(errno));
+    int one = 1, zero = 0;
+    zmq_setsockopt(d->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(d->sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (d->o.insecure)
+        td_keys_warn_insecure("the coordinator's control socket");
+    else
+        TD_TRY(td_keys_server(d->sock));
+    if (zmq_bind(d->sock, d->o.control) != 0)
+        return td_error_set(TD_ERR_IO, "cannot bind the control socket %s: %s", d->o.control,
+                            zmq_strerror(errno));
+    return TD_OK;
+}
+
+td_status td_daemon_run(const td_daemon_opts *o) {
+    coord d = {.o = *o};
+    if (d.o.cancel_grace_s <= 0) d.o.cancel_grace_s = 3;
+    td_status s = td_fs_mkdirs(o->state_dir);
+    char jp[1200];
+    snprintf(jp, sizeof jp, "%s/journal", o->state_dir);
+    if (s == TD_OK) s = td_jobs_new(&d.jobs);
+    if (s == TD_OK) s = td_journal_open(jp, replay_event, d.jobs, &d.journal);
+    if (s == TD_OK) s = open_socket(&d);
+    if (s == TD_OK) {
+        int q = 0, r = 0;
+        for (int i = 0; i < td_jobs_count(d.jobs); i++) {
+            const td_job *j = td_jobs_at(d.jobs, i);
+            q += j->state == TD_JOB_QUEUED;
+            r += j->state == TD_JOB_RUNNING;
+        }
+        TD_LOG_INFO("coordinator: %d slots, control %s, journal %s: %d jobs (%d queued, %d "
+                    "running)",
+                    o->slots, o->control, jp, td_jobs_count(d.jobs), q, r);
+        struct sigaction sa = {0};
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        while (!g_stop) {
+            serve_control(&d);
+            watch(&d);
+            if (!g_stop) schedule(&d);
+        }
+        TD_LOG_INFO("coordinator: stopping; running jobs keep running");
+    }
+    if (d.sock) zmq_close(d.sock);
+    td_zap_stop(&d.zap);
+    if (d.zctx) zmq_ctx_term(d.zctx);
+    td_journal_free(&d.journal);
+    td_jobs_free(&d.jobs);
+    free(d.rt);
+    return s;
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The coordinator end to end (ctest labels mpi, e2e), on a pool of 2 slots:
+#   1. gang: two 2-rank training jobs; the second waits while the first runs (tandem ps shows
+#      running + queued), starts when the first ends, both end done
+#   2. cancel: a queued job is cancelled at once; a running one is gone (every process of its
+#      session) within 5 s
+#   3. restart: the coordinator killed with SIGKILL and started again has the same job table
+#      (journal replay) and still sees the job that kept running, to its end
+#   4. refusals: more ranks than slots, a kind it does not run, a missing file, a client
+#      whose key is not allowed, a cancel of an unknown job -- each a clear error, exit 2
+# Usage: test_coordinator.sh TANDEM_BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TANDEM=$(realpath "$1")
+W=$(mktemp -d)
+COORD=
+cleanup() {
+    [ -n "$COORD" ] && kill -9 "$COORD" 2> /dev/null || true
+    pkill -9 -f "$W/" 2> /dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+cd "$W"
+. "$HERE/mpi_env.sh"
+export TANDEM_KEYS=$W/keys
+PORT=$((20000 + RANDOM % 20000))
+export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
+. "$HERE/tiny_model.sh"
+tiny_model "$TANDEM" 64 # data/ and a job.json to start from
+fail=0
+job() { # name steps
+    sed -e "s/\"steps\": 2/\"steps\": $2/; s/\"every\": 2/\"every\": 20/; s/\"dir\": \"run\"/\"dir\": \"$1\"/" \
+        job.json > "$1.json"
+}
+start_coord() {
+    "$TANDEM" coordinator --state state --slots 2 --cancel-grace 2 2>> coord.log &
+    COORD=$!
+    for _ in $(seq 100); do "$TANDEM" ps > /dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "FAIL: the coordinator did not answer"; cat coord.log; exit 1
+}
+state() { # id -> its state
+    "$TANDEM" ps --json | python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id']==$1))"
+}
+wait_state() { # id state seconds
+    for _ in $(seq $(($3 * 10))); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.1; done
+    echo "FAIL: job $1 is $(state "$1"), not $2 after $3 s"; fail=1; return 1
+}
+start_coord
+
+# 1. gang
+job a 3000 && job b 30
+A=$("$TANDEM" submit a.json --ranks 2)
+B=$("$TANDEM" submit b.json --ranks 2)
+wait_state "$A" running 10
+sleep 1
+"$TANDEM" ps
+[ "$(state "$B")" = queued ] && echo "ok: job $B (2 ranks) waits while job $A holds both slots" ||
+    { echo "FAIL: job $B is $(state "$B") while $A runs"; fail=1; }
+wait_state "$A" done 120 && wait_state "$B" done 120 &&
+    "$TANDEM" ps --json | python3 -c "
+import json, sys
+j = {x['id']: x for x in json.load(sys.stdin)}
+a, b = j[$A], j[$B]
+gap = b['started_at'] - a['ended_at']
+print('ok: job $B started %.2f s after job $A ended; both done' % gap) if 0 <= gap < 5 else \
+    sys.exit('FAIL: job $B started %.2f s after job $A ended' % gap)" || fail=1
+grep -q '"step": 30' b/metrics.jsonl 2> /dev/null && echo "ok: job $B trained its 30 steps" ||
+    { echo "FAIL: job $B's metrics lack step 30"; fail=1; }
+
+# 2. cancel a running job and a queued one
+job c 100000 && job d 30
+C=$("$TANDEM" submit c.json --ranks 2)
+D=$("$TANDEM" submit d.json --ranks 2)
+wait_state "$C" running 10
+sleep 2 # let the ranks start
+pids=$(pgrep -f "$W/c.json" | tr '\n' ' ')
+[ -n "$pids" ] || { echo "FAIL: no process of job $C"; fail=1; }
+"$TANDEM" cancel "$D" > /dev/null && wait_state "$D" cancelled 2 &&
+    echo "ok: queued job $D cancelled at once"
+t0=$(date +%s.%N)
+"$TANDEM" cancel "$C" > /dev/null
+gone=0
+for _ in $(seq 50); do
+    alive=0
+    for p in $pids; do # a zombie waiting for its reaper is not running
+        st=$(ps -o stat= -p "$p" 2> /dev/null || true)
+        [ -n "$st" ] && [ "${st#Z}" = "$st" ] && alive=1
+    done
+    [ $alive = 0 ] && { gone=1; break; }
+    sleep 0.1
+done
+t=$(python3 -c "import time; print('%.1f' % (time.time() - $t0))")
+[ $gone = 1 ] && echo "ok: running job $C cancelled: its processes ($pids) gone in $t s" ||
+    { echo "FAIL: job $C's processes still alive 5 s after the cancel"; fail=1; }
+wait_state "$C" cancelled 5 || true
+grep "job $C:" coord.log | sed 's/^/   coordinator: /' 
+
+# 3. the coordinator killed and started again
+job e 2000
+E=$("$TANDEM" submit e.json --ranks 1)
+wait_state "$E" running 10
+"$TANDEM" ps --json > before.json
+kill -9 "$COORD"
+wait "$COORD" 2> /dev/null || true
+sleep 1
+start_coord
+"$TANDEM" ps --json > after.json
+python3 - before.json after.json <<'EOF' && echo "ok: the restarted coordinator has the same job table" || fail=1
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+key = lambda j: (j['id'], j['state'], j['kind'], j['ranks'], j['attempt'], j['file'])
+if [key(j) for j in a] != [key(j) for j in b]:
+    print("FAIL: job tables differ:\n", a, "\n", b)
+    sys.exit(1)
+EOF
+wait_state "$E" done 120 && echo "ok: job $E, left running by the killed coordinator, seen to its end" &&
+    grep -q "exit code 0 (recorded by its launcher while no coordinator watched)" <("$TANDEM" ps --json) &&
+    echo "ok: its exit code came from the file its launcher wrote"
+
+# 4. refusals
+bad() { # label expected-message command...
+    local out rc=0
+    out=$("${@:3}" 2>&1) || rc=$?
+    if [ $rc -eq 2 ] && grep -q -- "$2" <<< "$out"; then echo "ok: $1: $out"; else
+        echo "FAIL: $1: rc $rc: $out"; fail=1; fi
+}
+bad "more ranks than slots" "needs 3 ranks; the pool has 2 slots" "$TANDEM" submit a.json --ranks 3
+bad "missing job file" "no-such.json" "$TANDEM" submit no-such.json
+bad "unknown job" "no job 99" "$TANDEM" cancel 99
+bad "a job that has ended" "has ended (done)" "$TANDEM" cancel "$A"
+rm -rf otherkeys && mkdir -m 700 otherkeys && cp keys/router.public otherkeys/
+out=$(TANDEM_KEYS=$W/otherkeys "$TANDEM" ps 2>&1) && { echo "FAIL: a client with an unknown key was answered"; fail=1; } ||
+    echo "ok: a client whose key is not allowed gets no answer: $out"
+kill "$COORD"
+wait "$COORD" 2> /dev/null || true
+COORD=
+exit $fail
