@@ -275,8 +275,19 @@ int td_cmd_submit(int argc, char **argv) {
     cJSON *doc = NULL;
     td_status s = td_json_load_file(file, &doc);
     if (s != TD_OK) return td_cli_fail("submit", s);
-    const char *kind = cJSON_GetObjectItemCaseSensitive(doc, "finetune") ? "finetune" : "train";
+    /* the job's kind from its sections: the coordinator runs these two */
+    const char *kind = !cJSON_IsObject(doc)                                ? NULL
+                       : cJSON_GetObjectItemCaseSensitive(doc, "finetune") ? "finetune"
+                       : cJSON_GetObjectItemCaseSensitive(doc, "model")    ? "train"
+                                                                           : NULL;
     cJSON_Delete(doc);
+    if (!kind) {
+        fprintf(stderr,
+                "tandem submit: %s: not a train or finetune job file (a JSON object with a "
+                "\"model\" or a \"finetune\" section; docs/train.md, docs/finetune.md)\n",
+                file);
+        return 2;
+    }
     Tandem__JobSubmit m = TANDEM__JOB_SUBMIT__INIT;
     m.kind = (char *)kind;
     m.file = file;

@@ -82,6 +82,8 @@ static cJSON *event(const char *kind, long id) {
 /* ---------------------------------------------------------------------------------------- */
 /* launching */
 
+static td_status ended(coord *d, const td_job *j, int rc, const char *how);
+
 /* 1 when the job file names a checkpoint directory that holds a step_* already (a restart
  * then resumes). */
 static int has_checkpoint(const td_job *j) {
@@ -132,7 +134,8 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     unlink(exitf);
     const char *argv[] = {"/bin/sh",
                           "-c",
-                          "trap : TERM INT; \"$@\"; rc=$?; echo $rc > \"$0.tmp\" && mv \"$0.tmp\" "
+                          "echo $$ > \"$0.pid\"; trap : TERM INT; \"$@\"; rc=$?; echo $rc > "
+                          "\"$0.tmp\" && mv \"$0.tmp\" "
                           "\"$0\"; exit $rc",
                           exitf,
                           "mpirun",
@@ -148,10 +151,29 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     dprintf(logfd, "== attempt %d: mpirun -np %s --hostfile %s %s %s %s%s (in %s)\n",
             j->attempt + 1, np, hf, d->o.tandem, j->kind, j->file, resume ? " --resume" : "",
             j->dir);
+    /* journaled before the fork: a coordinator killed in between finds a start without a
+     * pid, and the pid file the shell writes first (below) */
+    long id = j->id;
+    int attempt = j->attempt + 1;
+    cJSON *ev = event("start", id);
+    cJSON_AddNumberToObject(ev, "attempt", attempt);
+    cJSON_AddNumberToObject(ev, "pid", 0);
+    char where[32];
+    snprintf(where, sizeof where, "localhost:%d", pl->n[0]);
+    cJSON_AddStringToObject(ev, "hosts", where);
+    td_status s = record(d, ev);
+    if (s != TD_OK) {
+        close(logfd);
+        return s;
+    }
+    job_rt *rt = rt_of(d, id);
+    if (rt) rt->child = 1, rt->kill_at = 0;
     pid_t pid = fork();
     if (pid < 0) {
         close(logfd);
-        return td_error_set(TD_ERR_RUNTIME, "fork: %s", strerror(errno));
+        char how[96];
+        snprintf(how, sizeof how, "could not start: fork: %s", strerror(errno));
+        return ended(d, td_jobs_find(d->jobs, id), 127, how);
     }
     if (pid == 0) {
         setsid(); /* a session of its own: a cancel signals every rank through the group */
@@ -171,22 +193,52 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
         _exit(127);
     }
     close(logfd);
-    cJSON *ev = event("start", j->id);
-    cJSON_AddNumberToObject(ev, "attempt", j->attempt + 1);
+    ev = event("pid", id);
+    cJSON_AddNumberToObject(ev, "attempt", attempt);
     cJSON_AddNumberToObject(ev, "pid", pid);
-    char where[32];
-    snprintf(where, sizeof where, "localhost:%d", pl->n[0]);
-    cJSON_AddStringToObject(ev, "hosts", where);
-    td_status s = record(d, ev);
+    s = record(d, ev);
     if (s != TD_OK) {
         kill(-pid, SIGKILL);
         return s;
     }
-    job_rt *rt = rt_of(d, j->id);
-    if (rt) rt->child = 1, rt->kill_at = 0;
-    TD_LOG_INFO("job %ld: attempt %d started (%d ranks, pid %d)%s", j->id, j->attempt, j->ranks,
-                (int)pid, resume ? ", resuming its checkpoint" : "");
+    TD_LOG_INFO("job %ld: attempt %d started (%d ranks, pid %d)%s", id, attempt, j->ranks, (int)pid,
+                resume ? ", resuming its checkpoint" : "");
     return TD_OK;
+}
+
+/* Sends sig to every process of session sid (the job's shell leads it: mpirun and the ranks
+ * are in it, each rank in a process group of its own). With ranks_only, only the tandem
+ * processes -- the ranks -- get it: they stop at the end of their step with a checkpoint,
+ * and mpirun, not signalled, then exits on its own instead of killing them after its own
+ * short grace. Returns how many processes were signalled. */
+static int signal_session(long sid, int sig, int ranks_only) {
+    if (sid <= 0) return 0;
+    DIR *dp = opendir("/proc");
+    int n = 0;
+    for (struct dirent *e; dp && (e = readdir(dp));) {
+        char *end = NULL;
+        long pid = strtol(e->d_name, &end, 10);
+        if (pid <= 0 || *end) continue;
+        char p[64], buf[512];
+        snprintf(p, sizeof p, "/proc/%ld/stat", pid);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        size_t len = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[len] = 0;
+        /* "pid (comm) state ppid pgrp session ..." -- comm may hold spaces and parentheses */
+        char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
+        if (!lp || !rp) continue;
+        char state;
+        long ppid, pgrp, session;
+        if (sscanf(rp + 1, " %c %ld %ld %ld", &state, &ppid, &pgrp, &session) != 4) continue;
+        if (session != sid || state == 'Z') continue;
+        *rp = 0;
+        if (ranks_only && strcmp(lp + 1, "tandem")) continue;
+        if (kill((pid_t)pid, sig) == 0) n++;
+    }
+    if (dp) closedir(dp);
+    return n;
 }
 
 /* 1 while process pid runs. A zombie counts as ended: the launcher of a job whose
@@ -257,7 +309,31 @@ static void watch(coord *d) {
         if (j->state != TD_JOB_RUNNING) continue;
         job_rt *rt = rt_of(d, j->id);
         if (!rt) continue;
-        if (!rt->child && j->pid > 0 && !alive(j->pid)) {
+        if (!rt->child && j->pid <= 0) {
+            /* started by a coordinator that died before it journaled the pid: the shell
+             * wrote it first thing; no pid file long after the start: it never ran */
+            char p[1300], *text = NULL;
+            size_t len = 0;
+            snprintf(p, sizeof p, "%s/jobs/%ld/exit.%d.pid", d->o.state_dir, j->id, j->attempt);
+            if (td_fs_read_file(p, &text, &len) == TD_OK && atol(text) > 0) {
+                cJSON *ev = event("pid", j->id);
+                cJSON_AddNumberToObject(ev, "attempt", j->attempt);
+                cJSON_AddNumberToObject(ev, "pid", (double)atol(text));
+                if (record(d, ev) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+            } else if (now - j->started_at > 10) {
+                /* queued again without spending a restart: it did not fail, it never ran */
+                td_error_clear();
+                if (record(d, event("preempt", j->id)) != TD_OK ||
+                    ended(d, td_jobs_find(d->jobs, j->id), -1,
+                          "never ran: its coordinator died while starting it") != TD_OK)
+                    TD_LOG_ERROR("%s", td_error_message());
+            } else {
+                td_error_clear();
+            }
+            free(text);
+            continue;
+        }
+        if (!rt->child && !alive(j->pid)) {
             /* a job of an earlier coordinator ended: its shell left the exit code, unless
              * it was killed */
             char p[1300], *text = NULL;
@@ -284,8 +360,7 @@ static void watch(coord *d) {
         if (rt->kill_at > 0 && now >= rt->kill_at && j->pid > 0) {
             TD_LOG_WARN("job %ld: still running %.0f s after SIGTERM: SIGKILL", j->id,
                         d->o.cancel_grace_s);
-            kill(-(pid_t)j->pid, SIGKILL);
-            kill((pid_t)j->pid, SIGKILL);
+            signal_session(j->pid, SIGKILL, 0);
             rt->kill_at = 0;
         }
     }
@@ -396,11 +471,18 @@ static void on_cancel(coord *d, const uint8_t *ident, size_t ilen, uint64_t id) 
                  td_job_state_name(j->state));
         return refuse(d, ident, ilen, msg);
     }
+    if (j->cancel_asked) { /* asked before: it is on its way out, its SIGKILL timer runs */
+        Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+        r.has_id = 1;
+        r.id = id;
+        return reply(d, ident, ilen, &r);
+    }
     if (record(d, event("cancel", (long)id)) != TD_OK)
         return refuse(d, ident, ilen, td_error_message());
     j = td_jobs_find(d->jobs, (long)id);
-    if (j->state == TD_JOB_RUNNING && j->pid > 0) {
-        kill(-(pid_t)j->pid, SIGTERM); /* every rank: the launcher leads the session */
+    if (j->state == TD_JOB_RUNNING) {
+        if (j->pid > 0 && signal_session(j->pid, SIGTERM, 1) == 0)
+            signal_session(j->pid, SIGTERM, 0); /* no rank yet: stop what is there */
         job_rt *rt = rt_of(d, j->id);
         if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s;
     }
@@ -490,9 +572,11 @@ static td_status open_socket(coord *d) {
         td_keys_warn_insecure("the coordinator's control socket");
     else
         TD_TRY(td_keys_server(d->sock));
-    if (zmq_bind(d->sock, d->o.control) != 0)
-        return td_error_set(TD_ERR_IO, "cannot bind the control socket %s: %s", d->o.control,
-                            zmq_strerror(errno));
+    if (zmq_bind(d->sock, d->o.control) != 0) {
+        int e = errno;
+        return td_error_set(e == EINVAL || e == EPROTONOSUPPORT ? TD_ERR_INVALID : TD_ERR_IO,
+                            "cannot bind the control socket %s: %s", d->o.control, zmq_strerror(e));
+    }
     return TD_OK;
 }
 
@@ -500,8 +584,13 @@ td_status td_daemon_run(const td_daemon_opts *o) {
     coord d = {.o = *o};
     if (d.o.cancel_grace_s <= 0) d.o.cancel_grace_s = 3;
     td_status s = td_fs_mkdirs(o->state_dir);
-    char jp[1200];
-    snprintf(jp, sizeof jp, "%s/journal", o->state_dir);
+    /* absolute: jobs run in their own directories, and their shells write here */
+    static char state_abs[4096];
+    if (s == TD_OK && !realpath(o->state_dir, state_abs))
+        s = td_error_set(TD_ERR_IO, "%s: %s", o->state_dir, strerror(errno));
+    d.o.state_dir = state_abs;
+    char jp[4200];
+    snprintf(jp, sizeof jp, "%s/journal", d.o.state_dir);
     if (s == TD_OK) s = td_jobs_new(&d.jobs);
     if (s == TD_OK) s = td_journal_open(jp, replay_event, d.jobs, &d.journal);
     if (s == TD_OK) s = open_socket(&d);

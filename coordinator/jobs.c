@@ -191,6 +191,16 @@ td_status td_jobs_apply(td_jobs *t, const cJSON *ev) {
         snprintf(j->reason, sizeof j->reason, "%s", reason);
         return TD_OK;
     }
+    if (!strcmp(kind, "pid")) {
+        long attempt = 0, pid = 0;
+        TD_TRY(get_intv(ev, where, "attempt", 1, 1, 1 << 20, &attempt));
+        TD_TRY(get_intv(ev, where, "pid", 1, 1, 1L << 31, &pid));
+        if (j->state != TD_JOB_RUNNING || attempt != j->attempt)
+            return td_error_set(TD_ERR_FORMAT, "%s: job %ld attempt %ld is not running", where, id,
+                                attempt);
+        j->pid = pid;
+        return TD_OK;
+    }
     if (!strcmp(kind, "cancel")) {
         j->cancel_asked = 1;
         if (j->state == TD_JOB_QUEUED) {

@@ -9,7 +9,9 @@
  * coordinator's clock):
  *   submit   kind, file, dir, ranks, priority, limit_s, max_restarts: a new job, queued; ids are
  *            given in order (each submit's id is the table's next id)
- *   start    attempt, pid, hosts: an attempt began (queued -> running)
+ *   start    attempt, pid, hosts: an attempt began (queued -> running); journaled before the
+ *            process exists, so pid may be 0 and come with the next event:
+ *   pid      attempt, pid: the running attempt's launcher
  *   exit     attempt, rc, then ("done", "failed", "queued"), reason: the attempt ended; `then`
  *            is the coordinator's decision (restart after a failure, requeue after
  *            preemption), recorded so that a replay need not decide again

@@ -6,8 +6,11 @@
 #      session) within 5 s
 #   3. restart: the coordinator killed with SIGKILL and started again has the same job table
 #      (journal replay) and still sees the job that kept running, to its end
-#   4. refusals: more ranks than slots, a kind it does not run, a missing file, a client
-#      whose key is not allowed, a cancel of an unknown job -- each a clear error, exit 2
+#   4. refusals: more ranks than slots, a file that is no train or finetune job, a missing
+#      file, a client whose key is not allowed, a cancel of an unknown or ended job
+#   5. a start journaled by a coordinator that died before forking: run once, later
+# Also: a cancelled job's ranks checkpoint first, a second cancel changes nothing, and a job
+# submitted from another directory runs there (the coordinator's --state being relative).
 # Usage: test_coordinator.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -93,7 +96,20 @@ t=$(python3 -c "import time; print('%.1f' % (time.time() - $t0))")
 [ $gone = 1 ] && echo "ok: running job $C cancelled: its processes ($pids) gone in $t s" ||
     { echo "FAIL: job $C's processes still alive 5 s after the cancel"; fail=1; }
 wait_state "$C" cancelled 5 || true
+ls -d c/step_* > /dev/null 2>&1 && echo "ok: the cancelled job's ranks wrote a checkpoint first ($(ls -d c/step_* | tail -1))" ||
+    { echo "FAIL: job $C left no checkpoint"; fail=1; }
+"$TANDEM" cancel "$C" > /dev/null 2>&1 || true # a second cancel changes nothing
+[ "$(grep -c "\"event\":\"cancel\",\"id\":$C," state/journal)" = 1 ] &&
+    echo "ok: one cancel event in the journal for job $C" ||
+    { echo "FAIL: $(grep -c "\"cancel\",\"id\":$C," state/journal) cancel events for job $C"; fail=1; }
 grep "job $C:" coord.log | sed 's/^/   coordinator: /' 
+
+# a job submitted from another directory (the coordinator's --state is relative to its own)
+mkdir -p sub && ln -sf ../data sub/data
+(cd sub && sed 's/"dir": "run"/"dir": "subrun"/' ../job.json > s.json && "$TANDEM" submit s.json > ../s.id)
+S=$(cat s.id)
+wait_state "$S" done 60 && [ -d sub/subrun ] &&
+    echo "ok: job $S, submitted from sub/, ran there (sub/subrun) with the coordinator's relative --state"
 
 # 3. the coordinator killed and started again
 job e 2000
@@ -127,10 +143,39 @@ bad() { # label expected-message command...
 bad "more ranks than slots" "needs 3 ranks; the pool has 2 slots" "$TANDEM" submit a.json --ranks 3
 bad "missing job file" "no-such.json" "$TANDEM" submit no-such.json
 bad "unknown job" "no job 99" "$TANDEM" cancel 99
+echo '{"prep": {}}' > notjob.json
+bad "not a train or finetune job" "not a train or finetune job file" "$TANDEM" submit notjob.json
 bad "a job that has ended" "has ended (done)" "$TANDEM" cancel "$A"
 rm -rf otherkeys && mkdir -m 700 otherkeys && cp keys/router.public otherkeys/
 out=$(TANDEM_KEYS=$W/otherkeys "$TANDEM" ps 2>&1) && { echo "FAIL: a client with an unknown key was answered"; fail=1; } ||
     echo "ok: a client whose key is not allowed gets no answer: $out"
+kill "$COORD"
+wait "$COORD" 2> /dev/null || true
+COORD=
+
+# 5. a coordinator that died between journaling a start and forking it: the journal holds a
+#    start without a pid and no process exists; the next coordinator queues the job again
+#    (without spending a restart) and runs it once
+job g 20
+python3 - "$W/state3" "$W/g.json" "$W" <<'EOF'
+import json, os, sys, time, zlib
+state, f, d = sys.argv[1:4]
+os.makedirs(state)
+now = time.time()
+evs = [{"event": "submit", "id": 1, "at": now - 30, "kind": "train", "file": f, "dir": d,
+        "ranks": 1, "priority": 0, "limit_s": 0, "max_restarts": 0},
+       {"event": "start", "id": 1, "at": now - 20, "attempt": 1, "pid": 0, "hosts": "localhost:1"}]
+with open(os.path.join(state, "journal"), "w") as j:
+    for e in evs:
+        t = json.dumps(e, separators=(",", ":"))
+        j.write("%08x %s\n" % (zlib.crc32(t.encode()), t))
+EOF
+"$TANDEM" coordinator --state state3 --slots 2 2>> coord3.log &
+COORD=$!
+for _ in $(seq 100); do "$TANDEM" ps > /dev/null 2>&1 && break; sleep 0.1; done
+wait_state 1 done 60 && [ "$(grep -c '== attempt' state3/jobs/1/log)" = 1 ] &&
+    echo "ok: a start journaled without its process: queued again, ran once ($("$TANDEM" ps --json | python3 -c 'import json,sys; j=json.load(sys.stdin)[0]; print("attempt", j["attempt"], j["state"])'))"
+grep -q "never ran" coord3.log || { echo "FAIL: coord3.log does not say the attempt never ran"; fail=1; }
 kill "$COORD"
 wait "$COORD" 2> /dev/null || true
 COORD=

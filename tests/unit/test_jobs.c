@@ -12,7 +12,7 @@
 
 #define SUB(id)                                                                                    \
     "{\"event\":\"submit\",\"id\":" #id ",\"at\":1,\"kind\":\"train\",\"file\":\"j.json\","        \
-                                        "\"dir\":\"/tmp\",\"ranks\":2,\"max_restarts\":1}"
+    "\"dir\":\"/tmp\",\"ranks\":2,\"max_restarts\":1}"
 #define START(id, a)                                                                               \
     "{\"event\":\"start\",\"id\":" #id ",\"at\":2,\"attempt\":" #a                                 \
     ",\"pid\":4242,\"hosts\":\"a:2\"}"
@@ -66,6 +66,15 @@ static const tcase k_cases[] = {
      1,
      "done"},
     {"preempting a queued job", {SUB(1), PREEMPT(1)}, 1, "queued"},
+    {"a start's pid comes later",
+     {SUB(1), "{\"event\":\"start\",\"id\":1,\"at\":2,\"attempt\":1,\"pid\":0}",
+      "{\"event\":\"pid\",\"id\":1,\"at\":2,\"attempt\":1,\"pid\":77}"},
+     0,
+     "running"},
+    {"a pid for an attempt that is not running",
+     {SUB(1), START(1, 1), "{\"event\":\"pid\",\"id\":1,\"at\":2,\"attempt\":2,\"pid\":77}"},
+     1,
+     "running"},
     {"an unknown event", {SUB(1), "{\"event\":\"bogus\",\"id\":1,\"at\":1}"}, 1, "queued"},
     {"an unknown stage",
      {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"rm -rf\",\"file\":\"x\",\"ranks\":1}"},
