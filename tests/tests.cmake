@@ -63,23 +63,18 @@ if(TANDEM_CUDA)
         SKIP_RETURN_CODE 77)
 endif()
 
+# unit tests of one library below td_train: name, the library
+function(td_unit_of name lib)
+    add_executable(${name} tests/unit/${name}.c)
+    target_link_libraries(${name} PRIVATE ${lib})
+    add_test(NAME ${name} COMMAND ${name} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(${name} PROPERTIES LABELS "unit" TIMEOUT 60)
+endfunction()
+td_unit_of(test_sched td_sched)    # the scheduler's decisions, table-driven
+td_unit_of(test_journal td_coord)  # the coordinator's journal: torn tails, damage, SIGKILL
+td_unit_of(test_jobs td_coord)     # the job table's events and its replay
 # the control plane's CURVE keys and ZAP check against rogue ZeroMQ clients
-add_executable(test_sched tests/unit/test_sched.c)
-target_link_libraries(test_sched PRIVATE td_sched)
-add_test(NAME test_sched COMMAND test_sched WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_sched PROPERTIES LABELS "unit" TIMEOUT 60)
-add_executable(test_journal tests/unit/test_journal.c)
-target_link_libraries(test_journal PRIVATE td_coord)
-add_test(NAME test_journal COMMAND test_journal WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_journal PROPERTIES LABELS "unit" TIMEOUT 60)
-add_executable(test_jobs tests/unit/test_jobs.c)
-target_link_libraries(test_jobs PRIVATE td_coord)
-add_test(NAME test_jobs COMMAND test_jobs WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_jobs PROPERTIES LABELS "unit" TIMEOUT 60)
-add_executable(test_control_auth tests/unit/test_control_auth.c)
-target_link_libraries(test_control_auth PRIVATE td_coord)
-add_test(NAME test_control_auth COMMAND test_control_auth WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_control_auth PROPERTIES LABELS "unit" TIMEOUT 60)
+td_unit_of(test_control_auth td_coord)
 
 # minutes of faults under load: `cd build && ctest -L slow` (make test leaves it out)
 td_e2e(test_chaos "slow" 3600)
