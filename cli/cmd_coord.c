@@ -397,6 +397,10 @@ int td_cmd_ps(int argc, char **argv) {
             if (j->has_rc) cJSON_AddNumberToObject(o, "rc", j->rc);
             if (j->has_pid) cJSON_AddNumberToObject(o, "pid", (double)j->pid);
             cJSON_AddBoolToObject(o, "cancel_asked", j->cancel_asked);
+            cJSON_AddStringToObject(o, "dir", j->dir ? j->dir : "");
+            cJSON_AddNumberToObject(o, "max_restarts", j->max_restarts);
+            cJSON_AddNumberToObject(o, "restarts", j->restarts);
+            cJSON_AddNumberToObject(o, "limit_s", j->limit_s);
             cJSON_AddStringToObject(o, "reason", j->reason ? j->reason : "");
             cJSON_AddItemToArray(arr, o);
         }

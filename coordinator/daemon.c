@@ -521,6 +521,10 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
         x->reason = (char *)j->reason;
         x->has_pid = j->state == TD_JOB_RUNNING, x->pid = (uint64_t)j->pid;
         x->has_cancel_asked = 1, x->cancel_asked = j->cancel_asked;
+        x->dir = (char *)j->dir;
+        x->has_max_restarts = 1, x->max_restarts = (uint32_t)j->max_restarts;
+        x->has_restarts = 1, x->restarts = (uint32_t)j->restarts;
+        x->has_limit_s = 1, x->limit_s = j->limit_s;
         ptr[i] = x;
     }
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;

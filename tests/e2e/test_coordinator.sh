@@ -124,7 +124,8 @@ start_coord
 python3 - before.json after.json <<'EOF' && echo "ok: the restarted coordinator has the same job table" || fail=1
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
-key = lambda j: (j['id'], j['state'], j['kind'], j['ranks'], j['attempt'], j['file'])
+key = lambda j: (j['id'], j['state'], j['kind'], j['ranks'], j['attempt'], j['file'], j['dir'],
+                 j['max_restarts'], j['restarts'], j['limit_s'], j['priority'])
 if [key(j) for j in a] != [key(j) for j in b]:
     print("FAIL: job tables differ:\n", a, "\n", b)
     sys.exit(1)
