@@ -75,7 +75,10 @@ job c 100000 && job d 30
 C=$("$TANDEM" submit c.json --ranks 2)
 D=$("$TANDEM" submit d.json --ranks 2)
 wait_state "$C" running 10
-sleep 2 # let the ranks start
+for _ in $(seq 300); do # until the ranks train (a step line in the job's log)
+    grep -q '^step' "state/jobs/$C/log" 2> /dev/null && break
+    sleep 0.1
+done
 pids=$(pgrep -f "$W/c.json" | tr '\n' ' ')
 [ -n "$pids" ] || { echo "FAIL: no process of job $C"; fail=1; }
 "$TANDEM" cancel "$D" > /dev/null && wait_state "$D" cancelled 2 &&
