@@ -79,7 +79,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: tandem <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
         fprintf(f, "  %-11s %s\n", g_cmds[i].name, g_cmds[i].summary);
-    fprintf(f, "  %-10s %s\n  %-10s %s\n", "version", "print the version", "help CMD",
+    fprintf(f, "  %-11s %s\n  %-11s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
     fprintf(f, "\nOther commands of the design (logs, pool, drain, bench, export, ...) are not "
                "built yet.\n");
