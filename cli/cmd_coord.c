@@ -401,6 +401,7 @@ int td_cmd_ps(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "max_restarts", j->max_restarts);
             cJSON_AddNumberToObject(o, "restarts", j->restarts);
             cJSON_AddNumberToObject(o, "limit_s", j->limit_s);
+            cJSON_AddStringToObject(o, "log", j->log ? j->log : "");
             cJSON_AddStringToObject(o, "reason", j->reason ? j->reason : "");
             cJSON_AddItemToArray(arr, o);
         }
@@ -428,4 +429,88 @@ int td_cmd_ps(int argc, char **argv) {
     }
     td_wire_free(rep);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void logs_help(FILE *f) {
+    fprintf(
+        f, "usage: tandem logs ID [-f] [client options]\n"
+           "\n"
+           "Prints a job's output (every attempt's, each headed by the mpirun line that ran\n"
+           "it); with -f, follows it until the job ends. The coordinator names the file\n"
+           "(STATE/jobs/ID/log), which is read on this machine.\n"
+           "\n"
+           "  -f, --follow      keep printing what is written until the job ends\n" CLIENT_OPTIONS);
+}
+
+/* The job's state and log file from the coordinator; 0 when found. */
+static int job_info(const client_opts *co, long id, char *state, size_t sn, char *log, size_t ln) {
+    Tandem__JobList m = TANDEM__JOB_LIST__INIT;
+    td_env req = TANDEM__ENVELOPE__INIT, *rep;
+    req.body_case = TANDEM__ENVELOPE__BODY_JOB_LIST;
+    req.job_list = &m;
+    td_status s = ask(co, &req, &rep);
+    if (s != TD_OK) return td_cli_fail("logs", s);
+    int rc = 2;
+    for (size_t i = 0; i < rep->control_reply->n_jobs; i++) {
+        const Tandem__JobInfo *j = rep->control_reply->jobs[i];
+        if ((long)j->id != id) continue;
+        snprintf(state, sn, "%s", j->state);
+        snprintf(log, ln, "%s", j->log ? j->log : "");
+        rc = 0;
+    }
+    td_wire_free(rep);
+    if (rc) fprintf(stderr, "tandem logs: error: no job %ld\n", id);
+    return rc;
+}
+
+static int follow_flag;
+static int logs_extra(int c, void *u) {
+    (void)u;
+    if (c != 'f') return 2;
+    follow_flag = 1;
+    return 0;
+}
+
+int td_cmd_logs(int argc, char **argv) {
+    static const struct option extra[] = {{"follow", no_argument, 0, 'f'}, {0, 0, 0, 0}};
+    client_opts co = {0};
+    follow_flag = 0;
+    /* -f as a short option: getopt_long's string is fixed in client_args, so map it here */
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-f")) argv[i] = "--follow";
+    int rc = client_args("logs", argc, argv, &co, extra, logs_extra, NULL, logs_help);
+    if (rc) return rc < 0 ? 0 : rc;
+    long id;
+    if (optind != argc - 1 || !parse_int(argv[optind], 1, LONG_MAX, &id)) {
+        fprintf(stderr, "tandem logs: name one job id (a number from tandem ps)\n");
+        return 2;
+    }
+    char state[32], path[1300];
+    if ((rc = job_info(&co, id, state, sizeof state, path, sizeof path)) != 0) return rc;
+    FILE *f = NULL;
+    char buf[65536];
+    for (int quiet_rounds = 0;;) {
+        if (!f) f = fopen(path, "r");
+        size_t n = 0, got = 0;
+        while (f && (n = fread(buf, 1, sizeof buf, f)) > 0) {
+            fwrite(buf, 1, n, stdout);
+            got += n;
+        }
+        fflush(stdout);
+        if (f) clearerr(f);
+        if (!follow_flag) break;
+        if (!strcmp(state, "done") || !strcmp(state, "failed") || !strcmp(state, "cancelled")) {
+            if (!got) break; /* ended, and everything it wrote is out */
+            continue;
+        }
+        usleep(200000);
+        if (++quiet_rounds % 5 == 0 &&
+            (rc = job_info(&co, id, state, sizeof state, path, sizeof path)) != 0)
+            break;
+    }
+    if (!f && !follow_flag) printf("(job %ld has written nothing yet)\n", id);
+    if (f) fclose(f);
+    return rc;
 }

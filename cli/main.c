@@ -34,6 +34,7 @@ static const command g_cmds[] = {
     {"submit", td_cmd_submit, "queue a train or finetune job with the coordinator"},
     {"ps", td_cmd_ps, "the coordinator's jobs and their states"},
     {"cancel", td_cmd_cancel, "cancel a queued or running job"},
+    {"logs", td_cmd_logs, "a job's output (-f: follow it)"},
 };
 
 int td_cli_launcher_rank(void) {
@@ -81,7 +82,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-11s %s\n", g_cmds[i].name, g_cmds[i].summary);
     fprintf(f, "  %-11s %s\n  %-11s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
-    fprintf(f, "\nOther commands of the design (logs, pool, drain, bench, export, ...) are not "
+    fprintf(f, "\nOther commands of the design (pool, drain, bench, export, ...) are not "
                "built yet.\n");
 }
 

@@ -497,9 +497,11 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
     int n = td_jobs_count(d->jobs);
     Tandem__JobInfo *info = calloc((size_t)n + 1, sizeof *info);
     Tandem__JobInfo **ptr = calloc((size_t)n + 1, sizeof *ptr);
-    if (!info || !ptr) {
+    char(*logs)[1300] = calloc((size_t)n + 1, sizeof *logs);
+    if (!info || !ptr || !logs) {
         free(info);
         free(ptr);
+        free(logs);
         return refuse(d, ident, ilen, "out of memory");
     }
     for (int i = 0; i < n; i++) {
@@ -525,6 +527,8 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
         x->has_max_restarts = 1, x->max_restarts = (uint32_t)j->max_restarts;
         x->has_restarts = 1, x->restarts = (uint32_t)j->restarts;
         x->has_limit_s = 1, x->limit_s = j->limit_s;
+        snprintf(logs[i], sizeof logs[i], "%s/jobs/%ld/log", d->o.state_dir, j->id);
+        x->log = logs[i];
         ptr[i] = x;
     }
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
@@ -533,6 +537,7 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
     reply(d, ident, ilen, &r);
     free(ptr);
     free(info);
+    free(logs);
 }
 
 static void serve_control(coord *d) {

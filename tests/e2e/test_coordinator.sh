@@ -9,7 +9,7 @@
 #   4. refusals: more ranks than slots, a file that is no train or finetune job, a missing
 #      file, a client whose key is not allowed, a cancel of an unknown or ended job
 #   5. a start journaled by a coordinator that died before forking: run once, later
-# Also: a cancelled job's ranks checkpoint first, a second cancel changes nothing, and a job
+# Also: `logs -f` follows a job to its end; a cancelled job's ranks checkpoint first, a second cancel changes nothing, and a job
 # submitted from another directory runs there (the coordinator's --state being relative).
 # Usage: test_coordinator.sh TANDEM_BINARY
 set -euo pipefail
@@ -111,6 +111,12 @@ grep "job $C:" coord.log | sed 's/^/   coordinator: /'
 mkdir -p sub && ln -sf ../data sub/data
 (cd sub && sed 's/"dir": "run"/"dir": "subrun"/' ../job.json > s.json && "$TANDEM" submit s.json > ../s.id)
 S=$(cat s.id)
+# tandem logs -f follows the job's output and returns when it ends
+if timeout 60 "$TANDEM" logs -f "$S" > s.log && grep -q '^== attempt 1' s.log && grep -q '^train: [0-9]* steps in ' s.log; then
+    echo "ok: logs -f followed job $S to its end ($(grep -c '^step' s.log) step lines, last: $(grep '^train: [0-9]* steps in ' s.log | cut -c1-48)...)"
+else
+    echo "FAIL: logs -f of job $S: $(tail -3 s.log)"; fail=1
+fi
 wait_state "$S" done 60 && [ -d sub/subrun ] &&
     echo "ok: job $S, submitted from sub/, ran there (sub/subrun) with the coordinator's relative --state"
 
@@ -147,6 +153,7 @@ bad() { # label expected-message command...
 bad "more ranks than slots" "needs 3 ranks; the pool has 2 slots" "$TANDEM" submit a.json --ranks 3
 bad "missing job file" "no-such.json" "$TANDEM" submit no-such.json
 bad "unknown job" "no job 99" "$TANDEM" cancel 99
+bad "logs of an unknown job" "no job 99" "$TANDEM" logs 99
 echo '{"prep": {}}' > notjob.json
 bad "not a train or finetune job" "not a train or finetune job file" "$TANDEM" submit notjob.json
 bad "a job that has ended" "has ended (done)" "$TANDEM" cancel "$A"
