@@ -124,9 +124,10 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     if (logfd < 0) return td_error_set(TD_ERR_IO, "cannot open %s: %s", logp, strerror(errno));
     char np[16];
     snprintf(np, sizeof np, "%d", j->ranks);
-    /* a shell leads the session and records mpirun's exit code in a file, so that a
-     * coordinator started again after this one died still learns how the job ended; it
-     * outlives a SIGTERM to the session (a handler, which exec resets in mpirun: an ignored
+    /* a shell (setsid: its pid is the sid of all the job's processes) records mpirun's exit
+     * code in a file, so that a coordinator started again after this one died still learns
+     * how the job ended; it outlives a SIGTERM to the job (a handler, which exec resets in
+     * mpirun: an ignored
      * signal would stay ignored) until mpirun and its ranks are gone, so the job ends when its
      * last process does */
     char exitf[1300];
@@ -176,7 +177,7 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
         return ended(d, td_jobs_find(d->jobs, id), 127, how);
     }
     if (pid == 0) {
-        setsid(); /* a session of its own: a cancel signals every rank through the group */
+        setsid(); /* sid = this pid, inherited by mpirun and the ranks: a cancel finds them */
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
@@ -206,12 +207,12 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     return TD_OK;
 }
 
-/* Sends sig to every process of session sid (the job's shell leads it: mpirun and the ranks
- * are in it, each rank in a process group of its own). With ranks_only, only the tandem
+/* Sends sig to every process whose sid is `sid` (the job's shell: mpirun and the ranks
+ * inherit it, each rank in a process group of its own). With ranks_only, only the tandem
  * processes -- the ranks -- get it: they stop at the end of their step with a checkpoint,
  * and mpirun, not signalled, then exits on its own instead of killing them after its own
  * short grace. Returns how many processes were signalled. */
-static int signal_session(long sid, int sig, int ranks_only) {
+static int signal_job(long sid, int sig, int ranks_only) {
     if (sid <= 0) return 0;
     DIR *dp = opendir("/proc");
     int n = 0;
@@ -226,13 +227,13 @@ static int signal_session(long sid, int sig, int ranks_only) {
         size_t len = fread(buf, 1, sizeof buf - 1, f);
         fclose(f);
         buf[len] = 0;
-        /* "pid (comm) state ppid pgrp session ..." -- comm may hold spaces and parentheses */
+        /* "pid (comm) state ppid pgrp sid ..." -- comm may hold spaces and parentheses */
         char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
         if (!lp || !rp) continue;
         char state;
-        long ppid, pgrp, session;
-        if (sscanf(rp + 1, " %c %ld %ld %ld", &state, &ppid, &pgrp, &session) != 4) continue;
-        if (session != sid || state == 'Z') continue;
+        long ppid, pgrp, psid;
+        if (sscanf(rp + 1, " %c %ld %ld %ld", &state, &ppid, &pgrp, &psid) != 4) continue;
+        if (psid != sid || state == 'Z') continue;
         *rp = 0;
         if (ranks_only && strcmp(lp + 1, "tandem")) continue;
         if (kill((pid_t)pid, sig) == 0) n++;
@@ -360,7 +361,7 @@ static void watch(coord *d) {
         if (rt->kill_at > 0 && now >= rt->kill_at && j->pid > 0) {
             TD_LOG_WARN("job %ld: still running %.0f s after SIGTERM: SIGKILL", j->id,
                         d->o.cancel_grace_s);
-            signal_session(j->pid, SIGKILL, 0);
+            signal_job(j->pid, SIGKILL, 0);
             rt->kill_at = 0;
         }
     }
@@ -481,8 +482,8 @@ static void on_cancel(coord *d, const uint8_t *ident, size_t ilen, uint64_t id) 
         return refuse(d, ident, ilen, td_error_message());
     j = td_jobs_find(d->jobs, (long)id);
     if (j->state == TD_JOB_RUNNING) {
-        if (j->pid > 0 && signal_session(j->pid, SIGTERM, 1) == 0)
-            signal_session(j->pid, SIGTERM, 0); /* no rank yet: stop what is there */
+        if (j->pid > 0 && signal_job(j->pid, SIGTERM, 1) == 0)
+            signal_job(j->pid, SIGTERM, 0); /* no rank yet: stop what is there */
         job_rt *rt = rt_of(d, j->id);
         if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s;
     }

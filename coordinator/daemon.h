@@ -7,7 +7,8 @@
  * launch. Every change to a job is journaled (fsync'd) before it is acted on.
  *
  * A job runs as `mpirun -np RANKS --hostfile STATE/jobs/ID/hostfile tandem KIND FILE` in the
- * job's directory, under a shell that leads a session of its own (so that a cancel reaches
+ * job's directory, under a shell started with setsid (its pid is the sid of every process of
+ * the job, so that a cancel reaches
  * every rank) and writes mpirun's exit code to STATE/jobs/ID/exit.ATTEMPT; its output goes to
  * STATE/jobs/ID/log; a restarted attempt adds --resume when a checkpoint exists. Jobs outlive
  * the daemon: a daemon started again on the same state directory finds the running ones by

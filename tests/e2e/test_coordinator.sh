@@ -2,8 +2,8 @@
 # The coordinator end to end (ctest labels mpi, e2e), on a pool of 2 slots:
 #   1. gang: two 2-rank training jobs; the second waits while the first runs (tandem ps shows
 #      running + queued), starts when the first ends, both end done
-#   2. cancel: a queued job is cancelled at once; a running one is gone (every process of its
-#      session) within 5 s
+#   2. cancel: a queued job is cancelled at once; a running one is gone (every one of its
+#      processes) within 5 s
 #   3. restart: the coordinator killed with SIGKILL and started again has the same job table
 #      (journal replay) and still sees the job that kept running, to its end
 #   4. refusals: more ranks than slots, a file that is no train or finetune job, a missing
