@@ -167,6 +167,15 @@ static td_status ask(const client_opts *co, const td_env *req, td_env **reply) {
     return s;
 }
 
+/* The coordinator's job table (ps, logs); *reply is freed with td_wire_free. */
+static td_status list_jobs(const client_opts *co, td_env **reply) {
+    Tandem__JobList m = TANDEM__JOB_LIST__INIT;
+    td_env req = TANDEM__ENVELOPE__INIT;
+    req.body_case = TANDEM__ENVELOPE__BODY_JOB_LIST;
+    req.job_list = &m;
+    return ask(co, &req, reply);
+}
+
 /* Common options of the clients; returns 0 to go on, else an exit code. */
 static int client_args(const char *cmd, int argc, char **argv, client_opts *co,
                        const struct option *extra, int (*on_extra)(int c, void *u), void *u,
@@ -368,11 +377,8 @@ int td_cmd_ps(int argc, char **argv) {
         fprintf(stderr, "tandem ps: takes no arguments\n");
         return 2;
     }
-    Tandem__JobList m = TANDEM__JOB_LIST__INIT;
-    td_env req = TANDEM__ENVELOPE__INIT, *rep;
-    req.body_case = TANDEM__ENVELOPE__BODY_JOB_LIST;
-    req.job_list = &m;
-    td_status s = ask(&co, &req, &rep);
+    td_env *rep;
+    td_status s = list_jobs(&co, &rep);
     if (s != TD_OK) return td_cli_fail("ps", s);
     const Tandem__ControlReply *r = rep->control_reply;
     struct timespec ts;
@@ -446,11 +452,8 @@ static void logs_help(FILE *f) {
 
 /* The job's state and log file from the coordinator; 0 when found. */
 static int job_info(const client_opts *co, long id, char *state, size_t sn, char *log, size_t ln) {
-    Tandem__JobList m = TANDEM__JOB_LIST__INIT;
-    td_env req = TANDEM__ENVELOPE__INIT, *rep;
-    req.body_case = TANDEM__ENVELOPE__BODY_JOB_LIST;
-    req.job_list = &m;
-    td_status s = ask(co, &req, &rep);
+    td_env *rep;
+    td_status s = list_jobs(co, &rep);
     if (s != TD_OK) return td_cli_fail("logs", s);
     int rc = 2;
     for (size_t i = 0; i < rep->control_reply->n_jobs; i++) {

@@ -207,6 +207,24 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     return TD_OK;
 }
 
+/* From /proc/PID/stat ("pid (comm) state ppid pgrp sid ...", comm may hold spaces and
+ * parentheses): the state letter, the sid and the command name; 0 when it cannot be read. */
+static int proc_stat(long pid, char *state, long *sid, char *comm, size_t cn) {
+    char p[64], buf[512];
+    snprintf(p, sizeof p, "/proc/%ld/stat", pid);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
+    long ppid, pgrp;
+    if (!lp || !rp || sscanf(rp + 1, " %c %ld %ld %ld", state, &ppid, &pgrp, sid) != 4) return 0;
+    *rp = 0;
+    snprintf(comm, cn, "%s", lp + 1);
+    return 1;
+}
+
 /* Sends sig to every process whose sid is `sid` (the job's shell: mpirun and the ranks
  * inherit it, each rank in a process group of its own). With ranks_only, only the tandem
  * processes -- the ranks -- get it: they stop at the end of their step with a checkpoint,
@@ -217,25 +235,10 @@ static int signal_job(long sid, int sig, int ranks_only) {
     DIR *dp = opendir("/proc");
     int n = 0;
     for (struct dirent *e; dp && (e = readdir(dp));) {
-        char *end = NULL;
-        long pid = strtol(e->d_name, &end, 10);
-        if (pid <= 0 || *end) continue;
-        char p[64], buf[512];
-        snprintf(p, sizeof p, "/proc/%ld/stat", pid);
-        FILE *f = fopen(p, "r");
-        if (!f) continue;
-        size_t len = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[len] = 0;
-        /* "pid (comm) state ppid pgrp sid ..." -- comm may hold spaces and parentheses */
-        char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
-        if (!lp || !rp) continue;
-        char state;
-        long ppid, pgrp, psid;
-        if (sscanf(rp + 1, " %c %ld %ld %ld", &state, &ppid, &pgrp, &psid) != 4) continue;
-        if (psid != sid || state == 'Z') continue;
-        *rp = 0;
-        if (ranks_only && strcmp(lp + 1, "tandem")) continue;
+        char *end = NULL, state, comm[64];
+        long pid = strtol(e->d_name, &end, 10), psid;
+        if (pid <= 0 || *end || !proc_stat(pid, &state, &psid, comm, sizeof comm)) continue;
+        if (psid != sid || state == 'Z' || (ranks_only && strcmp(comm, "tandem"))) continue;
         if (kill((pid_t)pid, sig) == 0) n++;
     }
     if (dp) closedir(dp);
@@ -246,15 +249,28 @@ static int signal_job(long sid, int sig, int ranks_only) {
  * coordinator died is reparented, and its new parent may not reap it at once. */
 static int alive(long pid) {
     if (pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) return 0;
-    char p[64], buf[512];
-    snprintf(p, sizeof p, "/proc/%ld/stat", pid);
-    FILE *f = fopen(p, "r");
-    if (!f) return 1; /* no /proc: trust kill */
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." -- comm may hold spaces */
-    return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
+    char state, comm[64];
+    long sid;
+    if (!proc_stat(pid, &state, &sid, comm, sizeof comm)) return 1; /* no /proc: trust kill */
+    return state != 'Z' && state != 'X';
+}
+
+/* The number the job's shell wrote to STATE/jobs/ID/exit.ATTEMPT (its exit code) or, with
+ * suffix ".pid", exit.ATTEMPT.pid (its pid); -1 when there is none. */
+static long job_file_number(const coord *d, const td_job *j, const char *suffix) {
+    char p[1300], *text = NULL;
+    size_t len = 0;
+    snprintf(p, sizeof p, "%s/jobs/%ld/exit.%d%s", d->o.state_dir, j->id, j->attempt, suffix);
+    long v = -1;
+    if (td_fs_read_file(p, &text, &len) == TD_OK) {
+        char *end = NULL;
+        v = strtol(text, &end, 10);
+        if (end == text || v < 0) v = -1;
+    } else {
+        td_error_clear();
+    }
+    free(text);
+    return v;
 }
 
 /* What follows an attempt's end, decided once and journaled. */
@@ -313,39 +329,25 @@ static void watch(coord *d) {
         if (!rt->child && j->pid <= 0) {
             /* started by a coordinator that died before it journaled the pid: the shell
              * wrote it first thing; no pid file long after the start: it never ran */
-            char p[1300], *text = NULL;
-            size_t len = 0;
-            snprintf(p, sizeof p, "%s/jobs/%ld/exit.%d.pid", d->o.state_dir, j->id, j->attempt);
-            if (td_fs_read_file(p, &text, &len) == TD_OK && atol(text) > 0) {
+            long pid = job_file_number(d, j, ".pid");
+            if (pid > 0) {
                 cJSON *ev = event("pid", j->id);
                 cJSON_AddNumberToObject(ev, "attempt", j->attempt);
-                cJSON_AddNumberToObject(ev, "pid", (double)atol(text));
+                cJSON_AddNumberToObject(ev, "pid", (double)pid);
                 if (record(d, ev) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
             } else if (now - j->started_at > 10) {
                 /* queued again without spending a restart: it did not fail, it never ran */
-                td_error_clear();
                 if (record(d, event("preempt", j->id)) != TD_OK ||
                     ended(d, td_jobs_find(d->jobs, j->id), -1,
                           "never ran: its coordinator died while starting it") != TD_OK)
                     TD_LOG_ERROR("%s", td_error_message());
-            } else {
-                td_error_clear();
             }
-            free(text);
             continue;
         }
         if (!rt->child && !alive(j->pid)) {
             /* a job of an earlier coordinator ended: its shell left the exit code, unless
              * it was killed */
-            char p[1300], *text = NULL;
-            size_t len = 0;
-            snprintf(p, sizeof p, "%s/jobs/%ld/exit.%d", d->o.state_dir, j->id, j->attempt);
-            int rc = -1;
-            if (td_fs_read_file(p, &text, &len) == TD_OK)
-                rc = atoi(text);
-            else
-                td_error_clear();
-            free(text);
+            int rc = (int)job_file_number(d, j, "");
             char how[160];
             if (rc >= 0)
                 snprintf(how, sizeof how,
