@@ -19,6 +19,7 @@
 #include "common/grow.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "coordinator/control.h"
 #include "coordinator/jobs.h"
 #include "coordinator/journal.h"
 #include "proto/keys.h"
@@ -543,11 +544,47 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
     free(logs);
 }
 
+/* One request from the control socket (waits up to 100 ms): the client's identity frame,
+ * then one frame that td_control_decode accepts; anything else gets an error reply. */
 static void serve_control(coord *d) {
+    zmq_pollitem_t it = {d->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 100) <= 0) return;
     uint8_t ident[256];
-    size_t ilen = 0;
+    size_t ilen = 0, frames = 0;
+    zmq_msg_t m, body;
+    zmq_msg_init(&body);
+    for (int more = 1; more;) {
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, d->sock, 0) < 0) {
+            zmq_msg_close(&m);
+            zmq_msg_close(&body);
+            return;
+        }
+        more = zmq_msg_more(&m);
+        if (frames == 0) {
+            ilen = zmq_msg_size(&m) < sizeof ident ? zmq_msg_size(&m) : sizeof ident - 1;
+            memcpy(ident, zmq_msg_data(&m), ilen);
+            zmq_msg_close(&m);
+        } else if (frames == 1) {
+            zmq_msg_move(&body, &m);
+            zmq_msg_close(&m);
+        } else {
+            zmq_msg_close(&m);
+        }
+        frames++;
+    }
+    char msg[200];
     td_env *env = NULL;
-    if (td_wire_recv(d->sock, ident, &ilen, 100, &env) != TD_OK || !env) return;
+    if (frames != 2)
+        snprintf(msg, sizeof msg, "a control request is one frame (this message had %zu)",
+                 frames > 0 ? frames - 1 : 0);
+    else
+        env = td_control_decode(zmq_msg_data(&body), zmq_msg_size(&body), msg, sizeof msg);
+    zmq_msg_close(&body);
+    if (!env) {
+        TD_LOG_WARN("control: refused a request: %s", msg);
+        return refuse(d, ident, ilen, msg);
+    }
     switch (env->body_case) {
     case TANDEM__ENVELOPE__BODY_JOB_SUBMIT:
         on_submit(d, ident, ilen, env->job_submit);
@@ -555,11 +592,9 @@ static void serve_control(coord *d) {
     case TANDEM__ENVELOPE__BODY_JOB_CANCEL:
         on_cancel(d, ident, ilen, env->job_cancel->id);
         break;
-    case TANDEM__ENVELOPE__BODY_JOB_LIST:
+    default:
         on_list(d, ident, ilen);
         break;
-    default:
-        refuse(d, ident, ilen, "not a coordinator request (submit, cancel or list)");
     }
     td_wire_free(env);
 }
@@ -580,6 +615,8 @@ static td_status open_socket(coord *d) {
     int one = 1, zero = 0;
     zmq_setsockopt(d->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(d->sock, ZMQ_LINGER, &zero, sizeof zero);
+    int64_t most = TD_WIRE_MAX_FRAME; /* beyond this ZeroMQ drops the peer unread */
+    zmq_setsockopt(d->sock, ZMQ_MAXMSGSIZE, &most, sizeof most);
     if (d->o.insecure)
         td_keys_warn_insecure("the coordinator's control socket");
     else

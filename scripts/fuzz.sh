@@ -10,17 +10,20 @@
 #   fuzz_clean      td_clean_doc (default rules) + td_dedup_signature on the kept text
 #   fuzz_gateway    HTTP request bodies of the generation routes (td_gateway_check_request)
 #                   and ZeroMQ frames through the protobuf-c Envelope decoder (td_wire_decode)
+#   fuzz_control    the coordinator's control requests (td_control_decode): refused with a
+#                   message, or a request with its fields in range that decodes again
 #
 # Needs clang with the libFuzzer runtime (Debian: clang-14, libclang-rt-14-dev), libutf8proc,
 # libcjson, zlib, python3 (to seed the corpora); fuzz_gateway also libmicrohttpd, libzmq,
-# protobuf-c and protoc-c. Everything goes under build-fuzz/:
+# protobuf-c and protoc-c (fuzz_control: libzmq, protobuf-c and protoc-c). Everything goes under build-fuzz/:
 #   build-fuzz/fuzz_NAME            the fuzzer binaries
 #   build-fuzz/corpus-NAME/         the corpus (seeded each run, grows across runs)
 #   build-fuzz/artifacts-NAME/      crash-*, leak-*, timeout-*, oom-* reproducers
 #   build-fuzz/NAME.log             libFuzzer's output
 # Reproduce a finding: build-fuzz/fuzz_NAME build-fuzz/artifacts-NAME/crash-...
 # (run from the repository root; fuzz_tokenizer also reads $TD_FUZZ_TOKENIZER).
-# Environment: CC (default clang), SECONDS_PER_TARGET, TARGETS (default "tokenizer clean").
+# Environment: CC (default clang), SECONDS_PER_TARGET, TARGETS (default "tokenizer clean gateway
+# control").
 # The targets run one after the other, one process each.
 # Exit status: 0 when every target ran clean, 1 on a finding, 2 when the build fails.
 set -euo pipefail
@@ -34,7 +37,7 @@ if ! [[ "$SECS" =~ ^[0-9]+$ ]] || [ "$SECS" -lt 1 ]; then
     exit 2
 fi
 CC="${CC:-clang}"
-TARGETS="${TARGETS:-tokenizer clean gateway}"
+TARGETS="${TARGETS:-tokenizer clean gateway control}"
 OUT="$ROOT/build-fuzz"
 mkdir -p "$OUT"
 
@@ -48,7 +51,7 @@ COMMON=(common/*.c)
 LIBS=(-lutf8proc -lcjson -lz -lm)
 # the gateway target needs the generated protobuf-c sources
 mkdir -p "$OUT/proto"
-if [[ " $TARGETS " == *" gateway "* ]]; then
+if [[ " $TARGETS " == *" gateway "* || " $TARGETS " == *" control "* ]]; then
     protoc-c --c_out="$OUT/proto" -I"$ROOT/proto" "$ROOT/proto/tandem.proto" || exit 2
     CFLAGS+=(-I"$OUT/proto")
 fi
@@ -56,8 +59,10 @@ declare -A SRCS=(
     [tokenizer]="data/bpe.c data/pretok.c"
     [clean]="data/clean.c data/dedup.c"
     [gateway]="coordinator/gateway.c proto/wire.c $OUT/proto/tandem.pb-c.c"
+    [control]="coordinator/control.c proto/wire.c $OUT/proto/tandem.pb-c.c"
 )
-declare -A XLIBS=([gateway]="-lmicrohttpd -lzmq -lprotobuf-c -lpthread")
+declare -A XLIBS=([gateway]="-lmicrohttpd -lzmq -lprotobuf-c -lpthread"
+                  [control]="-lzmq -lprotobuf-c -lpthread")
 for t in $TARGETS; do
     [ -n "${SRCS[$t]:-}" ] || { echo "fuzz.sh: unknown target $t" >&2; exit 2; }
     echo "building build-fuzz/fuzz_$t"
@@ -142,6 +147,27 @@ for t in targets:
             for r in range(4):
                 with open(os.path.join(d, f"seed-body-{i}-{r}"), "wb") as f:
                     f.write(bytes([r]) + json.dumps(b).encode("utf-8"))
+    if t == "control":
+        # Envelopes by hand (protobuf wire format): JobSubmit (field 8), JobCancel (9),
+        # JobList (10), each as the coordinator's clients send them
+        def varint(v):
+            b = bytearray()
+            while True:
+                b.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+                v >>= 7
+                if not v:
+                    return bytes(b)
+        def field(num, wire, payload):
+            head = varint(num << 3 | wire)
+            return head + (varint(len(payload)) + payload if wire == 2 else payload)
+        sub = (field(1, 2, b"train") + field(2, 2, b"/work/job.json") + field(3, 2, b"/work")
+               + field(4, 0, varint(2)) + field(5, 0, varint(3))
+               + field(6, 1, b"\0\0\0\0\0\0\x4e\x40") + field(7, 0, varint(2)))
+        msgs = [field(8, 2, sub), field(9, 2, field(1, 0, varint(7))), field(10, 2, b""),
+                field(10, 2, field(1, 0, varint(1)))]
+        for i, m in enumerate(msgs):
+            with open(os.path.join(d, f"seed-control-{i}"), "wb") as f:
+                f.write(m)
     if t == "tokenizer":
         for i, js in enumerate((tok_json, tok2_json)):
             with open(os.path.join(d, f"seed-json-{i}"), "wb") as f:

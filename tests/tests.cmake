@@ -75,6 +75,8 @@ td_unit_of(test_journal td_coord)  # the coordinator's journal: torn tails, dama
 td_unit_of(test_jobs td_coord)     # the job table's events and its replay
 # the control plane's CURVE keys and ZAP check against rogue ZeroMQ clients
 td_unit_of(test_control_auth td_coord)
+# the control socket under malformed, oversized and foreign messages: error replies, still serving
+td_unit_of(test_control_socket td_coord)
 
 # minutes of faults under load: `cd build && ctest -L slow` (make test leaves it out)
 td_e2e(test_chaos "slow" 3600)
