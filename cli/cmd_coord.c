@@ -14,10 +14,12 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "coordinator/daemon.h"
+#include "coordinator/stages.h"
 #include "proto/keys.h"
 #include "proto/wire.h"
 
 #define DEFAULT_CONTROL "tcp://127.0.0.1:5580"
+#define DEFAULT_REPLICAS "tcp://127.0.0.1:5581"
 
 static const char *default_control(void) {
     const char *e = getenv("TANDEM_COORDINATOR");
@@ -41,13 +43,19 @@ static void coordinator_help(FILE *f) {
             "\n"
             "The long-lived daemon that owns this machine's worker slots: it keeps the job\n"
             "table (DIR/journal, replayed on start: a coordinator killed and started again\n"
-            "loses no job), queues what `tandem submit` sends, places jobs with all their\n"
-            "ranks or none (gang), runs them under mpirun, restarts failures up to their\n"
-            "max_restarts (resuming their checkpoint), and cancels. See docs/coordinator.md.\n"
+            "loses no job), queues what `tandem submit` sends (jobs and pipelines of\n"
+            "stages), places jobs with all their ranks or none (gang), runs them under\n"
+            "mpirun, restarts failures up to their max_restarts (resuming their checkpoint),\n"
+            "and cancels. It hosts the request router that serve jobs register with and,\n"
+            "with --http, the HTTP gateway (OpenAI and Ollama APIs) in front of every model\n"
+            "the pool serves. See docs/coordinator.md.\n"
             "\n"
             "  --state DIR       journal, hostfiles and job logs (DIR/jobs/ID/log)\n"
             "  --slots N         worker slots (ranks) of this machine (default: its cores)\n"
             "  --control EP      control socket (default $TANDEM_COORDINATOR, else %s)\n"
+            "  --http HOST:PORT  serve the gateway here (port 0: any free port, logged)\n"
+            "  --replicas EP     the router's back end, where serve jobs register (default\n"
+            "                    " DEFAULT_REPLICAS ")\n"
             "  --cancel-grace S  seconds between a cancel's SIGTERM and SIGKILL (default 3)\n"
             "  --insecure        no CURVE on the control socket (anyone who reaches it can\n"
             "                    start jobs); by default only clients whose public key is in\n"
@@ -58,13 +66,17 @@ static void coordinator_help(FILE *f) {
 
 int td_cmd_coordinator(int argc, char **argv) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    td_daemon_opts o = {
-        .control = default_control(), .slots = cores > 0 ? (int)cores : 1, .cancel_grace_s = 3};
+    td_daemon_opts o = {.control = default_control(),
+                        .slots = cores > 0 ? (int)cores : 1,
+                        .cancel_grace_s = 3,
+                        .replicas = DEFAULT_REPLICAS};
     static const struct option opts[] = {{"state", required_argument, 0, 's'},
                                          {"slots", required_argument, 0, 'n'},
                                          {"control", required_argument, 0, 'c'},
                                          {"cancel-grace", required_argument, 0, 'g'},
                                          {"insecure", no_argument, 0, 'I'},
+                                         {"http", required_argument, 0, 'H'},
+                                         {"replicas", required_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
@@ -96,6 +108,16 @@ int td_cmd_coordinator(int argc, char **argv) {
             break;
         case 'I':
             o.insecure = 1;
+            break;
+        case 'H':
+            if (!strrchr(optarg, ':')) {
+                fprintf(stderr, "tandem coordinator: --http %s: HOST:PORT\n", optarg);
+                return 2;
+            }
+            o.http = optarg;
+            break;
+        case 'R':
+            o.replicas = optarg;
             break;
         case 'h':
             coordinator_help(stdout);
@@ -219,12 +241,17 @@ static int client_args(const char *cmd, int argc, char **argv, client_opts *co,
     "  -h, --help        this text\n"
 
 static void submit_help(FILE *f) {
-    fprintf(f, "usage: tandem submit JOB.json [--ranks N] [--priority P] [--limit S]\n"
-               "                    [--max-restarts N] [client options]\n"
+    fprintf(f, "usage: tandem submit JOB.json|PIPELINE.json [--ranks N] [--priority P]\n"
+               "                    [--limit S] [--max-restarts N] [client options]\n"
                "\n"
-               "Queues a job with the coordinator and prints its id. A job file with a\n"
-               "\"finetune\" section runs `tandem finetune`, any other `tandem train`; it runs in\n"
-               "the directory submit was called from (relative paths in the file resolve there).\n"
+               "Queues a job with the coordinator and prints its id. The file's section names\n"
+               "the command: \"prep\", \"serve\", \"finetune\", or \"model\" (train); a\n"
+               "\"pipeline\" file lists stages, each a job file of its own, that wait for and\n"
+               "take inputs from earlier ones, and prints one id per stage (ranks, priority,\n"
+               "limit and restarts are then each stage's, and --priority is added to theirs).\n"
+               "Jobs run in the directory submit was called from (relative paths in job files\n"
+               "resolve there; a pipeline's job files are found next to it). See\n"
+               "docs/coordinator.md.\n"
                "\n"
                "  --ranks N         ranks, started all together (default 1)\n"
                "  --priority P      higher runs first; may preempt lower (default 0)\n"
@@ -284,16 +311,12 @@ int td_cmd_submit(int argc, char **argv) {
     cJSON *doc = NULL;
     td_status s = td_json_load_file(file, &doc);
     if (s != TD_OK) return td_cli_fail("submit", s);
-    /* the job's kind from its sections: the coordinator runs these two */
-    const char *kind = !cJSON_IsObject(doc)                                ? NULL
-                       : cJSON_GetObjectItemCaseSensitive(doc, "finetune") ? "finetune"
-                       : cJSON_GetObjectItemCaseSensitive(doc, "model")    ? "train"
-                                                                           : NULL;
+    const char *kind = td_stage_kind(doc);
     cJSON_Delete(doc);
     if (!kind) {
         fprintf(stderr,
-                "tandem submit: %s: not a train or finetune job file (a JSON object with a "
-                "\"model\" or a \"finetune\" section; docs/train.md, docs/finetune.md)\n",
+                "tandem submit: %s: not a job file (a JSON object with a \"pipeline\", "
+                "\"prep\", \"serve\", \"finetune\" or \"model\" section; docs/coordinator.md)\n",
                 file);
         return 2;
     }
@@ -310,10 +333,17 @@ int td_cmd_submit(int argc, char **argv) {
     req.job_submit = &m;
     s = ask(&co, &req, &rep);
     if (s != TD_OK) return td_cli_fail("submit", s);
-    if (co.json)
-        printf("{\"id\": %llu}\n", (unsigned long long)rep->control_reply->id);
-    else
-        printf("%llu\n", (unsigned long long)rep->control_reply->id);
+    const Tandem__ControlReply *r = rep->control_reply;
+    if (r->n_ids > 0) { /* a pipeline: one job per stage */
+        printf(co.json ? "{\"ids\": [" : "");
+        for (size_t i = 0; i < r->n_ids; i++)
+            printf("%s%llu", i ? (co.json ? ", " : " ") : "", (unsigned long long)r->ids[i]);
+        printf(co.json ? "]}\n" : "\n");
+    } else if (co.json) {
+        printf("{\"id\": %llu}\n", (unsigned long long)r->id);
+    } else {
+        printf("%llu\n", (unsigned long long)r->id);
+    }
     td_wire_free(rep);
     return 0;
 }
@@ -409,6 +439,13 @@ int td_cmd_ps(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "limit_s", j->limit_s);
             cJSON_AddStringToObject(o, "log", j->log ? j->log : "");
             cJSON_AddStringToObject(o, "reason", j->reason ? j->reason : "");
+            if (j->pipeline) cJSON_AddStringToObject(o, "pipeline", j->pipeline);
+            if (j->stage) cJSON_AddStringToObject(o, "stage", j->stage);
+            cJSON *after = cJSON_AddArrayToObject(o, "after");
+            for (size_t k = 0; k < j->n_after; k++)
+                cJSON_AddItemToArray(after, cJSON_CreateNumber((double)j->after[k]));
+            if (j->models) cJSON_AddStringToObject(o, "models", j->models);
+            if (j->run_file) cJSON_AddStringToObject(o, "run_file", j->run_file);
             cJSON_AddItemToArray(arr, o);
         }
         char *t = cJSON_PrintUnformatted(arr);
@@ -417,19 +454,26 @@ int td_cmd_ps(int argc, char **argv) {
         cJSON_Delete(arr);
     } else {
         printf("%-5s %-10s %-9s %5s %7s %8s  %s\n", "ID", "STATE", "KIND", "RANKS", "ATTEMPT",
-               "TIME", "FILE");
+               "TIME", "FILE OR PIPELINE/STAGE");
         for (size_t i = 0; i < r->n_jobs; i++) {
             const Tandem__JobInfo *j = r->jobs[i];
             char t[32] = "-";
-            if (!strcmp(j->state, "running") && j->has_started_at)
+            if ((!strcmp(j->state, "running") || !strcmp(j->state, "serving")) && j->has_started_at)
                 human_time(now - j->started_at, t, sizeof t);
             else if (j->has_ended_at && j->has_started_at)
                 human_time(j->ended_at - j->started_at, t, sizeof t);
             char state[24];
             snprintf(state, sizeof state, "%s%s", j->state,
                      j->cancel_asked && !strcmp(j->state, "running") ? "*" : "");
+            char what[1200];
+            if (j->stage)
+                snprintf(what, sizeof what, "%s/%s%s%s", j->pipeline ? j->pipeline : "", j->stage,
+                         j->models ? "  models " : "", j->models ? j->models : "");
+            else
+                snprintf(what, sizeof what, "%s%s%s", j->file, j->models ? "  models " : "",
+                         j->models ? j->models : "");
             printf("%-5llu %-10s %-9s %5u %7u %8s  %s\n", (unsigned long long)j->id, state, j->kind,
-                   j->ranks, j->attempt, t, j->file);
+                   j->ranks, j->attempt, t, what);
         }
         printf("(%u slots)\n", r->slots);
     }

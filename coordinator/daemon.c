@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,11 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "coordinator/control.h"
+#include "coordinator/gateway.h"
 #include "coordinator/jobs.h"
 #include "coordinator/journal.h"
+#include "coordinator/router.h"
+#include "coordinator/stages.h"
 #include "proto/keys.h"
 #include "proto/wire.h"
 #include "scheduler/sched.h"
@@ -33,9 +37,20 @@ static void on_signal(int sig) {
 }
 
 typedef struct {
-    double kill_at; /* a cancel's SIGKILL deadline (0: none) */
-    int child;      /* launched by this daemon (waitpid reaps it); else watched by its pid */
+    double kill_at;   /* a cancel's SIGKILL deadline (0: none) */
+    int child;        /* launched by this daemon (waitpid reaps it); else watched by its pid */
+    int models_read;  /* serve: models below read from its run file */
+    char models[512]; /* serve: the model names it answers to, comma-separated */
 } job_rt;
+
+#define FRONT "inproc://tandem-coordinator-front"
+#define MAX_MODELS 64
+
+/* The hosted router's view of the models (its status, asked for every second). */
+typedef struct {
+    char name[128];
+    int up, queue;
+} model_seen;
 
 typedef struct {
     td_daemon_opts o;
@@ -45,6 +60,16 @@ typedef struct {
     size_t rt_cap;
     void *zctx, *sock;
     td_zap *zap;
+    /* the serving plane: the router (a thread of its own), the gateway, a status socket */
+    td_router *router;
+    pthread_t router_th;
+    int router_running;
+    volatile int router_stop;
+    td_gateway *gateway;
+    void *status_sock;
+    double status_asked_at;
+    int n_models;
+    model_seen models[MAX_MODELS];
 } coord;
 
 static double now_s(void) {
@@ -85,34 +110,64 @@ static cJSON *event(const char *kind, long id) {
 
 static td_status ended(coord *d, const td_job *j, int rc, const char *how);
 
-/* 1 when the job file names a checkpoint directory that holds a step_* already (a restart
- * then resumes). */
-static int has_checkpoint(const td_job *j) {
-    char p[2100];
-    snprintf(p, sizeof p, "%s", j->file);
-    cJSON *doc = NULL;
-    if (td_json_load_file(p, &doc) != TD_OK) {
-        td_error_clear();
-        return 0;
+/* The effective job file of j: its own with each input set to the output of the job it
+ * names (which is done), written to STATE/jobs/ID/job.json, the file the job runs. *doc is
+ * the caller's. */
+static td_status run_file(coord *d, const td_job *j, char *path, size_t n, cJSON **doc) {
+    *doc = NULL;
+    TD_TRY(td_json_load_file(j->file, doc));
+    for (int i = 0; i < j->n_inputs; i++) {
+        const td_job *up = td_jobs_find(d->jobs, j->input_from[i]);
+        cJSON *updoc = NULL;
+        char out[2048];
+        td_status s = up ? td_json_load_file(up->file, &updoc)
+                         : td_error_set(TD_ERR_INVALID, "no job %ld", j->input_from[i]);
+        if (s == TD_OK) {
+            /* the upstream's own inputs change its output only through its checkpoint or
+             * out directory, which inputs do not set: its own file names them */
+            s = td_stage_output(up->kind, updoc, up->dir, out, sizeof out);
+        }
+        cJSON_Delete(updoc);
+        if (s == TD_OK) s = td_stage_set(*doc, j->input_key[i], out);
+        if (s != TD_OK) {
+            cJSON_Delete(*doc);
+            *doc = NULL;
+            return td_error_set(TD_ERR_INVALID, "input %s (from job %ld): %s", j->input_key[i],
+                                j->input_from[i], td_error_message());
+        }
     }
-    const cJSON *ck = cJSON_GetObjectItemCaseSensitive(doc, "checkpoint");
-    const char *dir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ck, "dir"));
-    if (!dir) dir = "runs/default";
-    if (dir[0] == '/')
-        snprintf(p, sizeof p, "%s", dir);
-    else
-        snprintf(p, sizeof p, "%s/%s", j->dir, dir);
-    cJSON_Delete(doc);
-    DIR *dp = opendir(p);
-    int found = 0;
-    for (struct dirent *e; dp && (e = readdir(dp));)
-        found |= !strncmp(e->d_name, "step_", 5);
-    if (dp) closedir(dp);
-    return found;
+    snprintf(path, n, "%s/jobs/%ld/job.json", d->o.state_dir, j->id);
+    td_status s = td_json_save_file(path, *doc);
+    if (s != TD_OK) {
+        cJSON_Delete(*doc);
+        *doc = NULL;
+    }
+    return s;
+}
+
+/* An attempt that could not begin (its inputs, its directory): journaled as a start and an
+ * exit that fails the job, with the reason; restarts would not help. */
+static td_status cannot_start(coord *d, const td_job *j, const char *why) {
+    long id = j->id;
+    int attempt = j->attempt + 1;
+    cJSON *ev = event("start", id);
+    cJSON_AddNumberToObject(ev, "attempt", attempt);
+    cJSON_AddNumberToObject(ev, "pid", 0);
+    TD_TRY(record(d, ev));
+    ev = event("exit", id);
+    cJSON_AddNumberToObject(ev, "attempt", attempt);
+    cJSON_AddNumberToObject(ev, "rc", 127);
+    cJSON_AddStringToObject(ev, "then", "failed");
+    char how[200];
+    snprintf(how, sizeof how, "could not start: %s", why);
+    cJSON_AddStringToObject(ev, "reason", how);
+    TD_TRY(record(d, ev));
+    TD_LOG_ERROR("job %ld: %s", id, how);
+    return TD_OK;
 }
 
 static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
-    char dir[1200], hf[1300], logp[1300];
+    char dir[1200], hf[1300], logp[1300], runp[1300];
     snprintf(dir, sizeof dir, "%s/jobs/%ld", d->o.state_dir, j->id);
     TD_TRY(td_fs_mkdirs(dir));
     snprintf(hf, sizeof hf, "%s/hostfile", dir);
@@ -120,39 +175,64 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     char hosts[64];
     snprintf(hosts, sizeof hosts, "localhost slots=%d\n", pl->n[0]);
     TD_TRY(td_fs_write_file_atomic(hf, hosts, strlen(hosts)));
-    int resume = j->attempt > 0 && has_checkpoint(j);
+    cJSON *doc = NULL;
+    if (run_file(d, j, runp, sizeof runp, &doc) != TD_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", td_error_message());
+        td_error_clear();
+        return cannot_start(d, j, why);
+    }
+    /* a restart resumes the checkpoint the job has written */
+    char ck[2048];
+    int resume = j->attempt > 0 && (!strcmp(j->kind, "train") || !strcmp(j->kind, "finetune")) &&
+                 td_stage_output(j->kind, doc, j->dir, ck, sizeof ck) == TD_OK;
+    td_error_clear();
+    td_stage_env env = {td_router_back_endpoint(d->router), d->o.insecure, resume};
+    td_argv args;
+    td_status s = td_stage_argv(j->kind, runp, doc, &env, &args);
+    cJSON_Delete(doc);
+    if (s != TD_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", td_error_message());
+        td_error_clear();
+        return cannot_start(d, j, why);
+    }
     int logfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (logfd < 0) return td_error_set(TD_ERR_IO, "cannot open %s: %s", logp, strerror(errno));
+    if (logfd < 0) {
+        td_argv_free(&args);
+        return td_error_set(TD_ERR_IO, "cannot open %s: %s", logp, strerror(errno));
+    }
     char np[16];
     snprintf(np, sizeof np, "%d", j->ranks);
     /* a shell (setsid: its pid is the sid of all the job's processes) records mpirun's exit
      * code in a file, so that a coordinator started again after this one died still learns
      * how the job ended; it outlives a SIGTERM to the job (a handler, which exec resets in
-     * mpirun: an ignored
-     * signal would stay ignored) until mpirun and its ranks are gone, so the job ends when its
-     * last process does */
+     * mpirun: an ignored signal would stay ignored) until mpirun and its ranks are gone, so
+     * the job ends when its last process does */
     char exitf[1300];
     snprintf(exitf, sizeof exitf, "%s/exit.%d", dir, j->attempt + 1);
     unlink(exitf);
-    const char *argv[] = {"/bin/sh",
-                          "-c",
-                          "echo $$ > \"$0.pid\"; trap : TERM INT; \"$@\"; rc=$?; echo $rc > "
-                          "\"$0.tmp\" && mv \"$0.tmp\" "
-                          "\"$0\"; exit $rc",
-                          exitf,
-                          "mpirun",
-                          "-np",
-                          np,
-                          "--hostfile",
-                          hf,
-                          d->o.tandem,
-                          j->kind,
-                          j->file,
-                          resume ? "--resume" : NULL,
-                          NULL};
-    dprintf(logfd, "== attempt %d: mpirun -np %s --hostfile %s %s %s %s%s (in %s)\n",
-            j->attempt + 1, np, hf, d->o.tandem, j->kind, j->file, resume ? " --resume" : "",
-            j->dir);
+    const char *argv[TD_STAGE_MAX_ARGS + 16];
+    int k = 0;
+    argv[k++] = "/bin/sh";
+    argv[k++] = "-c";
+    argv[k++] = "echo $$ > \"$0.pid\"; trap : TERM INT; \"$@\"; rc=$?; echo $rc > "
+                "\"$0.tmp\" && mv \"$0.tmp\" \"$0\"; exit $rc";
+    argv[k++] = exitf;
+    argv[k++] = "mpirun";
+    argv[k++] = "-np";
+    argv[k++] = np;
+    argv[k++] = "--hostfile";
+    argv[k++] = hf;
+    argv[k++] = d->o.tandem;
+    for (int i = 0; i < args.n; i++)
+        argv[k++] = args.v[i];
+    argv[k] = NULL;
+    dprintf(logfd, "== attempt %d: mpirun -np %s --hostfile %s %s", j->attempt + 1, np, hf,
+            d->o.tandem);
+    for (int i = 0; i < args.n; i++)
+        dprintf(logfd, " %s", args.v[i]);
+    dprintf(logfd, " (in %s)\n", j->dir);
     /* journaled before the fork: a coordinator killed in between finds a start without a
      * pid, and the pid file the shell writes first (below) */
     long id = j->id;
@@ -163,16 +243,18 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     char where[32];
     snprintf(where, sizeof where, "localhost:%d", pl->n[0]);
     cJSON_AddStringToObject(ev, "hosts", where);
-    td_status s = record(d, ev);
+    s = record(d, ev);
     if (s != TD_OK) {
         close(logfd);
+        td_argv_free(&args);
         return s;
     }
     job_rt *rt = rt_of(d, id);
-    if (rt) rt->child = 1, rt->kill_at = 0;
+    if (rt) rt->child = 1, rt->kill_at = 0, rt->models_read = 0;
     pid_t pid = fork();
     if (pid < 0) {
         close(logfd);
+        td_argv_free(&args);
         char how[96];
         snprintf(how, sizeof how, "could not start: fork: %s", strerror(errno));
         return ended(d, td_jobs_find(d->jobs, id), 127, how);
@@ -195,6 +277,7 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
         _exit(127);
     }
     close(logfd);
+    td_argv_free(&args);
     ev = event("pid", id);
     cJSON_AddNumberToObject(ev, "attempt", attempt);
     cJSON_AddNumberToObject(ev, "pid", pid);
@@ -203,8 +286,8 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
         kill(-pid, SIGKILL);
         return s;
     }
-    TD_LOG_INFO("job %ld: attempt %d started (%d ranks, pid %d)%s", id, attempt, j->ranks, (int)pid,
-                resume ? ", resuming its checkpoint" : "");
+    TD_LOG_INFO("job %ld: attempt %d started (%s, %d ranks, pid %d)%s", id, attempt, j->kind,
+                j->ranks, (int)pid, resume ? ", resuming its checkpoint" : "");
     return TD_OK;
 }
 
@@ -370,6 +453,23 @@ static void watch(coord *d) {
     }
 }
 
+/* A queued job's stages before it: 1 when all are done; 0 while one is still to come; -1
+ * (with why) when one ended otherwise, so that this one never can start. */
+static int after_ready(const coord *d, const td_job *j, char *why, size_t n) {
+    int ready = 1;
+    for (int i = 0; i < j->n_after; i++) {
+        const td_job *up = td_jobs_find(d->jobs, j->after[i]);
+        if (!up) continue;
+        if (up->state == TD_JOB_FAILED || up->state == TD_JOB_CANCELLED) {
+            snprintf(why, n, "%s %s (job %ld) %s", up->stage[0] ? "stage" : "job",
+                     up->stage[0] ? up->stage : up->kind, up->id, td_job_state_name(up->state));
+            return -1;
+        }
+        if (up->state != TD_JOB_DONE) ready = 0;
+    }
+    return ready;
+}
+
 /* One scheduling round: a snapshot of this machine's slots and the table, and the starts. */
 static void schedule(coord *d) {
     int n = td_jobs_count(d->jobs);
@@ -379,6 +479,21 @@ static void schedule(coord *d) {
     for (int i = 0; i < n; i++) {
         const td_job *j = td_jobs_at(d->jobs, i);
         if (j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING) continue;
+        if (j->state == TD_JOB_QUEUED) {
+            char why[150];
+            int r = after_ready(d, j, why, sizeof why);
+            if (r < 0) { /* what it waited for will never come */
+                long id = j->id;
+                cJSON *ev = event("cancel", id);
+                char reason[180];
+                snprintf(reason, sizeof reason, "never started: %.150s", why);
+                cJSON_AddStringToObject(ev, "reason", reason);
+                if (record(d, ev) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+                TD_LOG_INFO("job %ld: %s", id, reason);
+                continue;
+            }
+            if (r == 0) continue; /* waits for the stages before it */
+        }
         td_sched_job *s = &sj[ns++];
         s->id = (int)j->id;
         s->kind = TD_SCHED_BATCH;
@@ -404,6 +519,126 @@ static void schedule(coord *d) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* the serving plane: the router and the gateway, hosted; what the router sees */
+
+static void *run_router(void *p) {
+    coord *d = p;
+    if (td_router_run(d->router, &d->router_stop) != TD_OK)
+        TD_LOG_ERROR("coordinator: the router stopped: %s", td_error_message());
+    return NULL;
+}
+
+static td_status serving_start(coord *d) {
+    td_router_opts ro = {.front = FRONT,
+                         .back = d->o.replicas,
+                         .queue_max = 256,
+                         .queue_timeout_s = 30,
+                         .heartbeat_ms = 1000,
+                         .zctx = d->zctx,
+                         .insecure = d->o.insecure,
+                         .zap_running = d->zap != NULL};
+    TD_TRY(td_router_new(&ro, &d->router));
+    if (pthread_create(&d->router_th, NULL, run_router, d) != 0)
+        return td_error_set(TD_ERR_RUNTIME, "cannot start the router thread");
+    d->router_running = 1;
+    if (d->o.http) {
+        td_gateway_opts go = {.listen = d->o.http,
+                              .router = FRONT,
+                              .max_body = 1u << 20,
+                              .timeout_s = 120,
+                              .zctx = d->zctx,
+                              .router_heartbeat_ms = 1000,
+                              .insecure = d->o.insecure};
+        TD_TRY(td_gateway_new(&go, &d->gateway));
+    }
+    d->status_sock = zmq_socket(d->zctx, ZMQ_DEALER);
+    if (!d->status_sock) return td_error_set(TD_ERR_RUNTIME, "zmq_socket: %s", zmq_strerror(errno));
+    int zero = 0;
+    zmq_setsockopt(d->status_sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (!d->o.insecure) TD_TRY(td_keys_client(d->status_sock));
+    if (zmq_connect(d->status_sock, FRONT) != 0)
+        return td_error_set(TD_ERR_RUNTIME, "cannot connect to the router: %s",
+                            zmq_strerror(errno));
+    return TD_OK;
+}
+
+static void serving_stop(coord *d) {
+    if (d->status_sock) zmq_close(d->status_sock);
+    d->status_sock = NULL;
+    td_gateway_free(&d->gateway);
+    d->router_stop = 1;
+    if (d->router_running) pthread_join(d->router_th, NULL);
+    d->router_running = 0;
+    td_router_free(&d->router);
+}
+
+/* Asks the router for its models every second and keeps the latest answer. */
+static void serving_watch(coord *d) {
+    if (!d->status_sock) return;
+    double now = now_s();
+    if (now - d->status_asked_at >= 1) {
+        Tandem__StatusRequest q = TANDEM__STATUS_REQUEST__INIT;
+        td_env e = TANDEM__ENVELOPE__INIT;
+        e.body_case = TANDEM__ENVELOPE__BODY_STATUS_REQUEST;
+        e.status_request = &q;
+        if (td_wire_send(d->status_sock, NULL, 0, &e) != TD_OK) td_error_clear();
+        d->status_asked_at = now;
+    }
+    for (;;) {
+        td_env *r = NULL;
+        if (td_wire_recv(d->status_sock, NULL, NULL, 0, &r) != TD_OK || !r) {
+            td_error_clear();
+            return;
+        }
+        if (r->body_case == TANDEM__ENVELOPE__BODY_STATUS) {
+            d->n_models = 0;
+            for (size_t i = 0; i < r->status->n_models && d->n_models < MAX_MODELS; i++) {
+                model_seen *m = &d->models[d->n_models++];
+                snprintf(m->name, sizeof m->name, "%s", r->status->models[i]->name);
+                m->up = (int)r->status->models[i]->replicas_up;
+                m->queue = (int)r->status->models[i]->queue_length;
+            }
+        }
+        td_wire_free(r);
+    }
+}
+
+/* A running serve job's model names (from its run file, read once). */
+static const char *serve_models(coord *d, const td_job *j) {
+    job_rt *rt = rt_of(d, j->id);
+    if (!rt) return "";
+    if (!rt->models_read) {
+        char p[1300];
+        snprintf(p, sizeof p, "%s/jobs/%ld/job.json", d->o.state_dir, j->id);
+        cJSON *doc = NULL;
+        rt->models[0] = 0;
+        if (td_json_load_file(p, &doc) == TD_OK)
+            td_stage_serve_names(doc, rt->models, sizeof rt->models);
+        else
+            td_error_clear();
+        cJSON_Delete(doc);
+        rt->models_read = 1;
+    }
+    return rt->models;
+}
+
+/* 1 when every model of a running serve job has a replica up at the router. */
+static int serving(coord *d, const td_job *j) {
+    const char *names = serve_models(d, j);
+    if (!names[0]) return 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", names);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int up = 0;
+        for (int i = 0; i < d->n_models; i++)
+            if (!strcmp(d->models[i].name, t)) up = d->models[i].up;
+        if (up < 1) return 0;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* the control socket */
 
 static void reply(coord *d, const uint8_t *ident, size_t ilen, Tandem__ControlReply *r) {
@@ -422,21 +657,63 @@ static void refuse(coord *d, const uint8_t *ident, size_t ilen, const char *msg)
     reply(d, ident, ilen, &r);
 }
 
+/* The submit event of one job (a stage of a pipeline when pl is set). */
+static cJSON *submit_event(long id, const char *kind, const char *file, const char *dir, int ranks,
+                           int priority, double limit_s, int max_restarts) {
+    cJSON *ev = event("submit", id);
+    cJSON_AddStringToObject(ev, "kind", kind);
+    cJSON_AddStringToObject(ev, "file", file);
+    cJSON_AddStringToObject(ev, "dir", dir);
+    cJSON_AddNumberToObject(ev, "ranks", ranks);
+    cJSON_AddNumberToObject(ev, "priority", priority);
+    cJSON_AddNumberToObject(ev, "limit_s", limit_s);
+    cJSON_AddNumberToObject(ev, "max_restarts", max_restarts);
+    return ev;
+}
+
+/* A pipeline: one job per stage, ids in the order of its stages, each naming the jobs it
+ * waits for and takes inputs from. */
+static void submit_pipeline(coord *d, const uint8_t *ident, size_t ilen,
+                            const Tandem__JobSubmit *m) {
+    static td_pipeline pl;
+    if (td_pipeline_load(m->file, d->o.slots, &pl) != TD_OK) {
+        char msg[1200];
+        snprintf(msg, sizeof msg, "%s", td_error_message());
+        td_error_clear();
+        return refuse(d, ident, ilen, msg);
+    }
+    long first = td_jobs_next_id(d->jobs);
+    uint64_t ids[TD_PIPELINE_MAX_STAGES];
+    for (int i = 0; i < pl.n; i++) {
+        const td_stage_spec *st = &pl.stage[i];
+        long id = first + i;
+        cJSON *ev = submit_event(id, st->kind, st->job, m->dir, st->ranks,
+                                 st->priority + (m->has_priority ? m->priority : 0), st->limit_s,
+                                 st->max_restarts);
+        cJSON_AddStringToObject(ev, "pipeline", pl.name);
+        cJSON_AddStringToObject(ev, "stage", st->name);
+        cJSON *after = cJSON_AddArrayToObject(ev, "after");
+        for (int k = 0; k < st->n_after; k++)
+            cJSON_AddItemToArray(after, cJSON_CreateNumber((double)(first + st->after[k])));
+        cJSON *in = cJSON_AddObjectToObject(ev, "inputs");
+        for (int k = 0; k < st->n_inputs; k++)
+            cJSON_AddNumberToObject(in, st->input_key[k], (double)(first + st->input_from[k]));
+        if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
+        ids[i] = (uint64_t)id;
+        TD_LOG_INFO("job %ld: submitted (pipeline %s, stage %s: %s %s, %d ranks)", id, pl.name,
+                    st->name, st->kind, st->job, st->ranks);
+    }
+    Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+    r.has_id = 1;
+    r.id = (uint64_t)first;
+    r.n_ids = (size_t)pl.n;
+    r.ids = ids;
+    reply(d, ident, ilen, &r);
+}
+
 static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem__JobSubmit *m) {
     char msg[1400];
     struct stat st;
-    if (strcmp(m->kind, "train") && strcmp(m->kind, "finetune")) {
-        snprintf(msg, sizeof msg,
-                 "kind \"%s\": the coordinator runs train and finetune jobs (prep, distill, "
-                 "serve and bench are not scheduled yet)",
-                 m->kind);
-        return refuse(d, ident, ilen, msg);
-    }
-    if (m->ranks < 1 || (int)m->ranks > d->o.slots) {
-        snprintf(msg, sizeof msg, "the job needs %u ranks; the pool has %d slots", m->ranks,
-                 d->o.slots);
-        return refuse(d, ident, ilen, msg);
-    }
     if (m->file[0] != '/' || stat(m->file, &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(msg, sizeof msg, "%s: not a job file the coordinator can read (an absolute path)",
                  m->file);
@@ -446,17 +723,43 @@ static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem_
         snprintf(msg, sizeof msg, "%s: not a directory", m->dir);
         return refuse(d, ident, ilen, msg);
     }
+    /* the kind is the file's, read here: a client's word for it is only checked */
+    cJSON *doc = NULL;
+    if (td_json_load_file(m->file, &doc) != TD_OK) {
+        snprintf(msg, sizeof msg, "%s", td_error_message());
+        td_error_clear();
+        return refuse(d, ident, ilen, msg);
+    }
+    const char *kind = td_stage_kind(doc);
+    td_status s = kind ? td_stage_check(kind, doc, m->file) : TD_OK;
+    cJSON_Delete(doc);
+    if (!kind || s != TD_OK) {
+        if (!kind)
+            snprintf(msg, sizeof msg,
+                     "%s: not a job file: a JSON object with a \"pipeline\", \"prep\", "
+                     "\"serve\", \"finetune\" or \"model\" (train) section",
+                     m->file);
+        else
+            snprintf(msg, sizeof msg, "%s", td_error_message());
+        td_error_clear();
+        return refuse(d, ident, ilen, msg);
+    }
+    if (strcmp(kind, m->kind)) {
+        snprintf(msg, sizeof msg, "%s is a %s job file, not %s", m->file, kind, m->kind);
+        return refuse(d, ident, ilen, msg);
+    }
+    if (!strcmp(kind, "pipeline")) return submit_pipeline(d, ident, ilen, m);
+    if ((int)m->ranks > d->o.slots) {
+        snprintf(msg, sizeof msg, "the job needs %u ranks; the pool has %d slots", m->ranks,
+                 d->o.slots);
+        return refuse(d, ident, ilen, msg);
+    }
     long id = td_jobs_next_id(d->jobs);
-    cJSON *ev = event("submit", id);
-    cJSON_AddStringToObject(ev, "kind", m->kind);
-    cJSON_AddStringToObject(ev, "file", m->file);
-    cJSON_AddStringToObject(ev, "dir", m->dir);
-    cJSON_AddNumberToObject(ev, "ranks", m->ranks);
-    cJSON_AddNumberToObject(ev, "priority", m->has_priority ? m->priority : 0);
-    cJSON_AddNumberToObject(ev, "limit_s", m->has_limit_s ? m->limit_s : 0);
-    cJSON_AddNumberToObject(ev, "max_restarts", m->has_max_restarts ? m->max_restarts : 0);
+    cJSON *ev = submit_event(id, kind, m->file, m->dir, (int)m->ranks,
+                             m->has_priority ? m->priority : 0, m->has_limit_s ? m->limit_s : 0,
+                             m->has_max_restarts ? (int)m->max_restarts : 0);
     if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
-    TD_LOG_INFO("job %ld: submitted (%s %s, %u ranks)", id, m->kind, m->file, m->ranks);
+    TD_LOG_INFO("job %ld: submitted (%s %s, %u ranks)", id, kind, m->file, m->ranks);
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
     r.has_id = 1;
     r.id = (uint64_t)id;
@@ -502,10 +805,14 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
     Tandem__JobInfo *info = calloc((size_t)n + 1, sizeof *info);
     Tandem__JobInfo **ptr = calloc((size_t)n + 1, sizeof *ptr);
     char(*logs)[1300] = calloc((size_t)n + 1, sizeof *logs);
-    if (!info || !ptr || !logs) {
+    char(*runs)[1300] = calloc((size_t)n + 1, sizeof *runs);
+    uint64_t(*after)[TD_JOB_MAX_AFTER] = calloc((size_t)n + 1, sizeof *after);
+    if (!info || !ptr || !logs || !runs || !after) {
         free(info);
         free(ptr);
         free(logs);
+        free(runs);
+        free(after);
         return refuse(d, ident, ilen, "out of memory");
     }
     for (int i = 0; i < n; i++) {
@@ -533,6 +840,20 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
         x->has_limit_s = 1, x->limit_s = j->limit_s;
         snprintf(logs[i], sizeof logs[i], "%s/jobs/%ld/log", d->o.state_dir, j->id);
         x->log = logs[i];
+        x->pipeline = j->pipeline[0] ? (char *)j->pipeline : NULL;
+        x->stage = j->stage[0] ? (char *)j->stage : NULL;
+        for (int k = 0; k < j->n_after; k++)
+            after[i][k] = (uint64_t)j->after[k];
+        x->n_after = (size_t)j->n_after;
+        x->after = after[i];
+        if (j->attempt > 0) {
+            snprintf(runs[i], sizeof runs[i], "%s/jobs/%ld/job.json", d->o.state_dir, j->id);
+            x->run_file = runs[i];
+        }
+        if (!strcmp(j->kind, "serve") && j->state == TD_JOB_RUNNING) {
+            x->models = (char *)serve_models(d, j);
+            if (serving(d, j)) x->state = "serving";
+        }
         ptr[i] = x;
     }
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
@@ -542,6 +863,8 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
     free(ptr);
     free(info);
     free(logs);
+    free(runs);
+    free(after);
 }
 
 /* One request from the control socket (waits up to 100 ms): the client's identity frame,
@@ -643,6 +966,7 @@ td_status td_daemon_run(const td_daemon_opts *o) {
     if (s == TD_OK) s = td_jobs_new(&d.jobs);
     if (s == TD_OK) s = td_journal_open(jp, replay_event, d.jobs, &d.journal);
     if (s == TD_OK) s = open_socket(&d);
+    if (s == TD_OK) s = serving_start(&d);
     if (s == TD_OK) {
         int q = 0, r = 0;
         for (int i = 0; i < td_jobs_count(d.jobs); i++) {
@@ -658,13 +982,22 @@ td_status td_daemon_run(const td_daemon_opts *o) {
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
+        if (d.gateway)
+            TD_LOG_INFO("coordinator: gateway on http://%.*s:%d, replicas register at %s",
+                        (int)(strrchr(o->http, ':') - o->http), o->http, td_gateway_port(d.gateway),
+                        td_router_back_endpoint(d.router));
+        else
+            TD_LOG_INFO("coordinator: replicas register at %s (no --http: no gateway)",
+                        td_router_back_endpoint(d.router));
         while (!g_stop) {
             serve_control(&d);
+            serving_watch(&d);
             watch(&d);
             if (!g_stop) schedule(&d);
         }
         TD_LOG_INFO("coordinator: stopping; running jobs keep running");
     }
+    serving_stop(&d);
     if (d.sock) zmq_close(d.sock);
     td_zap_stop(&d.zap);
     if (d.zctx) zmq_ctx_term(d.zctx);

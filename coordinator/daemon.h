@@ -25,6 +25,8 @@ typedef struct {
     const char *tandem;    /* the tandem binary the jobs run */
     int insecure;          /* no CURVE on the control socket */
     double cancel_grace_s; /* SIGTERM, then SIGKILL after this long */
+    const char *replicas;  /* the hosted router's back end, where serve jobs register */
+    const char *http;      /* HOST:PORT of the hosted gateway, or NULL for none */
 } td_daemon_opts;
 
 /* Runs until SIGINT or SIGTERM (then returns TD_OK; running jobs keep running). */

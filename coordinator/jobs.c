@@ -110,6 +110,30 @@ static td_status submit(td_jobs *t, const cJSON *ev, const char *where, long id,
     if (!(j.limit_s >= 0))
         return td_error_set(TD_ERR_FORMAT, "%s.limit_s: must not be negative", where);
     j.ranks = (int)ranks, j.priority = (int)prio, j.max_restarts = (int)restarts;
+    TD_TRY(copy_str(ev, where, "pipeline", 0, j.pipeline, sizeof j.pipeline));
+    TD_TRY(copy_str(ev, where, "stage", 0, j.stage, sizeof j.stage));
+    const cJSON *after = cJSON_GetObjectItemCaseSensitive(ev, "after");
+    if (after && (!cJSON_IsArray(after) || cJSON_GetArraySize(after) > TD_JOB_MAX_AFTER))
+        return td_error_set(TD_ERR_FORMAT, "%s.after: a list of at most %d job ids", where,
+                            TD_JOB_MAX_AFTER);
+    for (const cJSON *e = after ? after->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 1 || e->valuedouble >= (double)id ||
+            e->valuedouble != (double)(long)e->valuedouble)
+            return td_error_set(TD_ERR_FORMAT, "%s.after: each an id of an earlier job", where);
+        j.after[j.n_after++] = (long)e->valuedouble;
+    }
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(ev, "inputs");
+    if (in && (!cJSON_IsObject(in) || cJSON_GetArraySize(in) > TD_JOB_MAX_INPUTS))
+        return td_error_set(TD_ERR_FORMAT, "%s.inputs: an object of at most %d keys", where,
+                            TD_JOB_MAX_INPUTS);
+    for (const cJSON *e = in ? in->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 1 || e->valuedouble >= (double)id ||
+            strlen(e->string) >= sizeof j.input_key[0] || !e->string[0])
+            return td_error_set(TD_ERR_FORMAT, "%s.inputs.%s: an id of an earlier job", where,
+                                e->string);
+        snprintf(j.input_key[j.n_inputs], sizeof j.input_key[0], "%s", e->string);
+        j.input_from[j.n_inputs++] = (long)e->valuedouble;
+    }
     TD_TRY(TD_GROW(t->v, t->cap, t->n + 1));
     t->v[t->n++] = j;
     t->next_id++;
@@ -202,11 +226,14 @@ td_status td_jobs_apply(td_jobs *t, const cJSON *ev) {
         return TD_OK;
     }
     if (!strcmp(kind, "cancel")) {
+        char reason[sizeof j->reason] = "";
+        TD_TRY(copy_str(ev, where, "reason", 0, reason, sizeof reason));
         j->cancel_asked = 1;
         if (j->state == TD_JOB_QUEUED) {
             j->state = TD_JOB_CANCELLED;
             j->ended_at = at;
-            snprintf(j->reason, sizeof j->reason, "cancelled while queued");
+            snprintf(j->reason, sizeof j->reason, "%s",
+                     reason[0] ? reason : "cancelled while queued");
         }
         return TD_OK;
     }

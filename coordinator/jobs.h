@@ -8,15 +8,17 @@
  * Events ("event" names the kind; every event has "id" and "at", seconds on the
  * coordinator's clock):
  *   submit   kind, file, dir, ranks, priority, limit_s, max_restarts: a new job, queued; ids are
- *            given in order (each submit's id is the table's next id)
+ *            given in order (each submit's id is the table's next id); a pipeline's stage
+ *            also has pipeline, stage, after ([ids of earlier jobs it waits for]) and
+ *            inputs ({"dotted.key": id}: the key of its job file set to that job's output)
  *   start    attempt, pid, hosts: an attempt began (queued -> running); journaled before the
  *            process exists, so pid may be 0 and come with the next event:
  *   pid      attempt, pid: the running attempt's launcher
  *   exit     attempt, rc, then ("done", "failed", "queued"), reason: the attempt ended; `then`
  *            is the coordinator's decision (restart after a failure, requeue after
  *            preemption), recorded so that a replay need not decide again
- *   cancel   a cancel was asked for: a queued job is cancelled at once; a running one when
- *            its exit arrives
+ *   cancel   a cancel was asked for (reason: optional): a queued job is cancelled at once; a
+ *            running one when its exit arrives
  *   preempt  the job is being stopped with a checkpoint to make room; its exit requeues it
  * An event that does not fit the job's state (a start of a running job, an exit of another
  * attempt, an unknown id, a restart beyond max_restarts) or lacks a field is refused with an
@@ -36,6 +38,9 @@ typedef enum {
     TD_JOB_CANCELLED,
 } td_job_state;
 
+#define TD_JOB_MAX_AFTER 16
+#define TD_JOB_MAX_INPUTS 8
+
 typedef struct {
     long id;
     char kind[16];   /* prep, train, finetune, distill, serve, bench */
@@ -52,6 +57,12 @@ typedef struct {
     double submitted_at, started_at, ended_at;
     int rc; /* the last attempt's exit code */
     char reason[200];
+    char pipeline[64], stage[64]; /* a pipeline's stage; "" for a job of its own */
+    int n_after;
+    long after[TD_JOB_MAX_AFTER]; /* jobs that must be done before this one starts */
+    int n_inputs;
+    char input_key[TD_JOB_MAX_INPUTS][128];
+    long input_from[TD_JOB_MAX_INPUTS]; /* the job whose output the key is set to */
 } td_job;
 
 typedef struct td_jobs td_jobs;

@@ -105,7 +105,7 @@ td_status td_router_new(const td_router_opts *o, td_router **out) {
                       ? td_error_set(TD_ERR_IO, "router: zmq_socket: %s", zmq_strerror(errno))
                       : TD_OK;
     if (s == TD_OK && o->insecure) td_keys_warn_insecure("router");
-    if (s == TD_OK && !o->insecure) s = td_zap_start(r->ctx, &r->zap);
+    if (s == TD_OK && !o->insecure && !o->zap_running) s = td_zap_start(r->ctx, &r->zap);
     if (s == TD_OK && !o->insecure) s = td_keys_server(r->front);
     if (s == TD_OK && !o->insecure) s = td_keys_server(r->back);
     if (s == TD_OK) s = bind_socket(r, r->front, o->front, r->front_ep, sizeof r->front_ep);

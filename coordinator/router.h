@@ -22,6 +22,8 @@ typedef struct {
     const char *back_local;   /* optional second back endpoint (e.g. inproc:// for a
                                * replica in the same process), or NULL */
     int insecure;             /* plain text: no CURVE, no allowed keys (a warning says so) */
+    int zap_running;          /* zctx has a ZAP handler already (td_zap_start, the caller's:
+                               * one per context), which checks this router's clients too */
 } td_router_opts;
 
 typedef struct td_router td_router;

@@ -6,7 +6,7 @@
 #      processes) within 5 s
 #   3. restart: the coordinator killed with SIGKILL and started again has the same job table
 #      (journal replay) and still sees the job that kept running, to its end
-#   4. refusals: more ranks than slots, a file that is no train or finetune job, a missing
+#   4. refusals: more ranks than slots, a file that is no job, a prep job's unknown key, a missing
 #      file, a client whose key is not allowed, a cancel of an unknown or ended job
 #   5. a start journaled by a coordinator that died before forking: run once, later
 # Also: `logs -f` follows a job to its end; a cancelled job's ranks checkpoint first, a second cancel changes nothing, and a job
@@ -28,6 +28,7 @@ cd "$W"
 export TANDEM_KEYS=$W/keys
 PORT=$((20000 + RANDOM % 20000))
 export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
+REPLICAS=tcp://127.0.0.1:$((PORT + 1))
 . "$HERE/tiny_model.sh"
 tiny_model "$TANDEM" 64 # data/ and a job.json to start from
 fail=0
@@ -36,9 +37,13 @@ job() { # name steps
         job.json > "$1.json"
 }
 start_coord() {
-    "$TANDEM" coordinator --state state --slots 2 --cancel-grace 2 2>> coord.log &
+    "$TANDEM" coordinator --state state --slots 2 --cancel-grace 2 --replicas "$REPLICAS" 2>> coord.log &
     COORD=$!
-    for _ in $(seq 100); do "$TANDEM" ps > /dev/null 2>&1 && return 0; sleep 0.1; done
+    for _ in $(seq 100); do
+        kill -0 "$COORD" 2> /dev/null || { echo "FAIL: the coordinator exited"; cat coord.log; exit 1; }
+        "$TANDEM" ps > /dev/null 2>&1 && return 0
+        sleep 0.1
+    done
     echo "FAIL: the coordinator did not answer"; cat coord.log; exit 1
 }
 state() { # id -> its state
@@ -79,7 +84,7 @@ for _ in $(seq 300); do # until the ranks train (a step line in the job's log)
     grep -q '^step' "state/jobs/$C/log" 2> /dev/null && break
     sleep 0.1
 done
-pids=$(pgrep -f "$W/c.json" | tr '\n' ' ')
+pids=$(pgrep -f "state/jobs/$C/job.json" | tr '\n' ' ')
 [ -n "$pids" ] || { echo "FAIL: no process of job $C"; fail=1; }
 "$TANDEM" cancel "$D" > /dev/null && wait_state "$D" cancelled 2 &&
     echo "ok: queued job $D cancelled at once"
@@ -154,8 +159,10 @@ bad "more ranks than slots" "needs 3 ranks; the pool has 2 slots" "$TANDEM" subm
 bad "missing job file" "no-such.json" "$TANDEM" submit no-such.json
 bad "unknown job" "no job 99" "$TANDEM" cancel 99
 bad "logs of an unknown job" "no job 99" "$TANDEM" logs 99
-echo '{"prep": {}}' > notjob.json
-bad "not a train or finetune job" "not a train or finetune job file" "$TANDEM" submit notjob.json
+echo '{"tokenizer": {}}' > notjob.json
+bad "not a job file" "not a job file" "$TANDEM" submit notjob.json
+echo '{"prep": {"out": "p", "vocab": 512}}' > badprep.json
+bad "a prep job with an unknown key" "prep.vocab is not an option of tandem prep" "$TANDEM" submit badprep.json
 bad "a job that has ended" "has ended (done)" "$TANDEM" cancel "$A"
 rm -rf otherkeys && mkdir -m 700 otherkeys && cp keys/router.public otherkeys/
 out=$(TANDEM_KEYS=$W/otherkeys "$TANDEM" ps 2>&1) && { echo "FAIL: a client with an unknown key was answered"; fail=1; } ||
@@ -181,7 +188,7 @@ with open(os.path.join(state, "journal"), "w") as j:
         t = json.dumps(e, separators=(",", ":"))
         j.write("%08x %s\n" % (zlib.crc32(t.encode()), t))
 EOF
-"$TANDEM" coordinator --state state3 --slots 2 2>> coord3.log &
+"$TANDEM" coordinator --state state3 --slots 2 --replicas "$REPLICAS" 2>> coord3.log &
 COORD=$!
 for _ in $(seq 100); do "$TANDEM" ps > /dev/null 2>&1 && break; sleep 0.1; done
 wait_state 1 done 60 && [ "$(grep -c '== attempt' state3/jobs/1/log)" = 1 ] &&
