@@ -87,3 +87,4 @@ add_test(NAME test_check_layers COMMAND bash ${CMAKE_SOURCE_DIR}/tests/check_lay
 set_tests_properties(test_check_layers PROPERTIES LABELS "unit" TIMEOUT 60)
 td_e2e(test_serve_adapters "mpi;e2e" 300)
 td_e2e(test_coordinator "mpi;e2e" 400)
+td_e2e(test_pipeline "mpi;e2e" 600)
