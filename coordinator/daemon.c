@@ -470,6 +470,11 @@ static int after_ready(const coord *d, const td_job *j, char *why, size_t n) {
     return ready;
 }
 
+/* How long a job waits before its n-th restart after a failure. */
+static double backoff_s(int n) {
+    return n >= 7 ? 60 : (double)(1 << (n - 1));
+}
+
 /* One scheduling round: a snapshot of this machine's slots and the table, and the starts. */
 static void schedule(coord *d) {
     int n = td_jobs_count(d->jobs);
@@ -493,6 +498,9 @@ static void schedule(coord *d) {
                 continue;
             }
             if (r == 0) continue; /* waits for the stages before it */
+            /* back-off after a failure: 1, 2, 4 ... up to 60 s before the restart */
+            if (j->restarts > 0 && j->rc != 0 && now_s() < j->ended_at + backoff_s(j->restarts))
+                continue;
         }
         td_sched_job *s = &sj[ns++];
         s->id = (int)j->id;
