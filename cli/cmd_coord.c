@@ -446,6 +446,12 @@ int td_cmd_ps(int argc, char **argv) {
                 cJSON_AddItemToArray(after, cJSON_CreateNumber((double)j->after[k]));
             if (j->models) cJSON_AddStringToObject(o, "models", j->models);
             if (j->run_file) cJSON_AddStringToObject(o, "run_file", j->run_file);
+            if (j->has_replicas) {
+                cJSON_AddNumberToObject(o, "replicas", j->replicas);
+                cJSON_AddNumberToObject(o, "pool_min", j->pool_min);
+                cJSON_AddNumberToObject(o, "pool_max", j->pool_max);
+                cJSON_AddNumberToObject(o, "pool_want", j->pool_want);
+            }
             cJSON_AddItemToArray(arr, o);
         }
         char *t = cJSON_PrintUnformatted(arr);
@@ -465,13 +471,16 @@ int td_cmd_ps(int argc, char **argv) {
             char state[24];
             snprintf(state, sizeof state, "%s%s", j->state,
                      j->cancel_asked && !strcmp(j->state, "running") ? "*" : "");
-            char what[1200];
+            char what[1200], pool[64] = "";
+            if (j->has_replicas)
+                snprintf(pool, sizeof pool, "  replicas %u (min %u, max %u)", j->replicas,
+                         j->pool_min, j->pool_max);
             if (j->stage)
-                snprintf(what, sizeof what, "%s/%s%s%s", j->pipeline ? j->pipeline : "", j->stage,
-                         j->models ? "  models " : "", j->models ? j->models : "");
+                snprintf(what, sizeof what, "%s/%s%s%s%s", j->pipeline ? j->pipeline : "", j->stage,
+                         j->models ? "  models " : "", j->models ? j->models : "", pool);
             else
-                snprintf(what, sizeof what, "%s%s%s", j->file, j->models ? "  models " : "",
-                         j->models ? j->models : "");
+                snprintf(what, sizeof what, "%s%s%s%s", j->file, j->models ? "  models " : "",
+                         j->models ? j->models : "", pool);
             printf("%-5llu %-10s %-9s %5u %7u %8s  %s\n", (unsigned long long)j->id, state, j->kind,
                    j->ranks, j->attempt, t, what);
         }

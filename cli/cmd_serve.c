@@ -51,6 +51,10 @@ static void help(FILE *f) {
             "  --tp-timeout S        online, with --tp > 1: a collective of the group that takes\n"
             "                        longer than S seconds (a member stuck or dead) fails the\n"
             "                        replica's requests and ends the job (default 3)\n"
+            "  --drain S             online: on SIGINT/SIGTERM each replica takes no new\n"
+            "                        requests and finishes its running ones for up to S\n"
+            "                        seconds; what is left then ends with an error (default\n"
+            "                        10; 0: at once)\n"
             "  --heartbeat-ms N      replica <-> router heartbeats (default 1000; a replica\n"
             "                        silent for three is lost); with --router, the router's\n"
             "                        --heartbeat-ms\n"
@@ -193,6 +197,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         O_NOVERIFY,
         O_PUBMET,
         O_TPTIMEOUT,
+        O_DRAIN,
         O_INSECURE,
         O_ADAPTER
     };
@@ -229,6 +234,7 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
                                          {"no-verify", no_argument, 0, O_NOVERIFY},
                                          {"public-metrics", no_argument, 0, O_PUBMET},
                                          {"tp-timeout", required_argument, 0, O_TPTIMEOUT},
+                                         {"drain", required_argument, 0, O_DRAIN},
                                          {"insecure", no_argument, 0, O_INSECURE},
                                          {"adapter", required_argument, 0, O_ADAPTER},
                                          {0, 0, 0, 0}};
@@ -348,6 +354,10 @@ int td_serve_main(int argc, char **argv, const char *cmd, td_model *given, const
         case O_TPTIMEOUT:
             o.tp_timeout_s = strtod(optarg, &end);
             bad = *end || o.tp_timeout_s < 0.1 || o.tp_timeout_s > 3600;
+            break;
+        case O_DRAIN:
+            o.drain_s = strtod(optarg, &end);
+            bad = *end || end == optarg || !(o.drain_s >= 0 && o.drain_s <= 3600);
             break;
         case O_HB:
             bad = !int_in(optarg, 10, 600000, &o.heartbeat_ms);

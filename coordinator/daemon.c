@@ -44,6 +44,9 @@ typedef struct {
 } job_rt;
 
 #define FRONT "inproc://tandem-coordinator-front"
+/* a serve replica finishes its running requests for up to this long after SIGTERM (serve's
+ * --drain default): its SIGKILL comes this much later than a training job's */
+#define SERVE_DRAIN_S 10
 #define MAX_MODELS 64
 
 /* The hosted router's view of the models (its status, asked for every second). */
@@ -159,58 +162,61 @@ static td_status cannot_start(coord *d, const td_job *j, const char *why) {
     cJSON_AddNumberToObject(ev, "rc", 127);
     cJSON_AddStringToObject(ev, "then", "failed");
     char how[200];
-    snprintf(how, sizeof how, "could not start: %s", why);
+    snprintf(how, sizeof how, "could not start: %.170s", why);
     cJSON_AddStringToObject(ev, "reason", how);
     TD_TRY(record(d, ev));
     TD_LOG_ERROR("job %ld: %s", id, how);
     return TD_OK;
 }
 
-static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
-    char dir[1200], hf[1300], logp[1300], runp[1300];
+/* What a start needs, made before it is journaled: the hostfile, the run file, the command
+ * line (args) and the job's log (an open descriptor). Returns TD_OK, or TD_ERR_INVALID with
+ * the reason when the job cannot start at all (its inputs, its file), or another error. */
+typedef struct {
+    char hf[1300], logp[1300], runp[1300];
+    td_argv args;
+    int logfd;
+    int resume;
+} prepared;
+
+static td_status prepare(coord *d, const td_job *j, int slots, prepared *p) {
+    char dir[1200];
     snprintf(dir, sizeof dir, "%s/jobs/%ld", d->o.state_dir, j->id);
     TD_TRY(td_fs_mkdirs(dir));
-    snprintf(hf, sizeof hf, "%s/hostfile", dir);
-    snprintf(logp, sizeof logp, "%s/log", dir);
+    snprintf(p->hf, sizeof p->hf, "%s/hostfile", dir);
+    snprintf(p->logp, sizeof p->logp, "%s/log", dir);
     char hosts[64];
-    snprintf(hosts, sizeof hosts, "localhost slots=%d\n", pl->n[0]);
-    TD_TRY(td_fs_write_file_atomic(hf, hosts, strlen(hosts)));
+    snprintf(hosts, sizeof hosts, "localhost slots=%d\n", slots);
+    TD_TRY(td_fs_write_file_atomic(p->hf, hosts, strlen(hosts)));
     cJSON *doc = NULL;
-    if (run_file(d, j, runp, sizeof runp, &doc) != TD_OK) {
-        char why[600];
-        snprintf(why, sizeof why, "%s", td_error_message());
-        td_error_clear();
-        return cannot_start(d, j, why);
-    }
+    TD_TRY(run_file(d, j, p->runp, sizeof p->runp, &doc));
     /* a restart resumes the checkpoint the job has written */
     char ck[2048];
-    int resume = j->attempt > 0 && (!strcmp(j->kind, "train") || !strcmp(j->kind, "finetune")) &&
-                 td_stage_output(j->kind, doc, j->dir, ck, sizeof ck) == TD_OK;
+    p->resume = j->attempt > 0 && (!strcmp(j->kind, "train") || !strcmp(j->kind, "finetune")) &&
+                td_stage_output(j->kind, doc, j->dir, ck, sizeof ck) == TD_OK;
     td_error_clear();
-    td_stage_env env = {td_router_back_endpoint(d->router), d->o.insecure, resume};
-    td_argv args;
-    td_status s = td_stage_argv(j->kind, runp, doc, &env, &args);
+    td_stage_env env = {td_router_back_endpoint(d->router), d->o.insecure, p->resume};
+    td_status s = td_stage_argv(j->kind, p->runp, doc, &env, &p->args);
     cJSON_Delete(doc);
-    if (s != TD_OK) {
-        char why[600];
-        snprintf(why, sizeof why, "%s", td_error_message());
-        td_error_clear();
-        return cannot_start(d, j, why);
+    TD_TRY(s);
+    p->logfd = open(p->logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (p->logfd < 0) {
+        td_argv_free(&p->args);
+        return td_error_set(TD_ERR_IO, "cannot open %s: %s", p->logp, strerror(errno));
     }
-    int logfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (logfd < 0) {
-        td_argv_free(&args);
-        return td_error_set(TD_ERR_IO, "cannot open %s: %s", logp, strerror(errno));
-    }
+    return TD_OK;
+}
+
+/* Forks the job's launcher: a shell (setsid: its pid is the sid of all the job's processes)
+ * that writes its pid to EXITF.pid, runs mpirun, and records mpirun's exit code in EXITF, so
+ * that a coordinator started again after this one died still learns how the job ended. The
+ * shell outlives a SIGTERM to the job (a handler, which exec resets in mpirun: an ignored
+ * signal would stay ignored) until mpirun and its ranks are gone, so the job ends when its
+ * last process does. Returns the pid, or -1 (errno) when fork fails. Frees p. */
+static pid_t spawn(coord *d, const td_job *j, prepared *p, int ranks, const char *exitf,
+                   const char *head) {
     char np[16];
-    snprintf(np, sizeof np, "%d", j->ranks);
-    /* a shell (setsid: its pid is the sid of all the job's processes) records mpirun's exit
-     * code in a file, so that a coordinator started again after this one died still learns
-     * how the job ended; it outlives a SIGTERM to the job (a handler, which exec resets in
-     * mpirun: an ignored signal would stay ignored) until mpirun and its ranks are gone, so
-     * the job ends when its last process does */
-    char exitf[1300];
-    snprintf(exitf, sizeof exitf, "%s/exit.%d", dir, j->attempt + 1);
+    snprintf(np, sizeof np, "%d", ranks);
     unlink(exitf);
     const char *argv[TD_STAGE_MAX_ARGS + 16];
     int k = 0;
@@ -223,20 +229,58 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     argv[k++] = "-np";
     argv[k++] = np;
     argv[k++] = "--hostfile";
-    argv[k++] = hf;
+    argv[k++] = p->hf;
     argv[k++] = d->o.tandem;
-    for (int i = 0; i < args.n; i++)
-        argv[k++] = args.v[i];
+    for (int i = 0; i < p->args.n; i++)
+        argv[k++] = p->args.v[i];
     argv[k] = NULL;
-    dprintf(logfd, "== attempt %d: mpirun -np %s --hostfile %s %s", j->attempt + 1, np, hf,
-            d->o.tandem);
-    for (int i = 0; i < args.n; i++)
-        dprintf(logfd, " %s", args.v[i]);
-    dprintf(logfd, " (in %s)\n", j->dir);
+    dprintf(p->logfd, "== %s: mpirun -np %s --hostfile %s %s", head, np, p->hf, d->o.tandem);
+    for (int i = 0; i < p->args.n; i++)
+        dprintf(p->logfd, " %s", p->args.v[i]);
+    dprintf(p->logfd, " (in %s)\n", j->dir);
+    unlink(exitf);
+    char pidf[1400];
+    snprintf(pidf, sizeof pidf, "%s.pid", exitf);
+    unlink(pidf);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid(); /* sid = this pid, inherited by mpirun and the ranks: a cancel finds them */
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGPIPE, SIG_DFL);
+        if (chdir(j->dir) != 0) {
+            dprintf(p->logfd, "cannot enter %s: %s\n", j->dir, strerror(errno));
+            _exit(127);
+        }
+        dup2(p->logfd, 1);
+        dup2(p->logfd, 2);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) dup2(nul, 0);
+        execvp(argv[0], (char *const *)argv);
+        dprintf(2, "cannot run mpirun: %s\n", strerror(errno));
+        _exit(127);
+    }
+    int e = errno;
+    close(p->logfd);
+    td_argv_free(&p->args);
+    errno = e;
+    return pid;
+}
+
+static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
+    prepared p;
+    td_status s = prepare(d, j, pl->n[0], &p);
+    if (s == TD_ERR_INVALID || s == TD_ERR_NOTFOUND || s == TD_ERR_FORMAT) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", td_error_message());
+        td_error_clear();
+        return cannot_start(d, j, why);
+    }
+    TD_TRY(s);
     /* journaled before the fork: a coordinator killed in between finds a start without a
-     * pid, and the pid file the shell writes first (below) */
+     * pid, and the pid file the shell writes first */
     long id = j->id;
-    int attempt = j->attempt + 1;
+    int attempt = j->attempt + 1, resume = p.resume;
     cJSON *ev = event("start", id);
     cJSON_AddNumberToObject(ev, "attempt", attempt);
     cJSON_AddNumberToObject(ev, "pid", 0);
@@ -245,39 +289,21 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
     cJSON_AddStringToObject(ev, "hosts", where);
     s = record(d, ev);
     if (s != TD_OK) {
-        close(logfd);
-        td_argv_free(&args);
+        close(p.logfd);
+        td_argv_free(&p.args);
         return s;
     }
     job_rt *rt = rt_of(d, id);
     if (rt) rt->child = 1, rt->kill_at = 0, rt->models_read = 0;
-    pid_t pid = fork();
+    char exitf[1300], head[32];
+    snprintf(exitf, sizeof exitf, "%s/jobs/%ld/exit.%d", d->o.state_dir, id, attempt);
+    snprintf(head, sizeof head, "attempt %d", attempt);
+    pid_t pid = spawn(d, j, &p, j->ranks, exitf, head);
     if (pid < 0) {
-        close(logfd);
-        td_argv_free(&args);
         char how[96];
         snprintf(how, sizeof how, "could not start: fork: %s", strerror(errno));
         return ended(d, td_jobs_find(d->jobs, id), 127, how);
     }
-    if (pid == 0) {
-        setsid(); /* sid = this pid, inherited by mpirun and the ranks: a cancel finds them */
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGPIPE, SIG_DFL);
-        if (chdir(j->dir) != 0) {
-            dprintf(logfd, "cannot enter %s: %s\n", j->dir, strerror(errno));
-            _exit(127);
-        }
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-        int nul = open("/dev/null", O_RDONLY);
-        if (nul >= 0) dup2(nul, 0);
-        execvp(argv[0], (char *const *)argv);
-        dprintf(2, "cannot run mpirun: %s\n", strerror(errno));
-        _exit(127);
-    }
-    close(logfd);
-    td_argv_free(&args);
     ev = event("pid", id);
     cJSON_AddNumberToObject(ev, "attempt", attempt);
     cJSON_AddNumberToObject(ev, "pid", pid);
@@ -286,9 +312,48 @@ static td_status launch(coord *d, const td_job *j, const td_sched_place *pl) {
         kill(-pid, SIGKILL);
         return s;
     }
-    TD_LOG_INFO("job %ld: attempt %d started (%s, %d ranks, pid %d)%s", id, attempt, j->kind,
-                j->ranks, (int)pid, resume ? ", resuming its checkpoint" : "");
+    TD_LOG_INFO("job %ld: attempt %d started (%s, %d ranks, pid %d)%s", id, attempt,
+                td_jobs_find(d->jobs, id)->kind, td_jobs_find(d->jobs, id)->ranks, (int)pid,
+                resume ? ", resuming its checkpoint" : "");
     return TD_OK;
+}
+
+/* One more replica of a serving pool (exit file exit.rSEQ). */
+static td_status launch_replica(coord *d, const td_job *j, const td_sched_place *pl) {
+    prepared p;
+    td_status s = prepare(d, j, pl->n[0], &p);
+    if (s != TD_OK) return s; /* the pool stays as it is; the next round tries again */
+    long id = j->id;
+    int seq = j->rep_seq + 1;
+    cJSON *ev = event("rstart", id);
+    cJSON_AddNumberToObject(ev, "replica", seq);
+    cJSON_AddNumberToObject(ev, "pid", 0);
+    s = record(d, ev);
+    if (s != TD_OK) {
+        close(p.logfd);
+        td_argv_free(&p.args);
+        return s;
+    }
+    j = td_jobs_find(d->jobs, id);
+    job_rt *rt = rt_of(d, id);
+    if (rt) rt->models_read = 0;
+    char exitf[1300], head[32];
+    snprintf(exitf, sizeof exitf, "%s/jobs/%ld/exit.r%d", d->o.state_dir, id, seq);
+    snprintf(head, sizeof head, "replica %d", seq);
+    pid_t pid = spawn(d, j, &p, j->ranks, exitf, head);
+    ev = event(pid < 0 ? "rexit" : "rpid", id);
+    cJSON_AddNumberToObject(ev, "replica", seq);
+    if (pid < 0) {
+        cJSON_AddNumberToObject(ev, "rc", 127);
+        cJSON_AddStringToObject(ev, "reason", "could not start: fork failed");
+    } else {
+        cJSON_AddNumberToObject(ev, "pid", pid);
+    }
+    s = record(d, ev);
+    if (s != TD_OK && pid > 0) kill(-pid, SIGKILL);
+    if (s == TD_OK && pid > 0)
+        TD_LOG_INFO("job %ld: replica %d started (%d ranks, pid %d)", id, seq, j->ranks, (int)pid);
+    return s;
 }
 
 /* From /proc/PID/stat ("pid (comm) state ppid pgrp sid ...", comm may hold spaces and
@@ -384,6 +449,118 @@ static td_status ended(coord *d, const td_job *j, int rc, const char *how) {
     return TD_OK;
 }
 
+/* The number a pool replica's shell wrote: exit.rSEQ (its exit code) or exit.rSEQ.pid. */
+static long replica_file_number(const coord *d, long id, int seq, const char *suffix) {
+    char p[1300], *text = NULL;
+    size_t len = 0;
+    snprintf(p, sizeof p, "%s/jobs/%ld/exit.r%d%s", d->o.state_dir, id, seq, suffix);
+    long v = -1;
+    if (td_fs_read_file(p, &text, &len) == TD_OK) {
+        char *end = NULL;
+        v = strtol(text, &end, 10);
+        if (end == text || v < 0) v = -1;
+    } else {
+        td_error_clear();
+    }
+    free(text);
+    return v;
+}
+
+static void replica_ended(coord *d, long id, int seq, int rc, const char *how) {
+    cJSON *ev = event("rexit", id);
+    cJSON_AddNumberToObject(ev, "replica", seq);
+    cJSON_AddNumberToObject(ev, "rc", rc);
+    cJSON_AddStringToObject(ev, "reason", how);
+    if (record(d, ev) != TD_OK) {
+        TD_LOG_ERROR("%s", td_error_message());
+        return;
+    }
+    const td_job *j = td_jobs_find(d->jobs, id);
+    TD_LOG_INFO("job %ld: replica %d ended (%s); the pool has %d, %s", id, seq, how, j->n_rep,
+                td_job_state_name(j->state));
+}
+
+/* Stops replica seq of pool j (SIGTERM to its ranks: they drain their requests), unless it
+ * is stopping already; its SIGKILL comes after the serve grace. */
+static void stop_replica(coord *d, const td_job *j, int seq, const char *why) {
+    const td_replica_run *r = NULL;
+    for (int i = 0; i < j->n_rep; i++)
+        if (j->rep[i].seq == seq) r = &j->rep[i];
+    if (!r || r->stopping) return;
+    long id = j->id, pid = r->pid;
+    cJSON *ev = event("rstop", id);
+    cJSON_AddNumberToObject(ev, "replica", seq);
+    if (record(d, ev) != TD_OK) {
+        TD_LOG_ERROR("%s", td_error_message());
+        return;
+    }
+    if (pid > 0 && signal_job(pid, SIGTERM, 1) == 0) signal_job(pid, SIGTERM, 0);
+    job_rt *rt = rt_of(d, id);
+    if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s + SERVE_DRAIN_S;
+    TD_LOG_INFO("job %ld: stopping replica %d (%s)", id, seq, why);
+}
+
+/* The pools' replicas: their ends (reaped or seen by pid), pid files of replicas started by
+ * a coordinator that died before it journaled them, the SIGKILL after a stop's grace. */
+static void watch_pools(coord *d, pid_t reaped, int st) {
+    double now = now_s();
+    for (int i = 0; i < td_jobs_count(d->jobs); i++) {
+        const td_job *j = td_jobs_at(d->jobs, i);
+        if (j->pool_max <= 0 || j->state != TD_JOB_RUNNING) continue;
+        for (int k = j->n_rep - 1; k >= 0; k--) {
+            const td_replica_run *r = &j->rep[k];
+            long id = j->id;
+            int seq = r->seq;
+            char how[160];
+            if (reaped > 0 && r->pid == reaped) {
+                int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+                if (WIFEXITED(st))
+                    snprintf(how, sizeof how, "exit code %d", rc);
+                else
+                    snprintf(how, sizeof how, "killed by signal %d", WTERMSIG(st));
+                replica_ended(d, id, seq, rc, how);
+                return;
+            }
+            if (reaped > 0) continue;
+            if (r->pid <= 0) {
+                long pid = replica_file_number(d, id, seq, ".pid");
+                if (pid > 0) {
+                    cJSON *ev = event("rpid", id);
+                    cJSON_AddNumberToObject(ev, "replica", seq);
+                    cJSON_AddNumberToObject(ev, "pid", (double)pid);
+                    if (record(d, ev) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+                } else if (now - r->started_at > 10) {
+                    replica_ended(d, id, seq, -1, "never ran: its coordinator died starting it");
+                }
+                return; /* the table changed: look again next round */
+            }
+            if (!alive(r->pid)) {
+                int rc = (int)replica_file_number(d, id, seq, "");
+                snprintf(how, sizeof how, rc >= 0 ? "exit code %d" : "killed (no exit code)", rc);
+                replica_ended(d, id, seq, rc, how);
+                return;
+            }
+        }
+        if (reaped > 0) continue;
+        job_rt *rt = rt_of(d, j->id);
+        if (rt && rt->kill_at > 0 && now >= rt->kill_at) {
+            for (int k = 0; k < j->n_rep; k++)
+                if (j->rep[k].stopping || j->cancel_asked || j->failing) {
+                    TD_LOG_WARN("job %ld: replica %d still running after its grace: SIGKILL", j->id,
+                                j->rep[k].seq);
+                    signal_job(j->rep[k].pid, SIGKILL, 0);
+                }
+            rt->kill_at = 0;
+        }
+        if (j->failing) /* its restarts ran out: the others go too */
+            for (int k = 0; k < j->n_rep; k++)
+                if (!j->rep[k].stopping) {
+                    stop_replica(d, j, j->rep[k].seq, "the pool failed");
+                    return;
+                }
+    }
+}
+
 /* Reaps launchers that exited; watches jobs of an earlier daemon by their pid; sends SIGKILL
  * where a cancel's grace has run out. */
 static void watch(coord *d) {
@@ -391,6 +568,7 @@ static void watch(coord *d) {
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
         if (p <= 0) break;
+        watch_pools(d, p, st);
         for (int i = 0; i < td_jobs_count(d->jobs); i++) {
             const td_job *j = td_jobs_at(d->jobs, i);
             if (j->state != TD_JOB_RUNNING || j->pid != p) continue;
@@ -404,10 +582,11 @@ static void watch(coord *d) {
             break;
         }
     }
+    watch_pools(d, 0, 0);
     double now = now_s();
     for (int i = 0; i < td_jobs_count(d->jobs); i++) {
         const td_job *j = td_jobs_at(d->jobs, i);
-        if (j->state != TD_JOB_RUNNING) continue;
+        if (j->state != TD_JOB_RUNNING || j->pool_max > 0) continue;
         job_rt *rt = rt_of(d, j->id);
         if (!rt) continue;
         if (!rt->child && j->pid <= 0) {
@@ -470,6 +649,20 @@ static int after_ready(const coord *d, const td_job *j, char *why, size_t n) {
     return ready;
 }
 
+static const char *serve_models(coord *d, const td_job *j);
+
+/* Requests waiting at the router for a pool's models. */
+static int pool_queue(coord *d, const td_job *j) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", serve_models(d, j));
+    int q = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        for (int i = 0; i < d->n_models; i++)
+            if (!strcmp(d->models[i].name, t)) q += d->models[i].queue;
+    return q;
+}
+
 /* How long a job waits before its n-th restart after a failure. */
 static double backoff_s(int n) {
     return n >= 7 ? 60 : (double)(1 << (n - 1));
@@ -479,8 +672,13 @@ static double backoff_s(int n) {
 static void schedule(coord *d) {
     int n = td_jobs_count(d->jobs);
     td_sched_job *sj = calloc((size_t)n + 1, sizeof *sj);
-    if (!sj) return;
-    int ns = 0;
+    int(*pool_seq)[TD_SCHED_MAX_REPLICAS] = calloc((size_t)n + 1, sizeof *pool_seq);
+    if (!sj || !pool_seq) {
+        free(sj);
+        free(pool_seq);
+        return;
+    }
+    int ns = 0, held = 0; /* held: slots of jobs being cancelled, outside the plan */
     for (int i = 0; i < n; i++) {
         const td_job *j = td_jobs_at(d->jobs, i);
         if (j->state != TD_JOB_QUEUED && j->state != TD_JOB_RUNNING) continue;
@@ -502,28 +700,88 @@ static void schedule(coord *d) {
             if (j->restarts > 0 && j->rc != 0 && now_s() < j->ended_at + backoff_s(j->restarts))
                 continue;
         }
+        if (j->cancel_asked || j->failing) { /* on its way out: it holds what it holds */
+            if (j->state == TD_JOB_RUNNING)
+                held += j->pool_max > 0 ? j->n_rep * j->ranks : j->ranks;
+            continue;
+        }
         td_sched_job *s = &sj[ns++];
         s->id = (int)j->id;
-        s->kind = TD_SCHED_BATCH;
-        s->state = j->state == TD_JOB_RUNNING ? TD_SCHED_RUNNING : TD_SCHED_QUEUED;
         s->priority = j->priority;
         s->seq = j->id;
         s->ranks = j->ranks;
+        if (j->pool_max > 0) {
+            s->kind = TD_SCHED_POOL;
+            /* oldest first, as the scheduler numbers them */
+            int order[TD_JOB_MAX_REPLICAS], n = j->n_rep;
+            for (int k = 0; k < n; k++)
+                order[k] = k;
+            for (int a = 1; a < n; a++)
+                for (int b = a; b > 0 && j->rep[order[b]].seq < j->rep[order[b - 1]].seq; b--) {
+                    int t = order[b];
+                    order[b] = order[b - 1];
+                    order[b - 1] = t;
+                }
+            s->replicas = n < TD_SCHED_MAX_REPLICAS ? n : TD_SCHED_MAX_REPLICAS;
+            for (int k = 0; k < s->replicas; k++) {
+                s->replica[k].n[0] = j->ranks;
+                pool_seq[ns - 1][k] = j->rep[order[k]].seq;
+            }
+            s->min_replicas = j->pool_min;
+            s->max_replicas = j->pool_max;
+            s->want_replicas = j->pool_want;
+            s->per_replica_queue = j->pool_per_queue;
+            s->queue_len = pool_queue(d, j);
+            continue;
+        }
+        s->kind = TD_SCHED_BATCH;
+        s->state = j->state == TD_JOB_RUNNING ? TD_SCHED_RUNNING : TD_SCHED_QUEUED;
         s->limit_s = j->limit_s;
         s->started_at = j->started_at;
+        /* training stops with a checkpoint on SIGTERM and resumes */
+        s->preemptible = !strcmp(j->kind, "train") || !strcmp(j->kind, "finetune");
         if (j->state == TD_JOB_RUNNING) s->held.n[0] = j->ranks;
     }
-    td_sched_host host = {"localhost", d->o.slots, 0};
+    td_sched_host host = {"localhost", d->o.slots - held, 0};
     td_sched_snapshot snap = {&host, 1, sj, ns, now_s()};
     td_sched_action acts[32];
     int na = td_sched_plan(&snap, acts, 32);
     for (int a = 0; a < na; a++) {
-        if (acts[a].verb != TD_SCHED_START) continue;
         const td_job *j = td_jobs_find(d->jobs, acts[a].job);
-        if (j && launch(d, j, &acts[a].place) != TD_OK)
-            TD_LOG_ERROR("job %ld: cannot start: %s", (long)acts[a].job, td_error_message());
+        if (!j) continue;
+        td_status st = TD_OK;
+        if (acts[a].verb == TD_SCHED_START) {
+            st = launch(d, j, &acts[a].place);
+        } else if (acts[a].verb == TD_SCHED_SCALE_UP) {
+            st = launch_replica(d, j, &acts[a].place);
+        } else if (acts[a].verb == TD_SCHED_SCALE_DOWN) {
+            int k = 0;
+            while (k < ns && sj[k].id != acts[a].job)
+                k++;
+            char why[80];
+            if (acts[a].for_job >= 0)
+                snprintf(why, sizeof why, "its slots go to job %d", acts[a].for_job);
+            else
+                snprintf(why, sizeof why, "the pool is idle");
+            if (k < ns && acts[a].replica >= 0 && acts[a].replica < sj[k].replicas)
+                stop_replica(d, j, pool_seq[k][acts[a].replica], why);
+        } else if (acts[a].verb == TD_SCHED_PREEMPT && !j->preempting) {
+            long id = j->id, pid = j->pid;
+            st = record(d, event("preempt", id));
+            if (st == TD_OK) {
+                if (pid > 0 && signal_job(pid, SIGTERM, 1) == 0) signal_job(pid, SIGTERM, 0);
+                job_rt *rt = rt_of(d, id);
+                if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s;
+                TD_LOG_INFO("job %ld: preempted for job %d: stopping with a checkpoint", id,
+                            acts[a].for_job);
+            }
+        }
+        if (st != TD_OK)
+            TD_LOG_ERROR("job %ld: %s: %s", (long)acts[a].job, td_sched_verb_name(acts[a].verb),
+                         td_error_message());
     }
     free(sj);
+    free(pool_seq);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -679,6 +937,42 @@ static cJSON *submit_event(long id, const char *kind, const char *file, const ch
     return ev;
 }
 
+/* A serve job file's "pool" section ({"min", "max", "replicas", "per_replica_queue"}) as
+ * the fields of its submit event; nothing for a file without one. */
+static td_status pool_fields(const char *file, cJSON *ev) {
+    cJSON *doc = NULL;
+    TD_TRY(td_json_load_file(file, &doc));
+    const cJSON *pool = cJSON_GetObjectItemCaseSensitive(doc, "pool");
+    td_status s = TD_OK;
+    if (pool) {
+        static const char *const keys[] = {"min", "max", "replicas", "per_replica_queue", NULL};
+        int64_t mn = 1, mx = 0, want = 0, pq = 4;
+        char where[1100];
+        snprintf(where, sizeof where, "%s: pool", file);
+        if (!cJSON_IsObject(pool) || !cJSON_GetObjectItemCaseSensitive(doc, "serve"))
+            s = td_error_set(TD_ERR_INVALID, "%s: an object, in a serve job file", where);
+        if (s == TD_OK) s = td_json_check_keys(pool, where, keys, NULL);
+        if (s == TD_OK) s = td_json_get_int(pool, where, "min", 0, &mn);
+        if (s == TD_OK) s = td_json_get_int(pool, where, "max", 1, &mx);
+        want = mn;
+        if (s == TD_OK) s = td_json_get_int(pool, where, "replicas", 0, &want);
+        if (s == TD_OK) s = td_json_get_int(pool, where, "per_replica_queue", 0, &pq);
+        if (s == TD_OK && !(mn >= 1 && mn <= mx && mx <= TD_SCHED_MAX_REPLICAS && want >= mn &&
+                            want <= mx && pq >= 1 && pq <= 1 << 20))
+            s = td_error_set(TD_ERR_INVALID,
+                             "%s: 1 <= min <= replicas <= max <= %d, per_replica_queue >= 1", where,
+                             TD_SCHED_MAX_REPLICAS);
+        if (s == TD_OK) {
+            cJSON_AddNumberToObject(ev, "pool_min", (double)mn);
+            cJSON_AddNumberToObject(ev, "pool_max", (double)mx);
+            cJSON_AddNumberToObject(ev, "pool_replicas", (double)want);
+            cJSON_AddNumberToObject(ev, "pool_per_queue", (double)pq);
+        }
+    }
+    cJSON_Delete(doc);
+    return s;
+}
+
 /* A pipeline: one job per stage, ids in the order of its stages, each naming the jobs it
  * waits for and takes inputs from. */
 static void submit_pipeline(coord *d, const uint8_t *ident, size_t ilen,
@@ -698,6 +992,13 @@ static void submit_pipeline(coord *d, const uint8_t *ident, size_t ilen,
         cJSON *ev = submit_event(id, st->kind, st->job, m->dir, st->ranks,
                                  st->priority + (m->has_priority ? m->priority : 0), st->limit_s,
                                  st->max_restarts);
+        if (pool_fields(st->job, ev) != TD_OK) {
+            char msg[1200];
+            snprintf(msg, sizeof msg, "%s", td_error_message());
+            td_error_clear();
+            cJSON_Delete(ev);
+            return refuse(d, ident, ilen, msg);
+        }
         cJSON_AddStringToObject(ev, "pipeline", pl.name);
         cJSON_AddStringToObject(ev, "stage", st->name);
         cJSON *after = cJSON_AddArrayToObject(ev, "after");
@@ -766,6 +1067,12 @@ static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem_
     cJSON *ev = submit_event(id, kind, m->file, m->dir, (int)m->ranks,
                              m->has_priority ? m->priority : 0, m->has_limit_s ? m->limit_s : 0,
                              m->has_max_restarts ? (int)m->max_restarts : 0);
+    if (pool_fields(m->file, ev) != TD_OK) {
+        snprintf(msg, sizeof msg, "%s", td_error_message());
+        td_error_clear();
+        cJSON_Delete(ev);
+        return refuse(d, ident, ilen, msg);
+    }
     if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
     TD_LOG_INFO("job %ld: submitted (%s %s, %u ranks)", id, kind, m->file, m->ranks);
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
@@ -796,10 +1103,16 @@ static void on_cancel(coord *d, const uint8_t *ident, size_t ilen, uint64_t id) 
         return refuse(d, ident, ilen, td_error_message());
     j = td_jobs_find(d->jobs, (long)id);
     if (j->state == TD_JOB_RUNNING) {
-        if (j->pid > 0 && signal_job(j->pid, SIGTERM, 1) == 0)
-            signal_job(j->pid, SIGTERM, 0); /* no rank yet: stop what is there */
+        /* every replica of a pool, or the job's launcher */
+        for (int k = 0; k < (j->pool_max > 0 ? j->n_rep : 1); k++) {
+            long pid = j->pool_max > 0 ? j->rep[k].pid : j->pid;
+            if (pid > 0 && signal_job(pid, SIGTERM, 1) == 0)
+                signal_job(pid, SIGTERM, 0); /* no rank yet: stop what is there */
+        }
         job_rt *rt = rt_of(d, j->id);
-        if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s;
+        if (rt)
+            rt->kill_at =
+                now_s() + d->o.cancel_grace_s + (!strcmp(j->kind, "serve") ? SERVE_DRAIN_S : 0);
     }
     TD_LOG_INFO("job %llu: cancel (%s)", (unsigned long long)id, td_job_state_name(j->state));
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
@@ -857,6 +1170,13 @@ static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
         if (j->attempt > 0) {
             snprintf(runs[i], sizeof runs[i], "%s/jobs/%ld/job.json", d->o.state_dir, j->id);
             x->run_file = runs[i];
+        }
+        if (j->pool_max > 0) {
+            x->has_replicas = x->has_pool_min = x->has_pool_max = x->has_pool_want = 1;
+            x->replicas = (uint32_t)j->n_rep;
+            x->pool_min = (uint32_t)j->pool_min;
+            x->pool_max = (uint32_t)j->pool_max;
+            x->pool_want = (uint32_t)j->pool_want;
         }
         if (!strcmp(j->kind, "serve") && j->state == TD_JOB_RUNNING) {
             x->models = (char *)serve_models(d, j);

@@ -134,10 +134,84 @@ static td_status submit(td_jobs *t, const cJSON *ev, const char *where, long id,
         snprintf(j.input_key[j.n_inputs], sizeof j.input_key[0], "%s", e->string);
         j.input_from[j.n_inputs++] = (long)e->valuedouble;
     }
+    long pmin = 0, pmax = 0, pwant = 0, pq = 4;
+    TD_TRY(get_intv(ev, where, "pool_min", 0, 0, TD_JOB_MAX_REPLICAS, &pmin));
+    TD_TRY(get_intv(ev, where, "pool_max", 0, 0, TD_JOB_MAX_REPLICAS, &pmax));
+    TD_TRY(get_intv(ev, where, "pool_replicas", 0, 0, TD_JOB_MAX_REPLICAS, &pwant));
+    TD_TRY(get_intv(ev, where, "pool_per_queue", 0, 1, 1 << 20, &pq));
+    if (pmax > 0 && (strcmp(j.kind, "serve") || pmin > pmax || pwant > pmax))
+        return td_error_set(TD_ERR_FORMAT,
+                            "%s: a pool is a serve job with pool_min <= "
+                            "pool_replicas <= pool_max",
+                            where);
+    j.pool_min = (int)pmin, j.pool_max = (int)pmax, j.pool_per_queue = (int)pq;
+    j.pool_want = (int)(pwant > pmin ? pwant : pmin);
     TD_TRY(TD_GROW(t->v, t->cap, t->n + 1));
     t->v[t->n++] = j;
     t->next_id++;
     return TD_OK;
+}
+
+static td_replica_run *replica_of(td_job *j, long seq) {
+    for (int i = 0; i < j->n_rep; i++)
+        if (j->rep[i].seq == seq) return &j->rep[i];
+    return NULL;
+}
+
+/* The events of a pool's replicas (see jobs.h). */
+static td_status replica_event(td_job *j, const cJSON *ev, const char *where, const char *kind,
+                               double at) {
+    long seq = 0, pid = 0, rc = 0;
+    TD_TRY(get_intv(ev, where, "replica", 1, 1, 1L << 30, &seq));
+    td_replica_run *r = replica_of(j, seq);
+    if (!strcmp(kind, "rstart")) {
+        TD_TRY(get_intv(ev, where, "pid", 0, 0, 1L << 31, &pid));
+        if (r || seq != j->rep_seq + 1 || j->n_rep >= TD_JOB_MAX_REPLICAS || j->cancel_asked ||
+            j->failing)
+            return td_error_set(TD_ERR_FORMAT, "%s: replica %ld of job %ld cannot start now", where,
+                                seq, j->id);
+        j->rep[j->n_rep++] = (td_replica_run){.seq = (int)seq, .pid = pid, .started_at = at};
+        j->rep_seq = (int)seq;
+        j->attempt = (int)seq;
+        if (j->state == TD_JOB_QUEUED) j->started_at = at;
+        j->state = TD_JOB_RUNNING;
+        return TD_OK;
+    }
+    if (!r) return td_error_set(TD_ERR_FORMAT, "%s: job %ld has no replica %ld", where, j->id, seq);
+    if (!strcmp(kind, "rpid")) {
+        TD_TRY(get_intv(ev, where, "pid", 1, 1, 1L << 31, &pid));
+        r->pid = pid;
+        return TD_OK;
+    }
+    if (!strcmp(kind, "rstop")) {
+        r->stopping = 1;
+        return TD_OK;
+    }
+    if (!strcmp(kind, "rexit")) {
+        TD_TRY(get_intv(ev, where, "rc", 1, -1024, 1024, &rc));
+        char reason[sizeof j->reason] = "";
+        TD_TRY(copy_str(ev, where, "reason", 0, reason, sizeof reason));
+        int called_for = r->stopping || j->cancel_asked || j->failing;
+        *r = j->rep[--j->n_rep]; /* order does not matter: the newest is found by seq */
+        j->rc = (int)rc;
+        snprintf(j->reason, sizeof j->reason, "replica %ld: %s", seq, reason);
+        if (!called_for) {
+            if (j->restarts >= j->max_restarts)
+                j->failing = 1; /* the others are stopped; the pool fails with the last */
+            else
+                j->restarts++;
+        }
+        if (j->n_rep == 0) {
+            if (j->cancel_asked || j->failing) {
+                j->state = j->cancel_asked ? TD_JOB_CANCELLED : TD_JOB_FAILED;
+                j->ended_at = at;
+            } else {
+                j->state = TD_JOB_QUEUED; /* no replica now: the scheduler starts one */
+            }
+        }
+        return TD_OK;
+    }
+    return td_error_set(TD_ERR_FORMAT, "journal event \"%s\": not an event of the job table", kind);
 }
 
 td_status td_jobs_apply(td_jobs *t, const cJSON *ev) {
@@ -244,5 +318,6 @@ td_status td_jobs_apply(td_jobs *t, const cJSON *ev) {
         j->preempting = 1;
         return TD_OK;
     }
+    if (!strncmp(kind, "r", 1) && j->pool_max > 0) return replica_event(j, ev, where, kind, at);
     return td_error_set(TD_ERR_FORMAT, "journal event \"%s\": not an event of the job table", kind);
 }

@@ -20,6 +20,14 @@
  *   cancel   a cancel was asked for (reason: optional): a queued job is cancelled at once; a
  *            running one when its exit arrives
  *   preempt  the job is being stopped with a checkpoint to make room; its exit requeues it
+ * A serving pool (a serve job submitted with pool_min/pool_max/pool_replicas) runs replicas,
+ * each a process of its own with `ranks` ranks; it is running while it has replicas:
+ *   rstart   replica (its number, counted from 1), pid (0: journaled before the fork)
+ *   rpid     replica, pid
+ *   rstop    replica: it is being stopped (scaled down, or its slots taken back)
+ *   rexit    replica, rc, reason: the replica ended; one that failed uncalled-for uses one of
+ *            max_restarts (beyond them the pool fails); the pool ends (cancelled, failed)
+ *            with its last replica when that was asked for
  * An event that does not fit the job's state (a start of a running job, an exit of another
  * attempt, an unknown id, a restart beyond max_restarts) or lacks a field is refused with an
  * error status and a message naming it, and changes nothing. */
@@ -40,6 +48,14 @@ typedef enum {
 
 #define TD_JOB_MAX_AFTER 16
 #define TD_JOB_MAX_INPUTS 8
+#define TD_JOB_MAX_REPLICAS 32
+
+typedef struct {
+    int seq;  /* its number in the pool, from 1 */
+    long pid; /* its launcher (0 until known) */
+    double started_at;
+    int stopping;
+} td_replica_run;
 
 typedef struct {
     long id;
@@ -63,6 +79,11 @@ typedef struct {
     int n_inputs;
     char input_key[TD_JOB_MAX_INPUTS][128];
     long input_from[TD_JOB_MAX_INPUTS]; /* the job whose output the key is set to */
+    /* a serving pool: pool_max > 0 */
+    int pool_min, pool_max, pool_want, pool_per_queue;
+    int n_rep, rep_seq; /* replicas running; replicas started so far */
+    td_replica_run rep[TD_JOB_MAX_REPLICAS];
+    int failing; /* a pool whose restarts ran out: its replicas are being stopped */
 } td_job;
 
 typedef struct td_jobs td_jobs;

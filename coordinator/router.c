@@ -30,6 +30,7 @@ typedef struct {
     int in_flight;
     uint64_t last_ns, served, steps, mixed_steps;
     int alive;
+    int leaving; /* stopping: it finishes its requests and gets no new ones */
 } replica;
 
 typedef struct {
@@ -212,7 +213,7 @@ static int serves(const replica *p, int m) {
 static int replicas_up(const td_router *r, int m) {
     int n = 0;
     for (int i = 0; i < r->nrep; i++)
-        n += r->rep[i].alive && serves(&r->rep[i], m);
+        n += r->rep[i].alive && !r->rep[i].leaving && serves(&r->rep[i], m);
     return n;
 }
 
@@ -300,7 +301,7 @@ static int pick_replica(const td_router *r, int m) {
     double load = 2;
     for (int i = 0; i < r->nrep; i++) {
         const replica *p = &r->rep[i];
-        if (!p->alive || !serves(p, m) || p->in_flight >= (int)p->slots) continue;
+        if (!p->alive || p->leaving || !serves(p, m) || p->in_flight >= (int)p->slots) continue;
         double l = (double)p->in_flight / (double)(p->slots ? p->slots : 1);
         if (l < load) {
             load = l;
@@ -549,6 +550,7 @@ static void on_register(td_router *r, const uint8_t *id, size_t n, const Tandem_
     p->free_blocks = g->free_blocks;
     p->context = g->context_length;
     p->alive = 1;
+    p->leaving = 0;
     p->last_ns = td_wire_now_ns();
     for (int j = 0; j < nm; j++) {
         model *m = &r->mod[mods[j]];
@@ -591,6 +593,12 @@ static void on_back(td_router *r, const uint8_t *id, size_t n, td_env *env) {
         if (env->heartbeat->has_free_blocks) p->free_blocks = env->heartbeat->free_blocks;
         if (env->heartbeat->has_steps) p->steps = env->heartbeat->steps;
         if (env->heartbeat->has_mixed_steps) p->mixed_steps = env->heartbeat->mixed_steps;
+        if (env->heartbeat->leaving && !p->leaving) {
+            p->leaving = 1;
+            TD_LOG_INFO("router: replica %s is stopping: it finishes its %d request(s), new ones "
+                        "go elsewhere",
+                        p->replica_id, p->in_flight);
+        }
         heartbeat_to(r, i);
     } else if (env->body_case == TANDEM__ENVELOPE__BODY_CHUNK) {
         Tandem__GenerateChunk *c = env->chunk;

@@ -371,7 +371,32 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
      * so tests can act while requests are in flight (tests/e2e/test_router.sh) */
     const char *delay_env = getenv("TANDEM_TEST_STEP_DELAY_MS");
     int step_delay_ms = delay_env ? atoi(delay_env) : 0;
-    while (s == TD_OK && !*stop) {
+    uint64_t drain_end = 0; /* stopping: when the requests still running get an error */
+    while (s == TD_OK) {
+        if (*stop && !drain_end) { /* tell the router, then finish what runs */
+            Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
+            h.has_leaving = h.leaving = 1;
+            td_env he = TANDEM__ENVELOPE__INIT;
+            he.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
+            he.heartbeat = &h;
+            if (send_env(&r, &he) != TD_OK) td_error_clear();
+            drain_end = td_wire_now_ns() + (uint64_t)(o->drain_s > 0 ? o->drain_s * 1e9 : 0) + 1;
+            TD_LOG_INFO("replica %s: stopping; finishing %d running request(s) (at most %.0f s)",
+                        o->replica_id, td_engine_pending(e), o->drain_s);
+        }
+        if (drain_end && (td_engine_pending(e) == 0 || td_wire_now_ns() >= drain_end)) {
+            int left = 0;
+            for (int i = 0; i < r.nl; i++)
+                if (r.l[i].used) {
+                    send_error(&r, r.l[i].rid, 503,
+                               "the replica stopped before this request finished (its slots "
+                               "were taken back or its job was cancelled); send it again");
+                    left++;
+                }
+            if (left)
+                TD_LOG_WARN("replica %s: %d request(s) ended unfinished", o->replica_id, left);
+            break;
+        }
         r.loop_ns = td_wire_now_ns();
         int busy = td_engine_pending(e) > 0;
         td_env *env = NULL;

@@ -34,10 +34,13 @@ typedef struct {
     const char *no_chat; /* non-NULL: chat requests are refused with this reason */
     void *zctx;          /* ZeroMQ context (NULL: the replica makes its own) */
     int insecure;        /* plain text to the router (no CURVE; proto/keys.h) */
+    double drain_s;      /* once *stop is set: the longest it finishes its running requests
+                          * (the router sends it nothing new meanwhile); what is left then
+                          * ends with an error. 0: stop at once, ending them with an error */
 } td_replica_opts;
 
 /* Serves requests from the router with engine e (the group leader's) until *stop becomes
- * non-zero; tok must be the model's tokenizer. */
+ * non-zero and its requests are drained (drain_s); tok must be the model's tokenizer. */
 /* The engine's sampling for a request: s's fields after td_request_defaults (seed unset:
  * seed_default), with stop (NULL-terminated, borrowed) as the stop strings. */
 td_sampling td_sampling_of(const Tandem__Sampling *s, td_request_api api, int chat,

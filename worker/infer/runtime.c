@@ -31,6 +31,7 @@ void td_serve_opts_default(td_serve_opts *o) {
     o->seed = 1;
     o->max_seqs = 16;
     o->heartbeat_ms = 1000;
+    o->drain_s = 10;
 }
 
 /* Splits the prompts file into lines, unescaping \n and \\. */
@@ -348,7 +349,8 @@ static td_status serve_online(const td_model *full, td_engine *e, td_bpe *tok, t
                                   .context_length = c->max_position_embeddings,
                                   .heartbeat_ms = o->heartbeat_ms,
                                   .no_chat = o->no_chat,
-                                  .insecure = o->insecure};
+                                  .insecure = o->insecure,
+                                  .drain_s = o->drain_s};
             if (zctx) { /* the router is in this process: skip the TCP hop */
                 ro.router = local;
                 ro.zctx = zctx;

@@ -65,6 +65,8 @@ typedef struct {
     double tp_timeout_s;             /* a TP group's collective that takes longer fails the
                                       * replica (default 3) */
     int insecure;                    /* control plane without CURVE (router and replicas) */
+    double drain_s;                  /* online: on SIGINT/SIGTERM, the longest a replica
+                                      * finishes its running requests (default 10) */
     const td_serve_control *control; /* online serving (required with http) */
 } td_serve_opts;
 
