@@ -36,11 +36,18 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
+#define QUEUE_WINDOW 30
+
 typedef struct {
     double kill_at;   /* a cancel's SIGKILL deadline (0: none) */
     int child;        /* launched by this daemon (waitpid reaps it); else watched by its pid */
     int models_read;  /* serve: models below read from its run file */
     char models[512]; /* serve: the model names it answers to, comma-separated */
+    /* a pool: its queue length at each of the router's last QUEUE_WINDOW status replies
+     * (one a second); the scheduler sees their maximum, so a pool grows at once under a
+     * burst and shrinks only after QUEUE_WINDOW quiet seconds */
+    int qhist[QUEUE_WINDOW], qpos;
+    double qseen;
 } job_rt;
 
 #define FRONT "inproc://tandem-coordinator-front"
@@ -73,6 +80,7 @@ typedef struct {
     double status_asked_at;
     int n_models;
     model_seen models[MAX_MODELS];
+    double status_at; /* when the latest status reply came */
 } coord;
 
 static double now_s(void) {
@@ -651,7 +659,8 @@ static int after_ready(const coord *d, const td_job *j, char *why, size_t n) {
 
 static const char *serve_models(coord *d, const td_job *j);
 
-/* Requests waiting at the router for a pool's models. */
+/* Requests waiting at the router for a pool's models: the most of the last QUEUE_WINDOW
+ * status replies. */
 static int pool_queue(coord *d, const td_job *j) {
     char buf[512];
     snprintf(buf, sizeof buf, "%s", serve_models(d, j));
@@ -660,7 +669,16 @@ static int pool_queue(coord *d, const td_job *j) {
     for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
         for (int i = 0; i < d->n_models; i++)
             if (!strcmp(d->models[i].name, t)) q += d->models[i].queue;
-    return q;
+    job_rt *rt = rt_of(d, j->id);
+    if (!rt) return q;
+    if (rt->qseen != d->status_at) { /* a new reply: one more sample */
+        rt->qhist[rt->qpos++ % QUEUE_WINDOW] = q;
+        rt->qseen = d->status_at;
+    }
+    int most = q;
+    for (int k = 0; k < QUEUE_WINDOW; k++)
+        most = rt->qhist[k] > most ? rt->qhist[k] : most;
+    return most;
 }
 
 /* How long a job waits before its n-th restart after a failure. */
@@ -857,6 +875,7 @@ static void serving_watch(coord *d) {
             return;
         }
         if (r->body_case == TANDEM__ENVELOPE__BODY_STATUS) {
+            d->status_at = now;
             d->n_models = 0;
             for (size_t i = 0; i < r->status->n_models && d->n_models < MAX_MODELS; i++) {
                 model_seen *m = &d->models[d->n_models++];
@@ -1294,6 +1313,8 @@ td_status td_daemon_run(const td_daemon_opts *o) {
     if (s == TD_OK) s = td_jobs_new(&d.jobs);
     if (s == TD_OK) s = td_journal_open(jp, replay_event, d.jobs, &d.journal);
     if (s == TD_OK) s = open_socket(&d);
+    if (s == TD_OK && !d.o.replicas)
+        s = td_error_set(TD_ERR_INVALID, "the router's back end (--replicas) is not set");
     if (s == TD_OK) s = serving_start(&d);
     if (s == TD_OK) {
         int q = 0, r = 0;

@@ -180,8 +180,8 @@ static td_status push_num(td_argv *a, double v) {
     char b[40];
     if (v == floor(v) && fabs(v) < 1e15)
         snprintf(b, sizeof b, "%.0f", v);
-    else
-        snprintf(b, sizeof b, "%.17g", v);
+    else if (snprintf(b, sizeof b, "%.15g", v) > 0 && strtod(b, NULL) != v)
+        snprintf(b, sizeof b, "%.17g", v); /* the shortest text that reads back the same */
     return push(a, b);
 }
 

@@ -73,6 +73,7 @@ endfunction()
 td_unit_of(test_sched td_sched)    # the scheduler's decisions, table-driven
 td_unit_of(test_journal td_coord)  # the coordinator's journal: torn tails, damage, SIGKILL
 td_unit_of(test_jobs td_coord)     # the job table's events and its replay
+td_unit_of(test_stages td_coord)   # job files, command lines, inputs, pipeline files
 # the control plane's CURVE keys and ZAP check against rogue ZeroMQ clients
 td_unit_of(test_control_auth td_coord)
 # the control socket under malformed, oversized and foreign messages: error replies, still serving

@@ -55,8 +55,9 @@ static void expect_error(char *err, const char *part, const char *what) {
 int main(void) {
     char state[] = "/tmp/td-control-XXXXXX";
     REQUIRE(mkdtemp(state), "mkdtemp");
-    char ep[200];
+    char ep[200], back[200];
     snprintf(ep, sizeof ep, "ipc://%s/control", state);
+    snprintf(back, sizeof back, "ipc://%s/replicas", state);
 
     /* the decoder alone */
     char msg[200];
@@ -88,9 +89,12 @@ int main(void) {
                             .control = ep,
                             .slots = 2,
                             .tandem = "/bin/false",
+                            .replicas = back,
                             .insecure = 1,
                             .cancel_grace_s = 1};
-        _exit(td_daemon_run(&o) == TD_OK ? 0 : 1);
+        if (td_daemon_run(&o) == TD_OK) _exit(0);
+        fprintf(stderr, "the daemon: %s\n", td_error_message());
+        _exit(1);
     }
     void *ctx = zmq_ctx_new(), *sock = zmq_socket(ctx, ZMQ_DEALER);
     int zero = 0;
@@ -103,8 +107,11 @@ int main(void) {
     uint8_t *list;
     size_t list_n = pack(&le, &list);
     char *err = NULL;
-    for (int i = 0; i < 50 && !err; i++) /* the daemon binds after its fork */
+    for (int i = 0; i < 50 && !err; i++) { /* the daemon binds after its fork */
+        int st;
+        REQUIRE(waitpid(child, &st, WNOHANG) == 0, "the daemon exited (status %d)", st);
         err = ask1(sock, list, list_n);
+    }
     CHECK(err && !*err, "the first list request is answered without an error");
     free(err);
 

@@ -21,6 +21,21 @@
     ",\"then\":\"" then "\"}"
 #define CANCEL(id) "{\"event\":\"cancel\",\"id\":" #id ",\"at\":4}"
 #define PREEMPT(id) "{\"event\":\"preempt\",\"id\":" #id ",\"at\":5}"
+/* a serving pool: replicas between 1 and 2, one restart */
+#define POOL(id)                                                                                   \
+    "{\"event\":\"submit\",\"id\":" #id ",\"at\":1,\"kind\":\"serve\",\"file\":\"s.json\","        \
+    "\"dir\":\"/tmp\",\"ranks\":1,\"max_restarts\":1,\"pool_min\":1,\"pool_max\":2,"               \
+    "\"pool_replicas\":2}"
+#define RSTART(id, r) "{\"event\":\"rstart\",\"id\":" #id ",\"at\":2,\"replica\":" #r ",\"pid\":0}"
+#define RSTOP(id, r) "{\"event\":\"rstop\",\"id\":" #id ",\"at\":3,\"replica\":" #r "}"
+#define REXIT(id, r, rc)                                                                           \
+    "{\"event\":\"rexit\",\"id\":" #id ",\"at\":4,\"replica\":" #r ",\"rc\":" #rc                  \
+    ",\"reason\":\"x\"}"
+/* a pipeline's stage: waits for the jobs in AFTER, takes data.train from job FROM */
+#define STAGE(id, after, from)                                                                     \
+    "{\"event\":\"submit\",\"id\":" #id ",\"at\":1,\"kind\":\"train\",\"file\":\"t.json\","        \
+    "\"dir\":\"/tmp\",\"ranks\":1,\"pipeline\":\"p\",\"stage\":\"s" #id "\",\"after\":" after      \
+    ",\"inputs\":{\"data.train\":" #from "}}"
 
 typedef struct {
     const char *name;
@@ -84,11 +99,51 @@ static const tcase k_cases[] = {
      {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"train\",\"file\":\"x\",\"dir\":\"/\"}"},
      1,
      ""},
+    {"a pool runs with its first replica", {POOL(1), RSTART(1, 1)}, 0, "running"},
+    {"a pool's replicas start in order", {POOL(1), RSTART(1, 2)}, 1, "queued"},
+    {"a stopped replica's end leaves the pool queued, no restart used",
+     {POOL(1), RSTART(1, 1), RSTOP(1, 1), REXIT(1, 1, 0), RSTART(1, 2)},
+     0,
+     "running"},
+    {"a replica failing on its own uses a restart; then the pool fails",
+     {POOL(1), RSTART(1, 1), RSTART(1, 2), REXIT(1, 1, 9), REXIT(1, 2, 9)},
+     0,
+     "failed"},
+    {"... and with restarts gone, no replica starts",
+     {POOL(1), RSTART(1, 1), RSTART(1, 2), REXIT(1, 1, 9), REXIT(1, 2, 9), RSTART(1, 3)},
+     1,
+     "failed"},
+    {"a cancelled pool ends with its last replica",
+     {POOL(1), RSTART(1, 1), RSTART(1, 2), CANCEL(1), REXIT(1, 2, 0), REXIT(1, 1, 0)},
+     0,
+     "cancelled"},
+    {"no replica starts in a cancelled pool",
+     {POOL(1), RSTART(1, 1), CANCEL(1), RSTART(1, 2)},
+     1,
+     "running"},
+    {"replica events of a job that is not a pool", {SUB(1), RSTART(1, 1)}, 1, "queued"},
+    {"a pool must be a serve job",
+     {"{\"event\":\"submit\",\"id\":1,\"at\":1,\"kind\":\"train\",\"file\":\"j\",\"dir\":"
+      "\"/\",\"ranks\":1,\"pool_max\":2}"},
+     1,
+     ""},
+    {"a stage waits for earlier jobs", {SUB(1), STAGE(2, "[1]", 1)}, 0, "queued queued"},
+    {"a stage cannot wait for itself", {SUB(1), STAGE(2, "[2]", 1)}, 1, "queued"},
+    {"a stage takes inputs from earlier jobs only", {SUB(1), STAGE(2, "[1]", 3)}, 1, "queued"},
     {"an exit without its decision",
      {SUB(1), START(1, 1), "{\"event\":\"exit\",\"id\":1,\"at\":3,\"attempt\":1,\"rc\":0}"},
      1,
      "running"},
 };
+
+static int reps_equal(const td_job *x, const td_job *y) {
+    for (int k = 0; k < x->n_rep; k++)
+        if (x->rep[k].seq != y->rep[k].seq || x->rep[k].pid != y->rep[k].pid ||
+            x->rep[k].started_at != y->rep[k].started_at ||
+            x->rep[k].stopping != y->rep[k].stopping)
+            return 0;
+    return 1;
+}
 
 static int job_equal(const td_job *x, const td_job *y) {
     return x->id == y->id && !strcmp(x->kind, y->kind) && !strcmp(x->file, y->file) &&
@@ -98,7 +153,13 @@ static int job_equal(const td_job *x, const td_job *y) {
            x->cancel_asked == y->cancel_asked && x->preempting == y->preempting &&
            x->pid == y->pid && !strcmp(x->hosts, y->hosts) && x->submitted_at == y->submitted_at &&
            x->started_at == y->started_at && x->ended_at == y->ended_at && x->rc == y->rc &&
-           !strcmp(x->reason, y->reason);
+           !strcmp(x->reason, y->reason) && !strcmp(x->pipeline, y->pipeline) &&
+           !strcmp(x->stage, y->stage) && x->n_after == y->n_after &&
+           !memcmp(x->after, y->after, sizeof x->after) && x->n_inputs == y->n_inputs &&
+           !memcmp(x->input_from, y->input_from, sizeof x->input_from) &&
+           !memcmp(x->input_key, y->input_key, sizeof x->input_key) && x->pool_min == y->pool_min &&
+           x->pool_max == y->pool_max && x->pool_want == y->pool_want && x->n_rep == y->n_rep &&
+           x->rep_seq == y->rep_seq && reps_equal(x, y) && x->failing == y->failing;
 }
 
 static void states(const td_jobs *t, char *out, size_t cap) {
@@ -157,10 +218,22 @@ int main(void) {
     td_journal *j;
     REQUIRE(td_jobs_new(&a) == TD_OK && td_jobs_new(&b) == TD_OK, "new");
     REQUIRE(td_journal_open(path, NULL, NULL, &j) == TD_OK, "%s", td_error_message());
-    const char *evs[] = {SUB(1),      SUB(2),     START(1, 1),
-                         SUB(3),      CANCEL(2),  EXIT(1, 1, 1, "queued"),
-                         START(1, 2), PREEMPT(1), EXIT(1, 2, 0, "queued"),
-                         START(3, 1)};
+    const char *evs[] = {SUB(1),
+                         SUB(2),
+                         START(1, 1),
+                         SUB(3),
+                         CANCEL(2),
+                         EXIT(1, 1, 1, "queued"),
+                         START(1, 2),
+                         PREEMPT(1),
+                         EXIT(1, 2, 0, "queued"),
+                         START(3, 1),
+                         POOL(4),
+                         RSTART(4, 1),
+                         RSTART(4, 2),
+                         RSTOP(4, 1),
+                         REXIT(4, 1, 0),
+                         STAGE(5, "[3, 4]", 3)};
     for (size_t e = 0; e < sizeof evs / sizeof *evs; e++) {
         cJSON *ev = cJSON_Parse(evs[e]);
         CHECK(td_journal_append(j, ev) == TD_OK && td_jobs_apply(a, ev) == TD_OK, "event %zu: %s",
@@ -170,15 +243,15 @@ int main(void) {
     td_journal_free(&j);
     replay_ctx rc = {b};
     REQUIRE(td_journal_open(path, replay, &rc, &j) == TD_OK, "%s", td_error_message());
-    CHECK(td_jobs_count(a) == 3 && td_jobs_count(b) == 3, "%d and %d jobs", td_jobs_count(a),
+    CHECK(td_jobs_count(a) == 5 && td_jobs_count(b) == 5, "%d and %d jobs", td_jobs_count(a),
           td_jobs_count(b));
-    CHECK(td_jobs_next_id(b) == 4, "next id %ld", td_jobs_next_id(b));
+    CHECK(td_jobs_next_id(b) == 6, "next id %ld", td_jobs_next_id(b));
     for (int i = 0; i < td_jobs_count(a) && i < td_jobs_count(b); i++)
         CHECK(job_equal(td_jobs_at(a, i), td_jobs_at(b, i)), "job %d differs after the replay",
               i + 1);
     char got[200];
     states(b, got, sizeof got);
-    CHECK(!strcmp(got, "queued cancelled running"), "replayed states %s", got);
+    CHECK(!strcmp(got, "queued cancelled running running queued"), "replayed states %s", got);
     const td_job *j1 = td_jobs_find(b, 1);
     CHECK(j1 && j1->attempt == 2 && j1->restarts == 1 && !j1->preempting,
           "job 1: attempt %d restarts %d", j1 ? j1->attempt : -1, j1 ? j1->restarts : -1);
