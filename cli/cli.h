@@ -20,6 +20,8 @@ int td_cmd_submit(int argc, char **argv);
 int td_cmd_ps(int argc, char **argv);
 int td_cmd_cancel(int argc, char **argv);
 int td_cmd_logs(int argc, char **argv);
+int td_cmd_pool(int argc, char **argv);
+int td_cmd_drain(int argc, char **argv);
 
 /* SIGINT and SIGTERM set *flag (a process-wide flag) instead of killing; SIGPIPE ignored. */
 void td_cli_catch_stop_signals(volatile int **flag);

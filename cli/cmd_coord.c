@@ -492,6 +492,137 @@ int td_cmd_ps(int argc, char **argv) {
 
 /* ---------------------------------------------------------------------------------------- */
 
+static void pool_help(FILE *f) {
+    fprintf(f, "usage: tandem pool [client options]\n"
+               "\n"
+               "The coordinator's hosts: slots, how many are held and free, whether the host is\n"
+               "draining (tandem drain), and which running jobs hold its slots.\n"
+               "\n" CLIENT_OPTIONS);
+}
+
+/* Slots a running job holds on host h, from its "host:N,host:N" placement. */
+static unsigned held_on(const Tandem__JobInfo *j, const char *h) {
+    if (j->has_replicas) return strcmp(h, "localhost") ? 0 : j->replicas * j->ranks;
+    unsigned n = 0;
+    const char *p = j->hosts ? j->hosts : "";
+    size_t hl = strlen(h);
+    while (*p) {
+        if (!strncmp(p, h, hl) && p[hl] == ':') n += (unsigned)strtoul(p + hl + 1, NULL, 10);
+        p = strchr(p, ',');
+        if (!p) break;
+        p++;
+    }
+    return n;
+}
+
+int td_cmd_pool(int argc, char **argv) {
+    client_opts co = {0};
+    int rc = client_args("pool", argc, argv, &co, NULL, NULL, NULL, pool_help);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (optind != argc) {
+        fprintf(stderr, "tandem pool: takes no arguments\n");
+        return 2;
+    }
+    td_env *rep;
+    td_status s = list_jobs(&co, &rep);
+    if (s != TD_OK) return td_cli_fail("pool", s);
+    const Tandem__ControlReply *r = rep->control_reply;
+    cJSON *arr = cJSON_CreateArray();
+    if (!co.json)
+        printf("%-20s %5s %5s %5s  %-9s %s\n", "HOST", "SLOTS", "HELD", "FREE", "STATE", "HELD BY");
+    for (size_t h = 0; h < r->n_hosts; h++) {
+        const char *name = r->hosts[h];
+        unsigned slots = h < r->n_host_slots ? r->host_slots[h] : 0, held = 0;
+        int draining = 0;
+        for (size_t k = 0; k < r->n_draining; k++)
+            draining |= !strcmp(r->draining[k], name);
+        char by[2048] = "";
+        size_t len = 0;
+        cJSON *o = cJSON_CreateObject(), *holders = cJSON_CreateArray();
+        for (size_t i = 0; i < r->n_jobs; i++) {
+            const Tandem__JobInfo *j = r->jobs[i];
+            if (strcmp(j->state, "running") && strcmp(j->state, "serving")) continue;
+            unsigned n = held_on(j, name);
+            if (!n) continue;
+            held += n;
+            if (len < sizeof by - 64)
+                len += (size_t)snprintf(by + len, sizeof by - len, "%sjob %llu (%s) %u",
+                                        len ? ", " : "", (unsigned long long)j->id, j->kind, n);
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddNumberToObject(x, "id", (double)j->id);
+            cJSON_AddStringToObject(x, "kind", j->kind);
+            cJSON_AddNumberToObject(x, "slots", n);
+            cJSON_AddItemToArray(holders, x);
+        }
+        cJSON_AddStringToObject(o, "host", name);
+        cJSON_AddNumberToObject(o, "slots", slots);
+        cJSON_AddNumberToObject(o, "held", held);
+        cJSON_AddNumberToObject(o, "free", held < slots ? slots - held : 0);
+        cJSON_AddBoolToObject(o, "draining", draining);
+        cJSON_AddItemToObject(o, "held_by", holders);
+        cJSON_AddItemToArray(arr, o);
+        if (!co.json)
+            printf("%-20s %5u %5u %5u  %-9s %s\n", name, slots, held,
+                   held < slots ? slots - held : 0, draining ? "draining" : "open",
+                   by[0] ? by : "-");
+    }
+    if (co.json) {
+        char *t = cJSON_PrintUnformatted(arr);
+        printf("%s\n", t ? t : "[]");
+        free(t);
+    }
+    cJSON_Delete(arr);
+    td_wire_free(rep);
+    return 0;
+}
+
+static void drain_help(FILE *f) {
+    fprintf(f, "usage: tandem drain HOST [--undo] [client options]\n"
+               "\n"
+               "Places nothing new on HOST: what runs there keeps running; queued jobs wait\n"
+               "for other hosts. --undo opens it again. The state is journaled, so it\n"
+               "survives a restart of the coordinator. tandem pool shows it.\n"
+               "\n"
+               "  --undo            open the host again\n" CLIENT_OPTIONS);
+}
+
+static int undo_flag;
+static int drain_extra(int c, void *u) {
+    (void)u;
+    if (c != 'u') return 2;
+    undo_flag = 1;
+    return 0;
+}
+
+int td_cmd_drain(int argc, char **argv) {
+    static const struct option extra[] = {{"undo", no_argument, 0, 'u'}, {0, 0, 0, 0}};
+    client_opts co = {0};
+    undo_flag = 0;
+    int rc = client_args("drain", argc, argv, &co, extra, drain_extra, NULL, drain_help);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (optind != argc - 1) {
+        fprintf(stderr, "tandem drain: name one host (tandem pool lists them)\n");
+        return 2;
+    }
+    Tandem__HostDrain m = TANDEM__HOST_DRAIN__INIT;
+    m.host = argv[optind];
+    m.has_undo = 1, m.undo = undo_flag;
+    td_env req = TANDEM__ENVELOPE__INIT, *rep;
+    req.body_case = TANDEM__ENVELOPE__BODY_HOST_DRAIN;
+    req.host_drain = &m;
+    td_status s = ask(&co, &req, &rep);
+    if (s != TD_OK) return td_cli_fail("drain", s);
+    if (co.json)
+        printf("{\"host\": \"%s\", \"draining\": %s}\n", m.host, undo_flag ? "false" : "true");
+    else
+        printf("host %s: %s\n", m.host,
+               undo_flag ? "open again" : "draining (nothing new is placed there)");
+    td_wire_free(rep);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
 static void logs_help(FILE *f) {
     fprintf(
         f, "usage: tandem logs ID [-f] [client options]\n"

@@ -30,11 +30,14 @@ static const command g_cmds[] = {
     {"serve", td_cmd_serve, "serve a checkpoint (tensor-parallel replicas; router, HTTP)"},
     {"router", td_cmd_router, "route requests to serving replicas (ZeroMQ)"},
     {"gateway", td_cmd_gateway, "HTTP front door: OpenAI and Ollama APIs, /metrics"},
-    {"coordinator", td_cmd_coordinator, "the daemon: job queue, gang scheduling, restarts"},
-    {"submit", td_cmd_submit, "queue a train or finetune job with the coordinator"},
+    {"coordinator", td_cmd_coordinator,
+     "the daemon: job queue, pipelines, gang scheduling, restarts, serving pools, gateway"},
+    {"submit", td_cmd_submit, "queue a job or a pipeline with the coordinator"},
     {"ps", td_cmd_ps, "the coordinator's jobs and their states"},
     {"cancel", td_cmd_cancel, "cancel a queued or running job"},
     {"logs", td_cmd_logs, "a job's output (-f: follow it)"},
+    {"pool", td_cmd_pool, "the coordinator's hosts: slots, who holds them, draining"},
+    {"drain", td_cmd_drain, "place nothing new on a host (--undo: open it again)"},
 };
 
 int td_cli_launcher_rank(void) {

@@ -50,9 +50,14 @@ td_env *td_control_decode(const uint8_t *data, size_t len, char *msg, size_t msg
         return env;
     case TANDEM__ENVELOPE__BODY_JOB_LIST:
         return env;
+    case TANDEM__ENVELOPE__BODY_HOST_DRAIN:
+        if (!fits(env->host_drain->host, 256) || !env->host_drain->host[0])
+            return refuse(env, msg, msg_len, "drain: a host name (under 256 bytes) is required");
+        return env;
     default:
-        return refuse(env, msg, msg_len,
-                      "not a coordinator request (submit, cancel or list): this socket is the "
-                      "coordinator's control socket");
+        return refuse(
+            env, msg, msg_len,
+            "not a coordinator request (submit, cancel, list or drain): this socket is the "
+            "coordinator's control socket");
     }
 }

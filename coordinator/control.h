@@ -1,7 +1,7 @@
 /* The coordinator's control messages (docs/coordinator.md, "Control socket"): each request is
  * one ZeroMQ frame holding one protobuf-c Envelope (proto/tandem.proto) whose body is a
- * JobSubmit, JobCancel or JobList; the answer is a ControlReply, with `error` set when the
- * request was refused. Everything a client sends passes through td_control_decode before
+ * JobSubmit, JobCancel, JobList or HostDrain; the answer is a ControlReply, with `error` set
+ * when the request was refused. Everything a client sends passes through td_control_decode before
  * the daemon looks at it: it is the one place that bounds and checks the bytes (the fuzz
  * target tests/fuzz/fuzz_control.c drives it). */
 #ifndef TD_CONTROL_H

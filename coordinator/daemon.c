@@ -760,7 +760,8 @@ static void schedule(coord *d) {
         s->preemptible = !strcmp(j->kind, "train") || !strcmp(j->kind, "finetune");
         if (j->state == TD_JOB_RUNNING) s->held.n[0] = j->ranks;
     }
-    td_sched_host host = {"localhost", d->o.slots - held, 0};
+    td_sched_host host = {"localhost", d->o.slots - held,
+                          td_jobs_host_draining(d->jobs, "localhost")};
     td_sched_snapshot snap = {&host, 1, sj, ns, now_s()};
     td_sched_action acts[32];
     int na = td_sched_plan(&snap, acts, 32);
@@ -929,6 +930,18 @@ static int serving(coord *d, const td_job *j) {
 static void reply(coord *d, const uint8_t *ident, size_t ilen, Tandem__ControlReply *r) {
     r->has_slots = 1;
     r->slots = (uint32_t)d->o.slots;
+    static char *hosts[1] = {"localhost"};
+    static uint32_t slots[1];
+    slots[0] = (uint32_t)d->o.slots;
+    r->n_hosts = r->n_host_slots = 1;
+    r->hosts = hosts;
+    r->host_slots = slots;
+    char *drain[64];
+    size_t nd = 0;
+    for (const char *h; nd < 64 && (h = td_jobs_draining_at(d->jobs, (int)nd));)
+        drain[nd++] = (char *)h;
+    r->n_draining = nd;
+    r->draining = drain;
     td_env env = TANDEM__ENVELOPE__INIT;
     env.body_case = TANDEM__ENVELOPE__BODY_CONTROL_REPLY;
     env.control_reply = r;
@@ -1140,6 +1153,23 @@ static void on_cancel(coord *d, const uint8_t *ident, size_t ilen, uint64_t id) 
     reply(d, ident, ilen, &r);
 }
 
+static void on_drain(coord *d, const uint8_t *ident, size_t ilen, const Tandem__HostDrain *m) {
+    if (strcmp(m->host, "localhost")) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "no host \"%.256s\" in the pool (its hosts: localhost)", m->host);
+        return refuse(d, ident, ilen, msg);
+    }
+    cJSON *ev = cJSON_CreateObject();
+    cJSON_AddStringToObject(ev, "event", m->undo ? "undrain" : "drain");
+    cJSON_AddStringToObject(ev, "host", m->host);
+    cJSON_AddNumberToObject(ev, "at", now_s());
+    if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
+    TD_LOG_INFO("host %s: %s", m->host,
+                m->undo ? "open again" : "draining: nothing new is placed there");
+    Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
+    reply(d, ident, ilen, &r);
+}
+
 static void on_list(coord *d, const uint8_t *ident, size_t ilen) {
     int n = td_jobs_count(d->jobs);
     Tandem__JobInfo *info = calloc((size_t)n + 1, sizeof *info);
@@ -1261,6 +1291,9 @@ static void serve_control(coord *d) {
         break;
     case TANDEM__ENVELOPE__BODY_JOB_CANCEL:
         on_cancel(d, ident, ilen, env->job_cancel->id);
+        break;
+    case TANDEM__ENVELOPE__BODY_HOST_DRAIN:
+        on_drain(d, ident, ilen, env->host_drain);
         break;
     default:
         on_list(d, ident, ilen);

@@ -8,11 +8,25 @@
 #include "common/grow.h"
 #include "common/json.h"
 
+#define MAX_DRAINING 64
+
 struct td_jobs {
     td_job *v;
     size_t n, cap;
     long next_id;
+    char draining[MAX_DRAINING][256];
+    int n_draining;
 };
+
+int td_jobs_host_draining(const td_jobs *t, const char *host) {
+    for (int i = 0; i < t->n_draining; i++)
+        if (!strcmp(t->draining[i], host)) return 1;
+    return 0;
+}
+
+const char *td_jobs_draining_at(const td_jobs *t, int i) {
+    return i >= 0 && i < t->n_draining ? t->draining[i] : NULL;
+}
 
 static const char *const k_kinds[] = {"prep",  "train", "finetune", "distill",
                                       "serve", "bench", NULL};
@@ -219,6 +233,23 @@ td_status td_jobs_apply(td_jobs *t, const cJSON *ev) {
     char where[64] = "journal event";
     TD_TRY(td_json_get_string(ev, where, "event", 1, &kind));
     snprintf(where, sizeof where, "%s event", kind);
+    if (!strcmp(kind, "drain") || !strcmp(kind, "undrain")) {
+        char host[256];
+        TD_TRY(copy_str(ev, where, "host", 1, host, sizeof host));
+        int at = -1;
+        for (int i = 0; i < t->n_draining; i++)
+            if (!strcmp(t->draining[i], host)) at = i;
+        if (kind[0] == 'd' && at < 0) {
+            if (t->n_draining >= MAX_DRAINING)
+                return td_error_set(TD_ERR_FORMAT, "%s: more than %d draining hosts", where,
+                                    MAX_DRAINING);
+            snprintf(t->draining[t->n_draining++], sizeof t->draining[0], "%s", host);
+        } else if (kind[0] == 'u' && at >= 0) {
+            if (at != --t->n_draining)
+                memcpy(t->draining[at], t->draining[t->n_draining], sizeof t->draining[0]);
+        }
+        return TD_OK;
+    }
     long id = 0;
     double at = 0;
     TD_TRY(get_intv(ev, where, "id", 1, 1, 1L << 40, &id));

@@ -28,6 +28,7 @@
  *   rexit    replica, rc, reason: the replica ended; one that failed uncalled-for uses one of
  *            max_restarts (beyond them the pool fails); the pool ends (cancelled, failed)
  *            with its last replica when that was asked for
+ * Hosts: "drain" and "undrain" (host, at; no id): nothing new is placed on a draining host.
  * An event that does not fit the job's state (a start of a running job, an exit of another
  * attempt, an unknown id, a restart beyond max_restarts) or lacks a field is refused with an
  * error status and a message naming it, and changes nothing. */
@@ -101,6 +102,11 @@ int td_jobs_count(const td_jobs *t);
 const td_job *td_jobs_at(const td_jobs *t, int i);
 /* The job with this id, or NULL. */
 const td_job *td_jobs_find(const td_jobs *t, long id);
+
+/* 1 when host is draining. */
+int td_jobs_host_draining(const td_jobs *t, const char *host);
+/* The draining hosts: the i-th, or NULL past the last. */
+const char *td_jobs_draining_at(const td_jobs *t, int i);
 
 const char *td_job_state_name(td_job_state s);
 /* 1 for done, failed, cancelled. */

@@ -9,7 +9,8 @@
 #   4. refusals: more ranks than slots, a file that is no job, a prep job's unknown key, a missing
 #      file, a client whose key is not allowed, a cancel of an unknown or ended job
 #   5. a start journaled by a coordinator that died before forking: run once, later
-# Also: `logs -f` follows a job to its end; a cancelled job's ranks checkpoint first, a second cancel changes nothing, and a job
+# Also: `drain` holds new jobs back until `drain --undo`, `pool` shows slots and holders;
+# `logs -f` follows a job to its end; a cancelled job's ranks checkpoint first, a second cancel changes nothing, and a job
 # submitted from another directory runs there (the coordinator's --state being relative).
 # Usage: test_coordinator.sh TANDEM_BINARY
 set -euo pipefail
@@ -74,6 +75,25 @@ print('ok: job $B started %.2f s after job $A ended; both done' % gap) if 0 <= g
     sys.exit('FAIL: job $B started %.2f s after job $A ended' % gap)" || fail=1
 grep -q '"step": 30' b/metrics.jsonl 2> /dev/null && echo "ok: job $B trained its 30 steps" ||
     { echo "FAIL: job $B's metrics lack step 30"; fail=1; }
+
+# tandem drain: nothing new starts on a draining host; tandem pool shows it and the holders
+"$TANDEM" drain localhost > /dev/null
+job dr 30
+E=$("$TANDEM" submit dr.json --ranks 1)
+sleep 1.5
+"$TANDEM" pool
+if [ "$(state "$E")" = queued ] && "$TANDEM" pool | grep -q '^localhost .* draining'; then
+    echo "ok: job $E waits while localhost drains"
+else
+    echo "FAIL: job $E is $(state "$E") on a draining host"; fail=1
+fi
+"$TANDEM" drain localhost --undo > /dev/null
+wait_state "$E" done 60 && echo "ok: job $E ran once localhost was open again"
+"$TANDEM" pool --json | python3 -c "
+import json, sys
+h = json.load(sys.stdin)[0]
+assert h['host'] == 'localhost' and h['slots'] == 2 and not h['draining'] and h['free'] == 2, h
+print('ok: pool --json:', h)" || fail=1
 
 # 2. cancel a running job and a queued one
 job c 100000 && job d 30
@@ -164,6 +184,7 @@ bad "not a job file" "not a job file" "$TANDEM" submit notjob.json
 echo '{"prep": {"out": "p", "vocab": 512}}' > badprep.json
 bad "a prep job with an unknown key" "prep.vocab is not an option of tandem prep" "$TANDEM" submit badprep.json
 bad "a job that has ended" "has ended (done)" "$TANDEM" cancel "$A"
+bad "drain of a host not in the pool" 'no host "elsewhere" in the pool' "$TANDEM" drain elsewhere
 rm -rf otherkeys && mkdir -m 700 otherkeys && cp keys/router.public otherkeys/
 out=$(TANDEM_KEYS=$W/otherkeys "$TANDEM" ps 2>&1) && { echo "FAIL: a client with an unknown key was answered"; fail=1; } ||
     echo "ok: a client whose key is not allowed gets no answer: $out"

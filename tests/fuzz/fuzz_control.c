@@ -26,6 +26,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             strlen(e->job_submit->file) >= 1024 || e->job_submit->ranks < 1)
             abort();
         break;
+    case TANDEM__ENVELOPE__BODY_HOST_DRAIN:
+        if (!e->host_drain->host || !e->host_drain->host[0]) abort();
+        break;
     case TANDEM__ENVELOPE__BODY_JOB_CANCEL:
     case TANDEM__ENVELOPE__BODY_JOB_LIST:
         break;

@@ -209,6 +209,33 @@ int main(void) {
         td_jobs_free(&t);
     }
 
+    /* ---- hosts: drain and undrain ---- */
+    {
+        td_jobs *t;
+        REQUIRE(td_jobs_new(&t) == TD_OK, "new");
+        const char *evs[] = {"{\"event\":\"drain\",\"host\":\"a\",\"at\":1}",
+                             "{\"event\":\"drain\",\"host\":\"b\",\"at\":1}",
+                             "{\"event\":\"drain\",\"host\":\"a\",\"at\":2}",
+                             "{\"event\":\"undrain\",\"host\":\"a\",\"at\":3}"};
+        for (int e = 0; e < 4; e++) {
+            cJSON *ev = cJSON_Parse(evs[e]);
+            CHECK(td_jobs_apply(t, ev) == TD_OK, "host event %d: %s", e, td_error_message());
+            cJSON_Delete(ev);
+            if (e == 2)
+                CHECK(td_jobs_host_draining(t, "a") && td_jobs_host_draining(t, "b") &&
+                          !td_jobs_draining_at(t, 2),
+                      "a and b drain, once each");
+        }
+        CHECK(!td_jobs_host_draining(t, "a") && td_jobs_host_draining(t, "b") &&
+                  !strcmp(td_jobs_draining_at(t, 0), "b"),
+              "after undrain a: only b drains");
+        cJSON *ev = cJSON_Parse("{\"event\":\"drain\",\"at\":1}");
+        CHECK(td_jobs_apply(t, ev) != TD_OK, "a drain without a host is refused");
+        cJSON_Delete(ev);
+        printf("%-48s %s\n", "drain and undrain", "b draining");
+        td_jobs_free(&t);
+    }
+
     /* ---- a table rebuilt from its journal equals the one that wrote it ---- */
     char dir[] = "/tmp/test_jobs.XXXXXX";
     REQUIRE(mkdtemp(dir), "mkdtemp");
