@@ -412,12 +412,13 @@ static int alive(long pid) {
     return state != 'Z' && state != 'X';
 }
 
-/* The number the job's shell wrote to STATE/jobs/ID/exit.ATTEMPT (its exit code) or, with
- * suffix ".pid", exit.ATTEMPT.pid (its pid); -1 when there is none. */
-static long job_file_number(const coord *d, const td_job *j, const char *suffix) {
+/* The number a job's shell wrote to STATE/jobs/ID/exit.TAG (its exit code) or, with suffix
+ * ".pid", exit.TAG.pid (its pid), where TAG is the attempt (a batch job) or rSEQ (a pool's
+ * replica); -1 when there is none. */
+static long shell_number(const coord *d, long id, const char *tag, const char *suffix) {
     char p[1300], *text = NULL;
     size_t len = 0;
-    snprintf(p, sizeof p, "%s/jobs/%ld/exit.%d%s", d->o.state_dir, j->id, j->attempt, suffix);
+    snprintf(p, sizeof p, "%s/jobs/%ld/exit.%s%s", d->o.state_dir, id, tag, suffix);
     long v = -1;
     if (td_fs_read_file(p, &text, &len) == TD_OK) {
         char *end = NULL;
@@ -428,6 +429,12 @@ static long job_file_number(const coord *d, const td_job *j, const char *suffix)
     }
     free(text);
     return v;
+}
+
+static long job_file_number(const coord *d, const td_job *j, const char *suffix) {
+    char tag[16];
+    snprintf(tag, sizeof tag, "%d", j->attempt);
+    return shell_number(d, j->id, tag, suffix);
 }
 
 /* What follows an attempt's end, decided once and journaled. */
@@ -457,21 +464,10 @@ static td_status ended(coord *d, const td_job *j, int rc, const char *how) {
     return TD_OK;
 }
 
-/* The number a pool replica's shell wrote: exit.rSEQ (its exit code) or exit.rSEQ.pid. */
 static long replica_file_number(const coord *d, long id, int seq, const char *suffix) {
-    char p[1300], *text = NULL;
-    size_t len = 0;
-    snprintf(p, sizeof p, "%s/jobs/%ld/exit.r%d%s", d->o.state_dir, id, seq, suffix);
-    long v = -1;
-    if (td_fs_read_file(p, &text, &len) == TD_OK) {
-        char *end = NULL;
-        v = strtol(text, &end, 10);
-        if (end == text || v < 0) v = -1;
-    } else {
-        td_error_clear();
-    }
-    free(text);
-    return v;
+    char tag[16];
+    snprintf(tag, sizeof tag, "r%d", seq);
+    return shell_number(d, id, tag, suffix);
 }
 
 static void replica_ended(coord *d, long id, int seq, int rc, const char *how) {

@@ -16,45 +16,14 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
-W=$(mktemp -d)
-COORD=
-cleanup() {
-    [ -n "$COORD" ] && kill -9 "$COORD" 2> /dev/null || true
-    pkill -9 -f "$W/" 2> /dev/null || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-cd "$W"
-. "$HERE/mpi_env.sh"
-export TANDEM_KEYS=$W/keys
-PORT=$((20000 + RANDOM % 20000))
-export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
-REPLICAS=tcp://127.0.0.1:$((PORT + 1))
+. "$HERE/coord_env.sh"
 . "$HERE/tiny_model.sh"
 tiny_model "$TANDEM" 64 # data/ and a job.json to start from
-fail=0
 job() { # name steps
     sed -e "s/\"steps\": 2/\"steps\": $2/; s/\"every\": 2/\"every\": 20/; s/\"dir\": \"run\"/\"dir\": \"$1\"/" \
         job.json > "$1.json"
 }
-start_coord() {
-    "$TANDEM" coordinator --state state --slots 2 --cancel-grace 2 --replicas "$REPLICAS" 2>> coord.log &
-    COORD=$!
-    for _ in $(seq 100); do
-        kill -0 "$COORD" 2> /dev/null || { echo "FAIL: the coordinator exited"; cat coord.log; exit 1; }
-        "$TANDEM" ps > /dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "FAIL: the coordinator did not answer"; cat coord.log; exit 1
-}
-state() { # id -> its state
-    "$TANDEM" ps --json | python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id']==$1))"
-}
-wait_state() { # id state seconds
-    for _ in $(seq $(($3 * 10))); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.1; done
-    echo "FAIL: job $1 is $(state "$1"), not $2 after $3 s"; fail=1; return 1
-}
-start_coord
+start_coord coord.log --cancel-grace 2
 
 # 1. gang
 job a 3000 && job b 30
@@ -153,7 +122,7 @@ wait_state "$E" running 10
 kill -9 "$COORD"
 wait "$COORD" 2> /dev/null || true
 sleep 1
-start_coord
+start_coord coord.log --cancel-grace 2
 "$TANDEM" ps --json > after.json
 python3 - before.json after.json <<'EOF' && echo "ok: the restarted coordinator has the same job table" || fail=1
 import json, sys

@@ -18,22 +18,7 @@ PY="$HERE/../../.venv/bin/python"
     echo "FAIL: the openai client is missing: run scripts/install-deps.sh --clients"
     exit 1
 }
-W=$(mktemp -d)
-COORD=
-cleanup() {
-    [ -n "$COORD" ] && kill -9 "$COORD" 2> /dev/null || true
-    pkill -9 -f "$W/" 2> /dev/null || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-cd "$W"
-. "$HERE/mpi_env.sh"
-export TANDEM_KEYS=$W/keys
-PORT=$((20000 + RANDOM % 20000))
-export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
-REPLICAS=tcp://127.0.0.1:$((PORT + 1))
-HTTP=$((PORT + 2))
-fail=0
+. "$HERE/coord_env.sh"
 
 python3 "$HERE/../../scripts/skill_data.py" skill --train 300 --val 16 > /dev/null
 cat > prep.json << 'JOB'
@@ -68,31 +53,6 @@ cat > pipeline.json << 'JOB'
    "inputs": {"serve.model": "pretrain", "serve.adapters.reverse": "finetune"}}]}}
 JOB
 
-start_coord() { # log
-    "$TANDEM" coordinator --state state --slots 2 --replicas "$REPLICAS" \
-        --http 127.0.0.1:$HTTP 2>> "$1" &
-    COORD=$!
-    for _ in $(seq 100); do
-        kill -0 "$COORD" 2> /dev/null || { echo "FAIL: the coordinator exited"; cat "$1"; exit 1; }
-        "$TANDEM" ps > /dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "FAIL: the coordinator did not answer"; cat "$1"; exit 1
-}
-state() { # id -> its state
-    "$TANDEM" ps --json | python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id']==$1))"
-}
-wait_state() { # id state seconds
-    for _ in $(seq $(($3 * 5))); do
-        s=$(state "$1")
-        [ "$s" = "$2" ] && return 0
-        case "$s" in failed|cancelled|done) [ "$s" != "$2" ] && break ;; esac
-        sleep 0.2
-    done
-    echo "FAIL: job $1 is $(state "$1"), not $2 after $3 s"; "$TANDEM" ps
-    for l in state/jobs/*/log; do echo "--- $l"; tail -n 15 "$l"; done
-    fail=1; return 1
-}
 ask() { # model kind(completion|chat) -> prints the answer, fails without one
     "$PY" - "$HTTP" "$1" "$2" << 'PY'
 import sys
@@ -113,7 +73,7 @@ print(f"{model} ({kind}): {r.usage.completion_tokens} tokens {text!r}")
 PY
 }
 
-start_coord coord.log
+start_coord coord.log --http 127.0.0.1:$HTTP
 t0=$(date +%s.%N)
 IDS=$("$TANDEM" submit pipeline.json)
 read -r P_PREP P_TRAIN P_FT P_SERVE <<< "$IDS"
@@ -157,7 +117,7 @@ COORD=
 sleep 1
 kill -0 "$serve_pid" && echo "ok: the serve job outlives its coordinator" ||
     { echo "FAIL: the serve job died with the coordinator"; fail=1; }
-start_coord coord2.log
+start_coord coord2.log --http 127.0.0.1:$HTTP
 after=$("$TANDEM" ps --json | python3 -c "import json,sys; print([(j['id'], j['state'], j['attempt'], j.get('pid')) for j in json.load(sys.stdin)])")
 after=${after//serving/running}
 before=${before//serving/running}

@@ -15,22 +15,8 @@ PY="$HERE/../../.venv/bin/python"
     echo "FAIL: the openai client is missing: run scripts/install-deps.sh --clients"
     exit 1
 }
-W=$(mktemp -d)
-COORD=
-cleanup() {
-    [ -n "$COORD" ] && kill -9 "$COORD" 2> /dev/null || true
-    pkill -9 -f "$W/" 2> /dev/null || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-cd "$W"
-. "$HERE/mpi_env.sh"
+. "$HERE/coord_env.sh"
 export OMP_NUM_THREADS=1
-export TANDEM_KEYS=$W/keys
-PORT=$((20000 + RANDOM % 20000))
-export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
-HTTP=$((PORT + 2))
-fail=0
 . "$HERE/tiny_model.sh"
 tiny_model "$TANDEM" 256
 cat > pool.json << JOB
@@ -40,17 +26,7 @@ JOB
 sed -e 's/"steps": 2/"steps": 3000/; s/"every": 2/"every": 3000/; s/"dir": "run"/"dir": "urgent"/' \
     job.json > urgent.json
 # each engine step of the replicas takes 20 ms more: requests stay in flight for a while
-TANDEM_TEST_STEP_DELAY_MS=20 "$TANDEM" coordinator --state state --slots 2 \
-    --replicas tcp://127.0.0.1:$((PORT + 1)) --http 127.0.0.1:$HTTP 2>> coord.log &
-COORD=$!
-for _ in $(seq 100); do
-    kill -0 "$COORD" 2> /dev/null || { echo "FAIL: the coordinator exited"; cat coord.log; exit 1; }
-    "$TANDEM" ps > /dev/null 2>&1 && break
-    sleep 0.1
-done
-field() { # id field
-    "$TANDEM" ps --json | python3 -c "import json,sys; print(next(j.get('$2') for j in json.load(sys.stdin) if j['id']==$1))"
-}
+TANDEM_TEST_STEP_DELAY_MS=20 start_coord coord.log --http 127.0.0.1:$HTTP
 up() { curl -s "http://127.0.0.1:$HTTP/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["replicas"])' 2> /dev/null || echo 0; }
 wait_up() { # replicas seconds
     for _ in $(seq $(($2 * 5))); do [ "$(up)" = "$1" ] && return 0; sleep 0.2; done

@@ -9,21 +9,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
-W=$(mktemp -d)
-COORD=
-cleanup() {
-    [ -n "$COORD" ] && kill -9 "$COORD" 2> /dev/null || true
-    pkill -9 -f "$W/" 2> /dev/null || true
-    rm -rf "$W"
-}
-trap cleanup EXIT
-cd "$W"
-. "$HERE/mpi_env.sh"
+. "$HERE/coord_env.sh"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-export TANDEM_KEYS=$W/keys
-PORT=$((20000 + RANDOM % 20000))
-export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
-fail=0
 "$TANDEM" prep --out data --quiet --vocab-size 512 --delimiter % --val-fraction 0.05 \
     /usr/share/games/fortunes/fortunes
 job() { # name
@@ -37,22 +24,7 @@ job() { # name
 JOB
 }
 job straight && job killed
-"$TANDEM" coordinator --state state --slots 2 --replicas tcp://127.0.0.1:$((PORT + 1)) \
-    2>> coord.log &
-COORD=$!
-for _ in $(seq 100); do
-    kill -0 "$COORD" 2> /dev/null || { echo "FAIL: the coordinator exited"; cat coord.log; exit 1; }
-    "$TANDEM" ps > /dev/null 2>&1 && break
-    sleep 0.1
-done
-field() { # id field
-    "$TANDEM" ps --json | python3 -c "import json,sys; print(next(j['$2'] for j in json.load(sys.stdin) if j['id']==$1))"
-}
-wait_state() { # id state seconds
-    for _ in $(seq $(($3 * 5))); do [ "$(field "$1" state)" = "$2" ] && return 0; sleep 0.2; done
-    echo "FAIL: job $1 is $(field "$1" state), not $2 after $3 s"; "$TANDEM" ps; cat "state/jobs/$1/log"
-    fail=1; return 1
-}
+start_coord coord.log
 S=$("$TANDEM" submit straight.json --ranks 2)
 wait_state "$S" done 300 || exit 1
 K=$("$TANDEM" submit killed.json --ranks 2 --max-restarts 2)
