@@ -484,7 +484,7 @@ int td_cmd_ps(int argc, char **argv) {
             printf("%-5llu %-10s %-9s %5u %7u %8s  %s\n", (unsigned long long)j->id, state, j->kind,
                    j->ranks, j->attempt, t, what);
         }
-        printf("(%u slots)\n", r->slots);
+        printf("(%u slot%s)\n", r->slots, r->slots == 1 ? "" : "s");
     }
     td_wire_free(rep);
     return 0;
@@ -634,10 +634,16 @@ static void logs_help(FILE *f) {
            "  -f, --follow      keep printing what is written until the job ends\n" CLIENT_OPTIONS);
 }
 
-/* The job's state and log file from the coordinator; 0 when found. */
-static int job_info(const client_opts *co, long id, char *state, size_t sn, char *log, size_t ln) {
+/* The job's state, log file and the reason it ended from the coordinator; 0 when found.
+ * With quiet, a coordinator that does not answer is not reported (-1). */
+static int job_info(const client_opts *co, long id, char *state, size_t sn, char *log, size_t ln,
+                    char *reason, size_t rn, int quiet) {
     td_env *rep;
     td_status s = list_jobs(co, &rep);
+    if (s != TD_OK && quiet) {
+        td_error_clear();
+        return -1;
+    }
     if (s != TD_OK) return td_cli_fail("logs", s);
     int rc = 2;
     for (size_t i = 0; i < rep->control_reply->n_jobs; i++) {
@@ -645,6 +651,7 @@ static int job_info(const client_opts *co, long id, char *state, size_t sn, char
         if ((long)j->id != id) continue;
         snprintf(state, sn, "%s", j->state);
         snprintf(log, ln, "%s", j->log ? j->log : "");
+        snprintf(reason, rn, "%s", j->reason ? j->reason : "");
         rc = 0;
     }
     td_wire_free(rep);
@@ -674,8 +681,11 @@ int td_cmd_logs(int argc, char **argv) {
         fprintf(stderr, "tandem logs: name one job id (a number from tandem ps)\n");
         return 2;
     }
-    char state[32], path[1300];
-    if ((rc = job_info(&co, id, state, sizeof state, path, sizeof path)) != 0) return rc;
+    char state[32], path[1300], reason[256];
+    if ((rc = job_info(&co, id, state, sizeof state, path, sizeof path, reason, sizeof reason,
+                       0)) != 0)
+        return rc;
+    int unanswered = 0; /* rounds the coordinator did not answer (it may be restarting) */
     FILE *f = NULL;
     char buf[65536];
     for (int quiet_rounds = 0;;) {
@@ -693,11 +703,31 @@ int td_cmd_logs(int argc, char **argv) {
             continue;
         }
         usleep(200000);
-        if (++quiet_rounds % 5 == 0 &&
-            (rc = job_info(&co, id, state, sizeof state, path, sizeof path)) != 0)
-            break;
+        if (++quiet_rounds % 5 == 0) {
+            rc =
+                job_info(&co, id, state, sizeof state, path, sizeof path, reason, sizeof reason, 1);
+            if (rc < 0 && ++unanswered <= 12) { /* a minute: the log file is here meanwhile */
+                if (unanswered == 1)
+                    fprintf(stderr,
+                            "tandem logs: the coordinator does not answer; still "
+                            "following %s\n",
+                            path);
+                rc = 0;
+                continue;
+            }
+            if (rc < 0)
+                rc = job_info(&co, id, state, sizeof state, path, sizeof path, reason,
+                              sizeof reason, 0);
+            if (rc) break;
+            unanswered = 0;
+        }
     }
-    if (!f && !follow_flag) printf("(job %ld has written nothing yet)\n", id);
+    if (!f && !follow_flag) {
+        if (!strcmp(state, "done") || !strcmp(state, "failed") || !strcmp(state, "cancelled"))
+            printf("(job %ld wrote nothing: %s%s%s)\n", id, state, reason[0] ? ", " : "", reason);
+        else
+            printf("(job %ld has written nothing yet: %s)\n", id, state);
+    }
     if (f) fclose(f);
     return rc;
 }

@@ -80,7 +80,8 @@ typedef struct {
     double status_asked_at;
     int n_models;
     model_seen models[MAX_MODELS];
-    double status_at; /* when the latest status reply came */
+    double status_at;  /* when the latest status reply came */
+    double started_at; /* when this daemon started */
 } coord;
 
 static double now_s(void) {
@@ -121,17 +122,51 @@ static cJSON *event(const char *kind, long id) {
 
 static td_status ended(coord *d, const td_job *j, int rc, const char *how);
 
+/* The largest job file the coordinator takes. */
+#define JOB_FILE_MAX (1u << 20)
+
+/* Where the copy of job id's file, taken when it was submitted, is kept: the job runs what
+ * was submitted, whatever becomes of the file afterwards. */
+static void submitted_path(const coord *d, long id, char *out, size_t n) {
+    snprintf(out, n, "%s/jobs/%ld/submitted.json", d->o.state_dir, id);
+}
+
+/* Copies a job file into the state directory as job id's submitted file. */
+static td_status keep_submitted(coord *d, long id, const char *file) {
+    char *text = NULL, dir[1200], p[1300];
+    size_t len = 0;
+    TD_TRY(td_fs_read_file(file, &text, &len));
+    td_status s = TD_OK;
+    if (len > JOB_FILE_MAX)
+        s = td_error_set(TD_ERR_INVALID, "%s: %zu bytes; a job file is at most %u", file, len,
+                         JOB_FILE_MAX);
+    snprintf(dir, sizeof dir, "%s/jobs/%ld", d->o.state_dir, id);
+    if (s == TD_OK) s = td_fs_mkdirs(dir);
+    submitted_path(d, id, p, sizeof p);
+    if (s == TD_OK) s = td_fs_write_file_atomic(p, text, len);
+    free(text);
+    return s;
+}
+
+/* Job j's file as submitted (its copy; the file itself for a job journaled before copies
+ * were kept). */
+static td_status load_submitted(const coord *d, const td_job *j, cJSON **doc) {
+    char p[1300];
+    submitted_path(d, j->id, p, sizeof p);
+    return td_json_load_file(access(p, R_OK) == 0 ? p : j->file, doc);
+}
+
 /* The effective job file of j: its own with each input set to the output of the job it
  * names (which is done), written to STATE/jobs/ID/job.json, the file the job runs. *doc is
  * the caller's. */
 static td_status run_file(coord *d, const td_job *j, char *path, size_t n, cJSON **doc) {
     *doc = NULL;
-    TD_TRY(td_json_load_file(j->file, doc));
+    TD_TRY(load_submitted(d, j, doc));
     for (int i = 0; i < j->n_inputs; i++) {
         const td_job *up = td_jobs_find(d->jobs, j->input_from[i]);
         cJSON *updoc = NULL;
         char out[2048];
-        td_status s = up ? td_json_load_file(up->file, &updoc)
+        td_status s = up ? load_submitted(d, up, &updoc)
                          : td_error_set(TD_ERR_INVALID, "no job %ld", j->input_from[i]);
         if (s == TD_OK) {
             /* the upstream's own inputs change its output only through its checkpoint or
@@ -143,8 +178,10 @@ static td_status run_file(coord *d, const td_job *j, char *path, size_t n, cJSON
         if (s != TD_OK) {
             cJSON_Delete(*doc);
             *doc = NULL;
+            char why[600]; /* the message is the error buffer's own: copy it first */
+            snprintf(why, sizeof why, "%s", td_error_message());
             return td_error_set(TD_ERR_INVALID, "input %s (from job %ld): %s", j->input_key[i],
-                                j->input_from[i], td_error_message());
+                                j->input_from[i], why);
         }
     }
     snprintf(path, n, "%s/jobs/%ld/job.json", d->o.state_dir, j->id);
@@ -170,7 +207,7 @@ static td_status cannot_start(coord *d, const td_job *j, const char *why) {
     cJSON_AddNumberToObject(ev, "rc", 127);
     cJSON_AddStringToObject(ev, "then", "failed");
     char how[200];
-    snprintf(how, sizeof how, "could not start: %.170s", why);
+    snprintf(how, sizeof how, "could not start: %.170s%s", why, strlen(why) > 170 ? "..." : "");
     cJSON_AddStringToObject(ev, "reason", how);
     TD_TRY(record(d, ev));
     TD_LOG_ERROR("job %ld: %s", id, how);
@@ -226,7 +263,13 @@ static pid_t spawn(coord *d, const td_job *j, prepared *p, int ranks, const char
     char np[16];
     snprintf(np, sizeof np, "%d", ranks);
     unlink(exitf);
-    const char *argv[TD_STAGE_MAX_ARGS + 16];
+    const char **argv = calloc((size_t)p->args.n + 16, sizeof *argv);
+    if (!argv) {
+        close(p->logfd);
+        td_argv_free(&p->args);
+        errno = ENOMEM;
+        return -1;
+    }
     int k = 0;
     argv[k++] = "/bin/sh";
     argv[k++] = "-c";
@@ -271,6 +314,7 @@ static pid_t spawn(coord *d, const td_job *j, prepared *p, int ranks, const char
     int e = errno;
     close(p->logfd);
     td_argv_free(&p->args);
+    free(argv);
     errno = e;
     return pid;
 }
@@ -618,12 +662,12 @@ static void watch(coord *d) {
             char how[160];
             if (rc >= 0)
                 snprintf(how, sizeof how,
-                         "exit code %d (recorded by its launcher while no coordinator watched)",
+                         "exit code %d (read from its launcher's file: an earlier coordinator "
+                         "started it)",
                          rc);
             else
                 snprintf(how, sizeof how,
-                         "ended while no coordinator watched, killed (no exit "
-                         "code recorded)");
+                         "killed (no exit code recorded; an earlier coordinator started it)");
             if (ended(d, j, rc, how) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
             continue;
         }
@@ -710,6 +754,19 @@ static void schedule(coord *d) {
                 continue;
             }
             if (r == 0) continue; /* waits for the stages before it */
+            /* a coordinator started again with fewer slots: what no longer fits never will */
+            int need = j->pool_max > 0 ? j->pool_min * j->ranks : j->ranks;
+            if (need > d->o.slots) {
+                long id = j->id;
+                cJSON *ev = event("cancel", id);
+                char reason[180];
+                snprintf(reason, sizeof reason, "never started: it needs %d slots; the pool has %d",
+                         need, d->o.slots);
+                cJSON_AddStringToObject(ev, "reason", reason);
+                if (record(d, ev) != TD_OK) TD_LOG_ERROR("%s", td_error_message());
+                TD_LOG_WARN("job %ld: %s", id, reason);
+                continue;
+            }
             /* back-off after a failure: 1, 2, 4 ... up to 60 s before the restart */
             if (j->restarts > 0 && j->rc != 0 && now_s() < j->ended_at + backoff_s(j->restarts))
                 continue;
@@ -770,6 +827,9 @@ static void schedule(coord *d) {
         } else if (acts[a].verb == TD_SCHED_SCALE_UP) {
             st = launch_replica(d, j, &acts[a].place);
         } else if (acts[a].verb == TD_SCHED_SCALE_DOWN) {
+            /* an idle pool shrinks only once the queue has been watched for a whole window
+             * (a coordinator just started has no history of it) */
+            if (acts[a].for_job < 0 && now_s() - d->started_at < QUEUE_WINDOW) continue;
             int k = 0;
             while (k < ns && sj[k].id != acts[a].job)
                 k++;
@@ -967,7 +1027,7 @@ static cJSON *submit_event(long id, const char *kind, const char *file, const ch
 
 /* A serve job file's "pool" section ({"min", "max", "replicas", "per_replica_queue"}) as
  * the fields of its submit event; nothing for a file without one. */
-static td_status pool_fields(const char *file, cJSON *ev) {
+static td_status pool_fields(const char *file, int ranks, int slots, cJSON *ev) {
     cJSON *doc = NULL;
     TD_TRY(td_json_load_file(file, &doc));
     const cJSON *pool = cJSON_GetObjectItemCaseSensitive(doc, "pool");
@@ -990,6 +1050,10 @@ static td_status pool_fields(const char *file, cJSON *ev) {
             s = td_error_set(TD_ERR_INVALID,
                              "%s: 1 <= min <= replicas <= max <= %d, per_replica_queue >= 1", where,
                              TD_SCHED_MAX_REPLICAS);
+        if (s == TD_OK && mn * ranks > slots)
+            s = td_error_set(TD_ERR_INVALID,
+                             "%s: min %lld replicas of %d ranks need %lld slots; the pool has %d",
+                             where, (long long)mn, ranks, (long long)(mn * ranks), slots);
         if (s == TD_OK) {
             cJSON_AddNumberToObject(ev, "pool_min", (double)mn);
             cJSON_AddNumberToObject(ev, "pool_max", (double)mx);
@@ -1012,33 +1076,47 @@ static void submit_pipeline(coord *d, const uint8_t *ident, size_t ilen,
         td_error_clear();
         return refuse(d, ident, ilen, msg);
     }
+    /* every stage's event is made (its file copied, its pool checked) before any is
+     * journaled: a pipeline is queued whole or not at all */
     long first = td_jobs_next_id(d->jobs);
     uint64_t ids[TD_PIPELINE_MAX_STAGES];
+    cJSON *evs[TD_PIPELINE_MAX_STAGES] = {0};
     for (int i = 0; i < pl.n; i++) {
         const td_stage_spec *st = &pl.stage[i];
         long id = first + i;
-        cJSON *ev = submit_event(id, st->kind, st->job, m->dir, st->ranks,
-                                 st->priority + (m->has_priority ? m->priority : 0), st->limit_s,
-                                 st->max_restarts);
-        if (pool_fields(st->job, ev) != TD_OK) {
+        evs[i] = submit_event(id, st->kind, st->job, m->dir, st->ranks,
+                              st->priority + (m->has_priority ? m->priority : 0), st->limit_s,
+                              st->max_restarts);
+        if (pool_fields(st->job, st->ranks, d->o.slots, evs[i]) != TD_OK ||
+            keep_submitted(d, id, st->job) != TD_OK) {
             char msg[1200];
             snprintf(msg, sizeof msg, "%s", td_error_message());
             td_error_clear();
-            cJSON_Delete(ev);
+            for (int k = 0; k <= i; k++)
+                cJSON_Delete(evs[k]);
             return refuse(d, ident, ilen, msg);
         }
-        cJSON_AddStringToObject(ev, "pipeline", pl.name);
-        cJSON_AddStringToObject(ev, "stage", st->name);
-        cJSON *after = cJSON_AddArrayToObject(ev, "after");
+        cJSON_AddStringToObject(evs[i], "pipeline", pl.name);
+        cJSON_AddStringToObject(evs[i], "stage", st->name);
+        cJSON *after = cJSON_AddArrayToObject(evs[i], "after");
         for (int k = 0; k < st->n_after; k++)
             cJSON_AddItemToArray(after, cJSON_CreateNumber((double)(first + st->after[k])));
-        cJSON *in = cJSON_AddObjectToObject(ev, "inputs");
+        cJSON *in = cJSON_AddObjectToObject(evs[i], "inputs");
         for (int k = 0; k < st->n_inputs; k++)
             cJSON_AddNumberToObject(in, st->input_key[k], (double)(first + st->input_from[k]));
-        if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
         ids[i] = (uint64_t)id;
-        TD_LOG_INFO("job %ld: submitted (pipeline %s, stage %s: %s %s, %d ranks)", id, pl.name,
-                    st->name, st->kind, st->job, st->ranks);
+    }
+    for (int i = 0; i < pl.n; i++) {
+        td_status s = record(d, evs[i]);
+        evs[i] = NULL;
+        if (s != TD_OK) {
+            for (int k = i + 1; k < pl.n; k++)
+                cJSON_Delete(evs[k]);
+            return refuse(d, ident, ilen, td_error_message());
+        }
+        TD_LOG_INFO("job %ld: submitted (pipeline %s, stage %s: %s %s, %d ranks)", first + i,
+                    pl.name, pl.stage[i].name, pl.stage[i].kind, pl.stage[i].job,
+                    pl.stage[i].ranks);
     }
     Tandem__ControlReply r = TANDEM__CONTROL_REPLY__INIT;
     r.has_id = 1;
@@ -1086,6 +1164,10 @@ static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem_
         return refuse(d, ident, ilen, msg);
     }
     if (!strcmp(kind, "pipeline")) return submit_pipeline(d, ident, ilen, m);
+    if (!td_stage_runs(kind)) {
+        snprintf(msg, sizeof msg, "%s: the coordinator does not run %s jobs yet", m->file, kind);
+        return refuse(d, ident, ilen, msg);
+    }
     if ((int)m->ranks > d->o.slots) {
         snprintf(msg, sizeof msg, "the job needs %u ranks; the pool has %d slots", m->ranks,
                  d->o.slots);
@@ -1095,7 +1177,8 @@ static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem_
     cJSON *ev = submit_event(id, kind, m->file, m->dir, (int)m->ranks,
                              m->has_priority ? m->priority : 0, m->has_limit_s ? m->limit_s : 0,
                              m->has_max_restarts ? (int)m->max_restarts : 0);
-    if (pool_fields(m->file, ev) != TD_OK) {
+    if (pool_fields(m->file, (int)m->ranks, d->o.slots, ev) != TD_OK ||
+        keep_submitted(d, id, m->file) != TD_OK) {
         snprintf(msg, sizeof msg, "%s", td_error_message());
         td_error_clear();
         cJSON_Delete(ev);
@@ -1329,7 +1412,7 @@ static td_status open_socket(coord *d) {
 }
 
 td_status td_daemon_run(const td_daemon_opts *o) {
-    coord d = {.o = *o};
+    coord d = {.o = *o, .started_at = now_s()};
     if (d.o.cancel_grace_s <= 0) d.o.cancel_grace_s = 3;
     td_status s = td_fs_mkdirs(o->state_dir);
     /* absolute: jobs run in their own directories, and their shells write here */

@@ -9,14 +9,63 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/json.h"
+
+static const char *const k_sections[] = {"pipeline", "prep",  "serve", "finetune",
+                                         "distill",  "bench", NULL};
 
 const char *td_stage_kind(const cJSON *doc) {
     if (!cJSON_IsObject(doc)) return NULL;
-    static const char *const sections[] = {"pipeline", "prep", "serve", "finetune", NULL};
-    for (int i = 0; sections[i]; i++)
-        if (cJSON_GetObjectItemCaseSensitive(doc, sections[i])) return sections[i];
+    for (int i = 0; k_sections[i]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(doc, k_sections[i])) return k_sections[i];
     return cJSON_GetObjectItemCaseSensitive(doc, "model") ? "train" : NULL;
+}
+
+int td_stage_runs(const char *kind) {
+    return !strcmp(kind, "prep") || !strcmp(kind, "train") || !strcmp(kind, "finetune") ||
+           !strcmp(kind, "serve");
+}
+
+td_status td_stage_check_input(const char *kind, const char *key, const char *from) {
+    static const struct {
+        const char *kind, *key, *from, *what;
+    } k_inputs[] = {
+        {"prep", "prep.tokenizer", "train finetune", "a checkpoint's tokenizer"},
+        {"train", "data.train", "prep", "prep's output"},
+        {"train", "data.val", "prep", "prep's output"},
+        {"finetune", "data.train", "prep", "prep's output"},
+        {"finetune", "data.val", "prep", "prep's output"},
+        {"finetune", "finetune.base", "train finetune", "a checkpoint"},
+        {"serve", "serve.model", "train finetune", "a checkpoint"},
+        {"serve", "serve.adapters.", "finetune", "an adapter"},
+    };
+    char known[400] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof k_inputs / sizeof *k_inputs; i++) {
+        if (strcmp(k_inputs[i].kind, kind)) continue;
+        size_t kl = strlen(k_inputs[i].key);
+        int prefix = k_inputs[i].key[kl - 1] == '.';
+        len += (size_t)snprintf(known + len, sizeof known - len, "%s%s%s", len ? ", " : "",
+                                k_inputs[i].key, prefix ? "NAME" : "");
+        if (prefix ? strncmp(key, k_inputs[i].key, kl) || !key[kl] || strchr(key + kl, '.')
+                   : strcmp(key, k_inputs[i].key))
+            continue;
+        char fk[32];
+        snprintf(fk, sizeof fk, " %s ", from);
+        char list[40];
+        snprintf(list, sizeof list, " %s ", k_inputs[i].from);
+        if (!strstr(list, fk))
+            return td_error_set(
+                TD_ERR_INVALID,
+                "%s takes %s (from a %s stage), not a %s stage's "
+                "output",
+                key, k_inputs[i].what,
+                strchr(k_inputs[i].from, ' ') ? "train or finetune" : k_inputs[i].from, from);
+        return TD_OK;
+    }
+    return td_error_set(TD_ERR_INVALID, "%s is not an input of a %s stage (%s)", key, kind,
+                        known[0] ? known : "it takes none");
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -122,6 +171,15 @@ static int type_fits(opt_type t, const cJSON *v) {
 }
 
 td_status td_stage_check(const char *kind, const cJSON *doc, const char *where) {
+    int sections = cJSON_GetObjectItemCaseSensitive(doc, "model") ? 1 : 0;
+    for (int i = 0; k_sections[i]; i++)
+        sections += cJSON_GetObjectItemCaseSensitive(doc, k_sections[i]) != NULL;
+    if (!strcmp(kind, "finetune") && cJSON_GetObjectItemCaseSensitive(doc, "model")) sections--;
+    if (sections > 1)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: more than one command section (pipeline, prep, serve, finetune, "
+                            "distill, bench, model): a job file describes one job",
+                            where);
     const opt *t = table_of(kind);
     if (!t) return TD_OK;
     const cJSON *sec = cJSON_GetObjectItemCaseSensitive(doc, kind);
@@ -156,13 +214,14 @@ td_status td_stage_check(const char *kind, const cJSON *doc, const char *where) 
 void td_argv_free(td_argv *a) {
     for (int i = 0; i < a->n; i++)
         free(a->v[i]);
+    free(a->v);
+    a->v = NULL;
     a->n = 0;
-    a->v[0] = NULL;
+    a->cap = 0;
 }
 
 static td_status push(td_argv *a, const char *s) {
-    if (a->n >= TD_STAGE_MAX_ARGS)
-        return td_error_set(TD_ERR_INVALID, "more than %d arguments", TD_STAGE_MAX_ARGS);
+    TD_TRY(TD_GROW(a->v, a->cap, (size_t)a->n + 2));
     if (!(a->v[a->n] = strdup(s))) return td_error_set(TD_ERR_NOMEM, "out of memory");
     a->v[++a->n] = NULL;
     return TD_OK;
@@ -232,8 +291,7 @@ static td_status options(td_argv *a, const char *kind, const cJSON *doc) {
 
 td_status td_stage_argv(const char *kind, const char *file, const cJSON *doc,
                         const td_stage_env *env, td_argv *out) {
-    out->n = 0;
-    out->v[0] = NULL;
+    *out = (td_argv){0};
     td_status s = push(out, kind);
     if (s == TD_OK && (!strcmp(kind, "train") || !strcmp(kind, "finetune"))) {
         s = push(out, file);
@@ -399,6 +457,9 @@ static td_status load_stage(const cJSON *st, const char *base, const char *file,
         r = td_error_set(TD_ERR_INVALID,
                          "%s: %s is not a job file (prep, train, finetune or serve)", where,
                          s->job);
+    if (r == TD_OK && !td_stage_runs(kind))
+        r = td_error_set(TD_ERR_INVALID, "%s: the coordinator does not run %s jobs yet", where,
+                         kind);
     if (r == TD_OK) {
         snprintf(s->kind, sizeof s->kind, "%s", kind);
         r = td_stage_check(kind, doc, s->job);
@@ -410,7 +471,9 @@ static td_status load_stage(const cJSON *st, const char *base, const char *file,
     TD_TRY(td_json_get_int(st, where, "priority", 0, &prio));
     TD_TRY(td_json_get_int(st, where, "max_restarts", 0, &restarts));
     TD_TRY(td_json_get_double(st, where, "limit_s", 0, &s->limit_s));
-    if (ranks < 1 || ranks > slots)
+    if (ranks < 1)
+        return td_error_set(TD_ERR_INVALID, "%s: ranks %lld: at least 1", where, (long long)ranks);
+    if (ranks > slots)
         return td_error_set(TD_ERR_INVALID, "%s: ranks %lld; the pool has %d slots", where,
                             (long long)ranks, slots);
     if (restarts < 0 || restarts > 1000 || prio < -1000000 || prio > 1000000 || !(s->limit_s >= 0))
@@ -448,6 +511,11 @@ static td_status load_stage(const cJSON *st, const char *base, const char *file,
                                 "%s: inputs.%s: stage %s (%s) hands nothing on (prep hands its "
                                 "output directory, train and finetune their last checkpoint)",
                                 where, e->string, e->valuestring, p->stage[k].kind);
+        if (td_stage_check_input(s->kind, e->string, p->stage[k].kind) != TD_OK) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s", td_error_message());
+            return td_error_set(TD_ERR_INVALID, "%s: inputs: %s", where, msg);
+        }
         if (s->n_inputs >= TD_STAGE_MAX_INPUTS || strlen(e->string) >= sizeof s->input_key[0] ||
             !e->string[0])
             return td_error_set(TD_ERR_INVALID, "%s: inputs: at most %d keys of under 128 bytes",
@@ -473,8 +541,12 @@ td_status td_pipeline_load(const char *file, int slots, td_pipeline *out) {
                       : td_error_set(TD_ERR_INVALID, "%s: \"pipeline\" must be an object", file);
     const char *name = NULL;
     if (s == TD_OK) s = td_json_get_string(pl, file, "name", 1, &name);
-    if (s == TD_OK && (!name[0] || strlen(name) >= sizeof out->name))
-        s = td_error_set(TD_ERR_INVALID, "%s: pipeline.name: 1-63 characters", file);
+    if (s == TD_OK && (!name[0] || strlen(name) >= sizeof out->name ||
+                       strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                    "0123456789-_.") != strlen(name)))
+        s = td_error_set(TD_ERR_INVALID,
+                         "%s: pipeline.name \"%s\": letters, digits, '-', '_' and '.' (1-63)", file,
+                         name);
     if (s == TD_OK) snprintf(out->name, sizeof out->name, "%s", name);
     const cJSON *st = s == TD_OK ? cJSON_GetObjectItemCaseSensitive(pl, "stages") : NULL;
     if (s == TD_OK && (!cJSON_IsArray(st) || cJSON_GetArraySize(st) < 1 ||

@@ -11,22 +11,32 @@
 
 #include "common/status.h"
 
-#define TD_STAGE_MAX_ARGS 160
 #define TD_PIPELINE_MAX_STAGES 16
 #define TD_STAGE_MAX_INPUTS 8
 
-/* The kind of a job file from its sections: "pipeline", "prep", "serve", "finetune" or
- * "train" (a "model" section); NULL when it is none of these. */
+/* The kind of a job file from its sections: "pipeline", "prep", "serve", "finetune",
+ * "distill", "bench" or "train" (a "model" section); NULL when it is none of these. */
 const char *td_stage_kind(const cJSON *doc);
 
-/* Checks a prep or serve job file's section: known keys, each of its type, the required
- * ones present (a train or finetune file is checked by its command when it runs). */
+/* 1 when the coordinator runs jobs of this kind (prep, train, finetune, serve). */
+int td_stage_runs(const char *kind);
+
+/* Checks that an input of a `kind` stage may set `key` to the output of a `from` stage:
+ * prep.tokenizer, finetune.base and serve.model take a train or finetune stage's
+ * checkpoint; data.train and data.val (train, finetune) a prep stage's output;
+ * serve.adapters.NAME a finetune stage's adapter. */
+td_status td_stage_check_input(const char *kind, const char *key, const char *from);
+
+/* Checks a job file: one command section only; for prep and serve the section's keys,
+ * each of its type, the required ones present (a train or finetune file's keys are
+ * checked by its command when it runs). */
 td_status td_stage_check(const char *kind, const cJSON *doc, const char *where);
 
 /* The arguments after the tandem binary: the command, then its options. */
 typedef struct {
-    char *v[TD_STAGE_MAX_ARGS + 1]; /* NULL-terminated, owned */
+    char **v; /* NULL-terminated, owned */
     int n;
+    size_t cap;
 } td_argv;
 void td_argv_free(td_argv *a);
 

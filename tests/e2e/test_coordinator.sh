@@ -49,6 +49,7 @@ grep -q '"step": 30' b/metrics.jsonl 2> /dev/null && echo "ok: job $B trained it
 "$TANDEM" drain localhost > /dev/null
 job dr 30
 E=$("$TANDEM" submit dr.json --ranks 1)
+sed -i 's/"steps": 30/"steps": 31/' dr.json # after the submit: the job runs what was submitted
 sleep 1.5
 "$TANDEM" pool
 if [ "$(state "$E")" = queued ] && "$TANDEM" pool | grep -q '^localhost .* draining'; then
@@ -58,6 +59,9 @@ else
 fi
 "$TANDEM" drain localhost --undo > /dev/null
 wait_state "$E" done 60 && echo "ok: job $E ran once localhost was open again"
+grep -q '"step": 30,' dr/metrics.jsonl && ! grep -q '"step": 31,' dr/metrics.jsonl &&
+    echo "ok: job $E ran its file as submitted (30 steps), not as edited afterwards (31)" ||
+    { echo "FAIL: job $E did not run its submitted file"; fail=1; }
 "$TANDEM" pool --json | python3 -c "
 import json, sys
 h = json.load(sys.stdin)[0]
@@ -134,7 +138,7 @@ if [key(j) for j in a] != [key(j) for j in b]:
     sys.exit(1)
 EOF
 wait_state "$E" done 120 && echo "ok: job $E, left running by the killed coordinator, seen to its end" &&
-    grep -q "exit code 0 (recorded by its launcher while no coordinator watched)" <("$TANDEM" ps --json) &&
+    grep -q "exit code 0 (read from its launcher's file: an earlier coordinator started it)" <("$TANDEM" ps --json) &&
     echo "ok: its exit code came from the file its launcher wrote"
 
 # 4. refusals
@@ -154,6 +158,27 @@ echo '{"prep": {"out": "p", "vocab": 512}}' > badprep.json
 bad "a prep job with an unknown key" "prep.vocab is not an option of tandem prep" "$TANDEM" submit badprep.json
 bad "a job that has ended" "has ended (done)" "$TANDEM" cancel "$A"
 bad "drain of a host not in the pool" 'no host "elsewhere" in the pool' "$TANDEM" drain elsewhere
+echo "{\"serve\": {\"model\": \"$TINY_CK\"}, \"pool\": {\"min\": 3, \"max\": 4}}" > bigpool.json
+bad "a pool whose minimum exceeds the slots" "min 3 replicas of 1 ranks need 3 slots; the pool has 2" \
+    "$TANDEM" submit bigpool.json
+echo '{"distill": {}}' > distill.json
+bad "a distill job" "does not run distill jobs yet" "$TANDEM" submit distill.json
+echo '{"prep": {"out": "p", "inputs": ["x"]}, "serve": {"model": "m"}}' > twosec.json
+bad "a job file with two command sections" "more than one command section" "$TANDEM" submit twosec.json
+
+# a coordinator started again with fewer slots: a queued job that no longer fits is cancelled
+# with the reason, and the rest of the queue runs
+"$TANDEM" drain localhost > /dev/null
+job big 30 && job small 30
+BIG=$("$TANDEM" submit big.json --ranks 2)
+SMALL=$("$TANDEM" submit small.json --ranks 1)
+kill -9 "$COORD"
+wait "$COORD" 2> /dev/null || true
+start_coord coord.log --slots 1
+"$TANDEM" drain localhost --undo > /dev/null
+if wait_state "$BIG" cancelled 10 && wait_state "$SMALL" done 60; then
+    echo "ok: on 1 slot, job $BIG: $(field "$BIG" reason); job $SMALL ran"
+fi
 rm -rf otherkeys && mkdir -m 700 otherkeys && cp keys/router.public otherkeys/
 out=$(TANDEM_KEYS=$W/otherkeys "$TANDEM" ps 2>&1) && { echo "FAIL: a client with an unknown key was answered"; fail=1; } ||
     echo "ok: a client whose key is not allowed gets no answer: $out"

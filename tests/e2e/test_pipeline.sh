@@ -125,9 +125,25 @@ before=${before//serving/running}
     { echo "FAIL: job table before $before, after $after"; fail=1; }
 wait_state "$P_SERVE" serving 30 && echo "ok: the serve job's replica registered again" || true
 ask fortunes completion && echo "ok: the gateway answers after the restart" || fail=1
-runs=$(cat state/jobs/*/log | grep -c '^== attempt')
+runs=$(cat state/jobs/[1-4]/log | grep -c '^== attempt')
 [ "$runs" = 4 ] && echo "ok: no stage ran twice (4 attempts for 4 stages)" ||
     { echo "FAIL: $runs attempts for 4 stages"; fail=1; }
+# a stage that cannot take its input says why, once, in its reason (the message of the
+# failed input, not a garbled copy of it); the stages after it never start
+echo '{"model": {}, "data": "not an object"}' > badtrain.json
+cat > broken.json << 'JOB'
+{"pipeline": {"name": "broken", "stages": [
+  {"name": "prep", "job": "prep.json"},
+  {"name": "train", "job": "badtrain.json", "inputs": {"data.train": "prep"}},
+  {"name": "serve", "job": "serve.json", "inputs": {"serve.model": "train"}}]}}
+JOB
+read -r B_PREP B_TRAIN B_SERVE <<< "$("$TANDEM" submit broken.json)"
+if wait_state "$B_TRAIN" failed 60 && wait_state "$B_SERVE" cancelled 10; then
+    why=$(field "$B_TRAIN" reason)
+    [ "$why" = "could not start: input data.train (from job $B_PREP): input data.train: data is not an object" ] &&
+        echo "ok: the stage that could not take its input: $why; the next: $(field "$B_SERVE" reason)" ||
+        { echo "FAIL: reason '$why'"; fail=1; }
+fi
 "$TANDEM" cancel "$P_SERVE" > /dev/null
 running() { # pid -> 0 while it runs (a zombie waiting for its reaper does not)
     local st

@@ -37,16 +37,16 @@ wait_up 2 60 || exit 1
 echo "ok: pool job $P serves with 2 replicas"
 "$TANDEM" ps
 
-# load: 3 clients, each sending streamed completions one after another until told to stop
-"$PY" - "$HTTP" > load.txt 2>&1 << 'PY' &
+# load: 3 clients, each sending streamed completions one after another until STOPFILE exists
+cat > load.py << 'PY'
 import os, sys, threading, time
 from openai import OpenAI
-port = sys.argv[1]
+port, stopfile = sys.argv[1], sys.argv[2]
 ok, errors, lock = 0, [], threading.Lock()
 def client(k):
     global ok
     c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
-    while not os.path.exists("stop-load"):
+    while not os.path.exists(stopfile):
         try:
             n = 0
             for ch in c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=40,
@@ -66,6 +66,7 @@ for e in errors:
     print("error:", e)
 print("hung", sum(t.is_alive() for t in ts))
 PY
+"$PY" load.py "$HTTP" stop-load > load.txt 2>&1 &
 LOAD=$!
 sleep 3
 T=$("$TANDEM" submit urgent.json --priority 10)
@@ -103,6 +104,31 @@ PY
 "$TANDEM" cancel "$P" > /dev/null
 for _ in $(seq 100); do [ "$(field "$P" state)" = cancelled ] && break; sleep 0.2; done
 [ "$(field "$P" state)" = cancelled ] && echo "ok: the pool cancelled" || { echo "FAIL: the pool is $(field "$P" state)"; fail=1; }
+
+# a pool grown by its queue keeps its replicas across a restart of the coordinator: the new
+# coordinator has no history of the queue, so it shrinks nothing for a window (30 s)
+cat > grow.json << JOB
+{"serve": {"model": "$TINY_CK", "name": "tiny", "max_seqs": 1},
+ "pool": {"min": 1, "max": 2, "replicas": 1, "per_replica_queue": 1}}
+JOB
+G=$("$TANDEM" submit grow.json)
+wait_up 1 60 || exit 1
+"$PY" load.py "$HTTP" stop-load2 > load2.txt 2>&1 &
+LOAD=$!
+for _ in $(seq 150); do [ "$(field "$G" replicas)" = 2 ] && break; sleep 0.2; done
+[ "$(field "$G" replicas)" = 2 ] && echo "ok: pool $G grew to 2 replicas under its queue" ||
+    { echo "FAIL: pool $G has $(field "$G" replicas) replicas under load"; fail=1; }
+kill -9 "$COORD"
+wait "$COORD" 2> /dev/null || true
+before=$(grep -c '"event":"rstop","id":'"$G"',' state/journal || true)
+TANDEM_TEST_STEP_DELAY_MS=20 start_coord coord2.log --http 127.0.0.1:$HTTP
+sleep 8
+after=$(grep -c '"event":"rstop","id":'"$G"',' state/journal || true)
+[ "$after" = "$before" ] && [ "$(field "$G" replicas)" = 2 ] &&
+    echo "ok: 8 s after the restart, under load, pool $G still has 2 replicas (no replica stopped)" ||
+    { echo "FAIL: the restarted coordinator stopped $((after - before)) replica(s) of pool $G"; fail=1; }
+touch stop-load2
+wait $LOAD || true
 kill "$COORD"
 wait "$COORD" 2> /dev/null || true
 COORD=

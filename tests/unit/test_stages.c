@@ -113,6 +113,48 @@ int main(void) {
     CHECK(strstr(got, "serve.adapters must be"), "adapter name with '=': %s", got);
     got = argv_of("distill", "{\"distill\": {}}", 0);
     CHECK(strstr(got, "does not run distill jobs"), "distill: %s", got);
+    got = argv_of("prep", "{\"prep\": {\"out\": \"d\", \"inputs\": [\"x\"]}, \"serve\": {}}", 0);
+    CHECK(strstr(got, "more than one command section"), "two sections: %s", got);
+    /* no cap on the arguments: 300 inputs give 300 paths */
+    {
+        char big[8000] = "{\"prep\": {\"out\": \"d\", \"inputs\": [";
+        for (int i = 0; i < 300; i++) {
+            size_t l = strlen(big);
+            snprintf(big + l, sizeof big - l, "%s\"f%d\"", i ? ", " : "", i);
+        }
+        strcat(big, "]}}");
+        got = argv_of("prep", big, 0);
+        CHECK(!strncmp(got, "prep --out d -- f0 f1 ", 22) && strstr(got, " f299") &&
+                  !strstr(got, "error"),
+              "300 inputs: %.80s", got);
+    }
+
+    /* inputs a stage takes, and from what */
+    static const struct {
+        const char *kind, *key, *from;
+        int ok;
+    } ins[] = {{"train", "data.train", "prep", 1},
+               {"train", "data.trian", "prep", 0},
+               {"train", "data.train", "train", 0},
+               {"finetune", "finetune.base", "train", 1},
+               {"finetune", "finetune.base", "prep", 0},
+               {"serve", "serve.model", "finetune", 1},
+               {"serve", "serve.adapters.rev", "finetune", 1},
+               {"serve", "serve.adapters.rev", "train", 0},
+               {"serve", "serve.adapters.", "finetune", 0},
+               {"serve", "serve.adapters.a.b", "finetune", 0},
+               {"prep", "prep.out", "prep", 0},
+               {"prep", "prep.tokenizer", "train", 1},
+               {"prep", "serve.model", "train", 0}};
+    for (size_t i = 0; i < sizeof ins / sizeof *ins; i++) {
+        td_status st = td_stage_check_input(ins[i].kind, ins[i].key, ins[i].from);
+        CHECK((st == TD_OK) == ins[i].ok, "%s input %s from %s: %s", ins[i].kind, ins[i].key,
+              ins[i].from, st == TD_OK ? "accepted" : td_error_message());
+        if (!ins[i].ok)
+            printf("input %-18s of %-8s from %-8s -> %s\n", ins[i].key, ins[i].kind, ins[i].from,
+                   td_error_message());
+        td_error_clear();
+    }
 
     /* dotted inputs */
     cJSON *doc = cJSON_Parse("{\"serve\": {\"model\": \"old\"}, \"data\": 3}");
@@ -216,6 +258,26 @@ int main(void) {
          "\"input\": {}}]}}",
          "input"},
         {"empty.json", "{\"pipeline\": {\"name\": \"p\", \"stages\": []}}", "a list of 1 to"},
+        {"badkey.json",
+         "{\"pipeline\": {\"name\": \"p\", \"stages\": [{\"name\": \"a\", \"job\": \"prep.json\"},"
+         " {\"name\": \"t\", \"job\": \"train.json\", \"inputs\": {\"data.nosuch\": \"a\"}}]}}",
+         "data.nosuch is not an input of a train stage"},
+        {"overwrite.json",
+         "{\"pipeline\": {\"name\": \"p\", \"stages\": [{\"name\": \"a\", \"job\": \"prep.json\"},"
+         " {\"name\": \"b\", \"job\": \"prep.json\", \"inputs\": {\"prep.out\": \"a\"}}]}}",
+         "prep.out is not an input of a prep stage"},
+        {"servefromprep.json",
+         "{\"pipeline\": {\"name\": \"p\", \"stages\": [{\"name\": \"a\", \"job\": \"prep.json\"},"
+         " {\"name\": \"s\", \"job\": \"serve.json\", \"inputs\": {\"serve.model\": \"a\"}}]}}",
+         "serve.model takes a checkpoint (from a train or finetune stage), not a prep stage"},
+        {"pname.json",
+         "{\"pipeline\": {\"name\": \"x y/z\", \"stages\": [{\"name\": \"a\", "
+         "\"job\": \"prep.json\"}]}}",
+         "pipeline.name \"x y/z\""},
+        {"negranks.json",
+         "{\"pipeline\": {\"name\": \"p\", \"stages\": [{\"name\": \"a\", \"job\": \"prep.json\", "
+         "\"ranks\": -1}]}}",
+         "ranks -1: at least 1"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         put(bad[i].name, bad[i].json);
