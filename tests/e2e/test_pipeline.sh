@@ -3,7 +3,8 @@
 # coordinator with 2 slots hosting the router and the gateway gets `tandem submit` of
 #   prep (the fortunes file) -> pretrain (mpirun -np 2, a tiny llama) -> LoRA fine-tune
 #   (the reverse-the-letters skill) -> serve (the pretrained base and the adapter, one replica)
-# and each stage takes the previous one's output by reference. When the serve stage is
+# and each stage takes the previous one's output by reference. The coordinator is killed with
+# SIGKILL while pretrain runs and started again: pretrain goes on. When the serve stage is
 # "serving", the official openai client asks the coordinator's gateway for a completion of
 # the base and a chat completion of the fine-tune. Then the coordinator is killed with
 # SIGKILL and started again: its job table is the same, the serve job is still the one
@@ -30,8 +31,8 @@ cat > pretrain.json << 'JOB'
            "num_key_value_heads": 4, "intermediate_size": 128, "vocab_size": 400,
            "max_position_embeddings": 64},
  "data": {"train": "FROM PREP", "seq_len": 64},
- "train": {"batch_size": 8, "steps": 40, "lr": 3e-3, "seed": 1, "eval_every": 20},
- "checkpoint": {"dir": "runs/base", "every": 20, "keep": 1}, "device": "cpu"}
+ "train": {"batch_size": 8, "steps": 300, "lr": 3e-3, "seed": 1, "eval_every": 100},
+ "checkpoint": {"dir": "runs/base", "every": 100, "keep": 1}, "device": "cpu"}
 JOB
 cat > finetune.json << 'JOB'
 {"finetune": {"base": "FROM PRETRAIN", "method": "lora",
@@ -79,6 +80,30 @@ IDS=$("$TANDEM" submit pipeline.json)
 read -r P_PREP P_TRAIN P_FT P_SERVE <<< "$IDS"
 echo "submitted pipeline fortunes: jobs $IDS"
 [ -n "$P_SERVE" ] || { echo "FAIL: submit printed '$IDS', not four job ids"; exit 1; }
+# the coordinator killed with SIGKILL while the pretrain stage runs, and started again: the
+# stage goes on (the same attempt) and the pipeline with it
+wait_state "$P_TRAIN" running 60 || exit 1
+table() { "$TANDEM" ps --json | python3 -c "import json,sys; print([(j['id'], j['state'].replace('serving', 'running'), j['attempt'], j.get('pid')) for j in json.load(sys.stdin)])"; }
+"$TANDEM" ps --json > before.json
+kill -9 "$COORD"
+wait "$COORD" 2> /dev/null || true
+start_coord coord1.log --http 127.0.0.1:$HTTP
+"$TANDEM" ps --json > after.json
+# the same jobs; each where it was or further on (pretrain may end meanwhile), none started
+# a second time
+python3 - before.json after.json << 'PY' || fail=1
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+order = ["queued", "running", "serving", "done"]
+same = [(j["id"], j["kind"], j["file"]) for j in a] == [(j["id"], j["kind"], j["file"]) for j in b]
+forward = all(order.index(y["state"]) >= order.index(x["state"]) and y["attempt"] <= 1 and
+              (x["state"] != "running" or y["state"] != "running" or x["pid"] == y["pid"])
+              for x, y in zip(a, b))
+if not (same and forward):
+    sys.exit("FAIL: job table before %s, after %s" % (a, b))
+print("ok: killed while pretrain ran, started again: the same jobs, each where it was or on: " +
+      ", ".join("%d %s->%s" % (x["id"], x["state"], y["state"]) for x, y in zip(a, b)))
+PY
 wait_state "$P_SERVE" serving 300 || exit 1
 t1=$(date +%s.%N)
 "$TANDEM" ps
@@ -102,14 +127,16 @@ print("ok: every stage started after the ones it waits for ended (%s)" %
       ", ".join("%s after %s" % (j["stage"], "+".join(by[a]["stage"] for a in j["after"]))
                 for j in jobs if j["after"]))
 PY
-grep -q "$W/data" "state/jobs/$P_TRAIN/job.json" && grep -q "$W/runs/base/step_00000040" \
+[ "$(field "$P_TRAIN" attempt)" = 1 ] && echo "ok: pretrain ran once, to its end, across the restart" ||
+    { echo "FAIL: pretrain attempt $(field "$P_TRAIN" attempt)"; fail=1; }
+grep -q "$W/data" "state/jobs/$P_TRAIN/job.json" && grep -q "$W/runs/base/step_00000300" \
     "state/jobs/$P_FT/job.json" && grep -q "$W/runs/lora/step_00000020" \
     "state/jobs/$P_SERVE/job.json" && echo "ok: each stage ran on the previous one's output" ||
     { echo "FAIL: the run files lack the inputs"; cat state/jobs/*/job.json; fail=1; }
 ask fortunes completion && ask reverse chat && echo "ok: the coordinator's gateway answers the base and the fine-tune" || fail=1
 
 # the coordinator killed with SIGKILL during the pipeline's serving, and started again
-before=$("$TANDEM" ps --json | python3 -c "import json,sys; print([(j['id'], j['state'], j['attempt'], j.get('pid')) for j in json.load(sys.stdin)])")
+before=$(table)
 serve_pid=$(pgrep -f "state/jobs/$P_SERVE/" | head -1)
 kill -9 "$COORD"
 wait "$COORD" 2> /dev/null || true
@@ -118,9 +145,7 @@ sleep 1
 kill -0 "$serve_pid" && echo "ok: the serve job outlives its coordinator" ||
     { echo "FAIL: the serve job died with the coordinator"; fail=1; }
 start_coord coord2.log --http 127.0.0.1:$HTTP
-after=$("$TANDEM" ps --json | python3 -c "import json,sys; print([(j['id'], j['state'], j['attempt'], j.get('pid')) for j in json.load(sys.stdin)])")
-after=${after//serving/running}
-before=${before//serving/running}
+after=$(table)
 [ "$before" = "$after" ] && echo "ok: the restarted coordinator has the same job table: $after" ||
     { echo "FAIL: job table before $before, after $after"; fail=1; }
 wait_state "$P_SERVE" serving 30 && echo "ok: the serve job's replica registered again" || true
