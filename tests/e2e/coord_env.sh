@@ -20,7 +20,8 @@ trap cleanup EXIT
 cd "$W"
 . "$HERE/mpi_env.sh"
 export TANDEM_KEYS=$W/keys
-PORT=$((20000 + RANDOM % 20000))
+# below Linux's ephemeral range (32768-60999), where an outgoing connection may hold a port
+PORT=$((20000 + RANDOM % 12000))
 export TANDEM_COORDINATOR=tcp://127.0.0.1:$PORT
 REPLICAS=tcp://127.0.0.1:$((PORT + 1))
 HTTP=$((PORT + 2))
