@@ -85,7 +85,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-11s %s\n", g_cmds[i].name, g_cmds[i].summary);
     fprintf(f, "  %-11s %s\n  %-11s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
-    fprintf(f, "\nOther commands of the design (pool, drain, bench, export, ...) are not "
+    fprintf(f, "\nOther commands of the design (distill, bench, export, ...) are not "
                "built yet.\n");
 }
 
