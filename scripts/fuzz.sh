@@ -160,7 +160,7 @@ for t in targets:
         def field(num, wire, payload):
             head = varint(num << 3 | wire)
             return head + (varint(len(payload)) + payload if wire == 2 else payload)
-        sub = (field(1, 2, b"train") + field(2, 2, b"/work/job.json") + field(3, 2, b"/work")
+        sub = (field(1, 2, b"train") + field(2, 2, b"/srv/jobs/job.json") + field(3, 2, b"/srv/jobs")
                + field(4, 0, varint(2)) + field(5, 0, varint(3))
                + field(6, 1, b"\0\0\0\0\0\0\x4e\x40") + field(7, 0, varint(2)))
         msgs = [field(8, 2, sub), field(9, 2, field(1, 0, varint(7))), field(10, 2, b""),
