@@ -65,7 +65,17 @@
     /* dlogits (N,V) = d(mean loss)/d logits * dscale, from the lse of the forward; it may         \
      * alias logits (the training path overwrites the logits in place). */                         \
     void td_op_crossentropy_bwd##S(T *dlogits, const T *logits, const T *lse,                      \
-                                   const int32_t *targets, int N, int V, double dscale);
+                                   const int32_t *targets, int N, int V, double dscale);           \
+    /* Knowledge distillation, student logits s and teacher logits t (N,V), over the rows whose    \
+     * target is >= 0: the mean over those rows of tau^2 * KL(teacher_tau || student_tau)          \
+     * (forward) or tau^2 * KL(student_tau || teacher_tau) (reverse), softmax(x / tau) each.       \
+     * With 0 < topk < V the teacher keeps its topk largest logits, renormalized over them;        \
+     * forward KL then weighs the full student distribution at those entries, reverse KL           \
+     * renormalizes the student over them too (docs/distill.md). Returns -1 when memory runs       \
+     * out. With dlogits (not aliasing s), writes d(mean loss)/d s * dscale (0 on rows not         \
+     * counted). */                                                                                \
+    double td_op_kd##S(T *dlogits, const T *s, const T *t, const int32_t *targets, int N, int V,   \
+                       double tau, int reverse, int topk, double dscale);
 
 TD_OPS_DECLARE(float, _f32)
 TD_OPS_DECLARE(double, _f64)
