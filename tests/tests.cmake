@@ -12,6 +12,7 @@ td_test(test_bf16_reference tests/unit/test_bf16_reference.c unit)
 td_test(test_gptq tests/unit/test_gptq.c unit)
 td_test(test_ops_gradcheck tests/unit/test_ops_gradcheck.c unit)
 td_test(test_kd_reference tests/unit/test_kd_reference.c unit) # distillation loss vs PyTorch
+td_test(test_kd_model tests/unit/test_kd_model.c unit) # distillation inside the model
 td_test(test_bad_input tests/unit/test_bad_input.c unit)
 td_test(test_blas_select tests/unit/test_blas_select.c unit)
 td_test(test_chatml tests/unit/test_chatml.c unit)

@@ -104,6 +104,12 @@ typedef struct {
     td_status (*xent_bwd)(td_backend *b, float *dlogits, const float *logits, const float *lse,
                           const int32_t *targets, const int32_t *targets_host, int N, int V,
                           double dscale, int counted);
+    /* Knowledge distillation of student logits s against teacher logits t (N,V), over the
+     * rows whose target is >= 0 (docs/distill.md): *loss = mean tau^2 KL; with dlogits (not
+     * aliasing s), its gradient times dscale. NULL in a backend without it. */
+    td_status (*kd)(td_backend *b, float *dlogits, const float *s, const float *t,
+                    const int32_t *targets_host, int N, int V, double tau, int reverse, int topk,
+                    double dscale, double *loss);
 
     /* ---- optimizer */
     /* the L2 norm of x (n), summed in a fixed order */

@@ -248,6 +248,15 @@ static td_status c_xent_bwd(td_backend *b, float *dlogits, const float *logits, 
     return TD_OK;
 }
 
+static td_status c_kd(td_backend *b, float *dlogits, const float *s, const float *t,
+                      const int32_t *targets_host, int N, int V, double tau, int reverse, int topk,
+                      double dscale, double *loss) {
+    (void)b;
+    *loss = td_op_kd_f32(dlogits, s, t, targets_host, N, V, tau, reverse, topk, dscale);
+    if (*loss < 0) return td_error_set(TD_ERR_NOMEM, "distillation: out of memory");
+    return TD_OK;
+}
+
 static td_status c_norm2(td_backend *b, const float *x, size_t n, double *out) {
     (void)b;
     double ss = 0;
@@ -429,6 +438,7 @@ static const td_backend_ops g_cpu_ops = {
     .add = c_add,
     .xent_fwd = c_xent_fwd,
     .xent_bwd = c_xent_bwd,
+    .kd = c_kd,
     .norm2 = c_norm2,
     .adamw = c_adamw,
     .embed_pos = c_embed_pos,

@@ -61,6 +61,12 @@ struct td_model {
     float *dres, *dn, *dqkv, *datty, *dfc, *dh;
     /* last forward */
     int lastB, lastT, has_targets, counted;
+    /* distillation: the teacher's logits, the options, the loss parts, a gradient buffer */
+    const float *kd_teacher;
+    td_kd_opts kd;
+    double kd_ce, kd_loss;
+    float *kd_grad;
+    size_t kd_grad_n;
     /* bf16 mixed precision (td_model_set_bf16): bf16 working copy of the parameters (same
      * offsets as params), refreshed from the fp32 masters by td_model_refresh_bf16 */
     int bf16;
@@ -321,6 +327,9 @@ td_status td_model_new(const td_model_config *cfg, td_model **out) {
 /* Frees what lives in backend memory (activations, gradients, the bf16 copy and, off the
  * host, the parameters). */
 static void free_backend_buffers(td_model *m) {
+    td_backend_release(m->be, m->kd_grad);
+    m->kd_grad = NULL;
+    m->kd_grad_n = 0;
     td_backend_release(m->be, m->acts);
     td_backend_release(m->be, m->grads);
     td_backend_release(m->be, m->pbf);
@@ -684,11 +693,44 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
     if (targets)
         PROF(TD_PROF_XENT,
              OP(xent_fwd, m->lse, m->logits, m->targets, m->tgt_host, N, V, loss, &m->counted));
+    if (targets && m->kd_teacher) {
+        TD_TRY(td_backend_sync(BE));
+        m->kd_ce = *loss;
+        PROF(TD_PROF_XENT, OP(kd, NULL, m->logits, m->kd_teacher, m->tgt_host, N, V, m->kd.tau,
+                              m->kd.reverse, m->kd.topk, 1.0, &m->kd_loss));
+        *loss = m->kd.alpha * m->kd_ce + (1 - m->kd.alpha) * m->kd_loss;
+    }
     return td_backend_sync(BE);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* backward */
+
+td_status td_model_set_kd(td_model *m, const float *teacher_logits, const td_kd_opts *o) {
+    if (!teacher_logits) {
+        m->kd_teacher = NULL;
+        return TD_OK;
+    }
+    if (!BE || !BE->ops->kd)
+        return td_error_set(TD_ERR_INVALID,
+                            "distillation needs the cpu backend (the %s "
+                            "backend has no distillation loss yet)",
+                            BE ? BE->ops->name : "model's");
+    if (!(o->alpha >= 0 && o->alpha <= 1))
+        return td_error_set(TD_ERR_INVALID, "distillation alpha %g is outside [0, 1]", o->alpha);
+    if (!(o->tau > 0) || !isfinite(o->tau))
+        return td_error_set(TD_ERR_INVALID, "distillation temperature %g must be > 0", o->tau);
+    if (o->topk < 0)
+        return td_error_set(TD_ERR_INVALID, "distillation top-k %d must be >= 0", o->topk);
+    m->kd_teacher = teacher_logits;
+    m->kd = *o;
+    return TD_OK;
+}
+
+void td_model_kd_parts(const td_model *m, double *ce, double *kd) {
+    *ce = m->kd_ce;
+    *kd = m->kd_loss;
+}
 
 void td_model_zero_grad(td_model *m) {
     if (m->grads) BE->ops->zero(BE, m->grads, m->num_params * sizeof(float));
@@ -709,9 +751,28 @@ td_status td_model_backward(td_model *m, double dscale) {
     /* a hook hands ranges of gradients to another thread: they must be complete in memory */
     int hook = m->hook != NULL;
 
-    /* dlogits overwrite the logits in place */
-    PROF(TD_PROF_XENT, OP(xent_bwd, m->logits, m->logits, m->lse, m->targets, m->tgt_host, N, V,
-                          dscale, m->counted));
+    /* dlogits overwrite the logits in place; with distillation, alpha of the cross-entropy's
+     * and 1 - alpha of KD's (computed first, from the logits themselves) */
+    if (m->kd_teacher) {
+        size_t nv = (size_t)N * V;
+        if (m->kd_grad_n < nv) {
+            td_backend_release(BE, m->kd_grad);
+            m->kd_grad = NULL;
+            m->kd_grad_n = 0;
+            TD_TRY(td_backend_alloc(BE, (void **)&m->kd_grad, nv * sizeof(float)));
+            m->kd_grad_n = nv;
+        }
+        double unused;
+        PROF(TD_PROF_XENT,
+             OP(kd, m->kd_grad, m->logits, m->kd_teacher, m->tgt_host, N, V, m->kd.tau,
+                m->kd.reverse, m->kd.topk, dscale * (1 - m->kd.alpha), &unused));
+        PROF(TD_PROF_XENT, OP(xent_bwd, m->logits, m->logits, m->lse, m->targets, m->tgt_host, N, V,
+                              dscale * m->kd.alpha, m->counted));
+        PROF(TD_PROF_XENT, OP(add, m->logits, m->logits, m->kd_grad, nv));
+    } else {
+        PROF(TD_PROF_XENT, OP(xent_bwd, m->logits, m->logits, m->lse, m->targets, m->tgt_host, N, V,
+                              dscale, m->counted));
+    }
     PROF(TD_PROF_LMHEAD_BWD,
          MM_BWD(m->dn, G->lm_head, NULL, m->logits, m->nf, P->lm_head, N, C, V, 1));
     OP(zero, m->dres, sizeof(float) * (size_t)N * C);

@@ -103,6 +103,20 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
  * gradient). */
 const float *td_model_logits(const td_model *m);
 
+/* Distillation (docs/distill.md): with teacher logits set ((B*T, V), backend memory, for the
+ * tokens of the next forward), a forward with targets computes alpha * CE + (1 - alpha) * KD
+ * into *loss and its backward the gradient of that mix. teacher NULL turns it off. The
+ * logits must stay valid until the backward. Needs a backend with the kd op (the CPU's). */
+typedef struct {
+    double alpha; /* weight of the data's cross-entropy, [0, 1] */
+    double tau;   /* temperature, > 0 */
+    int reverse;  /* 1: KL(student || teacher) */
+    int topk;     /* > 0: the teacher's top-k logits only */
+} td_kd_opts;
+td_status td_model_set_kd(td_model *m, const float *teacher_logits, const td_kd_opts *o);
+/* The parts of the last forward's loss with distillation on: cross-entropy and KD. */
+void td_model_kd_parts(const td_model *m, double *ce, double *kd);
+
 /* Backward pass of the last forward (which must have had targets); ACCUMULATES into the
  * gradients, scaling d loss by `dscale` (1/grad_accum for gradient accumulation). */
 td_status td_model_backward(td_model *m, double dscale);
