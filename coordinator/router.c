@@ -475,8 +475,11 @@ static void on_front(td_router *r, const uint8_t *client, size_t client_len, td_
 /* ---------------------------------------------------------------------------------------- */
 /* back: replicas */
 
+/* A heartbeat to replica i; to a leaving replica it says that its leave was heard (every
+ * request sent to it before went out before this, on the same connection). */
 static void heartbeat_to(td_router *r, int i) {
     Tandem__Heartbeat h = TANDEM__HEARTBEAT__INIT;
+    if (r->rep[i].leaving) h.has_leaving = h.leaving = 1;
     td_env e = TANDEM__ENVELOPE__INIT;
     e.body_case = TANDEM__ENVELOPE__BODY_HEARTBEAT;
     e.heartbeat = &h;

@@ -33,6 +33,7 @@ typedef struct {
     int nl;
     size_t capl;
     uint64_t last_heard;
+    int leave_heard; /* stopping: the router has said it sends nothing new */
     int32_t *ids;
     size_t ids_cap;
     /* the socket is shared with the heartbeat thread, every use under this (recursive)
@@ -272,6 +273,7 @@ static td_status on_message(rep *r, td_env *env) {
         break;
     }
     case TANDEM__ENVELOPE__BODY_HEARTBEAT:
+        if (env->heartbeat->leaving) r->leave_heard = 1;
         break;
     default:
         TD_LOG_WARN("replica: unexpected message kind %d", (int)env->body_case);
@@ -384,7 +386,10 @@ td_status td_replica_run(td_engine *e, td_bpe *tok, const td_replica_opts *o, vo
             TD_LOG_INFO("replica %s: stopping; finishing %d running request(s) (at most %.0f s)",
                         o->replica_id, td_engine_pending(e), o->drain_s);
         }
-        if (drain_end && (td_engine_pending(e) == 0 || td_wire_now_ns() >= drain_end)) {
+        /* drained: nothing runs and the router has heard the leave (a request it sent before
+         * that arrives before its answer), or the time is up */
+        if (drain_end && ((td_engine_pending(e) == 0 && (r.leave_heard || o->drain_s <= 0)) ||
+                          td_wire_now_ns() >= drain_end)) {
             int left = 0;
             for (int i = 0; i < r.nl; i++)
                 if (r.l[i].used) {
