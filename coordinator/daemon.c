@@ -446,6 +446,12 @@ static int signal_job(long sid, int sig, int ranks_only) {
     return n;
 }
 
+/* Asks the job whose shell is `sid` to stop: SIGTERM to its ranks (training checkpoints,
+ * serving drains), or to all its processes while it has no rank yet. */
+static void stop_gently(long sid) {
+    if (sid > 0 && signal_job(sid, SIGTERM, 1) == 0) signal_job(sid, SIGTERM, 0);
+}
+
 /* 1 while process pid runs. A zombie counts as ended: the launcher of a job whose
  * coordinator died is reparented, and its new parent may not reap it at once. */
 static int alive(long pid) {
@@ -542,7 +548,7 @@ static void stop_replica(coord *d, const td_job *j, int seq, const char *why) {
         TD_LOG_ERROR("%s", td_error_message());
         return;
     }
-    if (pid > 0 && signal_job(pid, SIGTERM, 1) == 0) signal_job(pid, SIGTERM, 0);
+    stop_gently(pid);
     job_rt *rt = rt_of(d, id);
     if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s + SERVE_DRAIN_S;
     TD_LOG_INFO("job %ld: stopping replica %d (%s)", id, seq, why);
@@ -844,7 +850,7 @@ static void schedule(coord *d) {
             long id = j->id, pid = j->pid;
             st = record(d, event("preempt", id));
             if (st == TD_OK) {
-                if (pid > 0 && signal_job(pid, SIGTERM, 1) == 0) signal_job(pid, SIGTERM, 0);
+                stop_gently(pid);
                 job_rt *rt = rt_of(d, id);
                 if (rt) rt->kill_at = now_s() + d->o.cancel_grace_s;
                 TD_LOG_INFO("job %ld: preempted for job %d: stopping with a checkpoint", id,
@@ -1011,6 +1017,13 @@ static void refuse(coord *d, const uint8_t *ident, size_t ilen, const char *msg)
     reply(d, ident, ilen, &r);
 }
 
+/* Refuses with the message of the error just set (the reply is packed before anything can
+ * set another), then clears it. */
+static void refuse_error(coord *d, const uint8_t *ident, size_t ilen) {
+    refuse(d, ident, ilen, td_error_message());
+    td_error_clear();
+}
+
 /* The submit event of one job (a stage of a pipeline when pl is set). */
 static cJSON *submit_event(long id, const char *kind, const char *file, const char *dir, int ranks,
                            int priority, double limit_s, int max_restarts) {
@@ -1071,10 +1084,7 @@ static void submit_pipeline(coord *d, const uint8_t *ident, size_t ilen,
                             const Tandem__JobSubmit *m) {
     static td_pipeline pl;
     if (td_pipeline_load(m->file, d->o.slots, &pl) != TD_OK) {
-        char msg[1200];
-        snprintf(msg, sizeof msg, "%s", td_error_message());
-        td_error_clear();
-        return refuse(d, ident, ilen, msg);
+        return refuse_error(d, ident, ilen);
     }
     /* every stage's event is made (its file copied, its pool checked) before any is
      * journaled: a pipeline is queued whole or not at all */
@@ -1089,12 +1099,9 @@ static void submit_pipeline(coord *d, const uint8_t *ident, size_t ilen,
                               st->max_restarts);
         if (pool_fields(st->job, st->ranks, d->o.slots, evs[i]) != TD_OK ||
             keep_submitted(d, id, st->job) != TD_OK) {
-            char msg[1200];
-            snprintf(msg, sizeof msg, "%s", td_error_message());
-            td_error_clear();
             for (int k = 0; k <= i; k++)
                 cJSON_Delete(evs[k]);
-            return refuse(d, ident, ilen, msg);
+            return refuse_error(d, ident, ilen);
         }
         cJSON_AddStringToObject(evs[i], "pipeline", pl.name);
         cJSON_AddStringToObject(evs[i], "stage", st->name);
@@ -1140,11 +1147,7 @@ static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem_
     }
     /* the kind is the file's, read here: a client's word for it is only checked */
     cJSON *doc = NULL;
-    if (td_json_load_file(m->file, &doc) != TD_OK) {
-        snprintf(msg, sizeof msg, "%s", td_error_message());
-        td_error_clear();
-        return refuse(d, ident, ilen, msg);
-    }
+    if (td_json_load_file(m->file, &doc) != TD_OK) return refuse_error(d, ident, ilen);
     const char *kind = td_stage_kind(doc);
     td_status s = kind ? td_stage_check(kind, doc, m->file) : TD_OK;
     cJSON_Delete(doc);
@@ -1179,10 +1182,8 @@ static void on_submit(coord *d, const uint8_t *ident, size_t ilen, const Tandem_
                              m->has_max_restarts ? (int)m->max_restarts : 0);
     if (pool_fields(m->file, (int)m->ranks, d->o.slots, ev) != TD_OK ||
         keep_submitted(d, id, m->file) != TD_OK) {
-        snprintf(msg, sizeof msg, "%s", td_error_message());
-        td_error_clear();
         cJSON_Delete(ev);
-        return refuse(d, ident, ilen, msg);
+        return refuse_error(d, ident, ilen);
     }
     if (record(d, ev) != TD_OK) return refuse(d, ident, ilen, td_error_message());
     TD_LOG_INFO("job %ld: submitted (%s %s, %u ranks)", id, kind, m->file, m->ranks);
@@ -1217,8 +1218,7 @@ static void on_cancel(coord *d, const uint8_t *ident, size_t ilen, uint64_t id) 
         /* every replica of a pool, or the job's launcher */
         for (int k = 0; k < (j->pool_max > 0 ? j->n_rep : 1); k++) {
             long pid = j->pool_max > 0 ? j->rep[k].pid : j->pid;
-            if (pid > 0 && signal_job(pid, SIGTERM, 1) == 0)
-                signal_job(pid, SIGTERM, 0); /* no rank yet: stop what is there */
+            stop_gently(pid);
         }
         job_rt *rt = rt_of(d, j->id);
         if (rt)

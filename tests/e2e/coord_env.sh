@@ -4,6 +4,8 @@
 # replicas' endpoint ($REPLICAS) and the gateway ($HTTP), fail=0, and
 #   start_coord LOG [OPTIONS...]  a coordinator on ./state with 2 slots, its stderr in LOG;
 #                                 returns once it answers (exits the test if it cannot)
+#   need_openai                   sets PY to the venv's python with the openai client, or
+#                                 exits the test saying how to install it
 #   field ID NAME                 a field of job ID from `tandem ps --json`
 #   state ID                      its state
 #   wait_state ID STATE SECONDS   until job ID is in STATE; else prints the table and the
@@ -55,4 +57,11 @@ wait_state() { # id state seconds
     for l in state/jobs/*/log; do echo "--- $l"; tail -n 15 "$l"; done
     fail=1
     return 1
+}
+need_openai() {
+    PY="$HERE/../../.venv/bin/python"
+    [ -x "$PY" ] && "$PY" -c 'import openai' 2> /dev/null || {
+        echo "FAIL: the openai client is missing: run scripts/install-deps.sh --clients"
+        exit 1
+    }
 }

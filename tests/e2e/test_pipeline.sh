@@ -14,12 +14,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
-PY="$HERE/../../.venv/bin/python"
-[ -x "$PY" ] && "$PY" -c 'import openai' 2> /dev/null || {
-    echo "FAIL: the openai client is missing: run scripts/install-deps.sh --clients"
-    exit 1
-}
 . "$HERE/coord_env.sh"
+need_openai
 
 python3 "$HERE/../../scripts/skill_data.py" skill --train 300 --val 16 > /dev/null
 cat > prep.json << 'JOB'

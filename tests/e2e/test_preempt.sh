@@ -10,12 +10,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TANDEM=$(realpath "$1")
-PY="$HERE/../../.venv/bin/python"
-[ -x "$PY" ] && "$PY" -c 'import openai' 2> /dev/null || {
-    echo "FAIL: the openai client is missing: run scripts/install-deps.sh --clients"
-    exit 1
-}
 . "$HERE/coord_env.sh"
+need_openai
 export OMP_NUM_THREADS=1
 . "$HERE/tiny_model.sh"
 tiny_model "$TANDEM" 256
