@@ -77,7 +77,31 @@ static void help_finetune(FILE *f) {
                "  -h, --help       this text\n");
 }
 
-static int run(int argc, char **argv, int finetune);
+static void help_distill(FILE *f) {
+    fprintf(f,
+            "usage: tandem distill JOB.json [--resume] [--stop-at STEP] [--quiet]\n"
+            "\n"
+            "Trains a student to match a teacher's output distribution (logit distillation):\n"
+            "the job's \"distill\" block names the teacher checkpoint (frozen, forward only)\n"
+            "and the loss, alpha * CE(data) + (1 - alpha) * tau^2 * KL; the rest of the job\n"
+            "is a train job (a \"model\" block: the student from scratch, on token shards)\n"
+            "or a finetune job (a \"finetune\" block: the student from a checkpoint, on\n"
+            "conversations). Teacher and student need the same tokenizer. Alone or data-\n"
+            "parallel under mpirun (the teacher runs on every rank beside the student).\n"
+            "CPU only for now. See docs/distill.md.\n"
+            "\n"
+            "  distill block: teacher DIR (required), alpha (0.5), tau (2), kl forward|reverse\n"
+            "                 (forward), topk K (0: all logits), teacher_precision fp32|bf16\n"
+            "\n"
+            "  --resume         continue from the newest complete checkpoint in checkpoint.dir\n"
+            "  --stop-at STEP   stop after STEP (saving a checkpoint)\n"
+            "  --quiet          print only errors and warnings\n"
+            "  --no-verify      do not check the teacher's (base's, resumed checkpoint's) files\n"
+            "                   against their SHA256SUMS\n"
+            "  -h, --help       this text\n");
+}
+
+static int run(int argc, char **argv, int mode);
 
 int td_cmd_train(int argc, char **argv) {
     return run(argc, argv, 0);
@@ -87,8 +111,15 @@ int td_cmd_finetune(int argc, char **argv) {
     return run(argc, argv, 1);
 }
 
-static int run(int argc, char **argv, int finetune) {
-    const char *name = finetune ? "finetune" : "train";
+int td_cmd_distill(int argc, char **argv) {
+    return run(argc, argv, 2);
+}
+
+static int run(int argc, char **argv, int mode) {
+    static const char *const names[] = {"train", "finetune", "distill"};
+    static void (*const helps[])(FILE *) = {help, help_finetune, help_distill};
+    const char *name = names[mode];
+    int finetune = mode == 1;
     static const struct option opts[] = {{"resume", no_argument, 0, 'r'},
                                          {"stop-at", required_argument, 0, 's'},
                                          {"quiet", no_argument, 0, 'q'},
@@ -116,7 +147,7 @@ static int run(int argc, char **argv, int finetune) {
             char *end;
             o.stop_at = strtol(optarg, &end, 10);
             if (*end || o.stop_at <= 0) {
-                fprintf(stderr, "tandem train: --stop-at needs a positive step, got '%s'\n",
+                fprintf(stderr, "tandem %s: --stop-at needs a positive step, got '%s'\n", name,
                         optarg);
                 return 2;
             }
@@ -153,16 +184,21 @@ static int run(int argc, char **argv, int finetune) {
             break;
         }
         case 'h':
-            (finetune ? help_finetune : help)(stdout);
+            helps[mode](stdout);
             return 0;
         default:
-            (finetune ? help_finetune : help)(stderr);
+            helps[mode](stderr);
             return 2;
         }
     }
     if (optind != argc - 1) {
         fprintf(stderr, "tandem %s: expected exactly one job file\n", name);
-        (finetune ? help_finetune : help)(stderr);
+        helps[mode](stderr);
+        return 2;
+    }
+    if (mode == 2 && serve) {
+        fprintf(stderr, "tandem distill: --serve is not built for distillation; serve the "
+                        "student's checkpoint afterwards\n");
         return 2;
     }
     if (finetune && serve) {
@@ -186,12 +222,35 @@ static int run(int argc, char **argv, int finetune) {
     td_job job;
     td_status s = td_job_load(argv[optind], &job);
     if (s != TD_OK) return td_cli_fail_same_on_all_ranks(name, s);
-    if (finetune != (job.base[0] != 0)) {
+    if (mode == 2 && !job.teacher[0]) {
+        fprintf(stderr,
+                "tandem distill: error: %s has no \"distill\" block (teacher, alpha, tau, kl, "
+                "topk)\n",
+                argv[optind]);
+        td_job_deinit(&job);
+        return 2;
+    }
+    if (mode != 2 && job.teacher[0]) {
+        fprintf(stderr,
+                "tandem %s: error: %s has a \"distill\" block: run it with tandem distill\n", name,
+                argv[optind]);
+        td_job_deinit(&job);
+        return 2;
+    }
+    if (mode != 2 && finetune != (job.base[0] != 0)) {
         fprintf(stderr,
                 finetune ? "tandem finetune: error: %s has no \"finetune\" block (base, method); "
                            "to pretrain, use tandem train\n"
                          : "tandem train: error: %s has a \"finetune\" block: run it with "
                            "tandem finetune\n",
+                argv[optind]);
+        td_job_deinit(&job);
+        return 2;
+    }
+    if (mode == 2 && !strcmp(job.device, "cuda")) {
+        fprintf(stderr,
+                "tandem distill: error: %s: distillation runs on the CPU for now (the KL's op "
+                "has no GPU kernel yet); use device \"cpu\" or \"auto\"\n",
                 argv[optind]);
         td_job_deinit(&job);
         return 2;
@@ -208,8 +267,9 @@ static int run(int argc, char **argv, int finetune) {
      * auto: the GPU when one is usable, else the CPU with one line saying why */
     char why[256] = "no usable GPU: this build has no CUDA backend (TANDEM_CUDA=OFF)";
     int say_cpu = 0; /* device auto without a GPU: said once, by rank 0, below */
-    if (job.lora && !strcmp(job.device, "auto")) { /* LoRA: CPU only, said below */
-        snprintf(why, sizeof why, "LoRA training runs on the CPU for now");
+    if ((job.lora || mode == 2) && !strcmp(job.device, "auto")) { /* CPU only, said below */
+        snprintf(why, sizeof why, "%s runs on the CPU for now",
+                 mode == 2 ? "distillation" : "LoRA training");
         snprintf(job.device, sizeof job.device, "cpu");
         say_cpu = 1;
     }

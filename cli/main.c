@@ -23,6 +23,7 @@ static const command g_cmds[] = {
     {"prep", td_cmd_prep, "clean, deduplicate and tokenize text into shards (BPE; mpirun)"},
     {"train", td_cmd_train, "train a model from a job file (alone or data-parallel; mpirun)"},
     {"finetune", td_cmd_finetune, "fine-tune a checkpoint on conversations (full or LoRA; mpirun)"},
+    {"distill", td_cmd_distill, "train a student on a teacher's logits (mpirun)"},
     {"merge", td_cmd_merge, "fold a LoRA adapter into its base: a full checkpoint"},
     {"show", td_cmd_show, "describe a checkpoint or adapter and its lineage"},
     {"eval", td_cmd_eval, "a checkpoint's loss on token shards (e.g. before/after fine-tuning)"},
@@ -85,7 +86,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-11s %s\n", g_cmds[i].name, g_cmds[i].summary);
     fprintf(f, "  %-11s %s\n  %-11s %s\n", "version", "print the version", "help CMD",
             "show a command's options");
-    fprintf(f, "\nOther commands of the design (distill, bench, export, ...) are not "
+    fprintf(f, "\nOther commands of the design (bench, export, ...) are not "
                "built yet.\n");
 }
 

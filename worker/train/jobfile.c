@@ -40,10 +40,12 @@ static td_status copy_str(const cJSON *o, const char *where, const char *key, in
 
 /* The keys each block may hold. A key tandem does not know is an error, not ignored: a
  * typo ("stpes") would otherwise train with a default the user did not choose. */
-static const char *const k_root[] = {"model",  "data",      "train",    "checkpoint",
-                                     "device", "precision", "finetune", NULL};
+static const char *const k_root[] = {"model",     "data",     "train",   "checkpoint", "device",
+                                     "precision", "finetune", "distill", NULL};
 static const char *const k_data[] = {"train", "val", "seq_len", "overlong", NULL};
 static const char *const k_ft[] = {"base", "method", "lora", NULL};
+static const char *const k_distill[] = {"teacher",           "alpha", "tau", "kl", "topk",
+                                        "teacher_precision", NULL};
 static const char *const k_lora[] = {"r", "alpha", "dropout", "target_modules", NULL};
 static const char *const k_train[] = {
     "batch_size",   "grad_accum", "steps",        "warmup",    "lr",  "lr_min_ratio",
@@ -82,7 +84,13 @@ static const char *const k_model[] = {"arch",
                                       "initializer_range",
                                       "_name_or_path",
                                       NULL};
-static const char *const k_all[] = {"finetune.base",
+static const char *const k_all[] = {"distill.teacher",
+                                    "distill.alpha",
+                                    "distill.tau",
+                                    "distill.kl",
+                                    "distill.topk",
+                                    "distill.teacher_precision",
+                                    "finetune.base",
                                     "finetune.method",
                                     "finetune.lora",
                                     "lora.r",
@@ -176,6 +184,70 @@ static td_status parse_finetune(td_job *j, const cJSON *ft) {
     return TD_OK;
 }
 
+/* The "distill" block: the teacher checkpoint and the loss's options. The teacher's
+ * vocabulary must be the student's (its tokenizer is compared when training starts). */
+static td_status parse_distill(td_job *j, const cJSON *d) {
+    char where[1100], p[1200];
+    snprintf(where, sizeof where, "%s: distill", j->path);
+    if (!cJSON_IsObject(d)) return td_error_set(TD_ERR_INVALID, "%s: expected an object", where);
+    TD_TRY(td_json_check_keys(d, where, k_distill, k_all));
+    TD_TRY(copy_str(d, where, "teacher", 1, j->teacher, sizeof j->teacher));
+    j->kd_alpha = 0.5;
+    j->kd_tau = 2.0;
+    TD_TRY(td_json_get_double(d, where, "alpha", 0, &j->kd_alpha));
+    if (!(j->kd_alpha >= 0 && j->kd_alpha <= 1))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.alpha: %g is outside [0, 1] (the weight of the data's "
+                            "cross-entropy; 1 - alpha weighs the teacher)",
+                            where, j->kd_alpha);
+    TD_TRY(td_json_get_double(d, where, "tau", 0, &j->kd_tau));
+    if (!(j->kd_tau > 0 && j->kd_tau <= 1e4))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.tau: the temperature must be above 0 (and at most 1e4), got %g",
+                            where, j->kd_tau);
+    char kl[16] = "forward";
+    TD_TRY(copy_str(d, where, "kl", 0, kl, sizeof kl));
+    if (strcmp(kl, "forward") && strcmp(kl, "reverse"))
+        return td_error_set(TD_ERR_INVALID, "%s.kl: \"%s\" is not one of forward, reverse", where,
+                            kl);
+    j->kd_reverse = !strcmp(kl, "reverse");
+    long topk = 0;
+    TD_TRY(get_long(d, where, "topk", 0, 0, &topk));
+    if (topk > j->model.vocab_size)
+        return td_error_set(TD_ERR_INVALID, "%s.topk: %ld exceeds the vocabulary (%d)", where, topk,
+                            j->model.vocab_size);
+    j->kd_topk = (int)topk;
+    char prec[16] = "fp32";
+    TD_TRY(copy_str(d, where, "teacher_precision", 0, prec, sizeof prec));
+    if (!strcmp(prec, "int8"))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.teacher_precision: int8 teachers are not built yet (int8 "
+                            "weights serve through tandem serve only); use fp32 or bf16",
+                            where);
+    if (strcmp(prec, "fp32") && strcmp(prec, "bf16"))
+        return td_error_set(TD_ERR_INVALID, "%s.teacher_precision: \"%s\" is not one of fp32, bf16",
+                            where, prec);
+    j->teacher_bf16 = !strcmp(prec, "bf16");
+    /* the teacher's config now, so a wrong path or vocabulary fails before any work */
+    snprintf(p, sizeof p, "%s/config.json", j->teacher);
+    cJSON *cfg;
+    td_status s = td_json_load_file(p, &cfg);
+    if (s != TD_OK)
+        return td_error_wrap(s, "%s.teacher: %s is not a checkpoint directory: ", where,
+                             j->teacher);
+    td_model_config tc;
+    s = td_model_config_from_json(cfg, p, &tc);
+    cJSON_Delete(cfg);
+    TD_TRY(s);
+    if (tc.vocab_size != j->model.vocab_size)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.teacher: the teacher's vocabulary has %d entries, the student's "
+                            "%d: distillation compares their distributions token by token, so "
+                            "both need the same tokenizer and vocab_size",
+                            where, tc.vocab_size, j->model.vocab_size);
+    return TD_OK;
+}
+
 static td_status parse(td_job *j) {
     const char *p = j->path;
     char where[1100];
@@ -208,6 +280,8 @@ static td_status parse(td_job *j) {
         TD_TRY(td_model_config_from_json(model, where, &j->model));
     }
     if (!data) return td_error_set(TD_ERR_INVALID, "%s: missing the \"data\" block", p);
+    const cJSON *dist = cJSON_GetObjectItemCaseSensitive(root, "distill");
+    if (dist) TD_TRY(parse_distill(j, dist));
 
     snprintf(where, sizeof where, "%s: data", p);
     TD_TRY(copy_str(data, where, "train", 1, j->train_data, sizeof j->train_data));

@@ -34,7 +34,12 @@ typedef struct {
     int lora;        /* method "lora": adapters train, the base is frozen */
     td_lora_config lora_cfg;
     int overlong_truncate; /* data.overlong "truncate" (default "drop") */
-    cJSON *json;           /* the parsed file, kept for lineage; owned */
+    /* distillation (a "distill" block): the loss mixes the data's CE with the KL to a teacher */
+    char teacher[1024]; /* teacher checkpoint directory; "" = no distillation */
+    double kd_alpha, kd_tau;
+    int kd_reverse, kd_topk;
+    int teacher_bf16; /* distill.teacher_precision "bf16": the teacher's products in bf16 */
+    cJSON *json;      /* the parsed file, kept for lineage; owned */
 } td_job;
 
 /* Loads and validates a job file. Relative data and checkpoint paths are taken as given

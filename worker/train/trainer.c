@@ -49,10 +49,31 @@ typedef struct {
     cJSON *base_lineage; /* the entries a fine-tune's lineage lists: its ancestors */
     char data_sha[65];
     int data_prepared; /* fine-tuning data from tandem prep --chat (data_sha: its chat.json) */
+    /* distillation: the frozen teacher (forward only) and the loss's options */
+    td_model *teacher;
+    td_kd_opts kd;
+    cJSON *teacher_lineage;
 } trainer;
 
-static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, int T, double *loss) {
+/* The student's forward. With a teacher and kd set (a training step), the teacher's forward
+ * on the same tokens comes first and the loss is alpha * CE + (1 - alpha) * KD; otherwise
+ * (validation) the loss is the data's cross-entropy alone, comparable across methods. */
+static td_status fwd_kd(trainer *t, const int32_t *tok, const int32_t *tgt, int T, double *loss,
+                        int kd) {
+    if (t->teacher) {
+        if (kd) {
+            double unused;
+            TD_TRY(td_model_forward(t->teacher, tok, NULL, t->local_B, T, &unused));
+            TD_TRY(td_model_set_kd(t->model, td_model_logits(t->teacher), &t->kd));
+        } else {
+            TD_TRY(td_model_set_kd(t->model, NULL, NULL));
+        }
+    }
     return td_model_forward(t->model, tok, tgt, t->local_B, T, loss);
+}
+
+static td_status fwd(trainer *t, const int32_t *tok, const int32_t *tgt, int T, double *loss) {
+    return fwd_kd(t, tok, tgt, T, loss, 0);
 }
 
 /* The next batch of this rank: token windows (T = seq_len) or padded examples. */
@@ -143,8 +164,28 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddNumberToObject(rng, "seed", (double)t->job->seed);
     cJSON *lin = cJSON_AddObjectToObject(st, "lineage");
     cJSON_AddStringToObject(lin, "produced_by",
-                            t->job->base[0] ? "tandem finetune" : "tandem train");
+                            t->teacher        ? "tandem distill"
+                            : t->job->base[0] ? "tandem finetune"
+                                              : "tandem train");
     if (t->job->base[0]) cJSON_AddStringToObject(lin, "method", t->lora ? "lora" : "full");
+    if (t->teacher) { /* what taught it: the teacher (with its own lineage) and how */
+        const td_job *j = t->job;
+        cJSON *d = cJSON_AddObjectToObject(lin, "distill");
+        cJSON_AddStringToObject(d, "method", "logits");
+        char *abs = realpath(j->teacher, NULL);
+        cJSON_AddStringToObject(d, "teacher", abs ? abs : j->teacher);
+        free(abs);
+        cJSON_AddNumberToObject(d, "teacher_params", (double)td_model_num_params(t->teacher));
+        cJSON_AddStringToObject(d, "teacher_precision", j->teacher_bf16 ? "bf16" : "fp32");
+        cJSON_AddStringToObject(d, "student", j->base[0] ? j->base : "config");
+        cJSON_AddNumberToObject(d, "student_params", (double)td_model_num_params(t->model));
+        cJSON_AddNumberToObject(d, "alpha", j->kd_alpha);
+        cJSON_AddNumberToObject(d, "tau", j->kd_tau);
+        cJSON_AddStringToObject(d, "kl", j->kd_reverse ? "reverse" : "forward");
+        cJSON_AddNumberToObject(d, "topk", j->kd_topk);
+        if (t->teacher_lineage)
+            cJSON_AddItemToObject(d, "teacher_lineage", cJSON_Duplicate(t->teacher_lineage, 1));
+    }
     cJSON_AddStringToObject(lin, "kind", t->lora ? "adapter" : "model");
     cJSON *ld = cJSON_AddObjectToObject(lin, "data");
     cJSON_AddStringToObject(ld, "path", t->job->train_data);
@@ -484,6 +525,61 @@ static td_status setup_finetune(trainer *t, const td_job *j, const td_train_opts
     return TD_OK;
 }
 
+/* Canonical text of a tokenizer.json (as tandem re-writes it), to compare two tokenizers by
+ * what they do rather than by their files' bytes. NULL: not readable (status set). */
+static char *tokenizer_canon(const char *json, const char *where, int *nvocab) {
+    td_bpe *tok = NULL;
+    if (td_bpe_from_json(json, strlen(json), where, &tok) != TD_OK) return NULL;
+    *nvocab = td_bpe_vocab_size(tok);
+    char *c = td_bpe_to_json(tok);
+    td_bpe_free(&tok);
+    if (!c) td_error_set(TD_ERR_NOMEM, "out of memory comparing tokenizers");
+    return c;
+}
+
+/* Distillation: the teacher checkpoint, checked and loaded frozen (forward only, no
+ * gradient buffers), with the student's tokenizer. */
+static td_status setup_teacher(trainer *t, const td_job *j, const td_train_opts *opts) {
+    char p[1200];
+    TD_TRY(td_checkpoint_check(j->teacher, opts->no_verify));
+    snprintf(p, sizeof p, "%s/tokenizer.json", j->teacher);
+    char *tj = NULL;
+    size_t len = 0;
+    TD_TRY(td_fs_read_file(p, &tj, &len));
+    int nt = 0, ns = 0;
+    char *ct = tokenizer_canon(tj, p, &nt);
+    free(tj);
+    if (!ct) return td_error_wrap(TD_ERR_FORMAT, "distill.teacher: ");
+    char *cs = tokenizer_canon(t->tokenizer_json, "the student's tokenizer", &ns);
+    int same = cs && !strcmp(ct, cs);
+    free(ct);
+    free(cs);
+    if (!same)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: distill.teacher %s has another tokenizer than the student "
+                            "(%d tokens, the student's %d%s): the KL compares distributions "
+                            "token id by token id, so teacher and student need the same "
+                            "tokenizer.json",
+                            j->path, j->teacher, nt, ns,
+                            nt == ns ? ", but other tokens or merges" : "");
+    TD_TRY(td_checkpoint_load_model(j->teacher, &t->teacher));
+    const td_model_config *tc = td_model_config_of(t->teacher);
+    if (tc->vocab_size != j->model.vocab_size)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: the teacher's vocab_size is %d, the student's %d: they must be "
+                            "equal",
+                            j->path, tc->vocab_size, j->model.vocab_size);
+    if (j->seq_len > tc->max_position_embeddings)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s: data.seq_len %d exceeds the teacher's max_position_embeddings %d",
+                            j->path, j->seq_len, tc->max_position_embeddings);
+    TD_TRY(td_model_plan(t->teacher, t->local_B, j->seq_len, 0));
+    if (j->teacher_bf16) TD_TRY(td_model_set_bf16(t->teacher, 1));
+    t->kd = (td_kd_opts){j->kd_alpha, j->kd_tau, j->kd_reverse, j->kd_topk};
+    t->teacher_lineage = td_checkpoint_lineage(j->teacher);
+    return TD_OK;
+}
+
 static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
     memset(t, 0, sizeof *t);
     t->job = j;
@@ -568,6 +664,7 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
         t->tokenizer_json = td_bpe_to_json(bytes);
         td_bpe_free(&bytes);
     }
+    if (j->teacher[0]) TD_TRY(setup_teacher(t, j, opts));
     const char *trace = getenv("TD_TRACE_WINDOWS");
     if (trace) { /* test hook: every rank records the windows it reads */
         snprintf(p, sizeof p, "%s.rank%d", trace, t->rank);
@@ -585,6 +682,8 @@ static void teardown(trainer *t) {
     td_comm_free(&t->self);
     td_lora_free(&t->lora); /* before the model: it uses the model's backend */
     td_model_free(&t->model);
+    td_model_free(&t->teacher);
+    cJSON_Delete(t->teacher_lineage);
     td_loader_free(&t->train);
     td_loader_free(&t->val);
     td_sft_loader_free(&t->sft);
@@ -754,6 +853,14 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                td_arch_name(j->model.arch), np, np / 1e6, t.lora ? "LoRA" : "full", n_trained(&t),
                100.0 * n_trained(&t) / np, j->steps, j->batch_size * j->grad_accum, t.size,
                t.size > 1 ? "s" : "", t.sft_set.n);
+    char topk_s[48] = "all logits";
+    if (j->kd_topk) snprintf(topk_s, sizeof topk_s, "the teacher's top %d logits", j->kd_topk);
+    if (!quiet && t.teacher)
+        printf("distill: teacher %s (%zu parameters, %s), %s KL at tau %g, %s, loss %g * CE + "
+               "%g * KD\n",
+               j->teacher, td_model_num_params(t.teacher), j->teacher_bf16 ? "bf16" : "fp32",
+               j->kd_reverse ? "reverse" : "forward", j->kd_tau, topk_s, j->kd_alpha,
+               1 - j->kd_alpha);
     td_adamw_params hp = {(float)j->beta1, (float)j->beta2, (float)j->eps, (float)j->weight_decay};
     if (s == TD_OK) s = to_backend(&t, opts, quiet);
     if (s != TD_OK) {
@@ -775,7 +882,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         double t0 = td_time_now();
         /* the fused optimizer step leaves the gradients zeroed; ZeRO-1 does not */
         if (j->zero) td_model_zero_grad(t.model);
-        double local = 0, real_local = 0, computed_local = 0;
+        double local = 0, real_local = 0, computed_local = 0, ce_local = 0, kd_local = 0;
         /* examples: the step's loss is the mean over all its counted tokens, on any number
          * of ranks (each micro-batch weighs by its share of them) */
         long step_counted = t.sft ? td_sft_loader_peek_counted(t.sft, j->grad_accum) : 0;
@@ -799,7 +906,13 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                 td_lora_dropout_batch(t.lora,
                                       td_mix64((uint64_t)j->seed ^ td_mix64((uint64_t)step)), T,
                                       (long)micro * j->batch_size + (long)t.rank * t.local_B);
-            s = fwd(&t, t.tokens, t.targets, T, &l);
+            s = fwd_kd(&t, t.tokens, t.targets, T, &l, 1);
+            if (s == TD_OK && t.teacher) {
+                double ce, kd;
+                td_model_kd_parts(t.model, &ce, &kd);
+                ce_local += ce * w;
+                kd_local += kd * w;
+            }
             /* gradients are synchronised on the last micro-step only */
             if (s == TD_OK && t.sync && micro == j->grad_accum - 1) td_grad_sync_arm(t.sync);
             if (s == TD_OK) s = td_model_backward(t.model, w);
@@ -835,8 +948,8 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
          * after its step, so the copy is made again from the gathered masters */
         if (j->bf16 && j->zero) td_model_refresh_bf16(t.model);
         /* one all-reduce: the loss and (examples) the step's real and computed positions */
-        double sums[3] = {local, real_local, computed_local};
-        td_comm_allreduce(t.comm, sums, t.sft ? 3 : 1, TD_COMM_F64);
+        double sums[5] = {local, real_local, computed_local, ce_local, kd_local};
+        td_comm_allreduce(t.comm, sums, t.teacher ? 5 : t.sft ? 3 : 1, TD_COMM_F64);
         loss = sums[0] / t.size;
         if (!isfinite(loss)) {
             s = td_error_set(TD_ERR_RUNTIME,
@@ -862,6 +975,8 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                     "\"ranks\": %d, \"rss_bytes\": %lld",
                     step + 1, loss, lr, gnorm, tps, dt * 1e3, (t_bwd - t0) * 1e3, wait_ms, comm_ms,
                     bytes, t.size, (long long)td_rss_bytes());
+        if (t.metrics && t.teacher)
+            fprintf(t.metrics, ", \"ce\": %.7f, \"kd\": %.7f", sums[3] / t.size, sums[4] / t.size);
         int do_eval =
             (t.val || t.sft_val) &&
             ((j->eval_every > 0 && (step + 1) % j->eval_every == 0) || step + 1 == j->steps);
