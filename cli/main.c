@@ -24,6 +24,7 @@ static const command g_cmds[] = {
     {"train", td_cmd_train, "train a model from a job file (alone or data-parallel; mpirun)"},
     {"finetune", td_cmd_finetune, "fine-tune a checkpoint on conversations (full or LoRA; mpirun)"},
     {"distill", td_cmd_distill, "train a student on a teacher's logits (mpirun)"},
+    {"synthesize", td_cmd_synthesize, "a teacher's checked answers to prompts, as chat data"},
     {"merge", td_cmd_merge, "fold a LoRA adapter into its base: a full checkpoint"},
     {"show", td_cmd_show, "describe a checkpoint or adapter and its lineage"},
     {"eval", td_cmd_eval, "a checkpoint's loss on token shards (e.g. before/after fine-tuning)"},

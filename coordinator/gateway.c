@@ -32,6 +32,7 @@
 
 #include "common/grow.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "proto/keys.h"
 #include "proto/request.h"
 #include "proto/wire.h"
@@ -194,28 +195,6 @@ static void gen_req_free(gen_req *q) {
     memset(q, 0, sizeof *q);
 }
 
-static int utf8_valid(const unsigned char *s, size_t n, size_t *bad) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        if (!k || i + k > n) goto fail;
-        uint32_t cp = k == 1 ? c : k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
-        for (size_t j = 1; j < k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80) goto fail;
-            cp = (cp << 6) | (s[i + j] & 0x3F);
-        }
-        if ((k == 2 && cp < 0x80) || (k == 3 && cp < 0x800) || (k == 4 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            goto fail;
-        i += k;
-    }
-    return 1;
-fail:
-    *bad = i;
-    return 0;
-}
-
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
         snprintf(msg, msg_len, __VA_ARGS__);                                                       \
@@ -297,7 +276,7 @@ static int parse_request(kind k, const char *body, size_t len, gen_req *q, char 
     cJSON *j = NULL;
     size_t bad_at;
     if (len == 0) FAIL("the request body is empty; expected a JSON object");
-    if (!utf8_valid((const unsigned char *)body, len, &bad_at))
+    if (!td_utf8_valid((const unsigned char *)body, len, &bad_at))
         FAIL("the request body is not valid UTF-8 (byte %zu)", bad_at);
     const char *end = NULL;
     j = cJSON_ParseWithLengthOpts(body, len, &end, 0);
@@ -660,26 +639,7 @@ typedef struct {
 static td_status gen_append_text(gen *x, const char *s) {
     size_t n = strlen(s);
     TD_TRY(TD_GROW(x->text, x->text_cap, x->text_len + 3 * n + 1));
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        size_t bad = 0, k = 1;
-        unsigned c = p[i];
-        if (c >= 0x80) { /* the length of a valid sequence here, or 0 */
-            size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-            k = len && i + len <= n && utf8_valid(p + i, len, &bad) ? len : 0;
-        }
-        if (k) {
-            memcpy(x->text + x->text_len, p + i, k);
-            x->text_len += k;
-            i += k;
-        } else {
-            memcpy(x->text + x->text_len, "\xEF\xBF\xBD", 3);
-            x->text_len += 3;
-            i++;
-        }
-    }
-    x->text[x->text_len] = 0;
+    x->text_len += td_utf8_repair(s, n, x->text + x->text_len);
     return TD_OK;
 }
 

@@ -1,0 +1,616 @@
+/* `tandem synthesize --model TEACHER --prompts F --out OUT.jsonl`: data distillation. The
+ * teacher answers every prompt n times with the inference engine (continuous batching over
+ * all samples), each answer optionally checked (an exact-match key, or a checker script with
+ * a time limit), and the kept ones are written as chat JSON Lines for `tandem finetune`.
+ * The output appears whole or not at all (one atomic write at the end). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "common/fsutil.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/progress.h"
+#include "common/timeutil.h"
+#include "common/utf8.h"
+#include "data/bpe.h"
+#include "data/chat.h"
+#include "worker/infer/engine.h"
+#include "worker/infer/replica.h"
+#include "worker/model/checkpoint.h"
+
+static void help(FILE *f) {
+    fprintf(
+        f, "usage: tandem synthesize --model DIR --prompts F --out OUT.jsonl [options]\n"
+           "\n"
+           "Data distillation: the model (a teacher checkpoint) answers every prompt --n times;\n"
+           "the answers that pass the check are written as chat JSON Lines ({\"messages\": [...,\n"
+           "{\"role\": \"assistant\", ...}]}) that tandem finetune reads. All samples run through\n"
+           "the inference engine together (continuous batching). OUT is written once, at the end,\n"
+           "or not at all. See docs/distill.md.\n"
+           "\n"
+           "  --model DIR          teacher checkpoint (config.json, model.safetensors,\n"
+           "                       tokenizer.json)\n"
+           "  --prompts F          JSON Lines: {\"messages\": [...]} ending with a user turn, or\n"
+           "                       {\"prompt\": TEXT}; other fields are kept for the checks\n"
+           "  --out OUT.jsonl      the kept answers, as conversations\n"
+           "  --n N                answers per prompt (default 1)\n"
+           "  --max-tokens N       longest answer (default 256); an answer cut there is dropped\n"
+           "  --temperature T      sampling temperature (default 0.7; 0 = greedy)\n"
+           "  --top-p P            nucleus mass (default 1.0)   --top-k K  (default 0 = all)\n"
+           "  --stop TEXT          end an answer at TEXT (not included; repeatable, up to 8);\n"
+           "                       the end of the assistant's turn always ends it\n"
+           "  --seed S             sample (i, j) of prompt i uses seed S + i * n + j (default 1)\n"
+           "  --answer-key KEY     keep an answer only when it matches the prompt line's field\n"
+           "                       KEY exactly (after trimming spaces), compared with the text\n"
+           "                       after the last --answer-after TEXT if given (else the whole\n"
+           "                       answer)\n"
+           "  --answer-after TEXT  where the final answer starts (e.g. \"answer \")\n"
+           "  --checker PATH       run PATH per answer with {\"index\", \"sample\", \"record\",\n"
+           "                       \"completion\"} as JSON on stdin: exit 0 keeps it, 1 rejects\n"
+           "                       it; any other end (another code, a signal, the time limit)\n"
+           "                       stops the run with exit 2\n"
+           "  --check-timeout S    time limit per checker run in seconds (default 10)\n"
+           "  --max-seqs N         sequences decoded together (default 16)\n"
+           "  --no-verify          load the checkpoint without checking its SHA256SUMS\n"
+           "  --quiet              no progress line\n"
+           "  -h, --help           this text\n");
+}
+
+typedef struct {
+    cJSON *rec;           /* the prompt line */
+    const char **roles;   /* its messages (borrowed from rec) */
+    const char **content; /* ... */
+    int n_msgs;
+} prompt_t;
+
+typedef struct {
+    int id;       /* engine request, -1 when done and released */
+    int done;     /* 1 kept, 2 rejected by the check, 3 cut at --max-tokens */
+    char *text;   /* the answer */
+    int n_tokens; /* generated tokens */
+} sample_t;
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+/* Exact match of the answer (the text after the last `after`, or all of it) with key. */
+static int exact_match(const char *text, const char *after, const char *key) {
+    const char *from = text;
+    if (after && after[0]) {
+        const char *p = NULL, *q = text;
+        while ((q = strstr(q, after)) != NULL)
+            p = q++;
+        if (!p) return 0;
+        from = p + strlen(after);
+    }
+    char *a = strdup(from), *k = strdup(key);
+    int eq = a && k && !strcmp(trim(a), trim(k));
+    free(a);
+    free(k);
+    return eq;
+}
+
+/* Runs the checker on one answer: 1 keep, 0 reject, -1 failure (message set). */
+static int run_checker(const char *path, double timeout_s, const char *input, int index,
+                       int sample) {
+    int in[2], err[2];
+    if (pipe(in) || pipe(err)) {
+        td_error_set(TD_ERR_IO, "--checker: cannot make a pipe: %s", strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        td_error_set(TD_ERR_IO, "--checker: cannot fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0); /* its own group: a time limit ends its children too */
+        dup2(in[0], 0);
+        dup2(err[1], 2);
+        int nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 1);
+        close(in[1]);
+        close(err[0]);
+        execl(path, path, (char *)NULL);
+        fprintf(stderr, "cannot run it: %s", strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    close(in[0]);
+    close(err[1]);
+    /* the input is small (one record and answer); a checker that does not read it gets
+     * EPIPE, which is ignored */
+    void (*old)(int) = signal(SIGPIPE, SIG_IGN);
+    size_t len = strlen(input), off = 0;
+    while (off < len) {
+        ssize_t w = write(in[1], input + off, len - off);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    close(in[1]);
+    signal(SIGPIPE, old);
+    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    char tail[512] = "";
+    size_t tl = 0;
+    double t0 = td_time_now();
+    int status = 0, timed_out = 0;
+    for (;;) {
+        char buf[256];
+        ssize_t r;
+        while ((r = read(err[0], buf, sizeof buf)) > 0) { /* keep the last bytes of stderr */
+            for (ssize_t i = 0; i < r; i++) {
+                if (tl == sizeof tail - 1) {
+                    memmove(tail, tail + 1, tl - 1);
+                    tl--;
+                }
+                tail[tl++] = buf[i];
+            }
+            tail[tl] = '\0';
+        }
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid) break;
+        if (td_time_now() - t0 > timeout_s) {
+            kill(-pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            timed_out = 1;
+            break;
+        }
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    close(err[0]);
+    char *why = trim(tail);
+    if (timed_out) {
+        td_error_set(TD_ERR_INVALID,
+                     "--checker %s did not finish within %g s (prompt %d, sample %d); raise "
+                     "--check-timeout if it needs longer",
+                     path, timeout_s, index + 1, sample + 1);
+        return -1;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) <= 1) return WEXITSTATUS(status) == 0;
+    if (WIFEXITED(status))
+        td_error_set(TD_ERR_INVALID,
+                     "--checker %s failed on prompt %d, sample %d: exit %d%s%s (exit 0 keeps an "
+                     "answer, 1 rejects it; anything else is a failure)",
+                     path, index + 1, sample + 1, WEXITSTATUS(status), why[0] ? ": " : "", why);
+    else
+        td_error_set(TD_ERR_INVALID,
+                     "--checker %s was killed by signal %d on prompt %d, sample %d%s%s", path,
+                     WTERMSIG(status), index + 1, sample + 1, why[0] ? ": " : "", why);
+    return -1;
+}
+
+/* Reads the prompts file: each line a conversation to answer. Errors name path:line. */
+static td_status read_prompts(const char *path, const char *key, prompt_t **out, int *n) {
+    FILE *f = fopen(path, "r");
+    if (!f) return td_error_set(TD_ERR_IO, "--prompts %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t cap = 0, pcap = 0;
+    ssize_t len;
+    long line = 0;
+    td_status s = TD_OK;
+    prompt_t *p = NULL;
+    int np = 0;
+    while (s == TD_OK && (len = getline(&buf, &cap, f)) >= 0) {
+        line++;
+        char *t = trim(buf);
+        if (!*t) continue;
+        cJSON *o = cJSON_Parse(t);
+        if (!o || !cJSON_IsObject(o)) {
+            cJSON_Delete(o);
+            s = td_error_set(TD_ERR_FORMAT, "%s:%ld: not a JSON object", path, line);
+            break;
+        }
+        if ((size_t)np == pcap) {
+            pcap = pcap ? 2 * pcap : 64;
+            prompt_t *np2 = realloc(p, pcap * sizeof *p);
+            if (!np2) {
+                cJSON_Delete(o);
+                s = td_error_set(TD_ERR_NOMEM, "out of memory reading %s", path);
+                break;
+            }
+            p = np2;
+        }
+        prompt_t *q = &p[np++];
+        memset(q, 0, sizeof *q);
+        q->rec = o;
+        const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+        const cJSON *pr = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+        int nm = msgs ? cJSON_GetArraySize(msgs) : 1;
+        q->roles = calloc((size_t)nm + 1, sizeof *q->roles);
+        q->content = calloc((size_t)nm + 1, sizeof *q->content);
+        if (!q->roles || !q->content) {
+            s = td_error_set(TD_ERR_NOMEM, "out of memory reading %s", path);
+            break;
+        }
+        if (cJSON_IsArray(msgs) && nm > 0) {
+            for (int i = 0; i < nm && s == TD_OK; i++) {
+                const cJSON *m = cJSON_GetArrayItem(msgs, i);
+                const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+                const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+                if (!cJSON_IsString(r) || !cJSON_IsString(c) ||
+                    (strcmp(r->valuestring, "system") && strcmp(r->valuestring, "user") &&
+                     strcmp(r->valuestring, "assistant")))
+                    s = td_error_set(TD_ERR_FORMAT,
+                                     "%s:%ld: message %d needs a role (system, user or assistant) "
+                                     "and a string content",
+                                     path, line, i + 1);
+                else {
+                    q->roles[i] = r->valuestring;
+                    q->content[i] = c->valuestring;
+                }
+            }
+            if (s == TD_OK && strcmp(q->roles[nm - 1], "user"))
+                s = td_error_set(TD_ERR_FORMAT,
+                                 "%s:%ld: the conversation must end with a user turn (the "
+                                 "teacher writes the assistant's)",
+                                 path, line);
+            q->n_msgs = nm;
+        } else if (cJSON_IsString(pr)) {
+            q->roles[0] = "user";
+            q->content[0] = pr->valuestring;
+            q->n_msgs = 1;
+        } else {
+            s = td_error_set(TD_ERR_FORMAT,
+                             "%s:%ld: expected {\"messages\": [...]} or {\"prompt\": TEXT}", path,
+                             line);
+        }
+        if (s == TD_OK && key) {
+            const cJSON *k = cJSON_GetObjectItemCaseSensitive(o, key);
+            if (!cJSON_IsString(k) && !cJSON_IsNumber(k))
+                s = td_error_set(TD_ERR_FORMAT,
+                                 "%s:%ld: --answer-key %s: the line has no such string or number "
+                                 "field",
+                                 path, line, key);
+        }
+    }
+    free(buf);
+    fclose(f);
+    *out = p;
+    *n = np;
+    if (s == TD_OK && np == 0) s = td_error_set(TD_ERR_FORMAT, "--prompts %s: no prompts", path);
+    return s;
+}
+
+static void free_prompts(prompt_t *p, int n) {
+    for (int i = 0; i < n; i++) {
+        cJSON_Delete(p[i].rec);
+        free(p[i].roles);
+        free(p[i].content);
+    }
+    free(p);
+}
+
+/* The field as text: a string as it is, a number as JSON writes it. */
+static char *key_text(const cJSON *rec, const char *key) {
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(rec, key);
+    if (cJSON_IsString(k)) return strdup(k->valuestring);
+    char buf[64];
+    double v = k->valuedouble;
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(buf, sizeof buf, "%.0f", v);
+    else
+        snprintf(buf, sizeof buf, "%.17g", v);
+    return strdup(buf);
+}
+
+/* A number in [lo, hi] (integers for the integer options: the caller casts). */
+static int num(const char *a, double lo, double hi, double *out) {
+    char *end;
+    double v = strtod(a, &end);
+    if (end == a || *end || !(v >= lo && v <= hi)) return 0;
+    *out = v;
+    return 1;
+}
+
+static int inum(const char *a, long lo, long hi, long *out) {
+    char *end;
+    long v = strtol(a, &end, 10);
+    if (end == a || *end || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+int td_cmd_synthesize(int argc, char **argv) {
+    enum { O_AFTER = 256, O_TIMEOUT, O_SEQS, O_NOVERIFY, O_TOPK, O_TOPP, O_STOP };
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"prompts", required_argument, 0, 'p'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"n", required_argument, 0, 'n'},
+                                         {"max-tokens", required_argument, 0, 'M'},
+                                         {"temperature", required_argument, 0, 'T'},
+                                         {"top-p", required_argument, 0, O_TOPP},
+                                         {"top-k", required_argument, 0, O_TOPK},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"answer-key", required_argument, 0, 'k'},
+                                         {"answer-after", required_argument, 0, O_AFTER},
+                                         {"checker", required_argument, 0, 'c'},
+                                         {"stop", required_argument, 0, O_STOP},
+                                         {"check-timeout", required_argument, 0, O_TIMEOUT},
+                                         {"max-seqs", required_argument, 0, O_SEQS},
+                                         {"no-verify", no_argument, 0, O_NOVERIFY},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *model_dir = NULL, *prompts_path = NULL, *out_path = NULL, *key = NULL;
+    const char *after = NULL, *checker = NULL;
+    long n = 1, max_tokens = 256, top_k = 0, seed = 1, max_seqs = 16;
+    double temp = 0.7, top_p = 1.0, check_timeout = 10;
+    int c, no_verify = 0, quiet = 0, nstop = 0;
+    const char *stop[10] = {0};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'm':
+            model_dir = optarg;
+            break;
+        case 'p':
+            prompts_path = optarg;
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
+        case 'k':
+            key = optarg;
+            break;
+        case O_AFTER:
+            after = optarg;
+            break;
+        case 'c':
+            checker = optarg;
+            break;
+        case 'n':
+            bad = !inum(optarg, 1, 1000, &n);
+            break;
+        case 'M':
+            bad = !inum(optarg, 1, 1000000, &max_tokens);
+            break;
+        case O_TOPK:
+            bad = !inum(optarg, 0, 1000000000, &top_k);
+            break;
+        case 's':
+            bad = !inum(optarg, 0, 1L << 50, &seed);
+            break;
+        case O_SEQS:
+            bad = !inum(optarg, 1, 1024, &max_seqs);
+            break;
+        case 'T':
+            bad = !num(optarg, 0, 100, &temp);
+            break;
+        case O_TOPP:
+            bad = !num(optarg, 1e-9, 1, &top_p);
+            break;
+        case O_TIMEOUT:
+            bad = !num(optarg, 1e-3, 86400, &check_timeout);
+            break;
+        case O_STOP:
+            bad = nstop == 8 || !optarg[0];
+            if (!bad) stop[nstop++] = optarg;
+            break;
+        case O_NOVERIFY:
+            no_verify = 1;
+            break;
+        case 'q':
+            quiet = 1;
+            break;
+        case 'h':
+            help(stdout);
+            return 0;
+        default:
+            help(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "tandem synthesize: bad value '%s' for an option (see --help)\n",
+                    optarg);
+            return 2;
+        }
+    }
+    stop[nstop] = "<|im_end|>"; /* the end of the assistant's turn */
+    if (!model_dir || !prompts_path || !out_path || optind != argc) {
+        fprintf(stderr, "tandem synthesize: need --model, --prompts and --out%s\n",
+                optind != argc ? " (and no other arguments)" : "");
+        help(stderr);
+        return 2;
+    }
+    if (after && !key) {
+        fprintf(stderr, "tandem synthesize: --answer-after goes with --answer-key\n");
+        return 2;
+    }
+    if (checker && access(checker, X_OK) != 0) {
+        fprintf(stderr, "tandem synthesize: --checker %s: %s\n", checker,
+                access(checker, F_OK) ? "no such file" : "not executable (chmod +x it)");
+        return 2;
+    }
+    prompt_t *pr = NULL;
+    int np = 0;
+    td_status s = read_prompts(prompts_path, key, &pr, &np);
+    if (s != TD_OK) {
+        free_prompts(pr, np);
+        return td_cli_fail("synthesize", s);
+    }
+    td_model *m = NULL;
+    td_bpe *tok = NULL;
+    td_infer_model *im = NULL;
+    td_engine *e = NULL;
+    sample_t *sm = NULL;
+    int32_t *ids = NULL;
+    size_t icap = 0;
+    char *blob = NULL;
+    size_t blob_len = 0;
+    s = td_checkpoint_check(model_dir, no_verify);
+    if (s == TD_OK) s = td_checkpoint_load_model(model_dir, &m);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tokenizer.json", model_dir);
+    if (s == TD_OK) s = td_bpe_load(p, &tok);
+    int maxT = m ? td_model_config_of(m)->max_position_embeddings : 0;
+    if (s == TD_OK) s = td_infer_model_new(m, &im);
+    if (s == TD_OK) m = NULL; /* the serving model owns it */
+    td_engine_opts eo = {.max_seqs = (int)max_seqs};
+    if (s == TD_OK) s = td_engine_new(im, tok, &eo, &e);
+    long total = (long)np * n;
+    if (s == TD_OK && !(sm = calloc((size_t)total, sizeof *sm)))
+        s = td_error_set(TD_ERR_NOMEM, "out of memory for %ld samples", total);
+    /* every sample queued at once: the engine admits them as KV blocks allow */
+    for (long k = 0; s == TD_OK && k < total; k++) {
+        int i = (int)(k / n);
+        size_t len = 0;
+        s = td_chatml_encode(tok, pr[i].roles, pr[i].content, pr[i].n_msgs, &ids, &icap, &len);
+        if (s != TD_OK) break;
+        if ((long)len + max_tokens > maxT) {
+            s = td_error_set(TD_ERR_INVALID,
+                             "%s: prompt %d is %zu tokens; with --max-tokens %ld it exceeds the "
+                             "model's context of %d",
+                             prompts_path, i + 1, len, max_tokens, maxT);
+            break;
+        }
+        Tandem__Sampling rq = TANDEM__SAMPLING__INIT;
+        rq.has_temperature = rq.has_top_k = rq.has_top_p = rq.has_seed = rq.has_max_tokens = 1;
+        rq.temperature = (float)temp;
+        rq.top_k = (int32_t)top_k;
+        rq.top_p = (float)top_p;
+        rq.seed = (uint64_t)(seed + k);
+        rq.max_tokens = (int32_t)max_tokens;
+        td_sampling sp = td_sampling_of(&rq, TD_API_OPENAI, 1, stop, rq.seed);
+        s = td_engine_submit(e, ids, (int)len, &sp, &sm[k].id);
+    }
+    if (s == TD_OK && !quiet)
+        printf("synthesize: %d prompts x %ld = %ld samples from %s (max %ld tokens each, "
+               "temperature %g)%s%s\n",
+               np, n, total, model_dir, max_tokens, temp,
+               key       ? ", exact match against the field "
+               : checker ? ", checker "
+                         : "",
+               key       ? key
+               : checker ? checker
+                         : "");
+    long kept = 0, rejected = 0, cut = 0, gen = 0, finished = 0;
+    double t0 = td_time_now(), last_print = 0;
+    int active = 1;
+    while (s == TD_OK && active) {
+        s = td_engine_step(e, &active);
+        for (long k = 0; s == TD_OK && k < total; k++) { /* the answers that just finished */
+            if (sm[k].id < 0 || td_engine_state(e, sm[k].id) != TD_REQ_DONE) continue;
+            int i = (int)(k / n), cnt;
+            size_t tl;
+            const char *text = td_engine_text(e, sm[k].id, &tl);
+            td_engine_tokens(e, sm[k].id, &cnt);
+            sm[k].text = malloc(3 * tl + 1); /* as valid UTF-8: bad bytes become U+FFFD */
+            if (sm[k].text) td_utf8_repair(text, tl, sm[k].text);
+            sm[k].n_tokens = cnt;
+            gen += cnt;
+            finished++;
+            td_finish why = td_engine_finish_reason(e, sm[k].id);
+            td_engine_release(e, sm[k].id);
+            sm[k].id = -1;
+            if (!sm[k].text) {
+                s = td_error_set(TD_ERR_NOMEM, "out of memory");
+                break;
+            }
+            if (why == TD_FINISH_LENGTH) {
+                sm[k].done = 3;
+                cut++;
+                continue;
+            }
+            int ok = 1;
+            if (key) {
+                char *want = key_text(pr[i].rec, key);
+                ok = want && exact_match(sm[k].text, after, want);
+                free(want);
+            }
+            if (ok && checker) {
+                cJSON *in = cJSON_CreateObject();
+                cJSON_AddNumberToObject(in, "index", i);
+                cJSON_AddNumberToObject(in, "sample", (double)(k % n));
+                cJSON_AddItemToObject(in, "record", cJSON_Duplicate(pr[i].rec, 1));
+                cJSON_AddStringToObject(in, "completion", sm[k].text);
+                char *js = cJSON_PrintUnformatted(in);
+                cJSON_Delete(in);
+                ok = js ? run_checker(checker, check_timeout, js, i, (int)(k % n)) : -1;
+                free(js);
+                if (ok < 0) {
+                    s = TD_ERR_INVALID;
+                    break;
+                }
+            }
+            sm[k].done = ok ? 1 : 2;
+            kept += ok;
+            rejected += !ok;
+        }
+        double now = td_time_now();
+        if (!quiet && (now - last_print > 0.5 || !active)) {
+            char line[200];
+            snprintf(line, sizeof line,
+                     "synthesize: %ld/%ld answers, kept %ld, rejected %ld, cut %ld, %.0f tokens/s",
+                     finished, total, kept, rejected, cut, gen / (now - t0 + 1e-9));
+            td_progress_line(line);
+            last_print = now;
+        }
+    }
+    if (!quiet) td_progress_done();
+    double dt = td_time_now() - t0;
+    /* the kept answers in prompt order, as conversations */
+    FILE *f = s == TD_OK ? open_memstream(&blob, &blob_len) : NULL;
+    if (s == TD_OK && !f) s = td_error_set(TD_ERR_NOMEM, "out of memory");
+    for (long k = 0; s == TD_OK && k < total; k++) {
+        if (sm[k].done != 1) continue;
+        const prompt_t *q = &pr[k / n];
+        cJSON *o = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(o, "messages");
+        for (int j = 0; j < q->n_msgs; j++) {
+            cJSON *mm = cJSON_CreateObject();
+            cJSON_AddStringToObject(mm, "role", q->roles[j]);
+            cJSON_AddStringToObject(mm, "content", q->content[j]);
+            cJSON_AddItemToArray(msgs, mm);
+        }
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddStringToObject(a, "role", "assistant");
+        cJSON_AddStringToObject(a, "content", sm[k].text);
+        cJSON_AddItemToArray(msgs, a);
+        char *js = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!js) {
+            s = td_error_set(TD_ERR_NOMEM, "out of memory");
+            break;
+        }
+        fprintf(f, "%s\n", js);
+        free(js);
+    }
+    if (f) fclose(f);
+    if (s == TD_OK) s = td_fs_write_file_atomic(out_path, blob ? blob : "", blob_len);
+    if (s == TD_OK && kept == 0)
+        fprintf(stderr, "tandem synthesize: warning: no answer was kept; %s is empty\n", out_path);
+    if (s == TD_OK && !quiet)
+        printf("synthesize: %ld answers in %.1f s (%ld tokens, %.1f tokens/s); kept %ld "
+               "(%.1f%%), rejected %ld, cut at --max-tokens %ld; wrote %s\n",
+               total, dt, gen, dt > 0 ? gen / dt : 0.0, kept, total ? 100.0 * kept / total : 0.0,
+               rejected, cut, out_path);
+    for (long k = 0; sm && k < total; k++)
+        free(sm[k].text);
+    free(sm);
+    free(blob);
+    free(ids);
+    td_engine_free(&e);
+    td_infer_model_free(&im);
+    td_model_free(&m);
+    td_bpe_free(&tok);
+    free_prompts(pr, np);
+    if (s != TD_OK) return td_cli_fail("synthesize", s);
+    return 0;
+}
