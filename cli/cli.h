@@ -7,6 +7,7 @@ int td_cmd_train(int argc, char **argv);
 int td_cmd_finetune(int argc, char **argv);
 int td_cmd_distill(int argc, char **argv);
 int td_cmd_synthesize(int argc, char **argv);
+int td_cmd_select(int argc, char **argv);
 int td_cmd_merge(int argc, char **argv);
 int td_cmd_show(int argc, char **argv);
 int td_cmd_eval(int argc, char **argv);

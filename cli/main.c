@@ -25,6 +25,7 @@ static const command g_cmds[] = {
     {"finetune", td_cmd_finetune, "fine-tune a checkpoint on conversations (full or LoRA; mpirun)"},
     {"distill", td_cmd_distill, "train a student on a teacher's logits (mpirun)"},
     {"synthesize", td_cmd_synthesize, "a teacher's checked answers to prompts, as chat data"},
+    {"select", td_cmd_select, "a smaller corpus: documents chosen by a model's loss"},
     {"merge", td_cmd_merge, "fold a LoRA adapter into its base: a full checkpoint"},
     {"show", td_cmd_show, "describe a checkpoint or adapter and its lineage"},
     {"eval", td_cmd_eval, "a checkpoint's loss on token shards (e.g. before/after fine-tuning)"},
