@@ -20,6 +20,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/sha256.h"
 #include "common/timeutil.h"
 #include "common/utf8.h"
 #include "data/bpe.h"
@@ -594,6 +595,49 @@ int td_cmd_synthesize(int argc, char **argv) {
     }
     if (f) fclose(f);
     if (s == TD_OK) s = td_fs_write_file_atomic(out_path, blob ? blob : "", blob_len);
+    /* where the answers came from, beside them: a fine-tune on OUT copies it into the
+     * student's lineage */
+    if (s == TD_OK) {
+        cJSON *src = cJSON_CreateObject();
+        char sha[65], *abs;
+        cJSON_AddStringToObject(src, "produced_by", "tandem synthesize");
+        abs = realpath(model_dir, NULL);
+        cJSON_AddStringToObject(src, "teacher", abs ? abs : model_dir);
+        free(abs);
+        snprintf(p, sizeof p, "%s/model.safetensors", model_dir);
+        if (td_sha256_file(p, sha) == TD_OK)
+            cJSON_AddStringToObject(src, "teacher_weights_sha256", sha);
+        cJSON *tl = td_checkpoint_lineage(model_dir);
+        if (tl) cJSON_AddItemToObject(src, "teacher_lineage", tl);
+        abs = realpath(prompts_path, NULL);
+        cJSON_AddStringToObject(src, "prompts", abs ? abs : prompts_path);
+        free(abs);
+        if (td_sha256_file(prompts_path, sha) == TD_OK)
+            cJSON_AddStringToObject(src, "prompts_sha256", sha);
+        td_sha256_hex(blob ? blob : "", blob_len, sha);
+        cJSON_AddStringToObject(src, "sha256", sha);
+        cJSON_AddNumberToObject(src, "n", (double)n);
+        cJSON_AddNumberToObject(src, "temperature", temp);
+        cJSON_AddNumberToObject(src, "top_p", top_p);
+        cJSON_AddNumberToObject(src, "top_k", (double)top_k);
+        cJSON_AddNumberToObject(src, "seed", (double)seed);
+        cJSON_AddNumberToObject(src, "max_tokens", (double)max_tokens);
+        if (key) cJSON_AddStringToObject(src, "answer_key", key);
+        if (after) cJSON_AddStringToObject(src, "answer_after", after);
+        if (checker) {
+            abs = realpath(checker, NULL);
+            cJSON_AddStringToObject(src, "checker", abs ? abs : checker);
+            free(abs);
+        }
+        cJSON_AddNumberToObject(src, "samples", (double)total);
+        cJSON_AddNumberToObject(src, "kept", (double)kept);
+        cJSON_AddNumberToObject(src, "rejected", (double)rejected);
+        cJSON_AddNumberToObject(src, "cut", (double)cut);
+        snprintf(p, sizeof p, "%s.source.json", out_path);
+        s = td_json_save_file(p, src);
+        cJSON_Delete(src);
+        if (s != TD_OK) unlink(out_path); /* the answers go only with their source */
+    }
     if (s == TD_OK && kept == 0)
         fprintf(stderr, "tandem synthesize: warning: no answer was kept; %s is empty\n", out_path);
     if (s == TD_OK && !quiet)

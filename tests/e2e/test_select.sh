@@ -84,6 +84,10 @@ check "validation shard unchanged" cmp -s dup/val_000000.bin mid/val_000000.bin
 check "tokenizer unchanged" cmp -s dup/tokenizer.json mid/tokenizer.json
 sed 's/"train": "data"/"train": "mid"/; s/"dir": "run"/"dir": "midrun"/' job.json > mj.json
 check "tandem train takes the selected corpus" "$TANDEM" train mj.json --quiet 2> /dev/null
+check "the model's lineage records the selection" python3 -c "
+import json
+d = json.load(open('midrun/step_00000002/trainer_state.json'))['lineage']['data']['selection']
+assert d['by'] == 'middle' and d['keep_fraction'] == 0.3 and d['model'] == '$TINY_CK', d"
 
 # 3. random
 "$TANDEM" select --data dup --by random --seed 4 --keep-fraction 0.25 --out r1 --quiet

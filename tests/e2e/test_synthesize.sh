@@ -65,6 +65,11 @@ if [ -s g.jsonl ]; then
  "checkpoint": {"dir": "ft"}, "device": "cpu"}
 JOB
     check "tandem finetune trains on the output" "$TANDEM" finetune ft.json --quiet
+    check "the student's lineage names the teacher that wrote its data" python3 -c "
+import json, sys
+d = json.load(open('ft/step_00000002/trainer_state.json'))['lineage']['data']['synthesized']
+assert d['produced_by'] == 'tandem synthesize' and d['teacher'] == '$TINY_CK', d
+assert d['n'] == 4 and d['kept'] + d['rejected'] + d['cut'] == 16, d"
 fi
 
 # 2. exact match: greedy answers of a first run become the keys

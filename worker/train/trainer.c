@@ -53,6 +53,10 @@ typedef struct {
     td_model *teacher;
     td_kd_opts kd;
     cJSON *teacher_lineage;
+    /* how the data was distilled, for the lineage: a corpus's manifest "selection" block
+     * (tandem select), or the "<file>.source.json" beside a JSONL file (tandem synthesize) */
+    cJSON *data_origin;
+    const char *data_origin_key;
 } trainer;
 
 /* The student's forward. With a teacher and kd set (a training step), the teacher's forward
@@ -191,6 +195,8 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddStringToObject(ld, "path", t->job->train_data);
     cJSON_AddStringToObject(ld, t->sft && !t->data_prepared ? "sha256" : "manifest_sha256",
                             t->data_sha);
+    if (t->data_origin)
+        cJSON_AddItemToObject(ld, t->data_origin_key, cJSON_Duplicate(t->data_origin, 1));
     if (t->base_lineage)
         cJSON_AddItemToObject(lin, "ancestors", cJSON_Duplicate(t->base_lineage, 1));
     if (t->parent[0])
@@ -537,6 +543,28 @@ static char *tokenizer_canon(const char *json, const char *where, int *nvocab) {
     return c;
 }
 
+/* Where distilled data came from (kept for the lineage; absent or unreadable: nothing). */
+static void load_data_origin(trainer *t, const td_job *j) {
+    char p[1200];
+    cJSON *o = NULL;
+    if (td_fs_is_dir(j->train_data)) {
+        snprintf(p, sizeof p, "%s/manifest.json", j->train_data);
+        cJSON *m = NULL;
+        if (td_fs_exists(p) && td_json_load_file(p, &m) == TD_OK) {
+            cJSON *sel = cJSON_DetachItemFromObjectCaseSensitive(m, "selection");
+            cJSON_Delete(m);
+            o = sel;
+            t->data_origin_key = "selection";
+        }
+    } else {
+        snprintf(p, sizeof p, "%s.source.json", j->train_data);
+        if (td_fs_exists(p) && td_json_load_file(p, &o) == TD_OK)
+            t->data_origin_key = "synthesized";
+    }
+    td_error_clear();
+    t->data_origin = o;
+}
+
 /* Distillation: the teacher checkpoint, checked and loaded frozen (forward only, no
  * gradient buffers), with the student's tokenizer. */
 static td_status setup_teacher(trainer *t, const td_job *j, const td_train_opts *opts) {
@@ -665,6 +693,7 @@ static td_status setup(trainer *t, const td_job *j, const td_train_opts *opts) {
         td_bpe_free(&bytes);
     }
     if (j->teacher[0]) TD_TRY(setup_teacher(t, j, opts));
+    load_data_origin(t, j);
     const char *trace = getenv("TD_TRACE_WINDOWS");
     if (trace) { /* test hook: every rank records the windows it reads */
         snprintf(p, sizeof p, "%s.rank%d", trace, t->rank);
@@ -684,6 +713,7 @@ static void teardown(trainer *t) {
     td_model_free(&t->model);
     td_model_free(&t->teacher);
     cJSON_Delete(t->teacher_lineage);
+    cJSON_Delete(t->data_origin);
     td_loader_free(&t->train);
     td_loader_free(&t->val);
     td_sft_loader_free(&t->sft);
