@@ -2,7 +2,8 @@
 # Distillation on a reasoning task with exact answers (docs/distill.md, "Results"): 4-digit
 # addition, whose worked solution adds digit by digit with the carries written out
 # (scripts/arith_data.py). A teacher (llama, hidden 128, 4 layers) is fine-tuned on worked
-# solutions; a student of under 1/4 of its parameters (hidden 64, 3 layers) is trained
+# solutions; a student of under 1/4 of its parameters (hidden 64, 2 layers; STUDENT="64 3
+# 256" in the environment for another shape: hidden, layers, intermediate) is trained
 #   (a) on the answers alone,
 #   (b) on the teacher's own worked solutions (tandem synthesize, kept when their final
 #       answer is right),
@@ -42,7 +43,8 @@ JOB
     "$TANDEM" train "$1.json" --quiet 2> /dev/null
 }
 base tbase 128 4 512
-base sbase 64 3 256
+read -r SH SL SI <<< "${STUDENT:-64 2 256}"
+base sbase "$SH" "$SL" "$SI"
 run() { # cmd dir base train-data [distill-json]: a fine-tune of STEPS steps, timed
     local cmd=$1 dir=$2 b=$3 data=$4 extra=${5:-}
     if [ -d "$(last "$dir")" ]; then return; fi

@@ -134,9 +134,42 @@ ALPHA=-0.1 student bad && mv bad.json b8.json
 bad "alpha -0.1" "alpha: -0.1 is outside \[0, 1\]" b8.json
 DISTILL= student bad && mv bad.json b9.json
 bad "no distill block" 'has no "distill" block' b9.json
+TEACHER=$PWD/teacher/step_00000040
+# a teacher inside checkpoint.dir (whose rotation would delete it)
+sed 's/"dir": "bad"/"dir": "teacher"/' b5.json | sed 's/"tau": 0/"tau": 2/' > b10.json
+bad "teacher inside checkpoint.dir" "lies inside checkpoint.dir" b10.json
+# a LoRA adapter as the teacher
+cat > lora.json << JOB
+{"finetune": {"base": "$TINY_CK", "method": "lora", "lora": {"r": 2}},
+ "data": {"train": "skill/train.jsonl", "seq_len": 48},
+ "train": {"batch_size": 4, "steps": 1}, "checkpoint": {"dir": "lora"}, "device": "cpu"}
+JOB
+"$TANDEM" finetune lora.json --quiet 2> /dev/null
+TEACHER=$PWD/lora/step_00000001 student bad && mv bad.json b11.json
+TEACHER=$PWD/teacher/step_00000040
+bad "a LoRA adapter as the teacher" "is a LoRA adapter, not a model" b11.json
+TAU=0.001 student bad && mv bad.json b12.json
+bad "tau 0.001" "too small to compute" b12.json
+# resume: the distill block must stay as the run began, and a plain train cannot continue it
+sed 's/"alpha": 0.3/"alpha": 0.4/' kd1.json > kd1b.json
+rc=0
+"$TANDEM" distill kd1b.json --resume > rs.txt 2>&1 || rc=$?
+echo "resume with another alpha: exit $rc: $(grep -o 'cannot resume.*' rs.txt | cut -c1-120)"
+[ $rc -eq 2 ] && grep -q "distilled with alpha 0.3 (the job now says 0.4)" rs.txt || {
+    echo "FAIL: resume with another alpha"
+    fail=1
+}
+DISTILL= student kd1 && mv kd1.json kd1plain.json
+rc=0
+"$TANDEM" train kd1plain.json --resume > rs.txt 2>&1 || rc=$?
+echo "train --resume of a distilled run: exit $rc: $(grep -o 'cannot resume.*' rs.txt | cut -c1-120)"
+[ $rc -eq 2 ] && grep -q "it was trained by tandem distill" rs.txt || {
+    echo "FAIL: train --resume of a distilled run"
+    fail=1
+}
 # and tandem train refuses a distill job instead of ignoring the block
 rc=0
-"$TANDEM" train kd1.json > tr.txt 2>&1 || rc=$?
+"$TANDEM" train kd2.json > tr.txt 2>&1 || rc=$?
 if [ $rc -ne 2 ] || ! grep -q "run it with tandem distill" tr.txt; then
     echo "FAIL: train accepted a distill job (exit $rc)"
     fail=1

@@ -2,8 +2,10 @@
 #include "worker/train/jobfile.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "common/fsutil.h"
 #include "common/json.h"
 
 static td_status get_long(const cJSON *o, const char *where, const char *key, int req, long lo,
@@ -192,6 +194,11 @@ static td_status parse_distill(td_job *j, const cJSON *d) {
     if (!cJSON_IsObject(d)) return td_error_set(TD_ERR_INVALID, "%s: expected an object", where);
     TD_TRY(td_json_check_keys(d, where, k_distill, k_all));
     TD_TRY(copy_str(d, where, "teacher", 1, j->teacher, sizeof j->teacher));
+    if (!j->teacher[0])
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.teacher: empty; name the teacher's checkpoint "
+                            "directory",
+                            where);
     j->kd_alpha = 0.5;
     j->kd_tau = 2.0;
     TD_TRY(td_json_get_double(d, where, "alpha", 0, &j->kd_alpha));
@@ -205,6 +212,11 @@ static td_status parse_distill(td_job *j, const cJSON *d) {
         return td_error_set(TD_ERR_INVALID,
                             "%s.tau: the temperature must be above 0 (and at most 1e4), got %g",
                             where, j->kd_tau);
+    if (j->kd_tau < 0.01)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.tau: %g is too small to compute (softmax(x / tau) underflows); "
+                            "use 0.01 or more (1 to 4 is usual)",
+                            where, j->kd_tau);
     char kl[16] = "forward";
     TD_TRY(copy_str(d, where, "kl", 0, kl, sizeof kl));
     if (strcmp(kl, "forward") && strcmp(kl, "reverse"))
@@ -217,6 +229,11 @@ static td_status parse_distill(td_job *j, const cJSON *d) {
         return td_error_set(TD_ERR_INVALID, "%s.topk: %ld exceeds the vocabulary (%d)", where, topk,
                             j->model.vocab_size);
     j->kd_topk = (int)topk;
+    if (j->kd_reverse && topk == 1)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.topk: reverse KL over the teacher's top 1 logit is always 0 (the "
+                            "student is renormalized over that one entry); use topk 0 or >= 2",
+                            where);
     char prec[16] = "fp32";
     TD_TRY(copy_str(d, where, "teacher_precision", 0, prec, sizeof prec));
     if (!strcmp(prec, "int8"))
@@ -229,6 +246,12 @@ static td_status parse_distill(td_job *j, const cJSON *d) {
                             where, prec);
     j->teacher_bf16 = !strcmp(prec, "bf16");
     /* the teacher's config now, so a wrong path or vocabulary fails before any work */
+    snprintf(p, sizeof p, "%s/adapter_config.json", j->teacher);
+    if (td_fs_exists(p))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.teacher: %s is a LoRA adapter, not a model: fold it into its base "
+                            "with tandem merge and name the merged checkpoint",
+                            where, j->teacher);
     snprintf(p, sizeof p, "%s/config.json", j->teacher);
     cJSON *cfg;
     td_status s = td_json_load_file(p, &cfg);
@@ -246,6 +269,16 @@ static td_status parse_distill(td_job *j, const cJSON *d) {
                             "both need the same tokenizer and vocab_size",
                             where, tc.vocab_size, j->model.vocab_size);
     return TD_OK;
+}
+
+/* 1 when checkpoint directory `ck` lies inside `dir` (both existing; compared resolved). */
+static int inside(const char *ck, const char *dir) {
+    char *a = realpath(ck, NULL), *b = realpath(dir, NULL);
+    size_t n = b ? strlen(b) : 0;
+    int in = a && b && !strncmp(a, b, n) && (a[n] == '/' || a[n] == '\0');
+    free(a);
+    free(b);
+    return in;
 }
 
 static td_status parse(td_job *j) {
@@ -356,6 +389,16 @@ static td_status parse(td_job *j) {
         TD_TRY(get_long(ckpt, where, "keep", 0, 0, &keep));
         j->ckpt_keep = (int)keep;
     }
+    /* checkpoint.dir's rotation (keep) deletes old step directories: never the teacher's
+     * or the base's */
+    const char *used[2] = {j->teacher, j->base}, *role[2] = {"distill.teacher", "finetune.base"};
+    for (int k = 0; k < 2; k++)
+        if (used[k][0] && inside(used[k], j->ckpt_dir))
+            return td_error_set(TD_ERR_INVALID,
+                                "%s: %s %s lies inside checkpoint.dir %s, whose old checkpoints "
+                                "are deleted as new ones are written: copy it elsewhere or "
+                                "choose another checkpoint.dir",
+                                p, role[k], used[k], j->ckpt_dir);
     snprintf(j->device, sizeof j->device, "auto");
     TD_TRY(copy_str(root, p, "device", 0, j->device, sizeof j->device));
     if (strcmp(j->device, "auto") && strcmp(j->device, "cpu") && strcmp(j->device, "cuda"))

@@ -360,6 +360,50 @@ static td_status resume_adapter(trainer *t, const char *dir, long *start_step) {
     return resume_state(t, dir, start_step);
 }
 
+/* A run continues as it began: a distilled run with the same teacher and loss, a plain run
+ * without one (its lineage would otherwise describe steps it did not take). */
+static td_status resume_same_method(trainer *t, const char *dir, const cJSON *st) {
+    const cJSON *lin = cJSON_GetObjectItemCaseSensitive(st, "lineage");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(lin, "distill");
+    const td_job *j = t->job;
+    if (!d && !t->teacher) return TD_OK;
+    if (!d || !t->teacher)
+        return td_error_set(TD_ERR_INVALID,
+                            "cannot resume from %s: it was %s, and %s has %s \"distill\" block; "
+                            "resume a run with the command and job it began with",
+                            dir, d ? "trained by tandem distill" : "trained without a teacher",
+                            j->path, d ? "no" : "a");
+    const cJSON *te = cJSON_GetObjectItemCaseSensitive(d, "teacher");
+    const cJSON *al = cJSON_GetObjectItemCaseSensitive(d, "alpha");
+    const cJSON *ta = cJSON_GetObjectItemCaseSensitive(d, "tau");
+    const cJSON *kl = cJSON_GetObjectItemCaseSensitive(d, "kl");
+    const cJSON *tk = cJSON_GetObjectItemCaseSensitive(d, "topk");
+    char *abs = realpath(j->teacher, NULL);
+    char what[1400] = "";
+    if (!cJSON_IsString(te) || !abs || strcmp(te->valuestring, abs))
+        snprintf(what, sizeof what, "the teacher %s (the job now names %s)",
+                 cJSON_IsString(te) ? te->valuestring : "?", abs ? abs : j->teacher);
+    else if (!cJSON_IsNumber(al) || al->valuedouble != j->kd_alpha)
+        snprintf(what, sizeof what, "alpha %g (the job now says %g)",
+                 cJSON_IsNumber(al) ? al->valuedouble : NAN, j->kd_alpha);
+    else if (!cJSON_IsNumber(ta) || ta->valuedouble != j->kd_tau)
+        snprintf(what, sizeof what, "tau %g (the job now says %g)",
+                 cJSON_IsNumber(ta) ? ta->valuedouble : NAN, j->kd_tau);
+    else if (!cJSON_IsString(kl) || strcmp(kl->valuestring, j->kd_reverse ? "reverse" : "forward"))
+        snprintf(what, sizeof what, "kl %s (the job now says %s)",
+                 cJSON_IsString(kl) ? kl->valuestring : "?", j->kd_reverse ? "reverse" : "forward");
+    else if (!cJSON_IsNumber(tk) || tk->valueint != j->kd_topk)
+        snprintf(what, sizeof what, "topk %d (the job now says %d)",
+                 cJSON_IsNumber(tk) ? tk->valueint : -1, j->kd_topk);
+    free(abs);
+    if (what[0])
+        return td_error_set(TD_ERR_INVALID,
+                            "cannot resume from %s: it was distilled with %s; the distill block "
+                            "must stay as the run began (start a new checkpoint.dir to change it)",
+                            dir, what);
+    return TD_OK;
+}
+
 /* trainer_state.json: the step and data position, checked against the job. */
 static td_status resume_state(trainer *t, const char *dir, long *start_step) {
     char p[1200];
@@ -384,6 +428,7 @@ static td_status resume_state(trainer *t, const char *dir, long *start_step) {
                          "%d (the sample sequence would change)",
                          dir, (long long)seed, (long long)seq, (long long)gb, (long long)acc,
                          t->job->seed, t->job->seq_len, t->job->batch_size, t->job->grad_accum);
+    if (s == TD_OK) s = resume_same_method(t, dir, st);
     cJSON_Delete(st);
     TD_TRY(s);
     if (t->sft)
@@ -1064,8 +1109,11 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
                steps_run, wall, res->tokens_per_s, res->last_loss, res->last_checkpoint);
     if (s == TD_OK && res->stopped && t.rank == 0) /* said even when quiet */
         fprintf(stderr,
-                "tandem train: stopped by a signal after step %ld; checkpoint %s written; "
+                "tandem %s: stopped by a signal after step %ld; checkpoint %s written; "
                 "continue with --resume\n",
+                t.teacher    ? "distill"
+                : j->base[0] ? "finetune"
+                             : "train",
                 res->steps_done, res->last_checkpoint);
     if (s == TD_OK) s = td_model_sync_host(t.model);
     /* the weights stay in memory for serving, on the CPU (the trainer's backend goes) */
