@@ -62,6 +62,7 @@ JOB
 run finetune teacher tbase task/worked.jsonl
 TEACHER=$(last teacher)
 score() { # model label: held-out exact match, greedy
+    rm -f "score-$2.jsonl" "score-$2.jsonl.source.json"
     "$TANDEM" synthesize --model "$1" --prompts task/val.jsonl --out "score-$2.jsonl" \
         --temperature 0 --max-tokens 80 --answer-key answer --answer-after "answer " \
         --quiet 2> /dev/null || true

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -107,6 +108,17 @@ static int exact_match(const char *text, const char *after, const char *key) {
     return eq;
 }
 
+/* The running checker's process group: a stop signal ends it with us, so that no checker
+ * (nor a child it left behind) outlives the run. */
+static volatile pid_t g_checker;
+
+static void on_stop(int sig) {
+    pid_t p = g_checker;
+    if (p > 0) kill(-p, SIGKILL);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 /* Runs the checker on one answer: 1 keep, 0 reject, -1 failure (message set). */
 static int run_checker(const char *path, double timeout_s, const char *input, int index,
                        int sample) {
@@ -133,6 +145,7 @@ static int run_checker(const char *path, double timeout_s, const char *input, in
         _exit(127);
     }
     setpgid(pid, pid);
+    g_checker = pid;
     close(in[0]);
     close(err[1]);
     /* the input is small (one record and answer); a checker that does not read it gets
@@ -176,6 +189,8 @@ static int run_checker(const char *path, double timeout_s, const char *input, in
         nanosleep(&ts, NULL);
     }
     close(err[0]);
+    kill(-pid, SIGKILL); /* what it left running in the background */
+    g_checker = 0;
     char *why = trim(tail);
     if (timed_out) {
         td_error_set(TD_ERR_INVALID,
@@ -199,8 +214,11 @@ static int run_checker(const char *path, double timeout_s, const char *input, in
 
 /* Reads the prompts file: each line a conversation to answer. Errors name path:line. */
 static td_status read_prompts(const char *path, const char *key, prompt_t **out, int *n) {
-    FILE *f = fopen(path, "r");
-    if (!f) return td_error_set(TD_ERR_IO, "--prompts %s: %s", path, strerror(errno));
+    FILE *f = td_fs_is_dir(path) ? NULL : fopen(path, "r");
+    if (!f)
+        return td_error_set(
+            errno == ENOENT ? TD_ERR_NOTFOUND : TD_ERR_INVALID, "--prompts %s: %s", path,
+            td_fs_is_dir(path) ? "a directory, not a JSON Lines file" : strerror(errno));
     char *buf = NULL;
     size_t cap = 0, pcap = 0;
     ssize_t len;
@@ -212,10 +230,17 @@ static td_status read_prompts(const char *path, const char *key, prompt_t **out,
         line++;
         char *t = trim(buf);
         if (!*t) continue;
+        if (strstr(t, "\\u0000")) { /* C strings would cut the text there */
+            s = td_error_set(TD_ERR_FORMAT, "%s:%ld: the line holds a NUL character (\\u0000)",
+                             path, line);
+            break;
+        }
         cJSON *o = cJSON_Parse(t);
         if (!o || !cJSON_IsObject(o)) {
+            s = td_error_set(TD_ERR_FORMAT, "%s:%ld: %s", path, line,
+                             o ? "not a JSON object"
+                               : "not valid JSON (or a lone UTF-16 surrogate)");
             cJSON_Delete(o);
-            s = td_error_set(TD_ERR_FORMAT, "%s:%ld: not a JSON object", path, line);
             break;
         }
         if ((size_t)np == pcap) {
@@ -240,7 +265,11 @@ static td_status read_prompts(const char *path, const char *key, prompt_t **out,
             s = td_error_set(TD_ERR_NOMEM, "out of memory reading %s", path);
             break;
         }
-        if (cJSON_IsArray(msgs) && nm > 0) {
+        if (msgs && pr) {
+            s = td_error_set(TD_ERR_FORMAT,
+                             "%s:%ld: has both \"messages\" and \"prompt\"; give one of them", path,
+                             line);
+        } else if (cJSON_IsArray(msgs) && nm > 0) {
             for (int i = 0; i < nm && s == TD_OK; i++) {
                 const cJSON *m = cJSON_GetArrayItem(msgs, i);
                 const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
@@ -356,8 +385,10 @@ int td_cmd_synthesize(int argc, char **argv) {
     int c, no_verify = 0, quiet = 0, nstop = 0;
     const char *stop[10] = {0};
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        int bad = 0;
+    int longindex = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, &longindex)) != -1) {
+        int bad = 0, li = longindex;
+        const char *range = "";
         switch (c) {
         case 'm':
             model_dir = optarg;
@@ -379,27 +410,35 @@ int td_cmd_synthesize(int argc, char **argv) {
             break;
         case 'n':
             bad = !inum(optarg, 1, 1000, &n);
+            range = "an integer from 1 to 1000";
             break;
         case 'M':
             bad = !inum(optarg, 1, 1000000, &max_tokens);
+            range = "an integer from 1 to 1000000";
             break;
         case O_TOPK:
             bad = !inum(optarg, 0, 1000000000, &top_k);
+            range = "an integer >= 0";
             break;
         case 's':
             bad = !inum(optarg, 0, 1L << 50, &seed);
+            range = "an integer >= 0";
             break;
         case O_SEQS:
             bad = !inum(optarg, 1, 1024, &max_seqs);
+            range = "an integer from 1 to 1024";
             break;
         case 'T':
             bad = !num(optarg, 0, 100, &temp);
+            range = "a number from 0 to 100";
             break;
         case O_TOPP:
             bad = !num(optarg, 1e-9, 1, &top_p);
+            range = "a number in (0, 1]";
             break;
         case O_TIMEOUT:
             bad = !num(optarg, 1e-3, 86400, &check_timeout);
+            range = "seconds from 0.001 to 86400";
             break;
         case O_STOP:
             bad = nstop == 8 || !optarg[0];
@@ -419,8 +458,8 @@ int td_cmd_synthesize(int argc, char **argv) {
             return 2;
         }
         if (bad) {
-            fprintf(stderr, "tandem synthesize: bad value '%s' for an option (see --help)\n",
-                    optarg);
+            fprintf(stderr, "tandem synthesize: --%s %s: expected %s\n", opts[li].name, optarg,
+                    range[0] ? range : "a value (see --help)");
             return 2;
         }
     }
@@ -433,6 +472,27 @@ int td_cmd_synthesize(int argc, char **argv) {
     }
     if (after && !key) {
         fprintf(stderr, "tandem synthesize: --answer-after goes with --answer-key\n");
+        return 2;
+    }
+    /* where OUT goes, checked before the teacher's time is spent */
+    struct stat so, sp;
+    char *slash = strrchr(out_path, '/');
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%.*s", slash ? (int)(slash - out_path) : 1,
+             slash ? (slash == out_path ? "/" : out_path) : ".");
+    if (!out_path[0] || !td_fs_is_dir(parent)) {
+        fprintf(stderr, "tandem synthesize: --out %s: the directory %s does not exist\n", out_path,
+                parent);
+        return 2;
+    }
+    if (stat(out_path, &so) == 0) {
+        int same = stat(prompts_path, &sp) == 0 && so.st_dev == sp.st_dev && so.st_ino == sp.st_ino;
+        fprintf(stderr, "tandem synthesize: --out %s %s; choose another path%s\n", out_path,
+                same ? "is the prompts file" : "already exists", same ? "" : " (or remove it)");
+        return 2;
+    }
+    if (checker && td_fs_is_dir(checker)) {
+        fprintf(stderr, "tandem synthesize: --checker %s is a directory, not a program\n", checker);
         return 2;
     }
     if (checker && access(checker, X_OK) != 0) {
@@ -502,6 +562,8 @@ int td_cmd_synthesize(int argc, char **argv) {
                key       ? key
                : checker ? checker
                          : "");
+    signal(SIGINT, on_stop);
+    signal(SIGTERM, on_stop);
     long kept = 0, rejected = 0, cut = 0, gen = 0, finished = 0;
     double t0 = td_time_now(), last_print = 0;
     int active = 1;
@@ -530,8 +592,10 @@ int td_cmd_synthesize(int argc, char **argv) {
                 cut++;
                 continue;
             }
-            int ok = 1;
-            if (key) {
+            char *tt = strdup(sm[k].text);
+            int ok = tt && trim(tt)[0] != '\0'; /* an empty answer teaches nothing */
+            free(tt);
+            if (ok && key) {
                 char *want = key_text(pr[i].rec, key);
                 ok = want && exact_match(sm[k].text, after, want);
                 free(want);
@@ -576,8 +640,12 @@ int td_cmd_synthesize(int argc, char **argv) {
         cJSON *o = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(o, "messages");
         for (int j = 0; j < q->n_msgs; j++) {
             cJSON *mm = cJSON_CreateObject();
+            size_t cl = strlen(q->content[j]);
+            char *fixed = malloc(3 * cl + 1); /* the prompt's bytes as valid UTF-8 too */
+            if (fixed) td_utf8_repair(q->content[j], cl, fixed);
             cJSON_AddStringToObject(mm, "role", q->roles[j]);
-            cJSON_AddStringToObject(mm, "content", q->content[j]);
+            cJSON_AddStringToObject(mm, "content", fixed ? fixed : "");
+            free(fixed);
             cJSON_AddItemToArray(msgs, mm);
         }
         cJSON *a = cJSON_CreateObject();

@@ -72,6 +72,12 @@ assert d['produced_by'] == 'tandem synthesize' and d['teacher'] == '$TINY_CK', d
 assert d['n'] == 4 and d['kept'] + d['rejected'] + d['cut'] == 16, d"
 fi
 
+# prompts holding bytes that are not UTF-8: the output is valid UTF-8 all the same
+printf '{"prompt": "Reverse:\\na,\xff,\xc3"}\n' > bin.jsonl
+syn --prompts bin.jsonl --out bin-out.jsonl --temperature 0 --quiet
+check "output is valid UTF-8 for a prompt that is not" python3 -c "
+open('bin-out.jsonl', 'rb').read().decode('utf-8')"
+
 # 2. exact match: greedy answers of a first run become the keys
 syn --prompts p.jsonl --out all.jsonl --temperature 0 --max-tokens 30 --quiet
 python3 - << 'EOF'
@@ -145,6 +151,31 @@ for c in "broken.sh|exit 3: cannot parse the answer|10" "hang.sh|did not finish 
         test $rc -eq 2 -a ! -e bad.jsonl -a "$(grep -c -- "$msg" err.txt)" -ge 1
 done
 check "the hung checker was killed" bash -c '! pgrep -f "slee[p] 4242" > /dev/null'
+# a checker that leaves a child running: the child goes with it
+cat > bg.sh << 'EOF'
+#!/bin/sh
+sleep 4343 &
+exit 0
+EOF
+chmod +x bg.sh
+syn --prompts p.jsonl --out bg.jsonl --checker ./bg.sh --quiet
+check "a checker's background child does not outlive it" bash -c '! pgrep -f "slee[p] 4343" > /dev/null'
+# SIGTERM while a checker runs: no checker left, no output
+cat > slow.sh << 'EOF'
+#!/bin/sh
+cat > /dev/null
+sleep 4444
+EOF
+chmod +x slow.sh
+"$TANDEM" synthesize --model "$TINY_CK" --max-tokens 24 --stop , --prompts p.jsonl \
+    --out term.jsonl --checker ./slow.sh --check-timeout 60 --quiet 2> /dev/null &
+pid=$!
+for _ in $(seq 100); do pgrep -f "slee[p] 4444" > /dev/null && break; sleep 0.1; done
+kill -TERM $pid
+rc=0
+wait $pid || rc=$?
+check "SIGTERM during a check: exit $rc, no checker left, no output" \
+    bash -c "[ $rc -eq 143 ] && ! pgrep -f 'slee[p] 4444' > /dev/null && [ ! -e term.jsonl ]"
 
 # 4. bad input
 badrun() { # label message args...
@@ -157,12 +188,25 @@ badrun() { # label message args...
         test $rc -eq 2 -a ! -e bad.jsonl -a "$(grep -c -- "$msg" err.txt)" -ge 1
 }
 printf '%s\n' '{"prompt": "ok"}' 'not json' > p1.jsonl
-badrun "malformed line" "p1.jsonl:2: not a JSON object" --model "$TINY_CK" --prompts p1.jsonl
+badrun "malformed line" "p1.jsonl:2: not valid JSON" --model "$TINY_CK" --prompts p1.jsonl
 printf '%s\n' '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}' > p2.jsonl
 badrun "ends with the assistant" "must end with a user turn" --model "$TINY_CK" --prompts p2.jsonl
 badrun "no key field" "answer-key answer: the line has no such" --model "$TINY_CK" \
     --prompts p.jsonl --answer-key answer
 badrun "missing model" "nothere" --model nothere --prompts p.jsonl
+cp p.jsonl same.jsonl
+badrun "--out is the prompts file" "is the prompts file" --model "$TINY_CK" --prompts same.jsonl \
+    --out same.jsonl
+check "the prompts file is intact" cmp -s p.jsonl same.jsonl
+badrun "--out exists" "already exists" --model "$TINY_CK" --prompts p.jsonl --out a.jsonl
+badrun "--out in a missing directory" "does not exist" --model "$TINY_CK" --prompts p.jsonl \
+    --out nodir/x.jsonl
+mkdir -p adir
+badrun "checker is a directory" "is a directory" --model "$TINY_CK" --prompts p.jsonl \
+    --checker adir
+printf '%s\n' '{"prompt": "a \u0000 b"}' > nul.jsonl
+badrun "NUL in a prompt" "NUL character" --model "$TINY_CK" --prompts nul.jsonl
+badrun "bad --n" "expected an integer from 1 to 1000" --model "$TINY_CK" --prompts p.jsonl --n 0
 badrun "checker not executable" "not executable" --model "$TINY_CK" --prompts p.jsonl \
     --checker p.jsonl
 exit $fail
