@@ -25,6 +25,7 @@
 #include "common/timeutil.h"
 #include "data/bpe.h"
 #include "data/dedup.h"
+#include "data/manifest.h"
 #include "data/shard.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/model.h"
@@ -223,6 +224,17 @@ int td_cmd_select(int argc, char **argv) {
         fprintf(stderr, "tandem select: --out %s already exists; choose a new directory\n", out);
         return 2;
     }
+    {
+        char parent[4096];
+        const char *slash = strrchr(out, '/');
+        snprintf(parent, sizeof parent, "%.*s", slash ? (int)(slash - out) : 1,
+                 slash ? (slash == out ? "/" : out) : ".");
+        if (!out[0] || !td_fs_is_dir(parent)) {
+            fprintf(stderr, "tandem select: --out %s: the directory %s does not exist\n", out,
+                    parent);
+            return 2;
+        }
+    }
     double t0 = td_time_now();
     char **names = NULL, **vnames = NULL, p[4200], q[4200], tmp[4200];
     int ns = 0, nv = 0;
@@ -239,7 +251,11 @@ int td_cmd_select(int argc, char **argv) {
     cJSON *man = NULL;
     FILE *sel = NULL;
     tmp[0] = '\0';
-    td_status s = list_shards(data, "train", &names, &ns);
+    /* the corpus as prep left it: every shard's size and sha256 against manifest.json (the
+     * scoring reads every token anyway), so a damaged corpus is not passed on re-hashed */
+    td_manifest_report mr;
+    td_status s = td_manifest_check(data, 1, &mr);
+    if (s == TD_OK) s = list_shards(data, "train", &names, &ns);
     if (s == TD_OK) s = list_shards(data, "val", &vnames, &nv);
     if (s == TD_OK && ns == 0)
         s = td_error_set(TD_ERR_NOTFOUND, "--data %s: no train shards (*train*.bin)", data);
@@ -258,6 +274,17 @@ int td_cmd_select(int argc, char **argv) {
         s = td_shard_open(p, &sh[i]);
         if (s != TD_OK) break;
         if (sh[i].token_bytes == 4) token_bytes = 4;
+        int nvocab = td_bpe_vocab_size(tok);
+        for (size_t k = 0; k < sh[i].count; k++)
+            if (td_shard_token(&sh[i], k) >= nvocab) {
+                s = td_error_set(TD_ERR_FORMAT,
+                                 "%s: token %zu is id %d, outside the tokenizer's %d ids: the "
+                                 "shard is damaged or from another tokenizer; make the data "
+                                 "again with tandem prep",
+                                 p, k, td_shard_token(&sh[i], k), nvocab);
+                break;
+            }
+        if (s != TD_OK) break;
         size_t b = 0;
         for (size_t k = 0; k < sh[i].count && s == TD_OK; k++) {
             if (td_shard_token(&sh[i], k) != eot && k + 1 < sh[i].count) continue;

@@ -113,6 +113,12 @@ bad "missing data" "nothere" --data nothere --model "$TINY_CK" --keep-fraction 0
 "$TANDEM" prep --out other --quiet --vocab-size 280 --delimiter % --val-fraction 0.05 corpus.txt
 bad "model of another tokenizer" "has another tokenizer" --data other --model "$TINY_CK" \
     --keep-fraction 0.5
+bad "--out in a missing directory" "does not exist" --data dup --by random --keep-fraction 0.5 \
+    --out nodir/x
+cp -r dup damaged
+printf 'XXXX' | dd of=damaged/train_000000.bin bs=1 seek=3000 conv=notrunc 2> /dev/null
+bad "a damaged shard" "train_000000.bin: the shard does not match its sha256" --data damaged --by random \
+    --keep-fraction 0.5
 mkdir badout
 rc=0
 "$TANDEM" select --data dup --by random --keep-fraction 0.5 --out badout 2> err.txt || rc=$?
