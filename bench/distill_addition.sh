@@ -116,9 +116,9 @@ for r in "teacher|teacher: worked solutions" "stu_a|(a) answers only" \
 done
 [ -f synth.log ] && echo "(b)'s data: $(tail -1 synth.log | sed 's/^synthesize: //')"
 
-log "decode speed at batch 1 (serve --prompts-file, --max-seqs 1, 100 tokens per prompt)"
-for i in $(seq 1 8); do echo "12$i+345$i"; done > speed.txt
-for d in teacher stu_b teacher stu_b; do # alternated, twice
+log "decode speed at batch 1 (serve --prompts-file, --max-seqs 1, 32 prompts x 100 tokens)"
+for i in $(seq 1 32); do echo "12$i+345$i"; done > speed.txt
+for d in teacher stu_b teacher stu_b teacher stu_b; do # alternated, three times
     printf '%-8s ' "$d"
     "$TANDEM" serve --model "$(last $d)" --prompts-file speed.txt --max-tokens 100 \
         --max-seqs 1 --temperature 0 2>&1 > /dev/null | grep -o 'replica 0: .*'
