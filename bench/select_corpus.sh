@@ -38,16 +38,21 @@ for rule in middle low high; do
     [ -d "sel_$rule" ] || "$TANDEM" select --data full --model "$(ck proxy 200)" --by "$rule" \
         --keep-fraction 0.25 --out "sel_$rule" 2> /dev/null | head -1
 done
+# three random quarters: the spread of the baseline
 [ -d sel_random ] || "$TANDEM" select --data full --by random --keep-fraction 0.25 \
     --out sel_random --quiet
-for d in full sel_middle sel_random sel_low sel_high; do
+for sd in 2 3; do
+    [ -d "sel_random$sd" ] || "$TANDEM" select --data full --by random --seed "$sd" \
+        --keep-fraction 0.25 --out "sel_random$sd" --quiet
+done
+for d in full sel_middle sel_random sel_random2 sel_random3 sel_low sel_high; do
     [ -d "$(ck "run_$d" "$STEPS")" ] && continue
     log "pretraining the demo model on $d ($STEPS steps)"
     job "run_$d" "$d" "$STEPS" 128 4 344 && "$TANDEM" train "run_$d.json" --quiet 2> /dev/null
 done
 printf '\n%-34s %9s %9s %10s %10s\n' "train data (25 %: by tandem select)" documents tokens \
     "epochs" "val loss"
-for d in full sel_middle sel_random sel_low sel_high; do
+for d in full sel_middle sel_random sel_random2 sel_random3 sel_low sel_high; do
     python3 - "$d" "$STEPS" << 'EOF'
 import json, sys
 d, steps = sys.argv[1], int(sys.argv[2])
@@ -57,7 +62,8 @@ docs = m.get("selection", {}).get("documents_kept", m["stats"].get("documents_ou
                                   - m["stats"].get("documents_val", 0))
 val = [json.loads(l) for l in open("run_" + d + "/metrics.jsonl") if '"val_loss"' in l][-1]
 label = {"full": "100 % of the corpus", "sel_middle": "25 % middle loss (deduplicated)",
-         "sel_random": "25 % random", "sel_low": "25 % lowest loss (deduplicated)",
+         "sel_random": "25 % random (seed 1)", "sel_random2": "25 % random (seed 2)",
+         "sel_random3": "25 % random (seed 3)", "sel_low": "25 % lowest loss (deduplicated)",
          "sel_high": "25 % highest loss (deduplicated)"}[d]
 print("%-34s %9d %9d %10.2f %10.4f" % (label, docs, tokens, steps * 16 * 128 / tokens,
                                         val["val_loss"]))
