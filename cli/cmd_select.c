@@ -226,9 +226,7 @@ int td_cmd_select(int argc, char **argv) {
     }
     {
         char parent[4096];
-        const char *slash = strrchr(out, '/');
-        snprintf(parent, sizeof parent, "%.*s", slash ? (int)(slash - out) : 1,
-                 slash ? (slash == out ? "/" : out) : ".");
+        td_fs_dirname(out, parent, sizeof parent);
         if (!out[0] || !td_fs_is_dir(parent)) {
             fprintf(stderr, "tandem select: --out %s: the directory %s does not exist\n", out,
                     parent);

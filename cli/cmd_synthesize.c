@@ -476,10 +476,8 @@ int td_cmd_synthesize(int argc, char **argv) {
     }
     /* where OUT goes, checked before the teacher's time is spent */
     struct stat so, sp;
-    char *slash = strrchr(out_path, '/');
     char parent[4096];
-    snprintf(parent, sizeof parent, "%.*s", slash ? (int)(slash - out_path) : 1,
-             slash ? (slash == out_path ? "/" : out_path) : ".");
+    td_fs_dirname(out_path, parent, sizeof parent);
     if (!out_path[0] || !td_fs_is_dir(parent)) {
         fprintf(stderr, "tandem synthesize: --out %s: the directory %s does not exist\n", out_path,
                 parent);

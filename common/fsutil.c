@@ -148,3 +148,13 @@ int td_fs_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
 }
+
+void td_fs_dirname(const char *path, char *out, size_t n) {
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, n, ".");
+    else if (slash == path)
+        snprintf(out, n, "/");
+    else
+        snprintf(out, n, "%.*s", (int)(slash - path), path);
+}

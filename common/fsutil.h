@@ -13,6 +13,8 @@ td_status td_fs_write_file_atomic(const char *path, const void *data, size_t len
 td_status td_fs_mkdirs(const char *path);
 td_status td_fs_remove_tree(const char *path);
 int td_fs_is_dir(const char *path);
+/* The directory part of path: "." when it has none, "/" for a name in the root. */
+void td_fs_dirname(const char *path, char *out, size_t n);
 int td_fs_exists(const char *path);
 /* fsyncs a directory so a rename inside it is durable. */
 void td_fs_sync_dir(const char *path);

@@ -177,12 +177,25 @@ static void test_checkpoints(void) {
            "truncated safetensors");
 }
 
+/* td_fs_dirname: where an output path's directory must exist (synthesize, select --out) */
+static void test_dirname(void) {
+    const char *cases[][2] = {{"out.jsonl", "."}, {"/x", "/"},     {"a/b/c", "a/b"},
+                              {"/a/b", "/a"},     {"dir/", "dir"}, {"", "."}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char d[64];
+        td_fs_dirname(cases[i][0], d, sizeof d);
+        CHECK(!strcmp(d, cases[i][1]), "dirname(\"%s\") = \"%s\", want \"%s\"", cases[i][0], d,
+              cases[i][1]);
+    }
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/td_test_bad_input.%d", (int)getpid());
     REQUIRE(td_fs_mkdirs(g_dir) == TD_OK, "mkdir %s", g_dir);
     test_job_files();
     test_shards();
     test_checkpoints();
+    test_dirname();
     td_fs_remove_tree(g_dir);
     return test_done("test_bad_input");
 }
