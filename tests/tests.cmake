@@ -32,6 +32,10 @@ td_e2e(test_finetune "mpi;e2e" 600)
 td_e2e(test_distill "mpi;e2e" 300)
 td_e2e(test_synthesize e2e 300)
 td_e2e(test_select e2e 300)
+# simulated hosts (network namespaces, scripts/netns-hosts.sh); exits 77 where they cannot
+# be made
+td_e2e(test_multihost "multihost;mpi;e2e" 300)
+set_tests_properties(test_multihost PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
 td_e2e(test_blas_core "mpi;e2e" 120)
 td_e2e(test_serve_idle "e2e" 180)
 td_e2e(test_train_faults "mpi;e2e" 300)

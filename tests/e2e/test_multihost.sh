@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Several hosts on one machine (ctest label multihost; exits 77, skipped, where network
+# namespaces cannot be made, saying why): scripts/netns-hosts.sh makes three hosts
+# (tdhost1..3, 10.77.0.1..3, their own hostnames, a private bridge), and
+#   1. a 3-rank data-parallel training job launched by mpirun on tdhost1 with one rank per
+#      host (TCP between them, no shared memory) equals the same job as 3 ranks on one host
+#      (loss within 1e-5 relative at each of 20 steps)
+# Usage: test_multihost.sh TANDEM_BINARY
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+TANDEM=$(realpath "$1")
+HOSTS="$HERE/../../scripts/netns-hosts.sh"
+if ! why=$("$HOSTS" check 2>&1); then
+    echo "skipped: $why"
+    exit 77
+fi
+W=$(mktemp -d)
+trap '"$HOSTS" down; rm -rf "$W"' EXIT
+cd "$W"
+. "$HERE/mpi_env.sh"
+"$HOSTS" down
+"$HOSTS" up 3
+. "$HERE/tiny_model.sh"
+tiny_model "$TANDEM" 64 # the data and a job shape; its run is not used
+job() { # name
+    cat > "$1.json" << JOB
+{"model": {"arch": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 300,
+           "max_position_embeddings": 64},
+ "data": {"train": "$W/data", "seq_len": 32},
+ "train": {"batch_size": 6, "steps": 20, "lr": 3e-3, "seed": 2},
+ "checkpoint": {"dir": "$W/$1", "every": 20, "keep": 1}, "device": "cpu"}
+JOB
+}
+losses() { grep '"loss"' "$1/metrics.jsonl" | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+fail=0
+printf 'tdhost1 slots=1\ntdhost2 slots=1\ntdhost3 slots=1\n' > hostfile
+# one host, 3 ranks over shared memory
+job one && mpirun -np 3 "$TANDEM" train one.json --quiet 2> /dev/null
+# three hosts, a rank each, over TCP on the bridge
+job three
+start=$(date +%s.%N)
+"$HOSTS" run tdhost1 mpirun --hostfile "$W/hostfile" -np 3 \
+    --mca plm_rsh_agent "$HOSTS rsh" --mca btl self,tcp \
+    --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
+    -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM --wdir "$W" \
+    "$TANDEM" train "$W/three.json" 2>&1 | grep -E "rank|hosts|^train:" | head -8 || true
+echo "three hosts: $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }') s"
+echo "3 ranks on one host  vs  3 hosts (one rank each):"
+paste <(losses one) <(losses three) | awk 'NR % 5 == 1 { printf "   %4d  %s  %s\n", NR, $1, $2 }'
+if ! paste <(losses one) <(losses three) |
+    awk '{ d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > m) m = d; if (d > 1e-5 || NF != 2) bad++ }
+         END { printf "   max relative difference %.2e over %d steps\n", m, NR
+               exit (bad || NR != 20) ? 1 : 0 }'; then
+    echo "FAIL: the three-host run differs"
+    fail=1
+fi
+exit $fail
