@@ -5,6 +5,10 @@
 #   1. a 3-rank data-parallel training job launched by mpirun on tdhost1 with one rank per
 #      host (TCP between them, no shared memory) equals the same job as 3 ranks on one host
 #      (loss within 1e-5 relative at each of 20 steps)
+#   2. a tensor-parallel replica spanning tdhost1 and tdhost2 (TP 2, mpirun across them)
+#      gives tokens identical to TP 1
+#   3. the gateway (serve --http 0.0.0.0:PORT) on tdhost1 answers a client on tdhost3 by
+#      name, and `ss -ltn` on tdhost1 shows the gateway not bound to loopback only
 # Usage: test_multihost.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -55,4 +59,59 @@ if ! paste <(losses one) <(losses three) |
     echo "FAIL: the three-host run differs"
     fail=1
 fi
+
+# 2. a tensor-parallel replica across two hosts: tokens identical to TP 1
+CK=$W/three/step_00000020
+awk 'BEGIN { RS = "%\n" } NR > 1 && NR <= 60 { split($0, l, "\n"); if (length(l[1]) > 8 && n < 8) { print substr(l[1], 1, 30); n++ } }' \
+    /usr/share/games/fortunes/fortunes > prompts.txt
+tokens() { sed 's/.*"tokens": \[\([^]]*\)\].*/\1/' "$1"; }
+"$TANDEM" serve --model "$CK" --prompts-file prompts.txt --max-tokens 16 > tp1.jsonl 2> /dev/null
+printf 'tdhost1 slots=1\ntdhost2 slots=1\n' > hostfile2
+"$HOSTS" run tdhost1 mpirun --hostfile "$W/hostfile2" -np 2 \
+    --mca plm_rsh_agent "$HOSTS rsh" --mca btl self,tcp \
+    --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
+    -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM --wdir "$W" \
+    "$TANDEM" serve --model "$CK" --tp 2 --prompts-file "$W/prompts.txt" --max-tokens 16 \
+    > tp2.jsonl 2> tp2.err || true
+if [ "$(wc -l < tp2.jsonl)" -eq 8 ] && cmp -s <(tokens tp1.jsonl) <(tokens tp2.jsonl); then
+    echo "TP 2 across tdhost1 and tdhost2: 8 prompts, $(tokens tp1.jsonl | tr ',' '\n' | grep -c .) tokens, identical to TP 1"
+else
+    echo "FAIL: TP 2 across two hosts differs from TP 1"
+    tail -3 tp2.err
+    fail=1
+fi
+
+# 3. the gateway on tdhost1 serves a client on tdhost3; nothing another host must reach
+#    is bound to loopback only
+PORT=$((20000 + RANDOM % 20000))
+"$HOSTS" run tdhost1 "$TANDEM" serve --model "$CK" --name tiny --http "0.0.0.0:$PORT" \
+    2> gw.err &
+GW=$!
+ok=0
+for _ in $(seq 100); do
+    if "$HOSTS" run tdhost3 curl -s -m 2 "http://tdhost1:$PORT/health" 2> /dev/null |
+        grep -q '"replicas":1'; then
+        ok=1
+        break
+    fi
+    sleep 0.2
+done
+REQ='{"model": "tiny", "prompt": "The", "max_tokens": 8, "temperature": 0}'
+out=$("$HOSTS" run tdhost3 curl -s -m 20 "http://tdhost1:$PORT/v1/completions" \
+    -H 'Content-Type: application/json' -d "$REQ" || true)
+if [ $ok -eq 1 ] && grep -q '"text"' <<< "$out"; then
+    echo "gateway on tdhost1, client on tdhost3: $(cut -c1-120 <<< "$out")"
+else
+    echo "FAIL: the client on tdhost3 got no completion from tdhost1: $out"
+    tail -3 gw.err
+    fail=1
+fi
+echo "listening sockets on tdhost1:"
+"$HOSTS" run tdhost1 ss -ltnH | awk '{ print "   " $4 }'
+if "$HOSTS" run tdhost1 ss -ltnH | awk '{ print $4 }' | grep -q "^127.0.0.1:$PORT$"; then
+    echo "FAIL: the gateway is bound to loopback only"
+    fail=1
+fi
+kill $GW 2> /dev/null || true
+wait $GW 2> /dev/null || true
 exit $fail
