@@ -9,6 +9,9 @@
 #      gives tokens identical to TP 1
 #   3. the gateway (serve --http 0.0.0.0:PORT) on tdhost1 answers a client on tdhost3 by
 #      name, and `ss -ltn` on tdhost1 shows the gateway not bound to loopback only
+#   4. the coordinator on tdhost1 (control socket, router, gateway on 0.0.0.0), a replica on
+#      tdhost2 that registers with its router as tcp://tdhost1:PORT, a client on tdhost3:
+#      a completion through the gateway, and `tandem ps` from tdhost3
 # Usage: test_multihost.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -114,4 +117,52 @@ if "$HOSTS" run tdhost1 ss -ltnH | awk '{ print $4 }' | grep -q "^127.0.0.1:$POR
 fi
 kill $GW 2> /dev/null || true
 wait $GW 2> /dev/null || true
+
+# 4. the coordinator (router and gateway) on tdhost1, a replica on tdhost2 registering with
+#    it by name, a client on tdhost3 asking the gateway, and `tandem ps` from tdhost3
+export TANDEM_KEYS=$W/keys
+CP=$((PORT + 1))
+RP=$((PORT + 2))
+HP=$((PORT + 3))
+"$HOSTS" run tdhost1 "$TANDEM" coordinator --state "$W/state" --slots 2 \
+    --control "tcp://0.0.0.0:$CP" --replicas "tcp://0.0.0.0:$RP" --http "0.0.0.0:$HP" \
+    2> coord.err &
+COORD=$!
+"$HOSTS" run tdhost2 "$TANDEM" serve --model "$CK" --name tiny --router "tcp://tdhost1:$RP" \
+    2> replica.err &
+REP=$!
+ok=0
+for _ in $(seq 150); do
+    if "$HOSTS" run tdhost3 curl -s -m 2 "http://tdhost1:$HP/health" 2> /dev/null |
+        grep -q '"replicas":1'; then
+        ok=1
+        break
+    fi
+    sleep 0.2
+done
+out=$("$HOSTS" run tdhost3 curl -s -m 20 "http://tdhost1:$HP/v1/completions" \
+    -H 'Content-Type: application/json' -d "$REQ" || true)
+if [ $ok -eq 1 ] && grep -q '"text"' <<< "$out"; then
+    echo "coordinator on tdhost1, replica on tdhost2, client on tdhost3: $(cut -c1-100 <<< "$out")"
+else
+    echo "FAIL: no completion through the coordinator's gateway: $out"
+    tail -3 coord.err replica.err
+    fail=1
+fi
+if TANDEM_COORDINATOR="tcp://tdhost1:$CP" "$HOSTS" run tdhost3 "$TANDEM" ps > ps.txt 2>&1; then
+    echo "tandem ps from tdhost3: $(head -1 ps.txt)"
+else
+    echo "FAIL: tandem ps from tdhost3: $(cat ps.txt)"
+    fail=1
+fi
+echo "listening sockets on tdhost1 and tdhost2:"
+for h in tdhost1 tdhost2; do "$HOSTS" run $h ss -ltnH | awk -v h=$h '{ print "   " h "  " $4 }'; done
+for p in $CP $RP $HP; do
+    if "$HOSTS" run tdhost1 ss -ltnH | awk '{ print $4 }' | grep -q "^127.0.0.1:$p$"; then
+        echo "FAIL: port $p is bound to loopback only on tdhost1"
+        fail=1
+    fi
+done
+kill $REP $COORD 2> /dev/null || true
+wait $REP $COORD 2> /dev/null || true
 exit $fail
