@@ -12,6 +12,8 @@
 #   4. the coordinator on tdhost1 (control socket, router, gateway on 0.0.0.0), a replica on
 #      tdhost2 that registers with its router as tcp://tdhost1:PORT, a client on tdhost3:
 #      a completion through the gateway, and `tandem ps` from tdhost3
+#   5. a second replica on tdhost3; tdhost2's link taken down: its replica is lost within
+#      5 s and requests are served by tdhost3's
 # Usage: test_multihost.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -163,6 +165,35 @@ for p in $CP $RP $HP; do
         fail=1
     fi
 done
-kill $REP $COORD 2> /dev/null || true
-wait $REP $COORD 2> /dev/null || true
+
+# 5. a second replica on tdhost3; tdhost2 cut off: the router marks its replica lost within
+#    5 s and the requests go to tdhost3's
+"$HOSTS" run tdhost3 "$TANDEM" serve --model "$CK" --name tiny --router "tcp://tdhost1:$RP" \
+    2> replica3.err &
+REP3=$!
+health() { "$HOSTS" run tdhost3 curl -s -m 2 "http://tdhost1:$HP/health" 2> /dev/null || true; }
+for _ in $(seq 150); do health | grep -q '"replicas":2' && break; sleep 0.2; done
+if health | grep -q '"replicas":2'; then
+    "$HOSTS" cut tdhost2
+    t0=$(date +%s.%N)
+    for _ in $(seq 100); do health | grep -q '"replicas":1' && break; sleep 0.1; done
+    lost=$(awk -v s="$t0" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    served=0
+    for i in 1 2 3 4; do
+        "$HOSTS" run tdhost3 curl -s -m 20 "http://tdhost1:$HP/v1/completions" \
+            -H 'Content-Type: application/json' -d "$REQ" | grep -q '"text"' && served=$((served + 1))
+    done
+    echo "tdhost2 cut off: its replica lost after $lost s; $served of 4 requests served by tdhost3's"
+    if ! awk -v l="$lost" 'BEGIN { exit !(l <= 5) }' || [ $served -ne 4 ]; then
+        echo "FAIL: not lost within 5 s, or requests failed"
+        fail=1
+    fi
+    "$HOSTS" mend tdhost2
+else
+    echo "FAIL: the second replica did not register: $(health)"
+    tail -3 replica3.err
+    fail=1
+fi
+kill $REP $REP3 $COORD 2> /dev/null || true
+wait $REP $REP3 $COORD 2> /dev/null || true
 exit $fail
