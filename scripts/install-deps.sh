@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what tandem needs on a fresh Debian 12 machine. Idempotent: a second run
-# checks and returns quickly. Usage: scripts/install-deps.sh [--clients | --python]
+# checks and returns quickly. Usage: scripts/install-deps.sh [--clients | --python | --slurm]
 #   (no flag)  apt packages for building, testing and the demo corpus
 #   --clients  also the Python virtual environment (.venv) with the official openai and
 #              ollama clients the gateway tests use (make test)
 #   --python   also the reference peers in .venv (PyTorch from Debian's python3-torch,
 #              transformers, safetensors, tokenizers) and the clients
+#   --slurm    also Debian's Slurm daemons and munge, for tests/e2e/test_slurm.sh and
+#              scripts/slurm-local.sh (not part of make test's install: installing them
+#              enables their system services; without them test_slurm is skipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +61,10 @@ make_venv() {
 if [ "${1:-}" = "--clients" ]; then
     apt_install python3 python3-venv
     make_venv
+fi
+
+if [ "${1:-}" = "--slurm" ]; then
+    apt_install slurmctld slurmd slurm-client munge
 fi
 
 if [ "${1:-}" = "--python" ]; then
