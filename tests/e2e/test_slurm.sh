@@ -9,6 +9,8 @@
 #      write its checkpoint (what a preempted or timed-out job relies on)
 #   3. deploy/slurm/serve.sbatch is accepted by `sbatch --test-only`; both scripts pass
 #      `bash -n`
+#   4. serve.sbatch as a 2-task job: a TP 2 replica registers with a coordinator's router,
+#      answers a completion through its gateway, and leaves the router on scancel
 # Usage: test_slurm.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -102,4 +104,38 @@ else
     echo "FAIL: sbatch --test-only serve.sbatch: $out"
     fail=1
 fi
+
+# 4. serve.sbatch for real: a TP 2 replica as a Slurm job, registering with a coordinator's
+#    router; a completion through the coordinator's gateway; scancel: it leaves the router
+export TANDEM_KEYS=$W/keys
+PORT=$((20000 + RANDOM % 12000))
+"$TANDEM" coordinator --state "$W/state" --slots 1 --control "tcp://127.0.0.1:$PORT" \
+    --replicas "tcp://127.0.0.1:$((PORT + 1))" --http "127.0.0.1:$((PORT + 2))" 2> coord.err &
+COORD=$!
+id=$(sbatch --parsable --ntasks=2 "$ROOT/deploy/slurm/serve.sbatch" "$TINY_CK" tiny \
+    "tcp://127.0.0.1:$((PORT + 1))")
+health() { curl -s -m 2 "http://127.0.0.1:$((PORT + 2))/health" 2> /dev/null || true; }
+for _ in $(seq 300); do health | grep -q '"replicas":1' && break; sleep 0.1; done
+out=$(curl -s -m 20 "http://127.0.0.1:$((PORT + 2))/v1/completions" \
+    -H 'Content-Type: application/json' \
+    -d '{"model": "tiny", "prompt": "The", "max_tokens": 8, "temperature": 0}' || true)
+if grep -q '"text"' <<< "$out"; then
+    echo "serve.sbatch (TP 2, job $id): $(cut -c1-100 <<< "$out")"
+else
+    echo "FAIL: no completion from the Slurm replica: $out"
+    tail -5 "tandem-serve-$id.out" coord.err
+    fail=1
+fi
+scancel "$id"
+gone=0
+for _ in $(seq 300); do health | grep -q '"replicas":0' && gone=1 && break; sleep 0.1; done
+wait_gone "$id" 60 || true
+if [ $gone -eq 1 ]; then
+    echo "scancel: the replica left the router ($(health | cut -c1-60))"
+else
+    echo "FAIL: the replica did not leave after scancel: $(health)"
+    fail=1
+fi
+kill $COORD 2> /dev/null || true
+wait $COORD 2> /dev/null || true
 exit $fail
