@@ -40,6 +40,7 @@ set_tests_properties(test_multihost PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TR
 # they are missing or cannot run
 td_e2e(test_slurm "slurm;mpi;e2e" 400)
 set_tests_properties(test_slurm PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
+td_e2e(test_deploy "deploy;e2e" 60) # deploy/: systemd units verified, Slurm scripts parsed
 td_e2e(test_blas_core "mpi;e2e" 120)
 td_e2e(test_serve_idle "e2e" 180)
 td_e2e(test_train_faults "mpi;e2e" 300)
