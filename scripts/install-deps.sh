@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libzmq3-dev
           libprotobuf-c-dev protobuf-c-compiler libopenblas-openmp-dev libdnnl-dev libcjson-dev
           libmicrohttpd-dev zlib1g-dev libutf8proc-dev fortunes fortunes-zh
-          procps util-linux iproute2 gawk curl clang-format)
+          procps util-linux iproute2 systemd gawk curl clang-format)
 PY_APT_PKGS=(python3 python3-venv python3-torch python3-numpy)
 
 missing_apt() {
