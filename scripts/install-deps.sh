@@ -3,7 +3,8 @@
 # checks and returns quickly. Usage: scripts/install-deps.sh [--clients | --python | --slurm]
 #   (no flag)  apt packages for building, testing and the demo corpus
 #   --clients  also the Python virtual environment (.venv) with the official openai and
-#              ollama clients the gateway tests use (make test)
+#              ollama clients the gateway tests use and the Kubernetes validators of
+#              test_deploy (make test)
 #   --python   also the reference peers in .venv (PyTorch from Debian's python3-torch,
 #              transformers, safetensors, tokenizers) and the clients
 #   --slurm    also Debian's Slurm daemons and munge, for tests/e2e/test_slurm.sh and
@@ -55,6 +56,10 @@ make_venv() {
     if ! .venv/bin/python -c 'import openai, ollama' 2>/dev/null; then
         echo "install-deps: installing the openai and ollama clients into .venv"
         .venv/bin/pip install -q -r tests/e2e/requirements-clients.txt
+    fi
+    if ! .venv/bin/python -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null; then
+        echo "install-deps: installing the Kubernetes validators into .venv"
+        .venv/bin/pip install -q -r tests/e2e/requirements-deploy.txt
     fi
 }
 
