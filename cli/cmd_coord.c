@@ -57,6 +57,9 @@ static void coordinator_help(FILE *f) {
             "  --replicas EP     the router's back end, where serve jobs register (default\n"
             "                    " DEFAULT_REPLICAS ")\n"
             "  --cancel-grace S  seconds between a cancel's SIGTERM and SIGKILL (default 3)\n"
+            "  --launcher L      mpirun (default): ranks on this machine; slurm: each job\n"
+            "                    a Slurm job (srun --mpi=pmix, named tandem-SID, seen in\n"
+            "                    squeue), stopped and cancelled with scancel\n"
             "  --insecure        no CURVE on the control socket (anyone who reaches it can\n"
             "                    start jobs); by default only clients whose public key is in\n"
             "                    the key directory's allowed/ connect (docs/router.md)\n"
@@ -70,15 +73,12 @@ int td_cmd_coordinator(int argc, char **argv) {
                         .slots = cores > 0 ? (int)cores : 1,
                         .cancel_grace_s = 3,
                         .replicas = DEFAULT_REPLICAS};
-    static const struct option opts[] = {{"state", required_argument, 0, 's'},
-                                         {"slots", required_argument, 0, 'n'},
-                                         {"control", required_argument, 0, 'c'},
-                                         {"cancel-grace", required_argument, 0, 'g'},
-                                         {"insecure", no_argument, 0, 'I'},
-                                         {"http", required_argument, 0, 'H'},
-                                         {"replicas", required_argument, 0, 'R'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"state", required_argument, 0, 's'},    {"slots", required_argument, 0, 'n'},
+        {"control", required_argument, 0, 'c'},  {"cancel-grace", required_argument, 0, 'g'},
+        {"insecure", no_argument, 0, 'I'},       {"http", required_argument, 0, 'H'},
+        {"replicas", required_argument, 0, 'R'}, {"launcher", required_argument, 0, 'L'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     long v;
     optind = 1;
@@ -118,6 +118,14 @@ int td_cmd_coordinator(int argc, char **argv) {
             break;
         case 'R':
             o.replicas = optarg;
+            break;
+        case 'L':
+            if (strcmp(optarg, "mpirun") && strcmp(optarg, "slurm")) {
+                fprintf(stderr, "tandem coordinator: --launcher %s: one of mpirun, slurm\n",
+                        optarg);
+                return 2;
+            }
+            o.slurm = !strcmp(optarg, "slurm");
             break;
         case 'h':
             coordinator_help(stdout);

@@ -276,16 +276,28 @@ static pid_t spawn(coord *d, const td_job *j, prepared *p, int ranks, const char
     argv[k++] = "echo $$ > \"$0.pid\"; trap : TERM INT; \"$@\"; rc=$?; echo $rc > "
                 "\"$0.tmp\" && mv \"$0.tmp\" \"$0\"; exit $rc";
     argv[k++] = exitf;
-    argv[k++] = "mpirun";
-    argv[k++] = "-np";
-    argv[k++] = np;
-    argv[k++] = "--hostfile";
-    argv[k++] = p->hf;
+    if (d->o.slurm) { /* a Slurm job of `ranks` tasks, wired up by PMIx */
+        argv[k++] = "srun";
+        argv[k++] = "--mpi=pmix";
+        argv[k++] = "--kill-on-bad-exit=1";
+        argv[k++] = "-n";
+        argv[k++] = np;
+    } else {
+        argv[k++] = "mpirun";
+        argv[k++] = "-np";
+        argv[k++] = np;
+        argv[k++] = "--hostfile";
+        argv[k++] = p->hf;
+    }
     argv[k++] = d->o.tandem;
     for (int i = 0; i < p->args.n; i++)
         argv[k++] = p->args.v[i];
     argv[k] = NULL;
-    dprintf(p->logfd, "== %s: mpirun -np %s --hostfile %s %s", head, np, p->hf, d->o.tandem);
+    if (d->o.slurm)
+        dprintf(p->logfd, "== %s: srun --mpi=pmix -n %s (Slurm job tandem-SID) %s", head, np,
+                d->o.tandem);
+    else
+        dprintf(p->logfd, "== %s: mpirun -np %s --hostfile %s %s", head, np, p->hf, d->o.tandem);
     for (int i = 0; i < p->args.n; i++)
         dprintf(p->logfd, " %s", p->args.v[i]);
     dprintf(p->logfd, " (in %s)\n", j->dir);
@@ -296,6 +308,11 @@ static pid_t spawn(coord *d, const td_job *j, prepared *p, int ranks, const char
     pid_t pid = fork();
     if (pid == 0) {
         setsid(); /* sid = this pid, inherited by mpirun and the ranks: a cancel finds them */
+        if (d->o.slurm) { /* srun reads its job name from the environment */
+            char name[64];
+            snprintf(name, sizeof name, "tandem-%ld", (long)getpid());
+            setenv("SLURM_JOB_NAME", name, 1);
+        }
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
@@ -308,7 +325,7 @@ static pid_t spawn(coord *d, const td_job *j, prepared *p, int ranks, const char
         int nul = open("/dev/null", O_RDONLY);
         if (nul >= 0) dup2(nul, 0);
         execvp(argv[0], (char *const *)argv);
-        dprintf(2, "cannot run mpirun: %s\n", strerror(errno));
+        dprintf(2, "cannot run %s: %s\n", d->o.slurm ? "srun" : "mpirun", strerror(errno));
         _exit(127);
     }
     int e = errno;
@@ -446,10 +463,45 @@ static int signal_job(long sid, int sig, int ranks_only) {
     return n;
 }
 
+/* The Slurm launcher (--launcher slurm): each job runs as `srun` under the Slurm job name
+ * tandem-SID (SID: its shell's pid, which is its session); its ranks are Slurm's tasks,
+ * not in that session, so they are signalled through scancel. */
+static int g_slurm;
+
+static void scancel(long sid, const char *signame) {
+    char name[64], sig[32];
+    snprintf(name, sizeof name, "--name=tandem-%ld", sid);
+    snprintf(sig, sizeof sig, "--signal=%s", signame ? signame : "KILL");
+    pid_t pid = fork();
+    if (pid == 0) {
+        int nul = open("/dev/null", O_RDWR);
+        if (nul >= 0) {
+            dup2(nul, 1);
+            dup2(nul, 2);
+        }
+        if (signame)
+            execlp("scancel", "scancel", "--full", sig, name, (char *)NULL);
+        else
+            execlp("scancel", "scancel", name, (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0) waitpid(pid, NULL, 0);
+}
+
 /* Asks the job whose shell is `sid` to stop: SIGTERM to its ranks (training checkpoints,
  * serving drains), or to all its processes while it has no rank yet. */
 static void stop_gently(long sid) {
+    if (sid > 0 && g_slurm) {
+        scancel(sid, "TERM");
+        return;
+    }
     if (sid > 0 && signal_job(sid, SIGTERM, 1) == 0) signal_job(sid, SIGTERM, 0);
+}
+
+/* Ends the job whose shell is `sid` now (its grace is over). */
+static void kill_job(long sid) {
+    if (sid > 0 && g_slurm) scancel(sid, NULL);
+    signal_job(sid, SIGKILL, 0);
 }
 
 /* 1 while process pid runs. A zombie counts as ended: the launcher of a job whose
@@ -602,7 +654,7 @@ static void watch_pools(coord *d, pid_t reaped, int st) {
                 if (j->rep[k].stopping || j->cancel_asked || j->failing) {
                     TD_LOG_WARN("job %ld: replica %d still running after its grace: SIGKILL", j->id,
                                 j->rep[k].seq);
-                    signal_job(j->rep[k].pid, SIGKILL, 0);
+                    kill_job(j->rep[k].pid);
                 }
             rt->kill_at = 0;
         }
@@ -680,7 +732,7 @@ static void watch(coord *d) {
         if (rt->kill_at > 0 && now >= rt->kill_at && j->pid > 0) {
             TD_LOG_WARN("job %ld: still running %.0f s after SIGTERM: SIGKILL", j->id,
                         d->o.cancel_grace_s);
-            signal_job(j->pid, SIGKILL, 0);
+            kill_job(j->pid);
             rt->kill_at = 0;
         }
     }
@@ -1413,6 +1465,7 @@ static td_status open_socket(coord *d) {
 
 td_status td_daemon_run(const td_daemon_opts *o) {
     coord d = {.o = *o, .started_at = now_s()};
+    g_slurm = o->slurm;
     if (d.o.cancel_grace_s <= 0) d.o.cancel_grace_s = 3;
     td_status s = td_fs_mkdirs(o->state_dir);
     /* absolute: jobs run in their own directories, and their shells write here */

@@ -27,6 +27,8 @@ typedef struct {
     double cancel_grace_s; /* SIGTERM, then SIGKILL after this long */
     const char *replicas;  /* the hosted router's back end, where serve jobs register */
     const char *http;      /* HOST:PORT of the hosted gateway, or NULL for none */
+    int slurm;             /* launch jobs with srun (a Slurm job each, tandem-SID) instead
+                            * of mpirun; stop and cancel with scancel */
 } td_daemon_opts;
 
 /* Runs until SIGINT or SIGTERM (then returns TD_OK; running jobs keep running). */

@@ -11,6 +11,9 @@
 #      `bash -n`
 #   4. serve.sbatch as a 2-task job: a TP 2 replica registers with a coordinator's router,
 #      answers a completion through its gateway, and leaves the router on scancel
+#   5. the coordinator with --launcher slurm: two 2-rank jobs on 2 slots run one after the
+#      other as Slurm jobs (squeue lists them), and `tandem cancel` of a running one goes
+#      through scancel: its ranks checkpoint, the job is cancelled, no Slurm job is left
 # Usage: test_slurm.sh TANDEM_BINARY
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -134,6 +137,55 @@ if [ $gone -eq 1 ]; then
     echo "scancel: the replica left the router ($(health | cut -c1-60))"
 else
     echo "FAIL: the replica did not leave after scancel: $(health)"
+    fail=1
+fi
+kill $COORD 2> /dev/null || true
+wait $COORD 2> /dev/null || true
+
+# 5. the coordinator's Slurm launcher: two 2-rank jobs on 2 slots run one after the other
+#    as Slurm jobs (squeue shows them), and `tandem cancel` of a third becomes scancel
+export TANDEM_COORDINATOR=tcp://127.0.0.1:$((PORT + 3))
+"$TANDEM" coordinator --state "$W/state5" --slots 2 --launcher slurm \
+    --replicas "tcp://127.0.0.1:$((PORT + 4))" 2> coord5.err &
+COORD=$!
+for _ in $(seq 100); do "$TANDEM" ps > /dev/null 2>&1 && break; sleep 0.1; done
+job q1 60 && job q2 60 && job q3 100000
+a=$("$TANDEM" submit q1.json --ranks 2)
+b=$("$TANDEM" submit q2.json --ranks 2)
+seen=""
+st() { "$TANDEM" ps --json | python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id']==$1))"; }
+for _ in $(seq 600); do
+    q=$(squeue -h -o "%j %T" 2> /dev/null | grep tandem- || true)
+    [ -n "$q" ] && [ -z "$seen" ] && seen=$q && echo "squeue while job $a runs: $q; job $b is $(st "$b")"
+    [ "$(st "$a")" = done ] && [ "$(st "$b")" = done ] && break
+    sleep 0.1
+done
+if [ "$(st "$a")" = done ] && [ "$(st "$b")" = done ] && [ -n "$seen" ] &&
+    [ -d q1/step_00000060 ] && [ -d q2/step_00000060 ]; then
+    echo "coordinator --launcher slurm: jobs $a and $b done, one after the other, through Slurm"
+else
+    echo "FAIL: the queue through Slurm: $a $(st "$a"), $b $(st "$b"), squeue saw: $seen"
+    tail -5 coord5.err state5/jobs/*/log
+    fail=1
+fi
+c=$("$TANDEM" submit q3.json --ranks 2)
+for _ in $(seq 300); do
+    [ "$(grep -c '"loss"' q3/metrics.jsonl 2> /dev/null || echo 0)" -ge 3 ] && break
+    sleep 0.1
+done
+"$TANDEM" cancel "$c" > /dev/null
+for _ in $(seq 300); do [ "$(st "$c")" = cancelled ] && break; sleep 0.1; done
+for _ in $(seq 150); do # a cancelled Slurm job is COMPLETING for a moment
+    left=$(squeue -h -o %j 2> /dev/null | grep -c tandem- || true)
+    [ "$left" -eq 0 ] && break
+    sleep 0.1
+done
+if [ "$(st "$c")" = cancelled ] && [ "$left" -eq 0 ] && ls -d q3/step_* > /dev/null 2>&1; then
+    echo "tandem cancel $c -> scancel: cancelled, no Slurm job left, checkpoint $(ls -d q3/step_* | tail -1)"
+else
+    echo "FAIL: cancel through scancel: $(st "$c"), $left Slurm jobs left"
+    squeue
+    tail -5 "state5/jobs/$c/log"
     fail=1
 fi
 kill $COORD 2> /dev/null || true
