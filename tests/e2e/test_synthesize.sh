@@ -207,6 +207,14 @@ badrun "checker is a directory" "is a directory" --model "$TINY_CK" --prompts p.
 printf '%s\n' '{"prompt": "a \u0000 b"}' > nul.jsonl
 badrun "NUL in a prompt" "NUL character" --model "$TINY_CK" --prompts nul.jsonl
 badrun "bad --n" "expected an integer from 1 to 1000" --model "$TINY_CK" --prompts p.jsonl --n 0
+cat > lora.json << JOB
+{"finetune": {"base": "$TINY_CK", "method": "lora", "lora": {"r": 2}},
+ "data": {"train": "skill/train.jsonl", "seq_len": 48},
+ "train": {"batch_size": 4, "steps": 1}, "checkpoint": {"dir": "lora"}, "device": "cpu"}
+JOB
+"$TANDEM" finetune lora.json --quiet 2> /dev/null
+badrun "a LoRA adapter as the model" "is a LoRA adapter, not a model" \
+    --model "$PWD/lora/step_00000001" --prompts p.jsonl
 badrun "checker not executable" "not executable" --model "$TINY_CK" --prompts p.jsonl \
     --checker p.jsonl
 exit $fail

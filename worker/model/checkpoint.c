@@ -402,6 +402,14 @@ td_status td_checkpoint_load_model(const char *dir, td_model **out) {
     if (!td_fs_is_dir(dir))
         return td_error_set(TD_ERR_NOTFOUND, "checkpoint %s: no such directory", dir);
     snprintf(p, sizeof p, "%s/config.json", dir);
+    char ap[4200];
+    snprintf(ap, sizeof ap, "%s/adapter_config.json", dir);
+    if (!td_fs_exists(p) && td_fs_exists(ap))
+        return td_error_set(TD_ERR_INVALID,
+                            "%s is a LoRA adapter, not a model: give its base checkpoint (with "
+                            "--adapter %s where the command takes one), or fold it in with "
+                            "tandem merge",
+                            dir, dir);
     cJSON *j;
     TD_TRY(td_json_load_file(p, &j));
     td_model_config cfg;
