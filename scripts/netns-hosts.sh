@@ -87,6 +87,12 @@ mend) ip -n "$(ns "$2")" link set eth0 up ;;
 check)
     [ "$(id -u)" -eq 0 ] || { echo "netns-hosts: needs root" >&2; exit 1; }
     ip netns add tandem-probe 2> /dev/null || { echo "netns-hosts: cannot make network namespaces here" >&2; exit 1; }
+    # entering one remounts / (rslave), which fails where / is no mount point (a chroot)
+    if ! why=$(ip netns exec tandem-probe true 2>&1); then
+        ip netns del tandem-probe
+        echo "netns-hosts: cannot enter a network namespace here: $why" >&2
+        exit 1
+    fi
     ip netns del tandem-probe
     unshare --uts true 2> /dev/null || { echo "netns-hosts: cannot make UTS namespaces here" >&2; exit 1; }
     ;;
