@@ -86,10 +86,16 @@ cut) ip -n "$(ns "$2")" link set eth0 down ;;
 mend) ip -n "$(ns "$2")" link set eth0 up ;;
 check)
     [ "$(id -u)" -eq 0 ] || { echo "netns-hosts: needs root" >&2; exit 1; }
+    # entering a namespace remounts / (rslave), which fails where / is no mount point (a
+    # chroot); and there `ip netns add` would leave its /run/netns mount behind
+    mountpoint -q / || { echo "netns-hosts: / is not a mount point here (a chroot?): namespaces cannot be entered" >&2; exit 1; }
+    had_run_netns=0
+    mountpoint -q /run/netns 2> /dev/null && had_run_netns=1
     ip netns add tandem-probe 2> /dev/null || { echo "netns-hosts: cannot make network namespaces here" >&2; exit 1; }
-    # entering one remounts / (rslave), which fails where / is no mount point (a chroot)
     if ! why=$(ip netns exec tandem-probe true 2>&1); then
         ip netns del tandem-probe
+        # leave no mount behind that `ip netns add` made
+        [ $had_run_netns -eq 1 ] || umount /run/netns 2> /dev/null || true
         echo "netns-hosts: cannot enter a network namespace here: $why" >&2
         exit 1
     fi
