@@ -464,8 +464,9 @@ static int signal_job(long sid, int sig, int ranks_only) {
 }
 
 /* The Slurm launcher (--launcher slurm): each job runs as `srun` under the Slurm job name
- * tandem-SID (SID: its shell's pid, which is its session); its ranks are Slurm's tasks,
- * not in that session, so they are signalled through scancel. */
+ * tandem-SID (SID: its shell's pid, the sid its own processes share); its ranks are
+ * Slurm's tasks, outside that process group of ours, so they are signalled through
+ * scancel. */
 static int g_slurm;
 
 static void scancel(long sid, const char *signame) {
