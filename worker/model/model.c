@@ -694,10 +694,19 @@ td_status td_model_forward(td_model *m, const int32_t *tokens, const int32_t *ta
         PROF(TD_PROF_XENT,
              OP(xent_fwd, m->lse, m->logits, m->targets, m->tgt_host, N, V, loss, &m->counted));
     if (targets && m->kd_teacher) {
+        /* the KD loss and its gradient (for d loss = 1) in one pass; backward scales it in */
+        size_t nv = (size_t)N * V;
+        if (m->kd_grad_n < nv) {
+            td_backend_release(BE, m->kd_grad);
+            m->kd_grad = NULL;
+            m->kd_grad_n = 0;
+            TD_TRY(td_backend_alloc(BE, (void **)&m->kd_grad, nv * sizeof(float)));
+            m->kd_grad_n = nv;
+        }
         TD_TRY(td_backend_sync(BE));
         m->kd_ce = *loss;
-        PROF(TD_PROF_XENT, OP(kd, NULL, m->logits, m->kd_teacher, m->tgt_host, N, V, m->kd.tau,
-                              m->kd.reverse, m->kd.topk, 1.0, &m->kd_loss));
+        PROF(TD_PROF_XENT, OP(kd, m->kd_grad, m->logits, m->kd_teacher, m->tgt_host, N, V,
+                              m->kd.tau, m->kd.reverse, m->kd.topk, 1.0, &m->kd_loss));
         *loss = m->kd.alpha * m->kd_ce + (1 - m->kd.alpha) * m->kd_loss;
     }
     return td_backend_sync(BE);
@@ -711,7 +720,7 @@ td_status td_model_set_kd(td_model *m, const float *teacher_logits, const td_kd_
         m->kd_teacher = NULL;
         return TD_OK;
     }
-    if (!BE || !BE->ops->kd)
+    if (!BE || !BE->ops->kd || !BE->ops->cols_add)
         return td_error_set(TD_ERR_INVALID,
                             "distillation needs the cpu backend (the %s "
                             "backend has no distillation loss yet)",
@@ -752,23 +761,13 @@ td_status td_model_backward(td_model *m, double dscale) {
     int hook = m->hook != NULL;
 
     /* dlogits overwrite the logits in place; with distillation, alpha of the cross-entropy's
-     * and 1 - alpha of KD's (computed first, from the logits themselves) */
+     * and 1 - alpha of KD's (its gradient from the forward, scaled in) */
     if (m->kd_teacher) {
-        size_t nv = (size_t)N * V;
-        if (m->kd_grad_n < nv) {
-            td_backend_release(BE, m->kd_grad);
-            m->kd_grad = NULL;
-            m->kd_grad_n = 0;
-            TD_TRY(td_backend_alloc(BE, (void **)&m->kd_grad, nv * sizeof(float)));
-            m->kd_grad_n = nv;
-        }
-        double unused;
-        PROF(TD_PROF_XENT,
-             OP(kd, m->kd_grad, m->logits, m->kd_teacher, m->tgt_host, N, V, m->kd.tau,
-                m->kd.reverse, m->kd.topk, dscale * (1 - m->kd.alpha), &unused));
         PROF(TD_PROF_XENT, OP(xent_bwd, m->logits, m->logits, m->lse, m->targets, m->tgt_host, N, V,
                               dscale * m->kd.alpha, m->counted));
-        PROF(TD_PROF_XENT, OP(add, m->logits, m->logits, m->kd_grad, nv));
+        if (m->kd.alpha < 1)
+            PROF(TD_PROF_XENT, OP(cols_add, m->logits, V, 0, m->kd_grad, V, N,
+                                  (float)(dscale * (1 - m->kd.alpha))));
     } else {
         PROF(TD_PROF_XENT, OP(xent_bwd, m->logits, m->logits, m->lse, m->targets, m->tgt_host, N, V,
                               dscale, m->counted));

@@ -105,8 +105,9 @@ const float *td_model_logits(const td_model *m);
 
 /* Distillation (docs/distill.md): with teacher logits set ((B*T, V), backend memory, for the
  * tokens of the next forward), a forward with targets computes alpha * CE + (1 - alpha) * KD
- * into *loss and its backward the gradient of that mix. teacher NULL turns it off. The
- * logits must stay valid until the backward. Needs a backend with the kd op (the CPU's). */
+ * into *loss (and KD's gradient, in one pass) and its backward the gradient of that mix.
+ * teacher NULL turns it off. The forward alone reads the teacher's logits. Needs a backend
+ * with the kd and cols_add ops (the CPU's). */
 typedef struct {
     double alpha; /* weight of the data's cross-entropy, [0, 1] */
     double tau;   /* temperature, > 0 */
