@@ -268,6 +268,11 @@ static td_status parse_distill(td_job *j, const cJSON *d) {
                             "%d: distillation compares their distributions token by token, so "
                             "both need the same tokenizer and vocab_size",
                             where, tc.vocab_size, j->model.vocab_size);
+    if (j->seq_len > tc.max_position_embeddings)
+        return td_error_set(TD_ERR_INVALID,
+                            "%s.teacher: data.seq_len %d exceeds the teacher's "
+                            "max_position_embeddings %d",
+                            where, j->seq_len, tc.max_position_embeddings);
     return TD_OK;
 }
 
@@ -313,8 +318,6 @@ static td_status parse(td_job *j) {
         TD_TRY(td_model_config_from_json(model, where, &j->model));
     }
     if (!data) return td_error_set(TD_ERR_INVALID, "%s: missing the \"data\" block", p);
-    const cJSON *dist = cJSON_GetObjectItemCaseSensitive(root, "distill");
-    if (dist) TD_TRY(parse_distill(j, dist));
 
     snprintf(where, sizeof where, "%s: data", p);
     TD_TRY(copy_str(data, where, "train", 1, j->train_data, sizeof j->train_data));
@@ -326,6 +329,8 @@ static td_status parse(td_job *j) {
                             "%s.seq_len: %ld exceeds model.max_position_embeddings %d", where, seq,
                             j->model.max_position_embeddings);
     j->seq_len = (int)seq;
+    const cJSON *dist = cJSON_GetObjectItemCaseSensitive(root, "distill");
+    if (dist) TD_TRY(parse_distill(j, dist));
     char overlong[16] = "drop";
     TD_TRY(copy_str(data, where, "overlong", 0, overlong, sizeof overlong));
     if (strcmp(overlong, "drop") && strcmp(overlong, "truncate"))

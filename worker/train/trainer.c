@@ -59,6 +59,11 @@ typedef struct {
     const char *data_origin_key;
 } trainer;
 
+/* The command a run belongs to: train, finetune or distill. */
+static const char *command_of(const trainer *t) {
+    return t->teacher ? "distill" : t->job->base[0] ? "finetune" : "train";
+}
+
 /* The student's forward. With a teacher and kd set (a training step), the teacher's forward
  * on the same tokens comes first and the loss is alpha * CE + (1 - alpha) * KD; otherwise
  * (validation) the loss is the data's cross-entropy alone, comparable across methods. */
@@ -167,10 +172,9 @@ static td_status save_checkpoint(trainer *t, long step, double loss, char *out, 
     cJSON_AddStringToObject(rng, "kind", "xoshiro256**");
     cJSON_AddNumberToObject(rng, "seed", (double)t->job->seed);
     cJSON *lin = cJSON_AddObjectToObject(st, "lineage");
-    cJSON_AddStringToObject(lin, "produced_by",
-                            t->teacher        ? "tandem distill"
-                            : t->job->base[0] ? "tandem finetune"
-                                              : "tandem train");
+    char by[32];
+    snprintf(by, sizeof by, "tandem %s", command_of(t));
+    cJSON_AddStringToObject(lin, "produced_by", by);
     if (t->job->base[0]) cJSON_AddStringToObject(lin, "method", t->lora ? "lora" : "full");
     if (t->teacher) { /* what taught it: the teacher (with its own lineage) and how */
         const td_job *j = t->job;
@@ -635,17 +639,8 @@ static td_status setup_teacher(trainer *t, const td_job *j, const td_train_opts 
                             "tokenizer.json",
                             j->path, j->teacher, nt, ns,
                             nt == ns ? ", but other tokens or merges" : "");
+    /* its vocab_size and context were checked with the job file (its config.json) */
     TD_TRY(td_checkpoint_load_model(j->teacher, &t->teacher));
-    const td_model_config *tc = td_model_config_of(t->teacher);
-    if (tc->vocab_size != j->model.vocab_size)
-        return td_error_set(TD_ERR_INVALID,
-                            "%s: the teacher's vocab_size is %d, the student's %d: they must be "
-                            "equal",
-                            j->path, tc->vocab_size, j->model.vocab_size);
-    if (j->seq_len > tc->max_position_embeddings)
-        return td_error_set(TD_ERR_INVALID,
-                            "%s: data.seq_len %d exceeds the teacher's max_position_embeddings %d",
-                            j->path, j->seq_len, tc->max_position_embeddings);
     TD_TRY(td_model_plan(t->teacher, t->local_B, j->seq_len, 0));
     if (j->teacher_bf16) TD_TRY(td_model_set_bf16(t->teacher, 1));
     t->kd = (td_kd_opts){j->kd_alpha, j->kd_tau, j->kd_reverse, j->kd_topk};
@@ -1111,10 +1106,7 @@ td_status td_train_run(const td_job *j, const td_train_opts *opts, td_train_resu
         fprintf(stderr,
                 "tandem %s: stopped by a signal after step %ld; checkpoint %s written; "
                 "continue with --resume\n",
-                t.teacher    ? "distill"
-                : j->base[0] ? "finetune"
-                             : "train",
-                res->steps_done, res->last_checkpoint);
+                command_of(&t), res->steps_done, res->last_checkpoint);
     if (s == TD_OK) s = td_model_sync_host(t.model);
     /* the weights stay in memory for serving, on the CPU (the trainer's backend goes) */
     if (s == TD_OK && opts->keep_model) s = td_model_to_backend(t.model, NULL);
