@@ -44,6 +44,10 @@ int td_cli_fail(const char *cmd, int status);
 int td_cli_fail_same_on_all_ranks(const char *cmd, int status);
 /* This process's rank from the launcher's environment, before MPI starts (-1: none). */
 int td_cli_launcher_rank(void);
+/* Option values: s as a whole decimal integer, or as a number, in [lo, hi]; trailing text,
+ * overflow and NaN are refused (0) rather than wrapped or ignored. */
+int td_cli_long(const char *s, long lo, long hi, long *out);
+int td_cli_double(const char *s, double lo, double hi, double *out);
 
 struct td_comm;
 /* Collective over comm (NULL: this process alone): gathers each rank's OpenBLAS core and

@@ -26,15 +26,6 @@ static const char *default_control(void) {
     return e && *e ? e : DEFAULT_CONTROL;
 }
 
-static int parse_int(const char *s, long lo, long hi, long *out) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || !end || *end || end == s || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
 /* ---------------------------------------------------------------------------------------- */
 
 static void coordinator_help(FILE *f) {
@@ -88,7 +79,7 @@ int td_cmd_coordinator(int argc, char **argv) {
             o.state_dir = optarg;
             break;
         case 'n':
-            if (!parse_int(optarg, 1, 4096, &v)) {
+            if (!td_cli_long(optarg, 1, 4096, &v)) {
                 fprintf(stderr, "tandem coordinator: --slots %s: a whole number, 1..4096\n",
                         optarg);
                 return 2;
@@ -99,7 +90,7 @@ int td_cmd_coordinator(int argc, char **argv) {
             o.control = optarg;
             break;
         case 'g':
-            if (!parse_int(optarg, 1, 3600, &v)) {
+            if (!td_cli_long(optarg, 1, 3600, &v)) {
                 fprintf(stderr, "tandem coordinator: --cancel-grace %s: seconds, 1..3600\n",
                         optarg);
                 return 2;
@@ -285,7 +276,7 @@ static int submit_extra(int c, void *u) {
                 : c == 'p' ? &s->priority
                 : c == 'l' ? &s->limit
                            : &s->restarts;
-    if (!parse_int(optarg, lo, hi, dst)) {
+    if (!td_cli_long(optarg, lo, hi, dst)) {
         fprintf(stderr, "tandem submit: %s %s: a whole number, %ld..%ld\n", name, optarg, lo, hi);
         return 2;
     }
@@ -370,7 +361,7 @@ int td_cmd_cancel(int argc, char **argv) {
     int rc = client_args("cancel", argc, argv, &co, NULL, NULL, NULL, cancel_help);
     if (rc) return rc < 0 ? 0 : rc;
     long id;
-    if (optind != argc - 1 || !parse_int(argv[optind], 1, LONG_MAX, &id)) {
+    if (optind != argc - 1 || !td_cli_long(argv[optind], 1, LONG_MAX, &id)) {
         fprintf(stderr, "tandem cancel: name one job id (a number from tandem ps)\n");
         return 2;
     }
@@ -685,7 +676,7 @@ int td_cmd_logs(int argc, char **argv) {
     int rc = client_args("logs", argc, argv, &co, extra, logs_extra, NULL, logs_help);
     if (rc) return rc < 0 ? 0 : rc;
     long id;
-    if (optind != argc - 1 || !parse_int(argv[optind], 1, LONG_MAX, &id)) {
+    if (optind != argc - 1 || !td_cli_long(argv[optind], 1, LONG_MAX, &id)) {
         fprintf(stderr, "tandem logs: name one job id (a number from tandem ps)\n");
         return 2;
     }

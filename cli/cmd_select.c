@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,7 +148,6 @@ int td_cmd_select(int argc, char **argv) {
     int c, quiet = 0, no_verify = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        char *end = NULL;
         switch (c) {
         case 'd':
             data = optarg;
@@ -162,8 +162,7 @@ int td_cmd_select(int argc, char **argv) {
             by = optarg;
             break;
         case 'f':
-            frac = strtod(optarg, &end);
-            if (*end || end == optarg || !(frac > 0 && frac <= 1)) {
+            if (!td_cli_double(optarg, 0, 1, &frac) || frac == 0) {
                 fprintf(stderr,
                         "tandem select: --keep-fraction needs a share in (0, 1], got '%s'\n",
                         optarg);
@@ -171,8 +170,7 @@ int td_cmd_select(int argc, char **argv) {
             }
             break;
         case O_NEAR:
-            near = strtod(optarg, &end);
-            if (*end || end == optarg || !(near >= 0 && near <= 1)) {
+            if (!td_cli_double(optarg, 0, 1, &near)) {
                 fprintf(stderr,
                         "tandem select: --near-threshold needs a Jaccard in [0, 1], got "
                         "'%s'\n",
@@ -181,8 +179,7 @@ int td_cmd_select(int argc, char **argv) {
             }
             break;
         case 's':
-            seed = strtol(optarg, &end, 10);
-            if (*end || end == optarg || seed < 0) {
+            if (!td_cli_long(optarg, 0, LONG_MAX, &seed)) {
                 fprintf(stderr, "tandem select: --seed needs a number >= 0, got '%s'\n", optarg);
                 return 2;
             }

@@ -97,10 +97,8 @@ int td_cmd_serve(int argc, char **argv) {
 /* s as a whole decimal integer in [lo, hi] (a value past int, or with trailing text, is
  * refused rather than wrapped) */
 static int int_in(const char *s, long lo, long hi, int *out) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
+    long v;
+    if (!td_cli_long(s, lo, hi, &v)) return 0;
     *out = (int)v;
     return 1;
 }

@@ -340,23 +340,6 @@ static char *key_text(const cJSON *rec, const char *key) {
     return strdup(buf);
 }
 
-/* A number in [lo, hi] (integers for the integer options: the caller casts). */
-static int num(const char *a, double lo, double hi, double *out) {
-    char *end;
-    double v = strtod(a, &end);
-    if (end == a || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
-
-static int inum(const char *a, long lo, long hi, long *out) {
-    char *end;
-    long v = strtol(a, &end, 10);
-    if (end == a || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
 int td_cmd_synthesize(int argc, char **argv) {
     enum { O_AFTER = 256, O_TIMEOUT, O_SEQS, O_NOVERIFY, O_TOPK, O_TOPP, O_STOP };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -409,35 +392,35 @@ int td_cmd_synthesize(int argc, char **argv) {
             checker = optarg;
             break;
         case 'n':
-            bad = !inum(optarg, 1, 1000, &n);
+            bad = !td_cli_long(optarg, 1, 1000, &n);
             range = "an integer from 1 to 1000";
             break;
         case 'M':
-            bad = !inum(optarg, 1, 1000000, &max_tokens);
+            bad = !td_cli_long(optarg, 1, 1000000, &max_tokens);
             range = "an integer from 1 to 1000000";
             break;
         case O_TOPK:
-            bad = !inum(optarg, 0, 1000000000, &top_k);
+            bad = !td_cli_long(optarg, 0, 1000000000, &top_k);
             range = "an integer >= 0";
             break;
         case 's':
-            bad = !inum(optarg, 0, 1L << 50, &seed);
+            bad = !td_cli_long(optarg, 0, 1L << 50, &seed);
             range = "an integer >= 0";
             break;
         case O_SEQS:
-            bad = !inum(optarg, 1, 1024, &max_seqs);
+            bad = !td_cli_long(optarg, 1, 1024, &max_seqs);
             range = "an integer from 1 to 1024";
             break;
         case 'T':
-            bad = !num(optarg, 0, 100, &temp);
+            bad = !td_cli_double(optarg, 0, 100, &temp);
             range = "a number from 0 to 100";
             break;
         case O_TOPP:
-            bad = !num(optarg, 1e-9, 1, &top_p);
+            bad = !td_cli_double(optarg, 1e-9, 1, &top_p);
             range = "a number in (0, 1]";
             break;
         case O_TIMEOUT:
-            bad = !num(optarg, 1e-3, 86400, &check_timeout);
+            bad = !td_cli_double(optarg, 1e-3, 86400, &check_timeout);
             range = "seconds from 0.001 to 86400";
             break;
         case O_STOP:
