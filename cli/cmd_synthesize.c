@@ -548,10 +548,18 @@ int td_cmd_synthesize(int argc, char **argv) {
     long kept = 0, rejected = 0, cut = 0, gen = 0, finished = 0;
     double t0 = td_time_now(), last_print = 0;
     int active = 1;
+    long open_from = 0; /* samples before it are all finished */
     while (s == TD_OK && active) {
         s = td_engine_step(e, &active);
-        for (long k = 0; s == TD_OK && k < total; k++) { /* the answers that just finished */
-            if (sm[k].id < 0 || td_engine_state(e, sm[k].id) != TD_REQ_DONE) continue;
+        /* the answers that just finished: the engine admits in submission order, so those
+         * running lie between the first unfinished sample and the first still waiting */
+        while (open_from < total && sm[open_from].id < 0)
+            open_from++;
+        for (long k = open_from; s == TD_OK && k < total; k++) {
+            if (sm[k].id < 0) continue;
+            td_req_state rs = td_engine_state(e, sm[k].id);
+            if (rs == TD_REQ_WAITING) break;
+            if (rs != TD_REQ_DONE) continue;
             int i = (int)(k / n), cnt;
             size_t tl;
             const char *text = td_engine_text(e, sm[k].id, &tl);
