@@ -498,18 +498,11 @@ int td_cmd_select(int argc, char **argv) {
     if (s == TD_OK && !quiet && m)
         printf("select: loss per token: all documents mean %.4f (median %.4f), kept mean %.4f\n",
                mean_all, median, kept_scored ? kept_loss / (double)kept_scored : NAN);
-    if (s != TD_OK && tmp[0]) { /* nothing half-written stays */
-        char cmd[4300];
-        for (int i = -1; i < nv; i++) {
-            snprintf(q, sizeof q, "%s/%s", tmp, i < 0 ? "train_000000.bin" : vnames[i]);
-            unlink(q);
-        }
-        const char *rest[] = {"tokenizer.json", "manifest.json", "selection.jsonl"};
-        for (int i = 0; i < 3; i++) {
-            snprintf(cmd, sizeof cmd, "%s/%s", tmp, rest[i]);
-            unlink(cmd);
-        }
-        rmdir(tmp);
+    if (s != TD_OK && tmp[0]) { /* nothing half-written stays (and the error is kept) */
+        char why[2048];
+        snprintf(why, sizeof why, "%s", td_error_message());
+        td_fs_remove_tree(tmp);
+        td_error_set(s, "%s", why);
     }
     for (int i = 0; i < ns; i++) {
         if (sh) td_shard_close(&sh[i]);
